@@ -1,0 +1,31 @@
+"""embedkit: train and evaluate sentence embedding models from YAML recipes.
+
+Python API::
+
+    from embedkit import load_recipe, train
+    results = train("recipes/quickstart.yaml", ["training.max_steps=50"])
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from embedkit.errors import DataError, EmbedkitError, RecipeError
+from embedkit.recipe import load_recipe
+
+
+def train(recipe: str, overrides: list[str] | None = None, **kwargs):
+    """Run a recipe end to end; see :func:`embedkit.training.run.train`."""
+    from embedkit.training.run import train as _train
+
+    return _train(recipe, overrides, **kwargs)
+
+
+def evaluate(model, suite: str = "sts", **kwargs):
+    """Evaluate a model (a SentenceTransformer or a path); see :func:`embedkit.evaluation.evaluate`."""
+    from embedkit.evaluation import evaluate as _evaluate
+
+    return _evaluate(model, suite=suite, **kwargs)
+
+
+__all__ = ["train", "evaluate", "load_recipe", "EmbedkitError", "RecipeError", "DataError", "__version__"]

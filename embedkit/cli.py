@@ -1,0 +1,89 @@
+"""``embedkit`` command line: a thin dispatcher; each sub-command calls one function of the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from embedkit.errors import EmbedkitError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from embedkit.training.run import train
+
+    train(args.recipe, args.overrides, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from embedkit.recipe import load_recipe
+
+    recipe, data = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir)
+    rows = f", {len(data)} training rows" if data is not None else ""
+    print(f"{args.recipe}: valid (method {recipe.method.name}{rows})")
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from embedkit.recipe import list_recipes
+
+    for name, desc in list_recipes():
+        print(f"{name:<36} {desc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; sub-commands register a handler in ``func``."""
+    parser = argparse.ArgumentParser(prog="embedkit", description="Train and evaluate sentence embeddings.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run a recipe end to end")
+    p.add_argument("recipe", help="recipe file, or the name of a shipped recipe")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe fields")
+    p.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output.dir")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output.dir")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("check", help="validate a recipe and its data without training")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser("recipes", help="list the shipped recipes")
+    p.set_defaults(func=_recipes)
+
+    for register in _plugins():
+        register(sub)
+    return parser
+
+
+def _plugins() -> list:
+    """Sub-commands defined next to the code they run (evaluation, hub, inspect, data)."""
+    found = []
+    for module in ("embedkit.evaluation.cli", "embedkit.hub", "embedkit.inspect", "embedkit.data.cli"):
+        try:
+            mod = __import__(module, fromlist=["add_cli"])
+        except ImportError:
+            continue
+        if hasattr(mod, "add_cli"):
+            found.append(mod.add_cli)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``embedkit`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EmbedkitError as err:
+        print(f"embedkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("embedkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

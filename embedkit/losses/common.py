@@ -1,0 +1,81 @@
+"""Pieces every contrastive loss shares: one-pass encoding of several columns, the training-only MLP head,
+and gathering embeddings across processes with their gradient."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ProjectionHead(nn.Module):
+    """SimCSE's MLP over the pooled vector: ``tanh(W h + b)``. Used at training time only
+    (``mlp_only_train``); a head kept at test time is a sentence-transformers ``Dense`` module instead."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.activation = nn.Tanh()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(self.dense(x))
+
+
+def concat_features(features: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor], list[int]]:
+    """Stack the tokenised columns of a batch into one batch (right-padded to the longest), so that all
+    views are encoded in a single forward pass; returns the batch and each column's row count."""
+    sizes = [f["input_ids"].shape[0] for f in features]
+    if len(features) == 1:
+        return features[0], sizes
+    width = max(f["input_ids"].shape[1] for f in features)
+    merged: dict[str, Tensor] = {}
+    for key in features[0]:
+        parts = []
+        for f in features:
+            value = f[key]
+            if not isinstance(value, Tensor) or value.dim() != 2:
+                break
+            parts.append(F.pad(value, (0, width - value.shape[1]), value=0))
+        else:
+            merged[key] = torch.cat(parts, dim=0)
+    return merged, sizes
+
+
+def encode_columns(
+    model: nn.Module, features: list[dict[str, Tensor]], head: nn.Module | None = None, repeat: int = 1
+) -> list[Tensor]:
+    """Encode every column of the batch in one forward pass; returns one embedding matrix per column
+    (``repeat`` copies of each when a column is entered more than once, e.g. SimCSE's two dropout views)."""
+    features = [f for f in features for _ in range(repeat)]
+    batch, sizes = concat_features(features)
+    emb = model(batch)["sentence_embedding"]
+    if head is not None:
+        emb = head(emb)
+    return list(torch.split(emb, sizes, dim=0))
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather(x: Tensor, enabled: bool = True) -> Tensor:
+    """Concatenate ``x`` from every process along dim 0, keeping the gradient path to every shard.
+
+    The backward pass sums each shard's gradient over processes, so with the trainer's gradient averaging
+    the update equals a single process holding the whole global batch.
+    """
+    rank, size = world()
+    if not enabled or size == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise cosine similarity, ``a`` (n×d) against ``b`` (m×d)."""
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T

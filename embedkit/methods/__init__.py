@@ -1,0 +1,30 @@
+"""Training methods, one module each; every module in this package registers itself on import."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from embedkit.methods.base import _REGISTRY, Method, MethodParams, TrainContext, register
+
+__all__ = ["Method", "MethodParams", "TrainContext", "register", "get_method", "available_methods"]
+
+
+def _load_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def available_methods() -> list[str]:
+    """Names of all registered methods."""
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered under ``name``; ``KeyError`` with the known names otherwise."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; expected one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]

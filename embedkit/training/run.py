@@ -1,0 +1,275 @@
+"""One recipe, end to end: recipe → dataset → method → trainer → evaluator → output folder.
+
+The output folder ends with the model in sentence-transformers format (``SentenceTransformer(dir)`` loads
+it), ``recipe.yaml`` (resolved, every default filled in), ``results.json`` (written last: its presence
+marks a finished run), ``logs/`` and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from embedkit.errors import RecipeError
+from embedkit.recipe import Recipe, load_recipe, recipe_to_yaml
+
+CHECKPOINTS = "checkpoints"
+
+
+def log(msg: str) -> None:
+    """Progress messages go to stdout, one line each, only on the main process."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[embedkit] {msg}", flush=True)
+
+
+def check_output_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
+    """Refuse to mix runs: a non-empty output folder needs ``--resume`` or ``--overwrite``."""
+    out = Path(recipe.output.dir)
+    if resume:
+        if not (out / CHECKPOINTS).is_dir():
+            raise RecipeError(f"output.dir {out}: no checkpoints to resume from")
+        return out
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RecipeError(
+            f"output.dir {out} already holds files; use --resume to continue that run, --overwrite to replace "
+            "it, or choose another output.dir"
+        )
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide results."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("embedkit", "torch", "transformers", "sentence-transformers", "datasets", "accelerate", "mteb"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def hardware() -> str:
+    """A short description of the machine the run used."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` → bf16 on a GPU with bf16 or a CPU with AMX/AVX512-BF16, else fp32."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "fp32"
+    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "fp32"
+
+
+def build_dataset(recipe: Recipe, train_data: Any, roles: tuple[str, ...]) -> Any:
+    """A ``datasets.Dataset`` whose columns are named after the method's roles."""
+    import datasets
+
+    from embedkit.data.sources import read_hub
+
+    if train_data is None:
+        src = recipe.data.train
+        train_data = read_hub(src.hub, src.split, src.config, src.columns)
+        if src.max_samples:
+            train_data.columns = {k: v[: src.max_samples] for k, v in train_data.columns.items()}
+        if len(train_data.columns) != len(roles):
+            raise RecipeError(
+                f"data.train: method {recipe.method.name!r} needs {len(roles)} text column(s) ({', '.join(roles)}); "
+                f"the dataset gives {list(train_data.columns)}; select them with data.train.columns"
+            )
+    columns = dict(zip(roles, train_data.columns.values()))
+    return datasets.Dataset.from_dict(columns), train_data
+
+
+def train(
+    recipe_path: str,
+    overrides: list[str] | None = None,
+    data_dir: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Run a recipe; returns the results dictionary also written to ``results.json``."""
+    started = time.time()
+    recipe, train_data = load_recipe(recipe_path, overrides, data_dir)
+    out = check_output_dir(recipe, resume, overwrite)
+    from embedkit.methods import get_method
+
+    method_cls = get_method(recipe.method.name)
+    params = method_cls.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
+
+    # Heavy imports only once the recipe is known to be good.
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.training_args import BatchSamplers
+
+    from embedkit.evaluation.core import load_stsb_dev, make_dev_evaluator, score_pairs
+    from embedkit.methods.base import TrainContext
+    from embedkit.modeling import build_model
+    from embedkit.training.trainer import EmbedkitTrainer, latest_checkpoint, load_method_state
+
+    dev_pairs = load_stsb_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
+    if overwrite and out.exists() and not resume:
+        shutil.rmtree(out)
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    model = build_model(recipe.model)
+    dataset, train_data = build_dataset(recipe, train_data, method_cls.column_roles)
+    ctx = TrainContext(recipe=recipe, model=model, params=params, world_size=world_size, rank=rank)
+    method = method_cls(ctx)
+    dataset = method.prepare_dataset(dataset)
+    loss = method.build_loss()
+
+    t = recipe.training
+    global_batch = t.batch_size * world_size
+    negatives = (global_batch if t.gather_across_devices else t.batch_size) - 1
+    log(f"method {recipe.method.name} on {recipe.model.name} ({recipe.model.pooling} pooling), "
+        f"{len(dataset)} training rows from {train_data.description}")
+    log(f"world size {world_size}, batch {t.batch_size} per device, {global_batch} global, "
+        f"{negatives} in-batch negatives per anchor")
+
+    results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {}}
+    if dev_pairs is not None and recipe.eval.before and not resume:
+        before = score_pairs(model, dev_pairs)
+        results["dev"]["before"] = before
+        log(f"STS-B dev before training: {before['spearman']:.2f} Spearman")
+
+    out.mkdir(parents=True, exist_ok=True)
+    precision = resolve_precision(t.precision)
+    sampler = method.batch_sampler()
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / CHECKPOINTS),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        warmup_ratio=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        eval_strategy="steps" if dev_pairs is not None else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps or t.eval_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=dev_pairs is not None,
+        metric_for_best_model="eval_stsb-dev_spearman" if dev_pairs is not None else None,
+        greater_is_better=True,
+        logging_steps=t.logging_steps,
+        report_to="none",
+        dataloader_num_workers=t.dataloader_workers,
+        dataloader_drop_last=t.drop_last or world_size > 1,
+        batch_sampler=sampler or BatchSamplers.BATCH_SAMPLER,
+        disable_tqdm=False,
+    )
+    callbacks = method.callbacks(loss) + _tensorboard_callbacks(out / "logs")
+    trainer = EmbedkitTrainer(
+        model=model, args=args, train_dataset=dataset, loss=loss,
+        evaluator=make_dev_evaluator(dev_pairs) if dev_pairs is not None else None,
+        callbacks=callbacks,
+    )
+    checkpoint = None
+    if resume:
+        checkpoint = latest_checkpoint(out / CHECKPOINTS)
+        if checkpoint is None:
+            raise RecipeError(f"output.dir {out}: no complete checkpoint to resume from")
+        load_method_state(loss, checkpoint)
+        log(f"resuming from {checkpoint}")
+    (out / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if not trainer.is_world_process_zero():
+        return {}
+
+    model = trainer.model
+    results["train"] = {
+        "global_step": trainer.state.global_step,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_dev_spearman": trainer.state.best_metric,
+        "precision": precision,
+        "world_size": world_size,
+        "log_history": trainer.state.log_history,
+    }
+    if dev_pairs is not None:
+        after = score_pairs(model, dev_pairs)
+        results["dev"]["after"] = after
+        _report_dev(results["dev"])
+    if recipe.eval.suite == "sts":
+        from embedkit.evaluation import evaluate
+
+        results["sts"] = evaluate(model, suite="sts", data_dir=data_dir)
+    results.update({
+        "method": {"name": recipe.method.name, "paper": method_cls.paper, "citation": method_cls.citation},
+        "hardware": hardware(),
+        "versions": package_versions(),
+        "seconds": round(time.time() - started, 1),
+    })
+    save_final(model, out, results)
+    log(f"model saved to {out} (SentenceTransformer('{out}') loads it)")
+    if recipe.output.push_to_hub:
+        from embedkit.hub import push
+
+        push(out, recipe.output.push_to_hub, private=recipe.output.private)
+    return results
+
+
+def _report_dev(dev: dict[str, Any]) -> None:
+    after = dev["after"]["spearman"]
+    if "before" not in dev:
+        log(f"STS-B dev after training: {after:.2f}")
+        return
+    before = dev["before"]["spearman"]
+    log(f"STS-B dev after training: {after:.2f} (before {before:.2f}, change {after - before:+.2f})")
+    if after <= before:
+        log("note: this run did not improve STS-B dev over the starting model; no gain is claimed.")
+
+
+def _tensorboard_callbacks(log_dir: Path) -> list:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+    except ImportError:
+        return []
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))]
+
+
+def save_final(model: Any, out: Path, results: dict[str, Any]) -> None:
+    """Write the model next to the checkpoints, then ``results.json`` last (atomically)."""
+    staging = out / ".final-model.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save_pretrained(str(staging), safe_serialization=True)
+    for item in staging.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        item.rename(target)
+    staging.rmdir()
+    tmp = out / "results.json.partial"
+    tmp.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    tmp.replace(out / "results.json")
+

