@@ -32,8 +32,15 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; sub-commands register a handler in ``func``."""
+CORE_COMMANDS = ("train", "check", "recipes")
+
+
+def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; sub-commands register a handler in ``func``.
+
+    Plugin sub-commands are skipped for the core commands so that ``embedkit train`` reports a bad recipe
+    before any heavy library is imported.
+    """
     parser = argparse.ArgumentParser(prog="embedkit", description="Train and evaluate sentence embeddings.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -54,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recipes", help="list the shipped recipes")
     p.set_defaults(func=_recipes)
 
-    for register in _plugins():
+    for register in _plugins() if with_plugins else ():
         register(sub)
     return parser
 
@@ -74,7 +81,9 @@ def _plugins() -> list:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``embedkit`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    core = bool(argv) and argv[0] in CORE_COMMANDS
+    args = build_parser(with_plugins=not core).parse_args(argv)
     try:
         return args.func(args)
     except EmbedkitError as err:

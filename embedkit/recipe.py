@@ -49,14 +49,15 @@ class TrainSource(Section):
     format: Literal["auto", "text", "csv", "tsv", "jsonl", "sick", "stsb", "hub"] = "auto"
     hub: str | None = Field(None, description="Hub dataset name, used when path is not set")
     config: str | None = None
+    data_files: str | None = Field(None, description="file inside the Hub dataset repo to load")
     split: str = "train"
     columns: list[str] | None = Field(None, description="columns to use, in the order the method expects")
     max_samples: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _one_source(self) -> TrainSource:
-        if (self.path is None) == (self.hub is None):
-            raise ValueError("set exactly one of 'path' (a local file) or 'hub' (a Hub dataset name)")
+    def _a_source(self) -> TrainSource:
+        if self.path is None and self.hub is None:
+            raise ValueError("set 'path' (a local file), 'hub' (a Hub dataset name), or both (path first)")
         return self
 
 
@@ -106,7 +107,9 @@ class TrainingSection(Section):
 
 class OutputSection(Section):
     dir: str
-    push_to_hub: str | None = Field(None, description="Hub repo id to push to at the end of training")
+    push_to_hub: str | None = Field(
+        None, pattern=r"^[\w.-]+/[\w.-]+$", description="Hub repo id (namespace/name) to push to after training"
+    )
     private: bool = False
     license: str | None = "apache-2.0"
 
@@ -313,17 +316,21 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     try:
         path = paths.expand(src.path, data_dir)
     except FileNotFoundError as err:
+        if src.hub:
+            return None  # no local copy: the Hub dataset is the fallback
         raise RecipeError(f"{where}: {err}") from None
     if not Path(path).is_file():
+        if src.hub:
+            return None
         raise RecipeError(f"{where}: file not found: {path}")
     try:
         data = read_local(path, src.format, src.columns)
     except DataError as err:
         raise RecipeError(f"{where}: {err}") from None
-    n = len(method.column_roles)
-    if len(data.columns) != n:
+    roles = method.roles()
+    if len(data.columns) != len(roles):
         raise RecipeError(
-            f"{where}: method {recipe.method.name!r} needs {n} text column(s) ({', '.join(method.column_roles)}), "
+            f"{where}: method {recipe.method.name!r} needs {len(roles)} column(s) ({', '.join(roles)}), "
             f"the data gives {len(data.columns)} ({', '.join(data.columns)}); select them with data.train.columns"
         )
     if src.max_samples:

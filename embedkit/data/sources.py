@@ -178,12 +178,14 @@ def read_local(path: str, fmt: str, columns: list[str] | None) -> TrainData:
     return TrainData(data, f"{fmt}:{path}", sha256_file(file))
 
 
-def read_hub(name: str, split: str, config: str | None, columns: list[str] | None) -> TrainData:
+def read_hub(
+    name: str, split: str, config: str | None, columns: list[str] | None, data_files: str | None = None
+) -> TrainData:
     """A dataset from the HuggingFace Hub (or a local folder ``load_dataset`` understands)."""
     import datasets
 
     try:
-        ds = datasets.load_dataset(name, config, split=split)
+        ds = datasets.load_dataset(name, config, split=split, data_files=data_files)
     except Exception as err:  # noqa: BLE001 - any loading failure becomes one clear message
         raise DataError(
             f"data.train.hub: could not load dataset {name!r} (split {split!r}): {type(err).__name__}: "

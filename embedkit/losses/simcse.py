@@ -114,4 +114,6 @@ def info_nce(
         blocks.append(extra_logits)
     logits = torch.cat(blocks, dim=1)
     labels = torch.arange(n, device=anchors.device) + offset
-    return F.cross_entropy(logits.float(), labels)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # softmax over many columns needs fp32 under mixed precision
+    return F.cross_entropy(logits, labels)

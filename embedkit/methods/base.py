@@ -43,9 +43,15 @@ class TrainContext:
 class Method:
     """Base class; subclasses set the class attributes and implement :meth:`build_loss`."""
 
+    @classmethod
+    def roles(cls) -> tuple[str, ...]:
+        """Names of the dataset columns, in order: the text columns, then the label column if any."""
+        return cls.column_roles + ((cls.label_role,) if cls.label_role else ())
+
     name: ClassVar[str]
     params_cls: ClassVar[type[MethodParams]] = MethodParams
     column_roles: ClassVar[tuple[str, ...]] = ("text",)
+    label_role: ClassVar[str | None] = None  # a numeric column after the text columns (e.g. a gold score)
     paper: ClassVar[str] = ""
     citation: ClassVar[str] = ""
 

@@ -87,12 +87,12 @@ def build_dataset(recipe: Recipe, train_data: Any, roles: tuple[str, ...]) -> An
 
     if train_data is None:
         src = recipe.data.train
-        train_data = read_hub(src.hub, src.split, src.config, src.columns)
+        train_data = read_hub(src.hub, src.split, src.config, src.columns, src.data_files)
         if src.max_samples:
             train_data.columns = {k: v[: src.max_samples] for k, v in train_data.columns.items()}
         if len(train_data.columns) != len(roles):
             raise RecipeError(
-                f"data.train: method {recipe.method.name!r} needs {len(roles)} text column(s) ({', '.join(roles)}); "
+                f"data.train: method {recipe.method.name!r} needs {len(roles)} column(s) ({', '.join(roles)}); "
                 f"the dataset gives {list(train_data.columns)}; select them with data.train.columns"
             )
     columns = dict(zip(roles, train_data.columns.values()))
@@ -131,9 +131,14 @@ def train(
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    # Seed before anything random is built (e.g. a training-only head), identically on every process.
+    from transformers import set_seed
+
+    set_seed(recipe.training.seed)
     model = build_model(recipe.model)
-    dataset, train_data = build_dataset(recipe, train_data, method_cls.column_roles)
-    ctx = TrainContext(recipe=recipe, model=model, params=params, world_size=world_size, rank=rank)
+    dataset, train_data = build_dataset(recipe, train_data, method_cls.roles())
+    ctx = TrainContext(recipe=recipe, model=model, params=params, world_size=world_size, rank=rank,
+                       extras={"data_dir": data_dir})
     method = method_cls(ctx)
     dataset = method.prepare_dataset(dataset)
     loss = method.build_loss()
@@ -162,7 +167,11 @@ def train(
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
-        warmup_ratio=t.warmup_ratio,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        dataloader_pin_memory=torch.cuda.is_available(),
+        # Several processes and no accelerator: accelerate only sets up DDP (gloo) when told it runs on CPU;
+        # otherwise every process trains alone on the full data while the process group exists.
+        use_cpu=world_size > 1 and not _has_accelerator(),
         weight_decay=t.weight_decay,
         lr_scheduler_type=t.lr_scheduler,
         max_grad_norm=t.max_grad_norm,
@@ -233,6 +242,16 @@ def train(
 
         push(out, recipe.output.push_to_hub, private=recipe.output.private)
     return results
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU or another accelerator (CUDA, XPU, MPS, ...)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator is not None and accelerator.is_available())
 
 
 def _report_dev(dev: dict[str, Any]) -> None:

@@ -1,0 +1,162 @@
+"""Recipe validation: every error names the file, line and key (or data file and line), fast, and writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embedkit.errors import RecipeError
+from embedkit.recipe import list_recipes, load_recipe, parse_override
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_recipe(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD = """\
+description: test recipe
+model:
+  name: some/model
+data:
+  train:
+    path: {data}
+  dev: null
+method:
+  name: simcse-unsup
+training:
+  batch_size: 8
+  learning_rate: 1e-4
+output:
+  dir: {out}
+"""
+
+
+def good(tmp_path: Path, sentences_file: Path, **subs: str) -> str:
+    text = GOOD.format(data=sentences_file, out=tmp_path / "out")
+    for old, new in subs.items():
+        text = text.replace(old, new)
+    return text
+
+
+def test_valid_recipe_fills_defaults(tmp_path, sentences_file):
+    recipe, data = load_recipe(write_recipe(tmp_path, good(tmp_path, sentences_file)))
+    assert recipe.training.learning_rate == pytest.approx(1e-4)  # "1e-4" is a number, not a string
+    assert recipe.method.temperature == pytest.approx(0.05)  # the method's own default is filled in
+    assert recipe.model.max_seq_length == 32
+    assert len(data) == 96 and list(data.columns) == ["text"]
+
+
+def test_misspelled_key_names_line_and_key(tmp_path, sentences_file):
+    path = write_recipe(tmp_path, good(tmp_path, sentences_file, **{"learning_rate": "lerning_rate"}))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert f"{path}:12: training.lerning_rate: unknown key" in msg
+    assert "learning_rate" in msg.split("expected one of:")[1]
+
+
+def test_string_where_number_belongs(tmp_path, sentences_file):
+    path = write_recipe(tmp_path, good(tmp_path, sentences_file, **{"batch_size: 8": "batch_size: eight"}))
+    with pytest.raises(RecipeError, match=r"r\.yaml:11: training\.batch_size: .*integer.*'eight'"):
+        load_recipe(path)
+
+
+def test_missing_data_file(tmp_path, sentences_file):
+    path = write_recipe(tmp_path, good(tmp_path, sentences_file, **{str(sentences_file): "/nope/missing.txt"}))
+    with pytest.raises(RecipeError, match=r"r\.yaml:6: data\.train\.path: file not found: /nope/missing\.txt"):
+        load_recipe(path)
+
+
+def test_unknown_method_and_method_param(tmp_path, sentences_file):
+    path = write_recipe(tmp_path, good(tmp_path, sentences_file, **{"simcse-unsup": "simcse-unsupp"}))
+    with pytest.raises(RecipeError, match=r"method\.name: unknown method 'simcse-unsupp'; expected one of: .*simcse-unsup"):
+        load_recipe(path)
+    path = write_recipe(tmp_path, good(tmp_path, sentences_file, **{"name: simcse-unsup": "name: simcse-unsup\n  temprature: 0.1"}))
+    with pytest.raises(RecipeError, match=r"r\.yaml:10: method\.temprature: unknown key; expected one of: temperature"):
+        load_recipe(path)
+
+
+def test_empty_training_set(tmp_path, sentences_file):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    path = write_recipe(tmp_path, good(tmp_path, sentences_file, **{str(sentences_file): str(empty)}))
+    with pytest.raises(RecipeError, match=r"empty\.txt: the training set is empty"):
+        load_recipe(path)
+
+
+def test_malformed_csv_row_names_file_and_line(tmp_path, sentences_file):
+    csv_file = tmp_path / "nli.csv"
+    csv_file.write_text("sent0,sent1,hard_neg\na,b,c\nd,e\n", encoding="utf-8")
+    text = good(tmp_path, sentences_file, **{str(sentences_file): str(csv_file), "simcse-unsup": "simcse-sup"})
+    with pytest.raises(RecipeError, match=r"nli\.csv:3: expected 3 fields like the header, got 2"):
+        load_recipe(write_recipe(tmp_path, text))
+
+
+def test_wrong_column_count_for_method(tmp_path, sentences_file):
+    csv_file = tmp_path / "pairs.csv"
+    csv_file.write_text("a,b\nx,y\n", encoding="utf-8")
+    text = good(tmp_path, sentences_file, **{str(sentences_file): str(csv_file), "simcse-unsup": "simcse-sup"})
+    with pytest.raises(RecipeError, match=r"needs 3 column\(s\) \(anchor, positive, negative\).*data\.train\.columns"):
+        load_recipe(write_recipe(tmp_path, text))
+
+
+def test_overrides_are_typed_and_validated(tmp_path, sentences_file):
+    path = write_recipe(tmp_path, good(tmp_path, sentences_file))
+    recipe, _ = load_recipe(path, ["training.batch_size=16", "method.temperature=0.1", "training.max_steps=5"])
+    assert (recipe.training.batch_size, recipe.method.temperature, recipe.training.max_steps) == (16, 0.1, 5)
+    with pytest.raises(RecipeError, match=r"training\.epochs: .*greater than 0"):
+        load_recipe(path, ["training.epochs=0"])
+    assert parse_override("a.b=1e-4") == (["a", "b"], "1e-4")  # typed later, with the whole recipe
+    with pytest.raises(RecipeError, match="expected key.path=value"):
+        parse_override("training.batch_size")
+
+
+def test_yaml_is_safe_loaded(tmp_path, sentences_file):
+    text = good(tmp_path, sentences_file) + "extra: !!python/object/apply:os.system ['echo pwned']\n"
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(write_recipe(tmp_path, text))
+
+
+def test_cli_error_is_one_line_fast_and_writes_nothing(tmp_path, sentences_file):
+    path = write_recipe(tmp_path, good(tmp_path, sentences_file, **{"learning_rate": "lerning_rate"}))
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedkit.cli", "train", str(path)], capture_output=True, text=True, timeout=60
+    )
+    elapsed = time.time() - start
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "training.lerning_rate: unknown key" in proc.stderr
+    assert elapsed < 3.0, f"validation took {elapsed:.1f}s"
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_recipes_validate(data_dir):
+    names = [name for name, _ in list_recipes()]
+    assert "quickstart.yaml" in names
+    for name in names:
+        raw = yaml.safe_load((ROOT / "recipes" / name).read_text())
+        assert raw.get("description"), f"{name} has no description"
+        # Hub-only recipes are validated without reading data.
+        load_recipe(ROOT / "recipes" / name, data_dir=str(data_dir), check_data=raw["data"]["train"].get("path") is not None)
+
+
+def test_validation_imports_no_heavy_library():
+    """Method modules must keep torch/numpy/transformers imports inside functions, so that a bad recipe
+    is reported in well under 3 seconds."""
+    code = (
+        "import sys; from embedkit.methods import available_methods; import embedkit.recipe, embedkit.cli; "
+        "available_methods(); heavy = [m for m in ('torch', 'numpy', 'transformers', 'sentence_transformers', "
+        "'datasets', 'mteb') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"imported at validation time: {proc.stdout.strip()} {proc.stderr[-500:]}"
