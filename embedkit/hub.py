@@ -1,0 +1,407 @@
+"""``embedkit push``: publish a training output folder to the Hugging Face Hub, after safety checks.
+
+What is uploaded: the sentence-transformers model files of the output folder, ``recipe.yaml`` and
+``results.json`` (home paths redacted), and a model card (``README.md``, see :mod:`embedkit.card`) that
+replaces the generic one sentence-transformers wrote. Never uploaded: ``checkpoints/``, ``checkpoint-*``,
+``logs/``, optimizer / scheduler / RNG / trainer state, TensorBoard events, hidden and partial files.
+
+Before anything goes over the network the folder to upload is staged in a temporary directory and checked:
+the model loads from exactly those files and encodes a sentence, the card parses with
+``huggingface_hub.ModelCard`` and holds one ``model-index`` result per STS task, no file over the size limit is
+anything but model weights or tokenizer files, and no file contains the Hub token or a path in the user's home
+folder. Any failure, before or during the upload, is one :class:`~embedkit.errors.EmbedkitError` line and
+nothing is reported as published; running the same push again completes an interrupted upload.
+
+The endpoint is ``$HF_ENDPOINT`` (read when ``push`` runs) or huggingface_hub's default; the token is the
+``token`` argument, ``$HF_TOKEN`` or the stored ``hf auth login`` token. The token is never printed, logged or
+written to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embedkit.errors import EmbedkitError
+
+
+class HubError(EmbedkitError):
+    """Publishing failed: a safety check refused the folder, or the Hub / the connection failed."""
+
+
+# Never uploaded (globs matched against the path relative to the output folder and against each part of it).
+DEFAULT_EXCLUDE = (
+    "checkpoints", "checkpoint-*", "logs", "runs", ".*", "*.partial", "__pycache__",
+    "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state*.pth", "training_args.bin",
+    "trainer_state.json", "events.out.tfevents.*", "embedkit_method_state.safetensors", "embedkit_checkpoint.json",
+    "README.md",  # replaced by the embedkit model card
+)
+# Files that may be large: model weights and tokenizer files. Any other file over the limit is refused.
+LARGE_OK = ("*.safetensors", "tokenizer.json", "*.model", "vocab.txt", "vocab.json", "merges.txt", "*.onnx")
+DEFAULT_MAX_FILE_MB = 50.0
+REDACTED_COPIES = ("recipe.yaml", "results.json")  # uploaded with home paths redacted
+
+
+def _log(msg: str) -> None:
+    print(f"[embedkit] {msg}", flush=True)
+
+
+def hub_endpoint() -> str:
+    """``$HF_ENDPOINT`` as set now (huggingface_hub reads it only at import time), else the library default."""
+    env = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    if env:
+        return env
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def resolve_token(token: str | None = None) -> str:
+    """The token to publish with: the argument, ``$HF_TOKEN``, or the stored login; a clear error if none."""
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    found = get_token()
+    if not found:
+        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
+    return found
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``namespace/name`` with the Hub's allowed characters."""
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", repo_id or "") or ".." in repo_id \
+            or repo_id.endswith((".", "-")):
+        raise HubError(f"REPO_ID {repo_id!r}: expected namespace/name, e.g. alice/simcse-minilm "
+                       "(letters, digits, '-', '_', '.')")
+    return repo_id
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Selecting and staging the files
+
+
+def _excluded(rel: str, patterns: tuple[str, ...]) -> bool:
+    parts = rel.split("/")
+    return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts) for p in patterns)
+
+
+def select_files(output_dir: Path, exclude: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """(files to upload, files left out), as POSIX paths relative to ``output_dir``."""
+    patterns = DEFAULT_EXCLUDE + tuple(exclude)
+    keep, skip = [], []
+    for path in sorted(output_dir.rglob("*")):
+        if path.is_dir():
+            continue
+        rel = path.relative_to(output_dir).as_posix()
+        if path.is_symlink() or _excluded(rel, patterns):
+            skip.append(rel)
+        else:
+            keep.append(rel)
+    return keep, skip
+
+
+def check_sizes(output_dir: Path, files: list[str], max_file_mb: float) -> None:
+    """Refuse a file over the limit unless it is model weights or a tokenizer file (a stray checkpoint...)."""
+    limit = max_file_mb * 1024 * 1024
+    for rel in files:
+        size = (output_dir / rel).stat().st_size
+        if size > limit and not any(fnmatch.fnmatch(Path(rel).name, p) for p in LARGE_OK):
+            raise HubError(
+                f"{output_dir / rel}: {size / 2**20:.1f} MB, over the {max_file_mb:g} MB limit and not model weights "
+                "(a stray checkpoint or optimizer state?); remove it, leave it out with --exclude, or raise "
+                "--max-file-mb"
+            )
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def scan_for_secrets(folder: Path, token: str | None) -> None:
+    """Refuse any file holding the token (any file, as bytes) or a home-folder path (text files)."""
+    from embedkit.card import home_pattern
+
+    pattern = home_pattern()
+    needle = token.encode() if token else None
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if needle and _file_contains(path, needle):
+            raise HubError(f"{rel}: contains the Hub token; refusing to upload it (remove the token from that file)")
+        if pattern is None:
+            continue
+        text = _as_text(path)
+        if text is not None:
+            match = pattern.search(text)
+            if match:
+                line = text.count("\n", 0, match.start()) + 1
+                raise HubError(f"{rel}:{line}: contains a path in your home folder ({match.group(0)}); refusing to "
+                               "publish it (remove the path, or leave the file out with --exclude)")
+
+
+def _file_contains(path: Path, needle: bytes, chunk: int = 1 << 20) -> bool:
+    tail = b""
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            if needle in tail + block:
+                return True
+            tail = block[-(len(needle) - 1):] if len(needle) > 1 else b""
+    return False
+
+
+def _as_text(path: Path, limit: int = 64 * 2**20) -> str | None:
+    """The file as UTF-8 text, or ``None`` for binary (a NUL byte or invalid UTF-8) or very large files."""
+    if path.stat().st_size > limit:
+        return None
+    data = path.read_bytes()
+    if b"\0" in data[:8192]:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass
+class Prepared:
+    """A checked, staged upload folder."""
+
+    folder: Path
+    files: list[str]
+    skipped: list[str]
+    card: str
+    n_bytes: int
+    eval_results: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_upload(output_dir: str | Path, staging: str | Path, repo_id: str, token: str | None = None,
+                   exclude: tuple[str, ...] = (), max_file_mb: float = DEFAULT_MAX_FILE_MB) -> Prepared:
+    """Stage ``output_dir`` for upload into ``staging`` and run every safety check; raises :class:`HubError`."""
+    from embedkit.card import build_card, load_results, model_info, read_front_matter, redact_home
+
+    out = Path(output_dir)
+    if not out.is_dir():
+        raise HubError(f"{out}: output folder not found")
+    results = load_results(out)
+    if not (out / "modules.json").is_file():
+        raise HubError(f"{out}: no modules.json; not a sentence-transformers model folder (expected the output "
+                       "of `embedkit train`)")
+    files, skipped = select_files(out, tuple(exclude))
+    check_sizes(out, files, max_file_mb)
+
+    dest = Path(staging)
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in files:
+        if rel in REDACTED_COPIES:
+            text = (out / rel).read_text(encoding="utf-8")
+            (dest / rel).write_text(redact_home(text), encoding="utf-8")
+        else:
+            _link_or_copy(out / rel, dest / rel)
+
+    model = _load_model(dest, out)
+    card = build_card(results, repo_id, model_info=model_info(model),
+                      st_front_matter=read_front_matter(out / "README.md"),
+                      st_tags=list(getattr(model.model_card_data, "tags", None) or []))
+    del model
+    n_results = _check_card(card, results, out)
+    (dest / "README.md").write_text(card, encoding="utf-8")
+    files = sorted({*files, "README.md"})
+    scan_for_secrets(dest, token)
+    n_bytes = sum((dest / rel).stat().st_size for rel in files)
+    return Prepared(dest, files, skipped, card, n_bytes, n_results)
+
+
+def _load_model(folder: Path, out: Path) -> Any:
+    """Load the staged model exactly as a user would, and encode one sentence."""
+    import math
+
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(str(folder), device="cpu", local_files_only=True, trust_remote_code=False)
+        emb = model.encode(["embedkit publishing check"], convert_to_numpy=True)
+    except Exception as err:  # noqa: BLE001 - any failure to load is reported as one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise HubError(f"{out}: the model does not load from the files to upload ({type(err).__name__}: {first})") \
+            from None
+    if not all(math.isfinite(float(v)) for v in emb.reshape(-1)):
+        raise HubError(f"{out}: the model loads but its embeddings are not finite (NaN/inf weights?)")
+    return model
+
+
+def _check_card(card: str, results: dict[str, Any], out: Path) -> int:
+    """The card parses as a Hub model card and its model-index holds one result per STS task."""
+    from huggingface_hub import ModelCard
+
+    from embedkit.card import sts_tasks
+
+    try:
+        parsed = ModelCard(card, ignore_metadata_errors=False)
+    except Exception as err:  # noqa: BLE001
+        raise HubError(f"{out}: the generated model card does not parse ({type(err).__name__}: {err})") from None
+    expected = len(sts_tasks(results)[1])
+    found = len(parsed.data.eval_results or [])
+    if found != expected:
+        raise HubError(f"{out}: the model card's model-index holds {found} results, expected {expected} STS tasks")
+    if parsed.data.library_name != "sentence-transformers":
+        raise HubError(f"{out}: the model card lacks library_name: sentence-transformers")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Publishing
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError"),
+                         ("requests", "Timeout")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _describe(err: BaseException, token: str, repo_id: str, endpoint: str, stage: str) -> str:
+    """One line for a failed Hub call; never contains the token."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(err, _network_errors()):
+        msg = (f"connection to {endpoint} failed while {stage} ({type(err).__name__}: {_first_line(err)}); "
+               f"the upload to {repo_id} did not complete and nothing was published; run the same push again "
+               "to finish it")
+    elif status == 401 and not isinstance(err, RepositoryNotFoundError):
+        msg = (f"{endpoint} rejected the token (HTTP 401) while {stage}; set a valid write token in HF_TOKEN or "
+               "run `hf auth login`; nothing was published")
+    elif isinstance(err, RepositoryNotFoundError):
+        msg = (f"repository {repo_id} not found or not accessible with this token (HTTP {status}) while {stage}; "
+               "nothing was published")
+    elif status == 403:
+        msg = (f"the token has no write access to {repo_id} (HTTP 403) while {stage}; use a token with write "
+               "permission for that namespace; nothing was published")
+    elif isinstance(err, HfHubHTTPError):
+        msg = f"the Hub answered HTTP {status} while {stage}: {_first_line(err)}; nothing was published"
+    else:
+        msg = f"{stage} failed ({type(err).__name__}: {_first_line(err)}); nothing was published"
+    return msg.replace(token, "***") if token else msg
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else "no details"
+
+
+def push(
+    output_dir: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    *,
+    exclude: tuple[str, ...] = (),
+    max_file_mb: float = DEFAULT_MAX_FILE_MB,
+    dry_run: bool = False,
+) -> str:
+    """Check ``output_dir`` and publish it to ``repo_id``; returns the repo URL (with ``/tree/BRANCH``).
+
+    ``revision`` is a branch (created if missing). ``dry_run`` runs every local check and uploads nothing.
+    Raises :class:`HubError` (an :class:`~embedkit.errors.EmbedkitError`) on any failure.
+    """
+    check_repo_id(repo_id)
+    token = resolve_token(token) if not dry_run else (token or _optional_token())
+    endpoint = hub_endpoint()
+    out = Path(output_dir)
+    with tempfile.TemporaryDirectory(prefix="embedkit-push-") as tmp:
+        prepared = prepare_upload(out, Path(tmp) / "upload", repo_id, token, exclude, max_file_mb)
+        _log(f"checked {out}: {len(prepared.files)} files ({prepared.n_bytes / 2**20:.1f} MB), model loads, card "
+             f"parses ({prepared.eval_results} STS results), no {'token or ' if token else ''}home path; "
+             f"{len(prepared.skipped)} files left out (checkpoints, logs, optimizer state)")
+        if dry_run:
+            _log(f"dry run: would upload to {repo_id} at {endpoint}: {', '.join(prepared.files)}; the card follows")
+            print(prepared.card, flush=True)
+            return f"{endpoint}/{repo_id}"
+        url = _upload(prepared, repo_id, private, revision, commit_message, token, endpoint)
+    _log(f"published {len(prepared.files)} files to {url}")
+    return url
+
+
+def _optional_token() -> str | None:
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def _upload(prepared: Prepared, repo_id: str, private: bool, revision: str | None, commit_message: str | None,
+            token: str, endpoint: str) -> str:
+    from huggingface_hub import HfApi
+
+    from embedkit import __version__
+
+    api = HfApi(endpoint=endpoint, token=token, library_name="embedkit", library_version=__version__)
+    stage = "creating the repository"
+    try:
+        repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"))
+        if private:
+            stage = "checking the repository's visibility"
+            if not api.repo_info(repo_id, repo_type="model").private:
+                raise HubError(f"{repo_id} already exists and is public; --private does not change an existing "
+                               "repository (make it private on the Hub, or push without --private)")
+        if revision and revision != "main":
+            stage = f"creating branch {revision!r}"
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        stage = "uploading"
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(prepared.folder),
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message or "Upload model trained with embedkit",
+        )
+    except HubError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every Hub / network failure becomes one clear line
+        raise HubError(_describe(err, token, repo_id, endpoint, stage)) from None
+    return f"{repo_url.rstrip('/')}/tree/{revision}" if revision and revision != "main" else repo_url.rstrip("/")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cli_push(args: argparse.Namespace) -> int:
+    push(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
+         commit_message=args.commit_message, exclude=tuple(args.exclude), max_file_mb=args.max_file_mb,
+         dry_run=args.dry_run)
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``embedkit push OUTPUT_DIR REPO_ID``."""
+    p = subparsers.add_parser("push", help="publish a training output folder to the Hugging Face Hub")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="output.dir of a finished `embedkit train` run")
+    p.add_argument("repo_id", metavar="REPO_ID", help="namespace/name of the model repository")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", metavar="BRANCH", help="push to this branch (created if missing)")
+    p.add_argument("--commit-message", help="commit message (default: 'Upload model trained with embedkit')")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="also leave out files matching GLOB (repeatable)")
+    p.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,
+                   help=f"refuse non-weight files larger than this (default {DEFAULT_MAX_FILE_MB:g})")
+    p.add_argument("--dry-run", action="store_true", help="run every check and print the card; upload nothing")
+    p.set_defaults(func=_cli_push)

@@ -1,0 +1,416 @@
+"""``embedkit push`` end to end against a Hub-compatible server on loopback (tests/hub_server.py).
+
+A tiny model is really trained (4 steps), scored on two small pair files with the STS scorer, pushed,
+downloaded back with ``snapshot_download`` and loaded with ``SentenceTransformer``. Only loopback connections
+are allowed while these tests run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hub_server import HubServer
+
+TOKEN = "hf_embedkitTestToken0123456789abcdefXYZ"
+REPO = "tester/tiny-simcse"
+SENTENCES = ["a cat sits on the mat", "the stock market fell today", "a kitten rests on a rug"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+def _pair_file(path: Path, seed: int) -> Path:
+    """An STS-B-format file (tab-separated, score in column 5) of word-overlap pairs with graded gold scores."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(40):
+        a = [words[j] for j in rng.choice(12, size=6, replace=False)]
+        keep = i % 6
+        b = a[:keep] + [w for w in words if w not in a][: 6 - keep]
+        lines.append("\t".join(["toy", "test", "2024", str(i), f"{keep * 5 / 6:.3f}", " ".join(a), " ".join(b)]))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_output(tmp_path_factory, tiny_model_path) -> Path:
+    """A real training output folder (4 SimCSE steps on a tiny BERT), with STS-style scores in results.json."""
+    import huggingface_hub.constants
+    from sentence_transformers import SentenceTransformer
+
+    from embedkit.data.sts import read_stsb
+    from embedkit.evaluation.core import score_pairs
+    from embedkit.training.run import train
+
+    root = tmp_path_factory.mktemp("hub-train")
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    sentences = root / "sentences.txt"
+    sentences.write_text("\n".join(f"the {words[i % 12]} of {words[(i * 7) % 12]} is number {i}"
+                                   for i in range(96)) + "\n", encoding="utf-8")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name": tiny_model_path, "pooling": "cls", "mlp_only_train": True, "max_seq_length": 32},
+        "data": {"train": {"path": str(sentences)}, "dev": None},
+        "method": {"name": "simcse-unsup", "temperature": 0.05},
+        "training": {"batch_size": 16, "max_steps": 4, "eval_steps": 2, "learning_rate": 1e-4},
+        "output": {"dir": str(root / "out"), "license": "mit"},
+        "eval": {"suite": "none"},
+    }), encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        # Training saves a sentence-transformers card, which looks up the Hub unless offline: stay offline.
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        outside = _guard_loopback(mp)
+        train(str(recipe))
+        assert outside == [], f"non-loopback connections attempted while training: {outside}"
+    out = root / "out"
+
+    # Score the trained model on two pair files, in the shape evaluation writes under results["sts"].
+    model = SentenceTransformer(str(out), device="cpu", local_files_only=True)
+    data = root / "pairs"
+    data.mkdir()
+    tasks, files = {}, {}
+    for name, seed in (("toy-a", 1), ("toy-b", 2)):
+        pairs = read_stsb(_pair_file(data / f"{name}.csv", seed), name=name)
+        tasks[name] = {**score_pairs(model, pairs), "n": len(pairs)}
+        files.update(pairs.files)
+    results = json.loads((out / "results.json").read_text())
+    results["sts"] = {"protocol": "embedkit-test-pairs", "tasks": tasks,
+                      "avg": float(np.mean([t["spearman"] for t in tasks.values()])),
+                      "data": {"source": "local", "dir": str(data), "files": files}}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return out
+
+
+def _guard_loopback(monkeypatch) -> list:
+    """Refuse (and record) any name lookup or connection that is not for the loopback interface."""
+    outside: list = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            outside.append(address)
+            raise OSError(f"test: connection to {address} refused (loopback only)")
+        return real_connect(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "::1", "localhost", None):
+            outside.append(host)
+            raise OSError(f"test: name lookup of {host} refused (loopback only)")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return outside
+
+
+@pytest.fixture()
+def loopback_only(monkeypatch):
+    outside = _guard_loopback(monkeypatch)
+    yield outside
+    assert outside == [], f"non-loopback connections attempted: {outside}"
+
+
+@pytest.fixture()
+def hub(tmp_path, monkeypatch, loopback_only):
+    """The fake Hub, with HF_ENDPOINT / HF_TOKEN pointing at it."""
+    import huggingface_hub.constants
+
+    with HubServer(tmp_path / "hub", TOKEN) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        # huggingface_hub read HF_ENDPOINT at import: its own background calls must go to the fake Hub too.
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        yield server
+
+
+@pytest.fixture()
+def hf_logs(caplog):
+    """Capture huggingface_hub's and embedkit's logs at DEBUG."""
+    caplog.set_level(logging.DEBUG)
+    lib = logging.getLogger("huggingface_hub")
+    lib.addHandler(caplog.handler)
+    old = lib.level
+    lib.setLevel(logging.DEBUG)
+    yield caplog
+    lib.removeHandler(caplog.handler)
+    lib.setLevel(old)
+
+
+def _copy_output(src: Path, dst: Path) -> Path:
+    return Path(shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "logs")))
+
+
+def _encode(path: str | Path) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    return model.encode(SENTENCES, convert_to_numpy=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_push_download_load_identical(trained_output, hub, tmp_path, capfd, hf_logs):
+    from huggingface_hub import ModelCard, snapshot_download
+
+    from embedkit.hub import HubError, push
+
+    url = push(trained_output, REPO)
+    assert url == f"{hub.url}/{REPO}"
+
+    # What the server holds: model files, card, recipe and results; no checkpoints, logs or optimizer state.
+    remote = hub.state.files(REPO)
+    assert {"README.md", "model.safetensors", "modules.json", "config.json", "tokenizer.json", "recipe.yaml",
+            "results.json", "1_Pooling/config.json"} <= set(remote)
+    assert not [p for p in remote if p.startswith(("checkpoints/", "logs/")) or "optimizer" in p
+                or "rng_state" in p or "tfevents" in p or "method_state" in p]
+    assert remote["model.safetensors"] == (trained_output / "model.safetensors").read_bytes()
+
+    local = snapshot_download(REPO, endpoint=hub.url, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(_encode(local), _encode(trained_output))
+
+    card = ModelCard.load(Path(local) / "README.md")
+    data = card.data
+    assert data.library_name == "sentence-transformers"
+    assert data.pipeline_tag == "sentence-similarity"
+    assert data.license == "mit"
+    assert {"sentence-transformers", "simcse-unsup"} <= set(data.tags)
+    results = json.loads((trained_output / "results.json").read_text())
+    expected = {name: round(s["spearman"], 2) for name, s in results["sts"]["tasks"].items()}
+    got = {r.dataset_name: r.metric_value for r in data.eval_results}
+    assert got == expected
+    assert all(r.metric_type == "spearman" and r.metric_config == "embedkit-test-pairs" for r in data.eval_results)
+    assert "@inproceedings{gao2021simcse" in card.text  # the method's BibTeX
+    for digest in results["sts"]["data"]["files"].values():  # data hashes in the STS table
+        assert digest in card.text
+    assert "simcse-unsup" in card.text and "max_steps: 4" in card.text  # the resolved recipe
+
+    # The token went to the server on every request, and nowhere else.
+    assert hub.state.requests and all(ok for _, _, ok in hub.state.requests)
+    for path, blob in remote.items():
+        assert TOKEN.encode() not in blob, path
+    for file in Path(local).rglob("*"):
+        if file.is_file():
+            assert TOKEN.encode() not in file.read_bytes(), file
+    captured = capfd.readouterr()
+    assert "published" in captured.out
+    assert TOKEN not in captured.out + captured.err + hf_logs.text
+
+    # --private never publishes into an existing public repository.
+    with pytest.raises(HubError, match="already exists and is public"):
+        push(trained_output, REPO, private=True)
+
+
+def test_cli_push_private_branch(trained_output, hub, capfd):
+    from embedkit.cli import main
+
+    rc = main(["push", str(trained_output), "tester/tiny-branch", "--private", "--revision", "dev",
+               "--commit-message", "first tiny model"])
+    assert rc == 0
+    repo = hub.state.repos["tester/tiny-branch"]
+    assert repo["private"] is True
+    assert "README.md" in hub.state.files("tester/tiny-branch", "dev")
+    assert set(hub.state.files("tester/tiny-branch", "main")) == {".gitattributes"}
+    out = capfd.readouterr().out
+    assert f"{hub.url}/tester/tiny-branch/tree/dev" in out
+
+
+def test_wrong_token_is_one_clear_error(trained_output, hub, monkeypatch, capfd, hf_logs):
+    from embedkit.cli import main
+
+    wrong = "hf_wrongTokenForTheTestServer000000"
+    monkeypatch.setenv("HF_TOKEN", wrong)
+    rc = main(["push", str(trained_output), REPO])
+    captured = capfd.readouterr()
+    assert rc == 2
+    err_lines = [line for line in captured.err.splitlines() if line.startswith("embedkit: error:")]
+    assert len(err_lines) == 1, captured.err
+    assert "401" in err_lines[0] and "HF_TOKEN" in err_lines[0] and "nothing was published" in err_lines[0]
+    assert "published" not in captured.out
+    assert REPO not in hub.state.repos
+    assert any(not ok for _, _, ok in hub.state.requests)
+    for secret in (wrong, TOKEN):
+        assert secret not in captured.out + captured.err + hf_logs.text
+
+
+class _NoSleep:
+    """Stands in for the ``time`` module inside huggingface_hub's HTTP retry loop: retries without waiting."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds):
+        return None
+
+
+def test_dropped_connection_then_rerun_completes(trained_output, hub, monkeypatch, capfd):
+    import huggingface_hub.utils._http as hf_http
+
+    from embedkit.hub import HubError, push
+
+    monkeypatch.setattr(hf_http, "time", _NoSleep())
+    hub.state.drop_commits = True
+    with pytest.raises(HubError) as info:
+        push(trained_output, REPO)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "connection" in message and "run the same push again" in message and "nothing was published" in message
+    assert hub.state.dropped >= 1
+    assert set(hub.state.files(REPO)) == {".gitattributes"}  # the repo exists, nothing was committed
+    assert "published" not in capfd.readouterr().out
+
+    hub.state.drop_commits = False
+    url = push(trained_output, REPO)
+    assert url.endswith(REPO)
+    remote = hub.state.files(REPO)
+    assert remote["model.safetensors"] == (trained_output / "model.safetensors").read_bytes()
+    assert "README.md" in remote
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Safety checks (no network: they refuse before any request)
+
+
+def test_refuses_token_in_a_file(trained_output, hub, tmp_path):
+    from embedkit.hub import HubError, push
+
+    out = _copy_output(trained_output, tmp_path / "out")
+    (out / "notes").mkdir()
+    (out / "notes" / "env.txt").write_text(f"HF_TOKEN={TOKEN}\n")
+    with pytest.raises(HubError, match=r"notes/env.txt: contains the Hub token") as info:
+        push(out, REPO)
+    assert TOKEN not in str(info.value)
+    assert hub.state.requests == []
+
+
+def test_home_paths_redacted_in_card_refused_elsewhere(trained_output, hub, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    from embedkit.hub import HubError, prepare_upload, push
+
+    home = tmp_path / "home" / "alice"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    out = _copy_output(trained_output, tmp_path / "out")
+    results = json.loads((out / "results.json").read_text())
+    results["recipe"]["model"]["name"] = f"{home}/models/tiny-bert"
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "recipe.yaml").write_text(f"model:\n  name: {home}/models/tiny-bert\n")
+
+    prepared = prepare_upload(out, tmp_path / "staged", REPO, TOKEN)
+    assert str(home) not in prepared.card and "~/models/tiny-bert" in prepared.card
+    assert ModelCard(prepared.card).data.base_model is None  # a local path is not a Hub base model
+    for rel in ("results.json", "recipe.yaml"):
+        assert str(home) not in (prepared.folder / rel).read_text()
+    assert str(home) in (out / "recipe.yaml").read_text()  # the output folder itself is left untouched
+
+    (out / "eval_notes.md").write_text(f"scores\nread from {home}/data/sts\n")
+    with pytest.raises(HubError, match=r"eval_notes.md:2: contains a path in your home folder"):
+        push(out, REPO)
+    assert hub.state.requests == []
+
+
+def test_excludes_training_state_and_refuses_stray_large_file(trained_output, hub, tmp_path):
+    from embedkit.hub import HubError, push, select_files
+
+    keep, skipped = select_files(trained_output)
+    assert "model.safetensors" in keep and "README.md" not in keep
+    assert any(p.startswith("checkpoints/") and p.endswith("optimizer.pt") for p in skipped)
+    assert any(p.startswith("logs/") for p in skipped)
+    assert not [p for p in keep if p.startswith(("checkpoints/", "logs/"))]
+
+    out = _copy_output(trained_output, tmp_path / "out")
+    (out / "extra").mkdir()
+    (out / "extra" / "state.bin").write_bytes(np.random.default_rng(0).bytes(2 * 2**20))
+    with pytest.raises(HubError, match=r"extra/state.bin: 2.0 MB, over the 1 MB limit"):
+        push(out, REPO, max_file_mb=1)  # model.safetensors (4 MB) is weights: allowed over the limit
+    assert hub.state.requests == []
+
+
+def test_refuses_a_model_that_does_not_load(trained_output, hub, tmp_path):
+    from embedkit.errors import EmbedkitError
+    from embedkit.hub import HubError, push
+
+    out = _copy_output(trained_output, tmp_path / "out")
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(HubError, match="the model does not load from the files to upload"):
+        push(out, REPO)
+    (out / "results.json").unlink()
+    with pytest.raises(EmbedkitError, match="results.json: not found"):
+        push(out, REPO)
+    assert hub.state.requests == []
+
+
+def test_no_token_is_a_clear_error(trained_output, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from embedkit.hub import HubError, push
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(HubError, match="no Hugging Face token: set HF_TOKEN"):
+        push(trained_output, REPO)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The card on its own
+
+
+def test_card_with_full_sts_suite_and_mteb(tmp_path, monkeypatch):
+    """The card reproduces whatever results.json holds: 7 STS tasks, protocol, hashes, MTEB."""
+    from huggingface_hub import ModelCard
+
+    from embedkit.card import build_card
+
+    monkeypatch.setenv("HOME", "/home/alice")
+    names = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R"]
+    rng = np.random.default_rng(7)
+    tasks = {n: {"spearman": float(rng.uniform(60, 90)), "pearson": float(rng.uniform(60, 90)), "n": 100 + i}
+             for i, n in enumerate(names)}
+    results = {
+        "recipe": {"model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
+                   "data": {"train": {"hub": "sentence-transformers/all-nli", "split": "train"}},
+                   "method": {"name": "simcse-sup", "temperature": 0.05}, "output": {"license": "apache-2.0"}},
+        "method": {"name": "simcse-sup", "paper": "Gao et al. 2021", "citation": "@inproceedings{x,\n title={y}\n}"},
+        "sts": {"protocol": "senteval-sts-all", "tasks": tasks, "avg": float(np.mean([t["spearman"] for t in
+                                                                                         tasks.values()])),
+                "data": {"source": "local", "dir": "/home/alice/data/sts",
+                         "files": {"/home/alice/data/sts/STS12/a.txt": "f" * 64}},
+                "deviations": ["SICK-R holds 9927 pairs"]},
+        "mteb": {"tasks": {"STSBenchmark": {"main_score": float(rng.uniform(0.5, 0.9)), "split": "test"}, "odd": 3}},
+        "hardware": "1 x H100", "seconds": 3725.0, "versions": {"torch": "2.13.0"},
+    }
+    text = build_card(results, "alice/minilm-simcse")
+    card = ModelCard(text)
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert card.data.datasets == ["sentence-transformers/all-nli"]
+    assert card.data.license == "apache-2.0"
+    assert [r.dataset_name for r in card.data.eval_results] == names
+    assert [r.metric_value for r in card.data.eval_results] == [round(tasks[n]["spearman"], 2) for n in names]
+    assert {r.metric_config for r in card.data.eval_results} == {"senteval-sts-all"}
+    assert f"| **Avg** | **{results['sts']['avg']:.2f}** |" in text
+    assert f"| STSBenchmark | {results['mteb']['tasks']['STSBenchmark']['main_score']:.4f} |" in text
+    assert "`STS12/a.txt` | `" + "f" * 64 in text and "/home/alice" not in text and "under `~/data/sts`" in text
+    assert "- SICK-R holds 9927 pairs" in text
+    assert 'SentEval "all" setting' in text and "1 h 2 min 5 s" in text
+
+    bare = build_card({"recipe": {}, "method": {"name": "m"}}, "alice/x")
+    assert ModelCard(bare).data.eval_results is None
+    assert "No evaluation was recorded" in bare
