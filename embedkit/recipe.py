@@ -101,6 +101,9 @@ class TrainingSection(Section):
     save_total_limit: int | None = Field(2, gt=0)
     logging_steps: int = Field(10, gt=0)
     gather_across_devices: bool = Field(True, description="in-batch negatives from every process")
+    mini_batch_size: int | None = Field(
+        None, gt=0, description="GradCache: encode in mini-batches of this size (same loss, less memory)"
+    )
     dataloader_workers: int = Field(0, ge=0)
     drop_last: bool = False
 

@@ -46,7 +46,8 @@ def encode_columns(
     model: nn.Module, features: list[dict[str, Tensor]], head: nn.Module | None = None, repeat: int = 1
 ) -> list[Tensor]:
     """Encode every column of the batch in one forward pass; returns one embedding matrix per column
-    (``repeat`` copies of each when a column is entered more than once, e.g. SimCSE's two dropout views)."""
+    (``repeat`` copies of each when a column is entered more than once, e.g. SimCSE's two dropout views),
+    passed through ``head`` when one is given."""
     features = [f for f in features for _ in range(repeat)]
     batch, sizes = concat_features(features)
     emb = model(batch)["sentence_embedding"]

@@ -5,12 +5,51 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from sentence_transformers.base.losses import CachedLossMixin
 from torch import Tensor, nn
 
 from embedkit.losses.common import cosine_matrix, encode_columns, gather, world
 
 
-class SimCSELoss(nn.Module):
+class _ContrastiveLoss(CachedLossMixin, nn.Module):
+    """Shared plumbing: the plain path encodes every view in one forward pass; with ``mini_batch_size`` set,
+    the GradCache path of sentence-transformers (:class:`CachedLossMixin`: embed mini-batches without a graph,
+    back-propagate the loss to the embeddings, then replay each mini-batch with the same RNG state) gives the
+    same loss and gradients with the activation memory of one mini-batch."""
+
+    repeat = 1  # how many times each dataset column enters the batch (2 for dropout views)
+
+    def __init__(self, model: nn.Module, head: nn.Module | None, gather_across_devices: bool,
+                 mini_batch_size: int | None) -> None:
+        nn.Module.__init__(self)
+        self.model = model
+        self.head = head
+        self.gather_across_devices = gather_across_devices
+        self.mini_batch_size = mini_batch_size
+
+    def score(self, views: list[Tensor]) -> Tensor:
+        """The loss from the embeddings of each view (before the training-only head)."""
+        raise NotImplementedError
+
+    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        if self.mini_batch_size:
+            columns = [f for f in sentence_features for _ in range(self.repeat)]
+            return self.forward_cached(columns, labels)
+        return self.score(encode_columns(self.model, sentence_features, repeat=self.repeat))
+
+    def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *,
+                       with_backward: bool = False) -> Tensor:
+        loss = self.score([torch.cat(mbs) for mbs in reps])
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.head(x) if self.head is not None else x
+
+
+class SimCSELoss(_ContrastiveLoss):
     """Unsupervised SimCSE: the positive of a sentence is the same sentence under another dropout mask.
 
     Each sentence enters the batch twice and both copies are encoded in one forward pass with dropout on,
@@ -26,6 +65,7 @@ class SimCSELoss(nn.Module):
         temperature: τ (0.05 in the paper).
         head: optional training-only MLP applied to both views (SimCSE's ``mlp_only_train``).
         gather_across_devices: gather in-batch negatives from every process.
+        mini_batch_size: GradCache mini-batch (None: one forward pass for the whole batch).
 
     Example::
 
@@ -33,22 +73,21 @@ class SimCSELoss(nn.Module):
         # dataset: one column of sentences
     """
 
+    repeat = 2
+
     def __init__(
         self, model: nn.Module, temperature: float = 0.05, head: nn.Module | None = None,
-        gather_across_devices: bool = True,
+        gather_across_devices: bool = True, mini_batch_size: int | None = None,
     ) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, head, gather_across_devices, mini_batch_size)
         self.temperature = temperature
-        self.head = head
-        self.gather_across_devices = gather_across_devices
 
-    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
-        z1, z2 = encode_columns(self.model, sentence_features[:1], self.head, repeat=2)
+    def score(self, views: list[Tensor]) -> Tensor:
+        z1, z2 = (self.project(v) for v in views)
         return info_nce(z1, gather(z2, self.gather_across_devices), self.temperature)
 
 
-class SupervisedSimCSELoss(nn.Module):
+class SupervisedSimCSELoss(_ContrastiveLoss):
     """Supervised SimCSE on (anchor, positive, hard negative) triples, e.g. NLI entailment/contradiction.
 
     Each anchor ``h_i`` is scored against every positive ``h_j⁺`` and every hard negative ``h_j⁻`` of the
@@ -65,6 +104,7 @@ class SupervisedSimCSELoss(nn.Module):
         hard_negative_weight: log α, added to the anchor's own hard-negative logit only.
         head: optional training-only MLP.
         gather_across_devices: gather positives and hard negatives from every process.
+        mini_batch_size: GradCache mini-batch (None: one forward pass for the whole batch).
 
     Example::
 
@@ -74,17 +114,14 @@ class SupervisedSimCSELoss(nn.Module):
 
     def __init__(
         self, model: nn.Module, temperature: float = 0.05, hard_negative_weight: float = 0.0,
-        head: nn.Module | None = None, gather_across_devices: bool = True,
+        head: nn.Module | None = None, gather_across_devices: bool = True, mini_batch_size: int | None = None,
     ) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, head, gather_across_devices, mini_batch_size)
         self.temperature = temperature
         self.hard_negative_weight = hard_negative_weight
-        self.head = head
-        self.gather_across_devices = gather_across_devices
 
-    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
-        views = encode_columns(self.model, sentence_features, self.head)
+    def score(self, views: list[Tensor]) -> Tensor:
+        views = [self.project(v) for v in views]
         anchors = views[0]
         candidates = [gather(v, self.gather_across_devices) for v in views[1:]]
         return info_nce(anchors, candidates[0], self.temperature, candidates[1:], self.hard_negative_weight)

@@ -46,6 +46,7 @@ class SimCSEUnsup(Method):
         return SimCSELoss(
             self.ctx.model, self.params.temperature, head=training_head(self),
             gather_across_devices=self.ctx.recipe.training.gather_across_devices,
+            mini_batch_size=self.ctx.recipe.training.mini_batch_size,
         )
 
 
@@ -65,4 +66,5 @@ class SimCSESup(Method):
         return SupervisedSimCSELoss(
             self.ctx.model, self.params.temperature, self.params.hard_negative_weight, head=training_head(self),
             gather_across_devices=self.ctx.recipe.training.gather_across_devices,
+            mini_batch_size=self.ctx.recipe.training.mini_batch_size,
         )
