@@ -28,7 +28,8 @@ def _recipes(args: argparse.Namespace) -> int:
     from embedkit.recipe import list_recipes
 
     for name, desc in list_recipes():
-        print(f"{name:<36} {desc}")
+        short = desc if len(desc) <= 88 else desc[:87].rstrip() + "…"
+        print(f"{name:<32} {short}")
     return 0
 
 
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("embedkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -104,6 +104,9 @@ class TrainingSection(Section):
     mini_batch_size: int | None = Field(
         None, gt=0, description="GradCache: encode in mini-batches of this size (same loss, less memory)"
     )
+    group_by_length: bool = Field(
+        False, description="batches of similar length (less padding); order stays random across batches"
+    )
     dataloader_workers: int = Field(0, ge=0)
     drop_last: bool = False
 
