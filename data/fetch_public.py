@@ -42,7 +42,8 @@ def fetch(out: Path, load_dataset=None) -> list[Path]:
     for year, (name, split) in STS_YEARS.items():
         ds = load_dataset(name, split=split)
         folder = out / "sts" / year
-        _write(folder / "STS.input.all.txt", [f"{_clean(a)}\t{_clean(b)}" for a, b in zip(ds["sentence1"], ds["sentence2"])])
+        pairs = zip(ds["sentence1"], ds["sentence2"])
+        _write(folder / "STS.input.all.txt", [f"{_clean(a)}\t{_clean(b)}" for a, b in pairs])
         _write(folder / "STS.gs.all.txt", [f"{float(s):g}" for s in ds["score"]])
         written += [folder / "STS.input.all.txt", folder / "STS.gs.all.txt"]
     for part, (name, split) in STSB.items():

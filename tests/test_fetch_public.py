@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from embedkit.data.sts import read_sick, read_stsb, read_sts_year
+from embedkit.data.sts import read_sick, read_sts_year, read_stsb
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -42,7 +42,7 @@ def test_unsup_value_and_gradient_match_formula():
     table = torch.randn(n, d, dtype=torch.float64)
     noise = torch.randn(2 * n, d, dtype=torch.float64) * 0.5
     enc = FixedEncoder(table, noise)
-    loss = SimCSELoss(enc, temperature=tau)(([feats(list(range(n)))]))
+    loss = SimCSELoss(enc, temperature=tau)([feats(list(range(n)))])
     loss.backward()
 
     # Direct formula: view 1 = table + noise[:n], view 2 = table + noise[n:].

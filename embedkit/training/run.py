@@ -120,6 +120,7 @@ def train(
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.training_args import BatchSamplers
 
+    from embedkit.data.samplers import LengthGroupedBatchSampler
     from embedkit.evaluation.core import load_stsb_dev, make_dev_evaluator, score_pairs
     from embedkit.methods.base import TrainContext
     from embedkit.modeling import build_model
@@ -191,7 +192,7 @@ def train(
         report_to="none",
         dataloader_num_workers=t.dataloader_workers,
         dataloader_drop_last=t.drop_last or world_size > 1,
-        batch_sampler=sampler or BatchSamplers.BATCH_SAMPLER,
+        batch_sampler=sampler or (LengthGroupedBatchSampler if t.group_by_length else BatchSamplers.BATCH_SAMPLER),
         disable_tqdm=False,
     )
     callbacks = method.callbacks(loss) + _tensorboard_callbacks(out / "logs")

@@ -5,10 +5,18 @@
   each checkpoint and restored on resume; a checkpoint counts as complete only once that file and the
   ``embedkit_checkpoint.json`` marker exist.
 * **loss guard** – a NaN or infinite loss stops training at that step, before the optimizer sees it.
+* **sampler epochs** – every sampler under the training dataloader learns the epoch at each epoch start.
+  After a resume under several processes the trainer reaches only accelerate's shard wrapper
+  (``BatchSamplerShard`` forwards no ``set_epoch``), so the per-epoch seeded order would restart at
+  epoch 0's; here the epoch is set on the samplers themselves.
+* **loss-owned gradients across processes** – DDP averages the gradients of the model it wraps, not those
+  of trainable parameters that live in the loss (a training-only MLP head); they are averaged here, so
+  every process applies the same update and the run equals one process holding the global batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,8 +24,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformerTrainer
+from transformers import TrainerCallback
 
 from embedkit.errors import NonFiniteLossError
+from embedkit.losses.common import world
 
 METHOD_STATE_FILE = "embedkit_method_state.safetensors"
 COMPLETE_MARKER = "embedkit_checkpoint.json"
@@ -44,6 +54,62 @@ def load_method_state(loss: torch.nn.Module, checkpoint: str | Path) -> None:
     loss.load_state_dict(state, strict=False)
 
 
+def loss_own_parameters(loss: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Trainable parameters of the loss outside ``model.*`` (e.g. a training-only head)."""
+    return [p for n, p in loss.named_parameters() if not n.startswith("model.") and p.requires_grad]
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """All-reduce the gradients of ``params`` to their mean over processes (no-op in one process)."""
+    import torch.distributed as dist
+
+    _, size = world()
+    if size == 1 or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(size)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """A content hash of a method state (to check that every process holds the same one)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        tensor = state[key].detach().cpu().contiguous().reshape(-1)  # 1-d: 0-dim tensors cannot change dtype
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def method_state_digests(state: dict[str, torch.Tensor]) -> list[str]:
+    """:func:`state_digest` of this process's method state, gathered from every process (rank order)."""
+    import torch.distributed as dist
+
+    mine = state_digest(state)
+    _, size = world()
+    if size == 1:
+        return [mine]
+    out: list[str | None] = [None] * size
+    dist.all_gather_object(out, mine)
+    return [str(d) for d in out]
+
+
+def all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process (so that all of them stop at the same step)."""
+    import torch.distributed as dist
+
+    bad = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
+    if world()[1] > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return not bool(bad.item())
+
+
 def latest_checkpoint(folder: str | Path) -> Path | None:
     """The complete checkpoint with the highest step in ``folder``, or ``None``."""
     best, best_step = None, -1
@@ -57,25 +123,80 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return best
 
 
+def set_sampler_epoch(loader: object, epoch: int) -> list[object]:
+    """Call ``set_epoch(epoch)`` on every sampler below ``loader`` (through ``batch_sampler`` / ``sampler``
+    links, e.g. DataLoaderShard → BatchSamplerShard → DefaultBatchSampler → SeedableRandomSampler); returns
+    the samplers it reached."""
+    reached, seen, todo = [], {id(loader)}, [loader]
+    while todo:
+        node = todo.pop()
+        for attr in ("batch_sampler", "sampler"):
+            child = getattr(node, attr, None)
+            if child is None or id(child) in seen:
+                continue
+            seen.add(id(child))
+            if hasattr(child, "set_epoch"):
+                child.set_epoch(epoch)
+                reached.append(child)
+            todo.append(child)
+    return reached
+
+
+class SamplerEpochCallback(TrainerCallback):
+    """At each epoch start, set the epoch on the training samplers (see :func:`set_sampler_epoch`)."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is not None:
+            # state.epoch is the progress so far (1.33 when resuming in the second epoch); floor = this epoch.
+            set_sampler_epoch(train_dataloader, int(state.epoch + 1e-6) if state.epoch else 0)
+
+
 class EmbedkitTrainer(SentenceTransformerTrainer):
     """The sentence-transformers trainer plus method-state checkpoints and a loss guard."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_callback(SamplerEpochCallback())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = out[0] if return_outputs else out
-        if model.training and not torch.isfinite(loss.detach()).all():
+        if model.training and not all_finite(loss):
+            last = latest_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            kept = f"the last good checkpoint is {last}" if last else (
+                f"no checkpoint was saved in {self.args.output_dir}")
+            self._close_progress_bars()  # so that the error starts its own line
+            value = loss.item() if loss.numel() == 1 else "not finite"
+            where = "" if not torch.isfinite(loss.detach()).all() else " on another process"
             raise NonFiniteLossError(
-                f"loss is {loss.item()} at step {self.state.global_step + 1}; training stopped. "
-                f"The last good checkpoint is kept in {self.args.output_dir}."
+                f"loss is {value}{where} at step {self.state.global_step + 1}; training stopped before that "
+                f"update, {kept}, and no final model was written"
             )
         return out
+
+    def _close_progress_bars(self) -> None:
+        for callback in self.callback_handler.callbacks:
+            for name in ("training_bar", "prediction_bar"):
+                bar = getattr(callback, name, None)
+                if bar is not None and hasattr(bar, "close"):
+                    bar.close()
+                    setattr(callback, name, None)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # DeepSpeed reduces the gradients of every parameter its optimizer holds, the loss's included.
+        if self.accelerator.sync_gradients and not self.is_deepspeed_enabled:
+            average_gradients(loss_own_parameters(self.loss))
+        return loss
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
         folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        state = method_state(self.loss)
+        digests = method_state_digests(state)  # collective: every process takes part
         if self.args.should_save and os.path.isdir(folder):
-            state = method_state(self.loss)
             if state:
                 save_file(state, os.path.join(folder, METHOD_STATE_FILE))
             with open(os.path.join(folder, COMPLETE_MARKER), "w", encoding="utf-8") as fh:
-                json.dump({"global_step": self.state.global_step, "method_state": sorted(state)}, fh)
+                json.dump({"global_step": self.state.global_step, "method_state": sorted(state),
+                           "method_state_sha256_per_rank": digests}, fh)

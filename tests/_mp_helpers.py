@@ -1,0 +1,365 @@
+"""Helpers for tests that train in other processes: tiny recipes, the CLI in a subprocess, ``torchrun``,
+SIGKILL right after the first complete checkpoint, an injected NaN loss, and weight comparisons.
+
+Import from a test module with ``from _mp_helpers import ...`` (pytest puts ``tests/`` on ``sys.path``).
+
+**Covering a new method** takes one entry in :data:`TRAIN_DATA` (the function that writes a small training
+file in the columns the method reads; give extra recipe keys in :data:`METHOD_PARAMS` if the defaults do
+not fit a 48-row run), then its name in the ``parametrize`` lists of ``test_distributed.py`` /
+``test_resume.py``. Method state (anything of the loss outside ``model.*``: heads, momentum encoders,
+queues) is compared automatically through the checkpoints' ``embedkit_method_state.safetensors``.
+
+Run as a script, this file is a thin wrapper around ``embedkit`` with two test-only switches (used under a
+plain ``python`` or under ``torchrun``)::
+
+    python tests/_mp_helpers.py [--sigkill-after-save] [--nan-at-step N] embedkit train RECIPE ...
+
+``--sigkill-after-save`` kills the process with SIGKILL from the trainer's ``on_save`` callback, i.e. right
+after the first checkpoint (and its completion marker) is on disk; ``--nan-at-step N`` multiplies the loss
+of optimizer step N by NaN, below the loss guard, so the guard sees what a diverging run would produce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve()
+
+# ----------------------------------------------------------------------------------------------------------
+# Training data per method: one small file in the columns the method reads.
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+
+def write_sentences(folder: Path, n: int = 48) -> Path:
+    """``n`` distinct sentences, one a line (single-column methods)."""
+    path = Path(folder) / "sentences.txt"
+    lines = [f"the {WORDS[i % 12]} of {WORDS[(i * 7) % 12]} is number {i}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_triples(folder: Path, n: int = 48) -> Path:
+    """``n`` (anchor, positive, hard negative) rows as CSV with a header (supervised SimCSE and the like)."""
+    path = Path(folder) / "triples.csv"
+    rows = ["sent0,sent1,hard_neg"]
+    for i in range(n):
+        a, b = WORDS[i % 12], WORDS[(i * 5 + 3) % 12]
+        rows.append(f"the {a} sees {b} number {i},a {a} is looking at {b} {i},the {b} never met any {a} {i + 7}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+TRAIN_DATA: dict[str, Callable[[Path], Path]] = {
+    "simcse-unsup": write_sentences,
+    "simcse-sup": write_triples,
+}
+"""Method name → writer of a small training file for it. Add one line per new method."""
+
+METHOD_PARAMS: dict[str, dict[str, Any]] = {}
+"""Method name → extra ``method:`` keys for tiny runs (e.g. a queue size that fits a 48-row dataset)."""
+
+
+def spread_tiny_model(src: str, dst: Path, initializer_range: float = 0.2, seed: int = 0) -> str:
+    """The tiny BERT at ``src`` (same config and tokenizer) re-initialised with a wider weight spread.
+
+    With the default init (std 0.02) every sentence gets almost the same [CLS] vector, the contrastive
+    gradients are near zero and Adam turns float rounding into visible weight differences; comparisons of
+    two training set-ups need sentences the model can tell apart."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    config = BertConfig.from_pretrained(src)
+    config.initializer_range = initializer_range
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(str(dst))
+    AutoTokenizer.from_pretrained(src).save_pretrained(str(dst))
+    return str(dst)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Recipes and processes
+
+
+def write_recipe(
+    folder: Path,
+    model_path: str,
+    method: str,
+    out_dir: Path,
+    training: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    method_params: dict[str, Any] | None = None,
+    name: str = "recipe.yaml",
+) -> Path:
+    """A recipe for a short run of ``method`` on the tiny model: no dev set, no final evaluation, a loss
+    logged at every step, a checkpoint at the end. ``training`` / ``model`` / ``method_params`` override keys."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = TRAIN_DATA[method](folder)
+    recipe = {
+        "model": {"name": str(model_path), "pooling": "cls", "mlp_only_train": True, "max_seq_length": 16,
+                  **(model or {})},
+        "data": {"train": {"path": str(data)}, "dev": None},
+        "method": {"name": method, **METHOD_PARAMS.get(method, {}), **(method_params or {})},
+        "training": {"batch_size": 8, "max_steps": 4, "logging_steps": 1, "learning_rate": 1e-3,
+                     "save_total_limit": None, "seed": 7, **(training or {})},
+        "eval": {"before": False, "suite": "none"},
+        "output": {"dir": str(out_dir)},
+    }
+    path = folder / name
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def child_env(tmp: Path, threads: int = 1) -> dict[str, str]:
+    """Environment for training subprocesses: offline, ``threads`` BLAS threads each (the same in every run
+    that is compared), and ``TMPDIR`` inside the test's folder (torchrun leaves ``torchelastic_*`` there)."""
+    tmpdir = Path(tmp) / "tmpdir"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    env.update({
+        "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
+    })
+    return env
+
+
+def _driver_args(embedkit_args: list[str], sigkill_after_save: bool, nan_at_step: int | None) -> list[str]:
+    hooks = (["--sigkill-after-save"] if sigkill_after_save else []) + (
+        ["--nan-at-step", str(nan_at_step)] if nan_at_step else [])
+    return [str(HERE), *hooks, "embedkit", *embedkit_args]
+
+
+def run_embedkit(
+    args: list[str], tmp: Path, *, sigkill_after_save: bool = False, nan_at_step: int | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
+    """``embedkit ARGS`` in a fresh single process (through this file's driver)."""
+    cmd = [sys.executable, *_driver_args(args, sigkill_after_save, nan_at_step)]
+    return subprocess.run(cmd, env=child_env(tmp), cwd=str(tmp), capture_output=True, text=True, timeout=timeout)
+
+
+def run_torchrun(
+    args: list[str], tmp: Path, nproc: int = 2, *, nan_at_step: int | None = None, timeout: float = 300,
+) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node NPROC`` running ``embedkit ARGS`` (gloo on CPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           *_driver_args(args, False, nan_at_step)]
+    return subprocess.run(cmd, env=child_env(tmp), cwd=str(tmp), capture_output=True, text=True, timeout=timeout)
+
+
+def run_in_process(recipe: Path) -> dict[str, Any]:
+    """``embedkit.training.run.train(recipe)`` in this process (a single-process reference run)."""
+    from embedkit.training.run import train
+
+    return train(str(recipe))
+
+
+def check_ok(proc: subprocess.CompletedProcess, what: str) -> None:
+    """Fail with the tail of the output when a subprocess did not succeed."""
+    if proc.returncode != 0:
+        tail = (proc.stdout[-3000:] + "\n---stderr---\n" + proc.stderr[-6000:])
+        raise AssertionError(f"{what} exited with {proc.returncode}:\n{tail}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading results
+
+
+def load_tensors(folder: Path, skip: tuple[str, ...] = ("checkpoints", "logs")) -> dict[str, Any]:
+    """Every tensor of every ``*.safetensors`` file under ``folder`` (not under ``skip``), keyed
+    ``relative/file.safetensors:tensor``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    out = {}
+    for file in sorted(folder.rglob("*.safetensors")):
+        rel = file.relative_to(folder)
+        if rel.parts[0] in skip or any(part.startswith(".") for part in rel.parts):
+            continue
+        for key, value in load_file(str(file)).items():
+            out[f"{rel}:{key}"] = value
+    return out
+
+
+def final_weights(out_dir: Path) -> dict[str, Any]:
+    """The saved final model of a run (all modules' safetensors, not the checkpoints)."""
+    weights = load_tensors(out_dir)
+    if not weights:
+        raise AssertionError(f"{out_dir}: no final model weights")
+    return weights
+
+
+def checkpoint_dirs(out_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, by step."""
+    folders = Path(out_dir, "checkpoints").glob("checkpoint-*")
+    return sorted(folders, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+def method_state(checkpoint: Path) -> dict[str, Any]:
+    """The loss's own state saved with a checkpoint (empty when the method keeps none)."""
+    from safetensors.torch import load_file
+
+    from embedkit.training.trainer import METHOD_STATE_FILE
+
+    file = Path(checkpoint) / METHOD_STATE_FILE
+    return load_file(str(file)) if file.exists() else {}
+
+
+def marker(checkpoint: Path) -> dict[str, Any]:
+    """The completion marker of a checkpoint."""
+    from embedkit.training.trainer import COMPLETE_MARKER
+
+    return json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text(encoding="utf-8"))
+
+
+def results(out_dir: Path) -> dict[str, Any]:
+    """A finished run's ``results.json``."""
+    return json.loads((Path(out_dir) / "results.json").read_text(encoding="utf-8"))
+
+
+def step_losses(out_dir: Path) -> dict[int, float]:
+    """Training loss per logged step, from ``results.json``."""
+    history = results(out_dir)["train"]["log_history"]
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+def max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Largest absolute difference between two equally keyed tensor dicts (fails on differing keys)."""
+    if sorted(a) != sorted(b):
+        raise AssertionError(f"different tensors: {sorted(set(a) ^ set(b))}")
+    worst = 0.0
+    for key in a:
+        if a[key].shape != b[key].shape:
+            raise AssertionError(f"{key}: shape {tuple(a[key].shape)} vs {tuple(b[key].shape)}")
+        if a[key].numel():
+            worst = max(worst, (a[key].double() - b[key].double()).abs().max().item())
+    return worst
+
+
+def bitwise_equal(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys whose tensors differ in any bit (empty list: identical)."""
+    import torch
+
+    if sorted(a) != sorted(b):
+        return sorted(set(a) ^ set(b))
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kill-and-resume
+
+
+def kill_resume_compare(
+    tmp: Path, model_path: str, method: str, training: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None, method_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``method`` three ways and compare: uninterrupted; SIGKILLed right after its first checkpoint;
+    that killed run resumed with ``embedkit train --resume``. Returns what the caller asserts on:
+    ``killed`` (the killed run's return code, checkpoints and whether it left a final model), the two
+    runs' ``final_weights`` mismatches (bitwise and max abs), last-checkpoint ``method_state`` mismatches,
+    final ``global_step`` of each, and per-step losses after the resume point."""
+    tmp = Path(tmp)
+    training = {"max_steps": 12, "save_steps": 8, "batch_size": 8, **(training or {})}
+    full_dir, cut_dir = tmp / "uninterrupted", tmp / "killed"
+    full = write_recipe(tmp / "full", model_path, method, full_dir, training, model, method_params)
+    cut = write_recipe(tmp / "cut", model_path, method, cut_dir, training, model, method_params)
+
+    check_ok(run_embedkit(["train", str(full)], tmp), "uninterrupted run")
+    killed = run_embedkit(["train", str(cut)], tmp, sigkill_after_save=True)
+    report: dict[str, Any] = {
+        "killed": {
+            "returncode": killed.returncode,
+            "checkpoints": [p.name for p in checkpoint_dirs(cut_dir)],
+            "results_json": (cut_dir / "results.json").exists(),
+            "final_model": (cut_dir / "model.safetensors").exists(),
+        }
+    }
+    resumed = run_embedkit(["train", str(cut), "--resume"], tmp)
+    check_ok(resumed, "resumed run")
+    report["resume_log"] = resumed.stdout
+    a, b = final_weights(full_dir), final_weights(cut_dir)
+    report["weights_bitwise_mismatch"] = bitwise_equal(a, b)
+    report["weights_max_abs_diff"] = max_abs_diff(a, b)
+    last_a, last_b = checkpoint_dirs(full_dir)[-1], checkpoint_dirs(cut_dir)[-1]
+    report["last_checkpoints"] = (last_a.name, last_b.name)
+    sa, sb = method_state(last_a), method_state(last_b)
+    report["method_state_keys"] = sorted(sa)
+    report["method_state_bitwise_mismatch"] = bitwise_equal(sa, sb)
+    report["global_step"] = (results(full_dir)["train"]["global_step"], results(cut_dir)["train"]["global_step"])
+    la, lb = step_losses(full_dir), step_losses(cut_dir)
+    report["losses"] = (la, lb)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Driver (run as a script)
+
+
+def _install_hooks(sigkill_after_save: bool, nan_at_step: int | None) -> None:
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers import TrainerCallback
+
+    from embedkit.training import trainer as tr
+
+    if sigkill_after_save:
+        class SigkillAfterSave(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                sys.stdout.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        init = tr.EmbedkitTrainer.__init__
+
+        def patched_init(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.add_callback(SigkillAfterSave())
+
+        tr.EmbedkitTrainer.__init__ = patched_init
+
+    if nan_at_step:
+        compute = SentenceTransformerTrainer.compute_loss
+
+        def nan_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = compute(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            if model.training and self.state.global_step + 1 == nan_at_step:
+                if return_outputs:
+                    return out[0] * float("nan"), out[1]
+                return out * float("nan")
+            return out
+
+        SentenceTransformerTrainer.compute_loss = nan_loss
+
+
+def main(argv: list[str]) -> int:
+    """``[--sigkill-after-save] [--nan-at-step N] embedkit EMBEDKIT_ARGS`` (not ``--``: torchrun eats it)."""
+    import argparse
+
+    if "embedkit" not in argv:
+        raise SystemExit("usage: _mp_helpers.py [--sigkill-after-save] [--nan-at-step N] embedkit EMBEDKIT_ARGS")
+    split = argv.index("embedkit")
+    parser = argparse.ArgumentParser(prog="_mp_helpers.py")
+    parser.add_argument("--sigkill-after-save", action="store_true")
+    parser.add_argument("--nan-at-step", type=int)
+    opts = parser.parse_args(argv[:split])
+    _install_hooks(opts.sigkill_after_save, opts.nan_at_step)
+    from embedkit.cli import main as embedkit_main
+
+    return embedkit_main(argv[split + 1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

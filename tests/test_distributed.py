@@ -1,0 +1,87 @@
+"""Two processes (``torchrun``, gloo on CPU) against one process holding the same global batch.
+
+With dropout off, cross-device negatives gathered with their gradient, the label offset by rank, the
+batches sharded round-robin from one seeded order, DDP averaging the encoder's gradients and the trainer
+averaging the loss's own (training-only head) gradients, both set-ups compute the same losses and end
+with the same weights. To cover another method add its name to ``METHODS`` (and a data writer in
+``_mp_helpers.TRAIN_DATA``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _mp_helpers import (
+    check_ok,
+    checkpoint_dirs,
+    final_weights,
+    marker,
+    max_abs_diff,
+    method_state,
+    run_in_process,
+    run_torchrun,
+    spread_tiny_model,
+    step_losses,
+    write_recipe,
+)
+
+METHODS = ["simcse-unsup", "simcse-sup"]
+# Parameters that make more of the loss matter (simcse-sup: the own-hard-negative offset, placed by rank).
+PARAMS = {"simcse-sup": {"hard_negative_weight": 0.7}}
+TOL = 1e-5
+PER_DEVICE, STEPS = 8, 4
+# The key bias of self-attention adds the same amount to every score of a query, so softmax cancels it and
+# its exact gradient is zero: what it receives is float rounding, which differs between the two set-ups
+# and which Adam scales up to ~lr-sized steps. Nothing else the encoder computes depends on it.
+ZERO_GRADIENT = ("attention.self.key.bias",)
+
+
+@pytest.fixture(scope="module")
+def spread_model_path(tiny_model_path, tmp_path_factory) -> str:
+    """The tiny BERT with weights spread wide enough that sentences get distinct [CLS] vectors."""
+    return spread_tiny_model(tiny_model_path, tmp_path_factory.mktemp("tiny-spread"))
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_equal_one_process(method: str, tmp_path: Path, spread_model_path: str) -> None:
+    model = {"dropout": 0.0}  # cls pooling with the training-only MLP head (state owned by the loss)
+    common = {"max_steps": STEPS, "seed": 11}
+    multi_dir, single_dir = tmp_path / "two", tmp_path / "one"
+    multi = write_recipe(tmp_path / "r2", spread_model_path, method, multi_dir,
+                         {**common, "batch_size": PER_DEVICE}, model, PARAMS.get(method))
+    single = write_recipe(tmp_path / "r1", spread_model_path, method, single_dir,
+                          {**common, "batch_size": 2 * PER_DEVICE}, model, PARAMS.get(method))
+
+    proc = run_torchrun(["train", str(multi)], tmp_path, nproc=2)
+    check_ok(proc, "torchrun --nproc_per_node 2")
+    assert f"world size 2, batch {PER_DEVICE} per device, {2 * PER_DEVICE} global, " \
+           f"{2 * PER_DEVICE - 1} in-batch negatives per anchor" in proc.stdout
+    run_in_process(single)
+
+    # Same loss at every step (the logged loss is the mean over processes).
+    one, two = step_losses(single_dir), step_losses(multi_dir)
+    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+    for step in one:
+        assert abs(one[step] - two[step]) < TOL, (step, one[step], two[step])
+    assert abs(one[STEPS] - one[1]) > 1e-2, "the loss did not move; the comparison would say nothing"
+
+    # Same final encoder.
+    w1, w2 = final_weights(single_dir), final_weights(multi_dir)
+    compared = {k: v for k, v in w1.items() if not k.endswith(ZERO_GRADIENT)}
+    assert max_abs_diff(compared, {k: w2[k] for k in compared}) < TOL
+    start = final_weights(Path(spread_model_path))
+    shared = [k for k in compared if k in start]
+    assert shared, "the saved encoder should use the starting model's tensor names"
+    moved = max((w1[k] - start[k]).abs().max().item() for k in shared)
+    assert moved > 100 * TOL, "training did not move the weights; the comparison would say nothing"
+
+    # Same loss-owned state (the MLP head), identical on both processes.
+    last1, last2 = checkpoint_dirs(single_dir)[-1], checkpoint_dirs(multi_dir)[-1]
+    assert last1.name == last2.name == f"checkpoint-{STEPS}"
+    s1, s2 = method_state(last1), method_state(last2)
+    assert s1, "expected the training-only head in the method state"
+    assert max_abs_diff(s1, s2) < TOL
+    digests = marker(last2)["method_state_sha256_per_rank"]
+    assert len(digests) == 2 and digests[0] == digests[1], "the processes hold different method states"
