@@ -153,11 +153,11 @@ def test_shipped_recipes_validate(data_dir):
 
 
 def test_validation_imports_no_heavy_library():
-    """Method modules must keep torch/numpy/transformers imports inside functions, so that a bad recipe
-    is reported in well under 3 seconds."""
+    """Method modules must keep torch/transformers imports inside functions, so that a bad recipe is
+    reported in well under 3 seconds (numpy, ~0.1 s, is allowed)."""
     code = (
         "import sys; from embedkit.methods import available_methods; import embedkit.recipe, embedkit.cli; "
-        "available_methods(); heavy = [m for m in ('torch', 'numpy', 'transformers', 'sentence_transformers', "
+        "available_methods(); heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', "
         "'datasets', 'mteb') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -164,8 +164,9 @@ def plot(before_m: dict, after_m: dict, before_b: dict, after_b: dict, path: Pat
             values = np.asarray(values, dtype=float)
             values = values[np.isfinite(values)]
             if len(values):
+                colour = "#ff7f0e" if "hard" in label else colours.get(label.split()[0])
                 ax.hist(values, bins=bins, alpha=0.55, density=True, label=f"{label} (n={len(values)})",
-                        color=colours.get(label.split()[0], None))
+                        color=colour)
         ax.set_title(title_)
         ax.set_xlabel(xlabel)
         ax.legend(fontsize=8)
@@ -196,7 +197,7 @@ def plot(before_m: dict, after_m: dict, before_b: dict, after_b: dict, path: Pat
     ax.bar(x + 0.2, [100 * after_b[k] for k in keys], 0.4, label="after", color=colours["after"])
     ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("% of in-batch negatives")
-    ax.set_title("in-batch negatives: duplicates and likely false negatives")
+    ax.set_title("in-batch negatives: duplicates, likely FN")
     ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()

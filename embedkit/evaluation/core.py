@@ -19,13 +19,19 @@ if TYPE_CHECKING:
     from embedkit.recipe import DevSection
 
 
-def encode_unique(model: SentenceTransformer, sentences: list[str], batch_size: int = 128) -> dict[str, np.ndarray]:
-    """Embed each distinct sentence once; returns sentence → unit-normalised vector."""
+def encode_unique(model: SentenceTransformer, sentences: list[str], batch_size: int = 128,
+                  autocast: str | None = None) -> dict[str, np.ndarray]:
+    """Embed each distinct sentence once; returns sentence → unit-normalised vector (float64).
+
+    Tokenises once and batches by token length (:func:`embedkit.evaluation.encoding.embed`); ``autocast``
+    is ``none`` (default), ``bf16`` or ``auto``.
+    """
+    from embedkit.evaluation.encoding import embed
+
     unique = list(dict.fromkeys(sentences))
-    emb = model.encode(unique, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
-    emb = emb.astype(np.float64)
+    emb = embed(model, unique, batch_size=batch_size, autocast=autocast).astype(np.float64)
     emb /= np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
-    return dict(zip(unique, emb))
+    return dict(zip(unique, emb, strict=True))
 
 
 def pair_cosines(table: dict[str, np.ndarray], pairs: PairSet) -> np.ndarray:

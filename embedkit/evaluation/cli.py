@@ -1,0 +1,147 @@
+"""``embedkit eval``: the STS suite, geometry, MTEB and leaderboard submission files from the command line.
+
+Every run writes, in ``--output`` (default ``eval-results/<model>``): ``results.json`` (last, atomically: its
+presence marks a finished run), ``sts.png`` (the chart of the 7 tasks) and, with ``--mteb``, mteb's results
+tree under ``mteb/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from embedkit.errors import EmbedkitError
+
+SUITE_CHOICES = ("sts", "geometry", "none")
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``eval`` sub-command."""
+    p = subparsers.add_parser(
+        "eval", help="evaluate a model: STS suite (SentEval protocol), geometry, MTEB",
+        description="Evaluate a sentence-embedding model. Default: the 7-task STS suite (STS12-16 'all' setting, "
+                    "STS-B test, SICK-R test; 100 x Spearman of cosine).",
+    )
+    p.add_argument("model", help="model folder, packaged model or Hub id")
+    p.add_argument("--compare", metavar="MODEL_B", help="also evaluate MODEL_B and show both with differences")
+    p.add_argument("--data-dir", help="local data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
+    p.add_argument("--source", choices=("auto", "local", "hub"), default="auto",
+                   help="where the STS data comes from (auto: the local folder when there is one, else the Hub)")
+    p.add_argument("--suite", choices=SUITE_CHOICES, default=None,
+                   help="sts (default), geometry only, or none (with --mteb: default none)")
+    p.add_argument("--geometry", action="store_true", help="add alignment / uniformity / anisotropy to the STS run")
+    p.add_argument("--output", "-o", help="output folder (default: eval-results/<model name>)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
+                   help="bf16 autocast (auto: only where the hardware has bf16); default none")
+    p.add_argument("--no-chart", action="store_true", help="do not draw sts.png")
+    g = p.add_argument_group("MTEB")
+    g.add_argument("--mteb", metavar="TASK[,TASK...]", help="run these MTEB tasks with mteb.evaluate")
+    g.add_argument("--mteb-benchmark", metavar="NAME", help="run an MTEB benchmark, e.g. 'MTEB(eng, v2)'")
+    g.add_argument("--reuse-mteb-cache", action="store_true",
+                   help="let mteb reuse cached results for the same model name + revision (default: recompute)")
+    g.add_argument("--submission", metavar="DIR", help="write leaderboard submission files (results tree + ModelMeta)")
+    g.add_argument("--model-name", help="organization/model_name for mteb (default: the card's name or local/<folder>)")
+    g.add_argument("--revision", help="model revision for mteb (default: SHA-256 of the weights)")
+    g.add_argument("--license", help="model license for the ModelMeta (default: the training recipe's)")
+    g.add_argument("--languages", default="eng-Latn", help="ModelMeta languages, comma-separated ISO codes")
+    g.add_argument("--training-code", metavar="URL", help="public training code link for the ModelMeta")
+    g.add_argument("--training-data", metavar="URL", help="public training data link for the ModelMeta")
+    p.set_defaults(func=run_cli)
+
+
+def _slug(spec: str) -> str:
+    name = Path(spec.rstrip("/")).name or spec
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "model"
+
+
+def _check_args(args: argparse.Namespace) -> str:
+    wants_mteb = bool(args.mteb or args.mteb_benchmark)
+    suite = args.suite or ("none" if wants_mteb else "sts")
+    if args.batch_size <= 0:
+        raise EmbedkitError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.submission and not wants_mteb:
+        raise EmbedkitError("--submission needs MTEB results: add --mteb TASK[,TASK...] or --mteb-benchmark NAME")
+    if args.compare and suite != "sts":
+        raise EmbedkitError("--compare works with the STS suite (drop --suite/--mteb, or run them separately)")
+    if args.geometry and suite != "sts":
+        raise EmbedkitError("--geometry adds to the STS suite; for geometry alone use --suite geometry")
+    if suite == "none" and not wants_mteb:
+        raise EmbedkitError("--suite none without --mteb: nothing to evaluate")
+    if args.source != "hub":
+        from embedkit.evaluation.sts import sts_root
+
+        sts_root(args.data_dir)  # a named data folder that is missing fails here, before any model loads
+    return suite
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``embedkit eval``; results.json is written only when everything succeeded."""
+    from embedkit.evaluation.report import (
+        geometry_table,
+        mteb_table,
+        render_chart,
+        sts_table,
+        write_json_atomic,
+    )
+    from embedkit.evaluation.runner import evaluate, load_model, package_versions
+
+    started = time.perf_counter()
+    suite = _check_args(args)
+    out = Path(args.output) if args.output else Path("eval-results") / (
+        _slug(args.model) + (f"-vs-{_slug(args.compare)}" if args.compare else ""))
+    common = dict(data_dir=args.data_dir, batch_size=args.batch_size, source=args.source, autocast=args.autocast,
+                  progress=True)
+    results: dict[str, Any] = {"arguments": {k: v for k, v in vars(args).items() if k != "func"}}
+    model, spec = load_model(args.model)
+    if suite == "sts":
+        results["sts"] = evaluate(model, "sts", geometry=args.geometry, model_path=spec, **common)
+    elif suite == "geometry":
+        results["geometry"] = evaluate(model, "geometry", model_path=spec, **common)
+    if args.compare:
+        model_b, spec_b = load_model(args.compare)
+        other = evaluate(model_b, "sts", model_path=spec_b, **common)
+        diff = {t: other["tasks"][t]["spearman"] - s["spearman"] for t, s in results["sts"]["tasks"].items()
+                if t in other["tasks"]}
+        diff["avg"] = other["avg"] - results["sts"]["avg"]
+        results["compare"] = {"model": other["model"], "sts": other, "difference_b_minus_a": diff}
+    if args.mteb or args.mteb_benchmark:
+        from embedkit.evaluation.mteb_eval import run_mteb
+
+        run = run_mteb(
+            model, args.mteb, args.mteb_benchmark, data_dir=args.data_dir, cache_dir=out / "mteb",
+            batch_size=args.batch_size, source=args.source, autocast=args.autocast, model_name=args.model_name,
+            revision=args.revision, reuse_cache=args.reuse_mteb_cache, submission=args.submission,
+            languages=[s.strip() for s in args.languages.split(",") if s.strip()], license=args.license,
+            training_code=args.training_code, training_data=args.training_data, progress=True, model_path=spec,
+        )
+        results["mteb"] = run.pop("tasks")
+        results["mteb_run"] = run
+    results["versions"] = package_versions()
+    results["seconds"] = round(time.perf_counter() - started, 2)
+
+    chart = None
+    if "sts" in results and not args.no_chart:
+        other = results.get("compare", {}).get("sts")
+        labels = (_slug(args.model), _slug(args.compare)) if args.compare else ("A", "B")
+        chart = render_chart(out / "sts.png", results["sts"], other, labels)
+        results["chart"] = str(chart)
+    path = write_json_atomic(out / "results.json", results)
+
+    if "sts" in results:
+        other = results.get("compare", {}).get("sts")
+        labels = (_slug(args.model), _slug(args.compare)) if args.compare else ("A", "B")
+        print(sts_table(results["sts"], other, labels))
+        if "geometry" in results["sts"]:
+            print(geometry_table(results["sts"]["geometry"]))
+    if "geometry" in results:
+        print(geometry_table(results["geometry"]))
+    if "mteb" in results:
+        print(mteb_table({"tasks": results["mteb"], **results["mteb_run"]}))
+        if results["mteb_run"].get("submission"):
+            print(f"submission files: {results['mteb_run']['submission']['dir']} (see its README.md)")
+    print(f"results: {path}" + (f"; chart: {chart}" if chart else ""))
+    return 0

@@ -1,0 +1,157 @@
+"""Fast, exact sentence encoding for evaluation: tokenise once, batch by token length, optional bf16 autocast.
+
+``SentenceTransformer.encode`` tokenises every batch on its own and sorts by character length. For an
+evaluation that embeds tens of thousands of sentences once, :func:`embed` instead runs the model's own
+preprocessing a single time over all sentences, sorts them by their true token length, and cuts each batch
+out of the padded token matrix, trimmed to the longest sentence in the batch. The tensors each batch sees
+are exactly those ``encode`` would build (same tokenizer call, same truncation, padding to the batch's
+longest), so the embeddings are the same; only the work is less. Models whose first module does not give
+plain padded token matrices (static embeddings, flattened flash-attention inputs, prompts) fall back to
+``model.encode``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from embedkit.errors import EmbedkitError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+AUTOCAST_CHOICES = ("none", "bf16", "auto")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 matrix multiplies natively (a bf16-capable GPU, or a CPU with AMX/AVX512-BF16)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_autocast(autocast: str | None, device: torch.device) -> str:
+    """``none`` | ``bf16`` | ``auto`` → ``none`` or ``bf16``. ``auto`` is bf16 only where the hardware has it.
+
+    The default everywhere is ``none`` (see docs/evaluation.md for the measured effect of bf16 on scores).
+    """
+    choice = (autocast or "none").lower()
+    if choice not in AUTOCAST_CHOICES:
+        raise EmbedkitError(f"autocast {autocast!r}: expected one of {', '.join(AUTOCAST_CHOICES)}")
+    if choice == "auto":
+        return "bf16" if bf16_supported(device) else "none"
+    return choice
+
+
+def _autocast_context(mode: str, device: torch.device):
+    if mode == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _preprocess(model: SentenceTransformer, sentences: list[str]) -> dict[str, Any]:
+    fn = getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers >= 6 / 5
+    return fn(sentences)
+
+
+def _padding_side(mask: torch.Tensor) -> str | None:
+    """``right`` or ``left`` when every row of the attention mask is one contiguous block at that side."""
+    width = mask.shape[1]
+    lengths = mask.sum(dim=1, keepdim=True)
+    positions = torch.arange(width).unsqueeze(0)
+    if torch.equal(mask.bool(), positions < lengths):
+        return "right"
+    if torch.equal(mask.bool(), positions >= width - lengths):
+        return "left"
+    return None
+
+
+def _token_features(model: SentenceTransformer, sentences: list[str]) -> tuple[dict[str, Any], str] | None:
+    """All sentences preprocessed at once, or ``None`` when the fast path does not apply to this model."""
+    from sentence_transformers.models import Transformer
+
+    if not len(model) or not isinstance(model[0], Transformer):
+        return None
+    if getattr(model, "default_prompt_name", None):
+        return None
+    features = _preprocess(model, sentences)
+    mask = features.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or mask.shape[0] != len(sentences):
+        return None
+    for value in features.values():
+        if isinstance(value, torch.Tensor) and value.shape[:2] != mask.shape:
+            return None  # e.g. pixel values or flattened inputs: not sliceable per sentence
+    side = _padding_side(mask)
+    if side is None:
+        return None
+    return features, side
+
+
+def embed(
+    model: SentenceTransformer,
+    sentences: list[str],
+    batch_size: int = 128,
+    autocast: str | None = None,
+) -> np.ndarray:
+    """Sentence embeddings (float32, as the model outputs them, not re-normalised), in the order given.
+
+    Pass each sentence once (see :func:`embedkit.evaluation.core.encode_unique`). ``autocast`` is
+    ``none`` (default), ``bf16`` or ``auto`` (bf16 where the hardware supports it).
+    """
+    if batch_size <= 0:
+        raise EmbedkitError(f"batch_size must be positive, got {batch_size}")
+    if not sentences:
+        from embedkit.evaluation.runner import embedding_dim
+
+        return np.zeros((0, embedding_dim(model) or 0), dtype=np.float32)
+    device = model.device
+    mode = resolve_autocast(autocast, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _autocast_context(mode, device):
+            prepared = _token_features(model, sentences)
+            if prepared is None:
+                out = model.encode(sentences, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+                return np.asarray(out, dtype=np.float32)
+            return _embed_prepared(model, prepared, batch_size, device)
+    finally:
+        model.train(was_training)
+
+
+def _embed_prepared(model: SentenceTransformer, prepared: tuple[dict[str, Any], str], batch_size: int,
+                    device: torch.device) -> np.ndarray:
+    features, side = prepared
+    lengths = features["attention_mask"].sum(dim=1)
+    order = torch.argsort(-lengths, stable=True)  # longest first: a memory problem shows at once
+    out: np.ndarray | None = None
+    truncate_dim = getattr(model, "truncate_dim", None)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = int(lengths[idx].max())
+        batch = {}
+        for key, value in features.items():
+            if isinstance(value, torch.Tensor):
+                rows = value[idx]
+                batch[key] = (rows[:, :width] if side == "right" else rows[:, -width:]).to(device)
+            else:
+                batch[key] = value
+        emb = model(batch)["sentence_embedding"]
+        if truncate_dim:
+            emb = emb[..., :truncate_dim]
+        emb = emb.float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(order), emb.shape[1]), dtype=np.float32)
+        out[idx.numpy()] = emb
+    assert out is not None
+    return out

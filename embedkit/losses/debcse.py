@@ -1,0 +1,188 @@
+"""DebCSE-style contrastive loss with false-negative masking (embedkit's reading of Miao, Du and Zhang,
+"DebCSE: Rethinking Unsupervised Contrastive Sentence Embedding Learning in the Debiasing Perspective",
+CIKM 2023, arXiv:2309.07396; see ``docs/debcse.md``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from embedkit.losses.common import cosine_matrix, encode_columns, gather, world
+
+
+def false_negative_mask(
+    table: Tensor, anchor_ids: Tensor, positive_ids: Tensor, negative_ids: Tensor | None = None,
+    offset: int = 0, margin: float = 0.0, threshold: float | None = None,
+) -> Tensor:
+    """Which in-batch candidates of each anchor are likely false negatives.
+
+    ``table`` holds unit reference embeddings; ``anchor_ids`` (n) index the local anchors, ``positive_ids``
+    and ``negative_ids`` (N each, −1 = none) the (gathered) candidate columns, in the order the logits use
+    (positives, then hard negatives). Anchor i's own positive sits at column ``offset + i`` and is never
+    masked. A column j is masked when
+
+    * it is the same text as the anchor or as the anchor's positive (same table id), or
+    * its reference cosine to the anchor exceeds the anchor's positive cosine by more than ``margin``, or
+    * its reference cosine to the anchor is at least ``threshold`` (near-duplicates; ``None``: off).
+
+    Returns a bool matrix n × (N or 2N); missing hard negatives (id −1) are masked.
+    """
+    n = anchor_ids.shape[0]
+    cols = positive_ids if negative_ids is None else torch.cat([positive_ids, negative_ids])
+    valid = cols >= 0
+    ref = table.float()
+    anchors = ref[anchor_ids]
+    own_ids = positive_ids[offset + torch.arange(n, device=positive_ids.device)]
+    own = (anchors * ref[own_ids]).sum(-1)
+    sims = anchors @ ref[cols.clamp(min=0)].T
+    mask = sims > own.unsqueeze(1) + margin
+    if threshold is not None:
+        mask |= sims >= threshold
+    mask |= cols.unsqueeze(0) == anchor_ids.unsqueeze(1)
+    mask |= cols.unsqueeze(0) == own_ids.unsqueeze(1)
+    mask |= ~valid.unsqueeze(0)
+    rows = torch.arange(n, device=mask.device)
+    mask[rows, offset + rows] = False
+    return mask
+
+
+def masked_info_nce(
+    anchors: Tensor, positives: Tensor, temperature: float, hard_negatives: list[Tensor] | tuple = (),
+    hard_negative_weight: float = 0.0, mask: Tensor | None = None,
+) -> Tensor:
+    """:func:`embedkit.losses.simcse.info_nce` with masked logits: cells where ``mask`` is true are set to
+    −∞ (removed from the denominator). Without a mask it equals ``info_nce``."""
+    n = anchors.shape[0]
+    rank, size = world()
+    offset = rank * n if positives.shape[0] == n * size else 0
+    blocks = [cosine_matrix(anchors, positives) / temperature]
+    for neg in hard_negatives:
+        logits = cosine_matrix(anchors, neg) / temperature
+        if hard_negative_weight:
+            weights = torch.zeros_like(logits)
+            weights[torch.arange(n), offset + torch.arange(n)] = hard_negative_weight
+            logits = logits + weights
+        blocks.append(logits)
+    logits = torch.cat(blocks, dim=1).float()
+    if mask is not None:
+        logits = logits.masked_fill(mask.to(logits.device), float("-inf"))
+    labels = torch.arange(n, device=anchors.device) + offset
+    return F.cross_entropy(logits, labels)
+
+
+def gather_ids(ids: Tensor, enabled: bool = True) -> Tensor:
+    """Concatenate an integer tensor from every process along dim 0 (no gradient)."""
+    rank, size = world()
+    if not enabled or size == 1:
+        return ids
+    parts = [torch.empty_like(ids) for _ in range(size)]
+    dist.all_gather(parts, ids.contiguous())
+    return torch.cat(parts)
+
+
+class DebCSELoss(nn.Module):
+    """InfoNCE over (anchor, positive[, hard negative]) rows with in-batch negatives, minus likely false
+    negatives: embedkit's reading of DebCSE (Miao et al., CIKM 2023, arXiv:2309.07396).
+
+    With anchors ``h_i``, positives ``h_j⁺``, hard negatives ``h_j⁻`` of the (global) batch, temperature τ,
+    hard-negative offset log α, and the set M_i of columns masked by :func:`false_negative_mask` under the
+    frozen reference encoder r(·):
+
+        ℓ_i = −log( e^{cos(h_i,h_i⁺)/τ} / Σ_{c ∉ M_i} e^{cos(h_i,h_c)/τ + 1[c = i⁻]·log α} )
+
+        M_i = { c ≠ i⁺ : cos(r_i, r_c) > cos(r_i, r_i⁺) + margin  or  cos(r_i, r_c) ≥ threshold
+                         or text(c) ∈ {text(i), text(i⁺)} }
+
+    The rows come from :mod:`embedkit.debias` (positives and hard negatives drawn by inverse propensity
+    weighting); the batch labels carry each row's table ids ``[anchor, positive, negative]``. With
+    ``dropout_positive`` the single text column is encoded twice (plain unsupervised SimCSE) and only the
+    masking is added.
+
+    Args:
+        model: the SentenceTransformer being trained.
+        temperature: τ (0.05 as in SimCSE).
+        hard_negative_weight: log α on each anchor's own hard negative.
+        head: optional training-only MLP.
+        gather_across_devices: in-batch candidates from every process.
+        margin: cosine margin over the positive above which an in-batch candidate is masked.
+        threshold: reference cosine at or above which a candidate is masked (``None``: off).
+        dropout_positive: one text column, positive = second dropout view (masking-only add-on).
+
+    Example::
+
+        loss = DebCSELoss(model, temperature=0.05, margin=0.05, threshold=0.95)
+        loss.set_reference(table, round_=0)  # float16 unit embeddings indexed by the label ids
+        # dataset columns: anchor, positive, negative, label ([a, p, n, round] ids)
+    """
+
+    def __init__(
+        self, model: nn.Module, temperature: float = 0.05, hard_negative_weight: float = 0.0,
+        head: nn.Module | None = None, gather_across_devices: bool = True, margin: float = 0.0,
+        threshold: float | None = 0.95, dropout_positive: bool = False, reference: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+        self.hard_negative_weight = hard_negative_weight
+        self.head = head
+        self.gather_across_devices = gather_across_devices
+        self.margin = margin
+        self.threshold = threshold
+        self.dropout_positive = dropout_positive
+        # Plain attributes, not buffers: tables are rebuilt by mining and never stored in checkpoints. The
+        # last two rounds are kept, because the data loader may hand over one batch built before a re-mining.
+        self.tables: dict[int, Tensor] = {}
+        self.reference: Tensor | None = None
+        self._offsets: dict[int, int] = {}
+        self.last_masked_fraction = 0.0
+        if reference is not None:
+            self.set_reference(reference)
+
+    def set_reference(self, table: Tensor, round_: int = 0) -> None:
+        """Install the reference-embedding table of mining round ``round_`` (the label ids index it)."""
+        self.tables[int(round_)] = table
+        for old in sorted(self.tables)[:-2]:
+            del self.tables[old]
+        offsets, start = {}, 0
+        for key in sorted(self.tables):
+            offsets[key] = start
+            start += self.tables[key].shape[0]
+        self._offsets = offsets
+        self.reference = torch.cat([self.tables[k] for k in sorted(self.tables)]) if len(self.tables) > 1 else table
+
+    def _global_ids(self, ids: Tensor) -> Tensor:
+        """Row ids ``[anchor, positive, negative(, round)]`` → ids into the combined reference table."""
+        rounds = ids[:, 3] if ids.shape[1] > 3 else torch.zeros_like(ids[:, 0])
+        out = ids[:, :3].clone()
+        if len(self.tables) == 1 and ids.shape[1] <= 3:
+            return out
+        offset = torch.empty_like(rounds)
+        for r in rounds.unique().tolist():
+            if r not in self._offsets:
+                raise RuntimeError(f"DebCSE batch of mining round {r}; the loss holds rounds {sorted(self.tables)}")
+            offset[rounds == r] = self._offsets[r]
+        return torch.where(out >= 0, out + offset.unsqueeze(1), out)
+
+    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        if self.dropout_positive:
+            anchors, positives = encode_columns(self.model, sentence_features[:1], self.head, repeat=2)
+            views = [anchors, positives]
+        else:
+            views = encode_columns(self.model, sentence_features, self.head)
+        anchors = views[0]
+        candidates = [gather(v, self.gather_across_devices) for v in views[1:]]
+        mask = None
+        if labels is not None and self.reference is not None:
+            ids = labels.view(anchors.shape[0], -1).long()
+            all_ids = self._global_ids(gather_ids(ids, self.gather_across_devices).to(self.reference.device))
+            ids = self._global_ids(ids.to(self.reference.device))
+            rank, size = world()
+            offset = rank * anchors.shape[0] if candidates[0].shape[0] == anchors.shape[0] * size else 0
+            negative_ids = all_ids[:, 2] if len(candidates) > 1 else None
+            mask = false_negative_mask(self.reference, ids[:, 0], all_ids[:, 1], negative_ids, offset,
+                                       self.margin, self.threshold)
+            self.last_masked_fraction = float(mask.float().mean())
+        return masked_info_nce(anchors, candidates[0], self.temperature, candidates[1:],
+                               self.hard_negative_weight, mask)

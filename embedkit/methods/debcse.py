@@ -1,0 +1,252 @@
+"""DebCSE (embedkit's reading): debiased positives and hard negatives by inverse propensity weighting,
+with false-negative masking; also a masking-only add-on for plain unsupervised SimCSE."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from embedkit.debias import DebiasParams
+from embedkit.methods.base import Method, register
+from embedkit.methods.simcse import training_head
+
+DEBCSE_CITATION = """@inproceedings{miao2023debcse,
+  title = {{DebCSE}: Rethinking Unsupervised Contrastive Sentence Embedding Learning in the Debiasing Perspective},
+  author = {Miao, Pu and Du, Zeyao and Zhang, Junlin},
+  booktitle = {Proceedings of the 32nd ACM International Conference on Information and Knowledge Management (CIKM)},
+  year = {2023}
+}"""
+
+ROW_COLUMN = "row"
+
+
+class DebCSEParams(DebiasParams):
+    """The debiasing knobs (:class:`~embedkit.debias.DebiasParams`) plus loss, reference and re-mining."""
+
+    mode: Literal["debias", "mask-only"] = Field(
+        "debias", description="debias: IPW-drawn (anchor, positive, hard negative) rows; mask-only: plain "
+        "dropout positives (unsupervised SimCSE) with false-negative masking only",
+    )
+    temperature: float = Field(0.05, gt=0)
+    hard_negative_weight: float = Field(0.0, description="log α added to each anchor's own hard negative")
+    false_negative_margin: float = Field(
+        0.0, ge=0, description="mask in-batch candidates whose reference cosine exceeds the positive's by this"
+    )
+    false_negative_threshold: float | None = Field(
+        0.95, gt=0, le=1, description="also mask candidates at or above this reference cosine; null: off"
+    )
+    reference: str = Field(
+        "initial", description="initial: the starting model, frozen; current: the model being trained (at each "
+        "re-mining); anything else: a model name or local path",
+    )
+    remine_every: str | int = Field(
+        "epoch", description="re-draw rows each epoch, never, or every N optimizer steps (an int > 0)"
+    )
+    mining_batch_size: int = Field(128, gt=0)
+    mining_chunk_size: int = Field(4096, gt=0, description="queries per matrix product in top-K mining")
+    mining_backend: Literal["auto", "torch", "faiss"] = "auto"
+    mining_device: str = Field("auto", description="auto: this process's GPU when there is one, else the CPU")
+
+    @field_validator("remine_every")
+    @classmethod
+    def _schedule(cls, value: str | int) -> str | int:
+        if value in ("epoch", "never") or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError(f"expected 'epoch', 'never' or a positive number of steps, got {value!r}")
+
+
+def log(msg: str) -> None:
+    """A progress line on the main process (same format as the training run's)."""
+    from embedkit.training.run import log as run_log
+
+    run_log(msg)
+
+
+class RowsHolder:
+    """The current round's rows; the dataset transform reads them, re-mining replaces them."""
+
+    def __init__(self, dropout_positive: bool = False) -> None:
+        self.rows: Any = None
+        self.dropout_positive = dropout_positive
+
+    def transform(self, batch: dict[str, list]) -> dict[str, list]:
+        rows = self.rows
+        idx = [int(i) for i in batch[ROW_COLUMN]]
+        out: dict[str, list] = {"anchor": [rows.anchor[i] for i in idx]}
+        if not self.dropout_positive:
+            out["positive"] = [rows.positive[i] for i in idx]
+        if rows.negative is not None:
+            out["negative"] = [rows.negative[i] for i in idx]
+        out["label"] = [[int(x) for x in rows.ids[i]] + [int(rows.round)] for i in idx]
+        return out
+
+
+@register
+class DebCSE(Method):
+    """DebCSE-style debiasing: positives close in meaning but different in surface and length, hard negatives
+    close in surface but different in meaning, drawn by inverse propensity weighting; in-batch candidates
+    the frozen reference deems too similar are masked as likely false negatives."""
+
+    name = "debcse"
+    params_cls = DebCSEParams
+    column_roles = ("text",)
+    paper = "Miao, Du and Zhang, DebCSE (CIKM 2023), arXiv:2309.07396 — embedkit's reading, no official code"
+    citation = DEBCSE_CITATION
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.holder = RowsHolder(dropout_positive=self.params.mode == "mask-only")
+        self.round = -1
+        self.loss = None
+        self._texts: list[str] = []
+        self._cache: Any = None
+        self._reference_model: Any = None
+
+    # ---- mining ------------------------------------------------------------------------------------
+
+    def reference_model(self) -> Any:
+        """The encoder used for mining: the (current) training model, or a separately loaded one."""
+        ref = self.params.reference
+        if ref in ("initial", "current"):
+            return self.ctx.model
+        if self._reference_model is None:
+            from embedkit.modeling import build_model
+            from embedkit.recipe import ModelSection
+
+            cfg = ModelSection(name=ref, pooling=None, dropout=None,
+                               max_seq_length=self.ctx.recipe.model.max_seq_length)
+            self._reference_model = build_model(cfg)
+        return self._reference_model
+
+    def mine_round(self, round_: int) -> Any:
+        """Build the rows of mining round ``round_`` (deterministic given the seed and the reference)."""
+        from embedkit import debias
+
+        p = self.params
+        seed = self.ctx.recipe.training.seed
+        kwargs = dict(batch_size=p.mining_batch_size, chunk_size=p.mining_chunk_size, backend=p.mining_backend,
+                      device=p.mining_device)
+        if p.mode == "mask-only":
+            if self._cache is None or p.reference == "current":
+                from embedkit.mining import encode
+
+                texts, _ = debias.unique_texts(self._texts)
+                self._cache = (texts, encode(self.reference_model(), texts, p.mining_batch_size, p.mining_device))
+            texts, emb = self._cache
+            rows = debias.identity_rows(self._texts, emb, texts)
+            rows.round = round_
+            return rows
+        previous = None if p.reference == "current" else self._cache
+        if previous is None:
+            n = len(set(self._texts))
+            log(f"debcse mining round {round_}: encoding {n} sentences and {n * len(p.views)} views with the "
+                f"reference ({p.reference}), top-{p.k} neighbours")
+        started = time.time()
+        rows, self._cache = debias.debias(self.reference_model(), self._texts, p, seed, round_, previous=previous,
+                                          **kwargs)
+        rows.stats["seconds"] = round(time.time() - started, 1)
+        return rows
+
+    def remine(self, round_: int) -> None:
+        """Mine round ``round_`` and install its rows in the dataset and its reference table in the loss.
+
+        Under multi-process training with ``torch.distributed`` up, rank 0's rows are broadcast so every
+        process trains on the same ones; before that (at dataset preparation) every process mines the same
+        rows from the same seed and reference.
+        """
+        rows = self.mine_round(round_)
+        rows = _broadcast_from_rank0(rows)
+        self.holder.rows = rows
+        self.round = round_
+        if self.loss is not None:
+            self.loss.set_reference(rows.table, round_)
+        s = rows.stats
+        if self.params.mode == "debias":
+            log(f"debcse round {round_}: {s['rows']} rows, {s['unique_sentences']} distinct sentences; positives "
+                f"{s['positive_kinds']}, hard negatives {s.get('negative_kinds', {})}; {s.get('seconds', 0)} s; "
+                f"digest {rows.digest()[:12]}")
+
+    # ---- Method hooks ------------------------------------------------------------------------------
+
+    def prepare_dataset(self, dataset: Any) -> Any:
+        import datasets
+
+        p = self.params
+        if isinstance(p.remine_every, int) and self.ctx.recipe.training.dataloader_workers > 0:
+            from embedkit.errors import RecipeError
+
+            raise RecipeError(
+                "method.remine_every: re-mining every N steps needs training.dataloader_workers: 0 (worker "
+                "processes hold a copy of the rows); use 'epoch' or set dataloader_workers to 0"
+            )
+        self._texts = [str(t) for t in dataset["text"]]
+        self.remine(0)
+        rows = datasets.Dataset.from_dict({ROW_COLUMN: list(range(len(self._texts)))})
+        rows.set_transform(self.holder.transform)
+        return rows
+
+    def build_loss(self):
+        from embedkit.losses.debcse import DebCSELoss
+
+        p = self.params
+        self.loss = DebCSELoss(
+            self.ctx.model, p.temperature, p.hard_negative_weight, head=training_head(self),
+            gather_across_devices=self.ctx.recipe.training.gather_across_devices,
+            margin=p.false_negative_margin, threshold=p.false_negative_threshold,
+            dropout_positive=p.mode == "mask-only",
+        )
+        if self.holder.rows is not None:
+            self.loss.set_reference(self.holder.rows.table, self.holder.rows.round)
+        return self.loss
+
+    def callbacks(self, loss) -> list:
+        if self.params.remine_every == "never":
+            return []
+        return [_remine_callback(self)]
+
+
+def _broadcast_from_rank0(obj: Any) -> Any:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def round_at(every: Any, epoch: float | None, step: int) -> int:
+    """The mining round in force at a given point of training."""
+    if every == "epoch":
+        return int((epoch or 0.0) + 1e-6)
+    if isinstance(every, int):
+        return step // every
+    return 0
+
+
+def _remine_callback(method: DebCSE) -> Any:
+    from transformers import TrainerCallback
+
+    class RemineCallback(TrainerCallback):
+        """Re-draws the DebCSE rows each epoch or every N steps (and restores the right round on resume)."""
+
+        def _sync(self, state) -> None:
+            target = round_at(method.params.remine_every, state.epoch, state.global_step)
+            if target != method.round:
+                method.remine(target)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._sync(state)
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            if method.params.remine_every == "epoch":
+                self._sync(state)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            every = method.params.remine_every
+            if isinstance(every, int) and state.global_step % every == 0 and state.global_step < state.max_steps:
+                self._sync(state)
+
+    return RemineCallback()

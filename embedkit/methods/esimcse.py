@@ -1,0 +1,102 @@
+"""ESimCSE: unsupervised SimCSE with word-repetition positives and a momentum-encoder negative queue."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from embedkit.methods.base import Method, MethodParams, register
+from embedkit.methods.simcse import training_head
+
+ESIMCSE_CITATION = """@inproceedings{wu2022esimcse,
+  title = {{ESimCSE}: Enhanced Sample Building Method for Contrastive Learning of Unsupervised Sentence Embedding},
+  author = {Wu, Xing and Gao, Chaochen and Zang, Liangjun and Han, Jizhong and Wang, Zhongyuan and Hu, Songlin},
+  booktitle = {Proceedings of the 29th International Conference on Computational Linguistics (COLING)},
+  year = {2022}
+}"""
+
+ROW_ID_COLUMN = "label"  # the collator hands this column to the loss as `labels`: the dataset row ids
+
+
+class ESimCSEParams(MethodParams):
+    temperature: float = Field(0.05, gt=0)
+    repetition: Literal["subword", "word", "none"] = Field(
+        "subword", description="subword: on token ids (reference default); word: on whitespace words; none: off"
+    )
+    dup_rate: float = Field(0.32, ge=0, lt=1, description="k ~ U{0 … min(max_dup, ⌊dup_rate·L⌋) − 1}")
+    max_dup: int = Field(10, ge=1)
+    static: bool = Field(False, description="one fixed augmentation per sentence for the run (reference code)")
+    queue_size: int | None = Field(None, ge=0, description="None: 2.5 × global batch size; 0: no momentum queue")
+    momentum: float = Field(0.995, ge=0, le=1)
+    momentum_init: Literal["copy", "random"] = Field(
+        "copy", description="random re-initialises the key encoder: only to reproduce the reference code's quirk"
+    )
+
+
+def add_row_ids(dataset: Any) -> Any:
+    """Add the dataset row ids as the label column, so the loss can key each row's augmentation."""
+    if ROW_ID_COLUMN in dataset.column_names:
+        raise ValueError(f"the training data already has a {ROW_ID_COLUMN!r} column")
+    return dataset.add_column(ROW_ID_COLUMN, list(range(len(dataset))))
+
+
+def default_queue_size(method: Method) -> int:
+    """2.5 × the global batch size (160 for the paper's batch of 64)."""
+    t = method.ctx.recipe.training
+    return int(round(2.5 * t.batch_size * method.ctx.world_size))
+
+
+@register
+class ESimCSE(Method):
+    """ESimCSE: the positive is the sentence with some (sub-)words repeated; a momentum encoder's keys of past
+    batches are extra negatives."""
+
+    name = "esimcse"
+    params_cls = ESimCSEParams
+    column_roles = ("text",)
+    paper = "Wu et al., ESimCSE (COLING 2022), arXiv:2109.04380"
+    citation = ESIMCSE_CITATION
+
+    def prepare_dataset(self, dataset: Any) -> Any:
+        self._texts = list(dataset["text"])
+        return add_row_ids(dataset)
+
+    def build_loss(self):
+        from embedkit.augment import SubwordRepetition, WordRepetition, position_limit, special_token_ids
+        from embedkit.losses.esimcse import ESimCSELoss
+        from embedkit.losses.momentum import KeyQueue, MomentumEncoder
+
+        p, model = self.params, self.ctx.model
+        seed = self.ctx.recipe.training.seed
+        repetition = None
+        if p.repetition == "subword":
+            tok = model.tokenizer
+            repetition = SubwordRepetition(
+                special_token_ids(tok), tok.pad_token_id or 0, p.dup_rate, p.max_dup, p.static, seed,
+                max_length=position_limit(model),
+            )
+        elif p.repetition == "word":
+            texts = getattr(self, "_texts", None)
+            if texts is None:
+                raise RuntimeError("esimcse word repetition: prepare_dataset must run before build_loss")
+            repetition = WordRepetition(texts, model.preprocess, p.dup_rate, p.max_dup, p.static, seed)
+        size = default_queue_size(self) if p.queue_size is None else p.queue_size
+        encoder = queue = None
+        if size > 0:
+            head = training_head(self)
+            encoder = MomentumEncoder(model, p.momentum, p.momentum_init, seed=seed)
+            queue = KeyQueue(size, model.get_embedding_dimension(), "empty",
+                             gather_across_devices=self.ctx.recipe.training.gather_across_devices)
+        else:
+            head = training_head(self)
+        return ESimCSELoss(
+            model, p.temperature, head=head, repetition=repetition, momentum_encoder=encoder, queue=queue,
+            gather_across_devices=self.ctx.recipe.training.gather_across_devices,
+        )
+
+    def callbacks(self, loss) -> list:
+        from embedkit.losses.momentum import MomentumUpdate
+
+        encoder = getattr(loss, "momentum_encoder", None)
+        return [MomentumUpdate(encoder, loss)] if encoder is not None else []

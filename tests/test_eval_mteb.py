@@ -1,0 +1,129 @@
+"""MTEB air-gapped: mteb.evaluate on local STS task classes, equal to the STS suite; results in mteb's layout
+under an explicit cache; weights-hash revisions so a retrained model never shows a stale score; submission
+files; unknown task names."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_eval_data import make_sts_dir
+
+import embedkit
+from embedkit.cli import main
+from embedkit.errors import EmbedkitError
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root, _ = make_sts_dir(tmp_path_factory.mktemp("stsdata"), n_extra=20)
+    return root
+
+
+@pytest.fixture(scope="module")
+def mteb_mod(tmp_path_factory):
+    from embedkit.evaluation.mteb_eval import import_mteb
+
+    return import_mteb(tmp_path_factory.mktemp("mteb-default-cache"))
+
+
+def test_local_tasks_subclass_mteb_sts_and_read_local_files(mteb_mod, data_root):
+    from mteb.abstasks.sts import AbsTaskSTS
+
+    from embedkit.evaluation.mteb_tasks import local_task
+
+    task = local_task("SICK-R", data_root / "sts")
+    assert isinstance(task, AbsTaskSTS) and isinstance(task, type(mteb_mod.get_task("SICK-R")))
+    assert task.metadata == mteb_mod.get_task("SICK-R").metadata  # same name, dataset revision, main score
+    task.load_data()
+    assert task.dataset["test"].column_names == ["sentence1", "sentence2", "score"]
+    assert len(task.dataset["test"]) == 2 + 2 + 24  # mteb's SICK-R: train + trial + test
+
+
+def test_mteb_equals_suite_writes_layout_and_never_reuses_a_stale_score(tiny_model_path, data_root, tmp_path,
+                                                                       mteb_mod):
+    from sentence_transformers import SentenceTransformer
+
+    model_dir = tmp_path / "model"
+    SentenceTransformer(tiny_model_path, device="cpu").save_pretrained(str(model_dir))
+    cache = tmp_path / "cache"
+    suite = embedkit.evaluate(str(model_dir), data_dir=data_root)
+    run = embedkit.evaluate(str(model_dir), suite="mteb", tasks="STSBenchmark,STS12,SICK-R-test", data_dir=data_root,
+                            cache_dir=cache, batch_size=8)
+    for name, task in (("STSBenchmark", "STSBenchmark"), ("STS12", "STS12"), ("SICK-R-test", "SICK-R")):
+        assert 100 * run["tasks"][name]["main_score"] == pytest.approx(suite["tasks"][task]["spearman"], abs=1e-3)
+        assert run["tasks"][name]["source"] == "local"
+    first_rev = run["revision"]
+    assert first_rev == suite["model"]["weights_sha256"] and run["model_name"] == "local/model"
+    rev_dir = cache / "results" / "local__model" / first_rev
+    assert {p.name for p in rev_dir.glob("*.json")} >= {"STSBenchmark.json", "STS12.json", "model_meta.json"}
+    saved = json.loads((rev_dir / "STSBenchmark.json").read_text())
+    assert saved["task_name"] == "STSBenchmark"
+    assert saved["scores"]["test"][0]["main_score"] == pytest.approx(run["tasks"]["STSBenchmark"]["main_score"])
+
+    # "retrain": different weights saved under the same folder name, same cache, reuse allowed
+    retrained = SentenceTransformer(str(model_dir), device="cpu")
+    import torch
+
+    with torch.no_grad():
+        for p in retrained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    retrained.save_pretrained(str(model_dir))
+    again = embedkit.evaluate(str(model_dir), suite="mteb", tasks="STSBenchmark", data_dir=data_root,
+                              cache_dir=cache, reuse_cache=True)
+    assert again["revision"] != first_rev
+    fresh = embedkit.evaluate(str(model_dir), data_dir=data_root)["tasks"]["STSBenchmark"]["spearman"]
+    assert 100 * again["tasks"]["STSBenchmark"]["main_score"] == pytest.approx(fresh, abs=1e-3)
+    assert fresh != pytest.approx(suite["tasks"]["STSBenchmark"]["spearman"], abs=1e-3)
+
+
+def test_cli_submission_files(tiny_model_path, data_root, tmp_path, capsys):
+    out, sub = tmp_path / "out", tmp_path / "submission"
+    rc = main(["eval", tiny_model_path, "--data-dir", str(data_root), "--output", str(out), "--mteb", "STSBenchmark",
+               "--submission", str(sub), "--model-name", "someone/tiny-test", "--license", "mit",
+               "--training-code", "https://example.org/code"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "sts" not in results and -1 <= results["mteb"]["STSBenchmark"]["main_score"] <= 1  # mteb scale
+    rev = results["mteb_run"]["revision"]
+    meta = json.loads((sub / "results" / "someone__tiny-test" / rev / "model_meta.json").read_text())
+    assert meta["name"] == "someone/tiny-test" and meta["revision"] == rev and meta["license"] == "mit"
+    assert meta["embed_dim"] == 32 and meta["n_parameters"] > 0 and meta["languages"] == ["eng-Latn"]
+    assert meta["public_training_code"] == "https://example.org/code" and meta["open_weights"] is True
+    assert (sub / "results" / "someone__tiny-test" / rev / "STSBenchmark.json").is_file()
+    assert "ModelMeta(" in (sub / "model_meta.py").read_text()
+    assert "someone/tiny-test" in (sub / "README.md").read_text()
+    assert (out / "mteb" / "results" / "someone__tiny-test" / rev / "STSBenchmark.json").is_file()
+    # an existing non-empty submission folder is refused, before any work
+    assert main(["eval", tiny_model_path, "--data-dir", str(data_root), "--output", str(out), "--mteb",
+                 "STSBenchmark", "--submission", str(sub)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_unknown_mteb_task_and_benchmark(tiny_model_path, data_root, mteb_mod):
+    from embedkit.evaluation.mteb_eval import resolve_tasks
+
+    with pytest.raises(EmbedkitError, match=r"unknown MTEB task 'STSBenchmarkk'.*Did you mean: 'STSBenchmark'"):
+        resolve_tasks(["STSBenchmarkk"], None, data_root)
+    with pytest.raises(EmbedkitError, match="unknown MTEB benchmark"):
+        resolve_tasks([], "No Such Benchmark", data_root)
+    with pytest.raises(EmbedkitError, match="has no local data"):
+        resolve_tasks(["Banking77Classification"], None, data_root, source="local")
+
+
+def test_import_mteb_never_creates_home_cache(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("MTEB_CACHE", None)
+    code = ("from embedkit.evaluation.mteb_eval import import_mteb; import sys; "
+            "m = import_mteb(sys.argv[1]); m.ResultCache(); print(m.evaluate.__module__)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "explicit")], env=env, check=True,
+                   capture_output=True, timeout=300)
+    assert not (home / ".cache" / "mteb").exists()
+    assert (tmp_path / "explicit").is_dir()
+    assert Path(tmp_path / "explicit").exists()
