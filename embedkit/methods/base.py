@@ -52,6 +52,7 @@ class Method:
     params_cls: ClassVar[type[MethodParams]] = MethodParams
     column_roles: ClassVar[tuple[str, ...]] = ("text",)
     label_role: ClassVar[str | None] = None  # a numeric column after the text columns (e.g. a gold score)
+    in_batch_negatives: ClassVar[bool] = True  # the loss contrasts each anchor with the rest of the batch
     paper: ClassVar[str] = ""
     citation: ClassVar[str] = ""
 

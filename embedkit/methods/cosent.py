@@ -30,6 +30,7 @@ class CoSENT(Method):
     params_cls = CoSENTParams
     column_roles = ("sentence1", "sentence2")
     label_role = "score"
+    in_batch_negatives = False
     paper = "Su, CoSENT (2022), https://kexue.fm/archives/8847"
     citation = COSENT_CITATION
 

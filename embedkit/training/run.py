@@ -149,8 +149,8 @@ def train(
     negatives = (global_batch if t.gather_across_devices else t.batch_size) - 1
     log(f"method {recipe.method.name} on {recipe.model.name} ({recipe.model.pooling} pooling), "
         f"{len(dataset)} training rows from {train_data.description}")
-    log(f"world size {world_size}, batch {t.batch_size} per device, {global_batch} global, "
-        f"{negatives} in-batch negatives per anchor")
+    log(f"world size {world_size}, batch {t.batch_size} per device, {global_batch} global"
+        + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives else ""))
 
     results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {}}
     if dev_pairs is not None and recipe.eval.before and not resume:
