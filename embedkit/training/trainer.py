@@ -83,7 +83,7 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
         digest.update(key.encode())
         tensor = state[key].detach().cpu().contiguous().reshape(-1)  # 1-d: 0-dim tensors cannot change dtype
         digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
