@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embedkit.losses.common import cosine_matrix, encode_columns, gather, world
+from embedkit.losses.common import encode_columns, gather, world
+from embedkit.losses.simcse import info_nce
 
 
 def false_negative_mask(
@@ -54,22 +54,7 @@ def masked_info_nce(
 ) -> Tensor:
     """:func:`embedkit.losses.simcse.info_nce` with masked logits: cells where ``mask`` is true are set to
     −∞ (removed from the denominator). Without a mask it equals ``info_nce``."""
-    n = anchors.shape[0]
-    rank, size = world()
-    offset = rank * n if positives.shape[0] == n * size else 0
-    blocks = [cosine_matrix(anchors, positives) / temperature]
-    for neg in hard_negatives:
-        logits = cosine_matrix(anchors, neg) / temperature
-        if hard_negative_weight:
-            weights = torch.zeros_like(logits)
-            weights[torch.arange(n), offset + torch.arange(n)] = hard_negative_weight
-            logits = logits + weights
-        blocks.append(logits)
-    logits = torch.cat(blocks, dim=1).float()
-    if mask is not None:
-        logits = logits.masked_fill(mask.to(logits.device), float("-inf"))
-    labels = torch.arange(n, device=anchors.device) + offset
-    return F.cross_entropy(logits, labels)
+    return info_nce(anchors, positives, temperature, hard_negatives, hard_negative_weight, mask=mask)
 
 
 def gather_ids(ids: Tensor, enabled: bool = True) -> Tensor:

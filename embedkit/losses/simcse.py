@@ -129,12 +129,13 @@ class SupervisedSimCSELoss(_ContrastiveLoss):
 
 def info_nce(
     anchors: Tensor, positives: Tensor, temperature: float, hard_negatives: list[Tensor] | tuple = (),
-    hard_negative_weight: float = 0.0, extra_logits: Tensor | None = None,
+    hard_negative_weight: float = 0.0, extra_logits: Tensor | None = None, mask: Tensor | None = None,
 ) -> Tensor:
     """Cross-entropy of each local anchor against all (gathered) positives, hard negatives and extra logits.
 
     The positive of local anchor ``i`` on process ``r`` sits at row ``r·n + i`` of ``positives``.
-    ``extra_logits`` (n×k) are appended as further negative columns (e.g. a momentum queue).
+    ``extra_logits`` (n×k) are appended as further negative columns (e.g. a momentum queue). Cells where
+    ``mask`` (n × all columns) is true are removed from the denominator (likely false negatives).
     """
     n = anchors.shape[0]
     rank, size = world()
@@ -153,4 +154,6 @@ def info_nce(
     labels = torch.arange(n, device=anchors.device) + offset
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # softmax over many columns needs fp32 under mixed precision
+    if mask is not None:
+        logits = logits.masked_fill(mask.to(logits.device), float("-inf"))
     return F.cross_entropy(logits, labels)
