@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from embedkit.methods.base import Method, MethodParams, register
 
@@ -52,6 +52,11 @@ class Text2TokenParams(MethodParams):
     infonce_weight: float = Field(0.0, ge=0.0, description="weight of SimCSE's InfoNCE term; 0 disables it")
     infonce_temperature: float = Field(0.05, gt=0)
     cache_dir: str | None = Field(None, description="cache folder used when the corpus folder is not writable")
+
+    @field_validator("whole_words", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML 1.1 reads an unquoted `off` as false
 
     @model_validator(mode="after")
     def _check(self) -> Text2TokenParams:
