@@ -84,7 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``embedkit`` console script."""
     argv = sys.argv[1:] if argv is None else argv
     core = bool(argv) and argv[0] in CORE_COMMANDS
-    args = build_parser(with_plugins=not core).parse_args(argv)
+    parser = build_parser(with_plugins=not core)
+    # Overrides may follow options (`train R --data-dir D key=v`); argparse stops filling a `nargs="*"`
+    # positional once an option appears, so collect the leftovers that look like overrides here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except EmbedkitError as err:

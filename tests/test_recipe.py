@@ -141,6 +141,17 @@ def test_cli_error_is_one_line_fast_and_writes_nothing(tmp_path, sentences_file)
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_overrides_may_follow_options(tmp_path, sentences_file, capsys):
+    """`embedkit check R --data-dir D key=value` applies the override that comes after the option."""
+    from embedkit.cli import main
+
+    path = write_recipe(tmp_path, good(tmp_path, sentences_file))
+    assert main(["check", str(path), "--data-dir", str(tmp_path), "method.name=no-such-method"]) == 2
+    assert "no-such-method" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a stray word that is not key=value is still refused
+        main(["check", str(path), "--data-dir", str(tmp_path), "stray"])
+
+
 def test_shipped_recipes_validate(data_dir):
     names = [name for name, _ in list_recipes()]
     assert "quickstart.yaml" in names
