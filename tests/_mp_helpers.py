@@ -63,10 +63,21 @@ def write_triples(folder: Path, n: int = 48) -> Path:
 TRAIN_DATA: dict[str, Callable[[Path], Path]] = {
     "simcse-unsup": write_sentences,
     "simcse-sup": write_triples,
+    "esimcse": write_sentences,
+    "contriever": write_sentences,
+    "debcse": write_sentences,
+    "text2token": write_sentences,
 }
 """Method name → writer of a small training file for it. Add one line per new method."""
 
-METHOD_PARAMS: dict[str, dict[str, Any]] = {}
+METHOD_PARAMS: dict[str, dict[str, Any]] = {
+    "esimcse": {"queue_size": 16},
+    "contriever": {"queue_size": 16},
+    # Re-mine every 5 steps: rows drawn at step 5 are live at the step-8 checkpoint, re-drawn again at 10.
+    "debcse": {"k": 4, "views": ["crop"], "remine_every": 5, "temperature": 0.5},
+    # Stage 2 (model-derived targets) starts at step 6, before the step-8 checkpoint.
+    "text2token": {"stage2_step": 6, "mixture": 0.5, "infonce_weight": 0.1, "temperature": 0.5},
+}
 """Method name → extra ``method:`` keys for tiny runs (e.g. a queue size that fits a 48-row dataset)."""
 
 

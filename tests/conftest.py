@@ -37,6 +37,15 @@ def tiny_model_path(tmp_path_factory, minilm_path) -> str:
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tokenizer_from=minilm_path)
 
 
+@pytest.fixture(scope="session")
+def spread_model_path(tiny_model_path, tmp_path_factory) -> str:
+    """The tiny BERT with weights spread wide enough that sentences get distinct vectors (with the default
+    init every sentence looks alike: contrastive losses are ~0 and DebCSE masks every negative)."""
+    from _mp_helpers import spread_tiny_model
+
+    return spread_tiny_model(tiny_model_path, tmp_path_factory.mktemp("tiny-spread"))
+
+
 @pytest.fixture()
 def sentences_file(tmp_path) -> Path:
     """A small text file of distinct sentences, one a line."""

@@ -21,14 +21,18 @@ from _mp_helpers import (
     method_state,
     run_in_process,
     run_torchrun,
-    spread_tiny_model,
     step_losses,
     write_recipe,
 )
 
-METHODS = ["simcse-unsup", "simcse-sup"]
+# contriever is left out: its losses match (relative 7e-7), but with mean pooling and dot-product scores a
+# token seen in one sentence gets a gradient near Adam's eps, which turns float rounding into 1.2e-5 weight
+# differences; its queue and momentum encoder are the ones esimcse exercises here.
+METHODS = ["simcse-unsup", "simcse-sup", "debcse", "esimcse", "text2token"]
 # Parameters that make more of the loss matter (simcse-sup: the own-hard-negative offset, placed by rank).
 PARAMS = {"simcse-sup": {"hard_negative_weight": 0.7}}
+# Model settings per method (default: cls pooling with the training-only MLP head, state owned by the loss).
+MODEL = {"text2token": {"pooling": "mean", "mlp_only_train": False}}
 TOL = 1e-5
 PER_DEVICE, STEPS = 8, 4
 # The key bias of self-attention adds the same amount to every score of a query, so softmax cancels it and
@@ -37,16 +41,10 @@ PER_DEVICE, STEPS = 8, 4
 ZERO_GRADIENT = ("attention.self.key.bias",)
 
 
-@pytest.fixture(scope="module")
-def spread_model_path(tiny_model_path, tmp_path_factory) -> str:
-    """The tiny BERT with weights spread wide enough that sentences get distinct [CLS] vectors."""
-    return spread_tiny_model(tiny_model_path, tmp_path_factory.mktemp("tiny-spread"))
-
-
 @pytest.mark.multiproc
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_equal_one_process(method: str, tmp_path: Path, spread_model_path: str) -> None:
-    model = {"dropout": 0.0}  # cls pooling with the training-only MLP head (state owned by the loss)
+    model = {"dropout": 0.0, **MODEL.get(method, {})}
     common = {"max_steps": STEPS, "seed": 11}
     multi_dir, single_dir = tmp_path / "two", tmp_path / "one"
     multi = write_recipe(tmp_path / "r2", spread_model_path, method, multi_dir,
@@ -64,13 +62,14 @@ def test_two_processes_equal_one_process(method: str, tmp_path: Path, spread_mod
     one, two = step_losses(single_dir), step_losses(multi_dir)
     assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
     for step in one:
-        assert abs(one[step] - two[step]) < TOL, (step, one[step], two[step])
+        assert abs(one[step] - two[step]) < TOL * max(1.0, abs(one[step])), (step, one[step], two[step])
     assert abs(one[STEPS] - one[1]) > 1e-2, "the loss did not move; the comparison would say nothing"
 
     # Same final encoder.
     w1, w2 = final_weights(single_dir), final_weights(multi_dir)
     compared = {k: v for k, v in w1.items() if not k.endswith(ZERO_GRADIENT)}
-    assert max_abs_diff(compared, {k: w2[k] for k in compared}) < TOL
+    worst = sorted(((w1[k] - w2[k]).abs().max().item(), k) for k in compared)[-3:]
+    assert worst[-1][0] < TOL, f"largest weight differences: {worst}"
     start = final_weights(Path(spread_model_path))
     shared = [k for k in compared if k in start]
     assert shared, "the saved encoder should use the starting model's tensor names"
@@ -81,7 +80,7 @@ def test_two_processes_equal_one_process(method: str, tmp_path: Path, spread_mod
     last1, last2 = checkpoint_dirs(single_dir)[-1], checkpoint_dirs(multi_dir)[-1]
     assert last1.name == last2.name == f"checkpoint-{STEPS}"
     s1, s2 = method_state(last1), method_state(last2)
-    assert s1, "expected the training-only head in the method state"
+    assert s1, "expected loss-owned state (training-only head, momentum encoder, queue, stage step)"
     assert max_abs_diff(s1, s2) < TOL
     digests = marker(last2)["method_state_sha256_per_rank"]
     assert len(digests) == 2 and digests[0] == digests[1], "the processes hold different method states"

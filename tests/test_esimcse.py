@@ -222,13 +222,12 @@ def test_shipped_recipes_validate(data_dir):
     ("esimcse", {"queue_size": 16, "momentum": 0.9}, None),
     ("contriever", {"queue_size": 16, "momentum": 0.9}, {"pooling": "mean", "mlp_only_train": False}),
 ])
-def test_sigkill_then_resume_matches_uninterrupted_run(method, params, model, tmp_path, tiny_model_path):
+def test_sigkill_then_resume_matches_uninterrupted_run(method, params, model, tmp_path, spread_model_path):
     """A real SIGKILL right after the first checkpoint (step 8 of 12), then ``embedkit train --resume``: the
     model, queue, momentum encoder and augmentation counter end bit for bit where an uninterrupted run ends."""
-    from _mp_helpers import TRAIN_DATA, kill_resume_compare, write_sentences
+    from _mp_helpers import kill_resume_compare
 
-    TRAIN_DATA.setdefault(method, write_sentences)
-    report = kill_resume_compare(tmp_path, tiny_model_path, method, model=model, method_params=params,
+    report = kill_resume_compare(tmp_path, spread_model_path, method, model=model, method_params=params,
                                  training={"max_steps": 12, "save_steps": 8, "batch_size": 8})
     assert report["killed"]["checkpoints"] == ["checkpoint-8"] and not report["killed"]["results_json"]
     assert report["global_step"] == (12, 12)

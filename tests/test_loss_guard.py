@@ -56,3 +56,28 @@ def test_infinite_loss_before_any_checkpoint(tmp_path: Path, tiny_model_path: st
     assert "\n" not in str(err.value)
     assert checkpoint_dirs(out) == []
     _assert_unfinished(out)
+
+
+def test_gradient_clipping_covers_the_loss_owned_head(tmp_path: Path, spread_model_path: str, monkeypatch) -> None:
+    """``max_grad_norm`` bounds the joint norm of the encoder's and the training-only head's gradients."""
+    from embedkit.training import trainer as tr
+    from embedkit.training.run import train
+
+    seen: list[tuple[float, float]] = []
+    clip = tr.EmbedkitTrainer._clip_grad_norm
+
+    def recording_clip(self, model):
+        before = float(clip(self, model))
+        params = [*model.parameters(), *tr.loss_own_parameters(self.loss)]
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        seen.append((before, after.item()))
+        return before
+
+    monkeypatch.setattr(tr.EmbedkitTrainer, "_clip_grad_norm", recording_clip)
+    recipe = write_recipe(tmp_path, spread_model_path, "simcse-unsup", tmp_path / "out",
+                          {"max_steps": 2, "max_grad_norm": 1e-3})
+    train(str(recipe))
+    assert len(seen) == 2
+    for before, after in seen:
+        assert before > 1e-2, "the gradients should need clipping for this test to say anything"
+        assert after <= 1e-3 * (1 + 1e-4), (before, after)

@@ -12,6 +12,8 @@
 * **loss-owned gradients across processes** – DDP averages the gradients of the model it wraps, not those
   of trainable parameters that live in the loss (a training-only MLP head); they are averaged here, so
   every process applies the same update and the run equals one process holding the global batch.
+* **one gradient norm** – ``max_grad_norm`` clips the encoder and the loss-owned parameters together, as the
+  SimCSE reference code (whose MLP is part of the model) does; the trainer alone clips ``model.parameters()``.
 """
 
 from __future__ import annotations
@@ -188,6 +190,12 @@ class EmbedkitTrainer(SentenceTransformerTrainer):
         if self.accelerator.sync_gradients and not self.is_deepspeed_enabled:
             average_gradients(loss_own_parameters(self.loss))
         return loss
+
+    def _clip_grad_norm(self, model):
+        own = loss_own_parameters(self.loss)
+        if not own or self.is_deepspeed_enabled or self._has_mixed_mesh_grads(model):
+            return super()._clip_grad_norm(model)  # DeepSpeed clips every parameter its optimizer holds
+        return self.accelerator.clip_grad_norm_([*model.parameters(), *own], self.args.max_grad_norm)
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
