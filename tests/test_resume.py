@@ -20,8 +20,9 @@ from sentence_transformers.base.sampler import DefaultBatchSampler
 from embedkit.errors import RecipeError
 from embedkit.training.trainer import COMPLETE_MARKER, SamplerEpochCallback, latest_checkpoint
 
-# Stateful methods and what their checkpoints must hold beyond the model (esimcse and contriever: see
-# test_esimcse.py). debcse: the mined rows' draw counter and seed; text2token: the step that drives the stage.
+# Stateful methods, their model settings and the method-state keys their checkpoints must hold (esimcse and
+# contriever: test_esimcse.py). debcse saves no rows: they are re-drawn from the seed and the mining round,
+# which the resumed run must re-create (it re-mines every 5 steps here); text2token saves the stage step.
 METHODS = {
     "simcse-unsup": (None, ()),
     "debcse": (None, ()),
