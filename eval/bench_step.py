@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_train import MODEL, brown_sentences  # same model and sentence order as the whole-run benchmark
 
 BATCH, MAX_LEN = 64, 32
 
@@ -33,12 +34,10 @@ def child(variant: str, data_dir: Path, steps: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = SentenceTransformer(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
+    model = SentenceTransformer(resolve_model_path(MODEL), device="cpu")
     model.max_seq_length = MAX_LEN
     model.train()
-    lines = [s.strip() for s in (data_dir / "corpora" / "brown.txt").read_text(encoding="utf-8").splitlines()]
-    lines = [s for s in lines if s]
-    random.Random(0).shuffle(lines)
+    lines = brown_sentences(data_dir, BATCH * (3 + steps))
     fused = variant == "fused"
     opt = torch.optim.AdamW(model.parameters(), lr=3e-5, fused=fused, foreach=not fused)
     forward = torch.compile(model, dynamic=True) if variant == "compile" else model
