@@ -265,13 +265,15 @@ def test_false_negative_mask_removes_duplicates_and_near_duplicates():
     assert everything.sum() == 4 * 8 - 4
 
 
-def test_masked_info_nce_matches_info_nce_and_drops_masked_terms():
-    from embedkit.losses.debcse import masked_info_nce
+def test_info_nce_mask_keeps_unmasked_loss_and_drops_masked_terms():
+    """The false-negative mask DebCSE hands to ``info_nce``: all-false changes nothing, true cells leave the
+    denominator."""
     from embedkit.losses.simcse import info_nce
 
     g = torch.Generator().manual_seed(0)
     a, p, n = (torch.randn(4, 6, generator=g) for _ in range(3))
-    assert torch.allclose(masked_info_nce(a, p, 0.05, [n]), info_nce(a, p, 0.05, [n]))
+    none = torch.zeros(4, 8, dtype=torch.bool)
+    assert torch.allclose(info_nce(a, p, 0.05, [n], mask=none), info_nce(a, p, 0.05, [n]))
     mask = torch.zeros(4, 8, dtype=torch.bool)
     mask[0, 1] = mask[0, 6] = True
     logits = torch.cat([torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(x, dim=-1).T
@@ -280,7 +282,7 @@ def test_masked_info_nce_matches_info_nce_and_drops_masked_terms():
     row0 = -(logits[0, 0] - torch.logsumexp(logits[0, keep], dim=0))
     rows = [-(logits[i, i] - torch.logsumexp(logits[i], dim=0)) for i in range(1, 4)]
     expected = (row0 + sum(rows)) / 4
-    assert torch.allclose(masked_info_nce(a, p, 0.05, [n], mask=mask), expected, atol=1e-5)
+    assert torch.allclose(info_nce(a, p, 0.05, [n], mask=mask), expected, atol=1e-5)
 
 
 def test_masking_addon_for_dropout_positives(tiny_model):

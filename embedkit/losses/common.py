@@ -77,6 +77,16 @@ def gather(x: Tensor, enabled: bool = True) -> Tensor:
     return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
+def gather_no_grad(x: Tensor, enabled: bool = True) -> Tensor:
+    """Concatenate ``x`` from every process along dim 0 (no gradient; rank order), e.g. keys to enqueue."""
+    _, size = world()
+    if not enabled or size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
     """Pairwise cosine similarity, ``a`` (n×d) against ``b`` (m×d)."""
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T

@@ -5,10 +5,9 @@ CIKM 2023, arXiv:2309.07396; see ``docs/debcse.md``)."""
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from embedkit.losses.common import encode_columns, gather, world
+from embedkit.losses.common import encode_columns, gather, gather_no_grad, world
 from embedkit.losses.simcse import info_nce
 
 
@@ -32,11 +31,11 @@ def false_negative_mask(
     n = anchor_ids.shape[0]
     cols = positive_ids if negative_ids is None else torch.cat([positive_ids, negative_ids])
     valid = cols >= 0
-    ref = table.float()
-    anchors = ref[anchor_ids]
+    # Index first, then widen: only the batch's rows of the (half-precision, corpus-sized) table are converted.
+    anchors = table[anchor_ids].float()
     own_ids = positive_ids[offset + torch.arange(n, device=positive_ids.device)]
-    own = (anchors * ref[own_ids]).sum(-1)
-    sims = anchors @ ref[cols.clamp(min=0)].T
+    own = (anchors * table[own_ids].float()).sum(-1)
+    sims = anchors @ table[cols.clamp(min=0)].float().T
     mask = sims > own.unsqueeze(1) + margin
     if threshold is not None:
         mask |= sims >= threshold
@@ -46,25 +45,6 @@ def false_negative_mask(
     rows = torch.arange(n, device=mask.device)
     mask[rows, offset + rows] = False
     return mask
-
-
-def masked_info_nce(
-    anchors: Tensor, positives: Tensor, temperature: float, hard_negatives: list[Tensor] | tuple = (),
-    hard_negative_weight: float = 0.0, mask: Tensor | None = None,
-) -> Tensor:
-    """:func:`embedkit.losses.simcse.info_nce` with masked logits: cells where ``mask`` is true are set to
-    −∞ (removed from the denominator). Without a mask it equals ``info_nce``."""
-    return info_nce(anchors, positives, temperature, hard_negatives, hard_negative_weight, mask=mask)
-
-
-def gather_ids(ids: Tensor, enabled: bool = True) -> Tensor:
-    """Concatenate an integer tensor from every process along dim 0 (no gradient)."""
-    rank, size = world()
-    if not enabled or size == 1:
-        return ids
-    parts = [torch.empty_like(ids) for _ in range(size)]
-    dist.all_gather(parts, ids.contiguous())
-    return torch.cat(parts)
 
 
 class DebCSELoss(nn.Module):
@@ -160,14 +140,13 @@ class DebCSELoss(nn.Module):
         candidates = [gather(v, self.gather_across_devices) for v in views[1:]]
         mask = None
         if labels is not None and self.reference is not None:
-            ids = labels.view(anchors.shape[0], -1).long()
-            all_ids = self._global_ids(gather_ids(ids, self.gather_across_devices).to(self.reference.device))
-            ids = self._global_ids(ids.to(self.reference.device))
+            n = anchors.shape[0]
+            ids = labels.view(n, -1).long()
+            all_ids = self._global_ids(gather_no_grad(ids, self.gather_across_devices).to(self.reference.device))
             rank, size = world()
-            offset = rank * anchors.shape[0] if candidates[0].shape[0] == anchors.shape[0] * size else 0
+            offset = rank * n if candidates[0].shape[0] == n * size else 0
             negative_ids = all_ids[:, 2] if len(candidates) > 1 else None
-            mask = false_negative_mask(self.reference, ids[:, 0], all_ids[:, 1], negative_ids, offset,
-                                       self.margin, self.threshold)
+            mask = false_negative_mask(self.reference, all_ids[offset:offset + n, 0], all_ids[:, 1], negative_ids,
+                                       offset, self.margin, self.threshold)
             self.last_masked_fraction = float(mask.float().mean())
-        return masked_info_nce(anchors, candidates[0], self.temperature, candidates[1:],
-                               self.hard_negative_weight, mask)
+        return info_nce(anchors, candidates[0], self.temperature, candidates[1:], self.hard_negative_weight, mask=mask)

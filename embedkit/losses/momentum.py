@@ -22,12 +22,11 @@ import copy
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import TrainerCallback
 
-from embedkit.losses.common import world
+from embedkit.losses.common import gather_no_grad
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -37,16 +36,6 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
-
-
-def gather_no_grad(x: Tensor, enabled: bool = True) -> Tensor:
-    """Concatenate ``x`` from every process along dim 0 (no gradient; rank order), e.g. keys to enqueue."""
-    _, size = world()
-    if not enabled or size == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
 
 
 def reinitialise(module: nn.Module, seed: int) -> None:
