@@ -124,16 +124,14 @@ def run_cli(args: argparse.Namespace) -> int:
     results["seconds"] = round(time.perf_counter() - started, 2)
 
     chart = None
+    other = results.get("compare", {}).get("sts")
+    labels = (_slug(args.model), _slug(args.compare)) if args.compare else ("A", "B")
     if "sts" in results and not args.no_chart:
-        other = results.get("compare", {}).get("sts")
-        labels = (_slug(args.model), _slug(args.compare)) if args.compare else ("A", "B")
         chart = render_chart(out / "sts.png", results["sts"], other, labels)
         results["chart"] = str(chart)
     path = write_json_atomic(out / "results.json", results)
 
     if "sts" in results:
-        other = results.get("compare", {}).get("sts")
-        labels = (_slug(args.model), _slug(args.compare)) if args.compare else ("A", "B")
         print(sts_table(results["sts"], other, labels))
         if "geometry" in results["sts"]:
             print(geometry_table(results["sts"]["geometry"]))

@@ -19,9 +19,10 @@ from datasets import Dataset, DatasetDict
 from mteb.abstasks.sts import AbsTaskSTS
 
 from embedkit.data.sts import PairSet
-from embedkit.evaluation.sts import load_local, read_sick_split
+from embedkit.evaluation import TASKS
+from embedkit.evaluation.sts import load_local
 
-LOCAL_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R")
+LOCAL_TASKS = TASKS
 # SentEval's SICK-R (test split only) under its own name, so it can never be mistaken for mteb's SICK-R
 # (train + trial + test). Used by the benchmark that compares mteb with the STS suite.
 SENTEVAL_SICK = "SICK-R-test"
@@ -40,9 +41,7 @@ class LocalSTSData:
         task = "SICK-R" if name == SENTEVAL_SICK else name
         if not self.data_root:
             raise ValueError(f"{name}: data_root is not set")
-        if task == "SICK-R":
-            return read_sick_split(Path(self.data_root) / "sick", self.sick_split)
-        return load_local(Path(self.data_root), (task,)).tasks[task]
+        return load_local(Path(self.data_root), (task,), sick_split=self.sick_split).tasks[task]
 
     def load_data(self, num_proc: int | None = None, *, timer: Any = None, **kwargs: Any) -> None:
         if self.data_loaded:  # type: ignore[attr-defined]

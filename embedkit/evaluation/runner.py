@@ -20,12 +20,12 @@ SUITES = ("sts", "geometry", "mteb")
 _VERSIONED = ("embedkit", "torch", "transformers", "sentence-transformers", "mteb", "datasets", "numpy", "scipy")
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of Python and of the packages that decide the scores."""
+def package_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str]:
+    """Versions of Python and of ``names`` (default: the packages that decide the scores)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in _VERSIONED:
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -93,7 +93,7 @@ def load_model(model: Any, device: str | None = None) -> tuple[SentenceTransform
             "no such local folder, and it could not be fetched from the Hub (offline?)")
         raise EmbedkitError(f"model {spec!r}: {where} ({first})") from None
     if local and not getattr(loaded.model_card_data, "model_name", None):
-        loaded.model_card_data.model_name = default_model_name(loaded, path if spec == path else spec)
+        loaded.model_card_data.model_name = default_model_name(loaded, spec)
     return loaded, (path if local else spec)
 
 

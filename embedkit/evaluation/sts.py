@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
 
 from embedkit import paths
 from embedkit.data.sts import PairSet, read_sick, read_sts_year, read_stsb
 from embedkit.errors import DataError
+from embedkit.evaluation import TASKS  # the one list (the package keeps it import-light)
+from embedkit.evaluation.core import correlations as _correlations
+from embedkit.evaluation.core import pair_cosines
 
 PROTOCOL = "senteval-sts-all"
-TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R")
 SETTINGS = ("wmean", "mean")
 SETTING_DESCRIPTIONS = {
     "all": "per task, all subsets concatenated, one correlation (the SimCSE/SentEval 'all' setting)",
@@ -185,10 +186,7 @@ def correlations(cosines: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     """100 × Spearman and 100 × Pearson of ``cosines`` against ``gold`` (NaN for fewer than 2 pairs)."""
     if len(gold) < 2:
         return {"spearman": float("nan"), "pearson": float("nan")}
-    return {
-        "spearman": 100.0 * float(spearmanr(cosines, gold).statistic),
-        "pearson": 100.0 * float(pearsonr(cosines, gold).statistic),
-    }
+    return _correlations(cosines, gold)
 
 
 def score_task(pairs: PairSet, cosines: np.ndarray) -> dict[str, Any]:
@@ -222,9 +220,7 @@ def score_suite(data: SuiteData, table: dict[str, np.ndarray]) -> dict[str, Any]
     """
     per_task = {}
     for name, pairs in data.tasks.items():
-        a = np.stack([table[s] for s in pairs.sentences1])
-        b = np.stack([table[s] for s in pairs.sentences2])
-        per_task[name] = score_task(pairs, (a * b).sum(axis=1))
+        per_task[name] = score_task(pairs, pair_cosines(table, pairs))
     tasks = {name: s["all"] for name, s in per_task.items()}
     settings: dict[str, Any] = {}
     for setting in SETTINGS:

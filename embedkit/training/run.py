@@ -19,6 +19,8 @@ from embedkit.errors import RecipeError
 from embedkit.recipe import Recipe, load_recipe, recipe_to_yaml
 
 CHECKPOINTS = "checkpoints"
+# The packages recorded in a run's results.json.
+TRAINING_PACKAGES = ("embedkit", "torch", "transformers", "sentence-transformers", "datasets", "accelerate", "mteb")
 
 
 def log(msg: str) -> None:
@@ -42,19 +44,6 @@ def check_output_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
     return out
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that decide results."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("embedkit", "torch", "transformers", "sentence-transformers", "datasets", "accelerate", "mteb"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def hardware() -> str:
     """A short description of the machine the run used."""
     import torch
@@ -72,11 +61,9 @@ def resolve_precision(precision: str) -> str:
 
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "fp32"
-    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "fp32"
+    from embedkit.evaluation.encoding import bf16_supported
+
+    return "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
 
 
 def build_dataset(recipe: Recipe, train_data: Any, roles: tuple[str, ...]) -> Any:
@@ -230,10 +217,12 @@ def train(
         from embedkit.evaluation import evaluate
 
         results["sts"] = evaluate(model, suite="sts", data_dir=data_dir)
+    from embedkit.evaluation.runner import package_versions
+
     results.update({
         "method": {"name": recipe.method.name, "paper": method_cls.paper, "citation": method_cls.citation},
         "hardware": hardware(),
-        "versions": package_versions(),
+        "versions": package_versions(TRAINING_PACKAGES),
         "seconds": round(time.time() - started, 1),
     })
     save_final(model, out, results)
