@@ -187,6 +187,12 @@ class MomentumUpdate(TrainerCallback):
         self.encoder.update(self.owner.model)
 
 
+def momentum_callbacks(loss: nn.Module) -> list[MomentumUpdate]:
+    """The EMA callback for a loss that holds a ``momentum_encoder`` (none when it has no queue)."""
+    encoder = getattr(loss, "momentum_encoder", None)
+    return [MomentumUpdate(encoder, loss)] if encoder is not None else []
+
+
 class MoCoLoss(nn.Module):
     """MoCo's InfoNCE with queue-only negatives (Contriever's objective).
 

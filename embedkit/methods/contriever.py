@@ -65,6 +65,6 @@ class Contriever(Method):
         return MoCoLoss(model, encoder, queue, views, p.temperature, normalize=p.normalize)
 
     def callbacks(self, loss) -> list:
-        from embedkit.losses.momentum import MomentumUpdate
+        from embedkit.losses.momentum import momentum_callbacks
 
-        return [MomentumUpdate(loss.momentum_encoder, loss)]
+        return momentum_callbacks(loss)

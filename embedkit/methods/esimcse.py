@@ -59,7 +59,8 @@ class ESimCSE(Method):
     citation = ESIMCSE_CITATION
 
     def prepare_dataset(self, dataset: Any) -> Any:
-        self._texts = list(dataset["text"])
+        if self.params.repetition == "word":  # only word repetition re-reads the raw sentences
+            self._texts = list(dataset["text"])
         return add_row_ids(dataset)
 
     def build_loss(self):
@@ -82,21 +83,18 @@ class ESimCSE(Method):
                 raise RuntimeError("esimcse word repetition: prepare_dataset must run before build_loss")
             repetition = WordRepetition(texts, model.preprocess, p.dup_rate, p.max_dup, p.static, seed)
         size = default_queue_size(self) if p.queue_size is None else p.queue_size
+        head = training_head(self)
         encoder = queue = None
         if size > 0:
-            head = training_head(self)
             encoder = MomentumEncoder(model, p.momentum, p.momentum_init, seed=seed)
             queue = KeyQueue(size, model.get_embedding_dimension(), "empty",
                              gather_across_devices=self.ctx.recipe.training.gather_across_devices)
-        else:
-            head = training_head(self)
         return ESimCSELoss(
             model, p.temperature, head=head, repetition=repetition, momentum_encoder=encoder, queue=queue,
             gather_across_devices=self.ctx.recipe.training.gather_across_devices,
         )
 
     def callbacks(self, loss) -> list:
-        from embedkit.losses.momentum import MomentumUpdate
+        from embedkit.losses.momentum import momentum_callbacks
 
-        encoder = getattr(loss, "momentum_encoder", None)
-        return [MomentumUpdate(encoder, loss)] if encoder is not None else []
+        return momentum_callbacks(loss)
