@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import unicodedata
 from collections import Counter
@@ -611,7 +610,3 @@ class ModelTargets:
     def _fill(self, keys: list[int], ids: Tensor, vals: Tensor) -> None:
         self.cache = {k: (i, v) for k, i, v in zip(keys, ids, vals, strict=True)}
 
-
-def entropy_bits(p: Tensor) -> float:
-    """Mean entropy of the rows of ``p`` in bits (for logging)."""
-    return float(-(torch.special.xlogy(p, p).sum(-1)).mean() / math.log(2))

@@ -95,20 +95,21 @@ class Text2TokenLoss(nn.Module):
         self.external_step = False
         self.last: dict[str, float] = {}
 
-    def stage(self, step: int | None = None) -> int:
-        """1 (data-driven targets) or 2 (model-derived / mixture) at ``step`` (default: the current step)."""
-        step = int(self.step) if step is None else step
-        return 2 if self.stage2_step is not None and step >= self.stage2_step else 1
+    def stage(self) -> int:
+        """1 (data-driven targets) or 2 (model-derived / mixture) at the current step."""
+        return 2 if self.stage2_step is not None and int(self.step) >= self.stage2_step else 1
 
     @torch.no_grad()
     def targets(self, features: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """(targets ``B × V``, valid ``B``) for the current stage."""
-        data, valid = self.data_targets(features["input_ids"], features.get("attention_mask"))
+        ids = features["input_ids"]
+        if self.stage() == 2 and self.mixture == 1.0:  # the data-driven targets would go unused
+            return self.model_targets(features).to(ids.device), torch.ones(ids.shape[0], dtype=torch.bool,
+                                                                            device=ids.device)
+        data, valid = self.data_targets(ids, features.get("attention_mask"))
         if self.stage() == 1 or self.mixture == 0.0:
             return data, valid
         model = self.model_targets(features).to(data.device)
-        if self.mixture == 1.0:
-            return model, torch.ones_like(valid)
         mixed = (1 - self.mixture) * data + self.mixture * model
         # A text without a data-driven target keeps the model-derived one alone.
         mixed[~valid] = model[~valid]
@@ -136,10 +137,10 @@ class Text2TokenLoss(nn.Module):
         return loss
 
 
-def stage_callback(loss: Text2TokenLoss, head_file: str | None = None) -> Any:
+def stage_callback(loss: Text2TokenLoss) -> Any:
     """A ``TrainerCallback`` that keeps ``loss.step`` equal to the trainer's global step, logs the KL and the
     stage switch, and at the end of training writes the head (of the best checkpoint when one was loaded)
-    to ``head_file`` (default: ``text2token_head.safetensors`` beside the checkpoints folder)."""
+    to ``text2token_head.safetensors`` beside the checkpoints folder."""
     from pathlib import Path
 
     from transformers import TrainerCallback
@@ -179,7 +180,7 @@ def stage_callback(loss: Text2TokenLoss, head_file: str | None = None) -> Any:
                     head.load_state_dict(state_dict, strict=True)
                 except Exception:  # noqa: BLE001 - keep the last head when the checkpoint has none
                     pass
-            target = Path(head_file) if head_file else Path(args.output_dir).parent / HEAD_FILE
+            target = Path(args.output_dir).parent / HEAD_FILE
             target.parent.mkdir(parents=True, exist_ok=True)
             save_head(head, target, temperature=loss.temperature)
 

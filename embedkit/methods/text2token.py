@@ -127,9 +127,7 @@ class Text2Token(Method):
         data_targets = DataTargets(table, freqs, token_filter, p.idf, p.whole_words, p.term_frequency, p.smoothing)
         model_targets = None
         if frozen is not None:
-            import torch
-
-            keep = torch.from_numpy(token_filter.keep_mask(table)) if p.model_targets_filter else None
+            keep = data_targets.keep if p.model_targets_filter else None  # the same filter over the same table
             model_targets = ModelTargets(
                 frozen[0], frozen[1], p.model_targets, p.model_targets_top_k, p.model_targets_temperature, keep,
                 p.model_targets_template,
@@ -160,13 +158,13 @@ class Text2Token(Method):
     def build_loss(self):
         from embedkit.errors import RecipeError
         from embedkit.losses.text2token import Text2TokenLoss
-        from embedkit.modeling import train_only_head
+        from embedkit.methods.simcse import training_head
 
         if not hasattr(self, "parts"):
             raise RecipeError("text2token: prepare_dataset() must run before build_loss() (it counts the IDF)")
         head, data_targets, model_targets = self.parts
         p = self.params
-        projection = train_only_head(self.ctx.model, self.ctx.recipe.model) if p.infonce_weight > 0 else None
+        projection = training_head(self) if p.infonce_weight > 0 else None
         return Text2TokenLoss(
             self.ctx.model, head, data_targets, model_targets, temperature=p.temperature,
             stage2_step=p.stage2_step if p.mixture > 0 else None, mixture=p.mixture,
