@@ -152,11 +152,6 @@ class Propensity:
         probs = smoothed / total if total > 0 else np.full_like(smoothed, 1.0 / smoothed.size)
         return cls(probs=probs, counts=counts)
 
-    def propensity(self, surface: np.ndarray, ratio: np.ndarray) -> np.ndarray:
-        """π(b) of each pair's bin."""
-        s_bins, l_bins = self.shape
-        return self.probs[bin_index(surface, s_bins), bin_index(ratio, l_bins)]
-
     def weights(self, surface: np.ndarray, ratio: np.ndarray, target: np.ndarray | None = None,
                 max_weight: float | None = None) -> np.ndarray:
         """Inverse-propensity weights t(b)/π(b), normalised to mean 1 over the given pairs and clipped at

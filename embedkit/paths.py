@@ -1,12 +1,14 @@
 """Where embedkit finds local data: ``--data-dir``, ``$EMBEDKIT_DATA``, or a folder beside the project.
 
 Recipes refer to public sets as ``{data_dir}/sts/stsbenchmark/...``; this module resolves ``{data_dir}``.
-Nothing here touches the network.
+It also holds :func:`atomic_path`, the one way embedkit writes a result file. Nothing here touches the network.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ENV_VAR = "EMBEDKIT_DATA"
@@ -44,3 +46,18 @@ def expand(path: str, data_dir: Path | None) -> str:
             )
         path = path.replace("{data_dir}", str(data_dir))
     return os.path.expanduser(path)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield ``<path>.partial`` to write; on success it is renamed over ``path``, on failure removed, so a
+    reader never sees half a file (and an upload skips ``*.partial`` leftovers of a killed process)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from embedkit.errors import EmbedkitError
+from embedkit.paths import atomic_path
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -255,16 +256,14 @@ def save_head(head: VocabHead, path: str | Path, temperature: float = 1.0) -> Pa
     """Write the head's own parameters (not the tied embeddings) to a safetensors file, atomically."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     meta = {"kind": head.kind, "source": head.source, "temperature": repr(float(temperature))}
     if head.transform is not None:
         meta["eps"] = repr(float(head.transform.norm.eps))
         meta["activation"] = type(head.transform.act).__name__
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return Path(path)
 
 
 def head_state_from_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:

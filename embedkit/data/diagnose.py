@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from embedkit.errors import DataError
+from embedkit.paths import atomic_path
 
 PNG_NAME = "diagnose.png"
 JSON_NAME = "diagnose.json"
@@ -201,10 +202,9 @@ def plot(before_m: dict, after_m: dict, before_b: dict, after_b: dict, path: Pat
     ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".partial.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str | None = None,
@@ -266,9 +266,8 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
         if draw:
             plot(before_m, after_m, before_b, after_b, out / PNG_NAME,
                  f"{Path(recipe_path).name}: {len(anchors)} rows, batch {batch_size}, reference {recipe.model.name}")
-        tmp = out / (JSON_NAME + ".partial")
-        tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-        tmp.replace(out / JSON_NAME)
+        with atomic_path(out / JSON_NAME) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return summary
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.evaluation.sts import PROTOCOL, SETTINGS, TASKS
+from embedkit.paths import atomic_path
 
 
 def _clean(value: Any) -> Any:
@@ -28,14 +29,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Serialise first, write ``<path>.partial``, then rename over ``path``: a reader never sees half a file."""
     path = Path(path)
     text = json.dumps(_clean(obj), indent=2, allow_nan=False, default=str)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -152,12 +147,6 @@ def render_chart(path: str | os.PathLike, res: dict[str, Any], other: dict[str, 
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.errors import RecipeError
+from embedkit.paths import atomic_path
 from embedkit.recipe import Recipe, load_recipe, recipe_to_yaml
 
 CHECKPOINTS = "checkpoints"
@@ -278,7 +279,6 @@ def save_final(model: Any, out: Path, results: dict[str, Any]) -> None:
             target.unlink()
         item.rename(target)
     staging.rmdir()
-    tmp = out / "results.json.partial"
-    tmp.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
-    tmp.replace(out / "results.json")
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
 
