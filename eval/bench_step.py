@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench_train import MODEL, brown_sentences  # same model and sentence order as the whole-run benchmark
+from bench_train import MODEL, brown_sentences, run_child  # same model and sentences as the whole-run benchmark
 
 BATCH, MAX_LEN = 64, 32
 
@@ -77,15 +75,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, Path(args.data_dir), args.steps, args.threads)))
         return
-    rows = []
-    for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--child", variant, "--data-dir", args.data_dir,
-               "--steps", str(args.steps), "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode or not lines:
-            raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(lines[-1]))
+    rows = [run_child(__file__, ["--child", variant, "--data-dir", args.data_dir, "--steps", str(args.steps),
+                                 "--threads", str(args.threads)]) for variant in args.variants.split(",")]
     base = next((r for r in rows if r["variant"] == "eager"), rows[0])
     base_total = base["fwd_bwd"] + base["optimizer"]
     print(f"batch {BATCH} (x2 views), max length {MAX_LEN}, {args.threads} threads, {args.steps} timed steps\n")

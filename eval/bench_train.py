@@ -184,6 +184,15 @@ def matmul_ceiling(threads: int) -> dict:
     return out
 
 
+def run_child(script: str, argv: list[str]) -> dict:
+    """``python SCRIPT ARGV`` in a fresh process; its last JSON line (its own peak memory, its own threads)."""
+    proc = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("EMBEDKIT_DATA", "../shared/data"))
@@ -200,13 +209,8 @@ def main() -> None:
         return
 
     def spawn(name: str) -> dict:
-        cmd = [sys.executable, __file__, "--child", name, "--data-dir", args.data_dir, "--steps", str(args.steps),
-               "--threads", str(args.threads), "--memory-steps", str(args.memory_steps)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode or not lines:
-            raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        return json.loads(lines[-1])
+        return run_child(__file__, ["--child", name, "--data-dir", args.data_dir, "--steps", str(args.steps),
+                                    "--threads", str(args.threads), "--memory-steps", str(args.memory_steps)])
 
     ceiling = matmul_ceiling(args.threads)
     # MiniLM-L6 without embeddings: ~10.6M weights → 6 FLOPs per weight per token (forward + backward).
