@@ -29,19 +29,6 @@ class TokenView:
     tokens: list[tuple[str, float]]
 
 
-def load_model(name: str) -> SentenceTransformer:
-    """A SentenceTransformer from a local folder, a packaged model or the Hub (clear error offline)."""
-    from sentence_transformers import SentenceTransformer
-
-    from embedkit.modeling import resolve_model_path
-
-    path = resolve_model_path(name)
-    try:
-        return SentenceTransformer(path, device="cpu", local_files_only=Path(path).exists())
-    except OSError as err:
-        raise EmbedkitError(f"{name}: could not load the model ({str(err).splitlines()[0]})") from None
-
-
 def resolve_head(model: SentenceTransformer, model_path: str | None = None, head_file: str | None = None,
                  kind: str = "auto") -> tuple[VocabHead, float]:
     """(head, temperature): a trained head file when given or beside the model, else the backbone's head."""
@@ -86,14 +73,13 @@ def format_views(views: list[TokenView]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from embedkit.modeling import resolve_model_path
+    from embedkit.evaluation.runner import load_model
 
     if args.top_k <= 0:
         raise EmbedkitError(f"--top-k: expected a positive number, got {args.top_k}")
     if args.temperature is not None and args.temperature <= 0:
         raise EmbedkitError(f"--temperature: expected a positive number, got {args.temperature}")
-    model = load_model(args.model)
-    path = resolve_model_path(args.model)
+    model, path = load_model(args.model, device="cpu")  # path: the local folder, or the Hub id
     head, temperature = resolve_head(model, path if Path(path).is_dir() else None, args.head, args.head_kind)
     temperature = args.temperature or temperature
     print(f"# model {args.model}; head: {head.source}; T={temperature:g}")
