@@ -213,9 +213,9 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
     """Compute (and plot) the before/after diagnostics of a recipe's training pairs; returns the summary."""
     from embedkit.debias import debias, identity_rows
     from embedkit.methods import get_method
-    from embedkit.methods.debcse import DebCSEParams
+    from embedkit.methods.debcse import DebCSEParams, build_reference
     from embedkit.modeling import build_model
-    from embedkit.recipe import ModelSection, load_recipe
+    from embedkit.recipe import load_recipe
 
     recipe, train_data = load_recipe(recipe_path, overrides, data_dir)
     method_cls = get_method(recipe.method.name)
@@ -231,10 +231,10 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
     seed = recipe.training.seed
     batch_size = batch_size or recipe.training.batch_size
 
-    model = build_model(recipe.model)
-    if params.reference not in ("initial", "current"):
-        model = build_model(ModelSection(name=params.reference, pooling=None, dropout=None,
-                                         max_seq_length=recipe.model.max_seq_length))
+    if params.reference in ("initial", "current"):
+        model = build_model(recipe.model)
+    else:
+        model = build_reference(params.reference, recipe.model.max_seq_length)
     after_rows, (mined, _cands) = debias(
         model, anchors, params, seed, batch_size=params.mining_batch_size, chunk_size=params.mining_chunk_size,
         backend=params.mining_backend, device=params.mining_device,

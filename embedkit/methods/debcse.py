@@ -112,12 +112,7 @@ class DebCSE(Method):
         if ref in ("initial", "current"):
             return self.ctx.model
         if self._reference_model is None:
-            from embedkit.modeling import build_model
-            from embedkit.recipe import ModelSection
-
-            cfg = ModelSection(name=ref, pooling=None, dropout=None,
-                               max_seq_length=self.ctx.recipe.model.max_seq_length)
-            self._reference_model = build_model(cfg)
+            self._reference_model = build_reference(ref, self.ctx.recipe.model.max_seq_length)
         return self._reference_model
 
     def mine_round(self, round_: int) -> Any:
@@ -205,6 +200,14 @@ class DebCSE(Method):
         if self.params.remine_every == "never":
             return []
         return [_remine_callback(self)]
+
+
+def build_reference(name: str, max_seq_length: int) -> Any:
+    """A separately named reference encoder, as saved (its own pooling, no dropout change)."""
+    from embedkit.modeling import build_model
+    from embedkit.recipe import ModelSection
+
+    return build_model(ModelSection(name=name, pooling=None, dropout=None, max_seq_length=max_seq_length))
 
 
 def _broadcast_from_rank0(obj: Any) -> Any:
