@@ -109,12 +109,12 @@ def deletion_indices(
 
 def row_tokens(features: dict[str, Tensor], special_ids: set[int]) -> list[tuple[list[int], list[bool]]]:
     """For each row: (positions holding real tokens, whether each is a special token)."""
-    ids = features["input_ids"]
+    ids = features["input_ids"].tolist()  # one device-to-host copy per tensor, not one per row
     mask = features.get("attention_mask")
+    masks = mask.tolist() if mask is not None else [[1] * len(row) for row in ids]
     out = []
-    for r in range(ids.shape[0]):
-        positions = (mask[r].nonzero().flatten() if mask is not None else torch.arange(ids.shape[1])).tolist()
-        row = ids[r].tolist()
+    for row, row_mask in zip(ids, masks, strict=True):
+        positions = [p for p, m in enumerate(row_mask) if m]
         out.append((positions, [row[p] in special_ids for p in positions]))
     return out
 
@@ -226,8 +226,10 @@ class SubwordRepetition(SeededAugmenter):
 
     def forward(self, features: dict[str, Tensor], rows: Tensor | None = None) -> dict[str, Tensor]:
         rows_info = row_tokens(features, self.special_ids)
-        ids = features["input_ids"].tolist()
-        tokens = [[ids[r][p] for p in pos] for r, (pos, _) in enumerate(rows_info)]
+        tokens = None
+        if rows is None and self.static:  # only a static draw without row ids is keyed by the tokens
+            ids = features["input_ids"].tolist()
+            tokens = [[ids[r][p] for p in pos] for r, (pos, _) in enumerate(rows_info)]
         rngs = self.row_rngs(self.row_keys(rows, tokens, len(rows_info)))
         index_rows, special_rows = [], []
         for (pos, special), rng in zip(rows_info, rngs, strict=True):
