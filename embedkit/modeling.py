@@ -7,6 +7,7 @@ so the packaged all-MiniLM-L6-v2 works offline); otherwise they go to the Hub as
 from __future__ import annotations
 
 import importlib
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,13 +144,33 @@ def tiny_bert(path: str | Path, tokenizer_from: str | None = None, hidden: int =
     return str(path)
 
 
-def weights_hash(model: nn.Module) -> str:
-    """A content hash of all parameters and buffers (used as a model revision for caches)."""
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over names, dtypes and bytes of ``tensors`` (sorted by name)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name in sorted(tensors):
+        t: Tensor = tensors[name].detach().cpu().contiguous().reshape(-1)  # 1-d: a 0-dim tensor cannot change dtype
         digest.update(name.encode())
-        t: Tensor = tensor.detach().cpu().contiguous()
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(str(t.dtype).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+# model -> (fingerprint, digest): a model whose tensors were neither replaced nor written in place since the last
+# call is not hashed again (``embedkit eval`` asks for the hash once per suite).
+_HASHED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
+
+
+def weights_hash(model: nn.Module) -> str:
+    """A content hash of all parameters and buffers (used as a model revision for caches)."""
+    state = model.state_dict()
+    # Every in-place write (an optimizer step, load_state_dict) bumps a tensor's version counter, which detached
+    # views share; storage address + version therefore tells whether the bytes may have changed.
+    fingerprint = tuple((k, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for k, t in state.items())
+    cached = _HASHED.get(model)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    digest = tensors_digest(state)
+    _HASHED[model] = (fingerprint, digest)
+    return digest

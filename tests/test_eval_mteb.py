@@ -127,3 +127,29 @@ def test_import_mteb_never_creates_home_cache(tmp_path):
     assert not (home / ".cache" / "mteb").exists()
     assert (tmp_path / "explicit").is_dir()
     assert Path(tmp_path / "explicit").exists()
+
+
+def test_weights_hash_is_reused_only_while_the_weights_are_unchanged(tiny_model_path):
+    """The hash is remembered per model (eval asks for it once per suite), but an in-place update, a
+    load_state_dict or a swapped tensor must give a new one."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from embedkit.modeling import tensors_digest, weights_hash
+
+    model = SentenceTransformer(tiny_model_path, device="cpu")
+    first = weights_hash(model)
+    assert first == weights_hash(model) == tensors_digest(model.state_dict())
+    param = next(model.parameters())
+    with torch.no_grad():
+        param[0, 0] += 1.0  # in place, same storage
+    second = weights_hash(model)
+    assert second != first and second == tensors_digest(model.state_dict())
+    with torch.no_grad():
+        param[0, 0] -= 1.0
+    assert weights_hash(model) == tensors_digest(model.state_dict())
+    other = SentenceTransformer(tiny_model_path, device="cpu")
+    with torch.no_grad():
+        next(other.parameters()).mul_(2.0)
+    model.load_state_dict(other.state_dict())
+    assert weights_hash(model) == tensors_digest(other.state_dict()) != first

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -30,6 +29,7 @@ from transformers import TrainerCallback
 
 from embedkit.errors import NonFiniteLossError
 from embedkit.losses.common import world
+from embedkit.modeling import tensors_digest
 
 METHOD_STATE_FILE = "embedkit_method_state.safetensors"
 COMPLETE_MARKER = "embedkit_checkpoint.json"
@@ -80,13 +80,7 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
     """A content hash of a method state (to check that every process holds the same one)."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        digest.update(key.encode())
-        tensor = state[key].detach().cpu().contiguous().reshape(-1)  # 1-d: 0-dim tensors cannot change dtype
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+    return tensors_digest(state)
 
 
 def method_state_digests(state: dict[str, torch.Tensor]) -> list[str]:
