@@ -68,9 +68,10 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
 
 
 def _plugins() -> list:
-    """Sub-commands defined next to the code they run (evaluation, hub, inspect, data)."""
+    """Sub-commands defined next to the code they run (evaluation, encode, hub, inspect, data)."""
     found = []
-    for module in ("embedkit.evaluation.cli", "embedkit.hub", "embedkit.inspect", "embedkit.data.cli"):
+    for module in ("embedkit.evaluation.cli", "embedkit.encode", "embedkit.hub", "embedkit.inspect",
+                   "embedkit.data.cli"):
         try:
             mod = __import__(module, fromlist=["add_cli"])
         except ImportError:

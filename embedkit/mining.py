@@ -34,24 +34,25 @@ def mining_device(requested: str = "auto") -> torch.device:
 def encode(
     model: SentenceTransformer, sentences: list[str], batch_size: int = 128, device: str | torch.device = "auto"
 ) -> Tensor:
-    """Unit-normalised float32 embeddings (CPU tensor, one row per sentence) under the model in eval mode."""
+    """Unit-normalised float32 embeddings (CPU tensor, one row per sentence) under the model in eval mode.
+
+    Runs the evaluation encoder (each distinct sentence once, batches by token length; the vectors of
+    ``model.encode``), on ``device`` for the duration of the call.
+    """
+    from embedkit.encode import encode_texts
+
     if not sentences:
         return torch.zeros(0, model.get_embedding_dimension())
     target = mining_device(device) if isinstance(device, str) else device
-    was_training = model.training
     original = next(model.parameters()).device
     try:
         if original != target:
             model.to(target)
-        model.eval()
-        emb = model.encode(
-            sentences, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False, device=str(target)
-        )
+        emb = encode_texts(model, sentences, batch_size=batch_size)  # restores train/eval mode itself
     finally:
         if original != target:
             model.to(original)
-        model.train(was_training)
-    return F.normalize(emb.float(), dim=-1).cpu()
+    return F.normalize(torch.from_numpy(emb), dim=-1)
 
 
 def faiss_available() -> bool:

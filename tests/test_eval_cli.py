@@ -41,6 +41,10 @@ def test_fast_encoder_matches_model_encode(tiny_model_path):
     got = embed(model, sents, batch_size=16)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, atol=1e-5)
+    chunked = embed(model, sents, batch_size=8, chunk_size=20)  # 4 preprocessing chunks, the last one short
+    np.testing.assert_allclose(chunked, ref, atol=1e-5)
+    with pytest.raises(EmbedkitError, match="chunk_size must be at least batch_size"):
+        embed(model, sents, batch_size=16, chunk_size=8)
 
 
 def test_evaluate_api_shape_and_matches_independent_computation(tiny_model_path, data_root):

@@ -147,11 +147,12 @@ def stsb_pairs(path: Path) -> dict[str, list[Any]]:
     return {"sentence1": pairs.sentences1, "sentence2": pairs.sentences2, "score": [s / 5.0 for s in pairs.scores]}
 
 
-def read_local(path: str, fmt: str, columns: list[str] | None) -> TrainData:
-    """Read a local training file into columns; raises :class:`DataError` naming file and line."""
+def read_local(path: str, fmt: str, columns: list[str] | None, kind: str = "training") -> TrainData:
+    """Read a local data file into columns; raises :class:`DataError` naming file and line (and ``kind``:
+    what the file is for)."""
     file = Path(path)
     if not file.is_file():
-        raise DataError(f"{path}: training data file not found")
+        raise DataError(f"{path}: {kind} data file not found")
     fmt = infer_format(path, fmt)
     try:
         if fmt == "text":
@@ -174,7 +175,7 @@ def read_local(path: str, fmt: str, columns: list[str] | None) -> TrainData:
             raise DataError(f"{path}: columns {unknown} do not exist for format {fmt!r}; it gives {list(data)}")
         data = {c: data[c] for c in columns}
     if not data or not next(iter(data.values())):
-        raise DataError(f"{path}: the training set is empty")
+        raise DataError(f"{path}: the {kind} set is empty")
     return TrainData(data, f"{fmt}:{path}", sha256_file(file))
 
 

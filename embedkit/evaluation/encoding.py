@@ -2,12 +2,12 @@
 
 ``SentenceTransformer.encode`` tokenises every batch on its own and sorts by character length. For an
 evaluation that embeds tens of thousands of sentences once, :func:`embed` instead runs the model's own
-preprocessing a single time over all sentences, sorts them by their true token length, and cuts each batch
-out of the padded token matrix, trimmed to the longest sentence in the batch. The tensors each batch sees
-are exactly those ``encode`` would build (same tokenizer call, same truncation, padding to the batch's
-longest), so the embeddings are the same; only the work is less. Models whose first module does not give
-plain padded token matrices (static embeddings, flattened flash-attention inputs, prompts) fall back to
-``model.encode``.
+preprocessing over large chunks of sentences (a few calls in all), sorts each chunk by true token length, and
+cuts each batch out of the chunk's padded token matrix, trimmed to the longest sentence in the batch. The
+tensors each batch sees are exactly those ``encode`` would build (same tokenizer call, same truncation,
+padding to the batch's longest), so the embeddings are the same; only the work is less. Models whose first
+module does not give plain padded token matrices (static embeddings, flattened flash-attention inputs, prompts)
+fall back to ``model.encode``.
 """
 
 from __future__ import annotations
@@ -102,14 +102,20 @@ def embed(
     sentences: list[str],
     batch_size: int = 128,
     autocast: str | None = None,
+    chunk_size: int = 4096,
 ) -> np.ndarray:
     """Sentence embeddings (float32, as the model outputs them, not re-normalised), in the order given.
 
     Pass each sentence once (see :func:`embedkit.evaluation.core.encode_unique`). ``autocast`` is
-    ``none`` (default), ``bf16`` or ``auto`` (bf16 where the hardware supports it).
+    ``none`` (default), ``bf16`` or ``auto`` (bf16 where the hardware supports it). Sentences are
+    preprocessed ``chunk_size`` at a time, in order of character length, so that each chunk's padded token
+    matrix stays narrow (converting one matrix padded to the longest of all sentences costs more than
+    tokenising); batches are cut inside a chunk, by token length.
     """
     if batch_size <= 0:
         raise EmbedkitError(f"batch_size must be positive, got {batch_size}")
+    if chunk_size < batch_size:
+        raise EmbedkitError(f"chunk_size must be at least batch_size ({batch_size}), got {chunk_size}")
     if not sentences:
         from embedkit.evaluation.runner import embedding_dim
 
@@ -118,22 +124,34 @@ def embed(
     mode = resolve_autocast(autocast, device)
     was_training = model.training
     model.eval()
+    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))  # longest first: memory errors show early
+    out: np.ndarray | None = None
     try:
         with torch.inference_mode(), _autocast_context(mode, device):
-            prepared = _token_features(model, sentences)
-            if prepared is None:
-                out = model.encode(sentences, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
-                return np.asarray(out, dtype=np.float32)
-            return _embed_prepared(model, prepared, batch_size, device)
+            for start in range(0, len(order), chunk_size):
+                ids = order[start : start + chunk_size]
+                chunk = [sentences[i] for i in ids]
+                prepared = _token_features(model, chunk)
+                if prepared is None:
+                    emb = np.asarray(model.encode(chunk, batch_size=batch_size, convert_to_numpy=True,
+                                                  show_progress_bar=False), dtype=np.float32)
+                else:
+                    emb = _embed_prepared(model, prepared, batch_size, device)
+                if out is None:
+                    out = np.empty((len(sentences), emb.shape[1]), dtype=np.float32)
+                out[ids] = emb
     finally:
         model.train(was_training)
+    assert out is not None
+    return out
 
 
 def _embed_prepared(model: SentenceTransformer, prepared: tuple[dict[str, Any], str], batch_size: int,
                     device: torch.device) -> np.ndarray:
+    """Embeddings of one preprocessed chunk, in its order; batches by token length, each trimmed to its longest."""
     features, side = prepared
     lengths = features["attention_mask"].sum(dim=1)
-    order = torch.argsort(-lengths, stable=True)  # longest first: a memory problem shows at once
+    order = torch.argsort(-lengths, stable=True)
     out: np.ndarray | None = None
     truncate_dim = getattr(model, "truncate_dim", None)
     for start in range(0, len(order), batch_size):

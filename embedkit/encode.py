@@ -1,0 +1,92 @@
+"""``embedkit encode``: embed a file of texts into a ``.npy`` matrix, one row per text, in file order.
+
+It runs the evaluation encoder (:func:`embedkit.evaluation.encoding.embed`): each distinct text once, the
+model's own preprocessing in large chunks, batches cut by token length, so the rows equal
+``SentenceTransformer.encode``'s (to float rounding) for less work. The file is written only when every row is
+done (``<output>.partial`` until then).
+
+    embedkit encode MODEL sentences.txt -o embeddings.npy [--normalize] [--batch-size 128]
+    embedkit encode MODEL rows.jsonl --column text -o embeddings.npy
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedkit.errors import EmbedkitError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+def encode_texts(model: SentenceTransformer, texts: list[str], batch_size: int = 128, normalize: bool = False,
+                 autocast: str | None = None) -> np.ndarray:
+    """float32 embeddings of ``texts`` (row ``i`` for ``texts[i]``); repeated texts are encoded once.
+
+    ``normalize`` scales each row to unit length; ``autocast`` is ``none`` (default), ``bf16`` or ``auto``.
+    """
+    from embedkit.evaluation.encoding import embed
+
+    unique = list(dict.fromkeys(texts))
+    emb = embed(model, unique, batch_size=batch_size, autocast=autocast)
+    if len(unique) < len(texts):
+        row = {text: i for i, text in enumerate(unique)}
+        emb = emb[[row[t] for t in texts]]
+    if normalize:
+        emb /= np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+    return emb
+
+
+def read_texts(path: str, fmt: str = "auto", column: str | None = None) -> list[str]:
+    """The texts of a local file: a ``.txt`` file's non-blank lines, or one column of a CSV/TSV/JSONL file."""
+    from embedkit.data.sources import read_local
+
+    data = read_local(path, fmt, [column] if column else None, kind="input")
+    if len(data.columns) != 1:
+        raise EmbedkitError(f"{path}: has the columns {list(data.columns)}; choose the one to encode with --column")
+    return next(iter(data.columns.values()))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from embedkit.evaluation.runner import embedding_dim, load_model
+    from embedkit.paths import atomic_path
+
+    if args.batch_size <= 0:
+        raise EmbedkitError(f"--batch-size: expected a positive number, got {args.batch_size}")
+    if args.max_seq_length is not None and args.max_seq_length <= 0:
+        raise EmbedkitError(f"--max-seq-length: expected a positive number, got {args.max_seq_length}")
+    if not args.output.endswith(".npy"):
+        raise EmbedkitError(f"--output {args.output!r}: expected a file name ending in .npy")
+    texts = read_texts(args.input, args.format, args.column)  # before the model loads: bad input fails fast
+    model, _ = load_model(args.model)
+    if args.max_seq_length:
+        model.max_seq_length = args.max_seq_length
+    start = time.perf_counter()
+    emb = encode_texts(model, texts, args.batch_size, args.normalize, args.autocast)
+    seconds = time.perf_counter() - start
+    with atomic_path(args.output) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, emb)
+    print(f"{args.output}: {emb.shape[0]} x {embedding_dim(model) or emb.shape[1]} float32 "
+          f"({len(set(texts))} distinct texts) in {seconds:.1f} s")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``embedkit encode MODEL INPUT -o OUTPUT.npy``."""
+    p = subparsers.add_parser("encode", help="embed the texts of a file into a .npy matrix")
+    p.add_argument("model", help="model folder, packaged model or Hub id")
+    p.add_argument("input", help="a .txt file (one text a line; blank lines skipped), or a .csv/.tsv/.jsonl file")
+    p.add_argument("--output", "-o", required=True, help="where to write the embeddings (.npy, float32, file order)")
+    p.add_argument("--column", help="the column (CSV/TSV header name or JSONL key) holding the texts")
+    p.add_argument("--format", choices=("auto", "text", "csv", "tsv", "jsonl"), default="auto",
+                   help="input format (auto: from the file suffix)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
+    p.add_argument("--max-seq-length", type=int, help="truncate texts to this many tokens (default: the model's)")
+    p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
+                   help="bf16 autocast (auto: only where the hardware has bf16); default none")
+    p.set_defaults(func=_run)
