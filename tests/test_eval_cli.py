@@ -47,6 +47,23 @@ def test_fast_encoder_matches_model_encode(tiny_model_path):
         embed(model, sents, batch_size=16, chunk_size=8)
 
 
+def test_token_batches_cover_every_row_once_within_the_token_budget():
+    import torch
+
+    from embedkit.evaluation.encoding import TOKENS_PER_ROW, _token_batches
+
+    lengths = torch.tensor([3, 40, 7, 7, 200, 12, 3, 5, 64, 9] * 7)
+    batches = _token_batches(lengths, batch_size=4)
+    budget = 4 * TOKENS_PER_ROW
+    seen = torch.cat(batches).tolist()
+    assert sorted(seen) == list(range(len(lengths)))
+    widths = [int(lengths[b].max()) for b in batches]
+    assert widths == sorted(widths, reverse=True)  # longest first
+    for b, w in zip(batches, widths, strict=True):
+        assert len(b) * w <= budget or len(b) == 1  # a single row may exceed it (it cannot be split)
+    assert max(len(b) for b in batches) > 4  # short rows share a batch beyond batch_size rows
+
+
 def test_evaluate_api_shape_and_matches_independent_computation(tiny_model_path, data_root):
     res = embedkit.evaluate(tiny_model_path, suite="sts", data_dir=data_root, batch_size=8)
     assert res["protocol"] == "senteval-sts-all"

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 AUTOCAST_CHOICES = ("none", "bf16", "auto")
+# Token positions a forward pass may hold per unit of batch_size: batch_size=128 → 2,048 positions. Measured on
+# the 2-core CPU (MiniLM, 3,000 STS sentences, 5 interleaved repeats): 10-14% faster than 128 rows of any width,
+# because long rows come in smaller batches; 4,096 and 8,192 positions were slower.
+TOKENS_PER_ROW = 16
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -107,7 +111,9 @@ def embed(
     """Sentence embeddings (float32, as the model outputs them, not re-normalised), in the order given.
 
     Pass each sentence once (see :func:`embedkit.evaluation.core.encode_unique`). ``autocast`` is
-    ``none`` (default), ``bf16`` or ``auto`` (bf16 where the hardware supports it). Sentences are
+    ``none`` (default), ``bf16`` or ``auto`` (bf16 where the hardware supports it). ``batch_size`` sets the
+    size of a forward pass in token positions (``batch_size * TOKENS_PER_ROW``; see :func:`_token_batches`),
+    so that memory is bounded as with ``batch_size`` rows of 16 tokens. Sentences are
     preprocessed ``chunk_size`` at a time, in order of character length, so that each chunk's padded token
     matrix stays narrow (converting one matrix padded to the longest of all sentences costs more than
     tokenising); batches are cut inside a chunk, by token length.
@@ -146,16 +152,28 @@ def embed(
     return out
 
 
+def _token_batches(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Row indices of each batch, longest rows first; a batch holds up to ``batch_size * TOKENS_PER_ROW`` token
+    positions (rows × padded width), so short rows go in bigger batches and long rows in smaller ones."""
+    order = torch.argsort(-lengths, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    budget = batch_size * TOKENS_PER_ROW
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(1, budget // max(1, sorted_lengths[start]))  # the first row is the widest of its batch
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
 def _embed_prepared(model: SentenceTransformer, prepared: tuple[dict[str, Any], str], batch_size: int,
                     device: torch.device) -> np.ndarray:
-    """Embeddings of one preprocessed chunk, in its order; batches by token length, each trimmed to its longest."""
+    """Embeddings of one preprocessed chunk, in its order; each batch trimmed to its longest row."""
     features, side = prepared
     lengths = features["attention_mask"].sum(dim=1)
-    order = torch.argsort(-lengths, stable=True)
     out: np.ndarray | None = None
     truncate_dim = getattr(model, "truncate_dim", None)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in _token_batches(lengths, batch_size):
         width = int(lengths[idx].max())
         batch = {}
         for key, value in features.items():
@@ -169,7 +187,7 @@ def _embed_prepared(model: SentenceTransformer, prepared: tuple[dict[str, Any], 
             emb = emb[..., :truncate_dim]
         emb = emb.float().cpu().numpy()
         if out is None:
-            out = np.empty((len(order), emb.shape[1]), dtype=np.float32)
+            out = np.empty((len(lengths), emb.shape[1]), dtype=np.float32)
         out[idx.numpy()] = emb
     assert out is not None
     return out
