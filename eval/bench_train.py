@@ -6,7 +6,8 @@ all-MiniLM-L6-v2), the same Brown sentences, batch 64, max length 32, the same s
 * ``st-baseline``: sentence-transformers' unsupervised SimCSE: ``MultipleNegativesRankingLoss`` (scale 20) on
   a dataset whose two columns hold the same sentence, ``SentenceTransformerTrainer`` with default settings;
 * ``embedkit``: ``simcse-unsup`` with its default settings (both views in one forward pass);
-* ``embedkit+group``, ``embedkit+bf16``, ``embedkit+group+bf16``: each speed option on.
+* ``embedkit+group``, ``embedkit+workers``, ``embedkit+bf16``, ``embedkit+group+bf16``: each speed option on
+  (length-grouped batches, 2 dataloader worker processes, bf16 autocast).
 
 It prints sentences/s, peak memory (max RSS) and STS-B dev after the steps for each, the ratios to the baseline,
 training throughput as a fraction of this CPU's matrix-multiply ceiling, peak memory for batch 512 plain vs
@@ -32,6 +33,7 @@ CONFIGS = {
     "st-baseline": {},
     "embedkit": {},
     "embedkit+group": {"training.group_by_length": True},
+    "embedkit+workers": {"training.dataloader_workers": 2},
     "embedkit+bf16": {"training.precision": "bf16"},
     "embedkit+group+bf16": {"training.group_by_length": True, "training.precision": "bf16"},
 }
