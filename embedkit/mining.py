@@ -12,7 +12,6 @@ import os
 from typing import TYPE_CHECKING, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -48,11 +47,11 @@ def encode(
     try:
         if original != target:
             model.to(target)
-        emb = encode_texts(model, sentences, batch_size=batch_size)  # restores train/eval mode itself
+        emb = encode_texts(model, sentences, batch_size=batch_size, normalize=True)  # restores train/eval mode
     finally:
         if original != target:
             model.to(original)
-    return F.normalize(torch.from_numpy(emb), dim=-1)
+    return torch.from_numpy(emb)
 
 
 def faiss_available() -> bool:

@@ -171,7 +171,6 @@ def matmul_ceiling(threads: int) -> dict:
     torch.set_num_threads(threads)
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
-        best = 0.0
         for n in (256, 2048):
             a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
             a @ b  # warm-up
