@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from embedkit.errors import EmbedkitError
 
@@ -17,8 +18,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from embedkit.recipe import load_recipe
+    from embedkit.training.rundir import check_output_path
 
     recipe, data = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir)
+    check_output_path(Path(recipe.output.dir))
     rows = f", {len(data)} training rows" if data is not None else ""
     print(f"{args.recipe}: valid (method {recipe.method.name}{rows})")
     return 0
@@ -49,8 +52,10 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe file, or the name of a shipped recipe")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe fields")
     p.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output.dir")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output.dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest intact checkpoint in output.dir (a finished run is left as is)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier embedkit run in output.dir, once the new run has finished")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("check", help="validate a recipe and its data without training")

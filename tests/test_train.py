@@ -76,10 +76,15 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path, tiny_model_path, se
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path, tiny_model_path, sentences_file):
+    import shutil
+
     recipe = tiny_recipe(tmp_path, tiny_model_path, sentences_file)
-    train(str(recipe), ["training.max_steps=3"])
+    train(str(recipe))
     ckpts = sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("checkpoint-*"))
-    assert ckpts == ["checkpoint-3"]
+    assert ckpts == ["checkpoint-3", "checkpoint-6"]
+    # As a kill after the step-3 save leaves it: no later checkpoint, no results.json.
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "checkpoint-6")
+    (tmp_path / "out" / "results.json").unlink()
     results = train(str(recipe), resume=True)
     assert results["train"]["global_step"] == 6
     steps = [e["step"] for e in results["train"]["log_history"] if "loss" in e]

@@ -1,8 +1,11 @@
 """One recipe, end to end: recipe → dataset → method → trainer → evaluator → output folder.
 
+``train`` runs four named steps: :func:`reserve` (refusals first, then the output folder's lock),
+:func:`setup` (model, data, method, trainer), ``trainer.train`` (fit), :func:`finish` (evaluate, save, swap).
 The output folder ends with the model in sentence-transformers format (``SentenceTransformer(dir)`` loads
 it), ``recipe.yaml`` (resolved, every default filled in), ``results.json`` (written last: its presence
-marks a finished run), ``logs/`` and ``checkpoints/``.
+marks a finished run), ``logs/``, ``checkpoints/`` and the run marker ``.embedkit-run.json``
+(:mod:`embedkit.training.rundir` says what the folder guarantees).
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from embedkit.errors import RecipeError
 from embedkit.paths import atomic_path
 from embedkit.recipe import Recipe, load_recipe, recipe_to_yaml
+from embedkit.training import checkpoints, rundir
+from embedkit.training.rundir import CHECKPOINTS, RESULTS, RunFolder
 
-CHECKPOINTS = "checkpoints"
 # The packages recorded in a run's results.json.
 TRAINING_PACKAGES = ("embedkit", "torch", "transformers", "sentence-transformers", "datasets", "accelerate", "mteb")
 
@@ -28,21 +35,6 @@ def log(msg: str) -> None:
     """Progress messages go to stdout, one line each, only on the main process."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[embedkit] {msg}", flush=True)
-
-
-def check_output_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
-    """Refuse to mix runs: a non-empty output folder needs ``--resume`` or ``--overwrite``."""
-    out = Path(recipe.output.dir)
-    if resume:
-        if not (out / CHECKPOINTS).is_dir():
-            raise RecipeError(f"output.dir {out}: no checkpoints to resume from")
-        return out
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RecipeError(
-            f"output.dir {out} already holds files; use --resume to continue that run, --overwrite to replace "
-            "it, or choose another output.dir"
-        )
-    return out
 
 
 def hardware() -> str:
@@ -87,6 +79,74 @@ def build_dataset(recipe: Recipe, train_data: Any, roles: tuple[str, ...]) -> An
     return datasets.Dataset.from_dict(columns), train_data
 
 
+@dataclass
+class Plan:
+    """What :func:`reserve` decided before anything was written."""
+
+    folder: RunFolder
+    checkpoint: Path | None = None  # the intact checkpoint to resume from
+
+
+def _resume_checks(recipe: Recipe, train_data: Any, out: Path) -> tuple[Path, dict[str, Any] | None]:
+    """Read-only checks of ``--resume``: (folder to resume, the saved results if the run is finished)."""
+    rundir.check_output_path(out)
+    staging = rundir.staging_path(out)
+    work = staging if (staging / CHECKPOINTS).is_dir() else out
+    if not (work / CHECKPOINTS).is_dir():
+        raise RecipeError(f"output.dir {out}: no checkpoints to resume from")
+    if (work / RESULTS).is_file():
+        return work, json.loads((work / RESULTS).read_text(encoding="utf-8"))
+    if checkpoints.latest_complete(work / CHECKPOINTS) is None:
+        raise RecipeError(f"output.dir {out}: no complete checkpoint to resume from in {work / CHECKPOINTS} "
+                          "(the run was stopped before its first save finished); start it again with --overwrite")
+    marker = rundir.read_marker(work) or {}
+    saved = marker.get("recipe")
+    if saved is None and (work / "recipe.yaml").is_file():  # a run started before markers held the recipe
+        saved = yaml.safe_load((work / "recipe.yaml").read_text(encoding="utf-8"))
+        if recipe.model.pooling is None:
+            saved.get("model", {})["pooling"] = None  # the saved file holds the pooling the model turned out to have
+    current = recipe.model_dump(mode="json")
+    changed = rundir.recipe_differences(saved, current) if saved is not None else []
+    if changed:
+        raise RecipeError(
+            f"output.dir {out}: --resume with a recipe that differs from the run's: {'; '.join(changed)}. "
+            f"Only {', '.join(rundir.RESUMABLE_KEYS)} may change on resume; start a new run (another output.dir "
+            "or --overwrite) to change the rest"
+        )
+    digest = getattr(train_data, "sha256", None)
+    if digest and marker.get("data_sha256") and digest != marker["data_sha256"]:
+        raise RecipeError(f"output.dir {out}: data.train changed since the run started (sha256 {digest[:12]}, "
+                          f"the run's {marker['data_sha256'][:12]}); resume needs the same training data")
+    return work, None
+
+
+def reserve(recipe: Recipe, train_data: Any, resume: bool, overwrite: bool) -> Plan | dict[str, Any]:
+    """Every refusal about the output folder, then its lock. Returns the saved results of a finished run
+    (``--resume`` leaves it as it is) or the :class:`Plan`."""
+    out = Path(recipe.output.dir)
+    if resume and not overwrite:
+        work, finished = _resume_checks(recipe, train_data, out)
+        if finished is not None:
+            step = finished.get("train", {}).get("global_step", "?")
+            log(f"output.dir {out}: this run finished (step {step}, {RESULTS}); --resume leaves it unchanged. "
+                "Use --overwrite to train it again")
+            return finished
+    folder = rundir.open_run(out, resume=resume, overwrite=overwrite)
+    if not resume:
+        return Plan(folder)
+    try:  # verify under the lock: hash every file of the newest checkpoints
+        checkpoint, skipped = checkpoints.newest_intact(folder.work / CHECKPOINTS)
+        for name, reason in skipped:
+            log(f"skipping {name}: {reason}")
+        if checkpoint is None:
+            raise RecipeError(f"output.dir {out}: no intact checkpoint to resume from in {folder.work / CHECKPOINTS}"
+                              "; start the run again with --overwrite")
+    except BaseException:
+        folder.release()
+        raise
+    return Plan(folder, checkpoint)
+
+
 def train(
     recipe_path: str,
     overrides: list[str] | None = None,
@@ -97,7 +157,36 @@ def train(
     """Run a recipe; returns the results dictionary also written to ``results.json``."""
     started = time.time()
     recipe, train_data = load_recipe(recipe_path, overrides, data_dir)
-    out = check_output_dir(recipe, resume, overwrite)
+    plan = reserve(recipe, train_data, resume, overwrite)
+    if not isinstance(plan, Plan):
+        return plan
+    with plan.folder as folder:
+        if rundir.is_primary() and not resume:
+            folder.write_marker(recipe=recipe.model_dump(mode="json"),
+                                data_sha256=getattr(train_data, "sha256", None))
+        run = setup(recipe, train_data, data_dir, folder.work, plan.checkpoint)
+        if plan.checkpoint is not None:
+            log(f"resuming from {plan.checkpoint}")
+        run.trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+        if not run.trainer.is_world_process_zero():
+            return {}
+        return finish(run, folder, data_dir, started)
+
+
+@dataclass
+class Run:
+    """The parts :func:`setup` built."""
+
+    recipe: Recipe
+    method_cls: Any
+    trainer: Any
+    dev_pairs: Any
+    results: dict[str, Any]
+    precision: str
+
+
+def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, checkpoint: Path | None) -> Run:
+    """Model, data, method, loss and trainer; nothing is trained."""
     from embedkit.methods import get_method
 
     method_cls = get_method(recipe.method.name)
@@ -112,12 +201,9 @@ def train(
     from embedkit.evaluation.core import load_stsb_dev, make_dev_evaluator, score_pairs
     from embedkit.methods.base import TrainContext
     from embedkit.modeling import build_model
-    from embedkit.training.trainer import EmbedkitTrainer, latest_checkpoint, load_method_state
+    from embedkit.training.trainer import EmbedkitTrainer, load_method_state
 
     dev_pairs = load_stsb_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
-    if overwrite and out.exists() and not resume:
-        shutil.rmtree(out)
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     # Seed before anything random is built (e.g. a training-only head), identically on every process.
@@ -141,16 +227,15 @@ def train(
         + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives else ""))
 
     results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {}}
-    if dev_pairs is not None and recipe.eval.before and not resume:
+    if dev_pairs is not None and recipe.eval.before and checkpoint is None:
         before = score_pairs(model, dev_pairs)
         results["dev"]["before"] = before
         log(f"STS-B dev before training: {before['spearman']:.2f} Spearman")
 
-    out.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(t.precision)
     sampler = method.batch_sampler()
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out / CHECKPOINTS),
+        output_dir=str(work / CHECKPOINTS),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         learning_rate=t.learning_rate,
@@ -183,35 +268,36 @@ def train(
         batch_sampler=sampler or (LengthGroupedBatchSampler if t.group_by_length else BatchSamplers.BATCH_SAMPLER),
         disable_tqdm=False,
     )
-    callbacks = method.callbacks(loss) + _tensorboard_callbacks(out / "logs")
+    callbacks = method.callbacks(loss) + _tensorboard_callbacks(work / "logs")
     trainer = EmbedkitTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss,
         evaluator=make_dev_evaluator(dev_pairs) if dev_pairs is not None else None,
         callbacks=callbacks,
     )
-    checkpoint = None
-    if resume:
-        checkpoint = latest_checkpoint(out / CHECKPOINTS)
-        if checkpoint is None:
-            raise RecipeError(f"output.dir {out}: no complete checkpoint to resume from")
+    if checkpoint is not None:
         load_method_state(loss, checkpoint)
-        log(f"resuming from {checkpoint}")
-    (out / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if not trainer.is_world_process_zero():
-        return {}
+    if rank == 0:
+        with atomic_path(work / "recipe.yaml") as tmp:
+            tmp.write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    return Run(recipe, method_cls, trainer, dev_pairs, results, precision)
 
+
+def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) -> dict[str, Any]:
+    """Final evaluation, the model and ``results.json`` (last), the swap of an ``--overwrite``, the push."""
+    from embedkit.evaluation.core import score_pairs
+
+    recipe, trainer, results = run.recipe, run.trainer, run.results
     model = trainer.model
     results["train"] = {
         "global_step": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_dev_spearman": trainer.state.best_metric,
-        "precision": precision,
-        "world_size": world_size,
+        "precision": run.precision,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "log_history": trainer.state.log_history,
     }
-    if dev_pairs is not None:
-        after = score_pairs(model, dev_pairs)
+    if run.dev_pairs is not None:
+        after = score_pairs(model, run.dev_pairs)
         results["dev"]["after"] = after
         _report_dev(results["dev"])
     if recipe.eval.suite == "sts":
@@ -221,13 +307,17 @@ def train(
     from embedkit.evaluation.runner import package_versions
 
     results.update({
-        "method": {"name": recipe.method.name, "paper": method_cls.paper, "citation": method_cls.citation},
+        "method": {"name": recipe.method.name, "paper": run.method_cls.paper, "citation": run.method_cls.citation},
         "hardware": hardware(),
         "versions": package_versions(TRAINING_PACKAGES),
         "seconds": round(time.time() - started, 1),
     })
-    save_final(model, out, results)
-    log(f"model saved to {out} (SentenceTransformer('{out}') loads it)")
+    save_final(model, folder.work, results)
+    replaced = folder.staged and folder.out.exists()
+    folder.finish()
+    out = folder.out
+    log(f"model saved to {out} (SentenceTransformer('{out}') loads it)"
+        + ("; it replaced the earlier run there" if replaced else ""))
     if recipe.output.push_to_hub:
         from embedkit.hub import push
 

@@ -2,8 +2,8 @@
 
 * **method state in checkpoints** – parameters and buffers that live in the loss rather than the model
   (a training-only MLP head, a momentum encoder, a negative queue, a stage counter) are written next to
-  each checkpoint and restored on resume; a checkpoint counts as complete only once that file and the
-  ``embedkit_checkpoint.json`` marker exist.
+  each checkpoint (from the public ``on_save`` hook) and restored on resume; a checkpoint counts as complete
+  only once its manifest ``embedkit_checkpoint.json`` (every file's size and SHA-256, written last) exists.
 * **loss guard** – a NaN or infinite loss stops training at that step, before the optimizer sees it.
 * **sampler epochs** – every sampler under the training dataloader learns the epoch at each epoch start.
   After a resume under several processes the trainer reaches only accelerate's shard wrapper
@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,9 +29,10 @@ from transformers import TrainerCallback
 from embedkit.errors import NonFiniteLossError
 from embedkit.losses.common import world
 from embedkit.modeling import tensors_digest
+from embedkit.training.checkpoints import COMPLETE_MARKER, latest_complete, write_manifest
 
 METHOD_STATE_FILE = "embedkit_method_state.safetensors"
-COMPLETE_MARKER = "embedkit_checkpoint.json"
+__all__ = ["COMPLETE_MARKER", "METHOD_STATE_FILE", "EmbedkitTrainer", "latest_checkpoint", "load_method_state"]
 
 
 def method_state(loss: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -107,16 +107,9 @@ def all_finite(loss: torch.Tensor) -> bool:
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in ``folder``, or ``None``."""
-    best, best_step = None, -1
-    for ckpt in Path(folder).glob("checkpoint-*"):
-        try:
-            step = int(ckpt.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if (ckpt / COMPLETE_MARKER).exists() and step > best_step:
-            best, best_step = ckpt, step
-    return best
+    """The checkpoint with the highest step whose manifest exists in ``folder``, or ``None`` (unverified;
+    ``--resume`` verifies with :func:`embedkit.training.checkpoints.newest_intact`)."""
+    return latest_complete(folder)
 
 
 def set_sampler_epoch(loader: object, epoch: int) -> list[object]:
@@ -147,12 +140,30 @@ class SamplerEpochCallback(TrainerCallback):
             set_sampler_epoch(train_dataloader, int(state.epoch + 1e-6) if state.epoch else 0)
 
 
+class CheckpointStateCallback(TrainerCallback):
+    """After the trainer has written a checkpoint: the loss's own state, then the manifest, last."""
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        self.loss = loss
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        method = method_state(self.loss)
+        digests = method_state_digests(method)  # collective: every process takes part
+        if args.should_save and os.path.isdir(folder):
+            if method:
+                save_file(method, os.path.join(folder, METHOD_STATE_FILE))
+            write_manifest(folder, global_step=state.global_step, method_state=sorted(method),
+                           method_state_sha256_per_rank=digests)
+
+
 class EmbedkitTrainer(SentenceTransformerTrainer):
     """The sentence-transformers trainer plus method-state checkpoints and a loss guard."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.add_callback(SamplerEpochCallback())
+        self.add_callback(CheckpointStateCallback(self.loss))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -191,14 +202,3 @@ class EmbedkitTrainer(SentenceTransformerTrainer):
             return super()._clip_grad_norm(model)  # DeepSpeed clips every parameter its optimizer holds
         return self.accelerator.clip_grad_norm_([*model.parameters(), *own], self.args.max_grad_norm)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-        state = method_state(self.loss)
-        digests = method_state_digests(state)  # collective: every process takes part
-        if self.args.should_save and os.path.isdir(folder):
-            if state:
-                save_file(state, os.path.join(folder, METHOD_STATE_FILE))
-            with open(os.path.join(folder, COMPLETE_MARKER), "w", encoding="utf-8") as fh:
-                json.dump({"global_step": self.state.global_step, "method_state": sorted(state),
-                           "method_state_sha256_per_rank": digests}, fh)

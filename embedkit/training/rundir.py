@@ -1,0 +1,302 @@
+"""The output folder of a training run: what may be written there, by whom, and how a run is never lost.
+
+Guarantees (docs/reliability.md):
+
+* **One writer per folder.** A run holds an exclusive ``filelock`` lock on ``<out>/.embedkit.lock`` from before
+  it writes anything until it exits; a second run into the same folder fails at once naming the process that
+  holds it. The lock is an OS (``flock``) lock, so one left by a killed process is released with it.
+* **A finished run is never modified or deleted**, except by an explicit ``--overwrite`` of a folder that is
+  recognisably an embedkit run (its ``.embedkit-run.json`` marker, no files embedkit did not write) and only once
+  the new run has finished: ``--overwrite`` trains into a hidden staging folder beside ``out`` and swaps it in at
+  the end; if the new run fails, the old one is untouched. ``--resume`` of a finished run changes nothing.
+* **Resume picks the newest intact checkpoint** (see :mod:`embedkit.training.checkpoints`) and refuses a recipe
+  whose meaning changed since the run started.
+
+Nothing here imports torch: every refusal answers before a model loads, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embedkit.errors import RecipeError
+
+MARKER = ".embedkit-run.json"  # the first file of every output folder embedkit creates
+LOCK = ".embedkit.lock"
+OWNER = ".embedkit.lock.json"  # who holds the lock (the lock file itself stays empty: flock needs no content)
+RESULTS = "results.json"  # written last: its presence marks a finished run
+CHECKPOINTS = "checkpoints"
+# What a run writes before it finishes; a finished run's marker lists its own top-level entries instead.
+RUN_ENTRIES = {MARKER, LOCK, OWNER, "recipe.yaml", "logs", CHECKPOINTS, ".final-model.partial",
+               RESULTS + ".partial"}
+
+# Keys that may differ between a run and its --resume: they change when and how the run reports, not what it
+# trains. Everything else (model, data, method, batch size, steps, seed, ...) is part of the run's meaning.
+RESUMABLE_KEYS = (
+    "description",
+    "training.logging_steps",
+    "training.dataloader_workers",
+    "eval.before",
+    "eval.suite",
+    "output.push_to_hub",
+    "output.private",
+    "output.license",
+)
+
+
+def is_primary() -> bool:
+    """The process that owns the folder: rank 0 (every process computes the same paths)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def staging_path(out: Path) -> Path:
+    """Where an ``--overwrite`` run trains until it has finished: a hidden sibling of ``out``."""
+    return out.parent / f".{out.name}.embedkit-staging"
+
+
+def _forbidden_targets() -> dict[Path, str]:
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    out = {cwd: "the current folder", home: "your home folder"}
+    for parent in (*cwd.parents, *home.parents):
+        out.setdefault(parent, "a folder that holds the current or home folder")
+    out[Path(cwd.anchor)] = "a filesystem root"
+    return out
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """The run marker of ``folder``, or ``None`` when it has none (or it does not parse)."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Top-level entries of an embedkit run folder that embedkit did not write (sorted)."""
+    marker = read_marker(folder) or {}
+    known = RUN_ENTRIES | set(marker.get("entries", []))
+    return sorted(p.name for p in folder.iterdir() if p.name not in known)
+
+
+def check_overwritable(out: Path) -> None:
+    """Refuse ``--overwrite`` of anything but a folder that is recognisably an embedkit run."""
+    what = _forbidden_targets().get(out.resolve())
+    if what:
+        raise RecipeError(f"output.dir {out}: is {what}; --overwrite never replaces it, choose another output.dir")
+    if read_marker(out) is None:
+        raise RecipeError(
+            f"output.dir {out}: --overwrite replaces only folders that embedkit created (with a {MARKER} marker); "
+            "this one is not, so it is left alone: remove it yourself or choose another output.dir"
+        )
+    foreign = foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RecipeError(
+            f"output.dir {out}: holds files that embedkit did not write ({shown}); --overwrite would delete them, "
+            "so it refuses: move them out or choose another output.dir"
+        )
+
+
+def recipe_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved recipes (outside :data:`RESUMABLE_KEYS`)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        path = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            if "name" in a and a.get("name") != b.get("name"):  # another method/model: its parameters follow
+                out.append(f"{path}.name ({a.get('name')!r} -> {b.get('name')!r})")
+                continue
+            out += recipe_differences(a, b, f"{path}.")
+        elif a != b and path not in RESUMABLE_KEYS:
+            out.append(f"{path} ({a!r} -> {b!r})")
+    return out
+
+
+@dataclass
+class RunFolder:
+    """An output folder reserved for one run.
+
+    ``work`` is where this run writes (``out``, or the staging folder of an ``--overwrite``); :meth:`finish`
+    moves a staged run into place. Use as a context manager: the lock is released on exit, and a run that
+    fails before it wrote a checkpoint removes the folder it created (nothing half-written is left behind).
+    """
+
+    out: Path
+    work: Path
+    staged: bool = False
+    created: bool = False  # this run created ``work``
+    _locks: list[Any] = field(default_factory=list)
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None and is_primary():
+                self._clean_failed()
+        finally:
+            self.release()
+
+    def _clean_failed(self) -> None:
+        checkpoints = self.work / CHECKPOINTS
+        has_checkpoint = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+        if self.created and not has_checkpoint and self.work.exists():
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def release(self) -> None:
+        while self._locks:
+            lock = self._locks.pop()
+            owner = Path(lock.lock_file).parent / OWNER
+            if owner.is_file() and _holder_pid(owner) == os.getpid():
+                owner.unlink()  # only while held: a finished run's folder ends as it was
+            lock.release()
+
+    def lock(self, folder: Path) -> None:
+        """Take the exclusive lock of ``folder`` (created if needed) or fail naming its holder."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(folder / LOCK), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RecipeError(f"output.dir {self.out}: in use by another embedkit run ({_holder(folder)}); "
+                              "wait for it to finish or choose another output.dir") from None
+        self._locks.append(lock)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "command": " ".join(["embedkit", *sys.argv[1:]]) if sys.argv else ""}
+        (folder / OWNER).write_text(json.dumps(owner), encoding="utf-8")
+
+    def write_marker(self, **info: Any) -> None:
+        marker = read_marker(self.work) or {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        marker.update(info, embedkit=_version())
+        _write_json(self.work / MARKER, marker)
+
+    def finish(self) -> None:
+        """Record the finished run's entries in its marker and, for a staged run, swap it into ``out``."""
+        if not is_primary():
+            return
+        entries = sorted(p.name for p in self.work.iterdir())
+        self.write_marker(entries=entries, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        if not self.staged:
+            return
+        # Two renames: until the second one ``out`` is the old, complete run; a crash between them leaves the
+        # old run complete in ``.<name>.embedkit-replaced`` and the new one in the staging folder.
+        old = self.out.parent / f".{self.out.name}.embedkit-replaced"
+        if old.exists():
+            shutil.rmtree(old)
+        self.out.rename(old)
+        self.work.rename(self.out)
+        self.work = self.out
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def probe_lock(folder: Path, out: Path) -> None:
+    """Fail now, naming the holder, when another run holds ``folder``'s lock (creates nothing)."""
+    from filelock import FileLock, Timeout
+
+    if not (folder / LOCK).is_file():
+        return
+    lock = FileLock(str(folder / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RecipeError(f"output.dir {out}: in use by another embedkit run ({_holder(folder)}); "
+                          "wait for it to finish or choose another output.dir") from None
+    lock.release()
+
+
+def _holder_pid(owner: Path) -> int | None:
+    try:
+        return int(json.loads(owner.read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _holder(folder: Path) -> str:
+    try:
+        owner = json.loads((folder / OWNER).read_text(encoding="utf-8"))
+        return f"pid {owner['pid']} on {owner['host']}, started {owner['started']}: {owner['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that left no details"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("embedkit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from embedkit.paths import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def check_output_path(out: Path) -> None:
+    """``output.dir`` must be a folder (or not exist yet); used by ``check`` and ``train``."""
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"output.dir {out}: is a file; expected a folder (new, or an earlier run's)")
+
+
+def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
+    """Reserve ``out`` for a run: every refusal happens here, before anything is written.
+
+    * a fresh run needs ``out`` absent or empty;
+    * ``--overwrite`` needs an embedkit run folder (see :func:`check_overwritable`) and trains into staging;
+    * ``--resume`` continues an interrupted ``--overwrite`` run in its staging folder when one is there, else
+      the run in ``out``; the caller checks checkpoints and the recipe (:func:`resume_target`).
+    """
+    check_output_path(out)
+    if resume and overwrite:
+        raise RecipeError("--resume and --overwrite: choose one (resume continues a run, overwrite replaces it)")
+    primary = is_primary()
+    probe_lock(out, out)  # a run in progress is named before any other refusal
+    if resume:
+        staging = staging_path(out)
+        work = staging if (staging / CHECKPOINTS).is_dir() else out
+        if not work.is_dir():
+            raise RecipeError(f"output.dir {out}: does not exist; nothing to resume")
+        folder = RunFolder(out, work, staged=work != out)
+        if primary:
+            folder.lock(out)
+            if folder.staged:
+                folder.lock(work)
+        return folder
+    if out.exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir()):
+        if not overwrite:
+            raise RecipeError(
+                f"output.dir {out} already holds files; use --resume to continue that run, --overwrite to replace "
+                "it, or choose another output.dir"
+            )
+        check_overwritable(out)
+        folder = RunFolder(out, staging_path(out), staged=True, created=True)
+        if primary:
+            folder.lock(out)  # held until the swap: no other run may start on the old folder meanwhile
+            if folder.work.exists():  # left by a killed --overwrite run; ours to replace while we hold out's lock
+                shutil.rmtree(folder.work)
+            folder.work.mkdir(parents=True)
+            folder.lock(folder.work)
+            folder.write_marker()
+        return folder
+    folder = RunFolder(out, out, created=not out.exists())
+    if primary:
+        out.mkdir(parents=True, exist_ok=True)
+        folder.lock(out)
+        if folder.created or not any(p.name not in (LOCK, OWNER) for p in out.iterdir()):
+            folder.created = True
+        folder.write_marker()
+    return folder
