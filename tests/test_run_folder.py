@@ -115,6 +115,33 @@ def test_successful_overwrite_replaces_the_run(finished_run):
     assert SentenceTransformer(str(out), device="cpu").encode(["a"]).shape[0] == 1
 
 
+@pytest.mark.parametrize("stop_in", ["save_final", "finish"])
+def test_interrupted_overwrite_is_resumed_then_swapped_in(stop_in, finished_run, monkeypatch):
+    """An --overwrite run stopped after its checkpoints (before or after its results were written): the old run
+    stays intact, and --resume completes the new run and only then puts it in place."""
+    import embedkit.training.run as run_module
+
+    recipe, out = finished_run
+    before = tree_digest(out)
+    target = run_module if stop_in == "save_final" else rundir.RunFolder
+    original = getattr(target, stop_in)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, stop_in, stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(str(recipe), ["training.seed=8"], overwrite=True)
+    assert tree_digest(out) == before
+    staging = rundir.staging_path(out)
+    assert (staging / "checkpoints" / "checkpoint-6").is_dir(), "the new run's checkpoints are kept"
+    monkeypatch.setattr(target, stop_in, original)
+    results = train(str(recipe), ["training.seed=8"], resume=True)
+    assert results["train"]["global_step"] == 6
+    assert not staging.exists()
+    assert json.loads((out / "results.json").read_text())["recipe"]["training"]["seed"] == 8
+
+
 def test_failed_fresh_run_leaves_nothing_behind(tmp_path, tiny_model_path, monkeypatch):
     out = tmp_path / "new"
     recipe = write_recipe(tmp_path, tiny_model_path, "simcse-unsup", out)

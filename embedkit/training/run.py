@@ -128,6 +128,12 @@ def reserve(recipe: Recipe, train_data: Any, resume: bool, overwrite: bool) -> P
         work, finished = _resume_checks(recipe, train_data, out)
         if finished is not None:
             step = finished.get("train", {}).get("global_step", "?")
+            if work != out:  # an --overwrite run that finished but was stopped before it replaced the old run
+                with rundir.open_run(out, resume=True, overwrite=False) as folder:
+                    folder.finish()
+                log(f"output.dir {out}: the interrupted --overwrite run had finished (step {step}); it now "
+                    "replaces the earlier run")
+                return finished
             log(f"output.dir {out}: this run finished (step {step}, {RESULTS}); --resume leaves it unchanged. "
                 "Use --overwrite to train it again")
             return finished
@@ -313,7 +319,7 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
         "seconds": round(time.time() - started, 1),
     })
     save_final(model, folder.work, results)
-    replaced = folder.staged and folder.out.exists()
+    replaced = folder.staged and rundir.read_marker(folder.out) is not None
     folder.finish()
     out = folder.out
     log(f"model saved to {out} (SentenceTransformer('{out}') loads it)"

@@ -134,7 +134,8 @@ class RunFolder:
     out: Path
     work: Path
     staged: bool = False
-    created: bool = False  # this run created ``work``
+    created: bool = False  # ``work`` was absent or empty before this run
+    out_created: bool = False  # ``out`` did not exist before this run
     _locks: list[Any] = field(default_factory=list)
 
     def __enter__(self) -> RunFolder:
@@ -148,10 +149,19 @@ class RunFolder:
             self.release()
 
     def _clean_failed(self) -> None:
+        """A failed run that wrote no checkpoint leaves nothing behind (one with checkpoints can be resumed)."""
         checkpoints = self.work / CHECKPOINTS
-        has_checkpoint = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
-        if self.created and not has_checkpoint and self.work.exists():
+        if not self.created or (checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))):
+            return
+        self.release()
+        if self.staged:
             shutil.rmtree(self.work, ignore_errors=True)
+        elif self.work.is_dir():
+            for entry in self.work.iterdir():
+                if entry.name in RUN_ENTRIES:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        if self.out_created and self.out.is_dir() and {p.name for p in self.out.iterdir()} <= {LOCK, OWNER}:
+            shutil.rmtree(self.out, ignore_errors=True)
 
     def release(self) -> None:
         while self._locks:
@@ -173,7 +183,7 @@ class RunFolder:
                               "wait for it to finish or choose another output.dir") from None
         self._locks.append(lock)
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                 "command": " ".join(["embedkit", *sys.argv[1:]]) if sys.argv else ""}
+                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""}
         (folder / OWNER).write_text(json.dumps(owner), encoding="utf-8")
 
     def write_marker(self, **info: Any) -> None:
@@ -256,47 +266,47 @@ def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
     """Reserve ``out`` for a run: every refusal happens here, before anything is written.
 
     * a fresh run needs ``out`` absent or empty;
-    * ``--overwrite`` needs an embedkit run folder (see :func:`check_overwritable`) and trains into staging;
+    * ``--overwrite`` needs ``out`` absent, empty or an embedkit run folder (see :func:`check_overwritable`) and
+      always trains into the staging folder (so every process knows where from the flags alone);
     * ``--resume`` continues an interrupted ``--overwrite`` run in its staging folder when one is there, else
-      the run in ``out``; the caller checks checkpoints and the recipe (:func:`resume_target`).
+      the run in ``out``; the caller checks checkpoints and the recipe.
+
+    Only the primary process (rank 0) checks, locks and writes; the others compute the same paths.
     """
     check_output_path(out)
     if resume and overwrite:
         raise RecipeError("--resume and --overwrite: choose one (resume continues a run, overwrite replaces it)")
-    primary = is_primary()
+    staging = staging_path(out)
+    if not is_primary():
+        if resume:
+            return RunFolder(out, staging if (staging / CHECKPOINTS).is_dir() else out, staged=True)
+        return RunFolder(out, staging if overwrite else out, staged=overwrite)
     probe_lock(out, out)  # a run in progress is named before any other refusal
     if resume:
-        staging = staging_path(out)
         work = staging if (staging / CHECKPOINTS).is_dir() else out
         if not work.is_dir():
             raise RecipeError(f"output.dir {out}: does not exist; nothing to resume")
         folder = RunFolder(out, work, staged=work != out)
-        if primary:
-            folder.lock(out)
-            if folder.staged:
-                folder.lock(work)
-        return folder
-    if out.exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir()):
-        if not overwrite:
-            raise RecipeError(
-                f"output.dir {out} already holds files; use --resume to continue that run, --overwrite to replace "
-                "it, or choose another output.dir"
-            )
-        check_overwritable(out)
-        folder = RunFolder(out, staging_path(out), staged=True, created=True)
-        if primary:
-            folder.lock(out)  # held until the swap: no other run may start on the old folder meanwhile
-            if folder.work.exists():  # left by a killed --overwrite run; ours to replace while we hold out's lock
-                shutil.rmtree(folder.work)
-            folder.work.mkdir(parents=True)
-            folder.lock(folder.work)
-            folder.write_marker()
-        return folder
-    folder = RunFolder(out, out, created=not out.exists())
-    if primary:
-        out.mkdir(parents=True, exist_ok=True)
         folder.lock(out)
-        if folder.created or not any(p.name not in (LOCK, OWNER) for p in out.iterdir()):
-            folder.created = True
-        folder.write_marker()
+        if folder.staged:
+            folder.lock(work)
+        return folder
+    holds_files = out.exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir())
+    if holds_files and not overwrite:
+        raise RecipeError(
+            f"output.dir {out} already holds files; use --resume to continue that run, --overwrite to replace "
+            "it, or choose another output.dir"
+        )
+    if holds_files:
+        check_overwritable(out)
+    folder = RunFolder(out, staging if overwrite else out, staged=overwrite, created=True,
+                       out_created=not out.exists())
+    out.mkdir(parents=True, exist_ok=True)
+    folder.lock(out)  # held until the end (and the swap): no other run may start on this folder meanwhile
+    if overwrite:
+        if staging.exists():  # left by a killed --overwrite run; ours to replace while we hold out's lock
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        folder.lock(staging)
+    folder.write_marker()
     return folder

@@ -1,0 +1,427 @@
+"""Every bad input we know of, through the real command line: the message a user sees, how long it took, and
+whether anything was left behind. Prints the Markdown table of docs/reliability.md.
+
+Each case runs ``python -m embedkit.cli ...`` in a fresh process (imports included in the time, as a user
+waits for them) inside its own temporary folder, on a tiny random BERT with the packaged MiniLM tokenizer.
+"Wrote" compares the folder's files (names and bytes) before and after; the lock files are not counted.
+The Hub is pointed at a loopback port where nothing listens (no traffic leaves the machine).
+
+    python eval/bad_inputs.py [--only NAME,...] [--markdown docs/reliability-table.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEAD_HUB = "http://127.0.0.1:9"  # discard port: connection refused at once
+
+
+@dataclass
+class Case:
+    name: str
+    what: str
+    setup: Callable[[Path, str], list[str]]  # (folder, tiny model) -> argv after `embedkit`
+    expect_rc: int = 2
+    env: dict[str, str] | None = None
+
+
+def recipe(folder: Path, model: str, **sections: str) -> Path:
+    """A small valid recipe; ``sections`` replace whole lines (``model=``, ``data=``, ...)."""
+    data = folder / "sentences.txt"
+    if not data.exists():
+        data.write_text("".join(f"sentence number {i} about topic {i % 7}\n" for i in range(64)), encoding="utf-8")
+    lines = {
+        "description": "description: tiny",
+        "model": f"model: {{name: {model}, max_seq_length: 16}}",
+        "data": f"data: {{train: {{path: {data}}}, dev: null}}",
+        "method": "method: {name: simcse-unsup}",
+        "training": "training: {batch_size: 8, max_steps: 2, save_steps: 1, learning_rate: 1e-4}",
+        "eval": "eval: {before: false, suite: none}",
+        "output": f"output: {{dir: {folder / 'out'}}}",
+    }
+    lines.update(sections)
+    path = folder / "r.yaml"
+    path.write_text("\n".join(lines.values()) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_ENDPOINT": DEAD_HUB, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false",
+                **(env or {})}
+    full_env.pop("HF_HUB_OFFLINE", None)
+    return subprocess.run([sys.executable, "-m", "embedkit.cli", *argv], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def finished_run(folder: Path, model: str) -> Path:
+    path = recipe(folder, model)
+    proc = run_cli(["train", str(path)], folder)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return path
+
+
+def _c(name: str, what: str, expect_rc: int = 2, env: dict[str, str] | None = None):
+    def wrap(fn: Callable[[Path, str], list[str]]) -> Case:
+        case = Case(name, what, fn, expect_rc, env)
+        CASES.append(case)
+        return case
+    return wrap
+
+
+CASES: list[Case] = []
+
+# Recipes -------------------------------------------------------------------------------------------------
+
+
+@_c("unknown-key", "misspelled key (`lerning_rate`)")
+def _(f, m):
+    return ["train", str(recipe(f, m, training="training: {lerning_rate: 1e-4}"))]
+
+
+@_c("wrong-type", "string where a number belongs (`batch_size: eight`)")
+def _(f, m):
+    return ["train", str(recipe(f, m, training="training: {batch_size: eight}"))]
+
+
+@_c("unknown-method", "unknown method name")
+def _(f, m):
+    return ["check", str(recipe(f, m, method="method: {name: simcse-unsupp}"))]
+
+
+@_c("method-param", "method parameter out of range (`temperature: -1`)")
+def _(f, m):
+    return ["check", str(recipe(f, m, method="method: {name: simcse-unsup, temperature: -1}"))]
+
+
+@_c("yaml-syntax", "YAML syntax error")
+def _(f, m):
+    path = recipe(f, m)
+    path.write_text(path.read_text() + "training: [unclosed\n")
+    return ["check", str(path)]
+
+
+@_c("yaml-unsafe", "YAML tag that would run code (`!!python/object/apply`)")
+def _(f, m):
+    path = recipe(f, m)
+    path.write_text(path.read_text() + "extra: !!python/object/apply:os.system ['echo pwned']\n")
+    return ["check", str(path)]
+
+
+@_c("alias-bomb", "342-byte YAML alias bomb (billion laughs)")
+def _(f, m):
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    (f / "bomb.yaml").write_text(bomb)
+    return ["check", str(f / "bomb.yaml")]
+
+
+@_c("huge-recipe", "recipe file of 2 MiB")
+def _(f, m):
+    path = recipe(f, m)
+    path.write_text(path.read_text() + "# " + "x" * (2 << 20) + "\n")
+    return ["check", str(path)]
+
+
+@_c("recipe-not-utf8", "recipe that is not UTF-8 (Latin-1 byte in the description)")
+def _(f, m):
+    path = recipe(f, m)
+    path.write_bytes(path.read_bytes().replace(b"description: tiny", b"description: caf\xe9"))
+    return ["check", str(path)]
+
+
+@_c("duplicate-key", "duplicate key in a mapping")
+def _(f, m):
+    path = recipe(f, m, training="training:\n  batch_size: 8\n  max_steps: 2\n  batch_size: 16")
+    return ["check", str(path)]
+
+
+@_c("recipe-lookalike", "missing recipe path that ends like a shipped recipe (`some/dir/quickstart.yaml`)")
+def _(f, m):
+    return ["check", "some/dir/quickstart.yaml"]
+
+
+@_c("recipe-missing", "recipe file that does not exist")
+def _(f, m):
+    return ["check", str(f / "nope.yaml")]
+
+
+# Data ----------------------------------------------------------------------------------------------------
+
+
+@_c("data-missing", "missing data file")
+def _(f, m):
+    return ["check", str(recipe(f, m, data="data: {train: {path: /no/such-file.txt}, dev: null}"))]
+
+
+@_c("data-empty", "empty training file")
+def _(f, m):
+    (f / "empty.txt").write_text("\n\n")
+    return ["check", str(recipe(f, m, data=f"data: {{train: {{path: {f / 'empty.txt'}}}, dev: null}}"))]
+
+
+@_c("jsonl-malformed", "JSONL with a broken line")
+def _(f, m):
+    (f / "d.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
+    return ["check", str(recipe(f, m, data=f"data: {{train: {{path: {f / 'd.jsonl'}}}, dev: null}}"))]
+
+
+@_c("csv-fields", "CSV row with more fields than the header")
+def _(f, m):
+    (f / "d.csv").write_text("text\nfine\n\"a\",\"b\"\n")
+    return ["check", str(recipe(f, m, data=f"data: {{train: {{path: {f / 'd.csv'}}}, dev: null}}"))]
+
+
+@_c("data-not-utf8", "data file with a non-UTF-8 byte deep in the file")
+def _(f, m):
+    body = "".join(f"sentence {i}\n" for i in range(20000)).encode() + b"caf\xe9\n"
+    (f / "d.txt").write_bytes(body)
+    return ["check", str(recipe(f, m, data=f"data: {{train: {{path: {f / 'd.txt'}}}, dev: null}}"))]
+
+
+@_c("cosent-score-word", "CoSENT CSV with a score of `high`")
+def _(f, m):
+    (f / "p.csv").write_text("sentence1,sentence2,score\na cat,a dog,0.5\na car,a bus,high\n")
+    return ["check", str(recipe(f, m, method="method: {name: cosent}",
+                                data=f"data: {{train: {{path: {f / 'p.csv'}}}, dev: null}}"))]
+
+
+@_c("explicit-path-hub-fallback", "explicit missing data path in a recipe with a Hub fallback")
+def _(f, m):
+    return ["train", "quickstart", "data.train.path=/no/such-file.txt", f"output.dir={f / 'out'}"]
+
+
+# Output folder -------------------------------------------------------------------------------------------
+
+
+@_c("outdir-file", "output.dir is an existing file")
+def _(f, m):
+    (f / "out").write_text("a file")
+    return ["train", str(recipe(f, m))]
+
+
+@_c("outdir-nonempty", "output.dir holds files, no flag")
+def _(f, m):
+    (f / "out").mkdir()
+    (f / "out" / "notes.txt").write_text("mine")
+    return ["train", str(recipe(f, m))]
+
+
+@_c("overwrite-cwd", "`output.dir=. --overwrite` with a failing model")
+def _(f, m):
+    (f / "notes.txt").write_text("mine")
+    return ["train", str(recipe(f, m)), "output.dir=.", "--overwrite", "model.name=/no/such/model"]
+
+
+@_c("overwrite-foreign", "--overwrite of a folder embedkit did not create")
+def _(f, m):
+    (f / "out").mkdir()
+    (f / "out" / "notes.txt").write_text("mine")
+    return ["train", str(recipe(f, m)), "--overwrite"]
+
+
+@_c("overwrite-extra-file", "--overwrite of a finished run that also holds a user's file")
+def _(f, m):
+    path = finished_run(f, m)
+    (f / "out" / "my_notes.md").write_text("mine")
+    return ["train", str(path), "--overwrite"]
+
+
+@_c("overwrite-failing", "--overwrite of a finished run by a run that fails (model missing)")
+def _(f, m):
+    return ["train", str(finished_run(f, m)), "--overwrite", "model.name=/no/such/model"]
+
+
+@_c("locked", "second run while another holds the folder")
+def _(f, m):
+    path = recipe(f, m)
+    (f / "out").mkdir()
+    code = ("import sys,time; from pathlib import Path; from embedkit.training.rundir import RunFolder; "
+            "o=Path(sys.argv[1]); r=RunFolder(o,o); r.lock(o); print('ok',flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(f / "out")], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    holder.stdout.readline()
+    HOLDERS.append(holder)
+    return ["train", str(path)]
+
+
+@_c("resume-finished", "--resume of a finished run", expect_rc=0)
+def _(f, m):
+    return ["train", str(finished_run(f, m)), "--resume"]
+
+
+@_c("resume-nothing", "--resume with no complete checkpoint")
+def _(f, m):
+    (f / "out" / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    return ["train", str(recipe(f, m)), "--resume"]
+
+
+@_c("resume-changed", "--resume with another batch size")
+def _(f, m):
+    path = finished_run(f, m)
+    (f / "out" / "results.json").unlink()
+    return ["train", str(path), "--resume", "training.batch_size=4"]
+
+
+@_c("resume-and-overwrite", "--resume and --overwrite together")
+def _(f, m):
+    return ["train", str(finished_run(f, m)), "--resume", "--overwrite"]
+
+
+# Models --------------------------------------------------------------------------------------------------
+
+
+@_c("model-missing-check", "missing local model path (`check`)")
+def _(f, m):
+    return ["check", str(recipe(f, m)), "model.name=/no/such/model"]
+
+
+@_c("model-missing-train", "missing local model path (`train`)")
+def _(f, m):
+    return ["train", str(recipe(f, m)), "model.name=/no/such/model"]
+
+
+@_c("model-missing-eval", "missing local model path (`eval`)")
+def _(f, m):
+    return ["eval", "/no/such/model"]
+
+
+@_c("model-missing-encode", "missing local model path (`encode`)")
+def _(f, m):
+    (f / "t.txt").write_text("hello\n")
+    return ["encode", "/no/such/model", str(f / "t.txt"), "-o", str(f / "e.npy")]
+
+
+@_c("model-not-a-model", "model.name is a folder but not a model")
+def _(f, m):
+    (f / "folder").mkdir()
+    (f / "folder" / "readme.txt").write_text("hi")
+    return ["check", str(recipe(f, m)), f"model.name={f / 'folder'}"]
+
+
+@_c("model-remote-code", "model with custom code, trust_remote_code off (`train`)")
+def _(f, m):
+    model = f / "custom"
+    shutil.copytree(m, model)
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+    (model / "config.json").write_text(json.dumps(config))
+    return ["train", str(recipe(f, str(model)))]
+
+
+@_c("hub-unreachable", "Hub model id with no network, HF_HUB_OFFLINE unset")
+def _(f, m):
+    return ["check", str(recipe(f, m)), "model.name=someone/some-model"]
+
+
+@_c("hub-unreachable-eval", "`eval` of a Hub id with no network")
+def _(f, m):
+    return ["eval", "someone/some-model"]
+
+
+# encode / inspect / push ---------------------------------------------------------------------------------
+
+
+@_c("encode-out-folder", "`encode -o` names a folder")
+def _(f, m):
+    (f / "t.txt").write_text("hello\n")
+    (f / "dir.npy").mkdir()
+    return ["encode", m, str(f / "t.txt"), "-o", str(f / "dir.npy")]
+
+
+@_c("encode-exists", "`encode` onto an existing file without --overwrite")
+def _(f, m):
+    (f / "t.txt").write_text("hello\n")
+    (f / "e.npy").write_bytes(b"precious")
+    return ["encode", m, str(f / "t.txt"), "-o", str(f / "e.npy")]
+
+
+@_c("encode-suffix", "`encode -o` without .npy")
+def _(f, m):
+    (f / "t.txt").write_text("hello\n")
+    return ["encode", m, str(f / "t.txt"), "-o", str(f / "e.txt")]
+
+
+@_c("encode-column", "`encode` of a multi-column CSV without --column")
+def _(f, m):
+    (f / "t.csv").write_text("a,b\nx,y\n")
+    return ["encode", m, str(f / "t.csv"), "-o", str(f / "e.npy")]
+
+
+@_c("inspect-empty", "`inspect MODEL \"\"`")
+def _(f, m):
+    return ["inspect", m, ""]
+
+
+@_c("push-no-folder", "`push` of a folder that does not exist")
+def _(f, m):
+    return ["push", str(f / "nope"), "alice/model"]
+
+
+@_c("push-bad-repo", "`push` with a malformed repo id")
+def _(f, m):
+    return ["push", str(f), "not a repo id"]
+
+
+HOLDERS: list[subprocess.Popen] = []
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    skip = (".embedkit.lock",)
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(skip)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated case names")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from embedkit.modeling import tiny_bert
+
+    base = Path(tempfile.mkdtemp(prefix="embedkit-bad-"))
+    model = tiny_bert(base / "tiny")
+    wanted = set(args.only.split(",")) if args.only else None
+    rows = ["| case | input | exit | message (first line) | seconds | left as it was |", "|---|---|---|---|---|---|"]
+    for case in CASES:
+        if wanted and case.name not in wanted:
+            continue
+        folder = base / case.name
+        folder.mkdir()
+        argv = case.setup(folder, model)
+        before = snapshot(folder)
+        start = time.perf_counter()
+        proc = run_cli(argv, folder, case.env)
+        seconds = time.perf_counter() - start
+        for holder in HOLDERS:
+            holder.kill()
+        HOLDERS.clear()
+        after = snapshot(folder)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("embedkit:")] or \
+            [ln for ln in proc.stdout.splitlines() if ln.startswith("[embedkit]")][-1:] or ["(no message)"]
+        message = lines[0].replace(str(folder), "<tmp>").replace(str(base), "<base>").replace("|", "\\|")
+        traceback = "Traceback" in proc.stderr
+        ok = "yes" if before == after else f"no: {sorted(set(after) ^ set(before))[:3]}"
+        flag = "" if proc.returncode == case.expect_rc and not traceback else " **(unexpected)**"
+        rows.append(f"| {case.name} | {case.what} | {proc.returncode}{flag} | `{message}` | {seconds:.1f} | {ok} |")
+        print(rows[-1], flush=True)
+    table = "\n".join(rows)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
