@@ -82,6 +82,12 @@ class MethodSection(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
 
+    def column_types(self) -> tuple[str, ...]:
+        """The method's column types in role order (``text`` / ``score``), for the data readers."""
+        from embedkit.methods import get_method
+
+        return get_method(self.name).column_types()
+
 
 class TrainingSection(Section):
     batch_size: int = Field(64, gt=0, description="per device")
@@ -329,11 +335,11 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
         if src.hub:
             return None
         raise RecipeError(f"{where}: file not found: {path}")
+    roles = method.roles()
     try:
-        data = read_local(path, src.format, src.columns)
+        data = read_local(path, src.format, src.columns, types=method.column_types())
     except DataError as err:
         raise RecipeError(f"{where}: {err}") from None
-    roles = method.roles()
     if len(data.columns) != len(roles):
         raise RecipeError(
             f"{where}: method {recipe.method.name!r} needs {len(roles)} column(s) ({', '.join(roles)}), "
