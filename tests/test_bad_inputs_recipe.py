@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from embedkit.data import textio
 from embedkit.data.sources import read_hub, read_local
 from embedkit.data.sts import read_sick, read_sts_subset, read_stsb
 from embedkit.errors import DataError, RecipeError
-from embedkit.recipe import load_recipe
+from embedkit.recipe import load_recipe, parse_override, resolve_recipe_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +31,10 @@ training: {{batch_size: 8}}
 output: {{dir: {out}}}
 """
 
+BOMB = "".join(  # 342 bytes: 9 ** 9 strings once expanded
+    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n']
+    + [f"{b}: &{b} [{','.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")]
+)
 
 
 def recipe_file(tmp_path: Path, data: Path | str, method: str = "cosent", text: str = RECIPE) -> Path:
@@ -125,9 +132,84 @@ def test_read_hub_converts_score_columns(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# 7. YAML alias bombs, size and depth.
+
+
+def _limited() -> None:
+    """Child processes here get 2 GiB of address space: an alias bomb that is not refused fails, not swaps."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path):
+    """In a child process with a time and memory limit: unrefused, the bomb expands to 9**9 strings."""
+    assert len(BOMB.encode()) == 342
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB, encoding="utf-8")
+    code = (
+        "import sys, time; from embedkit.errors import RecipeError; from embedkit.recipe import _key_lines, "
+        "load_recipe\n"
+        "text = open(sys.argv[1]).read(); start = time.perf_counter(); _key_lines(text)\n"
+        "assert time.perf_counter() - start < 1.0, 'key lines are slow'\n"
+        "start = time.perf_counter()\n"
+        "try: load_recipe(sys.argv[1])\n"
+        "except RecipeError as err: print(err)\n"
+        "assert time.perf_counter() - start < 1.0, 'refusal is slow'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=20,
+                          preexec_fn=_limited)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout == f"{path}:1: YAML anchors and aliases (&a) are not allowed in recipes; write the values out\n"
+
+
+def test_an_alias_alone_is_refused_with_its_line(tmp_path, sentences_file):
+    text = RECIPE + "eval: *nothing\n"
+    with pytest.raises(RecipeError, match=r"r\.yaml:9: YAML anchors and aliases \(\*nothing\) are not allowed"):
+        load_recipe(recipe_file(tmp_path, sentences_file, "simcse-unsup", text))
+    with pytest.raises(RecipeError, match=r"YAML anchors and aliases \(&x\) are not allowed"):
+        parse_override("training.seed=&x 1")
+
+
+def test_recipe_over_one_mib_is_refused(tmp_path, sentences_file):
+    path = recipe_file(tmp_path, sentences_file, "simcse-unsup", RECIPE + "#" * (1 << 20) + "\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml: recipe file is 1,048,8\d\d bytes; expected at most 1,048,576"):
+        load_recipe(path)
+
+
+def test_deep_nesting_is_refused(tmp_path, sentences_file):
+    text = RECIPE + "description: " + "[" * 50000 + "]" * 50000 + "\n"
+    with pytest.raises(RecipeError, match=r"r\.yaml:9: nested more than 32 levels deep"):
+        load_recipe(recipe_file(tmp_path, sentences_file, "simcse-unsup", text))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 8. Shipped recipes by bare name only.
+
+
+def test_path_ending_like_a_shipped_recipe_must_exist(tmp_path):
+    missing = tmp_path / "some" / "quickstart.yaml"
+    with pytest.raises(RecipeError) as err:
+        resolve_recipe_path(missing)
+    assert str(err.value) == f"{missing}: recipe file not found"
+    with pytest.raises(RecipeError, match=r"^some/dir/quickstart: recipe file not found$"):
+        resolve_recipe_path("some/dir/quickstart")
+    assert resolve_recipe_path("quickstart") == ROOT / "recipes" / "quickstart.yaml"
+    assert resolve_recipe_path("quickstart.yaml") == ROOT / "recipes" / "quickstart.yaml"
+
+
+# ------------------------------------------------------------------------------------------------------------
 # 9a / 12. Not UTF-8: the line and the absolute byte offset of the bad byte.
 
 
+def test_recipe_not_utf8_names_line_and_offset(tmp_path, sentences_file):
+    text = RECIPE.format(data=sentences_file, method="simcse-unsup", out=tmp_path / "out")
+    data = text.replace("bad inputs", "caf\xe9").encode("latin-1")
+    path = tmp_path / "r.yaml"
+    path.write_bytes(data)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path}:1: byte 0xe9 at offset 16 is not valid UTF-8; expected UTF-8 text"
 
 
 @pytest.mark.parametrize("fmt,head,line", [
@@ -175,3 +257,43 @@ def test_utf8_error_position_across_chunk_boundaries(monkeypatch):
         data = good[:pos] + b"\xff" + good[pos + 1 :]
         assert textio.utf8_error_at(io.BytesIO(data)) == (good[:pos].count(b"\n") + 1, pos, 0xFF)
     assert textio.utf8_error_at(io.BytesIO(good + b"x\n\xe2\x82")) == (good.count(b"\n") + 2, len(good) + 2, 0xE2)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 11b. Duplicate keys.
+
+
+def test_duplicate_key_names_both_lines_and_key_path(tmp_path, sentences_file):
+    text = RECIPE.replace("training: {{batch_size: 8}}", "training:\n  batch_size: 8\n  seed: 1\n  batch_size: 16")
+    path = recipe_file(tmp_path, sentences_file, "simcse-unsup", text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path}:10: training.batch_size: duplicate key (first at line 8)"
+    top = RECIPE + "model: {{name: other/model}}\n"
+    with pytest.raises(RecipeError, match=r"r\.yaml:9: model: duplicate key \(first at line 2\)"):
+        load_recipe(recipe_file(tmp_path, sentences_file, "simcse-unsup", top))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The command line: one line, fast, nothing written.
+
+
+@pytest.mark.parametrize("case", ["bomb", "duplicate", "latin1", "score"])
+def test_cli_refuses_in_one_line_fast(tmp_path, sentences_file, case):
+    if case == "bomb":
+        path = tmp_path / "r.yaml"
+        path.write_text(BOMB, encoding="utf-8")
+    elif case == "duplicate":
+        path = recipe_file(tmp_path, sentences_file, "simcse-unsup", RECIPE + "output: {{dir: x}}\n")
+    elif case == "latin1":
+        path = recipe_file(tmp_path, sentences_file, "simcse-unsup")
+        path.write_bytes(path.read_bytes().replace(b"bad inputs", b"caf\xe9"))
+    else:
+        path = recipe_file(tmp_path, pairs_csv(tmp_path, "high"))
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "embedkit.cli", "train", str(path)],
+                          capture_output=True, text=True, timeout=20, preexec_fn=_limited)
+    assert time.time() - start < 3.0
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"embedkit: error: {path}:")
+    assert not (tmp_path / "out").exists()
