@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -423,7 +424,45 @@ def load_recipe(
     train_data = None
     if check_data:
         train_data = _check_train_data(recipe, resolved_dir, method, source, lines)
+        _check_dev(recipe, resolved_dir, source, lines)
     return recipe, train_data
+
+
+def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:
+    """``file:line: key.path`` for a message; the nearest enclosing key's line when the key is a default."""
+    line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
+    return f"{source}:{line}: {'.'.join(key)}" if line else f"{source}: {'.'.join(key)}"
+
+
+def notice(msg: str) -> None:
+    """A one-line note on stderr (main process only): something the user did not ask for happens instead."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"embedkit: note: {msg}", file=sys.stderr, flush=True)
+
+
+def _local_file(
+    raw: str, hub: str | None, data_dir: Path | None, where: str, instead: str, folder_file: str | None = None
+) -> str | None:
+    """The local file a recipe ``path`` names, or ``None`` when the Hub dataset ``hub`` is to be used instead.
+
+    The Hub stands in only for a ``{data_dir}`` path whose data folder (or file in it) is absent, and a notice
+    says so: a path the user wrote out must exist. ``folder_file`` is the file to take when the path is a folder.
+    """
+    try:
+        path = paths.expand(raw, data_dir)
+    except FileNotFoundError as err:  # {data_dir} with no data folder set
+        if hub:
+            notice(f"{where}: no data folder for {raw!r} (pass --data-dir or set ${paths.ENV_VAR}); {instead}")
+            return None
+        raise RecipeError(f"{where}: {err}") from None
+    if folder_file and Path(path).is_dir():
+        path = str(Path(path) / folder_file)
+    if Path(path).is_file():
+        return path
+    if hub and "{data_dir}" in raw:
+        notice(f"{where}: {path}: not found; {instead}")
+        return None
+    raise RecipeError(f"{where}: file not found: {path}")
 
 
 def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source: str, lines: dict) -> Any:
@@ -432,17 +471,10 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     src = recipe.data.train
     if src.path is None:
         return None  # a Hub dataset is read when training starts
-    where = f"{source}:{lines.get(('data', 'train', 'path'), '?')}: data.train.path"
-    try:
-        path = paths.expand(src.path, data_dir)
-    except FileNotFoundError as err:
-        if src.hub:
-            return None  # no local copy: the Hub dataset is the fallback
-        raise RecipeError(f"{where}: {err}") from None
-    if not Path(path).is_file():
-        if src.hub:
-            return None
-        raise RecipeError(f"{where}: file not found: {path}")
+    where = _where(source, lines, ("data", "train", "path"))
+    path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead")
+    if path is None:
+        return None
     roles = method.roles()
     try:
         data = read_local(path, src.format, src.columns, types=method.column_types())
@@ -456,6 +488,17 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     if src.max_samples:
         data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
     return data
+
+
+def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict) -> None:
+    """``data.dev`` follows the rule of ``data.train``: a written-out path must exist (the Hub copy is used
+    only for a ``{data_dir}`` path that is absent), checked now rather than after the heavy imports."""
+    dev = recipe.data.dev
+    if dev is None or not dev.path:
+        return
+    where = _where(source, lines, ("data", "dev", "path"))
+    instead = f"STS-B dev comes from the Hub dataset {dev.hub} ({dev.split}) instead"
+    _local_file(dev.path, dev.hub, data_dir, where, instead, folder_file="sts-dev.csv")
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

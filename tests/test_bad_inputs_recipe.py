@@ -275,10 +275,55 @@ def test_duplicate_key_names_both_lines_and_key_path(tmp_path, sentences_file):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# 17. An explicit path must exist; the Hub stands in only for an absent {data_dir}.
+
+HUB_RECIPE = RECIPE.replace(
+    "  train: {{path: {data}}}\n  dev: null\n",
+    "  train: {{path: '{data}', hub: some/hub-set}}\n  dev: {{path: '{{data_dir}}/sts-dev.csv', hub: some/dev-set}}\n",
+)
+
+
+def test_explicit_missing_path_with_hub_fallback_is_an_error(tmp_path, capsys):
+    path = recipe_file(tmp_path, "/no/such-file.txt", "simcse-unsup", HUB_RECIPE)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, data_dir=str(tmp_path))
+    assert str(err.value) == f"{path}:4: data.train.path: file not found: /no/such-file.txt"
+    (tmp_path / "sts-dev.csv").write_text("", encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"r\.yaml:4: data\.train\.path: file not found: /no/x\.txt$"):
+        load_recipe(path, ["data.train.path=/no/x.txt"], data_dir=str(tmp_path))
+    assert capsys.readouterr().err == ""  # no fallback notice: nothing falls back
+
+
+def test_explicit_missing_dev_path_is_an_error(tmp_path, sentences_file):
+    path = recipe_file(tmp_path, sentences_file, "simcse-unsup", HUB_RECIPE)
+    with pytest.raises(RecipeError, match=r"^.*r\.yaml:5: data\.dev\.path: file not found: /no/dev\.csv$"):
+        load_recipe(path, ["data.dev.path=/no/dev.csv"], data_dir=str(tmp_path))
+
+
+def test_absent_data_dir_falls_back_to_the_hub_with_a_notice(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("EMBEDKIT_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # no data/public or ../shared/data here
+    path = recipe_file(tmp_path, "{data_dir}/train.txt", "simcse-unsup", HUB_RECIPE)
+    _, data = load_recipe(path)
+    assert data is None  # the Hub dataset is read when training starts
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [
+        f"embedkit: note: {path}:4: data.train.path: no data folder for '{{data_dir}}/train.txt' (pass --data-dir "
+        "or set $EMBEDKIT_DATA); training reads the Hub dataset some/hub-set instead",
+        f"embedkit: note: {path}:5: data.dev.path: no data folder for '{{data_dir}}/sts-dev.csv' (pass --data-dir "
+        "or set $EMBEDKIT_DATA); STS-B dev comes from the Hub dataset some/dev-set (validation) instead",
+    ]
+    _, data = load_recipe(path, data_dir=str(tmp_path / "empty"))  # a data folder without the file
+    assert data is None
+    assert f"data.train.path: {tmp_path / 'empty' / 'train.txt'}: not found; training reads the Hub dataset " \
+           "some/hub-set instead" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------------
 # The command line: one line, fast, nothing written.
 
 
-@pytest.mark.parametrize("case", ["bomb", "duplicate", "latin1", "score"])
+@pytest.mark.parametrize("case", ["bomb", "duplicate", "latin1", "score", "missing"])
 def test_cli_refuses_in_one_line_fast(tmp_path, sentences_file, case):
     if case == "bomb":
         path = tmp_path / "r.yaml"
@@ -288,8 +333,10 @@ def test_cli_refuses_in_one_line_fast(tmp_path, sentences_file, case):
     elif case == "latin1":
         path = recipe_file(tmp_path, sentences_file, "simcse-unsup")
         path.write_bytes(path.read_bytes().replace(b"bad inputs", b"caf\xe9"))
-    else:
+    elif case == "score":
         path = recipe_file(tmp_path, pairs_csv(tmp_path, "high"))
+    else:
+        path = recipe_file(tmp_path, "/no/such-file.txt", "simcse-unsup", HUB_RECIPE)
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "embedkit.cli", "train", str(path)],
                           capture_output=True, text=True, timeout=20, preexec_fn=_limited)
