@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +83,12 @@ class MethodSection(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
 
+    def column_types(self) -> tuple[str, ...]:
+        """The method's column types in role order (``text`` / ``score``), for the data readers."""
+        from embedkit.methods import get_method
+
+        return get_method(self.name).column_types()
+
 
 class TrainingSection(Section):
     batch_size: int = Field(64, gt=0, description="per device")
@@ -146,11 +153,19 @@ class Recipe(Section):
 # Loading, overrides and error messages
 
 
-def _key_lines(text: str) -> dict[tuple, int]:
-    """Map each key path in a YAML document to its 1-based line, for error messages."""
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; anything near this size is not one
+MAX_YAML_DEPTH = 32  # nesting levels; recipes use 4 or 5
+
+
+def _walk_lines(root: yaml.Node | None) -> dict[tuple, int]:
+    """Map each key path under a composed YAML node to its 1-based line."""
     lines: dict[tuple, int] = {}
+    seen: set[int] = set()  # an aliased node is shared: walk it once, so aliases cannot multiply the work
 
     def walk(node: yaml.Node, prefix: tuple) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 path = prefix + (key.value,)
@@ -161,13 +176,112 @@ def _key_lines(text: str) -> dict[tuple, int]:
                 lines[prefix + (i,)] = item.start_mark.line + 1
                 walk(item, prefix + (i,))
 
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
     if root is not None:
         walk(root, ())
     return lines
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages (empty if not valid YAML)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)  # linear: an alias is the same node, not a copy
+    except (yaml.YAMLError, RecursionError):
+        return {}
+    return _walk_lines(root)
+
+
+def _yaml_problem(err: yaml.YAMLError, source: str) -> RecipeError:
+    mark = getattr(err, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark else source
+    return RecipeError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})")
+
+
+def _check_events(text: str, source: str) -> None:
+    """Refuse anchors/aliases and deep nesting from the event stream, before any node is built.
+
+    An alias expands to a copy of what it names, so a few hundred bytes of nested aliases ("billion laughs")
+    stand for billions of values; recipes never need them, so none are allowed.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise RecipeError(
+                f"{source}:{event.start_mark.line + 1}: YAML anchors and aliases ({sign}{event.anchor}) are not "
+                "allowed in recipes; write the values out"
+            )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise RecipeError(
+                    f"{source}:{event.start_mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep"
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _check_duplicates(root: yaml.Node | None, source: str) -> None:
+    """Refuse a key given twice in one mapping (YAML loaders silently keep the last)."""
+
+    def walk(node: yaml.Node, prefix: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple, int] = {}
+            for key, value in node.value:
+                path = prefix + (key.value,)
+                if isinstance(key, yaml.ScalarNode):
+                    ident = (key.tag, key.value)
+                    if ident in first:
+                        raise RecipeError(
+                            f"{source}:{key.start_mark.line + 1}: {'.'.join(map(str, path))}: duplicate key "
+                            f"(first at line {first[ident]})"
+                        )
+                    first[ident] = key.start_mark.line + 1
+                walk(value, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, prefix + (i,))
+
+    if root is not None:
+        walk(root, ())
+
+
+def _load_strict(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    """:func:`load_yaml` that lets ``yaml.YAMLError`` (text that is not YAML) through."""
+    _check_events(text, source)
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        _check_duplicates(root, source)
+        value = loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
+    return value, _walk_lines(root)
+
+
+def load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    """Safe-load a YAML document with the rules recipes follow: no anchors or aliases, at most
+    :data:`MAX_YAML_DEPTH` levels, no duplicate keys. Returns ``(value, key path → line)``."""
+    try:
+        return _load_strict(text, source)
+    except yaml.YAMLError as err:
+        raise _yaml_problem(err, source) from None
+
+
+def read_recipe_text(file: Path) -> str:
+    """The recipe file's text: at most :data:`MAX_RECIPE_BYTES`, UTF-8 (else one line naming the bad byte)."""
+    from embedkit.data.textio import decode_utf8
+
+    size = file.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{file}: recipe file is {size:,} bytes; expected at most {MAX_RECIPE_BYTES:,} (1 MiB)")
+    with open(file, "rb") as fh:
+        data = fh.read(MAX_RECIPE_BYTES + 1)  # the file may have grown since stat
+    if len(data) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{file}: recipe file is over {MAX_RECIPE_BYTES:,} bytes; expected at most 1 MiB")
+    try:
+        return decode_utf8(data, file)
+    except DataError as err:
+        raise RecipeError(str(err)) from None
 
 
 def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -214,10 +328,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
         raise RecipeError(f"override {text!r}: {key!r} is not a dotted key path")
-    try:
-        parsed = yaml.safe_load(value) if value != "" else None
+    try:  # an alias, a duplicate key or deep nesting is refused as in a file (RecipeError)
+        parsed = _load_strict(value, f"override {text!r}")[0] if value != "" else None
     except yaml.YAMLError:
-        parsed = value
+        parsed = value  # not YAML at all: the plain string
     return key.split("."), parsed
 
 
@@ -249,14 +363,22 @@ def _numbers(obj: Any) -> Any:
 
 
 def resolve_recipe_path(name: str | os.PathLike) -> Path:
-    """A recipe file path, or the name of a shipped recipe (``quickstart`` → recipes/quickstart.yaml)."""
+    """A recipe file path, or the bare name of a shipped recipe (``quickstart`` → recipes/quickstart.yaml).
+
+    Only a name without a directory part is looked up among the shipped recipes: ``some/dir/quickstart.yaml``
+    that does not exist is an error, never silently the shipped quickstart.
+    """
     path = Path(name)
     if path.is_file():
         return path
-    for cand in (RECIPES_DIR / path.name, RECIPES_DIR / f"{path.name}.yaml"):
-        if cand.is_file():
-            return cand
-    raise RecipeError(f"{name}: recipe file not found (shipped recipes: `embedkit recipes`)")
+    text = os.fspath(name)
+    bare = not any(sep and sep in text for sep in ("/", os.sep, os.altsep)) and text not in ("", ".", "..")
+    if bare:
+        for cand in (RECIPES_DIR / text, RECIPES_DIR / f"{text}.yaml"):
+            if cand.is_file():
+                return cand
+    hint = " (shipped recipes: `embedkit recipes`)" if bare else ""
+    raise RecipeError(f"{name}: recipe file not found{hint}")
 
 
 def load_recipe(
@@ -274,17 +396,10 @@ def load_recipe(
 
     file = resolve_recipe_path(path)
     source = str(file)
-    text = file.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise RecipeError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    raw, lines = load_yaml(read_recipe_text(file), source)
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: expected a mapping of sections (model, data, method, training, output)")
     raw = _numbers(apply_overrides(raw, overrides or []))
-    lines = _key_lines(text)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
@@ -309,7 +424,45 @@ def load_recipe(
     train_data = None
     if check_data:
         train_data = _check_train_data(recipe, resolved_dir, method, source, lines)
+        _check_dev(recipe, resolved_dir, source, lines)
     return recipe, train_data
+
+
+def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:
+    """``file:line: key.path`` for a message; the nearest enclosing key's line when the key is a default."""
+    line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
+    return f"{source}:{line}: {'.'.join(key)}" if line else f"{source}: {'.'.join(key)}"
+
+
+def notice(msg: str) -> None:
+    """A one-line note on stderr (main process only): something the user did not ask for happens instead."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"embedkit: note: {msg}", file=sys.stderr, flush=True)
+
+
+def _local_file(
+    raw: str, hub: str | None, data_dir: Path | None, where: str, instead: str, folder_file: str | None = None
+) -> str | None:
+    """The local file a recipe ``path`` names, or ``None`` when the Hub dataset ``hub`` is to be used instead.
+
+    The Hub stands in only for a ``{data_dir}`` path whose data folder (or file in it) is absent, and a notice
+    says so: a path the user wrote out must exist. ``folder_file`` is the file to take when the path is a folder.
+    """
+    try:
+        path = paths.expand(raw, data_dir)
+    except FileNotFoundError as err:  # {data_dir} with no data folder set
+        if hub:
+            notice(f"{where}: no data folder for {raw!r} (pass --data-dir or set ${paths.ENV_VAR}); {instead}")
+            return None
+        raise RecipeError(f"{where}: {err}") from None
+    if folder_file and Path(path).is_dir():
+        path = str(Path(path) / folder_file)
+    if Path(path).is_file():
+        return path
+    if hub and "{data_dir}" in raw:
+        notice(f"{where}: {path}: not found; {instead}")
+        return None
+    raise RecipeError(f"{where}: file not found: {path}")
 
 
 def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source: str, lines: dict) -> Any:
@@ -318,22 +471,15 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     src = recipe.data.train
     if src.path is None:
         return None  # a Hub dataset is read when training starts
-    where = f"{source}:{lines.get(('data', 'train', 'path'), '?')}: data.train.path"
+    where = _where(source, lines, ("data", "train", "path"))
+    path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead")
+    if path is None:
+        return None
+    roles = method.roles()
     try:
-        path = paths.expand(src.path, data_dir)
-    except FileNotFoundError as err:
-        if src.hub:
-            return None  # no local copy: the Hub dataset is the fallback
-        raise RecipeError(f"{where}: {err}") from None
-    if not Path(path).is_file():
-        if src.hub:
-            return None
-        raise RecipeError(f"{where}: file not found: {path}")
-    try:
-        data = read_local(path, src.format, src.columns)
+        data = read_local(path, src.format, src.columns, types=method.column_types())
     except DataError as err:
         raise RecipeError(f"{where}: {err}") from None
-    roles = method.roles()
     if len(data.columns) != len(roles):
         raise RecipeError(
             f"{where}: method {recipe.method.name!r} needs {len(roles)} column(s) ({', '.join(roles)}), "
@@ -342,6 +488,17 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     if src.max_samples:
         data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
     return data
+
+
+def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict) -> None:
+    """``data.dev`` follows the rule of ``data.train``: a written-out path must exist (the Hub copy is used
+    only for a ``{data_dir}`` path that is absent), checked now rather than after the heavy imports."""
+    dev = recipe.data.dev
+    if dev is None or not dev.path:
+        return
+    where = _where(source, lines, ("data", "dev", "path"))
+    instead = f"STS-B dev comes from the Hub dataset {dev.hub} ({dev.split}) instead"
+    _local_file(dev.path, dev.hub, data_dir, where, instead, folder_file="sts-dev.csv")
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -115,3 +115,20 @@ def test_real_model_trains_a_few_steps(tmp_path, minilm_path, data_dir):
     assert abs(results["dev"]["after"]["spearman"] - results["dev"]["before"]["spearman"]) < 5
     model = SentenceTransformer(str(tmp_path / "out"), device="cpu")
     assert model.encode(["a sentence"]).shape == (1, 384)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_cosent_trains_from_scored_pairs_file(tmp_path, tiny_model_path, fmt):
+    """Scored pairs, the format the README gives CoSENT: a CSV score (text) and a JSONL score (a JSON number)
+    are read as floats, so the trainer gets a float label column (a string column crashed in `datasets`)."""
+    pairs = [(f"the pair number {i} first", f"the pair number {i} second", (i % 6) / 5) for i in range(24)]
+    data = tmp_path / f"pairs.{fmt}"
+    if fmt == "csv":
+        data.write_text("sentence1,sentence2,score\n" + "".join(f"{a},{b},{s}\n" for a, b, s in pairs))
+    else:
+        data.write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n" for a, b, s in pairs))
+    recipe = tiny_recipe(tmp_path, tiny_model_path, data, method="cosent")
+    results = train(str(recipe), ["training.max_steps=2", "training.eval_steps=2"])
+    assert results["train"]["global_step"] == 2
+    losses = [e["loss"] for e in results["train"]["log_history"] if "loss" in e]
+    assert len(losses) == 2 and all(np.isfinite(losses))

@@ -29,7 +29,7 @@ def _texts_of(recipe: Any, train_data: Any, roles: tuple[str, ...], max_samples:
 
     if train_data is None:
         src = recipe.data.train
-        train_data = read_hub(src.hub, src.split, src.config, src.columns)
+        train_data = read_hub(src.hub, src.split, src.config, src.columns, types=recipe.method.column_types())
     columns = dict(zip(roles, train_data.columns.values(), strict=False))
     if max_samples:
         columns = {k: list(v[:max_samples]) for k, v in columns.items()}

@@ -2,22 +2,27 @@
 
 Local files are read in plain Python (no torch, no ``datasets``) so that a recipe's data can be checked
 in full, with file and line in every error, before any model loads. The result is a mapping of column name
-to list of strings, in the order the method expects its columns.
+to list of values, in the order the method expects its columns: strings for text columns, floats for score
+columns (each column's type is declared by the method, see :meth:`Method.column_types`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from embedkit.data.sts import read_sick, read_stsb, sha256_file
+from embedkit.data.textio import utf8_errors
 from embedkit.errors import DataError
 
 FORMATS = ("auto", "text", "csv", "tsv", "jsonl", "sick", "stsb", "hub")
+TEXT, SCORE = "text", "score"  # column types: a non-empty string; a finite number (read as float)
 _SUFFIX_FORMATS = {".txt": "text", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 
@@ -51,11 +56,18 @@ def infer_format(path: str, fmt: str) -> str:
     return _SUFFIX_FORMATS[suffix]
 
 
-def read_text(path: Path) -> dict[str, list[str]]:
+Rows = tuple[dict[str, list[Any]], list[int] | None]  # columns, and the file line of each row (None: not kept)
+
+
+def read_text(path: Path) -> Rows:
     """One sentence a line; blank lines are skipped."""
+    texts, lines = [], []
     with open(path, encoding="utf-8") as fh:
-        lines = [line.strip() for line in fh]
-    return {"text": [line for line in lines if line]}
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                texts.append(line.strip())
+                lines.append(lineno)
+    return {"text": texts}, lines
 
 
 def _check_columns(path: Path, available: list[str], wanted: list[str], where: str) -> None:
@@ -64,9 +76,10 @@ def _check_columns(path: Path, available: list[str], wanted: list[str], where: s
         raise DataError(f"{path}:{where}: missing column(s) {missing}; the file has {available}")
 
 
-def read_table(path: Path, delimiter: str, columns: list[str] | None) -> dict[str, list[str]]:
-    """A CSV/TSV file with a header row; ``columns`` selects and orders the columns to keep."""
+def read_table(path: Path, delimiter: str, columns: list[str] | None) -> Rows:
+    """A CSV/TSV file with a header row; ``columns`` selects and orders the columns to keep (values as read)."""
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    lines: list[int] = []
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
         header = next(reader, None)
@@ -75,23 +88,31 @@ def read_table(path: Path, delimiter: str, columns: list[str] | None) -> dict[st
         wanted = columns or header
         _check_columns(path, header, wanted, "1")
         index = [header.index(c) for c in wanted]
-        out: dict[str, list[str]] = {c: [] for c in wanted}
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}:{lineno}: expected {len(header)} fields like the header, got {len(row)}")
-            for col, i in zip(wanted, index):
-                if row[i].strip() == "":
-                    raise DataError(f"{path}:{lineno}: column {col!r} is empty")
-                out[col].append(row[i])
-    return out
+        out: dict[str, list[Any]] = {c: [] for c in wanted}
+        end = reader.line_num
+        try:
+            for row in reader:
+                # A quoted field may span lines: a row starts on the line after the previous row ended.
+                lineno, end = end + 1, reader.line_num
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(
+                        f"{path}:{lineno}: expected {len(header)} fields like the header, got {len(row)}"
+                    )
+                lines.append(lineno)
+                for col, i in zip(wanted, index):
+                    out[col].append(row[i])
+        except csv.Error as err:  # e.g. a field over the csv module's size limit, an unclosed quote at the end
+            raise DataError(f"{path}:{end + 1}: not valid {'TSV' if delimiter == chr(9) else 'CSV'} ({err})") from None
+    return out, lines
 
 
-def read_jsonl(path: Path, columns: list[str] | None) -> dict[str, list[str]]:
-    """One JSON object a line; ``columns`` selects the keys (default: the first line's keys)."""
-    out: dict[str, list[str]] | None = None
+def read_jsonl(path: Path, columns: list[str] | None) -> Rows:
+    """One JSON object a line; ``columns`` selects the keys (default: the first line's keys); values as read."""
+    out: dict[str, list[Any]] | None = None
     wanted = columns
+    lines: list[int] = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -100,6 +121,8 @@ def read_jsonl(path: Path, columns: list[str] | None) -> dict[str, list[str]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             if wanted is None:
@@ -107,12 +130,47 @@ def read_jsonl(path: Path, columns: list[str] | None) -> dict[str, list[str]]:
             if out is None:
                 out = {c: [] for c in wanted}
             _check_columns(path, list(obj), wanted, str(lineno))
+            lines.append(lineno)
             for col in wanted:
-                value = obj[col]
-                if not isinstance(value, str) or not value.strip():
-                    raise DataError(f"{path}:{lineno}: key {col!r} must be a non-empty string")
-                out[col].append(value)
-    return out or {c: [] for c in (columns or ["text"])}
+                out[col].append(obj[col])
+    return out or {c: [] for c in (columns or ["text"])}, lines
+
+
+def to_score(value: Any) -> float | None:
+    """A finite float from a number or a numeric string (as CSV/TSV hold them); ``None`` when it is neither."""
+    if isinstance(value, bool):  # a JSON true/false is not a score, though Python counts it as an int
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def apply_types(
+    path: str | Path, data: dict[str, list[Any]], lines: list[int] | None, types: Sequence[str], key: str = "column"
+) -> dict[str, list[Any]]:
+    """Check each column against its declared type (``text``: a non-empty string; ``score``: a finite number,
+    returned as float), naming the file, line and column of the first bad value."""
+    for (col, values), kind in zip(data.items(), types, strict=True):
+        for i, value in enumerate(values):
+            if kind == SCORE:
+                number = to_score(value)
+                if number is None:
+                    where = f"{path}:{lines[i]}" if lines else f"{path}: row {i + 1}"
+                    raise DataError(f"{where}: {key} {col!r}: expected a finite number (a score), got {value!r}")
+                values[i] = number
+            elif not isinstance(value, str) or not value.strip():
+                where = f"{path}:{lines[i]}" if lines else f"{path}: row {i + 1}"
+                if key == "column" and isinstance(value, str):
+                    raise DataError(f"{where}: column {col!r} is empty")
+                raise DataError(f"{where}: {key} {col!r} must be a non-empty string, got {value!r}")
+    return data
 
 
 def sick_triples(path: Path) -> dict[str, list[str]]:
@@ -147,28 +205,34 @@ def stsb_pairs(path: Path) -> dict[str, list[Any]]:
     return {"sentence1": pairs.sentences1, "sentence2": pairs.sentences2, "score": [s / 5.0 for s in pairs.scores]}
 
 
-def read_local(path: str, fmt: str, columns: list[str] | None, kind: str = "training") -> TrainData:
+def read_local(
+    path: str, fmt: str, columns: list[str] | None, kind: str = "training", types: Sequence[str] | None = None
+) -> TrainData:
     """Read a local data file into columns; raises :class:`DataError` naming file and line (and ``kind``:
-    what the file is for)."""
+    what the file is for).
+
+    ``types`` declares each column in order, ``text`` or ``score`` (default: all text); score values become
+    floats. When the file gives a different number of columns than ``types``, the values are returned as
+    read: the caller, which knows the roles, reports the mismatch.
+    """
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{path}: {kind} data file not found")
     fmt = infer_format(path, fmt)
-    try:
+    lines: list[int] | None = None
+    with utf8_errors(path):
         if fmt == "text":
-            data = read_text(file)
+            data, lines = read_text(file)
         elif fmt in ("csv", "tsv"):
-            data = read_table(file, "," if fmt == "csv" else "\t", columns)
+            data, lines = read_table(file, "," if fmt == "csv" else "\t", columns)
         elif fmt == "jsonl":
-            data = read_jsonl(file, columns)
+            data, lines = read_jsonl(file, columns)
         elif fmt == "sick":
             data = sick_triples(file)
         elif fmt == "stsb":
             data = stsb_pairs(file)
         else:
             raise DataError(f"{path}: format {fmt!r} is not a local file format")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
     if columns and fmt in ("text", "sick", "stsb"):
         unknown = [c for c in columns if c not in data]
         if unknown:
@@ -176,13 +240,25 @@ def read_local(path: str, fmt: str, columns: list[str] | None, kind: str = "trai
         data = {c: data[c] for c in columns}
     if not data or not next(iter(data.values())):
         raise DataError(f"{path}: the {kind} set is empty")
+    types = tuple(types) if types is not None else (TEXT,) * len(data)
+    if len(types) == len(data):
+        apply_types(path, data, lines, types, key="key" if fmt == "jsonl" else "column")
     return TrainData(data, f"{fmt}:{path}", sha256_file(file))
 
 
 def read_hub(
-    name: str, split: str, config: str | None, columns: list[str] | None, data_files: str | None = None
+    name: str,
+    split: str,
+    config: str | None,
+    columns: list[str] | None,
+    data_files: str | None = None,
+    types: Sequence[str] | None = None,
 ) -> TrainData:
-    """A dataset from the HuggingFace Hub (or a local folder ``load_dataset`` understands)."""
+    """A dataset from the HuggingFace Hub (or a local folder ``load_dataset`` understands).
+
+    ``types`` declares each column in order as for :func:`read_local`; ``score`` columns are checked and
+    converted to floats (a Hub CSV may hold them as strings). Text columns are taken as they are.
+    """
     import datasets
 
     try:
@@ -197,4 +273,7 @@ def read_hub(
     data = {c: list(ds[c]) for c in wanted}
     if not data or not data[wanted[0]]:
         raise DataError(f"{name} ({split}): the training set is empty")
+    if types is not None and len(types) == len(data):  # else build_dataset reports the column count
+        scores = {c: v for (c, v), kind in zip(data.items(), types) if kind == SCORE}
+        apply_types(f"{name} ({split})", scores, None, (SCORE,) * len(scores))
     return TrainData(data, f"hub:{name}:{split}", getattr(ds, "_fingerprint", None))

@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedkit.data.textio import utf8_errors
 from embedkit.errors import DataError
 
 # The SentEval/SimCSE "all" setting: subsets per year (STS13 without SMT, which is not distributed).
@@ -63,7 +64,7 @@ def read_stsb(path: str | Path, name: str | None = None) -> PairSet:
     """
     path = _require(Path(path), "STS Benchmark file")
     s1, s2, scores = [], [], []
-    with open(path, encoding="utf-8", newline="") as fh:
+    with utf8_errors(path), open(path, encoding="utf-8", newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
             if not row or row == [""]:
                 continue
@@ -84,7 +85,7 @@ def read_sick(path: str | Path, name: str | None = None, with_labels: bool = Fal
     """
     path = _require(Path(path), "SICK file")
     s1, s2, scores, labels = [], [], [], []
-    with open(path, encoding="utf-8", newline="") as fh:
+    with utf8_errors(path), open(path, encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         expected = ["pair_ID", "sentence_A", "sentence_B", "relatedness_score", "entailment_judgment"]
@@ -111,9 +112,9 @@ def read_sts_subset(input_path: str | Path, gold_path: str | Path) -> tuple[list
     A pair whose gold line is empty has no gold score and is skipped.
     """
     input_path, gold_path = Path(input_path), Path(gold_path)
-    with open(input_path, encoding="utf-8") as fh:
+    with utf8_errors(input_path), open(input_path, encoding="utf-8") as fh:
         inputs = fh.read().split("\n")
-    with open(gold_path, encoding="utf-8") as fh:
+    with utf8_errors(gold_path), open(gold_path, encoding="utf-8") as fh:
         golds = fh.read().split("\n")
     # A trailing newline leaves one empty element at the end of each list.
     if inputs and inputs[-1] == "":

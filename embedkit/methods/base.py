@@ -48,6 +48,12 @@ class Method:
         """Names of the dataset columns, in order: the text columns, then the label column if any."""
         return cls.column_roles + ((cls.label_role,) if cls.label_role else ())
 
+    @classmethod
+    def column_types(cls) -> tuple[str, ...]:
+        """The type of each column of :meth:`roles`: ``text`` for the text columns, ``score`` (a finite number,
+        read as float) for the label column; data readers check and convert by it."""
+        return ("text",) * len(cls.column_roles) + (("score",) if cls.label_role else ())
+
     name: ClassVar[str]
     params_cls: ClassVar[type[MethodParams]] = MethodParams
     column_roles: ClassVar[tuple[str, ...]] = ("text",)
