@@ -67,7 +67,7 @@ def build_dataset(recipe: Recipe, train_data: Any, roles: tuple[str, ...]) -> An
 
     if train_data is None:
         src = recipe.data.train
-        train_data = read_hub(src.hub, src.split, src.config, src.columns, src.data_files)
+        train_data = read_hub(src.hub, src.split, src.config, src.columns, src.data_files, recipe.method.column_types())
         if src.max_samples:
             train_data.columns = {k: v[: src.max_samples] for k, v in train_data.columns.items()}
         if len(train_data.columns) != len(roles):
