@@ -123,6 +123,30 @@ def test_smoothing_keeps_a_distribution_with_full_support(tokenizer):
     assert targets[0, cat] > 0.9 * 0.3  # most mass stays on the text's tokens
 
 
+def test_idf_vectors_equal_the_stated_formulas_and_scikit_learns_smooth_idf(tokenizer, data_dir):
+    from scipy import sparse
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    with open(data_dir / "corpora" / "brown.txt", encoding="utf-8") as fh:
+        corpus = [line.strip() for line in fh if line.strip()][:3000]
+    vocab = len(tokenizer)
+    freqs = count_document_frequencies(corpus, tokenizer, vocab)
+    n, df = freqs.n_docs, freqs.token_df
+    assert n == 3000 and (df == 0).any() and (df > 0).any()
+    smooth, plain = idf(df, n, "smooth"), idf(df, n, "plain")
+    # A direct computation of each stated formula, entry by entry (math.log, not numpy).
+    np.testing.assert_allclose(smooth, [math.log((1 + n) / (1 + d)) + 1 for d in df.tolist()], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(plain, [math.log(n / max(d, 1)) for d in df.tolist()], rtol=1e-15, atol=1e-15)
+    # scikit-learn fitted on the corpus' own binary documents × tokens matrix: the same float64 numbers.
+    docs = [sorted(set(ids)) for ids in tokenizer(corpus, add_special_tokens=False)["input_ids"]]
+    indptr = np.cumsum([0] + [len(d) for d in docs])
+    matrix = sparse.csr_matrix((np.ones(indptr[-1]), np.concatenate(docs), indptr), shape=(n, vocab))
+    np.testing.assert_array_equal(smooth, TfidfTransformer(smooth_idf=True).fit(matrix).idf_)
+    # The scalar path (whole words, one document frequency at a time) gives the vector's numbers.
+    for i in (int(np.argmin(df)), int(np.argmax(df)), int(np.flatnonzero(df == 1)[0])):
+        assert idf(int(df[i]), n, "smooth") == smooth[i] and idf(int(df[i]), n, "plain") == plain[i]
+
+
 def test_idf_matches_a_hand_computation(tokenizer):
     ids = {w: tokenizer.convert_tokens_to_ids(w) for w in ("cat", "dog", "fish", "bird")}
     freqs = count_document_frequencies(TOY, tokenizer, len(tokenizer))
