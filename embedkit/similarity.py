@@ -1,7 +1,8 @@
 """Surface similarity of sentence pairs: token Jaccard, normalised token edit distance, length ratio.
 
 These are the "surface" side of DebCSE-style debiasing (see ``docs/debcse.md``): how much two sentences
-share words and length, independently of what they mean. Plain Python and numpy, no torch.
+share words and length, independently of what they mean. Python, numpy and rapidfuzz (the edit
+distance), no torch.
 
 Tokens are lower-cased words (``\\w+``, keeping in-word apostrophes) and single punctuation marks, so the
 measures are the same whatever encoder is in use.
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import Levenshtein
 
 SurfaceMeasure = Literal["jaccard", "edit", "mean"]
 _TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
@@ -34,41 +37,21 @@ def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
 def edit_distance(a: Sequence, b: Sequence) -> int:
     """Levenshtein distance between two token sequences (insertions, deletions, substitutions cost 1).
 
-    Bit-parallel (Myers 1999, in Hyyrö's 2003 formulation for the global distance): one pass over the
-    longer sequence with Python integers as bit vectors over the shorter one, O(len(a)) big-int operations.
+    Computed by rapidfuzz (``rapidfuzz.distance.Levenshtein``): the bit-parallel algorithm of Myers (1999) in
+    Hyyrö's (2003) formulation for the global distance, in C++. rapidfuzz compares the elements of a token
+    list by their Python hash (a one-character string by its code point), so two different tokens count as
+    equal only on a 64-bit hash collision.
     """
-    if len(a) < len(b):
-        a, b = b, a
-    m = len(b)
-    if m == 0:
-        return len(a)
-    peq: dict = {}
-    for i, token in enumerate(b):
-        peq[token] = peq.get(token, 0) | (1 << i)
-    mask = (1 << m) - 1
-    last = 1 << (m - 1)
-    pv, mv, score = mask, 0, m
-    for token in a:
-        eq = peq.get(token, 0)
-        xv = eq | mv
-        xh = ((((eq & pv) + pv) & mask) ^ pv) | eq
-        ph = (mv | ~(xh | pv)) & mask
-        mh = pv & xh
-        if ph & last:
-            score += 1
-        elif mh & last:
-            score -= 1
-        ph = ((ph << 1) | 1) & mask
-        mh = (mh << 1) & mask
-        pv = (mh | ~(xv | ph)) & mask
-        mv = ph & xv
-    return score
+    return Levenshtein.distance(a, b)
 
 
 def normalized_edit_distance(a: Sequence, b: Sequence) -> float:
-    """Token edit distance divided by the longer length: 0 for identical, 1 for nothing in common."""
-    longest = max(len(a), len(b))
-    return edit_distance(a, b) / longest if longest else 0.0
+    """Token edit distance divided by the longer length: 0 for identical, 1 for nothing in common.
+
+    With unit costs the distance is at most the longer length, so this is rapidfuzz's
+    ``Levenshtein.normalized_distance`` (0 for two empty sequences).
+    """
+    return Levenshtein.normalized_distance(a, b)
 
 
 def length_ratio(a: Sequence, b: Sequence) -> float:
@@ -103,14 +86,14 @@ def pair_surface(
         raise ValueError(f"pair_surface: {len(left)} left sentences but {len(right)} right sentences")
     n = len(left)
     jac = np.empty(n)
-    ned = np.empty(n)
     ratio = np.empty(n)
     diff = np.empty(n)
     for i, (a, b) in enumerate(zip(left, right, strict=True)):
         jac[i] = jaccard(a, b)
-        ned[i] = normalized_edit_distance(a, b)
         ratio[i] = length_ratio(a, b)
         diff[i] = len(b) - len(a)
+    # normalized_edit_distance of every pair in one rapidfuzz call (same values, no Python loop per pair)
+    ned = process.cpdist(left, right, scorer=Levenshtein.normalized_distance, dtype=np.float64).reshape(n)
     return {
         "jaccard": jac, "edit_distance": ned, "length_ratio": ratio, "length_diff": diff,
         "surface": surface_similarity(jac, ned, measure),

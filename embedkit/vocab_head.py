@@ -2,9 +2,14 @@
 
 Three sources, tried in this order by :func:`build_vocab_head` with ``kind="auto"``:
 
-* **pretrained MLM head** of a BERT-like checkpoint — ``transform`` (dense → activation → LayerNorm) then a
-  decoder tied to the input embeddings plus a bias. Read from the backbone's safetensors checkpoint under
-  ``cls.predictions.*`` (BERT), ``lm_head.{dense,layer_norm,bias}`` (RoBERTa) or ``vocab_*`` (DistilBERT);
+* **pretrained MLM head** of the backbone checkpoint — ``transform`` (dense → activation → LayerNorm) then a
+  decoder (the input embeddings when the checkpoint ties them) plus a bias. transformers'
+  ``AutoModelForMaskedLM`` loads the checkpoint from the same folder or revision; the head's layers are found
+  by their role among the modules outside the base model, whatever the family calls them (BERT, RoBERTa,
+  DistilBERT, ELECTRA, DeBERTa, ModernBERT, ALBERT, MPNet, ...), and the assembled head must reproduce the
+  masked-LM model's own logits on a probe input. A checkpoint without MLM weights, a family without this
+  head, or one whose head we do not reproduce gets no pretrained head, and says so (a warning, or the
+  error of ``head: pretrained``);
 * **decoder-LM head** — ``lm_head.weight`` of a causal LM checkpoint (untied), or the input embeddings when
   the config ties them;
 * **tied linear head** — ``logits = s · (h Eᵀ) + b`` with ``E`` the input embedding matrix, a learnable
@@ -38,47 +43,27 @@ logger = logging.getLogger(__name__)
 HeadKind = Literal["auto", "pretrained", "tied"]
 HEAD_FILE = "text2token_head.safetensors"
 
-# Checkpoint key layouts of pretrained heads: our name → candidate checkpoint names.
-_MLM_LAYOUTS = {
-    "bert": {
-        "transform.dense.weight": ["cls.predictions.transform.dense.weight"],
-        "transform.dense.bias": ["cls.predictions.transform.dense.bias"],
-        "transform.norm.weight": [
-            "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.gamma",
-        ],
-        "transform.norm.bias": [
-            "cls.predictions.transform.LayerNorm.bias", "cls.predictions.transform.LayerNorm.beta",
-        ],
-        "bias": ["cls.predictions.bias", "cls.predictions.decoder.bias"],
-    },
-    "roberta": {
-        "transform.dense.weight": ["lm_head.dense.weight"],
-        "transform.dense.bias": ["lm_head.dense.bias"],
-        "transform.norm.weight": ["lm_head.layer_norm.weight"],
-        "transform.norm.bias": ["lm_head.layer_norm.bias"],
-        "bias": ["lm_head.bias", "lm_head.decoder.bias"],
-    },
-    "distilbert": {
-        "transform.dense.weight": ["vocab_transform.weight"],
-        "transform.dense.bias": ["vocab_transform.bias"],
-        "transform.norm.weight": ["vocab_layer_norm.weight"],
-        "transform.norm.bias": ["vocab_layer_norm.bias"],
-        "bias": ["vocab_projector.bias"],
-    },
-}
-_ACTIVATION_DEFAULT = {"bert": None, "roberta": "gelu", "distilbert": "gelu"}
-
-
 class HeadTransform(nn.Module):
-    """The MLM head's transform: ``LayerNorm(act(W h + b))``."""
+    """The MLM head's transform: ``LayerNorm(act(W h + b))``.
 
-    def __init__(self, hidden: int, activation: str = "gelu", eps: float = 1e-12) -> None:
+    ``W`` maps the hidden size to the decoder's width (the same for most families; ELECTRA's generator and
+    ALBERT map to a smaller embedding size). ``activation`` is a name of ``transformers.activations.ACT2FN``
+    or an activation module (``act_name`` then names it, when it has a name, for :func:`save_head`).
+    ModernBERT's dense and LayerNorm have no bias: ``dense_bias`` / ``norm_bias``.
+    """
+
+    def __init__(
+        self, hidden: int, activation: str | nn.Module = "gelu", eps: float = 1e-12, out_features: int | None = None,
+        dense_bias: bool = True, norm_bias: bool = True, act_name: str | None = None,
+    ) -> None:
         super().__init__()
         from transformers.activations import ACT2FN
 
-        self.dense = nn.Linear(hidden, hidden)
-        self.act = ACT2FN[activation]
-        self.norm = nn.LayerNorm(hidden, eps=eps)
+        width = out_features or hidden
+        self.dense = nn.Linear(hidden, width, bias=dense_bias)
+        self.act = ACT2FN[activation] if isinstance(activation, str) else activation
+        self.act_name = activation if isinstance(activation, str) else act_name
+        self.norm = nn.LayerNorm(width, eps=eps, bias=norm_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.act(self.dense(x)))
@@ -138,10 +123,9 @@ class VocabHead(nn.Module):
 
     def frozen_copy(self, embedding: nn.Embedding) -> VocabHead:
         """A copy of this head (own parameters copied, no gradient), tied to another model's ``embedding``."""
-        transform = None
-        if self.transform is not None:
-            transform = HeadTransform(self.transform.dense.in_features, "gelu", self.transform.norm.eps)
-            transform.act = self.transform.act
+        import copy as copying
+
+        transform = copying.deepcopy(self.transform) if self.transform is not None else None
         copy = VocabHead(embedding, transform, self.decoder_weight, self.logit_scale is not None, self.source)
         copy.load_state_dict(self.state_dict())
         return copy.to(embedding.weight.device).requires_grad_(False).eval()
@@ -192,58 +176,180 @@ def _read_keys(files: list[Path], wanted: set[str]) -> dict[str, Tensor]:
     return found
 
 
-def pretrained_head(model: SentenceTransformer) -> VocabHead | None:
-    """The backbone checkpoint's own MLM or LM head, or ``None`` when the checkpoint has none."""
+def _trusts_remote_code(model: SentenceTransformer) -> bool:
+    """Whether the backbone was loaded with ``trust_remote_code``: the flag of the SentenceTransformer that
+    loaded it or, once its modules were re-wrapped, an encoder class that comes from the checkpoint's code."""
+    auto = model[0].auto_model
+    return bool(getattr(model, "trust_remote_code", False)) or type(auto).__module__.startswith("transformers_modules")
+
+
+def _load_masked_lm(model: SentenceTransformer, name: str, revision: str | None) -> tuple[nn.Module | None, str]:
+    """(the checkpoint as ``AutoModelForMaskedLM`` in float32 eval mode, "") or (None, why not)."""
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    local = Path(name).is_dir()
+    kwargs = {"trust_remote_code": _trusts_remote_code(model), "local_files_only": local, "output_loading_info": True}
+    if revision and not local:
+        kwargs["revision"] = revision
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report of missing head weights is ours to word
+    try:
+        mlm, info = AutoModelForMaskedLM.from_pretrained(name, **kwargs)
+    except Exception as err:  # noqa: BLE001 - no masked-LM class for this family, offline, no such file...
+        return None, f"{name} does not load as a masked-LM model ({type(err).__name__}: {str(err).splitlines()[0]})"
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or []) + sorted(k for k, *_ in info.get("mismatched_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        return None, f"the checkpoint of {name} has no complete MLM head ({len(missing)} weights missing: {shown})"
+    return mlm.float().eval(), ""
+
+
+def _activation_name(module: nn.Module) -> str | None:
+    """The ``ACT2FN`` name of an activation module (same class, same output on a probe), or ``None``."""
+    from transformers.activations import ACT2CLS, ACT2FN
+
+    probe = torch.linspace(-6.0, 6.0, 97)
+    with torch.no_grad():
+        for key in ACT2CLS:
+            candidate = ACT2FN[key]
+            if type(candidate) is type(module) and torch.equal(candidate(probe), module(probe)):
+                return key
+    return None
+
+
+def _is_activation(module: nn.Module) -> bool:
+    kind = type(module).__module__
+    return kind == "transformers.activations" or kind.startswith("torch.nn.modules.activation")
+
+
+def _mlm_head(model: SentenceTransformer, name: str, revision: str | None) -> tuple[VocabHead | None, str]:
+    """The checkpoint's MLM head rebuilt as a :class:`VocabHead`, or (None, why not).
+
+    Roles among the masked-LM model's modules outside its base model: one ``Linear`` to the vocabulary (the
+    decoder; absent where the family multiplies by the word embeddings itself, as DeBERTa-v2 with
+    ``legacy=False``), one other ``Linear`` (dense), one ``LayerNorm``, at most one activation module (RoBERTa
+    and MPNet call ``gelu`` as a function). The head is taken as dense → activation → LayerNorm → decoder +
+    bias and kept only when it reproduces the masked-LM model's logits on a probe input.
+    """
+    mlm, why = _load_masked_lm(model, name, revision)
+    if mlm is None:
+        return None, why
+    cls = type(mlm).__name__
+    base = mlm.base_model
+    inside = {id(m) for m in base.modules()}
+    parts = [(n, m) for n, m in mlm.named_modules() if n and id(m) not in inside]
+    vocab = mlm.get_input_embeddings().weight.shape[0]
+    linears = [m for _, m in parts if isinstance(m, nn.Linear)]
+    decoders = [m for m in linears if m.out_features == vocab]
+    denses = [m for m in linears if m.out_features != vocab]
+    norms = [m for _, m in parts if isinstance(m, nn.LayerNorm)]
+    acts = [m for _, m in parts if _is_activation(m)]
+    if len(decoders) > 1 or len(denses) != 1 or len(norms) != 1 or len(acts) > 1 or norms[0].weight is None:
+        names = ", ".join(f"{n} ({type(m).__name__})" for n, m in parts if not list(m.children())) or "none"
+        return None, (f"the MLM head of {cls} is not one dense layer, activation and LayerNorm before a decoder "
+                      f"(its layers: {names})")
+    dense, norm = denses[0], norms[0]
+    in_emb = mlm.get_input_embeddings().weight
+    decoder_w = decoders[0].weight if decoders else in_emb
+    bias = decoders[0].bias if decoders else None
+    if bias is None:
+        bias = next((p for n, p in mlm.named_parameters() if n.split(".")[-1] == "bias" and p.shape == (vocab,)
+                     and not n.startswith(mlm.base_model_prefix + ".")), None)
+    tied = decoder_w is in_emb or (decoder_w.shape == in_emb.shape and torch.equal(decoder_w, in_emb))
+
+    captured: dict[str, Tensor] = {}
+    hook = base.register_forward_hook(lambda _m, _a, out: captured.__setitem__("h", out[0]))
+    try:
+        with torch.no_grad():
+            logits = mlm(input_ids=torch.arange(5, 13).remainder(vocab)[None]).logits
+    except Exception as err:  # noqa: BLE001 - a family that needs more than input ids
+        return None, f"{cls} did not run on a probe input ({type(err).__name__}: {str(err).splitlines()[0]})"
+    finally:
+        hook.remove()
+    if "h" not in captured:
+        return None, f"{cls} did not go through its base model"
+    config = mlm.config
+    if acts:
+        activations: list[str | nn.Module] = [acts[0]]
+    else:
+        hidden_act = getattr(config, "hidden_act", None)
+        activations = list(dict.fromkeys([a for a in (hidden_act, "gelu") if isinstance(a, str)]))
+    embedding = input_embedding(model)
+    for activation in activations:
+        act_name = _activation_name(activation) if isinstance(activation, nn.Module) else activation
+        transform = HeadTransform(dense.in_features, activation, norm.eps, dense.out_features,
+                                  dense.bias is not None, norm.bias is not None, act_name)
+        transform.dense.load_state_dict(dense.state_dict())
+        transform.norm.load_state_dict(norm.state_dict())
+        with torch.no_grad():
+            ours = transform(captured["h"]) @ decoder_w.T + (bias if bias is not None else 0.0)
+        if ours.shape == logits.shape and torch.allclose(ours, logits, rtol=1e-4, atol=1e-4):
+            break
+    else:
+        return None, f"the MLM head of {cls} (dense → activation → LayerNorm → decoder) does not reproduce its logits"
+    if vocab != embedding.weight.shape[0]:
+        raise EmbedkitError(
+            f"vocabulary head: {name} has an MLM head over {vocab} tokens for {embedding.weight.shape[0]} input "
+            "embeddings"
+        )
+    head = VocabHead(embedding, transform, decoder_weight=None if tied else decoder_w,
+                     source=f"pretrained MLM head of {name} ({cls})")
+    if bias is not None:
+        with torch.no_grad():
+            head.bias.copy_(bias)
+    return head.to(device=embedding.weight.device, dtype=embedding.weight.dtype), ""
+
+
+def _lm_head(model: SentenceTransformer, name: str, revision: str | None) -> VocabHead | None:
+    """A decoder LM's ``lm_head.weight`` from the safetensors checkpoint (tied when the config ties it)."""
+    files = _safetensors_files(name, revision)
+    tensors = _read_keys(files, {"lm_head.weight"}) if files else {}
+    if "lm_head.weight" not in tensors:
+        return None
     embedding = input_embedding(model)
     config = model[0].auto_model.config
+    weight = tensors["lm_head.weight"].to(embedding.weight.dtype)
+    tied = bool(getattr(config, "tie_word_embeddings", False)) and weight.shape == embedding.weight.shape
+    head = VocabHead(embedding, decoder_weight=None if tied else weight, source=f"LM head of {name}")
+    return head.to(embedding.weight.device)
+
+
+def pretrained_head_or_reason(model: SentenceTransformer) -> tuple[VocabHead | None, str]:
+    """(the backbone checkpoint's own MLM or LM head, "") or (None, why there is none)."""
     name, revision = _checkpoint_source(model)
-    files = _safetensors_files(name, revision)
-    if not files:
-        return None
-    candidates = {k for layout in _MLM_LAYOUTS.values() for names in layout.values() for k in names}
-    tensors = _read_keys(files, candidates | {"lm_head.weight"})
-    device, dtype = embedding.weight.device, embedding.weight.dtype
-    for family, layout in _MLM_LAYOUTS.items():
-        picked = {ours: next((tensors[k] for k in names if k in tensors), None) for ours, names in layout.items()}
-        if any(v is None for v in picked.values()):
-            continue
-        hidden = picked["transform.dense.weight"].shape[1]
-        activation = _ACTIVATION_DEFAULT[family] or getattr(config, "hidden_act", "gelu")
-        if not isinstance(activation, str):
-            activation = "gelu"
-        eps = float(getattr(config, "layer_norm_eps", 1e-12))
-        head = VocabHead(embedding, HeadTransform(hidden, activation, eps), source=f"pretrained MLM head of {name}")
-        head.load_state_dict({k: v.to(dtype) for k, v in picked.items()}, strict=True)
-        if head.vocab_size != embedding.weight.shape[0]:
-            raise EmbedkitError(
-                f"vocabulary head: {name} has an MLM bias of {head.vocab_size} entries for "
-                f"{embedding.weight.shape[0]} input embeddings"
-            )
-        return head.to(device)
-    if "lm_head.weight" in tensors:
-        weight = tensors["lm_head.weight"].to(dtype)
-        tied = bool(getattr(config, "tie_word_embeddings", False)) and weight.shape == embedding.weight.shape
-        head = VocabHead(embedding, decoder_weight=None if tied else weight, source=f"LM head of {name}")
-        return head.to(device)
-    return None
+    if not name:
+        return None, "the encoder's config names no checkpoint"
+    head, why = _mlm_head(model, name, revision)
+    if head is None:
+        head = _lm_head(model, name, revision)
+    return head, "" if head is not None else f"{why}; no lm_head.weight either"
+
+
+def pretrained_head(model: SentenceTransformer) -> VocabHead | None:
+    """The backbone checkpoint's own MLM or LM head, or ``None`` when the checkpoint has none."""
+    return pretrained_head_or_reason(model)[0]
 
 
 def build_vocab_head(model: SentenceTransformer, kind: HeadKind = "auto", freeze: bool = False) -> VocabHead:
     """The vocabulary head for ``model``.
 
-    ``auto``: the checkpoint's MLM/LM head when it has one, else the tied linear head. ``pretrained``:
-    the checkpoint's head, an error when there is none. ``tied``: always the tied linear head.
-    ``freeze`` stops the head's own parameters from training (a tied decoder still trains with the encoder).
+    ``auto``: the checkpoint's MLM/LM head when it has one, else the tied linear head, with a warning that
+    says why. ``pretrained``: the checkpoint's head, an error (with the reason) when there is none. ``tied``:
+    always the tied linear head. ``freeze`` stops the head's own parameters from training (a tied decoder
+    still trains with the encoder).
     """
     head = None
     if kind in ("auto", "pretrained"):
-        head = pretrained_head(model)
+        head, why = pretrained_head_or_reason(model)
         if head is None and kind == "pretrained":
-            name, _ = _checkpoint_source(model)
-            raise EmbedkitError(
-                f"method.head: 'pretrained' needs an MLM or LM head in the checkpoint of {name!r} "
-                "(safetensors with cls.predictions.* / lm_head.*); none found. Use head: tied or auto."
-            )
+            raise EmbedkitError(f"method.head: 'pretrained' needs the checkpoint's MLM or LM head: {why}. "
+                                "Use head: tied or auto.")
+        if head is None:
+            logger.warning("vocabulary head: no pretrained head (%s); using a linear head tied to the input "
+                           "embeddings", why)
     if head is None:
         embedding = input_embedding(model)
         head = VocabHead(embedding, learn_scale=True, source="linear head tied to the input embeddings")
@@ -261,6 +367,8 @@ def save_head(head: VocabHead, path: str | Path, temperature: float = 1.0) -> Pa
     if head.transform is not None:
         meta["eps"] = repr(float(head.transform.norm.eps))
         meta["activation"] = type(head.transform.act).__name__
+        if head.transform.act_name:
+            meta["act"] = head.transform.act_name
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
@@ -296,11 +404,12 @@ def load_head(model: SentenceTransformer, path: str | Path) -> tuple[VocabHead, 
     embedding = input_embedding(model)
     transform = None
     if "transform.dense.weight" in state:
-        hidden = state["transform.dense.weight"].shape[1]
+        width, hidden = state["transform.dense.weight"].shape
         config = model[0].auto_model.config
-        activation = getattr(config, "hidden_act", "gelu")
+        activation = meta.get("act") or getattr(config, "hidden_act", "gelu")  # files before "act": the config's
         transform = HeadTransform(hidden, activation if isinstance(activation, str) else "gelu",
-                                  float(meta.get("eps", getattr(config, "layer_norm_eps", 1e-12))))
+                                  float(meta.get("eps", getattr(config, "layer_norm_eps", 1e-12))), width,
+                                  "transform.dense.bias" in state, "transform.norm.bias" in state)
     head = VocabHead(embedding, transform, state.get("decoder_weight"), "logit_scale" in state)
     head.source = f"{meta.get('source') or head.kind + ' vocabulary head'} (trained, from {path})"
     if head.vocab_size != state["bias"].shape[0]:

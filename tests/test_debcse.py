@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from embedkit import debias as db
-from embedkit.similarity import edit_distance, jaccard, length_ratio, normalized_edit_distance, tokens
+from embedkit.similarity import edit_distance, jaccard, length_ratio, normalized_edit_distance, pair_surface, tokens
 
 
 def brown(data_dir, n: int) -> list[str]:
@@ -42,20 +42,86 @@ def test_surface_measures_on_known_pairs():
     assert normalized_edit_distance(a, a) == 0 and jaccard(a, a) == 1 and length_ratio(a, a) == 1
 
 
-def test_edit_distance_matches_dynamic_programming():
-    def reference(a, b):
-        row = list(range(len(b) + 1))
-        for i, x in enumerate(a, start=1):
-            prev, row[0] = row[0], i
-            for j, y in enumerate(b, start=1):
-                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-        return row[-1]
+def _dp_edit_distance(a, b) -> int:
+    """Reference: the textbook dynamic programme, one row at a time."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, start=1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
 
-    rng = np.random.default_rng(0)
-    for _ in range(3000):
-        a = rng.integers(0, 5, rng.integers(0, 14)).tolist()
-        b = rng.integers(0, 5, rng.integers(0, 80)).tolist()  # beyond 64 tokens too
-        assert edit_distance(a, b) == reference(a, b) == edit_distance(b, a)
+
+def _bitparallel_edit_distance(a, b) -> int:
+    """Reference: embedkit's former pure-Python edit distance (Myers 1999 / Hyyrö 2003, Python ints as bit
+    vectors), kept here only to show that rapidfuzz gives the very same numbers."""
+    if len(a) < len(b):
+        a, b = b, a
+    m = len(b)
+    if m == 0:
+        return len(a)
+    peq: dict = {}
+    for i, token in enumerate(b):
+        peq[token] = peq.get(token, 0) | (1 << i)
+    mask, last = (1 << m) - 1, 1 << (m - 1)
+    pv, mv, score = mask, 0, m
+    for token in a:
+        eq = peq.get(token, 0)
+        xv = eq | mv
+        xh = ((((eq & pv) + pv) & mask) ^ pv) | eq
+        ph = (mv | ~(xh | pv)) & mask
+        mh = pv & xh
+        if ph & last:
+            score += 1
+        elif mh & last:
+            score -= 1
+        ph = ((ph << 1) | 1) & mask
+        mh = (mh << 1) & mask
+        pv = (mh | ~(xv | ph)) & mask
+        mv = ph & xv
+    return score
+
+
+def _reference_normalized(a, b) -> float:
+    longest = max(len(a), len(b))
+    return _bitparallel_edit_distance(a, b) / longest if longest else 0.0
+
+
+def _random_token_pairs(n: int, seed: int = 0) -> tuple[list[list[str]], list[list[str]]]:
+    """Token lists over a small vocabulary of one- and several-character tokens, lengths 0 to 80 (so both
+    sides of 64 tokens, and many empty lists)."""
+    vocab = ["the", "a", ".", ",", "cat", "sat", "mat", "on", "x", "xx", "don't", "1961", "Ü", "über"]
+    rng = np.random.default_rng(seed)
+
+    def draw() -> list[str]:
+        length = int(rng.choice([0, rng.integers(0, 14), rng.integers(0, 81)], p=[0.1, 0.6, 0.3]))
+        return [vocab[i] for i in rng.integers(0, rng.integers(1, len(vocab) + 1), length)]
+
+    return [draw() for _ in range(n)], [draw() for _ in range(n)]
+
+
+def test_edit_distance_equals_reference_implementations_on_random_token_lists():
+    left, right = _random_token_pairs(4000)
+    assert sum(1 for a in left if not a) > 100  # empty lists are well represented
+    for a, b in zip(left, right, strict=True):
+        expected = _bitparallel_edit_distance(a, b)
+        assert edit_distance(a, b) == expected == _dp_edit_distance(a, b) == edit_distance(b, a)
+        assert normalized_edit_distance(a, b) == _reference_normalized(a, b)  # exactly, not approximately
+    assert edit_distance([], []) == 0 and normalized_edit_distance([], []) == 0.0
+    assert edit_distance(["the", "cat"], []) == 2 and normalized_edit_distance([], ["cat"]) == 1.0
+
+
+def test_pair_surface_edit_distance_equals_reference_exactly(data_dir):
+    left, right = _random_token_pairs(3000, seed=1)
+    lines = [tokens(t) for t in brown(data_dir, 600)]
+    left += lines[:300]
+    right += lines[300:]
+    measures = pair_surface(left, right, "edit")
+    expected = np.array([_reference_normalized(a, b) for a, b in zip(left, right, strict=True)])
+    np.testing.assert_array_equal(measures["edit_distance"], expected)
+    np.testing.assert_array_equal(measures["surface"], 1.0 - expected)
+    assert measures["edit_distance"].dtype == np.float64 and measures["edit_distance"].shape == (len(left),)
+    assert pair_surface([], [], "mean")["edit_distance"].shape == (0,)
 
 
 def test_parallel_surface_measures_equal_serial():

@@ -109,3 +109,44 @@ def test_unsup_views_come_from_one_forward_pass():
     enc = Counting(torch.randn(4, 3))
     SimCSELoss(enc)([feats([0, 1, 2, 3])])
     assert calls == [8]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gathering across processes (embedkit.losses.common.gather, sentence-transformers' all_gather_with_grad)
+
+
+def test_gather_in_one_process_is_the_tensor_itself():
+    from embedkit.losses.common import gather
+
+    x = torch.randn(3, 4, requires_grad=True)
+    assert gather(x) is x and gather(x, enabled=False) is x
+
+
+def _gather_on_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from embedkit.losses.common import gather
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        x = torch.full((2, 3), float(rank + 1), requires_grad=True)
+        gathered = gather(x)
+        weights = torch.arange(2 * world_size * 3, dtype=torch.float).reshape(2 * world_size, 3)
+        (gathered * weights).sum().backward()  # every process computes the same loss of the global batch
+        torch.save({"gathered": gathered.detach(), "grad": x.grad}, f"{out_dir}/gather-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_across_two_processes_concatenates_in_rank_order_and_sums_each_shards_gradient(tmp_path):
+    import torch.multiprocessing as mp
+
+    world_size = 2
+    mp.spawn(_gather_on_rank, args=(world_size, str(tmp_path / "init"), str(tmp_path)), nprocs=world_size, join=True)
+    weights = torch.arange(2 * world_size * 3, dtype=torch.float).reshape(2 * world_size, 3)
+    expected = torch.cat([torch.full((2, 3), float(r + 1)) for r in range(world_size)])
+    for rank in range(world_size):
+        out = torch.load(tmp_path / f"gather-{rank}.pt")
+        assert torch.equal(out["gathered"], expected)
+        # d/dx_rank of the sum over processes of each one's loss: the shard's weights, once per process.
+        assert torch.equal(out["grad"], world_size * weights[2 * rank : 2 * rank + 2])

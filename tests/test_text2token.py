@@ -123,6 +123,30 @@ def test_smoothing_keeps_a_distribution_with_full_support(tokenizer):
     assert targets[0, cat] > 0.9 * 0.3  # most mass stays on the text's tokens
 
 
+def test_idf_vectors_equal_the_stated_formulas_and_scikit_learns_smooth_idf(tokenizer, data_dir):
+    from scipy import sparse
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    with open(data_dir / "corpora" / "brown.txt", encoding="utf-8") as fh:
+        corpus = [line.strip() for line in fh if line.strip()][:3000]
+    vocab = len(tokenizer)
+    freqs = count_document_frequencies(corpus, tokenizer, vocab)
+    n, df = freqs.n_docs, freqs.token_df
+    assert n == 3000 and (df == 0).any() and (df > 0).any()
+    smooth, plain = idf(df, n, "smooth"), idf(df, n, "plain")
+    # A direct computation of each stated formula, entry by entry (math.log, not numpy).
+    np.testing.assert_allclose(smooth, [math.log((1 + n) / (1 + d)) + 1 for d in df.tolist()], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(plain, [math.log(n / max(d, 1)) for d in df.tolist()], rtol=1e-15, atol=1e-15)
+    # scikit-learn fitted on the corpus' own binary documents × tokens matrix: the same float64 numbers.
+    docs = [sorted(set(ids)) for ids in tokenizer(corpus, add_special_tokens=False)["input_ids"]]
+    indptr = np.cumsum([0] + [len(d) for d in docs])
+    matrix = sparse.csr_matrix((np.ones(indptr[-1]), np.concatenate(docs), indptr), shape=(n, vocab))
+    np.testing.assert_array_equal(smooth, TfidfTransformer(smooth_idf=True).fit(matrix).idf_)
+    # The scalar path (whole words, one document frequency at a time) gives the vector's numbers.
+    for i in (int(np.argmin(df)), int(np.argmax(df)), int(np.flatnonzero(df == 1)[0])):
+        assert idf(int(df[i]), n, "smooth") == smooth[i] and idf(int(df[i]), n, "plain") == plain[i]
+
+
 def test_idf_matches_a_hand_computation(tokenizer):
     ids = {w: tokenizer.convert_tokens_to_ids(w) for w in ("cat", "dog", "fish", "bird")}
     freqs = count_document_frequencies(TOY, tokenizer, len(tokenizer))
@@ -252,6 +276,108 @@ def test_decoder_lm_head_is_read_untied_from_lm_head_weight(tiny_model_path, tmp
     h = torch.randn(2, emb.shape[1])
     with torch.no_grad():
         assert torch.allclose(head(h), h @ lm.T)
+
+
+def _tiny_masked_lm(family: str, tokenizer):
+    """A tiny randomly initialised masked-LM of ``family`` over the MiniLM vocabulary, its vocabulary bias
+    drawn at random (so that a head which drops or misplaces the bias is caught), and the family's own head
+    as a function of a last hidden state."""
+    import transformers as T
+
+    vocab = tokenizer.vocab_size
+    small = {"vocab_size": vocab, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 128}
+    if family == "electra":  # the generator's dense maps hidden 32 to embedding size 16
+        model = T.ElectraForMaskedLM(T.ElectraConfig(embedding_size=16, **small))
+        own = lambda m, h: m.generator_lm_head(m.generator_predictions(h))  # noqa: E731
+    elif family == "deberta-v2":
+        model = T.DebertaV2ForMaskedLM(T.DebertaV2Config(**small))
+        own = lambda m, h: m.cls(h)  # noqa: E731
+    elif family == "deberta-v2-nonlegacy":  # no decoder module: the head multiplies by the word embeddings
+        model = T.DebertaV2ForMaskedLM(T.DebertaV2Config(legacy=False, **small))
+        own = lambda m, h: m.lm_predictions(h, m.deberta.embeddings.word_embeddings)  # noqa: E731
+    elif family == "modernbert":  # dense and LayerNorm without bias
+        ids = {k: getattr(tokenizer, f"{k}_token_id") for k in ("pad", "cls", "sep")}
+        model = T.ModernBertForMaskedLM(T.ModernBertConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            pad_token_id=ids["pad"], bos_token_id=ids["cls"], eos_token_id=ids["sep"], cls_token_id=ids["cls"],
+            sep_token_id=ids["sep"]))
+        own = lambda m, h: m.decoder(m.head(h))  # noqa: E731
+    else:
+        raise ValueError(family)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") and param.shape == (vocab,):
+                param.normal_()
+    return model.eval(), own
+
+
+@pytest.fixture(scope="module", params=["electra", "deberta-v2", "deberta-v2-nonlegacy", "modernbert"])
+def other_mlm(request, tmp_path_factory, tokenizer):
+    """(family, folder, the masked-LM model, its own head) for families the old key tables did not know."""
+    torch.manual_seed(0)
+    model, own = _tiny_masked_lm(request.param, tokenizer)
+    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return request.param, str(path), model, own
+
+
+def test_mlm_head_of_other_families_equals_the_checkpoints_own_head(other_mlm):
+    family, path, reference, own = other_mlm
+    model = st_model(path)
+    head = build_vocab_head(model, "pretrained")
+    assert head.kind == "mlm" and type(reference).__name__ in head.source
+    h = torch.randn(4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(head(h), own(reference, h), rtol=0, atol=1e-6)
+        # and on the masked-LM model's own last hidden state: its logits
+        ids = model.tokenizer(["The cat sat on the mat."], return_tensors="pt")["input_ids"]
+        captured = {}
+        hook = reference.base_model.register_forward_hook(lambda _m, _a, out: captured.update(h=out[0]))
+        logits = reference(input_ids=ids).logits
+        hook.remove()
+        torch.testing.assert_close(head(captured["h"]), logits, rtol=0, atol=1e-5)
+    # The checkpoints tie their decoder to the input embeddings: the head uses the live matrix, no copy.
+    assert head.decoder().data_ptr() == input_embedding(model).weight.data_ptr()
+
+
+def test_other_family_head_survives_save_load_and_frozen_copy(other_mlm, tmp_path):
+    family, path, _, _ = other_mlm
+    model = st_model(path)
+    head = build_vocab_head(model)
+    with torch.no_grad():
+        head.bias.add_(0.5)
+        head.transform.norm.weight.mul_(1.5)
+    save_head(head, tmp_path / HEAD_FILE)
+    loaded, meta = load_head(model, tmp_path / HEAD_FILE)
+    frozen = head.frozen_copy(input_embedding(model))
+    h = torch.randn(3, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(h), head(h)) and torch.equal(frozen(h), head(h))
+    assert meta["act"] == "gelu" and not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_checkpoint_without_mlm_weights_says_why_it_gets_the_tied_head(tiny_model_path, caplog):
+    model = st_model(tiny_model_path)  # a BertModel checkpoint: BertForMaskedLM would start its head at random
+    with caplog.at_level("WARNING", logger="embedkit.vocab_head"):
+        head = build_vocab_head(model)
+    assert head.kind == "tied"
+    assert "no pretrained head" in caplog.text and "cls.predictions" in caplog.text and "missing" in caplog.text
+    with pytest.raises(Exception, match="no complete MLM head"):
+        build_vocab_head(model, "pretrained")
+
+
+def test_family_without_a_masked_lm_class_says_so(tokenizer, tmp_path, caplog):
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=1, n_head=2,
+                         n_positions=64)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING", logger="embedkit.vocab_head"):
+        head = build_vocab_head(st_model(str(tmp_path)))
+    assert head.kind == "tied" and "does not load as a masked-LM model" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -66,15 +66,17 @@ def world() -> tuple[int, int]:
 def gather(x: Tensor, enabled: bool = True) -> Tensor:
     """Concatenate ``x`` from every process along dim 0, keeping the gradient path to every shard.
 
-    The backward pass sums each shard's gradient over processes, so with the trainer's gradient averaging
-    the update equals a single process holding the whole global batch.
+    sentence-transformers' ``all_gather_with_grad`` (the gather its own losses use for
+    ``gather_across_devices``): the backward pass sums each shard's gradient over processes, so with the
+    trainer's gradient averaging the update equals a single process holding the whole global batch. In one
+    process ``x`` itself comes back (sentence-transformers would also log a warning, hence the early return).
     """
-    rank, size = world()
+    _, size = world()
     if not enabled or size == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    from sentence_transformers.util import all_gather_with_grad
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return all_gather_with_grad(x.contiguous())
 
 
 def gather_no_grad(x: Tensor, enabled: bool = True) -> Tensor:
