@@ -111,11 +111,56 @@ class TrainingSection(Section):
     mini_batch_size: int | None = Field(
         None, gt=0, description="GradCache: encode in mini-batches of this size (same loss, less memory)"
     )
+    matryoshka_dims: list[int] | None = Field(
+        None, min_length=1, description="Matryoshka: the main loss also on these truncated, re-normalised prefixes "
+        "of the embedding (e.g. [384, 256, 128, 64]); null: off",
+    )
+    matryoshka_weights: list[float] | None = Field(
+        None, description="one weight per matryoshka_dims entry (default 1 each; the weighted losses are summed)"
+    )
     group_by_length: bool = Field(
         False, description="batches of similar length (less padding); order stays random across batches"
     )
     dataloader_workers: int = Field(0, ge=0)
     drop_last: bool = False
+
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _dims(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (any(d <= 0 for d in value) or len(set(value)) != len(value)):
+            raise ValueError(f"expected distinct positive dimensions, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _weights(self) -> TrainingSection:
+        w = self.matryoshka_weights
+        if w is not None and (self.matryoshka_dims is None or len(w) != len(self.matryoshka_dims)):
+            raise ValueError("training.matryoshka_weights needs one weight per training.matryoshka_dims entry")
+        if w is not None and any(x < 0 for x in w):
+            raise ValueError("training.matryoshka_weights must not be negative")
+        return self
+
+
+class TermEntry(BaseModel):
+    """One extra objective term: ``name`` (see :mod:`embedkit.losses.terms`), ``weight`` and the term's own
+    keys, validated by the term's schema."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class ObjectiveSection(Section):
+    """Extra objective terms added to the method's loss, each with a weight, logged separately."""
+
+    main_weight: float = Field(1.0, ge=0, description="weight of the method's own loss (0: the terms alone)")
+    terms: list[TermEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> ObjectiveSection:
+        if self.main_weight == 0 and not self.terms:
+            raise ValueError("main_weight 0 with no terms leaves no loss to train")
+        return self
 
 
 class OutputSection(Section):
@@ -140,6 +185,7 @@ class Recipe(Section):
     data: DataSection
     method: MethodSection
     training: TrainingSection = Field(default_factory=TrainingSection)
+    objective: ObjectiveSection | None = Field(None, description="extra objective terms (null: the method's loss)")
     output: OutputSection
     eval: EvalSection = Field(default_factory=EvalSection)
 
@@ -418,6 +464,7 @@ def load_recipe(
             format_validation_error(err, source, lines, method.params_cls, prefix=("method",))
         ) from None
     recipe.method = MethodSection(name=recipe.method.name, **validated.model_dump())
+    _check_objective(recipe, method, validated, source, lines)
 
     # Paths and data.
     resolved_dir = paths.resolve_data_dir(data_dir)
@@ -428,10 +475,36 @@ def load_recipe(
     return recipe, train_data
 
 
+def _check_objective(recipe: Recipe, method: Any, params: Any, source: str, lines: dict) -> None:
+    """Validate each ``objective.terms`` entry by its term's schema, then refuse every cross-cutting option
+    (GradCache, Matryoshka, terms) the method cannot honour (:meth:`~embedkit.methods.base.Method.refusals`)."""
+    from embedkit.losses.terms import term_info
+
+    errors = []
+    if recipe.objective is not None:
+        for i, entry in enumerate(recipe.objective.terms):
+            prefix = ("objective", "terms", i)
+            try:
+                info = term_info(entry.name)
+            except KeyError as err:
+                errors.append(f"{_where(source, lines, prefix + ('name',))}: {err.args[0]}")
+                continue
+            try:
+                info.params.model_validate(entry.model_dump())
+            except ValidationError as err:
+                errors.append(format_validation_error(err, source, lines, info.params, prefix=prefix))
+    if not errors:
+        for key, reason in method.refusals(recipe, params):
+            errors.append(f"{_where(source, lines, tuple(key))}: {reason}")
+    if errors:
+        raise RecipeError("\n".join(errors))
+
+
 def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:
     """``file:line: key.path`` for a message; the nearest enclosing key's line when the key is a default."""
     line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
-    return f"{source}:{line}: {'.'.join(key)}" if line else f"{source}: {'.'.join(key)}"
+    dotted = ".".join(map(str, key))
+    return f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
 
 
 def notice(msg: str) -> None:
