@@ -18,7 +18,7 @@ METHODS = ["simcse-unsup", "simcse-sup", "esimcse", "contriever", "debcse", "tex
 PARAMS = {
     "simcse-sup": {"hard_negative_weight": 0.5},
     "esimcse": {"queue_size": 16},
-    "contriever": {"queue_size": 16, "queue_init": "random"},
+    "contriever": {"queue_size": 16, "queue_init": "random", "normalize": True},
     "debcse": {"k": 4, "views": ["crop"], "temperature": 0.5, "false_negative_threshold": 0.9},
     "text2token": {"infonce_weight": 0.5, "temperature": 0.5},
 }
@@ -90,11 +90,11 @@ def build(recipe_path: Path):
 def loss_and_grads(recipe_path: Path):
     loss, features, labels = build(recipe_path)
     out = loss(features, labels)
-    terms = {k: float(v) for k, v in out.items()} if isinstance(out, dict) else {}
+    terms = {k: float(v.detach()) for k, v in out.items()} if isinstance(out, dict) else {}
     total = torch.stack(list(out.values())).sum() if isinstance(out, dict) else out
     total.backward()
     grads = {n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None}
-    return float(total), grads, terms
+    return float(total.detach()), grads, terms
 
 
 def assert_same(a, b):
