@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _mp_helpers import WORDS, write_recipe
+from _mp_helpers import write_recipe
 
 from embedkit.errors import RecipeError
 
@@ -27,31 +27,10 @@ MEAN = {"pooling": "mean", "mlp_only_train": False}
 ROWS = 12
 
 
-def write_pairs(folder: Path, n: int = 48) -> Path:
-    """Scored sentence pairs (CoSENT)."""
-    path = Path(folder) / "pairs.csv"
-    rows = ["s1,s2,score"] + [f"the {WORDS[i % 12]} runs {i},a {WORDS[(i * 5) % 12]} walks {i},{(i * 7) % 6}"
-                              for i in range(n)]
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _cosent_data(monkeypatch):
-    import _mp_helpers
-
-    monkeypatch.setitem(_mp_helpers.TRAIN_DATA, "cosent", write_pairs)
-
-
 def recipe_file(tmp: Path, model_path: str, method: str, training=None, model=None, objective=None,
                 name="recipe.yaml") -> Path:
-    path = write_recipe(tmp, model_path, method, tmp / "out", {"batch_size": ROWS, **(training or {})},
-                        {"dropout": 0.0, **(model or {})}, PARAMS.get(method), name=name)
-    if objective is not None:
-        raw = yaml.safe_load(path.read_text())
-        raw["objective"] = objective
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return write_recipe(tmp, model_path, method, tmp / "out", {"batch_size": ROWS, **(training or {})},
+                        {"dropout": 0.0, **(model or {})}, PARAMS.get(method), name=name, objective=objective)
 
 
 def build(recipe_path: Path):
@@ -281,3 +260,24 @@ def test_log_history_and_tensorboard_have_each_term(tmp_path, spread_model_path)
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss_main", "train/loss_alignment", "train/loss_uniformity"} <= tags, tags
+
+
+def test_composed_run_resumes_bit_for_bit(tmp_path, spread_model_path):
+    """GradCache with dropout on (RNG replayed), and the CWCL teacher rebuilt from the starting model on resume:
+    a run killed after its first checkpoint and resumed ends bit-for-bit where the uninterrupted one ends."""
+    import signal
+
+    from _mp_helpers import kill_resume_compare
+
+    objective = {"terms": [{"name": "uniformity", "weight": 0.3}, {"name": "cwcl", "weight": 0.5, "floor": 0.2}]}
+    report = kill_resume_compare(tmp_path, spread_model_path, "simcse-unsup", model={"dropout": 0.1},
+                                 training={"max_steps": 12, "save_steps": 8, "batch_size": 8, "mini_batch_size": 3},
+                                 objective=objective)
+    assert report["killed"]["returncode"] == -signal.SIGKILL
+    assert report["killed"]["checkpoints"] == ["checkpoint-8"]
+    assert report["weights_bitwise_mismatch"] == [], f"max abs diff {report['weights_max_abs_diff']}"
+    assert report["method_state_bitwise_mismatch"] == []
+    assert not any(k.startswith("terms.") for k in report["method_state_keys"])
+    full, resumed = report["losses"]
+    assert [full[s] for s in range(9, 13)] == [resumed[s] for s in range(9, 13)]
+    assert max(full.values()) - min(full.values()) > 1e-2
