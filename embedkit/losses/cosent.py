@@ -38,6 +38,10 @@ class CoSENTLoss(ComposedLoss):
         self.scale = scale
         object.__setattr__(self, "_st", _STCoSENTLoss(model, scale=scale))  # its arithmetic, not its model
 
+    def get_config_dict(self) -> dict:
+        """As sentence-transformers' CoSENTLoss reports itself (model cards)."""
+        return self._st.get_config_dict()
+
     def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> ViewBatch:
         # Scored pairs are not (anchor, positive) pairs: no pair terms.
         return ViewBatch(list(features), labels, pair=None)

@@ -156,6 +156,11 @@ class ComposedLoss(CachedLossMixin, nn.Module):
         return self
 
     @property
+    def uses_gradient_cache(self) -> bool:  # type: ignore[override]
+        """Whether the backward pass re-embeds mini-batches (sentence-transformers' wrappers check this)."""
+        return bool(self.mini_batch_size)
+
+    @property
     def composed(self) -> bool:
         """Whether the loss is a sum of named terms (else the method's plain loss)."""
         return bool(self.terms) or bool(self.matryoshka_dims) or self.main_weight != 1.0

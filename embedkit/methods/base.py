@@ -2,7 +2,10 @@
 
 A method is one file in ``embedkit/methods/``: a pydantic schema for its parameters, the text columns it
 trains on, and a ``build_loss`` that returns an ``nn.Module`` loss in the sentence-transformers convention
-(``loss(features, labels) -> Tensor``). Optional hooks add trainer callbacks, a batch sampler or a dataset
+(``loss(features, labels) -> Tensor``). A loss that subclasses :class:`embedkit.losses.objective.ComposedLoss`
+(views + main loss; set ``composable = True``) gets GradCache, gathering, Matryoshka and objective terms from the
+framework; :meth:`Method.refusals` says at validation which of them the method cannot honour.
+Optional hooks add trainer callbacks, a batch sampler or a dataset
 transform. Torch is imported only inside the hooks, so recipes validate without it.
 """
 
