@@ -115,35 +115,6 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
     return model
 
 
-def train_only_head(model: SentenceTransformer, cfg: ModelSection) -> nn.Module | None:
-    """SimCSE's MLP when it exists at training time only (pooling ``cls`` with ``mlp_only_train``)."""
-    if cfg.pooling != "cls" or not cfg.mlp_only_train:
-        return None
-    from embedkit.losses.common import ProjectionHead
-
-    return ProjectionHead(model.get_embedding_dimension()).to(model.device)
-
-
-def tiny_bert(path: str | Path, tokenizer_from: str | None = None, hidden: int = 32, layers: int = 2,
-              seed: int = 0) -> str:
-    """Write a tiny randomly initialised BERT (with a real tokenizer) to ``path``; returns the path.
-
-    For fast tests: the tokenizer comes from ``tokenizer_from`` (default: the packaged all-MiniLM-L6-v2).
-    """
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    src = tokenizer_from or resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
-    tokenizer = AutoTokenizer.from_pretrained(src)
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=hidden * 2, max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def tensors_digest(tensors: dict[str, Tensor]) -> str:
     """SHA-256 over names, dtypes and bytes of ``tensors`` (sorted by name)."""
     import hashlib

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from embedkit import paths
 from embedkit.errors import DataError, EmbedkitError, RecipeError
+from embedkit.log import notice
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -432,12 +432,6 @@ def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:
     """``file:line: key.path`` for a message; the nearest enclosing key's line when the key is a default."""
     line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
     return f"{source}:{line}: {'.'.join(key)}" if line else f"{source}: {'.'.join(key)}"
-
-
-def notice(msg: str) -> None:
-    """A one-line note on stderr (main process only): something the user did not ask for happens instead."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"embedkit: note: {msg}", file=sys.stderr, flush=True)
 
 
 def _local_file(

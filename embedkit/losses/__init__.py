@@ -1,5 +1,5 @@
 """Contrastive losses, one module per paper, in the sentence-transformers ``losses/`` convention."""
 
-from embedkit.losses.simcse import SimCSELoss, SupervisedSimCSELoss
+from embedkit.losses.contrastive import SimCSELoss, SupervisedSimCSELoss
 
 __all__ = ["SimCSELoss", "SupervisedSimCSELoss"]

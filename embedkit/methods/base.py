@@ -82,6 +82,27 @@ class Method:
         return dataset
 
 
+def training_head(method: Method) -> torch.nn.Module | None:
+    """SimCSE's MLP over the pooled vector when it exists at training time only (``pooling: cls`` with
+    ``mlp_only_train``), else ``None``. Several methods share it (the loss owns it; it is not saved)."""
+    cfg = method.ctx.recipe.model
+    if cfg.pooling != "cls" or not cfg.mlp_only_train:
+        return None
+    from embedkit.losses.common import ProjectionHead
+
+    return ProjectionHead(method.ctx.model.get_embedding_dimension()).to(method.ctx.model.device)
+
+
+ROW_ID_COLUMN = "label"  # the collator hands this column to the loss as `labels`: the dataset row ids
+
+
+def add_row_ids(dataset: Any) -> Any:
+    """Add the dataset row ids as the label column, so the loss can key each row's augmentation."""
+    if ROW_ID_COLUMN in dataset.column_names:
+        raise ValueError(f"the training data already has a {ROW_ID_COLUMN!r} column")
+    return dataset.add_column(ROW_ID_COLUMN, list(range(len(dataset))))
+
+
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available to recipes under ``cls.name``."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from embedkit.methods.base import Method, MethodParams, register
+from embedkit.methods.base import Method, MethodParams, register, training_head
 
 SIMCSE_CITATION = """@inproceedings{gao2021simcse,
   title = {{SimCSE}: Simple Contrastive Learning of Sentence Embeddings},
@@ -23,13 +23,6 @@ class SimCSESupParams(MethodParams):
     hard_negative_weight: float = Field(0.0, description="log α added to each anchor's own hard negative")
 
 
-def training_head(method: Method):
-    """The training-only MLP head when the recipe asks for one (pooling=cls with mlp_only_train)."""
-    from embedkit.modeling import train_only_head
-
-    return train_only_head(method.ctx.model, method.ctx.recipe.model)
-
-
 @register
 class SimCSEUnsup(Method):
     """Unsupervised SimCSE: each sentence is its own positive under a second dropout mask."""
@@ -41,7 +34,7 @@ class SimCSEUnsup(Method):
     citation = SIMCSE_CITATION
 
     def build_loss(self):
-        from embedkit.losses.simcse import SimCSELoss
+        from embedkit.losses.contrastive import SimCSELoss
 
         return SimCSELoss(
             self.ctx.model, self.params.temperature, head=training_head(self),
@@ -61,7 +54,7 @@ class SimCSESup(Method):
     citation = SIMCSE_CITATION
 
     def build_loss(self):
-        from embedkit.losses.simcse import SupervisedSimCSELoss
+        from embedkit.losses.contrastive import SupervisedSimCSELoss
 
         return SupervisedSimCSELoss(
             self.ctx.model, self.params.temperature, self.params.hard_negative_weight, head=training_head(self),

@@ -18,7 +18,7 @@ from embedkit.errors import EmbedkitError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.vocab_head import VocabHead
+    from embedkit.methods.text2token.vocab_head import VocabHead
 
 
 @dataclass
@@ -32,7 +32,7 @@ class TokenView:
 def resolve_head(model: SentenceTransformer, model_path: str | None = None, head_file: str | None = None,
                  kind: str = "auto") -> tuple[VocabHead, float]:
     """(head, temperature): a trained head file when given or beside the model, else the backbone's head."""
-    from embedkit.vocab_head import HEAD_FILE, build_vocab_head, load_head
+    from embedkit.methods.text2token.vocab_head import HEAD_FILE, build_vocab_head, load_head
 
     candidate = Path(head_file) if head_file else (Path(model_path) / HEAD_FILE if model_path else None)
     if candidate is not None and (head_file or candidate.is_file()):
@@ -48,7 +48,7 @@ def top_tokens(
     """The ``top_k`` most probable tokens of ``softmax(head(e)/T)`` for each text's embedding ``e``."""
     import torch
 
-    from embedkit.targets import TokenTable
+    from embedkit.methods.text2token.targets import TokenTable
 
     table = TokenTable(model.tokenizer, head.vocab_size)
     with torch.no_grad():

@@ -6,8 +6,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from embedkit.losses.common import cosine_matrix, encode_columns, gather
+from embedkit.losses.contrastive import info_nce
 from embedkit.losses.momentum import KeyQueue, MomentumEncoder
-from embedkit.losses.simcse import info_nce
 
 
 class ESimCSELoss(nn.Module):
@@ -23,7 +23,7 @@ class ESimCSELoss(nn.Module):
 
     i.e. logits ``[z1·z2ᵀ | z1·Qᵀ] / τ`` on unit vectors. Either part can be left out (``repetition=None``:
     dropout-only positives; ``queue=None``: in-batch negatives only), which gives the paper's ablations;
-    with both left out it is :class:`~embedkit.losses.simcse.SimCSELoss`.
+    with both left out it is :class:`~embedkit.losses.contrastive.SimCSELoss`.
 
     Args:
         model: the SentenceTransformer being trained.
