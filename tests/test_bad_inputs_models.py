@@ -1,0 +1,297 @@
+"""Bad model references and outputs: one line naming what is wrong, fast, before any heavy import, nothing written.
+
+Model folders that are not models, models with their own code, missing paths, an unreachable Hub (HF_ENDPOINT on
+a loopback port: no traffic leaves 127.0.0.1), ``encode -o`` on a folder or an existing file, ``inspect ""``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from embedkit import model_ref
+from embedkit.cli import main
+from embedkit.errors import EmbedkitError
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "transformers", "sentence_transformers")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _recipe(tmp_path: Path, model: str, trust: bool = False) -> Path:
+    data = tmp_path / "train.txt"
+    data.write_text("".join(f"sentence number {i}\n" for i in range(8)), encoding="utf-8")
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "description: bad model test\n"
+        "model:\n"
+        f"  name: {json.dumps(model)}\n"
+        f"  trust_remote_code: {'true' if trust else 'false'}\n"
+        f"data:\n  train: {{path: {json.dumps(str(data))}}}\n  dev: null\n"
+        "method: {name: simcse-unsup}\n"
+        f"output: {{dir: {json.dumps(str(tmp_path / 'out'))}}}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _fake_model(folder: Path, **config) -> Path:
+    """A folder that looks like a transformers model (config.json + weights file) without being loadable."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", **config}), encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(b"not really weights")
+    return folder
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("embedkit: error:") and "\n" not in err, err
+    return err
+
+
+@pytest.fixture()
+def fresh_probe(monkeypatch):
+    """No Hub probe or Hub-id check remembered from another test."""
+    monkeypatch.setattr(model_ref, "_PROBES", {})
+    monkeypatch.setattr(model_ref, "_HUB_CHECKED", set())
+
+
+@pytest.fixture()
+def loopback_only(monkeypatch):
+    """Refuse (and record) any connection or name lookup that is not for 127.0.0.1."""
+    outside: list = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            outside.append(address)
+            raise OSError(f"test: connection to {address} refused (loopback only)")
+        return real_connect(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "::1", "localhost", None):
+            outside.append(host)
+            raise OSError(f"test: name lookup of {host} refused (loopback only)")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield outside
+    assert outside == [], f"non-loopback connections attempted: {outside}"
+
+
+@pytest.fixture()
+def online(monkeypatch):
+    """Online mode, whatever the caller's environment says (HF_HUB_OFFLINE=1 is common offline)."""
+    import huggingface_hub.constants
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture()
+def dead_hub(monkeypatch, fresh_probe, loopback_only, online) -> str:
+    """HF_ENDPOINT on a loopback port where nothing listens: every connection is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    return url
+
+
+@pytest.fixture()
+def offline(monkeypatch, fresh_probe, tmp_path):
+    """HF_HUB_OFFLINE=1 with an empty Hugging Face cache of its own; any Hub request fails the test."""
+    import huggingface_hub.constants
+    import huggingface_hub.utils
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    def no_session():
+        raise AssertionError("offline mode must not probe the Hub")
+
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", no_session)
+    return cache
+
+
+def _cache_model(cache: Path, repo_id: str, src: Path) -> Path:
+    """Lay ``src``'s files out as huggingface_hub's cache holds a downloaded model (refs/main -> snapshot)."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(sha)
+    shutil.copytree(src, repo / "snapshots" / sha)
+    return repo / "snapshots" / sha
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 9c: a folder that is not a model
+
+
+@pytest.mark.parametrize("content", ["empty", "texts"])
+def test_folder_that_is_not_a_model_in_check_and_train(tmp_path, capsys, content):
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    if content == "texts":
+        (folder / "notes.txt").write_text("hello\n")
+        (folder / "readme.md").write_text("# hi\n")
+    recipe = _recipe(tmp_path, str(folder))
+    for command in ("check", "train"):
+        started = time.perf_counter()
+        assert main([command, str(recipe)]) == 2
+        err = _one_error_line(capsys)
+        assert time.perf_counter() - started < 3
+        assert f"{recipe}:3: model.name: {folder} is a folder but not a model (expected config.json and weights" in err
+        assert ("it is empty" if content == "empty" else "it holds notes.txt, readme.md") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_that_is_not_a_model_in_encode_eval_inspect(tmp_path, capsys):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("one\n")
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\n")
+    for argv in (["encode", str(folder), str(src), "-o", str(tmp_path / "e.npy")],
+                 ["eval", str(folder), "--output", str(tmp_path / "ev")],
+                 ["inspect", str(folder), "a text"]):
+        assert main(argv) == 2
+        err = _one_error_line(capsys)
+        assert f"model: {folder} is a folder but not a model (expected config.json and weights" in err
+    assert not (tmp_path / "e.npy").exists() and not (tmp_path / "ev").exists()
+
+
+def test_config_without_weights_and_st_folder_without_transformer_weights(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(EmbedkitError, match=r"plain has config.json but no weights \(expected model.safetensors"):
+        model_ref.check_model(str(plain))
+    st = tmp_path / "st"
+    (st / "0_Transformer").mkdir(parents=True)
+    (st / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]))
+    (st / "0_Transformer" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(EmbedkitError, match=r"transformer in 0_Transformer/\) has config.json but no weights"):
+        model_ref.check_model(str(st))
+    (st / "0_Transformer" / "model.safetensors").write_bytes(b"x")
+    assert model_ref.check_model(str(st)) == str(st)
+    (st / "modules.json").write_text("[{")
+    with pytest.raises(EmbedkitError, match=r"modules.json:1: not valid JSON"):
+        model_ref.check_model(str(st))
+
+
+def test_real_models_pass(minilm_path, tiny_model_path):
+    assert model_ref.check_model(minilm_path) == minilm_path  # sentence-transformers layout, transformer at top
+    assert model_ref.check_model(tiny_model_path) == tiny_model_path  # plain transformers folder
+    assert model_ref.check_model("sentence-transformers/all-MiniLM-L6-v2") == minilm_path  # packaged
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 9d: a model with its own code while trust_remote_code is off
+
+
+def test_custom_code_is_one_line_in_every_command(tmp_path, capsys):
+    model = _fake_model(tmp_path / "custom", auto_map={"AutoModel": "modeling_x.XModel"})
+    recipe = _recipe(tmp_path, str(model))
+    for command in ("check", "train"):
+        assert main([command, str(recipe)]) == 2
+        err = _one_error_line(capsys)
+        assert f"model.name: {model} ships its own model code (auto_map in config.json: modeling_x.XModel)" in err
+        assert "set model.trust_remote_code: true in the recipe" in err
+    src = tmp_path / "in.txt"
+    src.write_text("one\n")
+    for argv in (["encode", str(model), str(src), "-o", str(tmp_path / "e.npy")],
+                 ["eval", str(model), "--output", str(tmp_path / "ev")],
+                 ["inspect", str(model), "a text"]):
+        assert main(argv) == 2
+        err = _one_error_line(capsys)
+        assert f"model: {model} ships its own model code" in err and "trust_remote_code is off" in err
+        assert "model.trust_remote_code: true" in err  # where it can be turned on
+    # With trust_remote_code the check lets it through (loading is then up to the model's code).
+    assert main(["check", str(_recipe(tmp_path, str(model), trust=True))]) == 0
+
+
+def test_unknown_model_type_names_the_flag(tmp_path, capsys):
+    model = _fake_model(tmp_path / "odd", model_type="embedkit-made-up-arch")
+    assert main(["check", str(_recipe(tmp_path, str(model)))]) == 2
+    err = _one_error_line(capsys)
+    assert "model_type 'embedkit-made-up-arch' in config.json is not one transformers" in err
+    assert "set model.trust_remote_code: true" in err
+    assert "bert" in model_ref.known_model_types() and "xlm-roberta" in model_ref.known_model_types()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 13: a missing model path, in every command, before the heavy imports
+
+
+def test_missing_model_fails_fast_without_heavy_imports(tmp_path):
+    """Each command, in a fresh interpreter: one line naming the path, under 3 s, torch never imported."""
+    missing = tmp_path / "no-such-model"
+    recipe = _recipe(tmp_path, str(missing))
+    src = tmp_path / "in.txt"
+    src.write_text("one\n")
+    commands = {
+        "check": ["check", str(recipe)],
+        "train": ["train", str(recipe)],
+        "eval": ["eval", str(missing), "--output", str(tmp_path / "ev")],
+        "encode": ["encode", str(missing), str(src), "-o", str(tmp_path / "e.npy")],
+        "inspect": ["inspect", str(missing), "a text"],
+    }
+    code = (
+        "import json, sys, time; from embedkit.cli import main\n"
+        "t = time.perf_counter(); rc = main(json.loads(sys.argv[1])); s = time.perf_counter() - t\n"
+        f"print(json.dumps([rc, s, [m for m in {HEAVY!r} if m in sys.modules]]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name, argv in commands.items():
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True,
+                              timeout=60, env=env, cwd=tmp_path)
+        wall = time.perf_counter() - started
+        rc, seconds, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+        err = proc.stderr.strip()
+        assert rc == 2 and "\n" not in err and err.startswith("embedkit: error:"), (name, err)
+        assert f"{missing} does not exist (expected a model folder, a packaged model or a Hub id)" in err, name
+        assert heavy == [], f"{name} imported {heavy} before refusing"
+        assert seconds < 3 and wall < 10, (name, seconds, wall)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "e.npy").exists()
+
+
+def test_model_ref_is_torch_free_and_modeling_reuses_it():
+    code = ("import sys, embedkit.model_ref, embedkit.recipe; "
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-500:]
+    from embedkit import modeling
+
+    assert modeling.PACKAGED_MODELS is model_ref.PACKAGED_MODELS
+    assert modeling.resolve_model_path is model_ref.resolve_model_path
+
+
+def test_model_file_and_bad_name(tmp_path, capsys):
+    file = tmp_path / "model.bin"
+    file.write_bytes(b"x")
+    with pytest.raises(EmbedkitError, match=r"^model: .*model.bin is a file; expected a model folder"):
+        model_ref.check_model(str(file))
+    with pytest.raises(EmbedkitError, match=r"^model: not a/valid name does not exist"):
+        model_ref.check_model("not a/valid name")  # cannot be a Hub id: it is a missing path
