@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embedkit import model_ref
@@ -295,3 +296,164 @@ def test_model_file_and_bad_name(tmp_path, capsys):
         model_ref.check_model(str(file))
     with pytest.raises(EmbedkitError, match=r"^model: not a/valid name does not exist"):
         model_ref.check_model("not a/valid name")  # cannot be a Hub id: it is a missing path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 15: an unreachable Hub is one line within seconds; HF_HUB_OFFLINE uses the cache without asking
+
+
+def test_hub_model_with_dead_hub_is_one_line_fast(dead_hub, tmp_path, capsys):
+    recipe = _recipe(tmp_path, "someone/some-model")
+    started = time.perf_counter()
+    assert main(["check", str(recipe)]) == 2
+    err = _one_error_line(capsys)
+    assert time.perf_counter() - started < 10
+    assert f"model.name: someone/some-model is not a local folder, and the Hugging Face Hub ({dead_hub}) is " \
+           "unreachable (" in err
+    assert "pass a local model folder" in err
+    src = tmp_path / "in.txt"
+    src.write_text("one\n")
+    started = time.perf_counter()
+    assert main(["encode", "someone/some-model", str(src), "-o", str(tmp_path / "e.npy")]) == 2
+    err = _one_error_line(capsys)
+    assert time.perf_counter() - started < 10
+    assert f"model: someone/some-model is not a local folder, and the Hugging Face Hub ({dead_hub})" in err
+
+
+def test_hub_data_with_dead_hub_is_one_line_fast(dead_hub, tmp_path):
+    from embedkit.data.sources import read_hub
+    from embedkit.errors import DataError
+    from embedkit.evaluation import sts
+    from embedkit.evaluation.core import load_stsb_dev
+    from embedkit.evaluation.mteb_eval import require_hub_for_mteb
+    from embedkit.recipe import DevSection
+
+    started = time.perf_counter()
+    with pytest.raises(EmbedkitError, match=rf"^data.train.hub someone/data: the Hugging Face Hub \({dead_hub}\) "
+                                            r"is unreachable .*use a local file in data.train.path.*HF_HUB_OFFLINE=1"):
+        read_hub("someone/data", "train", None, None)
+    with pytest.raises(EmbedkitError, match=r"^the STS data: the Hugging Face Hub .* is unreachable .*--data-dir"):
+        sts.load_hub()
+    with pytest.raises(DataError, match=r"STS-B dev is not available: hub sentence-transformers/stsb: the Hugging "
+                                        r"Face Hub .* is unreachable .*HF_HUB_OFFLINE=1"):
+        load_stsb_dev(DevSection(path=None), None)
+    with pytest.raises(EmbedkitError, match=r"^--mteb Banking77Classification: the Hugging Face Hub .* "
+                                            r"unreachable .*run from a local --data-dir"):
+        require_hub_for_mteb("STS12,Banking77Classification", None, tmp_path, "auto")
+    require_hub_for_mteb("STS12,STSBenchmark", None, tmp_path, "auto")  # local tasks need no Hub
+    assert time.perf_counter() - started < 10
+
+
+def test_quickstart_hub_fallback_with_dead_hub_fails_in_validation(dead_hub, tmp_path, monkeypatch, capsys):
+    """No local data folder: the quickstart falls back to the Hub, which must answer; check and train say so."""
+    monkeypatch.chdir(tmp_path)  # no data/public or ../shared/data here
+    monkeypatch.delenv("EMBEDKIT_DATA", raising=False)
+    for command in ("check", "train"):
+        started = time.perf_counter()
+        assert main([command, "quickstart", f"output.dir={tmp_path / 'out'}"]) == 2
+        err = _one_error_line(capsys)
+        assert time.perf_counter() - started < 10
+        assert f"quickstart.yaml:13: data.train.hub sentence-transformers/stsb: the Hugging Face Hub ({dead_hub}) " \
+               "is unreachable" in err
+        assert "use a local file in data.train.path" in err and "HF_HUB_OFFLINE=1" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_mteb_with_dead_hub_refuses_before_the_model_loads(dead_hub, tiny_model_path, capsys, tmp_path):
+    started = time.perf_counter()
+    assert main(["eval", tiny_model_path, "--mteb", "Banking77Classification", "--output", str(tmp_path / "o")]) == 2
+    err = _one_error_line(capsys)
+    assert time.perf_counter() - started < 10
+    assert "--mteb Banking77Classification: the Hugging Face Hub" in err and "unreachable" in err
+    assert "STS12-16, STSBenchmark and SICK-R run from a local --data-dir" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_silent_hub_times_out_once_per_process(monkeypatch, fresh_probe, loopback_only, online):
+    """A server that accepts and never answers: the probe gives up after its timeout, and is not repeated."""
+    import huggingface_hub.utils
+
+    monkeypatch.setattr(model_ref, "HUB_PROBE_TIMEOUT", 0.5)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)  # connections queue up; nobody answers
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        started = time.perf_counter()
+        with pytest.raises(EmbedkitError, match=rf"^x: the Hugging Face Hub \({url}\) is unreachable"):
+            model_ref.require_hub("x")
+        assert time.perf_counter() - started < 3
+
+        calls = []
+        monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: calls.append(1))
+        with pytest.raises(EmbedkitError, match="is unreachable"):
+            model_ref.require_hub("y")
+        assert calls == []  # remembered for this process
+
+
+def test_offline_mode_uses_the_cache_and_never_probes(offline, tiny_model_path, tmp_path, capsys):
+    with pytest.raises(EmbedkitError, match=r"someone/tiny is not a local folder and not in the local Hugging Face "
+                                            r"cache \(HF_HUB_OFFLINE is set"):
+        model_ref.check_model("someone/tiny")
+    _cache_model(offline, "someone/tiny", Path(tiny_model_path))
+    assert model_ref.check_model("someone/tiny") == "someone/tiny"
+    model_ref.require_hub("data")  # offline: nothing is asked, the caller uses the cache
+
+    custom = _fake_model(tmp_path / "custom-src", auto_map={"AutoModel": "m.X"})
+    _cache_model(offline, "someone/custom", custom)
+    with pytest.raises(EmbedkitError, match=r"someone/custom ships its own model code"):
+        model_ref.check_model("someone/custom")
+
+
+def test_offline_cached_model_really_loads(tiny_model_path, tmp_path):
+    """End to end in a fresh process: HF_HUB_OFFLINE=1 and a Hub id in the cache → encode works."""
+    hf_home = tmp_path / "hf"
+    _cache_model(hf_home / "hub", "someone/tiny", Path(tiny_model_path))
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
+           "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-m", "embedkit.cli", "encode", "someone/tiny", str(src), "-o",
+                           str(tmp_path / "e.npy")], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert np.load(tmp_path / "e.npy").shape[0] == 2
+
+
+def test_cached_model_with_dead_hub_suggests_offline_mode(dead_hub, monkeypatch, tiny_model_path, tmp_path):
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    _cache_model(cache, "someone/tiny", Path(tiny_model_path))
+    with pytest.raises(EmbedkitError, match=r"someone/tiny: the Hugging Face Hub .* is unreachable .*; set "
+                                            r"HF_HUB_OFFLINE=1 to load the copy in the local Hugging Face cache"):
+        model_ref.check_model("someone/tiny")
+
+
+def test_hub_model_checked_against_a_live_hub(tmp_path, monkeypatch, fresh_probe, loopback_only, online):
+    """With the (fake, loopback) Hub answering: a missing repo and a custom-code config are refused."""
+    from hub_server import HubServer
+
+    token = "hf_embedkitBadInputsToken0123456789"
+    with HubServer(tmp_path / "hub", token) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", token)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        # huggingface_hub read HF_ENDPOINT at import: its own background calls must go to the fake Hub too.
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        blob = hub.state.put_blob(json.dumps({"model_type": "bert", "auto_map": {"AutoModel": "m.X"}}).encode())
+        sha = hub.state.new_commit({"config.json": blob}, None, "custom")
+        hub.state.repos["tester/custom"] = {"private": False, "branches": {"main": sha}}
+
+        with pytest.raises(EmbedkitError, match=r"tester/missing is neither a local folder nor a model on the Hub"):
+            model_ref.check_model("tester/missing")
+        with pytest.raises(EmbedkitError, match=r"tester/custom ships its own model code \(auto_map in config.json: "
+                                                r"m.X\).*model.trust_remote_code: true"):
+            model_ref.check_model("tester/custom")
+        assert model_ref.check_model("tester/custom", trust_remote_code=True) == "tester/custom"

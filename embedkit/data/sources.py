@@ -183,6 +183,10 @@ def read_hub(
     name: str, split: str, config: str | None, columns: list[str] | None, data_files: str | None = None
 ) -> TrainData:
     """A dataset from the HuggingFace Hub (or a local folder ``load_dataset`` understands)."""
+    from embedkit.model_ref import require_hub  # one short probe first: offline, datasets retries for a minute
+
+    require_hub(f"data.train.hub {name}", "use a local file in data.train.path (a {data_dir} path needs --data-dir "
+                "or $EMBEDKIT_DATA)", name=name)
     import datasets
 
     try:
