@@ -457,3 +457,47 @@ def test_hub_model_checked_against_a_live_hub(tmp_path, monkeypatch, fresh_probe
                                                 r"m.X\).*model.trust_remote_code: true"):
             model_ref.check_model("tester/custom")
         assert model_ref.check_model("tester/custom", trust_remote_code=True) == "tester/custom"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 9e and 10: encode's output
+
+
+def test_encode_output_folder_refused_before_reading_or_loading(tmp_path, capsys):
+    folder = tmp_path / "emb.npy"  # a folder, even one named like the file
+    folder.mkdir()
+    started = time.perf_counter()
+    # Neither the input (missing) nor the model (missing) is looked at: the output is refused first.
+    assert main(["encode", str(tmp_path / "no-model"), str(tmp_path / "missing.txt"), "-o", str(folder)]) == 2
+    err = _one_error_line(capsys)
+    assert time.perf_counter() - started < 3
+    assert f"--output {folder}: is a folder; expected a file name ending in .npy" in err
+    assert list(folder.iterdir()) == []
+
+    parent_file = tmp_path / "file"
+    parent_file.write_text("x")
+    assert main(["encode", str(tmp_path / "no-model"), str(tmp_path / "missing.txt"), "-o",
+                 str(parent_file / "e.npy")]) == 2
+    assert f"{parent_file} is a file, not a folder" in _one_error_line(capsys)
+
+
+def test_encode_refuses_to_overwrite_without_flag(tiny_model_path, tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\nthree\n")
+    out = tmp_path / "e.npy"
+    out.write_bytes(b"precious")
+    assert main(["encode", tiny_model_path, str(tmp_path / "missing.txt"), "-o", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert f"--output {out}: already exists; pass --overwrite to replace it" in err
+    assert out.read_bytes() == b"precious"
+    assert main(["encode", tiny_model_path, str(src), "-o", str(out), "--overwrite"]) == 0
+    assert np.load(out).shape[0] == 3
+    assert "replace OUTPUT if it exists" in _encode_help()
+
+
+def _encode_help() -> str:
+    from embedkit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices["encode"].format_help()
