@@ -501,3 +501,20 @@ def _encode_help() -> str:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     return sub.choices["encode"].format_help()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 11a: inspect with an empty text
+
+
+@pytest.mark.parametrize(("texts", "expected"), [
+    ([""], "TEXT is empty; expected a text to inspect"),
+    (["   "], "TEXT is whitespace only; expected a text to inspect"),
+    (["a cat", " \t"], "TEXT 2 of 2 is whitespace only"),
+])
+def test_inspect_empty_text_is_refused(tiny_model_path, capsys, texts, expected):
+    started = time.perf_counter()
+    assert main(["inspect", tiny_model_path, *texts]) == 2
+    err = _one_error_line(capsys)
+    assert expected in err
+    assert time.perf_counter() - started < 3
