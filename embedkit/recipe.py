@@ -425,6 +425,11 @@ def load_recipe(
     if check_data:
         train_data = _check_train_data(recipe, resolved_dir, method, source, lines)
         _check_dev(recipe, resolved_dir, source, lines)
+        # The model and the Hub too (torch-free, cheap): a bad model folder, custom code or an unreachable Hub
+        # fails here, before anything loads.
+        from embedkit.model_ref import check_recipe_refs
+
+        check_recipe_refs(recipe, source, lines, hub_data=train_data is None)
     return recipe, train_data
 
 

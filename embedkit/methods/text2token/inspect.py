@@ -79,6 +79,10 @@ def _run(args: argparse.Namespace) -> int:
         raise EmbedkitError(f"--top-k: expected a positive number, got {args.top_k}")
     if args.temperature is not None and args.temperature <= 0:
         raise EmbedkitError(f"--temperature: expected a positive number, got {args.temperature}")
+    for i, text in enumerate(args.texts, 1):  # an empty text embeds to noise: its ranking would mean nothing
+        if not text.strip():
+            which = f"TEXT {i} of {len(args.texts)}" if len(args.texts) > 1 else "TEXT"
+            raise EmbedkitError(f"{which} is {'empty' if not text else 'whitespace only'}; expected a text to inspect")
     model, path = load_model(args.model, device="cpu")  # path: the local folder, or the Hub id
     head, temperature = resolve_head(model, path if Path(path).is_dir() else None, args.head, args.head_kind)
     temperature = args.temperature or temperature
