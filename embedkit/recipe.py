@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from embedkit import paths
 from embedkit.errors import DataError, EmbedkitError, RecipeError
+from embedkit.log import notice
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -472,27 +472,23 @@ def load_recipe(
     if check_data:
         train_data = _check_train_data(recipe, resolved_dir, method, source, lines)
         _check_dev(recipe, resolved_dir, source, lines)
+        # The model and the Hub too (torch-free, cheap): a bad model folder, custom code or an unreachable Hub
+        # fails here, before anything loads.
+        from embedkit.model_ref import check_recipe_refs
+
+        check_recipe_refs(recipe, source, lines, hub_data=train_data is None)
     return recipe, train_data
 
 
 def _check_objective(recipe: Recipe, method: Any, params: Any, source: str, lines: dict) -> None:
     """Validate each ``objective.terms`` entry by its term's schema, then refuse every cross-cutting option
     (GradCache, Matryoshka, terms) the method cannot honour (:meth:`~embedkit.methods.base.Method.refusals`)."""
-    from embedkit.losses.terms import term_info
-
     errors = []
-    if recipe.objective is not None:
-        for i, entry in enumerate(recipe.objective.terms):
-            prefix = ("objective", "terms", i)
-            try:
-                info = term_info(entry.name)
-            except KeyError as err:
-                errors.append(f"{_where(source, lines, prefix + ('name',))}: {err.args[0]}")
-                continue
-            try:
-                info.params.model_validate(entry.model_dump())
-            except ValidationError as err:
-                errors.append(format_validation_error(err, source, lines, info.params, prefix=prefix))
+    for key, problem in method.objective_problems(recipe):
+        if isinstance(problem, ValidationError):  # a term entry against its schema
+            errors.append(format_validation_error(problem, source, lines, problem.title_schema, prefix=key))
+        else:
+            errors.append(f"{_where(source, lines, key)}: {problem}")
     if not errors:
         for key, reason in method.refusals(recipe, params):
             errors.append(f"{_where(source, lines, tuple(key))}: {reason}")
@@ -505,12 +501,6 @@ def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:
     line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
     dotted = ".".join(map(str, key))
     return f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
-
-
-def notice(msg: str) -> None:
-    """A one-line note on stderr (main process only): something the user did not ask for happens instead."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"embedkit: note: {msg}", file=sys.stderr, flush=True)
 
 
 def _local_file(

@@ -3,8 +3,9 @@
     python eval/bench_surface.py [--pairs 50000] [--repeats 3]
 
 Each of the first sentences of ``corpora/brown.txt`` is paired with random other Brown sentences (seeded), the
-pairs tokenised once with :func:`embedkit.similarity.tokens`; the script then times the token edit distance
-alone (``normalized_edit_distance`` per pair) and the whole :func:`embedkit.similarity.pair_surface`, and
+pairs tokenised once with :func:`embedkit.methods.debcse.similarity.tokens`; the script then times the token edit
+distance alone (``normalized_edit_distance`` per pair) and the whole
+:func:`embedkit.methods.debcse.similarity.pair_surface`, and
 prints the best of ``--repeats`` runs as pairs per second.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedkit.similarity import normalized_edit_distance, pair_surface, tokens
+from embedkit.methods.debcse.similarity import normalized_edit_distance, pair_surface, tokens
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ def minilm_path() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, minilm_path) -> str:
     """A 2-layer, 32-wide BERT with random weights and the MiniLM tokenizer (fast unit tests)."""
-    from embedkit.modeling import tiny_bert
+    from tiny_model import tiny_bert
 
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tokenizer_from=minilm_path)
 

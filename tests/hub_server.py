@@ -8,7 +8,8 @@ contents live on disk under ``root/blobs/<git sha1>``; commits are snapshots {pa
 Every request must carry ``Authorization: Bearer <token>``; a wrong or missing token gets the Hub's 401
 (except huggingface_hub's own token-less background look-ups, listed in ``PUBLIC`` and answered 404).
 ``drop_commits = True`` makes the server read half of each commit request and then close the connection
-without answering (a connection dropped mid-upload), until it is set back to ``False``.
+without answering (a connection dropped mid-upload), until it is set back to ``False``; ``fail_deletes = True``
+answers every ``delete_repo`` with HTTP 500 (the Hub failing while a push cleans up after itself).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class HubState:
         self.requests: list[tuple[str, str, bool]] = []  # (method, path, authorized)
         self.drop_commits = False
         self.dropped = 0
+        self.fail_deletes = False
+        self.deleted: list[str] = []  # repo ids deleted through the API
 
     def put_blob(self, data: bytes) -> str:
         sha = git_blob_sha1(data)
@@ -141,6 +144,7 @@ class Handler(BaseHTTPRequestHandler):
         routes = [
             ("GET", r"/api/whoami-v2", self._whoami),
             ("POST", r"/api/repos/create", self._create_repo),
+            ("DELETE", r"/api/repos/delete", self._delete_repo),
             ("POST", r"/api/validate-yaml", self._validate_yaml),
             ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?", self._repo_info),
             ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/branch/(?P<rev>[^/]+)", self._create_branch),
@@ -160,7 +164,7 @@ class Handler(BaseHTTPRequestHandler):
         self._body()
         self._error(404, f"no such endpoint: {self.command} {path}")
 
-    do_GET = do_POST = do_HEAD = _route  # noqa: N815 - BaseHTTPRequestHandler's naming
+    do_GET = do_POST = do_HEAD = do_DELETE = _route  # noqa: N815 - BaseHTTPRequestHandler's naming
 
     def _repo_or_404(self, repo: str, rev: str | None = "main") -> str | None:
         if repo not in self.state.repos:
@@ -189,6 +193,19 @@ class Handler(BaseHTTPRequestHandler):
         sha = self.state.new_commit({".gitattributes": blob}, None, "initial commit")
         self.state.repos[repo_id] = {"private": payload.get("visibility") == "private", "branches": {"main": sha}}
         self._send(200, {"url": url, "name": repo_id, "id": repo_id})
+
+    def _delete_repo(self, query: dict) -> None:
+        payload = json.loads(self._body() or b"{}")
+        repo_id = f"{payload.get('organization') or self.state.user}/{payload['name']}"
+        if self.state.fail_deletes:
+            self._error(500, "Internal Error - We're working hard to fix this as soon as possible!")
+            return
+        if repo_id not in self.state.repos:
+            self._error(404, "Repository not found", code="RepoNotFound")
+            return
+        del self.state.repos[repo_id]
+        self.state.deleted.append(repo_id)
+        self._send(200, {})
 
     def _validate_yaml(self, query: dict) -> None:
         self._body()

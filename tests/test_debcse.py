@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from embedkit import debias as db
-from embedkit.similarity import edit_distance, jaccard, length_ratio, normalized_edit_distance, pair_surface, tokens
+from embedkit.methods.debcse import debias as db
+from embedkit.methods.debcse.similarity import (
+    edit_distance,
+    jaccard,
+    length_ratio,
+    normalized_edit_distance,
+    pair_surface,
+    tokens,
+)
 
 
 def brown(data_dir, n: int) -> list[str]:
@@ -229,7 +236,7 @@ def test_chosen_positives_differ_in_surface_and_length_on_brown(data_dir, tiny_m
     params = db.DebiasParams(k=8, positive_min_semantic=0.0)
     rows, (mined, cands) = db.debias(tiny_model, sentences, params, seed=0, device="cpu")
     plain = db.identity_rows(sentences, mined.embeddings, mined.texts)
-    from embedkit.data.diagnose import pair_measures
+    from embedkit.methods.debcse.diagnose import pair_measures
 
     chosen, dropout = pair_measures(rows)["positive"], pair_measures(plain)["positive"]
     assert dropout["surface"].mean() == 1.0 and dropout["length_ratio"].mean() == 1.0
@@ -298,7 +305,7 @@ def _unit(*rows):
 
 
 def test_false_negative_mask_removes_duplicates_and_near_duplicates():
-    from embedkit.losses.debcse import false_negative_mask
+    from embedkit.methods.debcse.loss import false_negative_mask
 
     # Table rows: 0 A, 1 positive of A (cos 0.8), 2 near-duplicate of A (cos 0.995), 3 unrelated U,
     # 4 B, 5 positive of B, 6 C, 7 positive of C.
@@ -334,7 +341,7 @@ def test_false_negative_mask_removes_duplicates_and_near_duplicates():
 def test_info_nce_mask_keeps_unmasked_loss_and_drops_masked_terms():
     """The false-negative mask DebCSE hands to ``info_nce``: all-false changes nothing, true cells leave the
     denominator."""
-    from embedkit.losses.simcse import info_nce
+    from embedkit.losses.contrastive import info_nce
 
     g = torch.Generator().manual_seed(0)
     a, p, n = (torch.randn(4, 6, generator=g) for _ in range(3))
@@ -353,7 +360,7 @@ def test_info_nce_mask_keeps_unmasked_loss_and_drops_masked_terms():
 
 def test_masking_addon_for_dropout_positives(tiny_model):
     """Mask-only mode (plain unsupervised SimCSE): exact duplicates in the batch are masked via their ids."""
-    from embedkit.losses.debcse import DebCSELoss
+    from embedkit.methods.debcse.loss import DebCSELoss
     from embedkit.mining import encode
 
     texts = ["a red car", "the stock market fell", "a red car", "rain is coming"]

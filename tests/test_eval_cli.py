@@ -25,7 +25,7 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_b(tmp_path_factory, minilm_path):
-    from embedkit.modeling import tiny_bert
+    from tiny_model import tiny_bert
 
     return tiny_bert(tmp_path_factory.mktemp("tiny-b"), tokenizer_from=minilm_path, seed=1)
 

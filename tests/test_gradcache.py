@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from embedkit.losses.common import ProjectionHead
-from embedkit.losses.simcse import SimCSELoss, SupervisedSimCSELoss
+from embedkit.losses.contrastive import SimCSELoss, SupervisedSimCSELoss
 
 
 @pytest.fixture()

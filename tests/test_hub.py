@@ -129,6 +129,11 @@ def hub(tmp_path, monkeypatch, loopback_only):
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        # Online towards the fake Hub even for someone who works with HF_HUB_OFFLINE=1 exported (huggingface_hub
+        # read it at import, so its constant is set too).
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
         # huggingface_hub read HF_ENDPOINT at import: its own background calls must go to the fake Hub too.
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.url)
         monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
@@ -271,7 +276,9 @@ def test_dropped_connection_then_rerun_completes(trained_output, hub, monkeypatc
     assert "\n" not in message
     assert "connection" in message and "run the same push again" in message and "nothing was published" in message
     assert hub.state.dropped >= 1
-    assert set(hub.state.files(REPO)) == {".gitattributes"}  # the repo exists, nothing was committed
+    # The empty repository this push created is deleted again, and the line says so.
+    assert f"the empty repository {REPO} that this push created was deleted again" in message
+    assert REPO not in hub.state.repos and hub.state.deleted == [REPO]
     assert "published" not in capfd.readouterr().out
 
     hub.state.drop_commits = False
@@ -280,6 +287,63 @@ def test_dropped_connection_then_rerun_completes(trained_output, hub, monkeypatc
     remote = hub.state.files(REPO)
     assert remote["model.safetensors"] == (trained_output / "model.safetensors").read_bytes()
     assert "README.md" in remote
+
+
+def test_dropped_connection_keeps_a_repo_it_did_not_create(trained_output, hub, monkeypatch, tmp_path):
+    """Only a repository this push created is deleted; one that existed before stays, with its files."""
+    import huggingface_hub.utils._http as hf_http
+
+    from embedkit.hub import HubError, push
+
+    monkeypatch.setattr(hf_http, "time", _NoSleep())
+    push(trained_output, REPO)
+    before = hub.state.files(REPO)
+    changed = _copy_output(trained_output, tmp_path / "out")
+    (changed / "notes.txt").write_text("a second commit\n")
+    hub.state.drop_commits = True
+    with pytest.raises(HubError) as info:
+        push(changed, REPO)
+    assert "deleted" not in str(info.value) and "remains" not in str(info.value)
+    assert hub.state.deleted == [] and hub.state.files(REPO) == before
+
+
+def test_dropped_connection_and_failed_cleanup_names_the_empty_repo(trained_output, hub, monkeypatch):
+    import huggingface_hub.utils._http as hf_http
+
+    from embedkit.hub import HubError, push
+
+    monkeypatch.setattr(hf_http, "time", _NoSleep())
+    hub.state.drop_commits = True
+    hub.state.fail_deletes = True
+    with pytest.raises(HubError) as info:
+        push(trained_output, REPO)
+    message = str(info.value)
+    assert "\n" not in message and TOKEN not in message
+    assert "nothing was published" in message
+    assert f"the empty repository {REPO} that this push created remains on the Hub" in message
+    assert "HTTP" in message or "500" in message
+    assert set(hub.state.files(REPO)) == {".gitattributes"}
+
+
+@pytest.mark.parametrize("repo_id", ["alice", "alice/b/c", "alice/--x", "alice/x..y", "-alice/x", "alice/x.git",
+                                     "alice/" + "x" * 97, "alice/with space", ""])
+def test_repo_id_rule_is_huggingface_hubs(repo_id):
+    from embedkit.hub import HubError, check_repo_id
+
+    with pytest.raises(HubError, match=r"^REPO_ID .*: expected namespace/name, e\.g\. alice/simcse-minilm"):
+        check_repo_id(repo_id)
+    assert check_repo_id("alice/simcse-minilm_v1.2") == "alice/simcse-minilm_v1.2"
+
+
+def test_push_refuses_offline_mode_at_once(trained_output, monkeypatch, loopback_only):
+    from embedkit.hub import HubError, push
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # were a request sent, it would stay on loopback
+    started = time.perf_counter()
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE .* is set: publishing needs the Hub; unset it"):
+        push(trained_output, REPO, token=TOKEN)
+    assert time.perf_counter() - started < 3
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -364,6 +428,9 @@ def test_no_token_is_a_clear_error(trained_output, monkeypatch, tmp_path):
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # offline mode is refused first: this test is about tokens
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     with pytest.raises(HubError, match="no Hugging Face token: set HF_TOKEN"):
         push(trained_output, REPO)

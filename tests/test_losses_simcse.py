@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from embedkit.losses.simcse import SimCSELoss, SupervisedSimCSELoss
+from embedkit.losses.contrastive import SimCSELoss, SupervisedSimCSELoss
 
 
 class FixedEncoder(nn.Module):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedkit.losses.esimcse import ESimCSELoss
 from embedkit.losses.momentum import KeyQueue, MoCoLoss, MomentumEncoder, MomentumUpdate, reinitialise
+from embedkit.methods.esimcse.loss import ESimCSELoss
 
 
 class ToyEncoder(nn.Module):

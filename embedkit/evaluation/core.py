@@ -69,7 +69,14 @@ def load_stsb_dev(dev: DevSection, data_dir: str | Path | None = None) -> PairSe
             if path.is_file():
                 return read_stsb(path, name="stsb-dev")
             tried.append(f"{path}: not found")
+    problem = None
     if dev.hub:
+        from embedkit.model_ref import hub_problem
+
+        problem = hub_problem(dev.hub)  # one short probe instead of datasets' retries (over a minute offline)
+        if problem:
+            tried.append(f"hub {dev.hub}: {problem}")
+    if dev.hub and not problem:
         try:
             import datasets
 
@@ -81,7 +88,8 @@ def load_stsb_dev(dev: DevSection, data_dir: str | Path | None = None) -> PairSe
     raise DataError(
         "STS-B dev is not available: " + "; ".join(tried)
         + ". Pass --data-dir (or set $EMBEDKIT_DATA) to a folder with sts/stsbenchmark/sts-dev.csv, "
-        "or set data.dev: null to train without checkpoint selection."
+        + ("set HF_HUB_OFFLINE=1 to use the local Hugging Face cache, " if problem else "")
+        + "or set data.dev: null to train without checkpoint selection."
     )
 
 

@@ -53,6 +53,24 @@ def parse_task_list(text: str | list[str] | tuple[str, ...] | None) -> list[str]
     return [t.strip() for t in items if t and t.strip()]
 
 
+def require_hub_for_mteb(names: str | list[str] | None, benchmark: str | None, root: Path | None,
+                         source: str = "auto") -> None:
+    """One line at once when a task would come from the Hub and the Hub does not answer (before mteb's retries).
+
+    ``root``: the local STS folder (``None``: none). Only the STS tasks of the suite can run from it.
+    """
+    from embedkit.evaluation import TASKS
+    from embedkit.model_ref import require_hub
+
+    if source == "local":
+        return  # tasks without local data are refused by resolve_tasks
+    local = (*TASKS, "SICK-R-test") if root is not None else ()
+    remote = [n for n in parse_task_list(names) if n not in local]
+    if remote or benchmark:
+        what = "--mteb " + ",".join(remote) if remote else f"--mteb-benchmark {benchmark}"
+        require_hub(what, "STS12-16, STSBenchmark and SICK-R run from a local --data-dir")
+
+
 def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.PathLike | None,
                   source: str = "auto", cache_dir: str | os.PathLike | None = None) -> tuple[list[Any], dict[str, str]]:
     """mteb task objects for ``names`` and/or ``benchmark``; STS tasks from local files where possible.
@@ -67,6 +85,7 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
     if not names and not benchmark:
         raise EmbedkitError("MTEB: name at least one task (--mteb STS12,STSBenchmark) or a benchmark "
                             "(--mteb-benchmark)")
+    root = sts_root(data_dir) if source != "hub" else None
     mteb = import_mteb(cache_dir)
     from embedkit.evaluation.mteb_tasks import LOCAL_TASKS, SENTEVAL_SICK, local_task
 
@@ -87,7 +106,6 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
         except (KeyError, ValueError) as err:
             raise EmbedkitError(f"--mteb-benchmark: unknown MTEB benchmark {benchmark!r} ({err})") from None
 
-    root = sts_root(data_dir) if source != "hub" else None
     if source == "local" and root is None:
         raise DataError("--mteb with source 'local': no data folder; pass --data-dir or set $EMBEDKIT_DATA")
     tasks, sources, seen = [], {}, set()
@@ -107,6 +125,11 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
         else:
             tasks.append(task)
             sources[name] = "hub"
+    remote = [name for name, where in sources.items() if where == "hub"]
+    if remote:  # one short probe, not mteb's download retries (over a minute offline)
+        from embedkit.model_ref import require_hub
+
+        require_hub("--mteb " + ",".join(remote), "STS12-16, STSBenchmark and SICK-R run from a local --data-dir")
     return tasks, sources
 
 

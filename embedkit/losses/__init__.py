@@ -11,7 +11,7 @@ __all__ = ["SimCSELoss", "SupervisedSimCSELoss"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from embedkit.losses import simcse
+        from embedkit.losses import contrastive
 
-        return getattr(simcse, name)
+        return getattr(contrastive, name)
     raise AttributeError(name)

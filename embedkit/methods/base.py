@@ -108,6 +108,29 @@ class Method:
         return out
 
     @classmethod
+    def objective_problems(cls, recipe: Recipe) -> list[tuple[tuple, Any]]:
+        """Each ``objective.terms`` entry checked against its term's schema: (key path, message) for an unknown
+        term name, (entry path, ``ValidationError`` with ``title_schema`` set to the schema) for bad keys."""
+        from pydantic import ValidationError
+
+        from embedkit.losses.terms import term_info
+
+        out: list[tuple[tuple, Any]] = []
+        for i, entry in enumerate(recipe.objective.terms if recipe.objective is not None else []):
+            prefix = ("objective", "terms", i)
+            try:
+                info = term_info(entry.name)
+            except KeyError as err:
+                out.append((prefix + ("name",), err.args[0]))
+                continue
+            try:
+                info.params.model_validate(entry.model_dump())
+            except ValidationError as err:
+                err.title_schema = info.params
+                out.append((prefix, err))
+        return out
+
+    @classmethod
     def positives_hint(cls) -> str:
         return ""
 
@@ -129,6 +152,27 @@ class Method:
     def prepare_dataset(self, dataset: Any) -> Any:
         """Transform the ``datasets.Dataset`` of role-named columns before training (default: as is)."""
         return dataset
+
+
+def training_head(method: Method) -> torch.nn.Module | None:
+    """SimCSE's MLP over the pooled vector when it exists at training time only (``pooling: cls`` with
+    ``mlp_only_train``), else ``None``. Several methods share it (the loss owns it; it is not saved)."""
+    cfg = method.ctx.recipe.model
+    if cfg.pooling != "cls" or not cfg.mlp_only_train:
+        return None
+    from embedkit.losses.common import ProjectionHead
+
+    return ProjectionHead(method.ctx.model.get_embedding_dimension()).to(method.ctx.model.device)
+
+
+ROW_ID_COLUMN = "label"  # the collator hands this column to the loss as `labels`: the dataset row ids
+
+
+def add_row_ids(dataset: Any) -> Any:
+    """Add the dataset row ids as the label column, so the loss can key each row's augmentation."""
+    if ROW_ID_COLUMN in dataset.column_names:
+        raise ValueError(f"the training data already has a {ROW_ID_COLUMN!r} column")
+    return dataset.add_column(ROW_ID_COLUMN, list(range(len(dataset))))
 
 
 def register(cls: type[Method]) -> type[Method]:

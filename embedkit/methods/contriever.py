@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from embedkit.methods.base import Method, MethodParams, register
-from embedkit.methods.esimcse import add_row_ids
+from embedkit.methods.base import Method, MethodParams, add_row_ids, register
 
 CONTRIEVER_CITATION = """@article{izacard2022contriever,
   title = {Unsupervised Dense Information Retrieval with Contrastive Learning},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from embedkit.methods.base import Method, MethodParams, register
+from embedkit.methods.base import Method, MethodParams, register, training_head
 
 SIMCSE_CITATION = """@inproceedings{gao2021simcse,
   title = {{SimCSE}: Simple Contrastive Learning of Sentence Embeddings},
@@ -23,13 +23,6 @@ class SimCSESupParams(MethodParams):
     hard_negative_weight: float = Field(0.0, description="log α added to each anchor's own hard negative")
 
 
-def training_head(method: Method):
-    """The training-only MLP head when the recipe asks for one (pooling=cls with mlp_only_train)."""
-    from embedkit.modeling import train_only_head
-
-    return train_only_head(method.ctx.model, method.ctx.recipe.model)
-
-
 @register
 class SimCSEUnsup(Method):
     """Unsupervised SimCSE: each sentence is its own positive under a second dropout mask."""
@@ -42,7 +35,7 @@ class SimCSEUnsup(Method):
     composable = True
 
     def build_loss(self):
-        from embedkit.losses.simcse import SimCSELoss
+        from embedkit.losses.contrastive import SimCSELoss
 
         return SimCSELoss(self.ctx.model, self.params.temperature, head=training_head(self))
 
@@ -59,7 +52,7 @@ class SimCSESup(Method):
     composable = True
 
     def build_loss(self):
-        from embedkit.losses.simcse import SupervisedSimCSELoss
+        from embedkit.losses.contrastive import SupervisedSimCSELoss
 
         return SupervisedSimCSELoss(
             self.ctx.model, self.params.temperature, self.params.hard_negative_weight, head=training_head(self)

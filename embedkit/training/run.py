@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from embedkit.errors import RecipeError
+from embedkit.log import log
 from embedkit.paths import atomic_path
 from embedkit.recipe import Recipe, load_recipe, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
@@ -29,12 +30,6 @@ from embedkit.training.rundir import CHECKPOINTS, RESULTS, RunFolder
 
 # The packages recorded in a run's results.json.
 TRAINING_PACKAGES = ("embedkit", "torch", "transformers", "sentence-transformers", "datasets", "accelerate", "mteb")
-
-
-def log(msg: str) -> None:
-    """Progress messages go to stdout, one line each, only on the main process."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"[embedkit] {msg}", flush=True)
 
 
 def hardware() -> str:

@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from embedkit.debias import DebiasParams
-from embedkit.methods.base import Method, register
-from embedkit.methods.simcse import training_head
+from embedkit.log import log
+from embedkit.methods.base import Method, register, training_head
+from embedkit.methods.debcse.debias import DebiasParams
 
 DEBCSE_CITATION = """@inproceedings{miao2023debcse,
   title = {{DebCSE}: Rethinking Unsupervised Contrastive Sentence Embedding Learning in the Debiasing Perspective},
@@ -23,7 +23,7 @@ ROW_COLUMN = "row"
 
 
 class DebCSEParams(DebiasParams):
-    """The debiasing knobs (:class:`~embedkit.debias.DebiasParams`) plus loss, reference and re-mining."""
+    """The debiasing knobs (:class:`~embedkit.methods.debcse.debias.DebiasParams`), loss, reference and re-mining."""
 
     mode: Literal["debias", "mask-only"] = Field(
         "debias", description="debias: IPW-drawn (anchor, positive, hard negative) rows; mask-only: plain "
@@ -55,13 +55,6 @@ class DebCSEParams(DebiasParams):
         if value in ("epoch", "never") or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             return value
         raise ValueError(f"expected 'epoch', 'never' or a positive number of steps, got {value!r}")
-
-
-def log(msg: str) -> None:
-    """A progress line on the main process (same format as the training run's)."""
-    from embedkit.training.run import log as run_log
-
-    run_log(msg)
 
 
 class RowsHolder:
@@ -118,7 +111,7 @@ class DebCSE(Method):
 
     def mine_round(self, round_: int) -> Any:
         """Build the rows of mining round ``round_`` (deterministic given the seed and the reference)."""
-        from embedkit import debias
+        from embedkit.methods.debcse import debias
 
         p = self.params
         seed = self.ctx.recipe.training.seed
@@ -184,7 +177,7 @@ class DebCSE(Method):
         return rows
 
     def build_loss(self):
-        from embedkit.losses.debcse import DebCSELoss
+        from embedkit.methods.debcse.loss import DebCSELoss
 
         p = self.params
         self.loss = DebCSELoss(

@@ -10,6 +10,7 @@ is a debcse recipe, else the defaults). Similarities are under the recipe's mode
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -38,7 +39,7 @@ def _texts_of(recipe: Any, train_data: Any, roles: tuple[str, ...], max_samples:
 
 def _given_rows(columns: dict[str, list], model: Any, batch_size: int) -> Any:
     """MinedRows for data that already holds (anchor, positive[, negative]) columns."""
-    from embedkit.debias import MinedRows, unique_texts
+    from embedkit.methods.debcse.debias import MinedRows, unique_texts
     from embedkit.mining import encode
 
     names = [c for c in columns if isinstance(columns[c][0], str)][:3]
@@ -59,7 +60,7 @@ def _given_rows(columns: dict[str, list], model: Any, batch_size: int) -> Any:
 
 def pair_measures(rows: Any, measure: str = "mean") -> dict[str, dict[str, np.ndarray]]:
     """Surface, semantic and length measures of each row's positive (and hard negative) pair."""
-    from embedkit.similarity import pair_surface, tokens
+    from embedkit.methods.debcse.similarity import pair_surface, tokens
 
     ref = rows.table.float()
     ids = rows.ids
@@ -211,9 +212,9 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
              out_dir: str | None = None, max_samples: int | None = 2000, batch_size: int | None = None,
              draw: bool = True) -> dict[str, Any]:
     """Compute (and plot) the before/after diagnostics of a recipe's training pairs; returns the summary."""
-    from embedkit.debias import debias, identity_rows
     from embedkit.methods import get_method
     from embedkit.methods.debcse import DebCSEParams, build_reference
+    from embedkit.methods.debcse.debias import debias, identity_rows
     from embedkit.modeling import build_model
     from embedkit.recipe import load_recipe
 
@@ -273,7 +274,7 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
 
 def _batch_stats(rows: Any, batch_size: int, seed: int, margin: float, threshold: float | None, measure: str
                  ) -> dict[str, Any]:
-    from embedkit.debias import batch_statistics
+    from embedkit.methods.debcse.debias import batch_statistics
 
     return batch_statistics(rows, batch_size, seed, margin, threshold, measure=measure)  # type: ignore[arg-type]
 
@@ -288,3 +289,34 @@ def batch_statistics_plain(rows: Any, batch_size: int, seed: int, margin: float,
     stats["masked_share"] = 0.0
     stats["above_positive_after_mask_share"] = stats["above_positive_share"]
     return stats
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    out = args.out or f"diagnose-{Path(args.recipe).stem}"
+    summary = diagnose(args.recipe, args.overrides, data_dir=args.data_dir, out_dir=out,
+                       max_samples=args.max_samples or None, batch_size=args.batch_size, draw=not args.no_plot)
+    print(f"{args.recipe}: method {summary['method']}, reference {summary['reference']}, "
+          f"{summary['before']['rows']} rows, batch {summary['batch_size']}, seed {summary['seed']}")
+    print(f"after debiasing, positives: {summary['after_positive_kinds']}; "
+          f"hard negatives: {summary['after_negative_kinds'] or 'none'}")
+    print(format_table(summary["before"], summary["after"]))
+    written = [JSON_NAME] if args.no_plot else [PNG_NAME, JSON_NAME]
+    print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")
+    return 0
+
+
+def add_cli(data_commands: argparse._SubParsersAction) -> None:
+    """Register ``embedkit data diagnose RECIPE [--out DIR]`` under the ``data`` command group."""
+    d = data_commands.add_parser(
+        "diagnose",
+        help="length/surface/semantic histograms of the pairs a recipe trains on, before and after debiasing",
+    )
+    d.add_argument("recipe", help="recipe file, or the name of a shipped recipe")
+    d.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe fields")
+    d.add_argument("--data-dir", help="local public-data folder")
+    d.add_argument("--out", help="folder for diagnose.png and diagnose.json (default: ./diagnose-<recipe name>)")
+    d.add_argument("--max-samples", type=int, default=2000,
+                   help="diagnose the first N training rows (default 2000; 0: all)")
+    d.add_argument("--batch-size", type=int, help="batch size of the simulated batches (default: the recipe's)")
+    d.add_argument("--no-plot", action="store_true", help="numbers only, no PNG")
+    d.set_defaults(func=_diagnose)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from embedkit.losses.common import cosine_matrix
+from embedkit.losses.contrastive import info_nce
 from embedkit.losses.momentum import KeyQueue, MomentumEncoder
 from embedkit.losses.objective import ComposedLoss, ViewBatch
-from embedkit.losses.simcse import info_nce
 
 
 class ESimCSELoss(ComposedLoss):
@@ -24,7 +24,7 @@ class ESimCSELoss(ComposedLoss):
 
     i.e. logits ``[z1·z2ᵀ | z1·Qᵀ] / τ`` on unit vectors. Either part can be left out (``repetition=None``:
     dropout-only positives; ``queue=None``: in-batch negatives only), which gives the paper's ablations;
-    with both left out it is :class:`~embedkit.losses.simcse.SimCSELoss`.
+    with both left out it is :class:`~embedkit.losses.contrastive.SimCSELoss`.
 
     Args:
         model: the SentenceTransformer being trained.

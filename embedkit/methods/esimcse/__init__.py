@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from embedkit.methods.base import Method, MethodParams, register
-from embedkit.methods.simcse import training_head
+from embedkit.methods.base import Method, MethodParams, add_row_ids, register, training_head
 
 ESIMCSE_CITATION = """@inproceedings{wu2022esimcse,
   title = {{ESimCSE}: Enhanced Sample Building Method for Contrastive Learning of Unsupervised Sentence Embedding},
@@ -16,7 +15,6 @@ ESIMCSE_CITATION = """@inproceedings{wu2022esimcse,
   year = {2022}
 }"""
 
-ROW_ID_COLUMN = "label"  # the collator hands this column to the loss as `labels`: the dataset row ids
 
 
 class ESimCSEParams(MethodParams):
@@ -32,13 +30,6 @@ class ESimCSEParams(MethodParams):
     momentum_init: Literal["copy", "random"] = Field(
         "copy", description="random re-initialises the key encoder: only to reproduce the reference code's quirk"
     )
-
-
-def add_row_ids(dataset: Any) -> Any:
-    """Add the dataset row ids as the label column, so the loss can key each row's augmentation."""
-    if ROW_ID_COLUMN in dataset.column_names:
-        raise ValueError(f"the training data already has a {ROW_ID_COLUMN!r} column")
-    return dataset.add_column(ROW_ID_COLUMN, list(range(len(dataset))))
 
 
 def default_queue_size(method: Method) -> int:
@@ -66,8 +57,8 @@ class ESimCSE(Method):
 
     def build_loss(self):
         from embedkit.augment import SubwordRepetition, WordRepetition, position_limit, special_token_ids
-        from embedkit.losses.esimcse import ESimCSELoss
         from embedkit.losses.momentum import KeyQueue, MomentumEncoder
+        from embedkit.methods.esimcse.loss import ESimCSELoss
 
         p, model = self.params, self.ctx.model
         seed = self.ctx.recipe.training.seed

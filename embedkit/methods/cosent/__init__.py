@@ -22,7 +22,7 @@ class CoSENTParams(MethodParams):
 class CoSENT(Method):
     """Pairs with a gold similarity; every pair with a higher gold score must get a higher cosine.
 
-    The loss is sentence-transformers' ``CoSENTLoss`` arithmetic (:class:`embedkit.losses.cosent.CoSENTLoss`):
+    The loss is sentence-transformers' ``CoSENTLoss`` arithmetic (:class:`embedkit.methods.cosent.loss.CoSENTLoss`):
     ``log(1 + Σ_{s_ij > s_kl} exp(λ (cos_kl − cos_ij)))`` over the pairs of the batch.
     """
 
@@ -40,6 +40,6 @@ class CoSENT(Method):
         return False  # scored pairs, not positives
 
     def build_loss(self):
-        from embedkit.losses.cosent import CoSENTLoss
+        from embedkit.methods.cosent.loss import CoSENTLoss
 
         return CoSENTLoss(self.ctx.model, scale=self.params.scale)

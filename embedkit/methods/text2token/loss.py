@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from embedkit.losses.contrastive import info_nce
 from embedkit.losses.objective import ComposedLoss, ViewBatch
-from embedkit.losses.simcse import info_nce
-from embedkit.targets import DataTargets, ModelTargets
-from embedkit.vocab_head import VocabHead
+from embedkit.methods.text2token.targets import DataTargets, ModelTargets
+from embedkit.methods.text2token.vocab_head import VocabHead
 
 
 def token_kl(target: Tensor, log_q: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -52,7 +52,7 @@ class Text2TokenLoss(ComposedLoss):
 
     Args:
         model: the SentenceTransformer being trained.
-        head: the vocabulary head (:func:`embedkit.vocab_head.build_vocab_head`).
+        head: the vocabulary head (:func:`embedkit.methods.text2token.vocab_head.build_vocab_head`).
         data_targets: builds data-driven targets from token ids.
         model_targets: builds model-derived targets (needed when stage 2 is used).
         temperature: ``T``.
@@ -152,7 +152,7 @@ def stage_callback(loss: Text2TokenLoss) -> Any:
 
     from transformers import TrainerCallback
 
-    from embedkit.vocab_head import HEAD_FILE, save_head
+    from embedkit.methods.text2token.vocab_head import HEAD_FILE, save_head
 
     class StageCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -180,7 +180,7 @@ def stage_callback(loss: Text2TokenLoss) -> Any:
             head = loss.head
             best = state.best_model_checkpoint
             if best:
-                from embedkit.vocab_head import head_state_from_file
+                from embedkit.methods.text2token.vocab_head import head_state_from_file
 
                 try:
                     state_dict, _ = head_state_from_file(best)

@@ -25,7 +25,6 @@ held by reference and not registered, so it is neither saved twice nor handed to
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -33,12 +32,13 @@ import torch
 from torch import Tensor, nn
 
 from embedkit.errors import EmbedkitError
+from embedkit.log import get_logger
 from embedkit.paths import atomic_path
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 HeadKind = Literal["auto", "pretrained", "tied"]
 HEAD_FILE = "text2token_head.safetensors"

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from embedkit.methods.base import Method, MethodParams, register
+from embedkit.methods.base import Method, MethodParams, register, training_head
 
 TEXT2TOKEN_CITATION = """@article{an2025text2token,
   title = {{Text2Token}: Unsupervised Text Representation Learning with Token Target Prediction},
@@ -112,9 +112,15 @@ class Text2Token(Method):
     def _build_parts(self, texts: list[str]) -> None:
         import copy
 
-        from embedkit.targets import DataTargets, ModelTargets, TokenFilter, TokenTable, cached_document_frequencies
-        from embedkit.training.run import log
-        from embedkit.vocab_head import build_vocab_head, input_embedding
+        from embedkit.log import log
+        from embedkit.methods.text2token.targets import (
+            DataTargets,
+            ModelTargets,
+            TokenFilter,
+            TokenTable,
+            cached_document_frequencies,
+        )
+        from embedkit.methods.text2token.vocab_head import build_vocab_head, input_embedding
 
         p, model = self.params, self.ctx.model
         tokenizer = model.tokenizer
@@ -149,9 +155,9 @@ class Text2Token(Method):
     def _precompute(self, model_targets, texts: list[str], corpus: str | None) -> None:
         import hashlib
 
+        from embedkit.log import log
+        from embedkit.methods.text2token.targets import cache_locations, corpus_hash
         from embedkit.modeling import weights_hash
-        from embedkit.targets import cache_locations, corpus_hash
-        from embedkit.training.run import log
 
         p = self.params
         settings = (f"{p.model_targets}|{p.model_targets_template}|{p.model_targets_top_k}|"
@@ -167,8 +173,7 @@ class Text2Token(Method):
 
     def build_loss(self):
         from embedkit.errors import RecipeError
-        from embedkit.losses.text2token import Text2TokenLoss
-        from embedkit.methods.simcse import training_head
+        from embedkit.methods.text2token.loss import Text2TokenLoss
 
         if not hasattr(self, "parts"):
             raise RecipeError("text2token: prepare_dataset() must run before build_loss() (it counts the IDF)")
@@ -182,6 +187,6 @@ class Text2Token(Method):
         )
 
     def callbacks(self, loss):
-        from embedkit.losses.text2token import stage_callback
+        from embedkit.methods.text2token.loss import stage_callback
 
         return [stage_callback(loss)]

@@ -18,7 +18,7 @@ from embedkit.errors import EmbedkitError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.vocab_head import VocabHead
+    from embedkit.methods.text2token.vocab_head import VocabHead
 
 
 @dataclass
@@ -32,7 +32,7 @@ class TokenView:
 def resolve_head(model: SentenceTransformer, model_path: str | None = None, head_file: str | None = None,
                  kind: str = "auto") -> tuple[VocabHead, float]:
     """(head, temperature): a trained head file when given or beside the model, else the backbone's head."""
-    from embedkit.vocab_head import HEAD_FILE, build_vocab_head, load_head
+    from embedkit.methods.text2token.vocab_head import HEAD_FILE, build_vocab_head, load_head
 
     candidate = Path(head_file) if head_file else (Path(model_path) / HEAD_FILE if model_path else None)
     if candidate is not None and (head_file or candidate.is_file()):
@@ -48,7 +48,7 @@ def top_tokens(
     """The ``top_k`` most probable tokens of ``softmax(head(e)/T)`` for each text's embedding ``e``."""
     import torch
 
-    from embedkit.targets import TokenTable
+    from embedkit.methods.text2token.targets import TokenTable
 
     table = TokenTable(model.tokenizer, head.vocab_size)
     with torch.no_grad():
@@ -79,6 +79,10 @@ def _run(args: argparse.Namespace) -> int:
         raise EmbedkitError(f"--top-k: expected a positive number, got {args.top_k}")
     if args.temperature is not None and args.temperature <= 0:
         raise EmbedkitError(f"--temperature: expected a positive number, got {args.temperature}")
+    for i, text in enumerate(args.texts, 1):  # an empty text embeds to noise: its ranking would mean nothing
+        if not text.strip():
+            which = f"TEXT {i} of {len(args.texts)}" if len(args.texts) > 1 else "TEXT"
+            raise EmbedkitError(f"{which} is {'empty' if not text else 'whitespace only'}; expected a text to inspect")
     model, path = load_model(args.model, device="cpu")  # path: the local folder, or the Hub id
     head, temperature = resolve_head(model, path if Path(path).is_dir() else None, args.head, args.head_kind)
     temperature = args.temperature or temperature

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedkit.similarity import SurfaceMeasure, pair_surface, tokens
+from embedkit.methods.debcse.similarity import SurfaceMeasure, pair_surface, tokens
 
 if TYPE_CHECKING:
     import torch
@@ -285,7 +285,7 @@ def _surface_chunk(args: tuple) -> dict[str, np.ndarray]:
 
 def parallel_pair_surface(left: list, right: list, measure: SurfaceMeasure, workers: int = 1,
                           min_pairs: int = 20_000) -> dict[str, np.ndarray]:
-    """:func:`~embedkit.similarity.pair_surface` split over ``workers`` processes (same result); fewer
+    """:func:`~embedkit.methods.debcse.similarity.pair_surface` split over ``workers`` processes (same result); fewer
     than ``min_pairs`` pairs stay in this process."""
     if workers <= 1 or len(left) < min_pairs:
         return pair_surface(left, right, measure)
@@ -536,13 +536,13 @@ def batch_statistics(rows: MinedRows, batch_size: int, seed: int, margin: float 
     Every other row's positive (and every row's hard negative, own one included) is an in-batch negative
     of an anchor. Returns the shares of in-batch negatives that are exact duplicates (same text as the
     anchor or its positive), that score above the anchor's positive (likely false negatives), at or above
-    ``threshold``, and that :func:`~embedkit.losses.debcse.false_negative_mask` removes; plus up to
+    ``threshold``, and that :func:`~embedkit.methods.debcse.loss.false_negative_mask` removes; plus up to
     ``max_pairs`` sampled (semantic, surface) values of unmasked in-batch negatives, before and after
     masking.
     """
     import torch
 
-    from embedkit.losses.debcse import false_negative_mask
+    from embedkit.methods.debcse.loss import false_negative_mask
 
     rng = np.random.default_rng([seed, 13])
     n = len(rows)

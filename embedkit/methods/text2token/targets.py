@@ -16,7 +16,6 @@ with a warning; it never stops a run.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import unicodedata
 from collections import Counter
@@ -29,12 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from embedkit.log import get_logger
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.vocab_head import VocabHead
+    from embedkit.methods.text2token.vocab_head import VocabHead
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CACHE_ENV = "EMBEDKIT_CACHE"
 CACHE_VERSION = "1"

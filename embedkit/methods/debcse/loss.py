@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from embedkit.losses.common import gather_no_grad, world
+from embedkit.losses.contrastive import info_nce
 from embedkit.losses.objective import ComposedLoss, ViewBatch
-from embedkit.losses.simcse import info_nce
 
 
 def false_negative_mask(
@@ -61,7 +61,7 @@ class DebCSELoss(ComposedLoss):
         M_i = { c ≠ i⁺ : cos(r_i, r_c) > cos(r_i, r_i⁺) + margin  or  cos(r_i, r_c) ≥ threshold
                          or text(c) ∈ {text(i), text(i⁺)} }
 
-    The rows come from :mod:`embedkit.debias` (positives and hard negatives drawn by inverse propensity
+    The rows come from :mod:`embedkit.methods.debcse.debias` (positives and hard negatives drawn by inverse propensity
     weighting); the batch labels carry each row's table ids ``[anchor, positive, negative]``. With
     ``dropout_positive`` the single text column is encoded twice (plain unsupervised SimCSE) and only the
     masking is added.

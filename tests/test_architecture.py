@@ -1,0 +1,110 @@
+"""The package's layers flow one way (docs/architecture.md): every import of every module, including imports
+inside functions, goes to the same or a lower layer, and the module graph has no cycle. Imports under
+``if TYPE_CHECKING:`` are annotations only and do not count."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "embedkit"
+
+# Lowest first. A module belongs to the first layer with a prefix that matches its dotted name.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundation", ("embedkit.errors", "embedkit.paths", "embedkit.log")),
+    ("recipe and data", ("embedkit.recipe", "embedkit.data", "embedkit.model_ref")),
+    ("models and encoding", ("embedkit.modeling", "embedkit.modules", "embedkit.encoding", "embedkit.augment")),
+    ("shared loss machinery", ("embedkit.losses", "embedkit.mining")),
+    ("methods", ("embedkit.methods",)),
+    ("validation", ("embedkit.validate",)),
+    ("evaluation", ("embedkit.evaluation",)),
+    ("publishing", ("embedkit.card", "embedkit.hub")),
+    ("training", ("embedkit.training",)),
+    ("commands and API", ("embedkit.encode", "embedkit.cli", "embedkit")),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(name: str) -> int:
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"{name} is in no layer of LAYERS: add it where it belongs")
+
+
+def internal_imports(path: Path, modules: set[str], this: str | None = None) -> set[str]:
+    """The embedkit modules ``path`` (module ``this``) imports, at any depth (functions included), outside
+    TYPE_CHECKING."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    this = this or module_name(path)
+    package = this if path.name == "__init__.py" else this.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if not base.startswith("embedkit"):
+                continue
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in modules else base)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("embedkit")}
+    return {m for m in found if m != this}
+
+
+def graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: internal_imports(path, set(files)) for name, path in files.items()}
+
+
+def test_every_module_has_a_layer():
+    for name in graph():
+        layer_of(name)
+
+
+def test_no_import_from_a_higher_layer():
+    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+              for m, deps in sorted(graph().items()) for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycle():
+    edges = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(edges.get(node, ())):
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert not cycles, "\n".join(cycles)
+
+
+def test_the_checker_sees_imports_inside_functions(tmp_path):
+    """The claims above only hold if a lazy import counts: check the parser on a small file."""
+    fake = tmp_path / "probe.py"
+    fake.write_text("def f():\n    from embedkit.training.run import train\n    from . import paths\n")
+    found = internal_imports(fake, {"embedkit.training.run", "embedkit.paths"}, this="embedkit.probe")
+    assert found == {"embedkit.training.run", "embedkit.paths"}

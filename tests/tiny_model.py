@@ -1,0 +1,30 @@
+"""A tiny randomly initialised BERT with a real tokenizer, for fast tests and the bad-input table (a test
+fixture: it lives with the tests, not in the package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from embedkit.modeling import resolve_model_path
+
+
+def tiny_bert(path: str | Path, tokenizer_from: str | None = None, hidden: int = 32, layers: int = 2,
+              seed: int = 0) -> str:
+    """Write a tiny randomly initialised BERT (with a real tokenizer) to ``path``; returns the path.
+
+    For fast tests: the tokenizer comes from ``tokenizer_from`` (default: the packaged all-MiniLM-L6-v2).
+    """
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    src = tokenizer_from or resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=hidden * 2, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
