@@ -12,6 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+WANG_ISOLA_CITATION = """@inproceedings{wang2020hypersphere,
+  title = {Understanding Contrastive Representation Learning through Alignment and Uniformity on the Hypersphere},
+  author = {Wang, Tongzhou and Isola, Phillip},
+  booktitle = {International Conference on Machine Learning (ICML)},
+  year = {2020}
+}"""
+
 
 def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
     """L_align = mean_i ‖x̂_i − ŷ_i‖₂^α over the rows of ``x`` and ``y`` (positive pairs), x̂ = x/‖x‖."""
@@ -75,6 +82,10 @@ class AlignmentTerm(nn.Module):
     def prepare(self, batch: Any, loss: Any) -> None:
         pass
 
+    @property
+    def citation(self) -> str:
+        return WANG_ISOLA_CITATION
+
     def forward(self, views: list[Tensor], batch: Any, loss: Any = None) -> Tensor:
         anchors, positives = batch.anchors_positives(views)
         return alignment(anchors, positives, self.alpha)
@@ -119,6 +130,10 @@ class UniformityTerm(nn.Module):
 
     def prepare(self, batch: Any, loss: Any) -> None:
         pass
+
+    @property
+    def citation(self) -> str:
+        return WANG_ISOLA_CITATION
 
     def forward(self, views: list[Tensor], batch: Any, loss: Any = None) -> Tensor:
         gather = loss.gather if loss is not None else (lambda x: x)

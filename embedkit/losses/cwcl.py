@@ -13,6 +13,14 @@ from torch import Tensor, nn
 
 from embedkit.losses.common import cosine_matrix, gather_no_grad, world
 
+CWCL_CITATION = """@inproceedings{srinivasa2023cwcl,
+  title = {{CWCL}: Cross-Modal Transfer with Continuously Weighted Contrastive Loss},
+  author = {Srinivasa, Rakshith Sharma and Cho, Jaejin and Yang, Chouchang and Saidutta, Yashas Malur and Lee,
+            Ching-Hua and Shen, Yilin and Jin, Hongxia},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year = {2023}
+}"""
+
 
 def cwcl_weights(teacher_sims: Tensor, offset: int = 0, floor: float = 0.0) -> Tensor:
     """Row-normalised target weights from teacher cosines ``s`` (n local anchors × N candidates).
@@ -97,6 +105,10 @@ class CWCLTerm(nn.Module):
         from embedkit.losses.momentum import unwrap
 
         return cls(unwrap(model), params.weight, params.temperature, params.floor)
+
+    @property
+    def citation(self) -> str:
+        return CWCL_CITATION
 
     @torch.no_grad()
     def embed(self, features: dict[str, Tensor]) -> Tensor:
