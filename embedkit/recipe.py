@@ -20,9 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from embedkit import paths
 from embedkit.errors import DataError, EmbedkitError, RecipeError
-from embedkit.log import notice
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -82,12 +80,6 @@ class MethodSection(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str
-
-    def column_types(self) -> tuple[str, ...]:
-        """The method's column types in role order (``text`` / ``score``), for the data readers."""
-        from embedkit.methods import get_method
-
-        return get_method(self.name).column_types()
 
 
 class TrainingSection(Section):
@@ -381,19 +373,12 @@ def resolve_recipe_path(name: str | os.PathLike) -> Path:
     raise RecipeError(f"{name}: recipe file not found{hint}")
 
 
-def load_recipe(
-    path: str | os.PathLike,
-    overrides: list[str] | None = None,
-    data_dir: str | None = None,
-    check_data: bool = True,
-) -> tuple[Recipe, Any]:
-    """Load, override and validate a recipe; returns ``(recipe, train_data)``.
+def parse_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Recipe, str, dict[tuple, int]]:
+    """Read, override and validate a recipe against the schema; returns ``(recipe, source, key lines)``.
 
-    ``train_data`` is the :class:`~embedkit.data.sources.TrainData` read from a local file (or ``None``
-    for a Hub dataset or when ``check_data`` is off). Raises :class:`RecipeError` with every problem found.
+    The method's own parameters, the data and the model are checked one layer up, by
+    :func:`embedkit.validate.load_recipe`, which needs the method registry.
     """
-    from embedkit.methods import get_method
-
     file = resolve_recipe_path(path)
     source = str(file)
     raw, lines = load_yaml(read_recipe_text(file), source)
@@ -404,100 +389,7 @@ def load_recipe(
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source, lines, Recipe)) from None
-
-    # The method's own parameters.
-    try:
-        method = get_method(recipe.method.name)
-    except KeyError as err:
-        raise RecipeError(f"{source}:{lines.get(('method', 'name'), '?')}: method.name: {err.args[0]}") from None
-    params = {k: v for k, v in recipe.method.model_dump().items() if k != "name"}
-    try:
-        validated = method.params_cls.model_validate(params)
-    except ValidationError as err:
-        raise RecipeError(
-            format_validation_error(err, source, lines, method.params_cls, prefix=("method",))
-        ) from None
-    recipe.method = MethodSection(name=recipe.method.name, **validated.model_dump())
-
-    # Paths and data.
-    resolved_dir = paths.resolve_data_dir(data_dir)
-    train_data = None
-    if check_data:
-        train_data = _check_train_data(recipe, resolved_dir, method, source, lines)
-        _check_dev(recipe, resolved_dir, source, lines)
-        # The model and the Hub too (torch-free, cheap): a bad model folder, custom code or an unreachable Hub
-        # fails here, before anything loads.
-        from embedkit.model_ref import check_recipe_refs
-
-        check_recipe_refs(recipe, source, lines, hub_data=train_data is None)
-    return recipe, train_data
-
-
-def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:
-    """``file:line: key.path`` for a message; the nearest enclosing key's line when the key is a default."""
-    line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
-    return f"{source}:{line}: {'.'.join(key)}" if line else f"{source}: {'.'.join(key)}"
-
-
-def _local_file(
-    raw: str, hub: str | None, data_dir: Path | None, where: str, instead: str, folder_file: str | None = None
-) -> str | None:
-    """The local file a recipe ``path`` names, or ``None`` when the Hub dataset ``hub`` is to be used instead.
-
-    The Hub stands in only for a ``{data_dir}`` path whose data folder (or file in it) is absent, and a notice
-    says so: a path the user wrote out must exist. ``folder_file`` is the file to take when the path is a folder.
-    """
-    try:
-        path = paths.expand(raw, data_dir)
-    except FileNotFoundError as err:  # {data_dir} with no data folder set
-        if hub:
-            notice(f"{where}: no data folder for {raw!r} (pass --data-dir or set ${paths.ENV_VAR}); {instead}")
-            return None
-        raise RecipeError(f"{where}: {err}") from None
-    if folder_file and Path(path).is_dir():
-        path = str(Path(path) / folder_file)
-    if Path(path).is_file():
-        return path
-    if hub and "{data_dir}" in raw:
-        notice(f"{where}: {path}: not found; {instead}")
-        return None
-    raise RecipeError(f"{where}: file not found: {path}")
-
-
-def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source: str, lines: dict) -> Any:
-    from embedkit.data.sources import read_local
-
-    src = recipe.data.train
-    if src.path is None:
-        return None  # a Hub dataset is read when training starts
-    where = _where(source, lines, ("data", "train", "path"))
-    path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead")
-    if path is None:
-        return None
-    roles = method.roles()
-    try:
-        data = read_local(path, src.format, src.columns, types=method.column_types())
-    except DataError as err:
-        raise RecipeError(f"{where}: {err}") from None
-    if len(data.columns) != len(roles):
-        raise RecipeError(
-            f"{where}: method {recipe.method.name!r} needs {len(roles)} column(s) ({', '.join(roles)}), "
-            f"the data gives {len(data.columns)} ({', '.join(data.columns)}); select them with data.train.columns"
-        )
-    if src.max_samples:
-        data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
-    return data
-
-
-def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict) -> None:
-    """``data.dev`` follows the rule of ``data.train``: a written-out path must exist (the Hub copy is used
-    only for a ``{data_dir}`` path that is absent), checked now rather than after the heavy imports."""
-    dev = recipe.data.dev
-    if dev is None or not dev.path:
-        return
-    where = _where(source, lines, ("data", "dev", "path"))
-    instead = f"STS-B dev comes from the Hub dataset {dev.hub} ({dev.split}) instead"
-    _local_file(dev.path, dev.hub, data_dir, where, instead, folder_file="sts-dev.csv")
+    return recipe, source, lines
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -145,7 +145,7 @@ def count_tokens(model, sentences: list[str]) -> int:
 def bench_encode(data_dir: Path, args: argparse.Namespace) -> dict:
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.encode import encode_texts
+    from embedkit.encoding import encode as encode_texts
     from embedkit.modeling import resolve_model_path
 
     sentences = brown_sentences(data_dir, 10_000, seed=1)

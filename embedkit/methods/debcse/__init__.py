@@ -118,10 +118,10 @@ class DebCSE(Method):
                       device=p.mining_device)
         if p.mode == "mask-only":
             if self._cache is None or p.reference == "current":
-                from embedkit.mining import encode
+                from embedkit.mining import unit_vectors
 
                 texts, _ = debias.unique_texts(self._texts)
-                self._cache = (texts, encode(self.reference_model(), texts, p.mining_batch_size, p.mining_device))
+                self._cache = (texts, unit_vectors(self.reference_model(), texts, p.mining_batch_size, p.mining_device))
             texts, emb = self._cache
             rows = debias.identity_rows(self._texts, emb, texts)
             rows.round = round_

@@ -213,15 +213,15 @@ def mine(model: SentenceTransformer, texts: list[str], params: DebiasParams, see
     """Encode ``texts`` (unique) and their views with the reference ``model`` and mine top-K neighbours."""
     import torch
 
-    from embedkit.mining import encode, mining_device, top_k_neighbours
+    from embedkit.mining import mining_device, top_k_neighbours, unit_vectors
 
     if len(texts) < 2:
         raise ValueError(f"DebCSE mining needs at least 2 distinct sentences, got {len(texts)}")
-    emb = encode(model, texts, batch_size=batch_size, device=device)
+    emb = unit_vectors(model, texts, batch_size=batch_size, device=device)
     idx, sims = top_k_neighbours(emb, k=params.k, chunk_size=chunk_size, backend=backend,  # type: ignore[arg-type]
                                  device=mining_device(device))
     views = make_views(texts, params, seed, round_)
-    view_emb = [encode(model, v, batch_size=batch_size, device=device).half() for v in views]
+    view_emb = [unit_vectors(model, v, batch_size=batch_size, device=device).half() for v in views]
     stacked = torch.stack(view_emb) if view_emb else torch.zeros(0, len(texts), emb.shape[1], dtype=torch.float16)
     return MinedCorpus(texts, emb, idx.numpy(), sims.numpy().astype(np.float64), views, stacked, round_)
 

@@ -26,11 +26,12 @@ JSON_NAME = "diagnose.json"
 
 
 def _texts_of(recipe: Any, train_data: Any, roles: tuple[str, ...], max_samples: int | None) -> dict[str, list]:
-    from embedkit.data.sources import read_hub
+    from embedkit.data.sources import read_train_source
+    from embedkit.methods import get_method
 
     if train_data is None:
-        src = recipe.data.train
-        train_data = read_hub(src.hub, src.split, src.config, src.columns, types=recipe.method.column_types())
+        method = get_method(recipe.method.name)
+        train_data = read_train_source(recipe.data.train, recipe.method.name, roles, method.column_types())
     columns = dict(zip(roles, train_data.columns.values(), strict=False))
     if max_samples:
         columns = {k: list(v[:max_samples]) for k, v in columns.items()}
@@ -40,13 +41,13 @@ def _texts_of(recipe: Any, train_data: Any, roles: tuple[str, ...], max_samples:
 def _given_rows(columns: dict[str, list], model: Any, batch_size: int) -> Any:
     """MinedRows for data that already holds (anchor, positive[, negative]) columns."""
     from embedkit.methods.debcse.debias import MinedRows, unique_texts
-    from embedkit.mining import encode
+    from embedkit.mining import unit_vectors
 
     names = [c for c in columns if isinstance(columns[c][0], str)][:3]
     allt = [str(t) for c in names for t in columns[c]]
     texts, _ = unique_texts(allt)
     uid = {t: i for i, t in enumerate(texts)}
-    table = encode(model, texts, batch_size).half()
+    table = unit_vectors(model, texts, batch_size).half()
     anchor = [str(t) for t in columns[names[0]]]
     positive = [str(t) for t in columns[names[1]]]
     negative = [str(t) for t in columns[names[2]]] if len(names) > 2 else None
@@ -216,7 +217,7 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
     from embedkit.methods.debcse import DebCSEParams, build_reference
     from embedkit.methods.debcse.debias import debias, identity_rows
     from embedkit.modeling import build_model
-    from embedkit.recipe import load_recipe
+    from embedkit.validate import load_recipe
 
     recipe, train_data = load_recipe(recipe_path, overrides, data_dir)
     method_cls = get_method(recipe.method.name)
