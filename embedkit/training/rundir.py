@@ -112,6 +112,8 @@ def recipe_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
     out = []
     for key in sorted(set(saved) | set(current)):
         path = f"{prefix}{key}"
+        if key not in saved:
+            continue  # a key the run's embedkit did not have yet: the run had its behaviour, the default's
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             if "name" in a and a.get("name") != b.get("name"):  # another method/model: its parameters follow
