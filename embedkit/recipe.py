@@ -1,21 +1,23 @@
 """Recipes: a YAML file that is a whole experiment, validated in full before any model loads.
 
-A recipe has five sections, ``model``, ``data``, ``method``, ``training`` and ``output``, plus ``eval``
-and a one-line ``description``. The schema below is the single source of truth for keys, types and
-defaults; :func:`load_recipe` safe-loads the YAML, applies ``key.sub=value`` overrides, validates with
-pydantic (unknown keys are errors), validates the method's own parameters, and reads the local training
-data so that a malformed row is reported now, not an hour into training. Every error names the recipe file,
-the line and key path (or the data file and line) and what was expected.
+A recipe has five sections, ``model``, ``data``, ``method``, ``training`` and ``output``, plus ``eval``,
+a one-line ``description`` and, for a paper recipe, ``target`` (the published numbers it aims at). The
+schema below is the single source of truth for keys, types and defaults; :func:`load_recipe` safe-loads the
+YAML, applies ``key.sub=value`` overrides, validates with pydantic (unknown keys are errors), validates the
+method's own parameters, and reads the local training data so that a malformed row is reported now, not an
+hour into training. Every error names the recipe file, the line and key path (or the data file and line) and
+what was expected.
 
 Nothing here imports torch: validation of a bad recipe answers in well under a second.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -126,6 +128,43 @@ class EvalSection(Section):
     )
 
 
+# The STS suite's task names, as embedkit.evaluation reports them (tests check that the two lists agree).
+TARGET_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R")
+TargetTask = Literal["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R"]
+Score = Annotated[float, Field(strict=True, ge=-100, le=100)]  # a YAML number (not a string, not a bool)
+
+
+class TargetSection(Section):
+    """The published numbers a paper recipe aims at: what ``eval/reproduce.py`` compares a run with.
+
+    Scores are Spearman × 100 under the SentEval "all" setting (the suite ``eval.suite: sts`` runs), per task
+    and/or their average; ``source`` names the paper table they are quoted from.
+    """
+
+    source: str = Field(min_length=1, description="where the numbers are published (paper, table)")
+    protocol: str = Field(min_length=1, description="how they were measured, e.g. 'SentEval STS all, Spearman x100'")
+    tasks: dict[TargetTask, Score] = Field(default_factory=dict, description="published score per STS task")
+    avg: Score | None = Field(None, description="published average over the 7 STS tasks")
+
+    @field_validator("tasks", "avg", mode="after")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        values = value.values() if isinstance(value, dict) else [value]
+        if any(v is not None and not math.isfinite(v) for v in values):
+            raise ValueError("expected a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetSection:
+        if not self.tasks and self.avg is None:
+            raise ValueError("give the published 'avg', per-task 'tasks', or both")
+        if self.avg is not None and len(self.tasks) == len(TARGET_TASKS):
+            mean = sum(self.tasks.values()) / len(self.tasks)
+            if abs(mean - self.avg) > 0.006:  # published averages are rounded to 2 decimals
+                raise ValueError(f"avg {self.avg} is not the mean of the 7 tasks ({mean:.3f}); check the numbers")
+        return self
+
+
 class Recipe(Section):
     description: str = ""
     model: ModelSection
@@ -134,6 +173,7 @@ class Recipe(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     output: OutputSection
     eval: EvalSection = Field(default_factory=EvalSection)
+    target: TargetSection | None = Field(None, description="published numbers of a paper recipe (eval/reproduce.py)")
 
     @field_validator("description")
     @classmethod
@@ -297,7 +337,8 @@ def format_validation_error(
     """Turn a pydantic error into lines of ``file:line: key.path: what was expected``."""
     out = []
     for item in err.errors():
-        loc = prefix + tuple(p for p in item["loc"] if not isinstance(p, str) or not p.startswith("function-"))
+        loc = prefix + tuple(p for p in item["loc"]
+                             if not isinstance(p, str) or not (p.startswith("function-") or p == "[key]"))
         key = ".".join(str(p) for p in loc) or "(top level)"
         line = lines.get(loc) or lines.get(loc[:-1]) or lines.get(loc[:1])
         where = f"{source}:{line}" if line else source
