@@ -336,6 +336,8 @@ def push(
     Raises :class:`HubError` (an :class:`~embedkit.errors.EmbedkitError`) on any failure.
     """
     check_repo_id(repo_id)
+    if not Path(output_dir).is_dir():  # a local mistake is named before anything about tokens or the Hub
+        raise HubError(f"{output_dir}: output folder not found")
     from embedkit.model_ref import hub_offline
 
     if hub_offline() and not dry_run:

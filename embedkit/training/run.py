@@ -112,7 +112,7 @@ def _resume_checks(recipe: Recipe, train_data: Any, out: Path) -> tuple[Path, di
 def reserve(recipe: Recipe, train_data: Any, resume: bool, overwrite: bool) -> Plan | dict[str, Any]:
     """Every refusal about the output folder, then its lock. Returns the saved results of a finished run
     (``--resume`` leaves it as it is) or the :class:`Plan`."""
-    out = Path(recipe.output.dir)
+    out = Path(recipe.output.dir).expanduser()
     if resume and not overwrite:
         work, finished = _resume_checks(recipe, train_data, out)
         if finished is not None:
