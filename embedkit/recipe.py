@@ -105,11 +105,56 @@ class TrainingSection(Section):
     mini_batch_size: int | None = Field(
         None, gt=0, description="GradCache: encode in mini-batches of this size (same loss, less memory)"
     )
+    matryoshka_dims: list[int] | None = Field(
+        None, min_length=1, description="Matryoshka: the main loss also on these truncated, re-normalised prefixes "
+        "of the embedding (e.g. [384, 256, 128, 64]); null: off",
+    )
+    matryoshka_weights: list[float] | None = Field(
+        None, description="one weight per matryoshka_dims entry (default 1 each; the weighted losses are summed)"
+    )
     group_by_length: bool = Field(
         False, description="batches of similar length (less padding); order stays random across batches"
     )
     dataloader_workers: int = Field(0, ge=0)
     drop_last: bool = False
+
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _dims(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (any(d <= 0 for d in value) or len(set(value)) != len(value)):
+            raise ValueError(f"expected distinct positive dimensions, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _weights(self) -> TrainingSection:
+        w = self.matryoshka_weights
+        if w is not None and (self.matryoshka_dims is None or len(w) != len(self.matryoshka_dims)):
+            raise ValueError("training.matryoshka_weights needs one weight per training.matryoshka_dims entry")
+        if w is not None and any(x < 0 for x in w):
+            raise ValueError("training.matryoshka_weights must not be negative")
+        return self
+
+
+class TermEntry(BaseModel):
+    """One extra objective term: ``name`` (see :mod:`embedkit.losses.terms`), ``weight`` and the term's own
+    keys, validated by the term's schema."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class ObjectiveSection(Section):
+    """Extra objective terms added to the method's loss, each with a weight, logged separately."""
+
+    main_weight: float = Field(1.0, ge=0, description="weight of the method's own loss (0: the terms alone)")
+    terms: list[TermEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> ObjectiveSection:
+        if self.main_weight == 0 and not self.terms:
+            raise ValueError("main_weight 0 with no terms leaves no loss to train")
+        return self
 
 
 class OutputSection(Section):
@@ -171,6 +216,7 @@ class Recipe(Section):
     data: DataSection
     method: MethodSection
     training: TrainingSection = Field(default_factory=TrainingSection)
+    objective: ObjectiveSection | None = Field(None, description="extra objective terms (null: the method's loss)")
     output: OutputSection
     eval: EvalSection = Field(default_factory=EvalSection)
     target: TargetSection | None = Field(None, description="published numbers of a paper recipe (eval/reproduce.py)")

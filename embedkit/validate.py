@@ -47,6 +47,7 @@ def load_recipe(
             format_validation_error(err, source, lines, method.params_cls, prefix=("method",))
         ) from None
     recipe.method = MethodSection(name=recipe.method.name, **validated.model_dump())
+    _check_objective(recipe, method, validated, source, lines)
 
     # Paths and data.
     resolved_dir = paths.resolve_data_dir(data_dir)
@@ -63,10 +64,27 @@ def load_recipe(
     return recipe, train_data
 
 
+def _check_objective(recipe: Recipe, method: Any, params: Any, source: str, lines: dict) -> None:
+    """Validate each ``objective.terms`` entry by its term's schema, then refuse every cross-cutting option
+    (GradCache, Matryoshka, terms) the method cannot honour (:meth:`~embedkit.methods.base.Method.refusals`)."""
+    errors = []
+    for key, problem in method.objective_problems(recipe):
+        if isinstance(problem, ValidationError):  # a term entry against its schema
+            errors.append(format_validation_error(problem, source, lines, problem.title_schema, prefix=key))
+        else:
+            errors.append(f"{_where(source, lines, key)}: {problem}")
+    if not errors:
+        for key, reason in method.refusals(recipe, params):
+            errors.append(f"{_where(source, lines, tuple(key))}: {reason}")
+    if errors:
+        raise RecipeError("\n".join(errors))
+
+
 def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:
     """``file:line: key.path`` for a message; the nearest enclosing key's line when the key is a default."""
     line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
-    return f"{source}:{line}: {'.'.join(key)}" if line else f"{source}: {'.'.join(key)}"
+    dotted = ".".join(map(str, key))
+    return f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
 
 
 def _local_file(

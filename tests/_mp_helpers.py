@@ -60,6 +60,15 @@ def write_triples(folder: Path, n: int = 48) -> Path:
     return path
 
 
+def write_scored_pairs(folder: Path, n: int = 48) -> Path:
+    """``n`` (sentence1, sentence2, score) rows as CSV with a header (CoSENT)."""
+    path = Path(folder) / "pairs.csv"
+    rows = ["s1,s2,score"] + [f"the {WORDS[i % 12]} runs {i},a {WORDS[(i * 5) % 12]} walks {i},{(i * 7) % 6}"
+                              for i in range(n)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
 TRAIN_DATA: dict[str, Callable[[Path], Path]] = {
     "simcse-unsup": write_sentences,
     "simcse-sup": write_triples,
@@ -67,6 +76,7 @@ TRAIN_DATA: dict[str, Callable[[Path], Path]] = {
     "contriever": write_sentences,
     "debcse": write_sentences,
     "text2token": write_sentences,
+    "cosent": write_scored_pairs,
 }
 """Method name → writer of a small training file for it. Add one line per new method."""
 
@@ -111,9 +121,11 @@ def write_recipe(
     model: dict[str, Any] | None = None,
     method_params: dict[str, Any] | None = None,
     name: str = "recipe.yaml",
+    objective: dict[str, Any] | None = None,
 ) -> Path:
     """A recipe for a short run of ``method`` on the tiny model: no dev set, no final evaluation, a loss
-    logged at every step, a checkpoint at the end. ``training`` / ``model`` / ``method_params`` override keys."""
+    logged at every step, a checkpoint at the end. ``training`` / ``model`` / ``method_params`` override keys;
+    ``objective`` is the recipe's objective section (extra terms)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = TRAIN_DATA[method](folder)
@@ -127,6 +139,8 @@ def write_recipe(
         "eval": {"before": False, "suite": "none"},
         "output": {"dir": str(out_dir)},
     }
+    if objective is not None:
+        recipe["objective"] = objective
     path = folder / name
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     return path
@@ -278,6 +292,7 @@ def bitwise_equal(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 def kill_resume_compare(
     tmp: Path, model_path: str, method: str, training: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None, method_params: dict[str, Any] | None = None,
+    objective: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``method`` three ways and compare: uninterrupted; SIGKILLed right after its first checkpoint;
     that killed run resumed with ``embedkit train --resume``. Returns what the caller asserts on:
@@ -287,8 +302,9 @@ def kill_resume_compare(
     tmp = Path(tmp)
     training = {"max_steps": 12, "save_steps": 8, "batch_size": 8, **(training or {})}
     full_dir, cut_dir = tmp / "uninterrupted", tmp / "killed"
-    full = write_recipe(tmp / "full", model_path, method, full_dir, training, model, method_params)
-    cut = write_recipe(tmp / "cut", model_path, method, cut_dir, training, model, method_params)
+    full = write_recipe(tmp / "full", model_path, method, full_dir, training, model, method_params,
+                        objective=objective)
+    cut = write_recipe(tmp / "cut", model_path, method, cut_dir, training, model, method_params, objective=objective)
 
     check_ok(run_embedkit(["train", str(full)], tmp), "uninterrupted run")
     killed = run_embedkit(["train", str(cut)], tmp, sigkill_after_save=True)

@@ -19,6 +19,7 @@ from _mp_helpers import (
     marker,
     max_abs_diff,
     method_state,
+    results,
     run_in_process,
     run_torchrun,
     step_losses,
@@ -44,18 +45,42 @@ ZERO_GRADIENT = ("attention.self.key.bias",)
 @pytest.mark.multiproc
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_equal_one_process(method: str, tmp_path: Path, spread_model_path: str) -> None:
-    model = {"dropout": 0.0, **MODEL.get(method, {})}
-    common = {"max_steps": STEPS, "seed": 11}
+    compare_two_with_one(method, tmp_path, spread_model_path)
+
+
+# Composed objectives under torchrun: CoSENT ranks the pairs of both processes together; SimCSE with GradCache,
+# Matryoshka and the three extra terms (uniformity over the global batch, CWCL targets from gathered teacher
+# embeddings) gives the single process's losses and weights.
+COMPOSED = {
+    "cosent": ({}, {}, None),
+    "simcse-unsup": ({"mini_batch_size": 5, "matryoshka_dims": [32, 16]}, {"pooling": "mean", "mlp_only_train": False},
+                     {"terms": [{"name": "uniformity", "weight": 0.3}, {"name": "alignment", "weight": 0.2},
+                                {"name": "cwcl", "weight": 0.5, "floor": 0.2}]}),
+}
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("method", sorted(COMPOSED))
+def test_two_processes_equal_one_process_composed(method: str, tmp_path: Path, spread_model_path: str) -> None:
+    training, model, objective = COMPOSED[method]
+    compare_two_with_one(method, tmp_path, spread_model_path, training, {"pooling": "mean", "mlp_only_train": False,
+                                                                         **model}, objective)
+
+
+def compare_two_with_one(method: str, tmp_path: Path, spread_model_path: str, training: dict | None = None,
+                         model: dict | None = None, objective: dict | None = None) -> None:
+    model = {"dropout": 0.0, **MODEL.get(method, {}), **(model or {})}
+    common = {"max_steps": STEPS, "seed": 11, **(training or {})}
     multi_dir, single_dir = tmp_path / "two", tmp_path / "one"
     multi = write_recipe(tmp_path / "r2", spread_model_path, method, multi_dir,
-                         {**common, "batch_size": PER_DEVICE}, model, PARAMS.get(method))
+                         {**common, "batch_size": PER_DEVICE}, model, PARAMS.get(method), objective=objective)
     single = write_recipe(tmp_path / "r1", spread_model_path, method, single_dir,
-                          {**common, "batch_size": 2 * PER_DEVICE}, model, PARAMS.get(method))
+                          {**common, "batch_size": 2 * PER_DEVICE}, model, PARAMS.get(method), objective=objective)
 
     proc = run_torchrun(["train", str(multi)], tmp_path, nproc=2)
     check_ok(proc, "torchrun --nproc_per_node 2")
-    assert f"world size 2, batch {PER_DEVICE} per device, {2 * PER_DEVICE} global, " \
-           f"{2 * PER_DEVICE - 1} in-batch negatives per anchor" in proc.stdout
+    negatives = "" if method == "cosent" else f", {2 * PER_DEVICE - 1} in-batch negatives per anchor"
+    assert f"world size 2, batch {PER_DEVICE} per device, {2 * PER_DEVICE} global{negatives}" in proc.stdout
     run_in_process(single)
 
     # Same loss at every step (the logged loss is the mean over processes).
@@ -64,6 +89,15 @@ def test_two_processes_equal_one_process(method: str, tmp_path: Path, spread_mod
     for step in one:
         assert abs(one[step] - two[step]) < TOL * max(1.0, abs(one[step])), (step, one[step], two[step])
     assert abs(one[STEPS] - one[1]) > 1e-2, "the loss did not move; the comparison would say nothing"
+
+    if objective is not None:  # each term logged, the same in both set-ups (logs round terms to 4 decimals)
+        keys = {"loss_main_32", "loss_main_16"} | {f"loss_{t['name']}" for t in objective["terms"]}
+        h1, h2 = (
+            [h for h in results(d)["train"]["log_history"] if "loss" in h] for d in (single_dir, multi_dir))
+        for a, b in zip(h1, h2, strict=True):
+            assert keys <= set(a) and keys <= set(b), (a, b)
+            for key in keys:
+                assert abs(a[key] - b[key]) <= 2e-4 * max(1.0, abs(a[key])), (key, a, b)
 
     # Same final encoder.
     w1, w2 = final_weights(single_dir), final_weights(multi_dir)
@@ -80,6 +114,9 @@ def test_two_processes_equal_one_process(method: str, tmp_path: Path, spread_mod
     last1, last2 = checkpoint_dirs(single_dir)[-1], checkpoint_dirs(multi_dir)[-1]
     assert last1.name == last2.name == f"checkpoint-{STEPS}"
     s1, s2 = method_state(last1), method_state(last2)
+    if method == "cosent" or model.get("mlp_only_train") is False and method == "simcse-unsup":
+        assert not s1 and not s2  # no loss-owned state (the teacher is not saved)
+        return
     assert s1, "expected loss-owned state (training-only head, momentum encoder, queue, stage step)"
     assert max_abs_diff(s1, s2) < TOL
     digests = marker(last2)["method_state_sha256_per_rank"]

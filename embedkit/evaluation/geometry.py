@@ -9,6 +9,9 @@ All three work on unit vectors (embeddings are L2-normalised first):
 * anisotropy = E_{x ≠ y} cos(f(x), f(y)) over the same pairs: the mean cosine of unrelated sentences
   (near 0 for an isotropic space; large for the narrow cone of untuned BERT).
 
+Alignment and uniformity are computed by the training terms' formulas
+(:func:`embedkit.losses.alignment_uniformity.alignment` / ``uniformity``, in float64): one implementation.
+
 Reference: Tongzhou Wang, Phillip Isola. "Understanding Contrastive Representation Learning through
 Alignment and Uniformity on the Hypersphere." ICML 2020.
 """
@@ -33,7 +36,11 @@ def alignment(x: np.ndarray, y: np.ndarray, alpha: float = 2.0) -> float:
     """Mean ‖x_i − y_i‖^α over positive pairs (rows of ``x`` and ``y``), on unit vectors."""
     if len(x) == 0:
         return float("nan")
-    return float((np.linalg.norm(_unit(x) - _unit(y), axis=1) ** alpha).mean())
+    import torch
+
+    from embedkit.losses import alignment_uniformity as au
+
+    return float(au.alignment(torch.as_tensor(_unit(x)), torch.as_tensor(_unit(y)), alpha))
 
 
 def _pair_cosines(x: np.ndarray) -> np.ndarray:
@@ -47,8 +54,11 @@ def uniformity(x: np.ndarray, t: float = 2.0) -> float:
     """log mean exp(−t ‖x_i − x_j‖²) over all pairs i < j, on unit vectors (‖a − b‖² = 2 − 2 cos)."""
     if len(x) < 2:
         return float("nan")
-    sq = np.clip(2.0 - 2.0 * _pair_cosines(x), 0.0, None)
-    return float(np.log(np.mean(np.exp(-t * sq))))
+    import torch
+
+    from embedkit.losses import alignment_uniformity as au
+
+    return float(au.uniformity(torch.as_tensor(_unit(x)), t))
 
 
 def anisotropy(x: np.ndarray) -> float:

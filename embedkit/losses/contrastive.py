@@ -5,51 +5,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from sentence_transformers.base.losses import CachedLossMixin
 from torch import Tensor, nn
 
-from embedkit.losses.common import cosine_matrix, encode_columns, gather, world
+from embedkit.losses.common import cosine_matrix, world
+from embedkit.losses.objective import ComposedLoss, ViewBatch
 
 
-class _ContrastiveLoss(CachedLossMixin, nn.Module):
-    """Shared plumbing: the plain path encodes every view in one forward pass; with ``mini_batch_size`` set,
-    the GradCache path of sentence-transformers (:class:`CachedLossMixin`: embed mini-batches without a graph,
-    back-propagate the loss to the embeddings, then replay each mini-batch with the same RNG state) gives the
-    same loss and gradients with the activation memory of one mini-batch."""
-
-    repeat = 1  # how many times each dataset column enters the batch (2 for dropout views)
-
-    def __init__(self, model: nn.Module, head: nn.Module | None, gather_across_devices: bool,
-                 mini_batch_size: int | None) -> None:
-        nn.Module.__init__(self)
-        self.model = model
-        self.head = head
-        self.gather_across_devices = gather_across_devices
-        self.mini_batch_size = mini_batch_size
-
-    def score(self, views: list[Tensor]) -> Tensor:
-        """The loss from the embeddings of each view (before the training-only head)."""
-        raise NotImplementedError
-
-    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
-        if self.mini_batch_size:
-            columns = [f for f in sentence_features for _ in range(self.repeat)]
-            return self.forward_cached(columns, labels)
-        return self.score(encode_columns(self.model, sentence_features, repeat=self.repeat))
-
-    def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *,
-                       with_backward: bool = False) -> Tensor:
-        loss = self.score([torch.cat(mbs) for mbs in reps])
-        if with_backward:
-            loss.backward()
-            loss = loss.detach()
-        return loss
-
-    def project(self, x: Tensor) -> Tensor:
-        return self.head(x) if self.head is not None else x
-
-
-class SimCSELoss(_ContrastiveLoss):
+class SimCSELoss(ComposedLoss):
     """Unsupervised SimCSE: the positive of a sentence is the same sentence under another dropout mask.
 
     Each sentence enters the batch twice and both copies are encoded in one forward pass with dropout on,
@@ -73,8 +35,6 @@ class SimCSELoss(_ContrastiveLoss):
         # dataset: one column of sentences
     """
 
-    repeat = 2
-
     def __init__(
         self, model: nn.Module, temperature: float = 0.05, head: nn.Module | None = None,
         gather_across_devices: bool = True, mini_batch_size: int | None = None,
@@ -82,12 +42,16 @@ class SimCSELoss(_ContrastiveLoss):
         super().__init__(model, head, gather_across_devices, mini_batch_size)
         self.temperature = temperature
 
-    def score(self, views: list[Tensor]) -> Tensor:
+    def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None) -> ViewBatch:
+        text = features[0]
+        return ViewBatch([text, text], labels, anchor_features=text, positive_features=text)
+
+    def score(self, views: list[Tensor], batch: ViewBatch | None = None) -> Tensor:
         z1, z2 = (self.project(v) for v in views)
-        return info_nce(z1, gather(z2, self.gather_across_devices), self.temperature)
+        return info_nce(z1, self.gather(z2), self.temperature)
 
 
-class SupervisedSimCSELoss(_ContrastiveLoss):
+class SupervisedSimCSELoss(ComposedLoss):
     """Supervised SimCSE on (anchor, positive, hard negative) triples, e.g. NLI entailment/contradiction.
 
     Each anchor ``h_i`` is scored against every positive ``h_j⁺`` and every hard negative ``h_j⁻`` of the
@@ -120,10 +84,13 @@ class SupervisedSimCSELoss(_ContrastiveLoss):
         self.temperature = temperature
         self.hard_negative_weight = hard_negative_weight
 
-    def score(self, views: list[Tensor]) -> Tensor:
+    def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None) -> ViewBatch:
+        return ViewBatch(features, labels, anchor_features=features[0], positive_features=features[1])
+
+    def score(self, views: list[Tensor], batch: ViewBatch | None = None) -> Tensor:
         views = [self.project(v) for v in views]
         anchors = views[0]
-        candidates = [gather(v, self.gather_across_devices) for v in views[1:]]
+        candidates = [self.gather(v) for v in views[1:]]
         return info_nce(anchors, candidates[0], self.temperature, candidates[1:], self.hard_negative_weight)
 
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from transformers import TrainerCallback
 
 from embedkit.losses.common import gather_no_grad
+from embedkit.losses.objective import ComposedLoss, ViewBatch
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -193,7 +194,7 @@ def momentum_callbacks(loss: nn.Module) -> list[MomentumUpdate]:
     return [MomentumUpdate(encoder, loss)] if encoder is not None else []
 
 
-class MoCoLoss(nn.Module):
+class MoCoLoss(ComposedLoss):
     """MoCo's InfoNCE with queue-only negatives (Contriever's objective).
 
     For each text, two views are drawn (e.g. independent random crops with token deletion): the query
@@ -212,6 +213,9 @@ class MoCoLoss(nn.Module):
         views: called as ``views(features, rows, view=i)`` to make view ``i``; ``None`` uses the text as is.
         temperature: τ (0.05 in Contriever).
         normalize: use cosine instead of the dot product.
+        gather_across_devices: gather the keys of every process before they are enqueued (read by the queue).
+        mini_batch_size: GradCache mini-batch for the queries (None: one forward pass); keys are computed
+            outside it, without gradient.
 
     Example::
 
@@ -221,35 +225,39 @@ class MoCoLoss(nn.Module):
     """
 
     def __init__(self, model: nn.Module, momentum_encoder: MomentumEncoder, queue: KeyQueue,
-                 views: nn.Module | None = None, temperature: float = 0.05, normalize: bool = False) -> None:
-        super().__init__()
-        self.model = model
+                 views: nn.Module | None = None, temperature: float = 0.05, normalize: bool = False,
+                 gather_across_devices: bool = True, mini_batch_size: int | None = None) -> None:
+        super().__init__(model, None, gather_across_devices, mini_batch_size)
         self.momentum_encoder = momentum_encoder
         self.queue = queue
         self.views = views
         self.temperature = temperature
         self.normalize = normalize
 
-    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+    def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> ViewBatch:
         """``labels``: the dataset row id of each batch row, handed to ``views`` (may be ``None``)."""
-        features = sentence_features[0]
-        training = self.model.training
+        text = features[0]
         if self.views is not None:
-            q_features = self.views(features, labels, view=0)
-            k_features = self.views(features, labels, view=1)
-            if training:
+            q_features = self.views(text, labels, view=0)
+            k_features = self.views(text, labels, view=1)
+            if self.model.training:
                 self.views.advance()
         else:
-            q_features = k_features = features
-        q = self.model(dict(q_features))["sentence_embedding"]
-        k = self.momentum_encoder(k_features).to(q.dtype)
-        negatives = self.queue.negatives().to(q.device, q.dtype)
+            q_features = k_features = text
+        k = self.momentum_encoder(k_features)
+        return ViewBatch([q_features], labels, pair=(0, 0), positive=k, side={"negatives": self.queue.negatives()},
+                         anchor_features=q_features, positive_features=k_features, extra={"keys": k})
+
+    def score(self, views: list[Tensor], batch: ViewBatch) -> Tensor:
+        q = views[0]
+        k = batch.positive.to(q.dtype)
+        negatives = batch.side["negatives"].to(q.device, q.dtype)
         if self.normalize:
             q, k, negatives = F.normalize(q, dim=-1), F.normalize(k, dim=-1), F.normalize(negatives, dim=-1)
         positive = (q * k).sum(dim=-1, keepdim=True)
         logits = torch.cat([positive, q @ negatives.T], dim=1) / self.temperature
         labels0 = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-        loss = F.cross_entropy(logits.float(), labels0)
-        if training:
-            self.queue.enqueue(k)
-        return loss
+        return F.cross_entropy(logits.float(), labels0)
+
+    def after(self, batch: ViewBatch) -> None:
+        self.queue.enqueue(batch.extra["keys"])

@@ -2,7 +2,10 @@
 
 A method is one file in ``embedkit/methods/``: a pydantic schema for its parameters, the text columns it
 trains on, and a ``build_loss`` that returns an ``nn.Module`` loss in the sentence-transformers convention
-(``loss(features, labels) -> Tensor``). Optional hooks add trainer callbacks, a batch sampler or a dataset
+(``loss(features, labels) -> Tensor``). A loss that subclasses :class:`embedkit.losses.objective.ComposedLoss`
+(views + main loss; set ``composable = True``) gets GradCache, gathering, Matryoshka and objective terms from the
+framework; :meth:`Method.refusals` says at validation which of them the method cannot honour.
+Optional hooks add trainer callbacks, a batch sampler or a dataset
 transform. Torch is imported only inside the hooks, so recipes validate without it.
 """
 
@@ -61,6 +64,75 @@ class Method:
     in_batch_negatives: ClassVar[bool] = True  # the loss contrasts each anchor with the rest of the batch
     paper: ClassVar[str] = ""
     citation: ClassVar[str] = ""
+    # What the framework may compose onto the method's loss (embedkit.losses.objective). A method whose loss
+    # is a ComposedLoss sets ``composable``; the others refuse training.mini_batch_size, matryoshka_dims and
+    # objective terms at validation.
+    composable: ClassVar[bool] = False
+    matryoshka: ClassVar[bool] = True  # the main loss is a function of embeddings that may be truncated
+
+    @classmethod
+    def has_positives(cls, params: Any) -> bool:
+        """Whether each row gives an (anchor, positive) pair of views (what alignment and CWCL need)."""
+        return True
+
+    @classmethod
+    def refusals(cls, recipe: Recipe, params: Any) -> list[tuple[tuple, str]]:
+        """(recipe key path, reason) for each cross-cutting option the recipe sets that this method cannot
+        honour; :func:`embedkit.recipe.load_recipe` turns them into ``file:line: key: reason`` errors."""
+        from embedkit.losses.terms import term_info
+
+        t, out = recipe.training, []
+        terms = recipe.objective.terms if recipe.objective is not None else []
+        if not cls.composable:
+            why = f"method {cls.name!r} does not compose its loss (embedkit.losses.objective.ComposedLoss)"
+            if t.mini_batch_size:
+                out.append((("training", "mini_batch_size"), f"{why}; remove the key"))
+            if t.matryoshka_dims:
+                out.append((("training", "matryoshka_dims"), f"{why}; remove the key"))
+            if recipe.objective is not None:
+                out.append((("objective",), f"{why}; remove the section"))
+            return out
+        if t.matryoshka_dims:
+            if not cls.matryoshka:
+                out.append((("training", "matryoshka_dims"),
+                            f"method {cls.name!r} needs the full embedding (its loss reads every dimension)"))
+            elif recipe.model.pooling == "cls" and recipe.model.mlp_only_train:
+                out.append((("training", "matryoshka_dims"),
+                            "a training-only MLP head (model.mlp_only_train) maps the full embedding; truncated "
+                            "prefixes cannot go through it: set model.mlp_only_train: false or drop matryoshka_dims"))
+        for i, term in enumerate(terms):
+            if term_info(term.name).needs == "pairs" and not cls.has_positives(params):
+                out.append((("objective", "terms", i, "name"),
+                            f"term {term.name!r} needs an (anchor, positive) pair per row; method {cls.name!r} "
+                            "gives none" + cls.positives_hint()))
+        return out
+
+    @classmethod
+    def objective_problems(cls, recipe: Recipe) -> list[tuple[tuple, Any]]:
+        """Each ``objective.terms`` entry checked against its term's schema: (key path, message) for an unknown
+        term name, (entry path, ``ValidationError`` with ``title_schema`` set to the schema) for bad keys."""
+        from pydantic import ValidationError
+
+        from embedkit.losses.terms import term_info
+
+        out: list[tuple[tuple, Any]] = []
+        for i, entry in enumerate(recipe.objective.terms if recipe.objective is not None else []):
+            prefix = ("objective", "terms", i)
+            try:
+                info = term_info(entry.name)
+            except KeyError as err:
+                out.append((prefix + ("name",), err.args[0]))
+                continue
+            try:
+                info.params.model_validate(entry.model_dump())
+            except ValidationError as err:
+                err.title_schema = info.params
+                out.append((prefix, err))
+        return out
+
+    @classmethod
+    def positives_hint(cls) -> str:
+        return ""
 
     def __init__(self, ctx: TrainContext) -> None:
         self.ctx = ctx

@@ -45,6 +45,7 @@ class Contriever(Method):
     paper = "Izacard et al., Unsupervised Dense Information Retrieval with Contrastive Learning (TMLR 2022), " \
             "arXiv:2112.09118"
     citation = CONTRIEVER_CITATION
+    composable = True
 
     def prepare_dataset(self, dataset: Any) -> Any:
         return add_row_ids(dataset)

@@ -32,15 +32,12 @@ class SimCSEUnsup(Method):
     column_roles = ("text",)
     paper = "Gao et al., SimCSE (EMNLP 2021), arXiv:2104.08821"
     citation = SIMCSE_CITATION
+    composable = True
 
     def build_loss(self):
         from embedkit.losses.contrastive import SimCSELoss
 
-        return SimCSELoss(
-            self.ctx.model, self.params.temperature, head=training_head(self),
-            gather_across_devices=self.ctx.recipe.training.gather_across_devices,
-            mini_batch_size=self.ctx.recipe.training.mini_batch_size,
-        )
+        return SimCSELoss(self.ctx.model, self.params.temperature, head=training_head(self))
 
 
 @register
@@ -52,12 +49,11 @@ class SimCSESup(Method):
     column_roles = ("anchor", "positive", "negative")
     paper = "Gao et al., SimCSE (EMNLP 2021), arXiv:2104.08821"
     citation = SIMCSE_CITATION
+    composable = True
 
     def build_loss(self):
         from embedkit.losses.contrastive import SupervisedSimCSELoss
 
         return SupervisedSimCSELoss(
-            self.ctx.model, self.params.temperature, self.params.hard_negative_weight, head=training_head(self),
-            gather_across_devices=self.ctx.recipe.training.gather_across_devices,
-            mini_batch_size=self.ctx.recipe.training.mini_batch_size,
+            self.ctx.model, self.params.temperature, self.params.hard_negative_weight, head=training_head(self)
         )

@@ -211,7 +211,9 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
                        extras={"data_dir": data_dir})
     method = method_cls(ctx)
     dataset = method.prepare_dataset(dataset)
-    loss = method.build_loss()
+    from embedkit.losses.objective import compose
+
+    loss = compose(method.build_loss(), recipe, model)  # GradCache, gathering, Matryoshka, objective terms
 
     t = recipe.training
     global_batch = t.batch_size * world_size

@@ -88,6 +88,7 @@ class DebCSE(Method):
     column_roles = ("text",)
     paper = "Miao, Du and Zhang, DebCSE (CIKM 2023), arXiv:2309.07396 — embedkit's reading, no official code"
     citation = DEBCSE_CITATION
+    composable = True
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
@@ -191,7 +192,6 @@ class DebCSE(Method):
         p = self.params
         self.loss = DebCSELoss(
             self.ctx.model, p.temperature, p.hard_negative_weight, head=training_head(self),
-            gather_across_devices=self.ctx.recipe.training.gather_across_devices,
             margin=false_negative_margin(self.holder.rows, p), threshold=false_negative_threshold(self.holder.rows, p),
             dropout_positive=p.mode == "mask-only",
         )

@@ -7,8 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from embedkit.losses.common import encode_columns, gather, gather_no_grad, world
+from embedkit.losses.common import gather_no_grad, world
 from embedkit.losses.contrastive import info_nce
+from embedkit.losses.objective import ComposedLoss, ViewBatch
 
 
 def false_negative_mask(
@@ -47,7 +48,7 @@ def false_negative_mask(
     return mask
 
 
-class DebCSELoss(nn.Module):
+class DebCSELoss(ComposedLoss):
     """InfoNCE over (anchor, positive[, hard negative]) rows with in-batch negatives, minus likely false
     negatives: embedkit's reading of DebCSE (Miao et al., CIKM 2023, arXiv:2309.07396).
 
@@ -74,6 +75,7 @@ class DebCSELoss(nn.Module):
         margin: cosine margin over the positive above which an in-batch candidate is masked.
         threshold: reference cosine at or above which a candidate is masked (``None``: off).
         dropout_positive: one text column, positive = second dropout view (masking-only add-on).
+        mini_batch_size: GradCache mini-batch (None: one forward pass); the mask is computed outside it.
 
     Example::
 
@@ -86,13 +88,11 @@ class DebCSELoss(nn.Module):
         self, model: nn.Module, temperature: float = 0.05, hard_negative_weight: float = 0.0,
         head: nn.Module | None = None, gather_across_devices: bool = True, margin: float = 0.0,
         threshold: float | None = 0.95, dropout_positive: bool = False, reference: Tensor | None = None,
+        mini_batch_size: int | None = None,
     ) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, head, gather_across_devices, mini_batch_size)
         self.temperature = temperature
         self.hard_negative_weight = hard_negative_weight
-        self.head = head
-        self.gather_across_devices = gather_across_devices
         self.margin = margin
         self.threshold = threshold
         self.dropout_positive = dropout_positive
@@ -130,23 +130,25 @@ class DebCSELoss(nn.Module):
             offset[rounds == r] = self._offsets[r]
         return torch.where(out >= 0, out + offset.unsqueeze(1), out)
 
-    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
-        if self.dropout_positive:
-            anchors, positives = encode_columns(self.model, sentence_features[:1], self.head, repeat=2)
-            views = [anchors, positives]
-        else:
-            views = encode_columns(self.model, sentence_features, self.head)
-        anchors = views[0]
-        candidates = [gather(v, self.gather_across_devices) for v in views[1:]]
-        mask = None
+    def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> ViewBatch:
+        columns = [features[0], features[0]] if self.dropout_positive else list(features)
+        batch = ViewBatch(columns, labels, anchor_features=columns[0], positive_features=columns[1])
         if labels is not None and self.reference is not None:
-            n = anchors.shape[0]
+            n = columns[0]["input_ids"].shape[0]
             ids = labels.view(n, -1).long()
             all_ids = self._global_ids(gather_no_grad(ids, self.gather_across_devices).to(self.reference.device))
             rank, size = world()
-            offset = rank * n if candidates[0].shape[0] == n * size else 0
-            negative_ids = all_ids[:, 2] if len(candidates) > 1 else None
+            offset = rank * n if self.gather_across_devices and size > 1 else 0
+            negative_ids = all_ids[:, 2] if len(columns) > 2 else None
             mask = false_negative_mask(self.reference, all_ids[offset:offset + n, 0], all_ids[:, 1], negative_ids,
                                        offset, self.margin, self.threshold)
             self.last_masked_fraction = float(mask.float().mean())
-        return info_nce(anchors, candidates[0], self.temperature, candidates[1:], self.hard_negative_weight, mask=mask)
+            batch.extra["mask"] = mask
+        return batch
+
+    def score(self, views: list[Tensor], batch: ViewBatch) -> Tensor:
+        views = self.project_all(views)
+        anchors = views[0]
+        candidates = [self.gather(v) for v in views[1:]]
+        return info_nce(anchors, candidates[0], self.temperature, candidates[1:], self.hard_negative_weight,
+                        mask=batch.extra.get("mask"))

@@ -48,6 +48,7 @@ class ESimCSE(Method):
     column_roles = ("text",)
     paper = "Wu et al., ESimCSE (COLING 2022), arXiv:2109.04380"
     citation = ESIMCSE_CITATION
+    composable = True
 
     def prepare_dataset(self, dataset: Any) -> Any:
         if self.params.repetition == "word":  # only word repetition re-reads the raw sentences
@@ -80,10 +81,8 @@ class ESimCSE(Method):
             encoder = MomentumEncoder(model, p.momentum, p.momentum_init, seed=seed)
             queue = KeyQueue(size, model.get_embedding_dimension(), "empty",
                              gather_across_devices=self.ctx.recipe.training.gather_across_devices)
-        return ESimCSELoss(
-            model, p.temperature, head=head, repetition=repetition, momentum_encoder=encoder, queue=queue,
-            gather_across_devices=self.ctx.recipe.training.gather_across_devices,
-        )
+        return ESimCSELoss(model, p.temperature, head=head, repetition=repetition, momentum_encoder=encoder,
+                           queue=queue)
 
     def callbacks(self, loss) -> list:
         from embedkit.losses.momentum import momentum_callbacks

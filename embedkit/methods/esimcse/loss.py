@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from embedkit.losses.common import cosine_matrix, encode_columns, gather
+from embedkit.losses.common import cosine_matrix
 from embedkit.losses.contrastive import info_nce
 from embedkit.losses.momentum import KeyQueue, MomentumEncoder
+from embedkit.losses.objective import ComposedLoss, ViewBatch
 
 
-class ESimCSELoss(nn.Module):
+class ESimCSELoss(ComposedLoss):
     """Unsupervised SimCSE with a repetition-augmented positive and a momentum queue of extra negatives.
 
     The anchor ``h_i`` is the sentence as is; the positive ``h_i⁺`` is the same sentence with some words
@@ -34,6 +35,8 @@ class ESimCSELoss(nn.Module):
         momentum_encoder: a :class:`~embedkit.losses.momentum.MomentumEncoder` (needed with ``queue``).
         queue: a :class:`~embedkit.losses.momentum.KeyQueue` of past keys.
         gather_across_devices: gather in-batch positives from every process.
+        mini_batch_size: GradCache mini-batch (None: one forward pass for the whole batch); the keys are
+            computed outside it, without gradient.
 
     Example::
 
@@ -46,38 +49,41 @@ class ESimCSELoss(nn.Module):
     def __init__(
         self, model: nn.Module, temperature: float = 0.05, head: nn.Module | None = None,
         repetition: nn.Module | None = None, momentum_encoder: MomentumEncoder | None = None,
-        queue: KeyQueue | None = None, gather_across_devices: bool = True,
+        queue: KeyQueue | None = None, gather_across_devices: bool = True, mini_batch_size: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(model, head, gather_across_devices, mini_batch_size)
         if (queue is None) != (momentum_encoder is None):
             raise ValueError("a momentum queue needs both momentum_encoder and queue")
-        self.model = model
         self.temperature = temperature
-        self.head = head
         self.repetition = repetition
         self.momentum_encoder = momentum_encoder
         self.queue = queue
-        self.gather_across_devices = gather_across_devices
 
-    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+    def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> ViewBatch:
         """``labels``: the dataset row id of each batch row (the esimcse method adds them as the label
         column); they key each row's repetition. Without them, static views are keyed by the tokens."""
-        anchor = sentence_features[0]
-        training = self.model.training
+        anchor = features[0]
+        positive = anchor
         if self.repetition is not None:
             positive = self.repetition(anchor, labels)
-            if training:
+            if self.model.training:
                 self.repetition.advance()
-            z1, z2 = encode_columns(self.model, [anchor, positive], self.head)
-        else:
-            z1, z2 = encode_columns(self.model, [anchor], self.head, repeat=2)
-        extra = keys = None
+        batch = ViewBatch([anchor, positive], labels, anchor_features=anchor, positive_features=positive)
         if self.queue is not None:
-            keys = self.momentum_encoder(anchor, self.head)
-            negatives = self.queue.negatives().to(z1.device)
+            batch.extra["keys"] = self.momentum_encoder(anchor, self.head)
+            batch.side["negatives"] = self.queue.negatives()
+        return batch
+
+    def score(self, views: list[Tensor], batch: ViewBatch) -> Tensor:
+        z1, z2 = self.project_all(views)
+        extra = None
+        negatives = batch.side.get("negatives")
+        if negatives is not None:
+            negatives = negatives.to(z1.device)
             if negatives.shape[0]:
                 extra = cosine_matrix(z1, negatives.to(z1.dtype)) / self.temperature
-        loss = info_nce(z1, gather(z2, self.gather_across_devices), self.temperature, extra_logits=extra)
-        if keys is not None and training:
-            self.queue.enqueue(keys)
-        return loss
+        return info_nce(z1, self.gather(z2), self.temperature, extra_logits=extra)
+
+    def after(self, batch: ViewBatch) -> None:
+        if batch.extra.get("keys") is not None:
+            self.queue.enqueue(batch.extra["keys"])

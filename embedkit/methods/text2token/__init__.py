@@ -74,6 +74,16 @@ class Text2Token(Method):
     column_roles = ("text",)
     paper = "An et al., Text2Token (2025), arXiv:2510.10224 (our reading; code not public)"
     citation = TEXT2TOKEN_CITATION
+    composable = True
+    matryoshka = False  # the vocabulary head reads the whole embedding
+
+    @classmethod
+    def has_positives(cls, params) -> bool:
+        return params.infonce_weight > 0  # two dropout views only with the InfoNCE term
+
+    @classmethod
+    def positives_hint(cls) -> str:
+        return " unless method.infonce_weight > 0 (two dropout views)"
 
     def _corpus_path(self) -> str | None:
         from embedkit import paths
@@ -174,7 +184,6 @@ class Text2Token(Method):
             self.ctx.model, head, data_targets, model_targets, temperature=p.temperature,
             stage2_step=p.stage2_step if p.mixture > 0 else None, mixture=p.mixture,
             infonce_weight=p.infonce_weight, infonce_temperature=p.infonce_temperature, projection=projection,
-            gather_across_devices=self.ctx.recipe.training.gather_across_devices,
         )
 
     def callbacks(self, loss):

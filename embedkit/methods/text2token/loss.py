@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embedkit.losses.common import concat_features, gather
 from embedkit.losses.contrastive import info_nce
+from embedkit.losses.objective import ComposedLoss, ViewBatch
 from embedkit.methods.text2token.targets import DataTargets, ModelTargets
 from embedkit.methods.text2token.vocab_head import VocabHead
 
@@ -31,7 +31,7 @@ def token_kl(target: Tensor, log_q: Tensor, valid: Tensor | None = None) -> Tens
     return per_row[valid].mean()
 
 
-class Text2TokenLoss(nn.Module):
+class Text2TokenLoss(ComposedLoss):
     """Train a sentence embedding to predict a target distribution over the vocabulary.
 
     The pooled embedding ``e`` of a text goes through the vocabulary head ``g`` (the backbone's MLM/LM head,
@@ -62,6 +62,7 @@ class Text2TokenLoss(nn.Module):
         infonce_temperature: τ of the InfoNCE term.
         projection: optional training-only MLP for the InfoNCE views (SimCSE's ``mlp_only_train``).
         gather_across_devices: gather InfoNCE negatives from every process.
+        mini_batch_size: GradCache mini-batch (None: one forward pass); the targets are computed outside it.
 
     Example::
 
@@ -74,13 +75,13 @@ class Text2TokenLoss(nn.Module):
         self, model: nn.Module, head: VocabHead, data_targets: DataTargets, model_targets: ModelTargets | None = None,
         temperature: float = 1.0, stage2_step: int | None = None, mixture: float = 1.0, infonce_weight: float = 0.0,
         infonce_temperature: float = 0.05, projection: nn.Module | None = None, gather_across_devices: bool = True,
+        mini_batch_size: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(model, None, gather_across_devices, mini_batch_size)
         if stage2_step is not None and model_targets is None and mixture > 0:
             raise ValueError("stage 2 with mixture > 0 needs model_targets")
         if not 0.0 <= mixture <= 1.0:
             raise ValueError("mixture must be in [0, 1]")
-        self.model = model
         self.head = head
         self.projection = projection
         object.__setattr__(self, "data_targets", data_targets)
@@ -90,7 +91,6 @@ class Text2TokenLoss(nn.Module):
         self.mixture = mixture
         self.infonce_weight = infonce_weight
         self.infonce_temperature = infonce_temperature
-        self.gather_across_devices = gather_across_devices
         self.register_buffer("step", torch.zeros(1, dtype=torch.long))
         self.external_step = False
         self.last: dict[str, float] = {}
@@ -115,26 +115,33 @@ class Text2TokenLoss(nn.Module):
         mixed[~valid] = model[~valid]
         return mixed, torch.ones_like(valid)
 
-    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
-        features = sentence_features[0]
-        target, valid = self.targets(features)
+    def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> ViewBatch:
+        text = features[0]
+        target, valid = self.targets(text)
         views = 2 if self.infonce_weight > 0 else 1
-        batch, _ = concat_features([features] * views)
-        emb = self.model(dict(batch))["sentence_embedding"]
+        return ViewBatch([text] * views, labels, pair=(0, 1) if views == 2 else None, anchor_features=text,
+                         positive_features=text, extra={"target": target, "valid": valid})
+
+    def score(self, views: list[Tensor], batch: ViewBatch) -> Tensor:
+        target, valid = batch.extra["target"], batch.extra["valid"]
+        emb = torch.cat(views) if len(views) > 1 else views[0]
+        n = len(views)
         logits = self.head(emb).float() / self.temperature
         log_q = F.log_softmax(logits, dim=-1)
-        kl = token_kl(target.repeat(views, 1), log_q, valid.repeat(views))
+        kl = token_kl(target.repeat(n, 1), log_q, valid.repeat(n))
         loss = kl
         self.last = {"kl": float(kl.detach()), "stage": float(self.stage()), "valid": float(valid.float().mean())}
-        if views == 2:
+        if n == 2:
             z = self.projection(emb) if self.projection is not None else emb
             z1, z2 = torch.chunk(z, 2, dim=0)
-            contrastive = info_nce(z1, gather(z2, self.gather_across_devices), self.infonce_temperature)
+            contrastive = info_nce(z1, self.gather(z2), self.infonce_temperature)
             loss = kl + self.infonce_weight * contrastive
             self.last["infonce"] = float(contrastive.detach())
-        if getattr(self.model, "training", True) and not self.external_step:
-            self.step += 1
         return loss
+
+    def after(self, batch: ViewBatch) -> None:
+        if not self.external_step:
+            self.step += 1
 
 
 def stage_callback(loss: Text2TokenLoss) -> Any:

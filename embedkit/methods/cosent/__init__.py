@@ -22,7 +22,7 @@ class CoSENTParams(MethodParams):
 class CoSENT(Method):
     """Pairs with a gold similarity; every pair with a higher gold score must get a higher cosine.
 
-    The loss is sentence-transformers' ``CoSENTLoss``:
+    The loss is sentence-transformers' ``CoSENTLoss`` arithmetic (:class:`embedkit.methods.cosent.loss.CoSENTLoss`):
     ``log(1 + Σ_{s_ij > s_kl} exp(λ (cos_kl − cos_ij)))`` over the pairs of the batch.
     """
 
@@ -33,8 +33,13 @@ class CoSENT(Method):
     in_batch_negatives = False
     paper = "Su, CoSENT (2022), https://kexue.fm/archives/8847"
     citation = COSENT_CITATION
+    composable = True
+
+    @classmethod
+    def has_positives(cls, params) -> bool:
+        return False  # scored pairs, not positives
 
     def build_loss(self):
-        from sentence_transformers.losses import CoSENTLoss
+        from embedkit.methods.cosent.loss import CoSENTLoss
 
         return CoSENTLoss(self.ctx.model, scale=self.params.scale)

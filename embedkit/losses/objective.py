@@ -1,0 +1,259 @@
+"""Objectives that compose: a method supplies its *views* and its main loss; the cross-cutting pieces are
+applied here, the same way for every method.
+
+A method's loss subclasses :class:`ComposedLoss` and implements three small hooks:
+
+* :meth:`ComposedLoss.plan` — from the tokenised batch, the columns the trained encoder embeds (with
+  gradient; a column entered twice gives two dropout views) and everything computed *outside* the encoder
+  pass without gradient: momentum keys, queue negatives, masks, token targets (a :class:`ViewBatch`);
+* :meth:`ComposedLoss.score` — the main loss as a function of the views' embeddings (the encoder's output,
+  before any training-only head, which ``score`` applies itself);
+* :meth:`ComposedLoss.after` — side effects once the loss is known (enqueue keys, count a step).
+
+Because the main loss is a function of embeddings, :class:`ComposedLoss` can then apply, for every method:
+
+* **GradCache** (``training.mini_batch_size``): sentence-transformers' :class:`CachedLossMixin` embeds the
+  columns in mini-batches without a graph, back-propagates the loss to the embeddings, and replays each
+  mini-batch with its RNG state; same loss and gradients, the activation memory of one mini-batch.
+* **cross-process gathering** (``training.gather_across_devices``): :meth:`ComposedLoss.gather`, the one
+  switch every score and term reads.
+* **Matryoshka** (``training.matryoshka_dims``): the main loss on each truncated, re-normalised prefix of the
+  views (and of the side embeddings: keys, queue negatives), weighted and summed as sentence-transformers'
+  ``MatryoshkaLoss`` does (same ``shrink``).
+* **extra terms** (``objective.terms``): weighted objective terms on the views (:mod:`embedkit.losses.terms`).
+
+With no term and no Matryoshka dimension the loss is the plain tensor the method always returned (same ops,
+same order, bit for bit). Otherwise it is a dict of named, weighted terms that sentence-transformers' trainer
+sums for the backward pass and logs one by one (``loss_main``, ``loss_uniformity``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sentence_transformers.base.losses import CachedLossMixin
+from torch import Tensor, nn
+
+from embedkit.losses.common import encode_columns, gather
+
+MAIN = "loss_main"
+
+
+@dataclass
+class ViewBatch:
+    """What a method's :meth:`ComposedLoss.plan` hands to the framework for one batch.
+
+    Attributes:
+        columns: tokenised columns the trained encoder embeds, in order (the views).
+        labels: the batch labels as the trainer gave them.
+        pair: indices into the views of (anchor, positive) for pair terms; ``None``: the method has no
+            positive per anchor (e.g. CoSENT's scored pairs).
+        positive: positive embeddings computed outside the encoder pass (momentum keys), used instead of
+            ``views[pair[1]]`` when set.
+        side: embeddings in the views' space that are not views (keys, queue negatives): truncated with the
+            views under Matryoshka.
+        anchor_features / positive_features: the tokenised texts of the anchors and positives (for a teacher).
+        extra: anything else the method's own ``score``/``after`` needs (masks, targets, ...).
+    """
+
+    columns: list[dict[str, Tensor]]
+    labels: Tensor | None = None
+    pair: tuple[int, int] | None = (0, 1)
+    positive: Tensor | None = None
+    side: dict[str, Tensor] = field(default_factory=dict)
+    anchor_features: dict[str, Tensor] | None = None
+    positive_features: dict[str, Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def anchors_positives(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(anchors, positives) embeddings of the pair views."""
+        if self.pair is None:
+            raise ValueError("this method has no (anchor, positive) views")
+        a = views[self.pair[0]]
+        p = self.positive if self.positive is not None else views[self.pair[1]]
+        return a, p.to(a.dtype)
+
+
+def shrink(x: Tensor, dim: int) -> Tensor:
+    """The first ``dim`` coordinates, re-normalised (sentence-transformers' Matryoshka ``shrink``)."""
+    if dim > x.shape[-1]:
+        raise ValueError(f"training.matryoshka_dims: {dim} is larger than the embedding dimension {x.shape[-1]}")
+    return F.normalize(x[..., :dim], p=2, dim=-1)
+
+
+class ComposedLoss(CachedLossMixin, nn.Module):
+    """Base of every embedkit method loss: the method's views and main loss, composed with GradCache,
+    gathering, Matryoshka and extra terms (see the module docstring).
+
+    Args:
+        model: the SentenceTransformer being trained.
+        head: optional training-only MLP (``score`` applies it).
+        gather_across_devices: gather in-batch candidates from every process (:meth:`gather`).
+        mini_batch_size: GradCache mini-batch; ``None``: one forward pass for the whole batch.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module | None = None, gather_across_devices: bool = True,
+                 mini_batch_size: int | None = None) -> None:
+        nn.Module.__init__(self)
+        self.model = model
+        self.head = head
+        self.gather_across_devices = gather_across_devices
+        self.mini_batch_size = mini_batch_size
+        self.matryoshka_dims: list[int] = []
+        self.matryoshka_weights: list[float] = []
+        self.main_weight = 1.0
+        self.terms = nn.ModuleList()
+        self._batch: ViewBatch | None = None
+        self._components: dict[str, float] = {}
+
+    # ---- what a method implements ------------------------------------------------------------------
+
+    def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None) -> ViewBatch:
+        raise NotImplementedError
+
+    def score(self, views: list[Tensor], batch: ViewBatch) -> Tensor:
+        """The main loss from the views' embeddings (before the training-only head)."""
+        raise NotImplementedError
+
+    def after(self, batch: ViewBatch) -> None:
+        """Side effects after a training forward pass (default: none)."""
+
+    def encode(self, columns: list[dict[str, Tensor]]) -> list[Tensor]:
+        """The plain (not cached) encoder pass: every column in one forward pass."""
+        return encode_columns(self.model, columns)
+
+    # ---- shared helpers ----------------------------------------------------------------------------
+
+    def gather(self, x: Tensor) -> Tensor:
+        """``x`` from every process (with gradient) when ``gather_across_devices`` is on."""
+        return gather(x, self.gather_across_devices)
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.head(x) if self.head is not None else x
+
+    def project_all(self, views: list[Tensor]) -> list[Tensor]:
+        """The head over all views at once (one matrix product, as in a single encoder pass)."""
+        if self.head is None:
+            return list(views)
+        return list(torch.split(self.head(torch.cat(views)), [v.shape[0] for v in views]))
+
+    # ---- configuration (the framework calls this after the method built the loss) -----------------------
+
+    def configure(self, mini_batch_size: int | None = None, gather_across_devices: bool = True,
+                  matryoshka_dims: list[int] | None = None, matryoshka_weights: list[float] | None = None,
+                  terms: list[nn.Module] | None = None, main_weight: float = 1.0) -> ComposedLoss:
+        self.mini_batch_size = mini_batch_size
+        self.gather_across_devices = gather_across_devices
+        self.matryoshka_dims = list(matryoshka_dims or [])
+        self.matryoshka_weights = list(matryoshka_weights or [1.0] * len(self.matryoshka_dims))
+        if len(self.matryoshka_weights) != len(self.matryoshka_dims):
+            raise ValueError("matryoshka_weights needs one weight per dimension")
+        self.main_weight = main_weight
+        self.terms = nn.ModuleList(terms or [])
+        return self
+
+    @property
+    def uses_gradient_cache(self) -> bool:  # type: ignore[override]
+        """Whether the backward pass re-embeds mini-batches (sentence-transformers' wrappers check this)."""
+        return bool(self.mini_batch_size)
+
+    @property
+    def composed(self) -> bool:
+        """Whether the loss is a sum of named terms (else the method's plain loss)."""
+        return bool(self.terms) or bool(self.matryoshka_dims) or self.main_weight != 1.0
+
+    # ---- the composition --------------------------------------------------------------------------------
+
+    def objective(self, views: list[Tensor], batch: ViewBatch) -> dict[str, Tensor] | Tensor:
+        """The method's loss, or the dict of weighted named terms when anything is composed onto it."""
+        if not self.composed:
+            return self.score(views, batch)
+        out: dict[str, Tensor] = {}
+        if self.matryoshka_dims:
+            for dim, weight in zip(self.matryoshka_dims, self.matryoshka_weights, strict=True):
+                small = [shrink(v, dim) for v in views]
+                sub = ViewBatch(**{**batch.__dict__, "side": {k: shrink(v, dim) for k, v in batch.side.items()},
+                                   "positive": None if batch.positive is None else shrink(batch.positive, dim)})
+                out[f"{MAIN}_{dim}"] = self.main_weight * weight * self.score(small, sub)
+        else:
+            main = self.score(views, batch)
+            out[MAIN] = main if self.main_weight == 1.0 else self.main_weight * main
+        for term in self.terms:
+            out[f"loss_{term.name}"] = term.weight * term(views, batch, self)
+        return out
+
+    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None = None):
+        batch = self.plan(list(sentence_features), labels)
+        for term in self.terms:
+            term.prepare(batch, self)
+        if self.mini_batch_size:
+            self._batch = batch
+            try:
+                total = self.forward_cached(batch.columns, labels)
+            finally:
+                self._batch = None
+            out: Tensor | dict[str, Tensor] = total
+            if self.composed:
+                out = _around_total(total, self._components)
+        else:
+            out = self.objective(self.encode(batch.columns), batch)
+        if self.model.training:
+            self.after(batch)
+        return out
+
+    def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *,
+                       with_backward: bool = False) -> Tensor:
+        out = self.objective([torch.cat(mbs) for mbs in reps], self._batch)
+        if isinstance(out, dict):
+            self._components = {k: float(v.detach()) for k, v in out.items()}
+            loss = torch.stack(list(out.values())).sum()
+        else:
+            loss = out
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+
+def _around_total(total: Tensor, components: dict[str, float]) -> dict[str, Tensor]:
+    """The named terms for logging around the one gradient-carrying GradCache total: the first term holds
+    ``total`` minus the others, so the dict still sums to ``total`` (as sentence-transformers' cached SPLADE)."""
+    values = {k: torch.tensor(v, device=total.device, dtype=total.dtype) for k, v in components.items()}
+    first = next(iter(values))
+    others = sum((v for k, v in values.items() if k != first), start=torch.zeros_like(total))
+    values[first] = total - others
+    return values
+
+
+def compose(loss: nn.Module, recipe: Any, model: nn.Module) -> nn.Module:
+    """The framework's composition point (:func:`embedkit.training.run.setup` calls it on the method's loss):
+    apply the recipe's ``training.mini_batch_size``, ``gather_across_devices``, ``matryoshka_dims`` /
+    ``matryoshka_weights`` and ``objective`` terms. Validation has already refused what a method cannot honour;
+    a loss that is not a :class:`ComposedLoss` is returned as is when nothing is asked of it."""
+    from embedkit.errors import RecipeError
+    from embedkit.losses.terms import build_term, term_info
+
+    t, objective = recipe.training, recipe.objective
+    if not isinstance(loss, ComposedLoss):
+        asked = [k for k, v in (("training.mini_batch_size", t.mini_batch_size),
+                                ("training.matryoshka_dims", t.matryoshka_dims), ("objective", objective)) if v]
+        if asked:
+            raise RecipeError(f"{', '.join(asked)}: the loss of method {recipe.method.name!r} "
+                              f"({type(loss).__name__}) is not a ComposedLoss and cannot honour it")
+        return loss
+    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
+    for d in t.matryoshka_dims or []:
+        if dim is not None and d > dim:
+            raise RecipeError(f"training.matryoshka_dims: {d} is larger than the model's embedding dimension {dim}")
+    terms = []
+    for entry in objective.terms if objective is not None else []:
+        params = term_info(entry.name).params.model_validate(entry.model_dump())
+        terms.append(build_term(params, model))
+    return loss.configure(
+        mini_batch_size=t.mini_batch_size, gather_across_devices=t.gather_across_devices,
+        matryoshka_dims=t.matryoshka_dims, matryoshka_weights=t.matryoshka_weights, terms=terms,
+        main_weight=objective.main_weight if objective is not None else 1.0,
+    )
