@@ -8,10 +8,9 @@ Python API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from embedkit.errors import DataError, EmbedkitError, RecipeError
-from embedkit.recipe import load_recipe
+from embedkit.validate import load_recipe
+from embedkit.version import __version__
 
 
 def train(recipe: str, overrides: list[str] | None = None, **kwargs):

@@ -17,11 +17,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from embedkit.recipe import load_recipe
     from embedkit.training.rundir import check_output_path
+    from embedkit.validate import load_recipe
 
     recipe, data = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir)
-    check_output_path(Path(recipe.output.dir))
+    check_output_path(Path(recipe.output.dir).expanduser())
     rows = f", {len(data)} training rows" if data is not None else ""
     print(f"{args.recipe}: valid (method {recipe.method.name}{rows})")
     return 0

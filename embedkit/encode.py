@@ -1,6 +1,6 @@
 """``embedkit encode``: embed a file of texts into a ``.npy`` matrix, one row per text, in file order.
 
-It runs the evaluation encoder (:func:`embedkit.evaluation.encoding.embed`): each distinct text once, the
+It runs the one encoder (:func:`embedkit.encoding.encode`): each distinct text once, the
 model's own preprocessing in large chunks, batches cut by token length, so the rows equal
 ``SentenceTransformer.encode``'s (to float rounding) for less work. The file is written only when every row is
 done (``<output>.partial`` until then).
@@ -21,25 +21,7 @@ import numpy as np
 from embedkit.errors import EmbedkitError
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
-
-def encode_texts(model: SentenceTransformer, texts: list[str], batch_size: int = 128, normalize: bool = False,
-                 autocast: str | None = None) -> np.ndarray:
-    """float32 embeddings of ``texts`` (row ``i`` for ``texts[i]``); repeated texts are encoded once.
-
-    ``normalize`` scales each row to unit length; ``autocast`` is ``none`` (default), ``bf16`` or ``auto``.
-    """
-    from embedkit.evaluation.encoding import embed
-
-    unique = list(dict.fromkeys(texts))
-    emb = embed(model, unique, batch_size=batch_size, autocast=autocast)
-    if len(unique) < len(texts):
-        row = {text: i for i, text in enumerate(unique)}
-        emb = emb[[row[t] for t in texts]]
-    if normalize:
-        emb /= np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
-    return emb
+    pass
 
 
 def read_texts(path: str, fmt: str = "auto", column: str | None = None) -> list[str]:
@@ -71,8 +53,7 @@ def check_output(output: str, overwrite: bool = False) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from embedkit.evaluation.runner import embedding_dim, load_model
-    from embedkit.model_ref import check_model
+    from embedkit.model_ref import check_model, embedding_dim, load_model
     from embedkit.paths import atomic_path
 
     if args.batch_size <= 0:
@@ -82,11 +63,13 @@ def _run(args: argparse.Namespace) -> int:
     check_output(args.output, args.overwrite)  # before reading texts or loading the model: fails at once
     check_model(args.model, what="model", trust_flag=None)
     texts = read_texts(args.input, args.format, args.column)  # before the model loads: bad input fails fast
+    from embedkit.encoding import encode  # torch: only once every argument is known to be good
+
     model, _ = load_model(args.model)
     if args.max_seq_length:
         model.max_seq_length = args.max_seq_length
     start = time.perf_counter()
-    emb = encode_texts(model, texts, args.batch_size, args.normalize, args.autocast)
+    emb = encode(model, texts, args.batch_size, normalize=args.normalize, autocast=args.autocast)
     seconds = time.perf_counter() - start
     with atomic_path(args.output) as tmp, open(tmp, "wb") as fh:
         np.save(fh, emb)

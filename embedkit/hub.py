@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.errors import EmbedkitError
+from embedkit.log import log
 
 
 class HubError(EmbedkitError):
@@ -46,10 +47,6 @@ DEFAULT_EXCLUDE = (
 LARGE_OK = ("*.safetensors", "tokenizer.json", "*.model", "vocab.txt", "vocab.json", "merges.txt", "*.onnx")
 DEFAULT_MAX_FILE_MB = 50.0
 REDACTED_COPIES = ("recipe.yaml", "results.json")  # uploaded with home paths redacted
-
-
-def _log(msg: str) -> None:
-    print(f"[embedkit] {msg}", flush=True)
 
 
 def hub_endpoint() -> str:
@@ -339,6 +336,8 @@ def push(
     Raises :class:`HubError` (an :class:`~embedkit.errors.EmbedkitError`) on any failure.
     """
     check_repo_id(repo_id)
+    if not Path(output_dir).is_dir():  # a local mistake is named before anything about tokens or the Hub
+        raise HubError(f"{output_dir}: output folder not found")
     from embedkit.model_ref import hub_offline
 
     if hub_offline() and not dry_run:
@@ -349,15 +348,15 @@ def push(
     out = Path(output_dir)
     with tempfile.TemporaryDirectory(prefix="embedkit-push-") as tmp:
         prepared = prepare_upload(out, Path(tmp) / "upload", repo_id, token, exclude, max_file_mb)
-        _log(f"checked {out}: {len(prepared.files)} files ({prepared.n_bytes / 2**20:.1f} MB), model loads, card "
+        log(f"checked {out}: {len(prepared.files)} files ({prepared.n_bytes / 2**20:.1f} MB), model loads, card "
              f"parses ({prepared.eval_results} STS results), no {'token or ' if token else ''}home path; "
              f"{len(prepared.skipped)} files left out (checkpoints, logs, optimizer state)")
         if dry_run:
-            _log(f"dry run: would upload to {repo_id} at {endpoint}: {', '.join(prepared.files)}; the card follows")
+            log(f"dry run: would upload to {repo_id} at {endpoint}: {', '.join(prepared.files)}; the card follows")
             print(prepared.card, flush=True)
             return f"{endpoint}/{repo_id}"
         url = _upload(prepared, repo_id, private, revision, commit_message, token, endpoint)
-    _log(f"published {len(prepared.files)} files to {url}")
+    log(f"published {len(prepared.files)} files to {url}")
     return url
 
 
@@ -371,7 +370,7 @@ def _upload(prepared: Prepared, repo_id: str, private: bool, revision: str | Non
             token: str, endpoint: str) -> str:
     from huggingface_hub import HfApi
 
-    from embedkit import __version__
+    from embedkit.version import __version__
 
     api = HfApi(endpoint=endpoint, token=token, library_name="embedkit", library_version=__version__)
     stage = "checking whether the repository exists"

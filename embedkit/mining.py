@@ -29,29 +29,16 @@ def mining_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-@torch.no_grad()
-def encode(
-    model: SentenceTransformer, sentences: list[str], batch_size: int = 128, device: str | torch.device = "auto"
-) -> Tensor:
-    """Unit-normalised float32 embeddings (CPU tensor, one row per sentence) under the model in eval mode.
-
-    Runs the evaluation encoder (each distinct sentence once, batches by token length; the vectors of
-    ``model.encode``), on ``device`` for the duration of the call.
-    """
-    from embedkit.encode import encode_texts
+def unit_vectors(model: SentenceTransformer, sentences: list[str], batch_size: int = 128,
+                 device: str | torch.device = "auto") -> Tensor:
+    """Unit-normalised float32 embeddings as a CPU tensor, from :func:`embedkit.encoding.encode` on the mining
+    device (see :func:`mining_device`)."""
+    from embedkit.encoding import encode
 
     if not sentences:
         return torch.zeros(0, model.get_embedding_dimension())
     target = mining_device(device) if isinstance(device, str) else device
-    original = next(model.parameters()).device
-    try:
-        if original != target:
-            model.to(target)
-        emb = encode_texts(model, sentences, batch_size=batch_size, normalize=True)  # restores train/eval mode
-    finally:
-        if original != target:
-            model.to(original)
-    return torch.from_numpy(emb)
+    return torch.from_numpy(encode(model, sentences, batch_size, normalize=True, device=target))
 
 
 def faiss_available() -> bool:

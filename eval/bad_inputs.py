@@ -218,10 +218,24 @@ def _(f, m):
     return ["train", str(recipe(f, m))]
 
 
-@_c("overwrite-cwd", "`output.dir=. --overwrite` with a failing model")
+@_c("overwrite-cwd-bad-model", "`output.dir=. --overwrite model.name=/no/such/model` (the issue's command)")
 def _(f, m):
     (f / "notes.txt").write_text("mine")
     return ["train", str(recipe(f, m)), "output.dir=.", "--overwrite", "model.name=/no/such/model"]
+
+
+@_c("overwrite-cwd", "`output.dir=. --overwrite` with a good recipe")
+def _(f, m):
+    (f / "notes.txt").write_text("mine")
+    return ["train", str(recipe(f, m)), "output.dir=.", "--overwrite"]
+
+
+@_c("overwrite-home", "`--overwrite` of the home folder (`output.dir=~/`; HOME is a temporary folder here)")
+def _(f, m):
+    (f / "home").mkdir()
+    (f / "home" / "thesis.tex").write_text("years of work")
+    ENV["HOME"] = str(f / "home")
+    return ["train", str(recipe(f, m)), "output.dir=~/", "--overwrite"]
 
 
 @_c("overwrite-foreign", "--overwrite of a folder embedkit did not create")
@@ -375,6 +389,7 @@ def _(f, m):
 
 
 HOLDERS: list[subprocess.Popen] = []
+ENV: dict[str, str] = {}  # extra environment a case's setup asks for (cleared after each case)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -403,7 +418,8 @@ def main() -> None:
         argv = case.setup(folder, model)
         before = snapshot(folder)
         start = time.perf_counter()
-        proc = run_cli(argv, folder, case.env)
+        proc = run_cli(argv, folder, {**(case.env or {}), **ENV})
+        ENV.clear()
         seconds = time.perf_counter() - start
         for holder in HOLDERS:
             holder.kill()

@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from embedkit.evaluation import evaluate
     from embedkit.evaluation.mteb_eval import import_mteb
-    from embedkit.evaluation.runner import load_model, package_versions
+    from embedkit.evaluation.provenance import package_versions
     from embedkit.evaluation.sts import TASKS
+    from embedkit.model_ref import load_model
 
     import_mteb()  # import cost outside the clocks
     model, spec = load_model(args.model)

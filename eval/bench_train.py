@@ -145,7 +145,7 @@ def count_tokens(model, sentences: list[str]) -> int:
 def bench_encode(data_dir: Path, args: argparse.Namespace) -> dict:
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.encode import encode_texts
+    from embedkit.encoding import encode
     from embedkit.modeling import resolve_model_path
 
     sentences = brown_sentences(data_dir, 10_000, seed=1)
@@ -155,7 +155,7 @@ def bench_encode(data_dir: Path, args: argparse.Namespace) -> dict:
     model.encode(sentences, batch_size=128)
     st = time.perf_counter() - start
     start = time.perf_counter()
-    encode_texts(model, sentences, batch_size=128)  # what `embedkit encode` runs
+    encode(model, sentences, batch_size=128)  # what `embedkit encode` runs
     ours = time.perf_counter() - start
     return {"config": "encode", "st_seconds": st, "embedkit_seconds": ours}
 

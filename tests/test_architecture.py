@@ -11,12 +11,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "embedkit"
 
 # Lowest first. A module belongs to the first layer with a prefix that matches its dotted name.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("embedkit.errors", "embedkit.paths", "embedkit.log")),
+    ("foundation", ("embedkit.errors", "embedkit.paths", "embedkit.log", "embedkit.version")),
     ("recipe and data", ("embedkit.recipe", "embedkit.data", "embedkit.model_ref")),
     ("models and encoding", ("embedkit.modeling", "embedkit.modules", "embedkit.encoding", "embedkit.augment")),
     ("shared loss machinery", ("embedkit.losses", "embedkit.mining")),
-    ("methods", ("embedkit.methods",)),
-    ("validation", ("embedkit.validate",)),
+    ("methods and validation", ("embedkit.methods", "embedkit.validate")),  # validation needs the method registry
     ("evaluation", ("embedkit.evaluation",)),
     ("publishing", ("embedkit.card", "embedkit.hub")),
     ("training", ("embedkit.training",)),

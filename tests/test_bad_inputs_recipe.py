@@ -16,13 +16,15 @@ from embedkit.data import textio
 from embedkit.data.sources import read_hub, read_local
 from embedkit.data.sts import read_sick, read_sts_subset, read_stsb
 from embedkit.errors import DataError, RecipeError
-from embedkit.recipe import load_recipe, parse_override, resolve_recipe_path
+from embedkit.methods import get_method
+from embedkit.recipe import parse_override, resolve_recipe_path
+from embedkit.validate import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
 RECIPE = """\
 description: bad inputs
-model: {{name: some/model}}
+model: {{name: sentence-transformers/all-MiniLM-L6-v2}}  # packaged: no Hub needed
 data:
   train: {{path: {data}}}
   dev: null
@@ -84,7 +86,7 @@ def test_non_finite_or_empty_score_is_refused(tmp_path, score):
 @pytest.mark.parametrize("sep,name", [(",", "pairs.csv"), ("\t", "pairs.tsv")])
 def test_csv_and_tsv_scores_become_floats(tmp_path, sep, name):
     recipe, data = load_recipe(recipe_file(tmp_path, pairs_csv(tmp_path, "0.25", sep, name)))
-    assert recipe.method.column_types() == ("text", "text", "score")  # what build_dataset passes to read_hub
+    assert get_method(recipe.method.name).column_types() == ("text", "text", "score")  # what read_hub gets
     assert data.columns["score"] == [0.0, 0.1, 0.25, 0.3, 0.4]
     assert data.columns["sentence1"][0] == "first 0"
 
@@ -148,8 +150,8 @@ def test_alias_bomb_is_refused_at_once(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(BOMB, encoding="utf-8")
     code = (
-        "import sys, time; from embedkit.errors import RecipeError; from embedkit.recipe import _key_lines, "
-        "load_recipe\n"
+        "import sys, time; from embedkit.errors import RecipeError; from embedkit.recipe import _key_lines; "
+        "from embedkit.validate import load_recipe\n"
         "text = open(sys.argv[1]).read(); start = time.perf_counter(); _key_lines(text)\n"
         "assert time.perf_counter() - start < 1.0, 'key lines are slow'\n"
         "start = time.perf_counter()\n"
@@ -173,7 +175,7 @@ def test_an_alias_alone_is_refused_with_its_line(tmp_path, sentences_file):
 
 def test_recipe_over_one_mib_is_refused(tmp_path, sentences_file):
     path = recipe_file(tmp_path, sentences_file, "simcse-unsup", RECIPE + "#" * (1 << 20) + "\n")
-    with pytest.raises(RecipeError, match=r"r\.yaml: recipe file is 1,048,8\d\d bytes; expected at most 1,048,576"):
+    with pytest.raises(RecipeError, match=r"r\.yaml: recipe file is 1,04\d,\d\d\d bytes; expected at most 1,048,576"):
         load_recipe(path)
 
 
@@ -303,8 +305,13 @@ def test_explicit_missing_dev_path_is_an_error(tmp_path, sentences_file):
 def test_absent_data_dir_falls_back_to_the_hub_with_a_notice(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("EMBEDKIT_DATA", raising=False)
     monkeypatch.chdir(tmp_path)  # no data/public or ../shared/data here
+    import embedkit.validate
+
+    reached = []  # the Hub is probed after the notes are gathered; here it answers (test_bad_inputs_models: when not)
+    monkeypatch.setattr(embedkit.validate, "check_recipe_refs", lambda *a, **k: reached.append(k))
     path = recipe_file(tmp_path, "{data_dir}/train.txt", "simcse-unsup", HUB_RECIPE)
     _, data = load_recipe(path)
+    assert reached == [{"hub_data": True}]
     assert data is None  # the Hub dataset is read when training starts
     notes = capsys.readouterr().err.splitlines()
     assert notes == [

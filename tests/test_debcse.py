@@ -361,11 +361,11 @@ def test_info_nce_mask_keeps_unmasked_loss_and_drops_masked_terms():
 def test_masking_addon_for_dropout_positives(tiny_model):
     """Mask-only mode (plain unsupervised SimCSE): exact duplicates in the batch are masked via their ids."""
     from embedkit.methods.debcse.loss import DebCSELoss
-    from embedkit.mining import encode
+    from embedkit.mining import unit_vectors
 
     texts = ["a red car", "the stock market fell", "a red car", "rain is coming"]
     uniq, _ = db.unique_texts(texts)
-    rows = db.identity_rows(texts, encode(tiny_model, uniq, device="cpu"), uniq)
+    rows = db.identity_rows(texts, unit_vectors(tiny_model, uniq, device="cpu"), uniq)
     assert rows.ids[0, 0] == rows.ids[2, 0]
     loss = DebCSELoss(tiny_model, dropout_positive=True, threshold=None, margin=0.0, reference=rows.table)
     features = [tiny_model.preprocess(texts)]
@@ -408,7 +408,7 @@ def test_short_training_run_loss_decreases(tmp_path, sentences_file, tiny_model_
 
 def test_recipe_validation_and_shipped_recipes(tmp_path, data_dir, sentences_file):
     from embedkit.errors import RecipeError
-    from embedkit.recipe import load_recipe
+    from embedkit.validate import load_recipe
 
     bad = _write_recipe(tmp_path, sentences_file, "x", "remine_every: 0", steps=1)
     with pytest.raises(RecipeError, match="remine_every"):

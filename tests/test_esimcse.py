@@ -11,8 +11,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from embedkit.recipe import RECIPES_DIR, load_recipe
+from embedkit.recipe import RECIPES_DIR
 from embedkit.training.trainer import METHOD_STATE_FILE, load_method_state
+from embedkit.validate import load_recipe
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -88,7 +89,7 @@ def test_resume_restores_queue_and_momentum_weights_bit_for_bit(esimcse_run):
     model = build_model(recipe.model)
     method = method_cls(TrainContext(recipe=recipe, model=model, params=method_cls.params_cls(
         **{k: v for k, v in recipe.method.model_dump().items() if k != "name"})))
-    method.prepare_dataset(build_dataset(recipe, data, method_cls.roles())[0])
+    method.prepare_dataset(build_dataset(recipe, data, method_cls)[0])
     loss = method.build_loss()
     assert int(loss.queue.count) == 0  # a fresh queue differs from the saved one ...
     load_method_state(loss, checkpoint)

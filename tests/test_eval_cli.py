@@ -33,7 +33,7 @@ def tiny_b(tmp_path_factory, minilm_path):
 def test_fast_encoder_matches_model_encode(tiny_model_path):
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.evaluation.encoding import embed
+    from embedkit.encoding import embed
 
     model = SentenceTransformer(tiny_model_path, device="cpu")
     sents = [f"sentence number {i} " + "word " * (i % 17) for i in range(70)] + ["", "   padded  "]
@@ -50,7 +50,7 @@ def test_fast_encoder_matches_model_encode(tiny_model_path):
 def test_token_batches_cover_every_row_once_within_the_token_budget():
     import torch
 
-    from embedkit.evaluation.encoding import TOKENS_PER_ROW, _token_batches
+    from embedkit.encoding import TOKENS_PER_ROW, _token_batches
 
     lengths = torch.tensor([3, 40, 7, 7, 200, 12, 3, 5, 64, 9] * 7)
     batches = _token_batches(lengths, batch_size=4)

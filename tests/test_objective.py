@@ -41,7 +41,7 @@ def build(recipe_path: Path):
     from embedkit.methods import get_method
     from embedkit.methods.base import TrainContext
     from embedkit.modeling import build_model
-    from embedkit.recipe import load_recipe
+    from embedkit.validate import load_recipe
     from embedkit.training.run import build_dataset
 
     recipe, data = load_recipe(recipe_path)
@@ -49,7 +49,7 @@ def build(recipe_path: Path):
     params = cls.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
     set_seed(recipe.training.seed)
     model = build_model(recipe.model)
-    dataset, _ = build_dataset(recipe, data, cls.roles())
+    dataset, _ = build_dataset(recipe, data, cls)
     method = cls(TrainContext(recipe=recipe, model=model, params=params))
     dataset = method.prepare_dataset(dataset)
     loss = compose(method.build_loss(), recipe, model)
@@ -153,7 +153,7 @@ def test_main_weight_zero_keeps_only_the_terms(tmp_path, spread_model_path):
 
 
 def refusal(path: Path) -> str:
-    from embedkit.recipe import load_recipe
+    from embedkit.validate import load_recipe
 
     with pytest.raises(RecipeError) as err:
         load_recipe(path)

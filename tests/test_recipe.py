@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from embedkit.errors import RecipeError
-from embedkit.recipe import list_recipes, load_recipe, parse_override
+from embedkit.recipe import list_recipes, parse_override
+from embedkit.validate import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 

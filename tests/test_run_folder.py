@@ -55,14 +55,14 @@ def break_model(monkeypatch) -> None:
 # 1. --overwrite ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["cwd", "home", "root"])
+@pytest.mark.parametrize("target", ["cwd", "home", "tilde", "root"])
 def test_overwrite_refuses_cwd_home_and_root(target, tmp_path, tiny_model_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "thesis.tex").write_text("years of work")
     (tmp_path / "notes.txt").write_text("keep me")
-    out = {"cwd": ".", "home": str(tmp_path / "home"), "root": "/"}[target]
+    out = {"cwd": ".", "home": str(tmp_path / "home"), "tilde": "~", "root": "/"}[target]
     recipe = write_recipe(tmp_path / "r", tiny_model_path, "simcse-unsup", Path(out))
     before = tree_digest(tmp_path)
     with pytest.raises(RecipeError, match=r"--overwrite never replaces it"):
@@ -274,6 +274,16 @@ def test_resume_refuses_changed_training_data(finished_run):
     data.write_text(data.read_text() + "one more sentence\n")
     with pytest.raises(RecipeError, match="data.train changed since the run started"):
         train(str(recipe), resume=True)
+
+
+def test_resume_takes_keys_newer_than_the_run_at_their_value(finished_run):
+    """A run started by an embedkit that had no ``method.temperature`` key yet resumes (the key is not a change)."""
+    recipe, out = finished_run
+    interrupted(out)
+    marker = rundir.read_marker(out)
+    del marker["recipe"]["method"]["temperature"]
+    (out / rundir.MARKER).write_text(json.dumps(marker))
+    assert train(str(recipe), resume=True)["train"]["global_step"] == 6
 
 
 def test_resume_accepts_a_change_of_reporting_keys(finished_run):

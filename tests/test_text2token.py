@@ -561,7 +561,7 @@ def test_save_and_load_head_round_trip(tiny_mlm_path, tmp_path):
 
 
 def test_shipped_recipes_validate(data_dir):
-    from embedkit.recipe import load_recipe
+    from embedkit.validate import load_recipe
 
     recipe, data = load_recipe("text2token-brown-minilm", data_dir=str(data_dir))
     assert recipe.method.name == "text2token" and len(data) > 50000

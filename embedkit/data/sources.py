@@ -259,11 +259,15 @@ def read_hub(
     ``types`` declares each column in order as for :func:`read_local`; ``score`` columns are checked and
     converted to floats (a Hub CSV may hold them as strings). Text columns are taken as they are.
     """
-    from embedkit.model_ref import require_hub  # one short probe first: offline, datasets retries for a minute
-
-    require_hub(f"data.train.hub {name}", "use a local file in data.train.path (a {data_dir} path needs --data-dir "
-                "or $EMBEDKIT_DATA)", name=name)
     import datasets
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    from embedkit.model_ref import require_hub
+
+    if not Path(name).exists() and name not in _PACKAGED_DATASETS_MODULES:  # a Hub dataset, not `json` + files
+        # One short probe first: offline, datasets would retry for a minute.
+        require_hub(f"data.train.hub {name}", "use a local file in data.train.path (a {data_dir} path needs "
+                    "--data-dir or $EMBEDKIT_DATA)", name=name)
 
     try:
         ds = datasets.load_dataset(name, config, split=split, data_files=data_files)
@@ -281,3 +285,18 @@ def read_hub(
         scores = {c: v for (c, v), kind in zip(data.items(), types) if kind == SCORE}
         apply_types(f"{name} ({split})", scores, None, (SCORE,) * len(scores))
     return TrainData(data, f"hub:{name}:{split}", getattr(ds, "_fingerprint", None))
+
+
+def read_train_source(src: Any, method_name: str, roles: Sequence[str], types: Sequence[str]) -> TrainData:
+    """The training set a recipe's ``data.train`` names on the Hub, exactly as training reads it (``data_files``,
+    ``max_samples``), checked against the method's roles. ``embedkit data diagnose`` reads through here too, so it
+    diagnoses the rows the recipe trains on."""
+    data = read_hub(src.hub, src.split, src.config, src.columns, src.data_files, types)
+    if src.max_samples:
+        data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
+    if len(data.columns) != len(roles):
+        raise DataError(
+            f"data.train: method {method_name!r} needs {len(roles)} column(s) ({', '.join(roles)}); "
+            f"the dataset gives {list(data.columns)}; select them with data.train.columns"
+        )
+    return data

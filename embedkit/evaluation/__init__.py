@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R")
+from embedkit.evaluation.core import TASKS
 
 
 def evaluate(

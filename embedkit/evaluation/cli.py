@@ -95,6 +95,7 @@ def run_cli(args: argparse.Namespace) -> int:
     """Run ``embedkit eval``; results.json is written only when everything succeeded."""
     started = time.perf_counter()
     suite = _check_args(args)  # before the imports below (scipy, ~1 s): a bad argument answers at once
+    from embedkit.evaluation.provenance import package_versions
     from embedkit.evaluation.report import (
         geometry_table,
         mteb_table,
@@ -102,7 +103,8 @@ def run_cli(args: argparse.Namespace) -> int:
         sts_table,
         write_json_atomic,
     )
-    from embedkit.evaluation.runner import evaluate, load_model, package_versions
+    from embedkit.evaluation.runner import evaluate
+    from embedkit.model_ref import load_model
 
     out = Path(args.output) if args.output else Path("eval-results") / (
         _slug(args.model) + (f"-vs-{_slug(args.compare)}" if args.compare else ""))

@@ -19,23 +19,23 @@ if TYPE_CHECKING:
     from embedkit.recipe import DevSection
 
 
-def encode_unique(model: SentenceTransformer, sentences: list[str], batch_size: int = 128,
-                  autocast: str | None = None) -> dict[str, np.ndarray]:
-    """Embed each distinct sentence once; returns sentence → unit-normalised vector (float64).
+# The STS suite's tasks, in the order of every table (SentEval's "all" setting, then STS-B and SICK-R test).
+TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R")
 
-    Tokenises once and batches by token length (:func:`embedkit.evaluation.encoding.embed`); ``autocast``
-    is ``none`` (default), ``bf16`` or ``auto``.
-    """
-    from embedkit.evaluation.encoding import embed
+
+def unit_table(model: SentenceTransformer, sentences: list[str], batch_size: int = 128,
+               autocast: str | None = None) -> dict[str, np.ndarray]:
+    """Sentence → unit vector (float64) for each distinct sentence, from :func:`embedkit.encoding.encode`: the
+    lookup table the STS protocol scores pairs from."""
+    from embedkit.encoding import encode
 
     unique = list(dict.fromkeys(sentences))
-    emb = embed(model, unique, batch_size=batch_size, autocast=autocast).astype(np.float64)
-    emb /= np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
-    return dict(zip(unique, emb, strict=True))
+    return dict(zip(unique, encode(model, unique, batch_size, normalize=True, autocast=autocast, dtype=np.float64),
+                    strict=True))
 
 
 def pair_cosines(table: dict[str, np.ndarray], pairs: PairSet) -> np.ndarray:
-    """Cosine of each pair, from an :func:`encode_unique` table."""
+    """Cosine of each pair, from a :func:`unit_table`."""
     a = np.stack([table[s] for s in pairs.sentences1])
     b = np.stack([table[s] for s in pairs.sentences2])
     return (a * b).sum(axis=1)
@@ -51,7 +51,7 @@ def correlations(cosines: np.ndarray, gold: list[float]) -> dict[str, float]:
 
 def score_pairs(model: SentenceTransformer, pairs: PairSet, batch_size: int = 128) -> dict[str, float]:
     """Spearman and Pearson (× 100) of cosine similarity on one pair set."""
-    table = encode_unique(model, pairs.sentences1 + pairs.sentences2, batch_size)
+    table = unit_table(model, pairs.sentences1 + pairs.sentences2, batch_size)
     return correlations(pair_cosines(table, pairs), pairs.scores)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedkit.errors import DataError, EmbedkitError
+from embedkit.log import progress as progress_line
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -59,7 +60,7 @@ def require_hub_for_mteb(names: str | list[str] | None, benchmark: str | None, r
 
     ``root``: the local STS folder (``None``: none). Only the STS tasks of the suite can run from it.
     """
-    from embedkit.evaluation import TASKS
+    from embedkit.evaluation.core import TASKS
     from embedkit.model_ref import require_hub
 
     if source == "local":
@@ -176,7 +177,7 @@ def build_model_meta(model: SentenceTransformer, name: str, revision: str, *, pa
     import_mteb()
     from mteb.models import ModelMeta, SentenceTransformerEncoderWrapper
 
-    from embedkit.evaluation.runner import embedding_dim
+    from embedkit.model_ref import embedding_dim
 
     if "/" not in name:
         raise EmbedkitError(f"--model-name {name!r}: mteb needs 'organization/model_name'")
@@ -247,8 +248,9 @@ def run_mteb(
     leaderboard files (see :func:`write_submission`). ``model_path``: where an already loaded ``model`` was
     saved (names it, and its ``recipe.yaml`` fills the model description).
     """
-    from embedkit.evaluation.encoding import _autocast_context, resolve_autocast
-    from embedkit.evaluation.runner import load_model, model_info, package_versions
+    from embedkit.encoding import _autocast_context, resolve_autocast
+    from embedkit.evaluation.provenance import model_info, package_versions
+    from embedkit.model_ref import load_model
 
     started = time.perf_counter()
     names = parse_task_list(tasks)
@@ -278,8 +280,7 @@ def run_mteb(
         wrapper.mteb_model_meta = meta
         cache = mteb.ResultCache(cache_path=cache_dir)
         mode = resolve_autocast(autocast, st_model.device)
-        if progress:
-            print(f"[embedkit eval] mteb: {len(task_objs)} task(s) for {name} @ {rev[:12]}", file=sys.stderr)
+        progress_line(f"mteb: {len(task_objs)} task(s) for {name} @ {rev[:12]}", progress)
         try:
             with _autocast_context(mode, st_model.device):
                 result = mteb.evaluate(

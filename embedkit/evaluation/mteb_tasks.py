@@ -19,7 +19,7 @@ from datasets import Dataset, DatasetDict
 from mteb.abstasks.sts import AbsTaskSTS
 
 from embedkit.data.sts import PairSet
-from embedkit.evaluation import TASKS
+from embedkit.evaluation.core import TASKS
 from embedkit.evaluation.sts import load_local
 
 LOCAL_TASKS = TASKS

@@ -22,9 +22,11 @@ import numpy as np
 from embedkit import paths
 from embedkit.data.sts import PairSet, read_sick, read_sts_year, read_stsb
 from embedkit.errors import DataError
-from embedkit.evaluation import TASKS  # the one list (the package keeps it import-light)
+from embedkit.evaluation.core import (
+    TASKS,  # the one list
+    pair_cosines,
+)
 from embedkit.evaluation.core import correlations as _correlations
-from embedkit.evaluation.core import pair_cosines
 
 PROTOCOL = "senteval-sts-all"
 SETTINGS = ("wmean", "mean")

@@ -24,9 +24,10 @@ import yaml
 from embedkit.errors import RecipeError
 from embedkit.log import log
 from embedkit.paths import atomic_path
-from embedkit.recipe import Recipe, load_recipe, recipe_to_yaml
+from embedkit.recipe import Recipe, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
 from embedkit.training.rundir import CHECKPOINTS, RESULTS, RunFolder
+from embedkit.validate import load_recipe
 
 # The packages recorded in a run's results.json.
 TRAINING_PACKAGES = ("embedkit", "torch", "transformers", "sentence-transformers", "datasets", "accelerate", "mteb")
@@ -49,27 +50,20 @@ def resolve_precision(precision: str) -> str:
 
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    from embedkit.evaluation.encoding import bf16_supported
+    from embedkit.encoding import bf16_supported
 
     return "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
 
 
-def build_dataset(recipe: Recipe, train_data: Any, roles: tuple[str, ...]) -> Any:
-    """A ``datasets.Dataset`` whose columns are named after the method's roles."""
+def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
+    """A ``datasets.Dataset`` whose columns are named after the method's roles (a Hub set is read now)."""
     import datasets
 
-    from embedkit.data.sources import read_hub
+    from embedkit.data.sources import read_train_source
 
+    roles = method_cls.roles()
     if train_data is None:
-        src = recipe.data.train
-        train_data = read_hub(src.hub, src.split, src.config, src.columns, src.data_files, recipe.method.column_types())
-        if src.max_samples:
-            train_data.columns = {k: v[: src.max_samples] for k, v in train_data.columns.items()}
-        if len(train_data.columns) != len(roles):
-            raise RecipeError(
-                f"data.train: method {recipe.method.name!r} needs {len(roles)} column(s) ({', '.join(roles)}); "
-                f"the dataset gives {list(train_data.columns)}; select them with data.train.columns"
-            )
+        train_data = read_train_source(recipe.data.train, recipe.method.name, roles, method_cls.column_types())
     columns = dict(zip(roles, train_data.columns.values()))
     return datasets.Dataset.from_dict(columns), train_data
 
@@ -118,7 +112,7 @@ def _resume_checks(recipe: Recipe, train_data: Any, out: Path) -> tuple[Path, di
 def reserve(recipe: Recipe, train_data: Any, resume: bool, overwrite: bool) -> Plan | dict[str, Any]:
     """Every refusal about the output folder, then its lock. Returns the saved results of a finished run
     (``--resume`` leaves it as it is) or the :class:`Plan`."""
-    out = Path(recipe.output.dir)
+    out = Path(recipe.output.dir).expanduser()
     if resume and not overwrite:
         work, finished = _resume_checks(recipe, train_data, out)
         if finished is not None:
@@ -212,7 +206,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
 
     set_seed(recipe.training.seed)
     model = build_model(recipe.model)
-    dataset, train_data = build_dataset(recipe, train_data, method_cls.roles())
+    dataset, train_data = build_dataset(recipe, train_data, method_cls)
     ctx = TrainContext(recipe=recipe, model=model, params=params, world_size=world_size, rank=rank,
                        extras={"data_dir": data_dir})
     method = method_cls(ctx)
@@ -307,7 +301,7 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
         from embedkit.evaluation import evaluate
 
         results["sts"] = evaluate(model, suite="sts", data_dir=data_dir)
-    from embedkit.evaluation.runner import package_versions
+    from embedkit.evaluation.provenance import package_versions
 
     results.update({
         "method": {"name": recipe.method.name, "paper": run.method_cls.paper, "citation": run.method_cls.citation},

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.errors import RecipeError
+from embedkit.version import __version__
 
 MARKER = ".embedkit-run.json"  # the first file of every output folder embedkit creates
 LOCK = ".embedkit.lock"
@@ -111,6 +112,8 @@ def recipe_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
     out = []
     for key in sorted(set(saved) | set(current)):
         path = f"{prefix}{key}"
+        if key not in saved:
+            continue  # a key the run's embedkit did not have yet: the run had its behaviour, the default's
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             if "name" in a and a.get("name") != b.get("name"):  # another method/model: its parameters follow
@@ -188,7 +191,7 @@ class RunFolder:
 
     def write_marker(self, **info: Any) -> None:
         marker = read_marker(self.work) or {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        marker.update(info, embedkit=_version())
+        marker.update(info, embedkit=__version__)
         _write_json(self.work / MARKER, marker)
 
     def finish(self) -> None:
@@ -238,15 +241,6 @@ def _holder(folder: Path) -> str:
         return f"pid {owner['pid']} on {owner['host']}, started {owner['started']}: {owner['command']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that left no details"
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("embedkit")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

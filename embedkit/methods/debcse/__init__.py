@@ -32,7 +32,8 @@ class DebCSEParams(DebiasParams):
     temperature: float = Field(0.05, gt=0)
     hard_negative_weight: float = Field(0.0, description="log α added to each anchor's own hard negative")
     false_negative_margin: float = Field(
-        0.0, ge=0, description="mask in-batch candidates whose reference cosine exceeds the positive's by this"
+        0.0, ge=0, description="mask in-batch candidates whose reference cosine exceeds the positive's by this "
+        "(cutoffs relative: in units of 1 − the median neighbour cosine)"
     )
     false_negative_threshold: float | None = Field(
         0.95, gt=0, le=1, description="also mask candidates at or above this reference cosine; null: off"
@@ -119,13 +120,14 @@ class DebCSE(Method):
                       device=p.mining_device)
         if p.mode == "mask-only":
             if self._cache is None or p.reference == "current":
-                from embedkit.mining import encode
+                from embedkit.mining import unit_vectors
 
                 texts, _ = debias.unique_texts(self._texts)
-                self._cache = (texts, encode(self.reference_model(), texts, p.mining_batch_size, p.mining_device))
+                self._cache = (texts, unit_vectors(self.reference_model(), texts, p.mining_batch_size, p.mining_device))
             texts, emb = self._cache
             rows = debias.identity_rows(self._texts, emb, texts)
             rows.round = round_
+            rows.stats["cutoffs"] = mask_only_cutoffs(p, emb).as_dict()
             return rows
         previous = None if p.reference == "current" else self._cache
         if previous is None:
@@ -151,7 +153,15 @@ class DebCSE(Method):
         self.round = round_
         if self.loss is not None:
             self.loss.set_reference(rows.table, round_)
+            self.loss.threshold = false_negative_threshold(rows, self.params)
+            self.loss.margin = false_negative_margin(rows, self.params)
         s = rows.stats
+        cut = s.get("cutoffs")
+        if cut:
+            log(f"debcse round {round_}: cut-offs ({cut['mode']}) positive ≥ {cut['positive_min']:.3f}, hard "
+                f"negative ≤ {cut['negative_max']:.3f}, mask ≥ {_fmt_cut(cut['false_negative'])}"
+                + (f" (reference top-{self.params.k} neighbour cosines: median {spread['p50']:.3f})"
+                   if (spread := cut.get("neighbour_percentiles")) else ""))
         if self.params.mode == "debias":
             log(f"debcse round {round_}: {s['rows']} rows, {s['unique_sentences']} distinct sentences; positives "
                 f"{s['positive_kinds']}, hard negatives {s.get('negative_kinds', {})}; {s.get('seconds', 0)} s; "
@@ -182,7 +192,7 @@ class DebCSE(Method):
         p = self.params
         self.loss = DebCSELoss(
             self.ctx.model, p.temperature, p.hard_negative_weight, head=training_head(self),
-            margin=p.false_negative_margin, threshold=p.false_negative_threshold,
+            margin=false_negative_margin(self.holder.rows, p), threshold=false_negative_threshold(self.holder.rows, p),
             dropout_positive=p.mode == "mask-only",
         )
         if self.holder.rows is not None:
@@ -193,6 +203,42 @@ class DebCSE(Method):
         if self.params.remine_every == "never":
             return []
         return [_remine_callback(self)]
+
+
+def false_negative_threshold(rows: Any, params: DebCSEParams) -> float | None:
+    """The masking threshold in force: the mining round's resolved cut-off (relative cut-offs move with the
+    reference space), else the recipe's absolute ``false_negative_threshold``."""
+    cut = getattr(rows, "stats", {}).get("cutoffs") if rows is not None else None
+    if cut is not None:
+        return cut["false_negative"]
+    if params.cutoffs == "relative":
+        return None  # resolved at the first mining, before any batch reaches the loss
+    return params.false_negative_threshold
+
+
+def false_negative_margin(rows: Any, params: DebCSEParams) -> float:
+    """The masking margin in force (cosine units): resolved with the round's cut-offs, else the recipe's."""
+    cut = getattr(rows, "stats", {}).get("cutoffs") if rows is not None else None
+    return float(cut["false_negative_margin"]) if cut is not None else params.false_negative_margin
+
+
+def mask_only_cutoffs(params: DebCSEParams, embeddings: Any) -> Any:
+    """The cut-offs of masking-only training: relative ones need the reference's top-K neighbour cosines."""
+    from embedkit.methods.debcse.debias import Cutoffs, resolve_cutoffs
+
+    if params.cutoffs == "absolute":  # the recipe's cosines (the neighbour spread is not measured here)
+        return Cutoffs("absolute", params.positive_min_semantic, params.negative_max_semantic,
+                       params.false_negative_threshold, params.negative_margin, params.false_negative_margin,
+                       params.positive_temperature, params.negative_temperature)
+    from embedkit.mining import mining_device, top_k_neighbours
+
+    _, sims = top_k_neighbours(embeddings, k=min(params.k, len(embeddings) - 1), chunk_size=params.mining_chunk_size,
+                               backend=params.mining_backend, device=mining_device(params.mining_device))
+    return resolve_cutoffs(params, sims.numpy())
+
+
+def _fmt_cut(value: float | None) -> str:
+    return "off" if value is None else f"{value:.3f}"
 
 
 def build_reference(name: str, max_seq_length: int) -> Any:

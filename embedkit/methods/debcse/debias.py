@@ -45,6 +45,11 @@ IDENTITY, VIEW, NEIGHBOUR = 0, 1, 2
 KIND_NAMES = {IDENTITY: "identity", VIEW: "view", NEIGHBOUR: "neighbour", -1: "random"}
 
 
+# Percentiles of the reference's top-K neighbour cosines that stand for the absolute cut-offs (0.7, 0.9, 0.95)
+# where those were tuned: all-MiniLM-L6-v2 on Brown sentences (docs/debcse.md, "Cut-offs").
+PERCENTILE_DEFAULTS = {"positive": 99.0, "negative": 99.5, "false_negative": 99.9}
+
+
 class DebiasParams(BaseModel):
     """Every choice of the debiasing reading, as recipe keys (``method.<key>``)."""
 
@@ -66,12 +71,33 @@ class DebiasParams(BaseModel):
     smoothing: float = Field(1.0, ge=0, description="pseudo-count added to every bin of a propensity table")
     max_weight: float = Field(10.0, gt=0, description="clip on inverse-propensity weights (mean 1 over the pool)")
     ipw: bool = Field(True, description="false: no propensity correction (ablation: draw by semantic weight only)")
+    cutoffs: Literal["absolute", "relative"] = Field(
+        "absolute", description="absolute: the semantic cut-offs are reference cosines (positive_min_semantic, "
+        "negative_max_semantic, false_negative_threshold); relative: percentiles of the reference's own top-K "
+        "neighbour cosines, measured at each mining (the *_percentile keys), so they hold in an anisotropic space",
+    )
     positive_min_semantic: float = Field(0.7, ge=-1, le=1, description="candidates below are never positives")
     positive_temperature: float = Field(0.1, gt=0, description="τ⁺ of the semantic weight exp(s/τ⁺)")
-    negative_margin: float = Field(0.1, ge=0, description="hard negative semantic ≤ positive's − margin")
+    negative_margin: float = Field(
+        0.1, ge=0, description="hard negative semantic ≤ positive's − margin (cutoffs relative: in units of "
+        "1 − the median neighbour cosine)",
+    )
     negative_max_semantic: float = Field(0.9, ge=-1, le=1, description="hard negatives never above this cosine")
     negative_temperature: float | None = Field(
         None, gt=0, description="τ⁻ of the semantic weight exp(−s/τ⁻); null: none (inverse propensity only)"
+    )
+    positive_min_percentile: float = Field(
+        PERCENTILE_DEFAULTS["positive"], ge=0, le=100,
+        description="cutoffs relative: positives need a cosine ≥ this percentile of the top-K neighbour cosines",
+    )
+    negative_max_percentile: float = Field(
+        PERCENTILE_DEFAULTS["negative"], ge=0, le=100,
+        description="cutoffs relative: hard negatives never above this percentile of the neighbour cosines",
+    )
+    false_negative_percentile: float | None = Field(
+        PERCENTILE_DEFAULTS["false_negative"], ge=0, le=100,
+        description="cutoffs relative: in-batch candidates at or above this percentile of the neighbour cosines "
+        "are masked; null: off",
     )
     duplicate_surface: float = Field(0.9, gt=0, le=1, description="surface ≥ this: a near-duplicate, never a negative")
     hard_negatives: bool = Field(True, description="draw one hard negative per anchor")
@@ -213,15 +239,15 @@ def mine(model: SentenceTransformer, texts: list[str], params: DebiasParams, see
     """Encode ``texts`` (unique) and their views with the reference ``model`` and mine top-K neighbours."""
     import torch
 
-    from embedkit.mining import encode, mining_device, top_k_neighbours
+    from embedkit.mining import mining_device, top_k_neighbours, unit_vectors
 
     if len(texts) < 2:
         raise ValueError(f"DebCSE mining needs at least 2 distinct sentences, got {len(texts)}")
-    emb = encode(model, texts, batch_size=batch_size, device=device)
+    emb = unit_vectors(model, texts, batch_size=batch_size, device=device)
     idx, sims = top_k_neighbours(emb, k=params.k, chunk_size=chunk_size, backend=backend,  # type: ignore[arg-type]
                                  device=mining_device(device))
     views = make_views(texts, params, seed, round_)
-    view_emb = [encode(model, v, batch_size=batch_size, device=device).half() for v in views]
+    view_emb = [unit_vectors(model, v, batch_size=batch_size, device=device).half() for v in views]
     stacked = torch.stack(view_emb) if view_emb else torch.zeros(0, len(texts), emb.shape[1], dtype=torch.float16)
     return MinedCorpus(texts, emb, idx.numpy(), sims.numpy().astype(np.float64), views, stacked, round_)
 
@@ -299,6 +325,65 @@ def parallel_pair_surface(left: list, right: list, measure: SurfaceMeasure, work
 
 
 # --------------------------------------------------------------------------------------------------------
+# Semantic cut-offs
+
+
+@dataclass
+class Cutoffs:
+    """The semantic cut-offs in force for one mining round, as reference cosines, and where they came from."""
+
+    mode: str  # absolute | relative
+    positive_min: float
+    negative_max: float
+    false_negative: float | None
+    negative_margin: float = 0.1  # as cosine differences
+    false_negative_margin: float = 0.0
+    positive_temperature: float = 0.1  # of the semantic weights, in cosine units
+    negative_temperature: float | None = None
+    neighbour_percentiles: dict[str, float] = field(default_factory=dict)  # p10/p50/p90/p99 of the kNN cosines
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "positive_min": self.positive_min, "negative_max": self.negative_max,
+                "false_negative": self.false_negative, "negative_margin": self.negative_margin,
+                "false_negative_margin": self.false_negative_margin,
+                "positive_temperature": self.positive_temperature, "negative_temperature": self.negative_temperature,
+                "neighbour_percentiles": dict(self.neighbour_percentiles)}
+
+
+def resolve_cutoffs(params: DebiasParams, neighbour_sims: np.ndarray) -> Cutoffs:
+    """The cut-offs as cosines: the recipe's own (``cutoffs: absolute``) or, for ``relative``, the given
+    percentiles of ``neighbour_sims`` (the reference's top-K neighbour cosines, all anchors together), with the
+    margins (``negative_margin``, ``false_negative_margin``) and the temperatures of the semantic weights in
+    units of the space's own scale, 1 − the median neighbour cosine: a common component added to every
+    embedding shrinks all cosine differences by the same factor as that scale, so a relative margin stays the
+    same step.
+
+    A relative cut-off follows the reference space: where every pair has a high cosine (an anisotropic space,
+    e.g. raw masked-LM [CLS] vectors) the neighbour cosines are high too, and so are the cut-offs taken from them.
+    """
+    sims = np.asarray(neighbour_sims, dtype=np.float64).ravel()
+    sims = sims[np.isfinite(sims)]
+    if sims.size == 0:
+        raise ValueError("no neighbour similarities to take the cut-offs from")
+    spread = {f"p{q:g}": float(np.percentile(sims, q)) for q in (10, 50, 90, 99)}
+    threshold = getattr(params, "false_negative_threshold", None)
+    fn_margin = float(getattr(params, "false_negative_margin", 0.0))
+    if params.cutoffs == "absolute":
+        return Cutoffs("absolute", params.positive_min_semantic, params.negative_max_semantic, threshold,
+                       params.negative_margin, fn_margin, params.positive_temperature, params.negative_temperature,
+                       spread)
+    fn = params.false_negative_percentile
+    scale = max(1.0 - spread["p50"], 1e-6)
+    return Cutoffs(
+        "relative", float(np.percentile(sims, params.positive_min_percentile)),
+        float(np.percentile(sims, params.negative_max_percentile)),
+        None if fn is None else float(np.percentile(sims, fn)),
+        params.negative_margin * scale, fn_margin * scale, params.positive_temperature * scale,
+        None if params.negative_temperature is None else params.negative_temperature * scale, spread,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
 # Selection
 
 
@@ -328,8 +413,9 @@ def select_pairs(cands: Candidates, params: DebiasParams, seed: int, round_: int
     """Draw one positive and (optionally) one hard negative column per anchor by inverse propensity."""
     rng = np.random.default_rng([seed, round_, 7])
     n, c = cands.shape
+    cutoffs = resolve_cutoffs(params, cands.semantic[cands.kind == NEIGHBOUR])
     # Positives.
-    eligible = cands.semantic >= params.positive_min_semantic
+    eligible = cands.semantic >= cutoffs.positive_min
     if params.include_identity:
         eligible |= cands.kind == IDENTITY
     else:
@@ -340,10 +426,11 @@ def select_pairs(cands: Candidates, params: DebiasParams, seed: int, round_: int
     ipw[eligible] = prop_pos.weights(cands.surface[eligible], cands.length_ratio[eligible], positive_target,
                                      params.max_weight) if params.ipw else 1.0
     with np.errstate(divide="ignore"):
-        log_w = np.where(eligible, cands.semantic / params.positive_temperature + np.log(ipw), -np.inf)
+        log_w = np.where(eligible, cands.semantic / cutoffs.positive_temperature + np.log(ipw), -np.inf)
     positive = _gumbel_argmax(log_w, rng)
     stats: dict[str, Any] = {
         "positive_pool": int(eligible.sum()), "anchors_without_positive": int((positive < 0).sum()),
+        "cutoffs": cutoffs.as_dict(),
     }
 
     # Hard negatives.
@@ -353,8 +440,8 @@ def select_pairs(cands: Candidates, params: DebiasParams, seed: int, round_: int
         pos_sem = np.where(positive >= 0, cands.semantic[np.arange(n), np.maximum(positive, 0)], 1.0)
         neg_ok = (
             (cands.kind == NEIGHBOUR)
-            & (cands.semantic <= pos_sem[:, None] - params.negative_margin)
-            & (cands.semantic <= params.negative_max_semantic)
+            & (cands.semantic <= pos_sem[:, None] - cutoffs.negative_margin)
+            & (cands.semantic <= cutoffs.negative_max)
             & (cands.surface < params.duplicate_surface)
         )
         prop_neg = Propensity.fit(cands.surface[neg_ok], cands.length_ratio[neg_ok], params.surface_bins,
@@ -362,7 +449,7 @@ def select_pairs(cands: Candidates, params: DebiasParams, seed: int, round_: int
         ipw_n = np.zeros((n, c))
         ipw_n[neg_ok] = prop_neg.weights(cands.surface[neg_ok], cands.length_ratio[neg_ok], negative_target,
                                          params.max_weight) if params.ipw else 1.0
-        sem_term = 0.0 if params.negative_temperature is None else -cands.semantic / params.negative_temperature
+        sem_term = 0.0 if cutoffs.negative_temperature is None else -cands.semantic / cutoffs.negative_temperature
         with np.errstate(divide="ignore"):
             log_wn = np.where(neg_ok, sem_term + np.log(ipw_n), -np.inf)
         negative = _gumbel_argmax(log_wn, rng)

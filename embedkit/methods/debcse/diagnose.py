@@ -26,11 +26,12 @@ JSON_NAME = "diagnose.json"
 
 
 def _texts_of(recipe: Any, train_data: Any, roles: tuple[str, ...], max_samples: int | None) -> dict[str, list]:
-    from embedkit.data.sources import read_hub
+    from embedkit.data.sources import read_train_source
+    from embedkit.methods import get_method
 
     if train_data is None:
-        src = recipe.data.train
-        train_data = read_hub(src.hub, src.split, src.config, src.columns, types=recipe.method.column_types())
+        method = get_method(recipe.method.name)
+        train_data = read_train_source(recipe.data.train, recipe.method.name, roles, method.column_types())
     columns = dict(zip(roles, train_data.columns.values(), strict=False))
     if max_samples:
         columns = {k: list(v[:max_samples]) for k, v in columns.items()}
@@ -40,13 +41,13 @@ def _texts_of(recipe: Any, train_data: Any, roles: tuple[str, ...], max_samples:
 def _given_rows(columns: dict[str, list], model: Any, batch_size: int) -> Any:
     """MinedRows for data that already holds (anchor, positive[, negative]) columns."""
     from embedkit.methods.debcse.debias import MinedRows, unique_texts
-    from embedkit.mining import encode
+    from embedkit.mining import unit_vectors
 
     names = [c for c in columns if isinstance(columns[c][0], str)][:3]
     allt = [str(t) for c in names for t in columns[c]]
     texts, _ = unique_texts(allt)
     uid = {t: i for i, t in enumerate(texts)}
-    table = encode(model, texts, batch_size).half()
+    table = unit_vectors(model, texts, batch_size).half()
     anchor = [str(t) for t in columns[names[0]]]
     positive = [str(t) for t in columns[names[1]]]
     negative = [str(t) for t in columns[names[2]]] if len(names) > 2 else None
@@ -216,7 +217,7 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
     from embedkit.methods.debcse import DebCSEParams, build_reference
     from embedkit.methods.debcse.debias import debias, identity_rows
     from embedkit.modeling import build_model
-    from embedkit.recipe import load_recipe
+    from embedkit.validate import load_recipe
 
     recipe, train_data = load_recipe(recipe_path, overrides, data_dir)
     method_cls = get_method(recipe.method.name)
@@ -244,10 +245,12 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
         before_rows = _given_rows({c: columns[c] for c in text_cols}, model, params.mining_batch_size)
     else:
         before_rows = identity_rows(anchors, mined.embeddings, mined.texts)
+    cutoffs = after_rows.stats["cutoffs"]  # as training resolves them (relative: from this reference's kNN cosines)
     if params.mode == "mask-only":
         after_rows = identity_rows(anchors, mined.embeddings, mined.texts)
+        after_rows.stats["cutoffs"] = cutoffs
 
-    margin, threshold = params.false_negative_margin, params.false_negative_threshold
+    margin, threshold = cutoffs["false_negative_margin"], cutoffs["false_negative"]
     before_b = batch_statistics_plain(before_rows, batch_size, seed, margin, threshold, params.surface_measure)
     after_b = _batch_stats(after_rows, batch_size, seed, margin, threshold, params.surface_measure)
     before_m = pair_measures(before_rows, params.surface_measure)
@@ -256,7 +259,9 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
         "recipe": str(recipe_path), "method": recipe.method.name, "reference": recipe.model.name,
         "batch_size": batch_size, "seed": seed, "max_samples": max_samples,
         "debcse": params.model_dump(mode="json"),
+        "cutoffs": cutoffs,
         "after_positive_kinds": after_rows.stats.get("positive_kinds"),
+        "after_positive_shares": shares(after_rows.stats.get("positive_kinds") or {}),
         "after_negative_kinds": after_rows.stats.get("negative_kinds"),
         "before": summarise(before_rows, before_b, before_m),
         "after": summarise(after_rows, after_b, after_m),
@@ -291,6 +296,42 @@ def batch_statistics_plain(rows: Any, batch_size: int, seed: int, margin: float,
     return stats
 
 
+def shares(counts: dict[str, int]) -> dict[str, float]:
+    """Each kind's fraction of the total (positives by kind: identity, view, neighbour)."""
+    total = sum(counts.values())
+    return {k: v / total for k, v in counts.items()} if total else {}
+
+
+MASKED_WARN = 0.10  # more in-batch negatives masked than this: the threshold is likely too low for the space
+
+
+def cutoff_report(summary: dict[str, Any]) -> list[str]:
+    """The lines that show a mis-set cut-off before training: the cut-offs in force and the reference's
+    neighbour cosines, the share of positives of each kind, and the share of in-batch negatives masked."""
+    cut = summary["cutoffs"]
+    spread = cut.get("neighbour_percentiles") or {}
+    fn = cut["false_negative"]
+    lines = [
+        f"cut-offs ({cut['mode']}): positive ≥ {cut['positive_min']:.3f}, hard negative ≤ {cut['negative_max']:.3f}, "
+        f"mask ≥ {'off' if fn is None else f'{fn:.3f}'}; reference top-K neighbour cosines "
+        + ", ".join(f"{k} {v:.3f}" for k, v in spread.items()),
+    ]
+    pos = summary.get("after_positive_shares") or {}
+    if pos:
+        lines.append("positives by kind: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in pos.items()))
+    after = summary["after"]["in_batch"]
+    masked = float(after.get("masked_share") or 0.0)
+    above = after.get("above_threshold_share")
+    lines.append(f"in-batch negatives masked: {100 * masked:.1f}%"
+                 + (f" ({100 * above:.1f}% at or above the mask cut-off)" if above is not None else ""))
+    if masked > MASKED_WARN:
+        hint = ("set method.cutoffs: relative (cut-offs from this reference's own similarity distribution)"
+                if cut["mode"] == "absolute" else "raise method.false_negative_percentile")
+        lines.append(f"warning: {100 * masked:.0f}% of in-batch negatives are masked: the cut-offs look too low for "
+                     f"this reference space; {hint}")
+    return lines
+
+
 def _diagnose(args: argparse.Namespace) -> int:
     out = args.out or f"diagnose-{Path(args.recipe).stem}"
     summary = diagnose(args.recipe, args.overrides, data_dir=args.data_dir, out_dir=out,
@@ -299,6 +340,8 @@ def _diagnose(args: argparse.Namespace) -> int:
           f"{summary['before']['rows']} rows, batch {summary['batch_size']}, seed {summary['seed']}")
     print(f"after debiasing, positives: {summary['after_positive_kinds']}; "
           f"hard negatives: {summary['after_negative_kinds'] or 'none'}")
+    for line in cutoff_report(summary):
+        print(line)
     print(format_table(summary["before"], summary["after"]))
     written = [JSON_NAME] if args.no_plot else [PNG_NAME, JSON_NAME]
     print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")

@@ -73,7 +73,7 @@ def format_views(views: list[TokenView]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from embedkit.evaluation.runner import load_model
+    from embedkit.model_ref import load_model
 
     if args.top_k <= 0:
         raise EmbedkitError(f"--top-k: expected a positive number, got {args.top_k}")

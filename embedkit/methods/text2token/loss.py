@@ -160,9 +160,10 @@ def stage_callback(loss: Text2TokenLoss) -> Any:
 
         def on_step_begin(self, args, state, control, **kwargs):
             loss.step.fill_(state.global_step)
-            if state.global_step == loss.stage2_step and state.is_world_process_zero:
-                print(f"[embedkit] text2token: stage 2 (model-derived targets, λ={loss.mixture}) from step "
-                      f"{state.global_step}", flush=True)
+            if state.global_step == loss.stage2_step:
+                from embedkit.log import log
+
+                log(f"text2token: stage 2 (model-derived targets, λ={loss.mixture}) from step {state.global_step}")
 
         def on_step_end(self, args, state, control, **kwargs):
             loss.step.fill_(state.global_step)  # saved with a checkpoint taken after this step

@@ -1,4 +1,5 @@
-"""Fast, exact sentence encoding for evaluation: tokenise once, batch by token length, optional bf16 autocast.
+"""The one way embedkit embeds texts outside the training graph: :func:`encode` (evaluation, ``embedkit encode``,
+mining, reference models). Fast and exact: tokenise once, batch by token length, optional bf16 autocast.
 
 ``SentenceTransformer.encode`` tokenises every batch on its own and sorts by character length. For an
 evaluation that embeds tens of thousands of sentences once, :func:`embed` instead runs the model's own
@@ -101,6 +102,31 @@ def _token_features(model: SentenceTransformer, sentences: list[str]) -> tuple[d
     return features, side
 
 
+def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 128, *, normalize: bool = False,
+           autocast: str | None = None, dtype: Any = np.float32, device: Any = None) -> np.ndarray:
+    """Embeddings of ``texts``, row ``i`` for ``texts[i]``, each distinct text encoded once.
+
+    ``normalize`` scales each row to unit length after the cast to ``dtype`` (float32 by default; the STS suite
+    asks for float64); ``autocast`` is ``none`` (default), ``bf16`` or ``auto``; ``device`` (e.g. ``cuda:0``)
+    moves the model there for the call and back after it. The rows equal ``SentenceTransformer.encode``'s.
+    """
+    unique = list(dict.fromkeys(texts))
+    original = next(model.parameters()).device if device is not None else None
+    if device is not None and torch.device(device) != original:
+        model.to(device)
+    try:
+        emb = embed(model, unique, batch_size=batch_size, autocast=autocast).astype(dtype, copy=False)
+    finally:
+        if device is not None and torch.device(device) != original:
+            model.to(original)
+    if len(unique) < len(texts):
+        row = {text: i for i, text in enumerate(unique)}
+        emb = emb[[row[t] for t in texts]]
+    if normalize:
+        emb /= np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+    return emb
+
+
 def embed(
     model: SentenceTransformer,
     sentences: list[str],
@@ -110,7 +136,7 @@ def embed(
 ) -> np.ndarray:
     """Sentence embeddings (float32, as the model outputs them, not re-normalised), in the order given.
 
-    Pass each sentence once (see :func:`embedkit.evaluation.core.encode_unique`). ``autocast`` is
+    Pass each sentence once (see :func:`encode`). ``autocast`` is
     ``none`` (default), ``bf16`` or ``auto`` (bf16 where the hardware supports it). ``batch_size`` sets the
     size of a forward pass in token positions (``batch_size * TOKENS_PER_ROW``; see :func:`_token_batches`),
     so that memory is bounded as with ``batch_size`` rows of 16 tokens. Sentences are
@@ -123,7 +149,7 @@ def embed(
     if chunk_size < batch_size:
         raise EmbedkitError(f"chunk_size must be at least batch_size ({batch_size}), got {chunk_size}")
     if not sentences:
-        from embedkit.evaluation.runner import embedding_dim
+        from embedkit.model_ref import embedding_dim
 
         return np.zeros((0, embedding_dim(model) or 0), dtype=np.float32)
     device = model.device
