@@ -41,8 +41,8 @@ def build(recipe_path: Path):
     from embedkit.methods import get_method
     from embedkit.methods.base import TrainContext
     from embedkit.modeling import build_model
-    from embedkit.validate import load_recipe
     from embedkit.training.run import build_dataset
+    from embedkit.validate import load_recipe
 
     recipe, data = load_recipe(recipe_path)
     cls = get_method(recipe.method.name)
