@@ -4,6 +4,7 @@ fresh temp dir per test. Tests that need ../shared/data skip with a reason when 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,25 @@ def sentences_file(tmp_path) -> Path:
     path = tmp_path / "sentences.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def guard_loopback(monkeypatch) -> list:
+    """Refuse (and record) any name lookup or connection that is not for the loopback interface."""
+    outside: list = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            outside.append(address)
+            raise OSError(f"test: connection to {address} refused (loopback only)")
+        return real_connect(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "::1", "localhost", None):
+            outside.append(host)
+            raise OSError(f"test: name lookup of {host} refused (loopback only)")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return outside

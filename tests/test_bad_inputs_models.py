@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import guard_loopback
 
 from embedkit import model_ref
 from embedkit.cli import main
@@ -70,25 +71,7 @@ def fresh_probe(monkeypatch):
 @pytest.fixture()
 def loopback_only(monkeypatch):
     """Refuse (and record) any connection or name lookup that is not for 127.0.0.1."""
-    outside: list = []
-    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-    def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            outside.append(address)
-            raise OSError(f"test: connection to {address} refused (loopback only)")
-        return real_connect(sock, address)
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "::1", "localhost", None):
-            outside.append(host)
-            raise OSError(f"test: name lookup of {host} refused (loopback only)")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    yield outside
-    assert outside == [], f"non-loopback connections attempted: {outside}"
+    return guard_loopback(monkeypatch)
 
 
 @pytest.fixture()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import guard_loopback
 from hub_server import HubServer
 
 TOKEN = "hf_embedkitTestToken0123456789abcdefXYZ"
@@ -69,7 +69,7 @@ def trained_output(tmp_path_factory, tiny_model_path) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         # Training saves a sentence-transformers card, which looks up the Hub unless offline: stay offline.
         mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        outside = _guard_loopback(mp)
+        outside = guard_loopback(mp)
         train(str(recipe))
         assert outside == [], f"non-loopback connections attempted while training: {outside}"
     out = root / "out"
@@ -91,31 +91,9 @@ def trained_output(tmp_path_factory, tiny_model_path) -> Path:
     return out
 
 
-def _guard_loopback(monkeypatch) -> list:
-    """Refuse (and record) any name lookup or connection that is not for the loopback interface."""
-    outside: list = []
-    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-    def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            outside.append(address)
-            raise OSError(f"test: connection to {address} refused (loopback only)")
-        return real_connect(sock, address)
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "::1", "localhost", None):
-            outside.append(host)
-            raise OSError(f"test: name lookup of {host} refused (loopback only)")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return outside
-
-
 @pytest.fixture()
 def loopback_only(monkeypatch):
-    outside = _guard_loopback(monkeypatch)
+    outside = guard_loopback(monkeypatch)
     yield outside
     assert outside == [], f"non-loopback connections attempted: {outside}"
 

@@ -42,7 +42,18 @@ def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
     return torch.logsumexp(-t * sq, dim=0) - math.log(sq.shape[0])
 
 
-class AlignmentTerm(nn.Module):
+class _WangIsolaTerm(nn.Module):
+    """What the two terms share: no per-batch preparation, one citation."""
+
+    def prepare(self, batch: Any, loss: Any) -> None:
+        pass
+
+    @property
+    def citation(self) -> str:
+        return WANG_ISOLA_CITATION
+
+
+class AlignmentTerm(_WangIsolaTerm):
     """Alignment of positive pairs (Wang and Isola, ICML 2020) as a term added to any method's loss.
 
     With the method's anchors ``x_i`` and positives ``x_i⁺`` (e.g. SimCSE's two dropout views; the momentum
@@ -79,19 +90,12 @@ class AlignmentTerm(nn.Module):
     def from_params(cls, params: Any, model: Any = None) -> AlignmentTerm:
         return cls(params.weight, params.alpha)
 
-    def prepare(self, batch: Any, loss: Any) -> None:
-        pass
-
-    @property
-    def citation(self) -> str:
-        return WANG_ISOLA_CITATION
-
     def forward(self, views: list[Tensor], batch: Any, loss: Any = None) -> Tensor:
         anchors, positives = batch.anchors_positives(views)
         return alignment(anchors, positives, self.alpha)
 
 
-class UniformityTerm(nn.Module):
+class UniformityTerm(_WangIsolaTerm):
     """Uniformity on the hypersphere (Wang and Isola, ICML 2020) as a term added to any method's loss.
 
     Over every pair of distinct rows of the (global, when ``gather_across_devices``) batch, on L2-normalised
@@ -127,13 +131,6 @@ class UniformityTerm(nn.Module):
     @classmethod
     def from_params(cls, params: Any, model: Any = None) -> UniformityTerm:
         return cls(params.weight, params.t)
-
-    def prepare(self, batch: Any, loss: Any) -> None:
-        pass
-
-    @property
-    def citation(self) -> str:
-        return WANG_ISOLA_CITATION
 
     def forward(self, views: list[Tensor], batch: Any, loss: Any = None) -> Tensor:
         gather = loss.gather if loss is not None else (lambda x: x)

@@ -176,15 +176,7 @@ class RunFolder:
 
     def lock(self, folder: Path) -> None:
         """Take the exclusive lock of ``folder`` (created if needed) or fail naming its holder."""
-        from filelock import FileLock, Timeout
-
-        lock = FileLock(str(folder / LOCK), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise RecipeError(f"output.dir {self.out}: in use by another embedkit run ({_holder(folder)}); "
-                              "wait for it to finish or choose another output.dir") from None
-        self._locks.append(lock)
+        self._locks.append(_acquire(folder, self.out))
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""}
         (folder / OWNER).write_text(json.dumps(owner), encoding="utf-8")
@@ -215,17 +207,21 @@ class RunFolder:
 
 def probe_lock(folder: Path, out: Path) -> None:
     """Fail now, naming the holder, when another run holds ``folder``'s lock (creates nothing)."""
+    if (folder / LOCK).is_file():
+        _acquire(folder, out).release()
+
+
+def _acquire(folder: Path, out: Path) -> Any:
+    """``folder``'s lock, held, or one line naming the run that holds it."""
     from filelock import FileLock, Timeout
 
-    if not (folder / LOCK).is_file():
-        return
     lock = FileLock(str(folder / LOCK), timeout=0)
     try:
         lock.acquire()
     except Timeout:
         raise RecipeError(f"output.dir {out}: in use by another embedkit run ({_holder(folder)}); "
                           "wait for it to finish or choose another output.dir") from None
-    lock.release()
+    return lock
 
 
 def _holder_pid(owner: Path) -> int | None:
