@@ -9,22 +9,14 @@ usable checkpoint answers before a model loads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from embedkit.data.sts import sha256_file
+
 COMPLETE_MARKER = "embedkit_checkpoint.json"
-_CHUNK = 1 << 22
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_entries(folder: Path) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from embedkit.errors import RecipeError
-from embedkit.log import log
+from embedkit.log import is_main_process, log
 from embedkit.paths import atomic_path
 from embedkit.recipe import Recipe, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
@@ -79,8 +79,7 @@ class Plan:
 def _resume_checks(recipe: Recipe, train_data: Any, out: Path) -> tuple[Path, dict[str, Any] | None]:
     """Read-only checks of ``--resume``: (folder to resume, the saved results if the run is finished)."""
     rundir.check_output_path(out)
-    staging = rundir.staging_path(out)
-    work = staging if (staging / CHECKPOINTS).is_dir() else out
+    work = rundir.resume_work(out)
     if not (work / CHECKPOINTS).is_dir():
         raise RecipeError(f"output.dir {out}: no checkpoints to resume from")
     if (work / RESULTS).is_file():
@@ -156,7 +155,7 @@ def train(
     if not isinstance(plan, Plan):
         return plan
     with plan.folder as folder:
-        if rundir.is_primary() and not resume:
+        if is_main_process() and not resume:
             folder.write_marker(recipe=recipe.model_dump(mode="json"),
                                 data_sha256=getattr(train_data, "sha256", None))
         run = setup(recipe, train_data, data_dir, folder.work, plan.checkpoint)

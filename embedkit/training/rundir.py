@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.errors import RecipeError
+from embedkit.log import is_main_process
 from embedkit.version import __version__
 
 MARKER = ".embedkit-run.json"  # the first file of every output folder embedkit creates
@@ -53,14 +54,16 @@ RESUMABLE_KEYS = (
 )
 
 
-def is_primary() -> bool:
-    """The process that owns the folder: rank 0 (every process computes the same paths)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def staging_path(out: Path) -> Path:
     """Where an ``--overwrite`` run trains until it has finished: a hidden sibling of ``out``."""
     return out.parent / f".{out.name}.embedkit-staging"
+
+
+def resume_work(out: Path) -> Path:
+    """The folder ``--resume`` continues: an interrupted ``--overwrite`` run's staging folder when it holds
+    checkpoints, else ``out``."""
+    staging = staging_path(out)
+    return staging if (staging / CHECKPOINTS).is_dir() else out
 
 
 def _forbidden_targets() -> dict[Path, str]:
@@ -146,7 +149,7 @@ class RunFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is not None and is_primary():
+            if exc_type is not None and is_main_process():
                 self._clean_failed()
         finally:
             self.release()
@@ -188,7 +191,7 @@ class RunFolder:
 
     def finish(self) -> None:
         """Record the finished run's entries in its marker and, for a staged run, swap it into ``out``."""
-        if not is_primary():
+        if not is_main_process():
             return
         entries = sorted(p.name for p in self.work.iterdir())
         self.write_marker(entries=entries, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -267,13 +270,14 @@ def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
     if resume and overwrite:
         raise RecipeError("--resume and --overwrite: choose one (resume continues a run, overwrite replaces it)")
     staging = staging_path(out)
-    if not is_primary():
-        if resume:
-            return RunFolder(out, staging if (staging / CHECKPOINTS).is_dir() else out, staged=True)
+    if resume:
+        work = resume_work(out)
+        if not is_main_process():
+            return RunFolder(out, work, staged=work != out)
+    elif not is_main_process():
         return RunFolder(out, staging if overwrite else out, staged=overwrite)
     probe_lock(out, out)  # a run in progress is named before any other refusal
     if resume:
-        work = staging if (staging / CHECKPOINTS).is_dir() else out
         if not work.is_dir():
             raise RecipeError(f"output.dir {out}: does not exist; nothing to resume")
         folder = RunFolder(out, work, staged=work != out)
