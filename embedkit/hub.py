@@ -30,6 +30,7 @@ from typing import Any
 
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
+from embedkit.model_ref import first_line
 
 
 class HubError(EmbedkitError):
@@ -282,7 +283,7 @@ def _describe(err: BaseException, token: str, repo_id: str, endpoint: str, stage
     response = getattr(err, "response", None)
     status = getattr(response, "status_code", None)
     if isinstance(err, _network_errors()):
-        msg = (f"connection to {endpoint} failed while {stage} ({type(err).__name__}: {_first_line(err)}); "
+        msg = (f"connection to {endpoint} failed while {stage} ({type(err).__name__}: {first_line(err)}); "
                f"the upload to {repo_id} did not complete and nothing was published; run the same push again "
                "to finish it")
     elif status == 401 and not isinstance(err, RepositoryNotFoundError):
@@ -295,9 +296,9 @@ def _describe(err: BaseException, token: str, repo_id: str, endpoint: str, stage
         msg = (f"the token has no write access to {repo_id} (HTTP 403) while {stage}; use a token with write "
                "permission for that namespace; nothing was published")
     elif isinstance(err, HfHubHTTPError):
-        msg = f"the Hub answered HTTP {status} while {stage}: {_first_line(err)}; nothing was published"
+        msg = f"the Hub answered HTTP {status} while {stage}: {first_line(err)}; nothing was published"
     else:
-        msg = f"{stage} failed ({type(err).__name__}: {_first_line(err)}); nothing was published"
+        msg = f"{stage} failed ({type(err).__name__}: {first_line(err)}); nothing was published"
     return msg.replace(token, "***") if token else msg
 
 
@@ -306,16 +307,11 @@ def _remove_created_repo(api: Any, repo_id: str, token: str) -> str:
     try:
         api.delete_repo(repo_id, repo_type="model")
     except Exception as err:  # noqa: BLE001 - the Hub may still be unreachable: say what is left behind
-        detail = f"{type(err).__name__}: {_first_line(err)}"
+        detail = f"{type(err).__name__}: {first_line(err)}"
         detail = detail.replace(token, "***") if token else detail
         return (f"the empty repository {repo_id} that this push created remains on the Hub (deleting it failed: "
                 f"{detail}); delete it there, or run the same push again to fill it")
     return f"the empty repository {repo_id} that this push created was deleted again"
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else "no details"
 
 
 def push(

