@@ -277,15 +277,46 @@ def _mteb_section(results: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+# The dev metric's name in the card (a results.json from before data.dev.kind existed is STS-B, Spearman).
+_DEV_METRIC_LABELS = {"spearman": "Spearman", "pearson": "Pearson", "map": "MAP", "mrr@10": "MRR@10",
+                      "ndcg@10": "nDCG@10", "recall@100": "Recall@100"}
+
+
 def _dev_section(results: dict[str, Any]) -> list[str]:
     dev = results.get("dev") if isinstance(results.get("dev"), dict) else {}
     after, before = dev.get("after"), dev.get("before")
     if not isinstance(after, dict):
         return []
-    line = f"STS-B dev (used to select the checkpoint): Spearman {_fmt(after.get('spearman'))} after training"
+    kind, metric = dev.get("kind", "stsb"), dev.get("metric", "spearman")
+    title = "STS-B dev" if kind == "stsb" else f"{dev.get('name', kind)} ({kind} dev set)"
+    label = _DEV_METRIC_LABELS.get(metric, metric)
+    line = f"{title} (used to select the checkpoint, on {label}): {label} {_fmt(after.get(metric))} after training"
+    if kind == "stsb" and metric == "spearman":  # the line STS-B cards have always carried
+        line = f"STS-B dev (used to select the checkpoint): Spearman {_fmt(after.get('spearman'))} after training"
     if isinstance(before, dict):
-        line += f", {_fmt(before.get('spearman'))} before"
-    return ["### STS-B dev", "", line + ".", ""]
+        line += f", {_fmt(before.get(metric))} before"
+    lines = [f"### {title}", "", line + "."]
+    others = [f"{_DEV_METRIC_LABELS[m]} {_fmt(after[m])}" for m in _DEV_METRIC_LABELS
+              if m != metric and m in after and kind != "stsb"]
+    if others:
+        lines += ["", "Its other metrics after training: " + ", ".join(others) + "."]
+    return lines + [""]
+
+
+def _ranking_section(results: dict[str, Any]) -> list[str]:
+    """The final reranking / retrieval evaluation (``eval.rerank``, ``eval.retrieval``), × 100."""
+    lines: list[str] = []
+    for kind, metrics in (("rerank", ("map", "mrr@10")), ("retrieval", ("ndcg@10", "recall@100", "mrr@10"))):
+        sets = results.get(kind)
+        if not isinstance(sets, dict) or not sets:
+            continue
+        heads = [_DEV_METRIC_LABELS[m] for m in metrics]
+        lines += [f"### {'Reranking' if kind == 'rerank' else 'Retrieval'}", "",
+                  "| Set | " + " | ".join(heads) + " |", "|:--|" + "--:|" * len(heads)]
+        lines += [f"| {name} | " + " | ".join(_fmt(v.get(m)) for m in metrics) + " |"
+                  for name, v in sets.items() if isinstance(v, dict)]
+        lines.append("")
+    return lines
 
 
 def build_card(results: dict[str, Any], repo_id: str, *, model_info: dict[str, Any] | None = None,
@@ -339,7 +370,7 @@ def build_card(results: dict[str, Any], repo_id: str, *, model_info: dict[str, A
     ]
     body += ["The repository also holds `recipe.yaml` (the resolved recipe) and `results.json` (every recorded "
              "score, the training log, hardware and versions).", ""]
-    evaluation = _sts_section(results) + _mteb_section(results) + _dev_section(results)
+    evaluation = _sts_section(results) + _mteb_section(results) + _ranking_section(results) + _dev_section(results)
     body += ["## Evaluation", ""] + (evaluation or ["No evaluation was recorded for this run.", ""])
 
     train = results.get("train") if isinstance(results.get("train"), dict) else {}

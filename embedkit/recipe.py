@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from embedkit.errors import DataError, EmbedkitError, RecipeError
 
@@ -62,14 +70,53 @@ class TrainSource(Section):
         return self
 
 
-class DevSection(Section):
-    """STS-B dev for checkpoint selection: a local file/folder, else the Hub."""
+# The dev metrics each kind of dev set can select checkpoints on; the first is the default.
+DEV_METRICS = {"stsb": ("spearman", "pearson"), "rerank": ("map", "mrr@10"),
+               "retrieval": ("ndcg@10", "recall@100", "mrr@10")}
+_STSB_DEV = {"path": "{data_dir}/sts/stsbenchmark/sts-dev.csv", "hub": "sentence-transformers/stsb",
+             "split": "validation"}
 
-    path: str | None = Field(
-        "{data_dir}/sts/stsbenchmark/sts-dev.csv", description="local sts-dev.csv (or its folder)"
-    )
-    hub: str | None = "sentence-transformers/stsb"
-    split: str = "validation"
+
+class DevSection(Section):
+    """The dev set that selects the checkpoint: STS-B (``kind: stsb``, the default: a local file/folder, else the
+    Hub), a reranking file (``rerank``: ``qtext,label,atext``) or a BEIR retrieval folder (``retrieval``)."""
+
+    kind: Literal["stsb", "rerank", "retrieval"] = "stsb"
+    path: str | None = Field(None, description="stsb: sts-dev.csv or its folder (default: the data folder's); "
+                                               "rerank: the CSV file; retrieval: the BEIR folder")
+    hub: str | None = Field(None, description="stsb only: the Hub copy used when a {data_dir} path is absent")
+    split: str = Field("validation", description="stsb: the Hub split; retrieval: the qrels split (default dev)")
+    metric: str = Field("spearman", description="the metric that selects the checkpoint; stsb: spearman | pearson, "
+                                                "rerank: map | mrr@10, retrieval: ndcg@10 | recall@100 | mrr@10")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        """Defaults that depend on ``kind``: STS-B's file and Hub copy, the dev split, the first metric."""
+        if not isinstance(data, dict):
+            return data
+        kind = data.get("kind", "stsb")
+        if kind not in DEV_METRICS:
+            return data  # the Literal reports it
+        defaults: dict[str, Any] = dict(_STSB_DEV) if kind == "stsb" else {"split": "dev"}
+        defaults["metric"] = DEV_METRICS[kind][0]
+        return {**defaults, **data}
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_of_kind(cls, value: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind")
+        if kind in DEV_METRICS and value not in DEV_METRICS[kind]:
+            raise ValueError(f"for kind {kind!r} expected one of {', '.join(DEV_METRICS[kind])}, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _source(self) -> DevSection:
+        if self.kind != "stsb" and self.hub:
+            raise ValueError(f"hub: a {self.kind} dev set is read from a local path (hub is for kind stsb)")
+        if self.kind != "stsb" and not self.path:
+            raise ValueError(f"path: a {self.kind} dev set needs a local path")
+        return self
 
 
 class DataSection(Section):
@@ -166,11 +213,23 @@ class OutputSection(Section):
     license: str | None = "apache-2.0"
 
 
+class RetrievalEval(Section):
+    """A BEIR folder to score after training (nDCG@10, Recall@100, MRR@10)."""
+
+    path: str = Field(description="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); may start with "
+                                  "{data_dir}")
+    split: str = "test"
+
+
 class EvalSection(Section):
     before: bool = Field(True, description="evaluate the starting model first")
     suite: Literal["stsb-dev", "sts", "none"] = Field(
         "stsb-dev", description="final evaluation: STS-B dev, the full 7-task STS suite, or none"
     )
+    rerank: list[str] = Field(default_factory=list,
+                              description="reranking files (qtext,label,atext) to score after training: MAP, MRR@10")
+    retrieval: list[RetrievalEval] = Field(default_factory=list,
+                                           description="BEIR folders to score after training")
 
 
 # The STS suite's task names, as embedkit.evaluation reports them (tests check that the two lists agree).

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from embedkit import paths
+from embedkit.data.ranking import check_beir_layout, read_rerank
 from embedkit.data.sources import read_local
 from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
@@ -140,12 +141,38 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
 
 def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict, notes: list[str]) -> None:
     """``data.dev`` follows the rule of ``data.train``: a written-out path must exist (the Hub copy is used
-    only for a ``{data_dir}`` path that is absent), checked now rather than after the heavy imports."""
+    only for a ``{data_dir}`` path that is absent), checked now rather than after the heavy imports. A reranking
+    dev file is read in full now; a retrieval folder's layout is checked (its corpus is read before the model
+    loads). Then the final evaluation's ``eval.rerank`` / ``eval.retrieval`` the same way."""
     dev = recipe.data.dev
-    if dev is None or not dev.path:
-        return
-    where = _where(source, lines, ("data", "dev", "path"))
-    instead = f"STS-B dev comes from the Hub dataset {dev.hub} ({dev.split}) instead"
-    _local_file(dev.path, dev.hub, data_dir, where, instead, notes, folder_file="sts-dev.csv")
+    if dev is not None and dev.path:
+        where = _where(source, lines, ("data", "dev", "path"))
+        if dev.kind == "stsb":
+            instead = f"STS-B dev comes from the Hub dataset {dev.hub} ({dev.split}) instead"
+            _local_file(dev.path, dev.hub, data_dir, where, instead, notes, folder_file="sts-dev.csv")
+        else:
+            _check_ranking(dev.kind, dev.path, dev.split, data_dir, where, scorable=True)
+    for i, path in enumerate(recipe.eval.rerank):
+        _check_ranking("rerank", path, "test", data_dir, _where(source, lines, ("eval", "rerank", i)))
+    for i, entry in enumerate(recipe.eval.retrieval):
+        _check_ranking("retrieval", entry.path, entry.split, data_dir,
+                       _where(source, lines, ("eval", "retrieval", i, "path")))
 
 
+def _check_ranking(kind: str, raw: str, split: str, data_dir: Path | None, where: str,
+                   scorable: bool = False) -> None:
+    """A reranking file (read in full) or a BEIR folder (its files and qrels split present)."""
+    try:
+        path = paths.expand(raw, data_dir)
+    except FileNotFoundError as err:
+        raise RecipeError(f"{where}: {err}") from None
+    try:
+        if kind == "rerank":
+            data = read_rerank(path)
+            if scorable and not any(q.scorable for q in data.queries):
+                raise DataError(f"{path}: no question has both a positive and a negative candidate (MAP and MRR "
+                                "are undefined)")
+        else:
+            check_beir_layout(path, split)
+    except DataError as err:
+        raise RecipeError(f"{where}: {err}") from None

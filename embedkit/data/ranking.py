@@ -124,18 +124,30 @@ def _jsonl(path: Path, what: str) -> dict[str, dict]:
     return out
 
 
-def read_beir(folder: str | Path, split: str = "test", name: str | None = None) -> BeirSet:
-    """Read a BEIR-layout folder; qrels with relevance ≤ 0 are dropped, ids not in corpus/queries are errors."""
+def check_beir_layout(folder: str | Path, split: str = "test") -> Path:
+    """The qrels file of ``split`` in a BEIR folder, after checking that the folder's three files exist (cheap:
+    nothing is parsed; for validation before a large corpus is read)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: retrieval folder not found (expected corpus.jsonl, queries.jsonl, qrels/)")
-    corpus_rows = _jsonl(folder / "corpus.jsonl", "corpus file")
-    query_rows = _jsonl(folder / "queries.jsonl", "queries file")
+    for fname, what in (("corpus.jsonl", "corpus file"), ("queries.jsonl", "queries file")):
+        if not (folder / fname).is_file():
+            raise DataError(f"{folder / fname}: {what} not found (expected the BEIR layout: corpus.jsonl, "
+                            "queries.jsonl, qrels/<split>.tsv)")
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         have = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
         raise DataError(f"{qrels_path}: qrels for split {split!r} not found"
                         + (f"; this folder has: {', '.join(have)}" if have else ""))
+    return qrels_path
+
+
+def read_beir(folder: str | Path, split: str = "test", name: str | None = None) -> BeirSet:
+    """Read a BEIR-layout folder; qrels with relevance ≤ 0 are dropped, ids not in corpus/queries are errors."""
+    folder = Path(folder)
+    qrels_path = check_beir_layout(folder, split)
+    corpus_rows = _jsonl(folder / "corpus.jsonl", "corpus file")
+    query_rows = _jsonl(folder / "queries.jsonl", "queries file")
     qrels: dict[str, dict[str, int]] = {}
     with utf8_errors(qrels_path), open(qrels_path, encoding="utf-8", newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):

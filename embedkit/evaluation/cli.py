@@ -1,8 +1,9 @@
-"""``embedkit eval``: the STS suite, geometry, MTEB and leaderboard submission files from the command line.
+"""``embedkit eval``: the STS suite, geometry, reranking and retrieval, MTEB and leaderboard submission files
+from the command line.
 
 Every run writes, in ``--output`` (default ``eval-results/<model>``): ``results.json`` (last, atomically: its
-presence marks a finished run), ``sts.png`` (the chart of the 7 tasks) and, with ``--mteb``, mteb's results
-tree under ``mteb/``.
+presence marks a finished run), ``sts.png`` (the chart of the 7 tasks) and, with ``--mteb`` (or ``--as-mteb``
+for the ``--rerank`` / ``--retrieval`` sets), mteb's results tree under ``mteb/``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
                    help="bf16 autocast (auto: only where the hardware has bf16); default none")
     p.add_argument("--no-chart", action="store_true", help="do not draw sts.png")
+    g = p.add_argument_group("reranking and retrieval (docs/evaluation.md)")
+    g.add_argument("--rerank", metavar="FILE", action="append", default=[],
+                   help="a reranking CSV (qtext,label,atext): MAP and MRR@10; may be repeated")
+    g.add_argument("--retrieval", metavar="DIR", action="append", default=[],
+                   help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv): nDCG@10, Recall@100, MRR@10; "
+                        "may be repeated")
+    g.add_argument("--split", default="test", help="the qrels split of the --retrieval folders (default: test)")
+    g.add_argument("--as-mteb", action="store_true",
+                   help="also score the --rerank/--retrieval sets as local mteb tasks (mteb's layout under mteb/)")
     g = p.add_argument_group("MTEB")
     g.add_argument("--mteb", metavar="TASK[,TASK...]", help="run these MTEB tasks with mteb.evaluate")
     g.add_argument("--mteb-benchmark", metavar="NAME", help="run an MTEB benchmark, e.g. 'MTEB(eng, v2)'")
@@ -60,7 +70,8 @@ def _slug(spec: str) -> str:
 
 def _check_args(args: argparse.Namespace) -> str:
     wants_mteb = bool(args.mteb or args.mteb_benchmark)
-    suite = args.suite or ("none" if wants_mteb else "sts")
+    wants_ranking = bool(args.rerank or args.retrieval)
+    suite = args.suite or ("none" if wants_mteb or wants_ranking else "sts")
     if args.batch_size <= 0:
         raise EmbedkitError(f"--batch-size must be positive, got {args.batch_size}")
     if args.submission and not wants_mteb:
@@ -69,8 +80,12 @@ def _check_args(args: argparse.Namespace) -> str:
         raise EmbedkitError("--compare works with the STS suite (drop --suite/--mteb, or run them separately)")
     if args.geometry and suite != "sts":
         raise EmbedkitError("--geometry adds to the STS suite; for geometry alone use --suite geometry")
-    if suite == "none" and not wants_mteb:
-        raise EmbedkitError("--suite none without --mteb: nothing to evaluate")
+    if suite == "none" and not wants_mteb and not wants_ranking:
+        raise EmbedkitError("--suite none without --mteb, --rerank or --retrieval: nothing to evaluate")
+    if args.as_mteb and not wants_ranking:
+        raise EmbedkitError("--as-mteb scores the --rerank/--retrieval sets with mteb: give one of them")
+    if args.as_mteb and wants_mteb:
+        raise EmbedkitError("--as-mteb with --mteb: run them separately (each writes its own mteb results)")
     from embedkit.model_ref import check_model, require_hub
 
     # Everything that can fail cheaply fails here, before any model loads: the models (first: no import needed),
@@ -99,6 +114,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from embedkit.evaluation.report import (
         geometry_table,
         mteb_table,
+        ranking_table,
         render_chart,
         sts_table,
         write_json_atomic,
@@ -111,6 +127,12 @@ def run_cli(args: argparse.Namespace) -> int:
     common = dict(data_dir=args.data_dir, batch_size=args.batch_size, source=args.source, autocast=args.autocast,
                   progress=True)
     results: dict[str, Any] = {"arguments": {k: v for k, v in vars(args).items() if k != "func"}}
+    # Reranking files and BEIR folders are read in full before the model loads: a bad row fails at once.
+    from embedkit.data.ranking import read_beir, read_rerank
+    from embedkit.evaluation.core import ranking_name
+
+    ranking_sets = [read_rerank(f, name=ranking_name("rerank", f)) for f in args.rerank] + [
+        read_beir(d, args.split, name=ranking_name("retrieval", d, args.split)) for d in args.retrieval]
     model, spec = load_model(args.model)
     if suite == "sts":
         results["sts"] = evaluate(model, "sts", geometry=args.geometry, model_path=spec, **common)
@@ -123,11 +145,14 @@ def run_cli(args: argparse.Namespace) -> int:
                 if t in other["tasks"]}
         diff["avg"] = other["avg"] - results["sts"]["avg"]
         results["compare"] = {"model": other["model"], "sts": other, "difference_b_minus_a": diff}
-    if args.mteb or args.mteb_benchmark:
+    if ranking_sets:
+        results.update(_score_ranking(model, ranking_sets, args))
+    if args.mteb or args.mteb_benchmark or args.as_mteb:
         from embedkit.evaluation.mteb_eval import run_mteb
 
+        extra = _mteb_ranking_tasks(args) if args.as_mteb else None
         run = run_mteb(
-            model, args.mteb, args.mteb_benchmark, data_dir=args.data_dir, cache_dir=out / "mteb",
+            model, args.mteb, args.mteb_benchmark, extra_tasks=extra, data_dir=args.data_dir, cache_dir=out / "mteb",
             batch_size=args.batch_size, source=args.source, autocast=args.autocast, model_name=args.model_name,
             revision=args.revision, reuse_cache=args.reuse_mteb_cache, submission=args.submission,
             languages=[s.strip() for s in args.languages.split(",") if s.strip()], license=args.license,
@@ -152,9 +177,37 @@ def run_cli(args: argparse.Namespace) -> int:
             print(geometry_table(results["sts"]["geometry"]))
     if "geometry" in results:
         print(geometry_table(results["geometry"]))
+    if "rerank" in results or "retrieval" in results:
+        print(ranking_table(results))
     if "mteb" in results:
         print(mteb_table({"tasks": results["mteb"], **results["mteb_run"]}))
         if results["mteb_run"].get("submission"):
             print(f"submission files: {results['mteb_run']['submission']['dir']} (see its README.md)")
     print(f"results: {path}" + (f"; chart: {chart}" if chart else ""))
     return 0
+
+
+def _score_ranking(model: Any, sets: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``{"rerank": {name: scores}, "retrieval": {name: scores}}`` for the sets read from the arguments."""
+    from embedkit.data.ranking import RerankSet
+    from embedkit.evaluation.ranking import score_rerank, score_retrieval
+    from embedkit.log import progress
+
+    out: dict[str, Any] = {}
+    for data in sets:
+        rerank = isinstance(data, RerankSet)
+        progress(f"{'reranking' if rerank else 'retrieval'}: {data.name}", True)
+        scores = score_rerank(model, data, args.batch_size, args.autocast) if rerank else \
+            score_retrieval(model, data, args.batch_size, args.autocast)
+        scores["files"] = data.files
+        out.setdefault("rerank" if rerank else "retrieval", {})[data.name] = scores
+    return out
+
+
+def _mteb_ranking_tasks(args: argparse.Namespace) -> list[Any]:
+    from embedkit.evaluation.mteb_eval import import_mteb
+
+    import_mteb()  # sets mteb's cache folder before the task module imports mteb
+    from embedkit.evaluation.mteb_tasks import local_rerank_task, local_retrieval_task
+
+    return [local_rerank_task(f) for f in args.rerank] + [local_retrieval_task(d, args.split) for d in args.retrieval]

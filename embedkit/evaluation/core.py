@@ -1,8 +1,11 @@
 """The scoring core shared by training-time checkpoint selection and ``embedkit eval``:
-encode each unique sentence once, cosine per pair, Spearman/Pearson against gold."""
+encode each unique sentence once, cosine per pair, Spearman/Pearson against gold; and the dev set a recipe
+selects checkpoints on (STS-B, a reranking file or a retrieval folder: :func:`load_dev`, :func:`score_dev`,
+:func:`make_dev_evaluator`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +13,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from embedkit import paths
+from embedkit.data.ranking import BeirSet, RerankSet, read_beir, read_rerank
 from embedkit.data.sts import PairSet, read_stsb
 from embedkit.errors import DataError
 
@@ -93,19 +97,90 @@ def load_stsb_dev(dev: DevSection, data_dir: str | Path | None = None) -> PairSe
     )
 
 
-def make_dev_evaluator(pairs: PairSet, batch_size: int = 128) -> Any:
-    """A sentence-transformers evaluator reporting ``spearman`` on ``pairs`` for checkpoint selection."""
+# How each dev metric is written in logs and the model card.
+METRIC_LABELS = {"spearman": "Spearman", "pearson": "Pearson", "map": "MAP", "mrr@10": "MRR@10",
+                 "ndcg@10": "nDCG@10", "recall@100": "Recall@100"}
+
+
+@dataclass
+class DevSet:
+    """The loaded dev set of a recipe: ``kind`` (stsb | rerank | retrieval), the evaluator's ``name`` (metric keys
+    are ``eval_<name>_<metric>``), the ``metric`` that selects the checkpoint, and the data."""
+
+    kind: str
+    name: str
+    metric: str
+    data: PairSet | RerankSet | BeirSet
+
+    @property
+    def label(self) -> str:
+        """``STS-B dev`` or the set's name, for log lines."""
+        return "STS-B dev" if self.kind == "stsb" else self.name
+
+    @property
+    def metric_key(self) -> str:
+        """The trainer's name of the selecting metric (``metric_for_best_model``)."""
+        return f"eval_{self.name}_{self.metric}"
+
+
+def ranking_name(kind: str, path: str | Path, split: str = "test") -> str:
+    """``trecqa-dev`` for ``…/trecqa/dev.csv``; ``<folder>-<split>`` for a BEIR folder."""
+    path = Path(path)
+    return f"{path.parent.name}-{path.stem}" if kind == "rerank" else f"{path.name}-{split}"
+
+
+def load_ranking(kind: str, raw: str, split: str = "test", data_dir: str | Path | None = None) -> RerankSet | BeirSet:
+    """A reranking file or BEIR folder named by a recipe path (``{data_dir}`` expanded), read in full."""
+    try:
+        path = Path(paths.expand(raw, paths.resolve_data_dir(data_dir)))
+    except FileNotFoundError as err:
+        raise DataError(str(err)) from None
+    name = ranking_name(kind, path, split)
+    return read_rerank(path, name=name) if kind == "rerank" else read_beir(path, split, name=name)
+
+
+def load_dev(dev: DevSection, data_dir: str | Path | None = None) -> DevSet:
+    """The recipe's dev set, read in full (STS-B: local file/folder, else the Hub)."""
+    if dev.kind == "stsb":
+        return DevSet("stsb", "stsb-dev", dev.metric, load_stsb_dev(dev, data_dir))
+    assert dev.path is not None  # the schema requires it
+    data = load_ranking(dev.kind, dev.path, dev.split, data_dir)
+    return DevSet(dev.kind, data.name, dev.metric, data)
+
+
+def score_dev(model: SentenceTransformer, dev: DevSet | PairSet, batch_size: int = 128) -> dict[str, Any]:
+    """Every metric of the dev set's kind (× 100): Spearman/Pearson, MAP/MRR@10, or nDCG@10/Recall@100/MRR@10."""
+    from embedkit.evaluation.ranking import score_rerank, score_retrieval
+
+    data = dev.data if isinstance(dev, DevSet) else dev
+    if isinstance(data, PairSet):
+        return score_pairs(model, data, batch_size)
+    if isinstance(data, RerankSet):
+        return score_rerank(model, data, batch_size)
+    return score_retrieval(model, data, batch_size)
+
+
+def make_dev_evaluator(dev: DevSet | PairSet, batch_size: int = 128) -> Any:
+    """A sentence-transformers evaluator reporting the dev set's metrics (``<name>_<metric>``) for checkpoint
+    selection; its primary metric is the one the recipe names (``spearman`` for a bare STS-B PairSet). Stateless:
+    a resumed run builds it again."""
     from sentence_transformers.evaluation import SentenceEvaluator
 
-    class STSDevEvaluator(SentenceEvaluator):
+    if isinstance(dev, PairSet):
+        dev = DevSet("stsb", dev.name, "spearman", dev)
+    dev_set = dev
+
+    class DevEvaluator(SentenceEvaluator):
         def __init__(self) -> None:
             super().__init__()
-            self.name = pairs.name
-            self.primary_metric = "spearman"
+            self.name = dev_set.name
+            self.primary_metric = dev_set.metric
 
         def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-            metrics = self.prefix_name_to_metrics(score_pairs(model, pairs, batch_size), self.name)
+            scores = {k: v for k, v in score_dev(model, dev_set, batch_size).items()
+                      if k in METRIC_LABELS}  # counts and seconds are not metrics
+            metrics = self.prefix_name_to_metrics(scores, self.name)
             self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
             return metrics
 
-    return STSDevEvaluator()
+    return DevEvaluator()

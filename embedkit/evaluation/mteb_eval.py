@@ -8,7 +8,8 @@
   model's cached score.
 * STS12–16, STSBenchmark and SICK-R read from the local data folder through
   :mod:`embedkit.evaluation.mteb_tasks` when one is available (``source="auto"``/``"local"``); every other task
-  loads from the Hub as mteb does.
+  loads from the Hub as mteb does. ``TRECQA-dev`` (a local reranking task, not an official mteb task) exists only
+  from the local folder; ``extra_tasks`` takes task objects built elsewhere (a reranking file, a BEIR folder).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedkit import paths
 from embedkit.errors import DataError, EmbedkitError
 from embedkit.log import progress as progress_line
 
@@ -65,15 +67,20 @@ def require_hub_for_mteb(names: str | list[str] | None, benchmark: str | None, r
 
     if source == "local":
         return  # tasks without local data are refused by resolve_tasks
-    local = (*TASKS, "SICK-R-test") if root is not None else ()
+    local = (*TASKS, "SICK-R-test", *_local_rerank_names()) if root is not None else ()
     remote = [n for n in parse_task_list(names) if n not in local]
     if remote or benchmark:
         what = "--mteb " + ",".join(remote) if remote else f"--mteb-benchmark {benchmark}"
         require_hub(what, "STS12-16, STSBenchmark and SICK-R run from a local --data-dir")
 
 
+def _local_rerank_names() -> tuple[str, ...]:
+    return ("TRECQA-dev",)  # mteb_tasks.RERANK_TASKS (that module imports mteb: not loaded for this check)
+
+
 def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.PathLike | None,
-                  source: str = "auto", cache_dir: str | os.PathLike | None = None) -> tuple[list[Any], dict[str, str]]:
+                  source: str = "auto", cache_dir: str | os.PathLike | None = None,
+                  extra: list[Any] | None = None) -> tuple[list[Any], dict[str, str]]:
     """mteb task objects for ``names`` and/or ``benchmark``; STS tasks from local files where possible.
 
     Returns ``(tasks, sources)`` with ``sources[task] = "local" | "hub"``. Unknown names raise
@@ -83,15 +90,27 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
 
     if source not in SOURCES:
         raise EmbedkitError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
-    if not names and not benchmark:
+    if not names and not benchmark and not extra:
         raise EmbedkitError("MTEB: name at least one task (--mteb STS12,STSBenchmark) or a benchmark "
                             "(--mteb-benchmark)")
-    root = sts_root(data_dir) if source != "hub" else None
+    try:
+        root = sts_root(data_dir) if source != "hub" else None
+    except DataError:  # a data folder without STS data is fine for the reranking tasks alone
+        if benchmark or not names or any(n not in _local_rerank_names() for n in names):
+            raise
+        root = None
     mteb = import_mteb(cache_dir)
-    from embedkit.evaluation.mteb_tasks import LOCAL_TASKS, SENTEVAL_SICK, local_task
+    from embedkit.evaluation.mteb_tasks import LOCAL_TASKS, RERANK_TASKS, SENTEVAL_SICK, local_task, named_rerank_task
 
     requested: list[Any] = []
     for name in names:
+        if name in RERANK_TASKS:
+            base = paths.resolve_data_dir(data_dir)
+            if base is None or source == "hub" or not (base / RERANK_TASKS[name][0]).is_file():
+                raise DataError(f"{name} exists only from a local data folder ({RERANK_TASKS[name][0]}); pass "
+                                "--data-dir")
+            requested.append(named_rerank_task(name, base))
+            continue
         if name == SENTEVAL_SICK:
             requested.append(name)
             continue
@@ -115,7 +134,10 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
         if name in seen:
             continue
         seen.add(name)
-        if name in (*LOCAL_TASKS, SENTEVAL_SICK) and root is not None:
+        if name in RERANK_TASKS:
+            tasks.append(task)
+            sources[name] = "local"
+        elif name in (*LOCAL_TASKS, SENTEVAL_SICK) and root is not None:
             tasks.append(local_task(name, root))
             sources[name] = "local"
         elif name == SENTEVAL_SICK:
@@ -126,6 +148,11 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
         else:
             tasks.append(task)
             sources[name] = "hub"
+    for task in extra or []:
+        if task.metadata.name not in seen:
+            seen.add(task.metadata.name)
+            tasks.append(task)
+            sources[task.metadata.name] = "local"
     remote = [name for name, where in sources.items() if where == "hub"]
     if remote:  # one short probe, not mteb's download retries (over a minute offline)
         from embedkit.model_ref import require_hub
@@ -239,8 +266,10 @@ def run_mteb(
     training_data: str | None = None,
     progress: bool = False,
     model_path: str | None = None,
+    extra_tasks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Run ``mteb.evaluate`` on ``tasks`` / ``benchmark``; returns ``{"tasks": {name: {"main_score", ...}}, ...}``.
+    """Run ``mteb.evaluate`` on ``tasks`` / ``benchmark`` (and ``extra_tasks``, task objects); returns
+    ``{"tasks": {name: {"main_score", ...}}, ...}``.
 
     ``cache_dir`` (default: a temporary folder, removed afterwards unless ``submission`` copies from it) is
     mteb's result cache. ``revision`` defaults to the weights' SHA-256. ``reuse_cache`` allows mteb to reuse a
@@ -262,7 +291,7 @@ def run_mteb(
         cache_dir = temp_cache
     cache_dir = Path(cache_dir)
     try:
-        task_objs, sources = resolve_tasks(names, benchmark, data_dir, source, cache_dir)
+        task_objs, sources = resolve_tasks(names, benchmark, data_dir, source, cache_dir, extra_tasks)
         st_model, spec = load_model(model)
         info = model_info(st_model, spec or model_path)
         name = model_name or info["name"]

@@ -19,7 +19,7 @@ from datasets import Dataset, DatasetDict
 from mteb.abstasks.sts import AbsTaskSTS
 
 from embedkit.data.sts import PairSet
-from embedkit.evaluation.core import TASKS
+from embedkit.evaluation.core import TASKS, ranking_name
 from embedkit.evaluation.sts import load_local
 
 LOCAL_TASKS = TASKS
@@ -81,4 +81,98 @@ def local_task(name: str, data_root: str | Path) -> AbsTaskSTS:
     """An instance of :func:`local_task_class` reading from ``data_root``."""
     task = local_task_class(name)()
     task.data_root = str(data_root)
+    return task
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reranking and retrieval from local files (mteb 2.x scores both with AbsTaskRetrieval; a reranking task is one
+# whose metadata type is "Reranking" and whose queries carry their candidate lists, ``top_ranked``).
+
+# Named local reranking tasks: name -> (file under the data folder, split). Not official mteb tasks: mteb has no
+# TREC QA task, so results under this name are comparable only with other runs of this file.
+RERANK_TASKS = {"TRECQA-dev": ("rerank/trecqa/dev.csv", "dev")}
+_RANKING_DESCRIPTION = {
+    "TRECQA-dev": "TREC QA answer-sentence selection, dev split (Wang et al. 2007, Yao et al. 2013 clean "
+                  "split): 81 questions, 1,148 candidates. A local embedkit task, not an official mteb task.",
+}
+
+
+def _ranking_metadata(name: str, kind: str, split: str, source: str) -> Any:
+    from mteb.abstasks.task_metadata import TaskMetadata
+
+    rerank = kind == "rerank"
+    return TaskMetadata(
+        name=name,
+        description=_RANKING_DESCRIPTION.get(name, f"{'Reranking file' if rerank else 'BEIR folder'} {source} "
+                                                   "(a local embedkit task, not an official mteb task)"),
+        dataset={"path": f"local/{name}", "revision": "local"},
+        type="Reranking" if rerank else "Retrieval",
+        category="t2t",
+        modalities=["text"],
+        eval_splits=[split],
+        eval_langs=["eng-Latn"],
+        main_score="map_at_1000" if rerank else "ndcg_at_10",  # mteb's reranking / retrieval main scores
+    )
+
+
+class LocalRankingData:
+    """Mixin: ``load_data`` fills mteb's retrieval layout from a reranking file or a BEIR folder."""
+
+    source: str = ""
+    split: str = "test"
+    kind: str = "rerank"
+    files: dict[str, str]
+
+    def load_data(self, num_proc: int | None = None, *, timer: Any = None, **kwargs: Any) -> None:
+        from embedkit.data.ranking import read_beir, read_rerank
+        from embedkit.evaluation.ranking import rerank_layout
+
+        if self.data_loaded:  # type: ignore[attr-defined]
+            return
+        top_ranked = None
+        if self.kind == "rerank":
+            data = read_rerank(self.source)
+            queries, docs, qrels, top_ranked = rerank_layout(data)  # the ids embedkit's own scorer uses
+        else:
+            data = read_beir(self.source, self.split)
+            queries, docs, qrels = data.queries, data.corpus, data.qrels
+        self.files = dict(data.files)
+        split = {
+            "corpus": Dataset.from_dict({"id": list(docs), "text": list(docs.values()), "title": [""] * len(docs)}),
+            "queries": Dataset.from_dict({"id": list(queries), "text": list(queries.values())}),
+            "relevant_docs": {q: dict(rel) for q, rel in qrels.items()},
+            "top_ranked": top_ranked,
+        }
+        self.dataset = {"default": {self.split: split}}
+        self.data_loaded = True
+
+
+def _ranking_task(name: str, kind: str, source: str | Path, split: str) -> Any:
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+
+    cls = type(f"Local{kind.title()}Task", (LocalRankingData, AbsTaskRetrieval), {
+        "__doc__": f"A local {kind} task read from {source}.",
+        "metadata": _ranking_metadata(name, kind, split, str(source)),
+    })
+    task = cls()
+    task.source, task.split, task.kind = str(source), split, kind
+    return task
+
+
+def local_rerank_task(path: str | Path, name: str | None = None) -> Any:
+    """An mteb reranking task (main score MAP) over a ``qtext,label,atext`` file; ``name`` defaults to
+    ``<folder>-<file stem>`` (the name embedkit's own scores carry)."""
+    return _ranking_task(name or ranking_name("rerank", path), "rerank", Path(path), "test")
+
+
+def local_retrieval_task(folder: str | Path, split: str = "test", name: str | None = None) -> Any:
+    """An mteb retrieval task (main score nDCG@10) over a BEIR folder's ``split``; ``name`` defaults to
+    ``<folder>-<split>`` (the name embedkit's own scores carry)."""
+    return _ranking_task(name or ranking_name("retrieval", folder, split), "retrieval", Path(folder), split)
+
+
+def named_rerank_task(name: str, data_root: str | Path) -> Any:
+    """One of :data:`RERANK_TASKS` (e.g. ``TRECQA-dev``) from the data folder (the one holding ``rerank/``)."""
+    rel, split = RERANK_TASKS[name]
+    task = _ranking_task(name, "rerank", Path(data_root) / rel, split)
     return task

@@ -106,6 +106,25 @@ def mteb_table(run: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ranking_table(results: dict[str, Any]) -> str:
+    """Reranking (MAP, MRR@10) and retrieval (nDCG@10, Recall@100, MRR@10) scores × 100, one row per set."""
+    lines = []
+    for kind, metrics, heads in (
+        ("rerank", ("map", "mrr@10"), ("MAP", "MRR@10")),
+        ("retrieval", ("ndcg@10", "recall@100", "mrr@10"), ("nDCG@10", "Recall@100", "MRR@10")),
+    ):
+        sets = results.get(kind) or {}
+        if not sets:
+            continue
+        count = "questions" if kind == "rerank" else "queries"
+        lines.append(f"{'Reranking' if kind == 'rerank' else 'Retrieval':<28}" + "".join(f"{h:>12}" for h in heads)
+                     + f"{count:>11}{'seconds':>9}")
+        for name, v in sets.items():
+            lines.append(f"  {name:<26}" + "".join(f"{v[m]:>12.2f}" for m in metrics) + f"{v[count]:>11}"
+                         + f"{v['seconds']:>9.1f}")
+    return "\n".join(lines)
+
+
 def render_chart(path: str | os.PathLike, res: dict[str, Any], other: dict[str, Any] | None = None,
                  labels: tuple[str, str] = ("A", "B")) -> Path:
     """A bar chart of the 7 tasks and the average (two bars per task with ``other``, labelled with B − A).

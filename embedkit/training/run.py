@@ -174,9 +174,10 @@ class Run:
     recipe: Recipe
     method_cls: Any
     trainer: Any
-    dev_pairs: Any
+    dev_pairs: Any  # the DevSet (STS-B, reranking or retrieval) that selects the checkpoint, or None
     results: dict[str, Any]
     precision: str
+    final_sets: tuple = ()  # eval.rerank / eval.retrieval sets, read before the model loaded
 
 
 def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, checkpoint: Path | None) -> Run:
@@ -192,12 +193,15 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     from sentence_transformers.training_args import BatchSamplers
 
     from embedkit.data.samplers import LengthGroupedBatchSampler
-    from embedkit.evaluation.core import load_stsb_dev, make_dev_evaluator, score_pairs
+    from embedkit.evaluation.core import METRIC_LABELS, load_dev, load_ranking, make_dev_evaluator, score_dev
     from embedkit.methods.base import TrainContext
     from embedkit.modeling import build_model
     from embedkit.training.trainer import EmbedkitTrainer, load_method_state
 
-    dev_pairs = load_stsb_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
+    dev_pairs = load_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
+    # The final evaluation's sets are read now too: a bad row fails before training, not after it.
+    final_sets = tuple([load_ranking("rerank", p, "test", data_dir) for p in recipe.eval.rerank]
+                       + [load_ranking("retrieval", e.path, e.split, data_dir) for e in recipe.eval.retrieval])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     # Seed before anything random is built (e.g. a training-only head), identically on every process.
@@ -223,10 +227,12 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives else ""))
 
     results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {}}
+    if dev_pairs is not None:
+        results["dev"].update(kind=dev_pairs.kind, name=dev_pairs.name, metric=dev_pairs.metric)
     if dev_pairs is not None and recipe.eval.before and checkpoint is None:
-        before = score_pairs(model, dev_pairs)
+        before = score_dev(model, dev_pairs)
         results["dev"]["before"] = before
-        log(f"STS-B dev before training: {before['spearman']:.2f} Spearman")
+        log(f"{dev_pairs.label} before training: {before[dev_pairs.metric]:.2f} {METRIC_LABELS[dev_pairs.metric]}")
 
     precision = resolve_precision(t.precision)
     sampler = method.batch_sampler()
@@ -255,7 +261,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         save_steps=t.save_steps or t.eval_steps,
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=dev_pairs is not None,
-        metric_for_best_model="eval_stsb-dev_spearman" if dev_pairs is not None else None,
+        metric_for_best_model=dev_pairs.metric_key if dev_pairs is not None else None,
         greater_is_better=True,
         logging_steps=t.logging_steps,
         report_to="none",
@@ -275,27 +281,40 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     if rank == 0:
         with atomic_path(work / "recipe.yaml") as tmp:
             tmp.write_text(recipe_to_yaml(recipe), encoding="utf-8")
-    return Run(recipe, method_cls, trainer, dev_pairs, results, precision)
+    return Run(recipe, method_cls, trainer, dev_pairs, results, precision, final_sets)
 
 
 def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) -> dict[str, Any]:
     """Final evaluation, the model and ``results.json`` (last), the swap of an ``--overwrite``, the push."""
-    from embedkit.evaluation.core import score_pairs
+    from embedkit.evaluation.core import METRIC_LABELS, score_dev
 
     recipe, trainer, results = run.recipe, run.trainer, run.results
     model = trainer.model
     results["train"] = {
         "global_step": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
-        "best_dev_spearman": trainer.state.best_metric,
+        "best_dev_spearman": trainer.state.best_metric
+        if run.dev_pairs is not None and run.dev_pairs.metric_key == "eval_stsb-dev_spearman" else None,
+        "best_dev": {"metric": run.dev_pairs.metric_key, "value": trainer.state.best_metric}
+        if run.dev_pairs is not None else None,
         "precision": run.precision,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "log_history": trainer.state.log_history,
     }
     if run.dev_pairs is not None:
-        after = score_pairs(model, run.dev_pairs)
+        after = score_dev(model, run.dev_pairs)
         results["dev"]["after"] = after
-        _report_dev(results["dev"])
+        _report_dev(results["dev"], run.dev_pairs)
+    if run.final_sets:
+        from embedkit.data.ranking import RerankSet
+        from embedkit.evaluation.ranking import score_rerank, score_retrieval
+
+        for data in run.final_sets:
+            rerank = isinstance(data, RerankSet)
+            scores = score_rerank(model, data) if rerank else score_retrieval(model, data)
+            results.setdefault("rerank" if rerank else "retrieval", {})[data.name] = scores
+            log(f"{data.name}: " + ", ".join(f"{label} {scores[m]:.2f}" for m, label in METRIC_LABELS.items()
+                                             if m in scores))
     if recipe.eval.suite == "sts":
         from embedkit.evaluation import evaluate
 
@@ -331,15 +350,19 @@ def _has_accelerator() -> bool:
     return bool(accelerator is not None and accelerator.is_available())
 
 
-def _report_dev(dev: dict[str, Any]) -> None:
-    after = dev["after"]["spearman"]
+def _report_dev(dev: dict[str, Any], dev_set: Any) -> None:
+    from embedkit.evaluation.core import METRIC_LABELS
+
+    metric, label = dev_set.metric, dev_set.label
+    what = "" if metric == "spearman" else f" {METRIC_LABELS[metric]}"  # STS-B's line stays as it always was
+    after = dev["after"][metric]
     if "before" not in dev:
-        log(f"STS-B dev after training: {after:.2f}")
+        log(f"{label}{what} after training: {after:.2f}")
         return
-    before = dev["before"]["spearman"]
-    log(f"STS-B dev after training: {after:.2f} (before {before:.2f}, change {after - before:+.2f})")
+    before = dev["before"][metric]
+    log(f"{label}{what} after training: {after:.2f} (before {before:.2f}, change {after - before:+.2f})")
     if after <= before:
-        log("note: this run did not improve STS-B dev over the starting model; no gain is claimed.")
+        log(f"note: this run did not improve {label}{what} over the starting model; no gain is claimed.")
 
 
 def _tensorboard_callbacks(log_dir: Path) -> list:
