@@ -323,7 +323,8 @@ def test_cli_rerank_and_retrieval_write_results_and_table(tiny_model_path, tmp_p
     rerank_file = write_rerank(tmp_path / "toy" / "dev.csv")
     beir = write_beir(tmp_path / "beir")
     out = tmp_path / "res"
-    assert main(["eval", tiny_model_path, "--rerank", str(rerank_file), "--retrieval", str(beir), "-o", str(out)]) == 0
+    assert main(["eval", tiny_model_path, "--rerank", str(rerank_file), "--retrieval", str(beir), "-o", str(out),
+                 "--as-mteb"]) == 0
     printed = capsys.readouterr().out
     saved = json.loads((out / "results.json").read_text())
     assert "sts" not in saved  # the ranking options alone do not run the STS suite
@@ -335,6 +336,12 @@ def test_cli_rerank_and_retrieval_write_results_and_table(tiny_model_path, tmp_p
     assert saved["retrieval"]["beir-test"]["ndcg@10"] == pytest.approx(
         score_retrieval(model, read_beir(beir))["ndcg@10"], abs=1e-9)
     assert "toy-dev" in printed and f"{direct['map']:.2f}" in printed and "beir-test" in printed
+    # --as-mteb: the same sets as local mteb tasks, in mteb's layout, with the same numbers.
+    files = {f.name: f for f in (out / "mteb" / "results").rglob("*.json")}
+    assert {"toy-dev.json", "beir-test.json", "model_meta.json"} <= set(files)
+    mteb_rerank = json.loads(files["toy-dev.json"].read_text())["scores"]["test"][0]
+    assert 100 * mteb_rerank["main_score"] == pytest.approx(direct["map"], abs=1e-3)
+    assert saved["mteb"]["beir-test"]["source"] == "local"
 
 
 @pytest.mark.parametrize("args, expected", [
