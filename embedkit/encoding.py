@@ -7,8 +7,13 @@ preprocessing over large chunks of sentences (a few calls in all), sorts each ch
 cuts each batch out of the chunk's padded token matrix, trimmed to the longest sentence in the batch. The
 tensors each batch sees are exactly those ``encode`` would build (same tokenizer call, same truncation,
 padding to the batch's longest), so the embeddings are the same; only the work is less. Models whose first
-module does not give plain padded token matrices (static embeddings, flattened flash-attention inputs, prompts)
-fall back to ``model.encode``.
+module does not give plain padded token matrices (static embeddings, flattened flash-attention inputs) fall back
+to ``model.encode``.
+
+Prompts are applied as ``SentenceTransformer.encode`` applies them: ``prompt`` (a text), else
+``model.prompts[prompt_name]``, else the model's ``default_prompt_name`` prompt, is handed to the model's own
+preprocessing, which prepends it and records ``prompt_length``, so a ``Pooling(include_prompt=False)`` leaves
+the prompt tokens out exactly as in ``encode``.
 """
 
 from __future__ import annotations
@@ -64,9 +69,24 @@ def _autocast_context(mode: str, device: torch.device):
     return nullcontext()
 
 
-def _preprocess(model: SentenceTransformer, sentences: list[str]) -> dict[str, Any]:
+def _preprocess(model: SentenceTransformer, sentences: list[str], prompt: str | None = None) -> dict[str, Any]:
     fn = getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers >= 6 / 5
-    return fn(sentences)
+    return fn(sentences, prompt=prompt) if prompt else fn(sentences)
+
+
+def resolve_prompt(model: SentenceTransformer, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
+    """The prompt text ``SentenceTransformer.encode`` would use: ``prompt`` when given (even ``""``), else
+    ``model.prompts[prompt_name]``, else the prompt named by ``model.default_prompt_name``, else none."""
+    if prompt is not None:
+        return prompt
+    prompts = getattr(model, "prompts", None) or {}
+    if prompt_name is not None:
+        if prompt_name not in prompts:
+            have = ", ".join(sorted(prompts)) or "none"
+            raise EmbedkitError(f"prompt_name {prompt_name!r}: the model has no such prompt (its prompts: {have})")
+        return prompts[prompt_name]
+    default = getattr(model, "default_prompt_name", None)
+    return prompts.get(default) if default else None
 
 
 def _padding_side(mask: torch.Tensor) -> str | None:
@@ -81,15 +101,14 @@ def _padding_side(mask: torch.Tensor) -> str | None:
     return None
 
 
-def _token_features(model: SentenceTransformer, sentences: list[str]) -> tuple[dict[str, Any], str] | None:
+def _token_features(model: SentenceTransformer, sentences: list[str],
+                    prompt: str | None = None) -> tuple[dict[str, Any], str] | None:
     """All sentences preprocessed at once, or ``None`` when the fast path does not apply to this model."""
     from sentence_transformers.models import Transformer
 
     if not len(model) or not isinstance(model[0], Transformer):
         return None
-    if getattr(model, "default_prompt_name", None):
-        return None
-    features = _preprocess(model, sentences)
+    features = _preprocess(model, sentences, prompt)
     mask = features.get("attention_mask")
     if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or mask.shape[0] != len(sentences):
         return None
@@ -103,19 +122,25 @@ def _token_features(model: SentenceTransformer, sentences: list[str]) -> tuple[d
 
 
 def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 128, *, normalize: bool = False,
-           autocast: str | None = None, dtype: Any = np.float32, device: Any = None) -> np.ndarray:
+           autocast: str | None = None, dtype: Any = np.float32, device: Any = None, prompt_name: str | None = None,
+           prompt: str | None = None) -> np.ndarray:
     """Embeddings of ``texts``, row ``i`` for ``texts[i]``, each distinct text encoded once.
 
     ``normalize`` scales each row to unit length after the cast to ``dtype`` (float32 by default; the STS suite
     asks for float64); ``autocast`` is ``none`` (default), ``bf16`` or ``auto``; ``device`` (e.g. ``cuda:0``)
-    moves the model there for the call and back after it. The rows equal ``SentenceTransformer.encode``'s.
+    moves the model there for the call and back after it; ``prompt_name`` / ``prompt`` as in
+    ``SentenceTransformer.encode`` (the query side of a retrieval evaluation passes ``prompt_name="query"``, the
+    document side ``"document"``; without either the model's default prompt, if any, applies). The rows equal
+    ``SentenceTransformer.encode``'s.
     """
+    prompt = resolve_prompt(model, prompt, prompt_name)
     unique = list(dict.fromkeys(texts))
     original = next(model.parameters()).device if device is not None else None
     if device is not None and torch.device(device) != original:
         model.to(device)
     try:
-        emb = embed(model, unique, batch_size=batch_size, autocast=autocast).astype(dtype, copy=False)
+        emb = embed(model, unique, batch_size=batch_size, autocast=autocast,
+                    prompt=prompt if prompt is not None else "").astype(dtype, copy=False)
     finally:
         if device is not None and torch.device(device) != original:
             model.to(original)
@@ -133,6 +158,7 @@ def embed(
     batch_size: int = 128,
     autocast: str | None = None,
     chunk_size: int = 4096,
+    prompt: str | None = None,
 ) -> np.ndarray:
     """Sentence embeddings (float32, as the model outputs them, not re-normalised), in the order given.
 
@@ -142,8 +168,10 @@ def embed(
     so that memory is bounded as with ``batch_size`` rows of 16 tokens. Sentences are
     preprocessed ``chunk_size`` at a time, in order of character length, so that each chunk's padded token
     matrix stays narrow (converting one matrix padded to the longest of all sentences costs more than
-    tokenising); batches are cut inside a chunk, by token length.
+    tokenising); batches are cut inside a chunk, by token length. ``prompt`` is the prompt text
+    (:func:`resolve_prompt`; ``None``: the model's default prompt, ``""``: none).
     """
+    prompt = resolve_prompt(model, prompt)
     if batch_size <= 0:
         raise EmbedkitError(f"batch_size must be positive, got {batch_size}")
     if chunk_size < batch_size:
@@ -163,10 +191,10 @@ def embed(
             for start in range(0, len(order), chunk_size):
                 ids = order[start : start + chunk_size]
                 chunk = [sentences[i] for i in ids]
-                prepared = _token_features(model, chunk)
+                prepared = _token_features(model, chunk, prompt)
                 if prepared is None:
                     emb = np.asarray(model.encode(chunk, batch_size=batch_size, convert_to_numpy=True,
-                                                  show_progress_bar=False), dtype=np.float32)
+                                                  show_progress_bar=False, prompt=prompt or ""), dtype=np.float32)
                 else:
                     emb = _embed_prepared(model, prepared, batch_size, device)
                 if out is None:

@@ -76,6 +76,7 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
     transformer = model[0]
     dim = transformer.get_embedding_dimension()
 
+    own_prompts, own_default = dict(model.prompts), model.default_prompt_name  # a rebuilt model keeps them
     if cfg.pooling is not None:
         modules: list[nn.Module] = [transformer]
         if cfg.pooling == "first_last_avg":
@@ -87,13 +88,16 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
             modules.append(Pooling(dim, "cls"))
             if cfg.pooling == "cls" and not cfg.mlp_only_train:
                 modules.append(Dense(dim, dim, activation_function=nn.Tanh()))
-        model = SentenceTransformer(modules=modules, device=device or "cpu")
+        model = SentenceTransformer(modules=modules, device=device or "cpu", prompts=own_prompts,
+                                    default_prompt_name=own_default)
         model.max_seq_length = cfg.max_seq_length
     else:
         mode = _pooling_mode(model)
         cfg.pooling = {"cls": "cls_before_pooler", "mean": "mean"}.get(mode or "", None)
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
+    if cfg.prompts:  # saved with the model (config_sentence_transformers.json); the recipe's win over its own
+        model.prompts = {**model.prompts, **cfg.prompts}
     return model
 
 

@@ -51,6 +51,21 @@ class ModelSection(Section):
     max_seq_length: int = Field(32, gt=0)
     dropout: float | None = Field(0.1, ge=0.0, lt=1.0, description="None keeps the model's own dropout")
     trust_remote_code: bool = False
+    prompts: dict[str, str] | None = Field(
+        None, description="prompt name → text prepended to the input, e.g. {query: 'query: ', document: 'passage: '}; "
+        "saved with the model (SentenceTransformer(path).encode(texts, prompt_name='query') applies it)",
+    )
+    prompt_columns: dict[str, str] | None = Field(
+        None, description="training column → prompt name (e.g. {anchor: query, positive: document, negative: "
+        "document}); null: the method's default when model.prompts has its names; {}: no prompt in training",
+    )
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompt_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and any(not name.strip() for name in value):
+            raise ValueError("a prompt name must be a non-empty string")
+        return value
 
 
 class TrainSource(Section):

@@ -74,6 +74,8 @@ def _check_objective(recipe: Recipe, method: Any, params: Any, source: str, line
             errors.append(format_validation_error(problem, source, lines, problem.title_schema, prefix=key))
         else:
             errors.append(f"{_where(source, lines, key)}: {problem}")
+    for key, reason in method.prompt_problems(recipe):
+        errors.append(f"{_where(source, lines, tuple(key))}: {reason}")
     if not errors:
         for key, reason in method.refusals(recipe, params):
             errors.append(f"{_where(source, lines, tuple(key))}: {reason}")
@@ -124,16 +126,13 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead", notes)
     if path is None:
         return None
-    roles = method.roles()
     try:
-        data = read_local(path, src.format, src.columns, types=method.column_types())
+        data = read_local(path, src.format, src.columns, types=method.column_types)
     except DataError as err:
         raise RecipeError(f"{where}: {err}") from None
-    if len(data.columns) != len(roles):
-        raise RecipeError(
-            f"{where}: method {recipe.method.name!r} needs {len(roles)} column(s) ({', '.join(roles)}), "
-            f"the data gives {len(data.columns)} ({', '.join(data.columns)}); select them with data.train.columns"
-        )
+    problem = method.column_problem(list(data.columns))
+    if problem:
+        raise RecipeError(f"{where}: {problem}")
     if src.max_samples:
         data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
     return data

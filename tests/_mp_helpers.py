@@ -60,6 +60,29 @@ def write_triples(folder: Path, n: int = 48) -> Path:
     return path
 
 
+def write_query_passages(folder: Path, n: int = 48) -> Path:
+    """``n`` (query, passage, two negatives) rows as CSV with a header (``contrastive``); every fourth query is
+    asked twice (two rows, two passages) and the first negative of a row is often another row's passage, so
+    ``no_duplicates`` has rows to keep apart."""
+    path = Path(folder) / "query_passages.csv"
+    rows = ["query,passage,neg_a,neg_b"]
+
+    def words(i: int) -> tuple[int, str, str]:
+        q = i - 1 if i % 4 == 1 else i
+        return q, WORDS[q % 12], WORDS[(q * 5 + 3) % 12]
+
+    def passage(i: int) -> str:
+        _, a, b = words(i)
+        return f"the {a} meets {b} at place {i}"
+
+    for i in range(n):
+        q, a, b = words(i)
+        negative = passage((i + 3) % n) if i % 2 else f"a {b} and a {a} parted at {i + 5}"
+        rows.append(f"where does the {a} meet {b} {q},{passage(i)},{negative},no {a} was seen near {b} {i + 5}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
 def write_scored_pairs(folder: Path, n: int = 48) -> Path:
     """``n`` (sentence1, sentence2, score) rows as CSV with a header (CoSENT)."""
     path = Path(folder) / "pairs.csv"
@@ -77,6 +100,7 @@ TRAIN_DATA: dict[str, Callable[[Path], Path]] = {
     "debcse": write_sentences,
     "text2token": write_sentences,
     "cosent": write_scored_pairs,
+    "contrastive": write_query_passages,
 }
 """Method name → writer of a small training file for it. Add one line per new method."""
 

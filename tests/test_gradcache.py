@@ -7,6 +7,7 @@ import torch
 
 from embedkit.losses.common import ProjectionHead
 from embedkit.losses.contrastive import SimCSELoss, SupervisedSimCSELoss
+from embedkit.methods.contrastive.loss import ContrastiveLoss
 
 
 @pytest.fixture()
@@ -52,5 +53,19 @@ def test_sup_cached_equals_plain(model):
     plain = run(SupervisedSimCSELoss(model, hard_negative_weight=0.5), model, features)
     cached = run(SupervisedSimCSELoss(model, hard_negative_weight=0.5, mini_batch_size=3), model, features)
     assert cached[0] == pytest.approx(plain[0], abs=1e-5)
+    for name, g in plain[1].items():
+        torch.testing.assert_close(cached[1][name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_contrastive_cached_equals_plain(model, symmetric):
+    """Two negative columns, the own-negative offset and (optionally) the symmetric direction."""
+    cols = [[f"{kind} {i} text" for i in range(10)] for kind in ("query", "passage", "neg one", "neg two")]
+    features = [model.tokenize(c) for c in cols]
+    plain = run(ContrastiveLoss(model, hard_negative_weight=0.5, symmetric=symmetric), model, features)
+    cached = run(ContrastiveLoss(model, hard_negative_weight=0.5, symmetric=symmetric, mini_batch_size=3), model,
+                 features)
+    assert plain[0] > 0 and cached[0] == pytest.approx(plain[0], abs=1e-5)
+    assert len(plain[1]) > 10
     for name, g in plain[1].items():
         torch.testing.assert_close(cached[1][name], g, atol=1e-5, rtol=1e-4, msg=name)

@@ -13,10 +13,11 @@ from _mp_helpers import write_recipe
 
 from embedkit.errors import RecipeError
 
-METHODS = ["simcse-unsup", "simcse-sup", "esimcse", "contriever", "debcse", "text2token", "cosent"]
+METHODS = ["simcse-unsup", "simcse-sup", "esimcse", "contriever", "debcse", "text2token", "cosent", "contrastive"]
 # Settings that make each method's loss depend on all its parts in a 12-row batch.
 PARAMS = {
     "simcse-sup": {"hard_negative_weight": 0.5},
+    "contrastive": {"hard_negative_weight": 0.5, "symmetric": True},
     "esimcse": {"queue_size": 16},
     "contriever": {"queue_size": 16, "queue_init": "random", "normalize": True},
     "debcse": {"k": 4, "views": ["crop"], "temperature": 0.5, "false_negative_threshold": 0.9},

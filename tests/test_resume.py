@@ -27,14 +27,17 @@ METHODS = {
     "simcse-unsup": (None, ()),
     "debcse": (None, ()),
     "text2token": ({"pooling": "mean", "mlp_only_train": False}, ("step", "head.bias")),
+    "contrastive": (None, ()),
 }
+# Method keys per method: contrastive resumes with its own seeded batch sampler (no_duplicates).
+PARAMS = {"contrastive": {"no_duplicates": True, "hard_negative_weight": 0.5, "symmetric": True}}
 
 
 @pytest.mark.parametrize("method", [
     pytest.param(m, marks=() if m == "simcse-unsup" else pytest.mark.slow) for m in METHODS])
 def test_sigkill_then_resume_matches_uninterrupted_run(method: str, tmp_path: Path, spread_model_path: str) -> None:
     model, state_keys = METHODS[method]
-    report = kill_resume_compare(tmp_path, spread_model_path, method, model=model,
+    report = kill_resume_compare(tmp_path, spread_model_path, method, model=model, method_params=PARAMS.get(method),
                                  training={"max_steps": 12, "save_steps": 8, "batch_size": 8})
     killed = report["killed"]
     assert killed["returncode"] == -signal.SIGKILL

@@ -12,7 +12,7 @@ import csv
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,14 +205,18 @@ def stsb_pairs(path: Path) -> dict[str, list[Any]]:
     return {"sentence1": pairs.sentences1, "sentence2": pairs.sentences2, "score": [s / 5.0 for s in pairs.scores]}
 
 
+Types = Sequence[str] | Callable[[int], Sequence[str]]  # column types, or a function of the column count
+
+
 def read_local(
-    path: str, fmt: str, columns: list[str] | None, kind: str = "training", types: Sequence[str] | None = None
+    path: str, fmt: str, columns: list[str] | None, kind: str = "training", types: Types | None = None
 ) -> TrainData:
     """Read a local data file into columns; raises :class:`DataError` naming file and line (and ``kind``:
     what the file is for).
 
     ``types`` declares each column in order, ``text`` or ``score`` (default: all text); score values become
-    floats. When the file gives a different number of columns than ``types``, the values are returned as
+    floats. It may be a function of the number of columns the file gives (a method that takes any number of
+    negatives). When the file gives a different number of columns than ``types``, the values are returned as
     read: the caller, which knows the roles, reports the mismatch.
     """
     file = Path(path)
@@ -240,7 +244,7 @@ def read_local(
         data = {c: data[c] for c in columns}
     if not data or not next(iter(data.values())):
         raise DataError(f"{path}: the {kind} set is empty")
-    types = tuple(types) if types is not None else (TEXT,) * len(data)
+    types = tuple(types(len(data)) if callable(types) else types) if types is not None else (TEXT,) * len(data)
     if len(types) == len(data):
         apply_types(path, data, lines, types, key="key" if fmt == "jsonl" else "column")
     return TrainData(data, f"{fmt}:{path}", sha256_file(file))
@@ -252,7 +256,7 @@ def read_hub(
     config: str | None,
     columns: list[str] | None,
     data_files: str | None = None,
-    types: Sequence[str] | None = None,
+    types: Types | None = None,
 ) -> TrainData:
     """A dataset from the HuggingFace Hub (or a local folder ``load_dataset`` understands).
 
@@ -281,20 +285,28 @@ def read_hub(
     data = {c: list(ds[c]) for c in wanted}
     if not data or not data[wanted[0]]:
         raise DataError(f"{name} ({split}): the training set is empty")
+    if callable(types):
+        types = types(len(data))
     if types is not None and len(types) == len(data):  # else build_dataset reports the column count
         scores = {c: v for (c, v), kind in zip(data.items(), types) if kind == SCORE}
         apply_types(f"{name} ({split})", scores, None, (SCORE,) * len(scores))
     return TrainData(data, f"hub:{name}:{split}", getattr(ds, "_fingerprint", None))
 
 
-def read_train_source(src: Any, method_name: str, roles: Sequence[str], types: Sequence[str]) -> TrainData:
+def read_train_source(src: Any, method_name: str, roles: Sequence[str], types: Types,
+                      problem: Callable[[list[str]], str | None] | None = None) -> TrainData:
     """The training set a recipe's ``data.train`` names on the Hub, exactly as training reads it (``data_files``,
-    ``max_samples``), checked against the method's roles. ``embedkit data diagnose`` reads through here too, so it
-    diagnoses the rows the recipe trains on."""
+    ``max_samples``), checked against the method's roles (or by ``problem``, the method's
+    :meth:`~embedkit.methods.base.Method.column_problem`, when given). ``embedkit data diagnose`` reads through
+    here too, so it diagnoses the rows the recipe trains on."""
     data = read_hub(src.hub, src.split, src.config, src.columns, src.data_files, types)
     if src.max_samples:
         data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
-    if len(data.columns) != len(roles):
+    if problem is not None:
+        why = problem(list(data.columns))
+        if why:
+            raise DataError(f"data.train: {why}")
+    elif len(data.columns) != len(roles):
         raise DataError(
             f"data.train: method {method_name!r} needs {len(roles)} column(s) ({', '.join(roles)}); "
             f"the dataset gives {list(data.columns)}; select them with data.train.columns"

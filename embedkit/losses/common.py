@@ -31,6 +31,10 @@ def concat_features(features: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor
     width = max(f["input_ids"].shape[1] for f in features)
     merged: dict[str, Tensor] = {}
     for key in features[0]:
+        if key == PROMPT_LENGTH:  # batch metadata, not rows: kept when every column has the same prompt
+            if len({_prompt_length(f) for f in features}) == 1:
+                merged[key] = features[0][key]
+            continue
         parts = []
         for f in features:
             value = f[key]
@@ -42,13 +46,34 @@ def concat_features(features: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor
     return merged, sizes
 
 
+PROMPT_LENGTH = "prompt_length"  # what sentence-transformers' preprocessing adds for a prompt (tokens to skip)
+
+
+def _prompt_length(features: dict[str, Tensor]) -> int:
+    value = features.get(PROMPT_LENGTH)
+    if isinstance(value, Tensor):
+        return int(value.reshape(-1)[0]) if value.numel() else 0
+    return int(value or 0)
+
+
+def _pools_without_prompt(model: nn.Module) -> bool:
+    """Whether a pooling module leaves prompt tokens out (``Pooling(include_prompt=False)``)."""
+    return any(getattr(m, "include_prompt", True) is False for m in model.modules())
+
+
 def encode_columns(
     model: nn.Module, features: list[dict[str, Tensor]], head: nn.Module | None = None, repeat: int = 1
 ) -> list[Tensor]:
     """Encode every column of the batch in one forward pass; returns one embedding matrix per column
     (``repeat`` copies of each when a column is entered more than once, e.g. SimCSE's two dropout views),
-    passed through ``head`` when one is given."""
+    passed through ``head`` when one is given.
+
+    Columns with prompts of different lengths go through one pass each when the pooling leaves prompt tokens
+    out: one pass has one ``prompt_length``."""
     features = [f for f in features for _ in range(repeat)]
+    if len({_prompt_length(f) for f in features}) > 1 and _pools_without_prompt(model):
+        embs = [model(f)["sentence_embedding"] for f in features]
+        return [head(e) for e in embs] if head is not None else embs
     batch, sizes = concat_features(features)
     emb = model(batch)["sentence_embedding"]
     if head is not None:

@@ -47,20 +47,88 @@ class Method:
     """Base class; subclasses set the class attributes and implement :meth:`build_loss`."""
 
     @classmethod
-    def roles(cls) -> tuple[str, ...]:
-        """Names of the dataset columns, in order: the text columns, then the label column if any."""
-        return cls.column_roles + ((cls.label_role,) if cls.label_role else ())
+    def roles(cls, n_columns: int | None = None) -> tuple[str, ...]:
+        """Names of the dataset columns, in order: the text columns, then the label column if any.
+
+        A method with a :attr:`repeat_role` takes any number of further text columns after
+        :attr:`column_roles`, named ``{repeat_role}_1`` … ``{repeat_role}_k`` (sentence-transformers'
+        ``mine_hard_negatives`` n-tuple naming); ``n_columns`` (the columns the data gives) says how many.
+        Without it the fixed roles come back (k = 0)."""
+        text = cls.column_roles
+        if cls.repeat_role and n_columns is not None:
+            extra = n_columns - len(cls.column_roles) - (1 if cls.label_role else 0)
+            text += tuple(f"{cls.repeat_role}_{i}" for i in range(1, extra + 1))
+        return text + ((cls.label_role,) if cls.label_role else ())
 
     @classmethod
-    def column_types(cls) -> tuple[str, ...]:
+    def column_types(cls, n_columns: int | None = None) -> tuple[str, ...]:
         """The type of each column of :meth:`roles`: ``text`` for the text columns, ``score`` (a finite number,
         read as float) for the label column; data readers check and convert by it."""
-        return ("text",) * len(cls.column_roles) + (("score",) if cls.label_role else ())
+        roles = cls.roles(n_columns)
+        return ("text",) * (len(roles) - (1 if cls.label_role else 0)) + (("score",) if cls.label_role else ())
+
+    @classmethod
+    def column_problem(cls, columns: list[str]) -> str | None:
+        """Why the data's ``columns`` (names as read, in order) do not fit the method, or ``None``.
+
+        The message says what was expected and how to select columns; callers prefix the file or key."""
+        fixed = cls.roles()
+        if not cls.repeat_role:
+            if len(columns) == len(fixed):
+                return None
+            return (f"method {cls.name!r} needs {len(fixed)} column(s) ({', '.join(fixed)}), the data gives "
+                    f"{len(columns)} ({', '.join(map(str, columns))}); select them with data.train.columns")
+        extra = columns[len(cls.column_roles):len(columns) - (1 if cls.label_role else 0)]
+        if len(columns) >= len(fixed):
+            labels = [c for c in extra if str(c).lower() in ("label", "labels", "score")]
+            if not labels:
+                return None
+            return (f"column {labels[0]!r} would be read as a {cls.repeat_role} text; method {cls.name!r} takes "
+                    f"{', '.join(cls.column_roles)}, then {cls.repeat_role} texts only: select the text columns "
+                    "with data.train.columns")
+        return (f"method {cls.name!r} needs at least {len(fixed)} columns ({', '.join(cls.column_roles)}, then any "
+                f"number of {cls.repeat_role} columns {cls.repeat_role}_1 … {cls.repeat_role}_k), the data gives "
+                f"{len(columns)} ({', '.join(map(str, columns))}); select them with data.train.columns")
+
+    @classmethod
+    def prompt_roles(cls) -> tuple[str, ...]:
+        """The keys ``model.prompt_columns`` may use: the text roles, and :attr:`repeat_role` for all its columns."""
+        return cls.column_roles + ((cls.repeat_role,) if cls.repeat_role else ())
+
+    @classmethod
+    def prompt_columns(cls, recipe: Recipe) -> dict[str, str]:
+        """Role → prompt name that training applies: ``model.prompt_columns``, else :attr:`default_prompt_columns`
+        when ``model.prompts`` holds every prompt it names, else none."""
+        cfg = recipe.model
+        if cfg.prompt_columns is not None:
+            return dict(cfg.prompt_columns)
+        prompts = cfg.prompts or {}
+        if cls.default_prompt_columns and set(cls.default_prompt_columns.values()) <= set(prompts):
+            return dict(cls.default_prompt_columns)
+        return {}
+
+    @classmethod
+    def training_prompts(cls, recipe: Recipe, columns: list[str]) -> dict[str, str]:
+        """Dataset column → prompt text, the ``prompts`` argument of sentence-transformers' trainer (its data
+        collator prepends each column's prompt as ``SentenceTransformer.encode(prompt=...)`` does)."""
+        mapping, prompts = cls.prompt_columns(recipe), recipe.model.prompts or {}
+        out = {}
+        for column in columns:
+            role = column
+            if cls.repeat_role and column.startswith(f"{cls.repeat_role}_") and column not in cls.column_roles:
+                role = cls.repeat_role
+            if role in mapping:
+                out[column] = prompts[mapping[role]]
+        return out
 
     name: ClassVar[str]
     params_cls: ClassVar[type[MethodParams]] = MethodParams
     column_roles: ClassVar[tuple[str, ...]] = ("text",)
     label_role: ClassVar[str | None] = None  # a numeric column after the text columns (e.g. a gold score)
+    # A text role that follows column_roles any number of times (≥ 0), as {role}_1 … {role}_k (see roles()).
+    repeat_role: ClassVar[str | None] = None
+    # Role → prompt name applied in training when model.prompt_columns is not set and model.prompts has them all.
+    default_prompt_columns: ClassVar[dict[str, str]] = {}
     in_batch_negatives: ClassVar[bool] = True  # the loss contrasts each anchor with the rest of the batch
     paper: ClassVar[str] = ""
     citation: ClassVar[str] = ""
@@ -105,6 +173,32 @@ class Method:
                 out.append((("objective", "terms", i, "name"),
                             f"term {term.name!r} needs an (anchor, positive) pair per row; method {cls.name!r} "
                             "gives none" + cls.positives_hint()))
+        return out
+
+    @classmethod
+    def prompt_problems(cls, recipe: Recipe) -> list[tuple[tuple, str]]:
+        """(key path, reason) for each ``model.prompt_columns`` entry that names a column the method does not
+        have or a prompt ``model.prompts`` does not hold, and for prompts that training would not apply."""
+        cfg, out = recipe.model, []
+        prompts, mapping = cfg.prompts or {}, cfg.prompt_columns
+        if mapping is None:
+            if prompts and not cls.prompt_columns(recipe):
+                hint = (f" (its default, {cls.default_prompt_columns}, needs prompts named "
+                        f"{', '.join(sorted(set(cls.default_prompt_columns.values())))})"
+                        if cls.default_prompt_columns else "")
+                out.append((("model", "prompts"),
+                            f"method {cls.name!r} has no default mapping of its columns to these prompts{hint}: set "
+                            f"model.prompt_columns (column → prompt name; columns: {', '.join(cls.prompt_roles())}), "
+                            "or model.prompt_columns: {} to save the prompts with the model without training on them"))
+            return out
+        for role, name in mapping.items():
+            if role not in cls.prompt_roles():
+                out.append((("model", "prompt_columns", role),
+                            f"method {cls.name!r} has no column {role!r}; expected one of: "
+                            f"{', '.join(cls.prompt_roles())}"))
+            elif name not in prompts:
+                have = f"model.prompts has {', '.join(sorted(prompts))}" if prompts else "model.prompts is not set"
+                out.append((("model", "prompt_columns", role), f"unknown prompt name {name!r}; {have}"))
         return out
 
     @classmethod

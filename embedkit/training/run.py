@@ -61,10 +61,11 @@ def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
 
     from embedkit.data.sources import read_train_source
 
-    roles = method_cls.roles()
     if train_data is None:
-        train_data = read_train_source(recipe.data.train, recipe.method.name, roles, method_cls.column_types())
-    columns = dict(zip(roles, train_data.columns.values()))
+        train_data = read_train_source(recipe.data.train, recipe.method.name, method_cls.roles(),
+                                       method_cls.column_types, method_cls.column_problem)
+    roles = method_cls.roles(len(train_data.columns))  # a method may take any number of negative columns
+    columns = dict(zip(roles, train_data.columns.values(), strict=True))
     return datasets.Dataset.from_dict(columns), train_data
 
 
@@ -268,6 +269,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         dataloader_num_workers=t.dataloader_workers,
         dataloader_drop_last=t.drop_last or world_size > 1,
         batch_sampler=sampler or (LengthGroupedBatchSampler if t.group_by_length else BatchSamplers.BATCH_SAMPLER),
+        prompts=method_cls.training_prompts(recipe, dataset.column_names) or None,  # column → prompt text
         disable_tqdm=False,
     )
     callbacks = method.callbacks(loss) + _tensorboard_callbacks(work / "logs")
