@@ -20,7 +20,6 @@ Conventions (docs/evaluation.md says the same):
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -115,12 +114,8 @@ def encode_side(model: SentenceTransformer, texts: list[str], side: str, batch_s
     """Unit vectors of ``texts`` with the model's prompt ``side`` (``query`` / ``document``) when it has one."""
     from embedkit.encoding import encode
 
-    kw = prompt_kwargs(model, side)
-    if kw and "prompt_name" not in inspect.signature(encode).parameters:
-        # encode() without prompt support: the prompt is prepended as sentence-transformers does for text.
-        texts = [model.prompts[side] + t for t in texts]
-        kw = {}
-    return encode(model, texts, batch_size, normalize=True, autocast=autocast, dtype=dtype, **kw)
+    return encode(model, texts, batch_size, normalize=True, autocast=autocast, dtype=dtype,
+                  **prompt_kwargs(model, side))
 
 
 def _cosine_table(model: SentenceTransformer, texts: dict[str, str], side: str, batch_size: int,
