@@ -382,6 +382,9 @@ def build_card(results: dict[str, Any], repo_id: str, *, model_info: dict[str, A
     for label, key in (("Steps", "global_step"), ("Precision", "precision"), ("Processes", "world_size")):
         if train.get(key) is not None:
             body.append(f"- **{label}:** {train[key]}")
+    if train.get("global_batch_size") is not None:
+        body.append(f"- **Batch:** {train['global_batch_size']} global = {train.get('per_device_batch_size')} per "
+                    f"device × {train.get('world_size', 1)}")
     if train.get("best_checkpoint"):
         body.append(f"- **Selected checkpoint:** `{Path(str(train['best_checkpoint'])).name}`")
     body += [f"- **Hardware:** {results.get('hardware', 'unknown')}",

@@ -48,6 +48,28 @@ def set_dropout(model: nn.Module, rate: float) -> None:
                     setattr(config, key, rate)
 
 
+DEFAULT_INITIALIZER_RANGE = 0.02  # BERT's initializer_range
+
+
+def initializer_range(model: nn.Module) -> float:
+    """The encoder config's ``initializer_range`` (BERT: 0.02), or 0.02 when no config has one."""
+    for module in model.modules():
+        value = getattr(getattr(module, "config", None), "initializer_range", None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return DEFAULT_INITIALIZER_RANGE
+
+
+@torch.no_grad()
+def init_linear_(linear: nn.Linear, std: float = DEFAULT_INITIALIZER_RANGE) -> nn.Linear:
+    """Initialise a head's linear layer as BERT (and the SimCSE reference, whose MLP goes through BERT's
+    ``_init_weights``) does: weight ~ N(0, std), bias 0. ``nn.Linear``'s own default is uniform Kaiming."""
+    linear.weight.normal_(mean=0.0, std=std)
+    if linear.bias is not None:
+        linear.bias.zero_()
+    return linear
+
+
 def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransformer:
     """Load the encoder named in the recipe and give it the recipe's pooling, head and dropout.
 
@@ -86,8 +108,10 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
             modules.append(Pooling(dim, "mean"))
         else:
             modules.append(Pooling(dim, "cls"))
-            if cfg.pooling == "cls" and not cfg.mlp_only_train:
-                modules.append(Dense(dim, dim, activation_function=nn.Tanh()))
+            if cfg.pooling == "cls" and not cfg.mlp_only_train:  # SimCSE's MLP kept at test time
+                head = Dense(dim, dim, activation_function=nn.Tanh())
+                init_linear_(head.linear, initializer_range(transformer))
+                modules.append(head)
         model = SentenceTransformer(modules=modules, device=device or "cpu", prompts=own_prompts,
                                     default_prompt_name=own_default)
         model.max_seq_length = cfg.max_seq_length

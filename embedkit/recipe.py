@@ -147,12 +147,18 @@ class MethodSection(BaseModel):
 
 
 class TrainingSection(Section):
-    batch_size: int = Field(64, gt=0, description="per device")
+    batch_size: int = Field(
+        64, gt=0, description="the GLOBAL batch: every process takes batch_size / world size rows per step (it must "
+        "divide); what the paper's batch size means"
+    )
     learning_rate: float = Field(3e-5, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="> 0 overrides epochs")
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW β1")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW β2 (Contriever: 0.98)")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW eps (Contriever: 1e-6)")
     lr_scheduler: Literal["linear", "constant", "cosine", "constant_with_warmup"] = "linear"
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 42
@@ -165,7 +171,8 @@ class TrainingSection(Section):
     logging_steps: int = Field(10, gt=0)
     gather_across_devices: bool = Field(True, description="in-batch negatives from every process")
     mini_batch_size: int | None = Field(
-        None, gt=0, description="GradCache: encode in mini-batches of this size (same loss, less memory)"
+        None, gt=0, description="GradCache: each process encodes its share of the batch in mini-batches of this "
+        "size (same loss, less memory)"
     )
     matryoshka_dims: list[int] | None = Field(
         None, min_length=1, description="Matryoshka: the main loss also on these truncated, re-normalised prefixes "
@@ -179,7 +186,6 @@ class TrainingSection(Section):
     )
     dataloader_workers: int = Field(0, ge=0)
     drop_last: bool = False
-
 
     @field_validator("matryoshka_dims")
     @classmethod
@@ -299,6 +305,30 @@ class Recipe(Section):
     @classmethod
     def _one_line(cls, value: str) -> str:
         return " ".join(value.split())
+
+
+def per_device_batch(batch_size: int, world_size: int) -> int:
+    """Rows each process takes per step: the global ``training.batch_size`` split evenly over ``world_size``
+    processes. Raises ``ValueError`` (the caller adds file and line) when it does not divide."""
+    if world_size < 1:
+        raise ValueError(f"world size must be at least 1, got {world_size}")
+    if batch_size % world_size:
+        lower, upper = batch_size // world_size * world_size, -(-batch_size // world_size) * world_size
+        options = " or ".join(str(b) for b in dict.fromkeys((lower, upper)) if b > 0)
+        raise ValueError(
+            f"the global batch {batch_size} does not divide over {world_size} processes; expected a multiple of "
+            f"{world_size} (e.g. {options})"
+        )
+    return batch_size // world_size
+
+
+def env_world_size() -> int | None:
+    """``WORLD_SIZE`` as torchrun / accelerate set it, or ``None`` outside a launcher (or when malformed)."""
+    raw = os.environ.get("WORLD_SIZE")
+    try:
+        return int(raw) if raw is not None and int(raw) >= 1 else None
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -19,7 +19,14 @@ from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
 from embedkit.methods import get_method
 from embedkit.model_ref import check_recipe_refs
-from embedkit.recipe import MethodSection, Recipe, format_validation_error, parse_recipe
+from embedkit.recipe import (
+    MethodSection,
+    Recipe,
+    env_world_size,
+    format_validation_error,
+    parse_recipe,
+    per_device_batch,
+)
 
 
 def load_recipe(
@@ -49,6 +56,9 @@ def load_recipe(
         ) from None
     recipe.method = MethodSection(name=recipe.method.name, **validated.model_dump())
     _check_objective(recipe, method, validated, source, lines)
+    world = env_world_size()
+    if world is not None:  # under torchrun / accelerate: the global batch must split evenly now
+        check_batch_split(recipe, world, source, lines)
 
     # Paths and data.
     resolved_dir = paths.resolve_data_dir(data_dir)
@@ -81,6 +91,16 @@ def _check_objective(recipe: Recipe, method: Any, params: Any, source: str, line
             errors.append(f"{_where(source, lines, tuple(key))}: {reason}")
     if errors:
         raise RecipeError("\n".join(errors))
+
+
+def check_batch_split(recipe: Recipe, world_size: int, source: str = "recipe",
+                      lines: dict[tuple, int] | None = None) -> int:
+    """The per-process batch of ``training.batch_size`` (the global batch) over ``world_size`` processes;
+    a :class:`RecipeError` naming file, line and key when it does not divide."""
+    try:
+        return per_device_batch(recipe.training.batch_size, world_size)
+    except ValueError as err:
+        raise RecipeError(f"{_where(source, lines or {}, ('training', 'batch_size'))}: {err}") from None
 
 
 def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:

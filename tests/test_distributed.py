@@ -1,5 +1,8 @@
 """Two processes (``torchrun``, gloo on CPU) against one process holding the same global batch.
 
+``training.batch_size`` is the global batch: both set-ups run the same recipe batch size; under two processes
+each takes half of it.
+
 With dropout off, cross-device negatives gathered with their gradient, the label offset by rank, the
 batches sharded round-robin from one seeded order, DDP averaging the encoder's gradients and the trainer
 averaging the loss's own (training-only head) gradients, both set-ups compute the same losses and end
@@ -68,21 +71,34 @@ def test_two_processes_equal_one_process_composed(method: str, tmp_path: Path, s
                                                                          **model}, objective)
 
 
+@pytest.mark.multiproc
+def test_esimcse_paper_settings_two_processes_equal_one_process(tmp_path: Path, spread_model_path: str) -> None:
+    """The paper recipe's static repetition (drawn from seed and dataset row id, so every process draws the
+    same view of a row) and freshly initialised key encoder give the single process's losses and state."""
+    compare_two_with_one("esimcse", tmp_path, spread_model_path,
+                         params={"static": True, "momentum_init": "random"})
+
+
 def compare_two_with_one(method: str, tmp_path: Path, spread_model_path: str, training: dict | None = None,
-                         model: dict | None = None, objective: dict | None = None) -> None:
+                         model: dict | None = None, objective: dict | None = None,
+                         params: dict | None = None) -> None:
+    params = {**PARAMS.get(method, {}), **(params or {})}
     model = {"dropout": 0.0, **MODEL.get(method, {}), **(model or {})}
     common = {"max_steps": STEPS, "seed": 11, **(training or {})}
     multi_dir, single_dir = tmp_path / "two", tmp_path / "one"
+    # The same global batch in both recipes (training.batch_size is global): 2 × PER_DEVICE.
     multi = write_recipe(tmp_path / "r2", spread_model_path, method, multi_dir,
-                         {**common, "batch_size": PER_DEVICE}, model, PARAMS.get(method), objective=objective)
+                         {**common, "batch_size": 2 * PER_DEVICE}, model, params, objective=objective)
     single = write_recipe(tmp_path / "r1", spread_model_path, method, single_dir,
-                          {**common, "batch_size": 2 * PER_DEVICE}, model, PARAMS.get(method), objective=objective)
+                          {**common, "batch_size": 2 * PER_DEVICE}, model, params, objective=objective)
 
     proc = run_torchrun(["train", str(multi)], tmp_path, nproc=2)
     check_ok(proc, "torchrun --nproc_per_node 2")
     negatives = "" if method == "cosent" else f", {2 * PER_DEVICE - 1} in-batch negatives per anchor"
-    assert f"world size 2, batch {PER_DEVICE} per device, {2 * PER_DEVICE} global{negatives}" in proc.stdout
+    assert f"world size 2, batch {2 * PER_DEVICE} global = {PER_DEVICE} per device × 2{negatives}" in proc.stdout
     run_in_process(single)
+    assert results(multi_dir)["train"]["per_device_batch_size"] == PER_DEVICE
+    assert results(single_dir)["train"]["per_device_batch_size"] == 2 * PER_DEVICE
 
     # Same loss at every step (the logged loss is the mean over processes).
     one, two = step_losses(single_dir), step_losses(multi_dir)
@@ -122,3 +138,36 @@ def compare_two_with_one(method: str, tmp_path: Path, spread_model_path: str, tr
     assert max_abs_diff(s1, s2) < TOL
     digests = marker(last2)["method_state_sha256_per_rank"]
     assert len(digests) == 2 and digests[0] == digests[1], "the processes hold different method states"
+
+
+@pytest.mark.multiproc
+def test_batch_size_is_global_under_torchrun(tmp_path: Path, tiny_model_path: str) -> None:
+    """``batch_size: 16`` under two processes trains with 8 rows per process and reports 16.
+
+    48 rows and one epoch: a global batch of 16 gives 3 optimizer steps; had each process taken 16 rows (the
+    old per-device meaning, 32 global) the epoch would have been 1 step."""
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r", tiny_model_path, "simcse-unsup", out,
+                          {"batch_size": 16, "max_steps": -1, "epochs": 1})
+    proc = run_torchrun(["train", str(recipe)], tmp_path, nproc=2)
+    check_ok(proc, "torchrun --nproc_per_node 2")
+    assert "world size 2, batch 16 global = 8 per device × 2, 15 in-batch negatives per anchor" in proc.stdout
+    train = results(out)["train"]
+    assert (train["world_size"], train["global_batch_size"], train["per_device_batch_size"]) == (2, 16, 8)
+    assert train["global_step"] == 48 // 16
+    from embedkit.card import build_card, load_results
+
+    assert "- **Batch:** 16 global = 8 per device × 2" in build_card(load_results(out), "alice/tiny")
+
+
+@pytest.mark.multiproc
+def test_batch_that_does_not_divide_is_refused_under_torchrun(tmp_path: Path, tiny_model_path: str) -> None:
+    """A global batch of 15 over 2 processes: one line naming file, line and key, and no output folder."""
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r", tiny_model_path, "simcse-unsup", out, {"batch_size": 15})
+    proc = run_torchrun(["train", str(recipe)], tmp_path, nproc=2)
+    assert proc.returncode != 0
+    line = next(i for i, text in enumerate(recipe.read_text().splitlines(), 1) if "batch_size" in text)
+    assert f"{recipe}:{line}: training.batch_size: the global batch 15 does not divide over 2 processes" \
+        in proc.stderr
+    assert not out.exists()

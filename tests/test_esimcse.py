@@ -222,6 +222,8 @@ def test_shipped_recipes_validate(data_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("method, params, model", [
     ("esimcse", {"queue_size": 16, "momentum": 0.9}, None),
+    # The paper recipe's settings: static repetition (keyed by row id, no state) and a fresh key encoder.
+    ("esimcse", {"queue_size": 16, "momentum": 0.9, "static": True, "momentum_init": "random"}, None),
     ("contriever", {"queue_size": 16, "momentum": 0.9}, {"pooling": "mean", "mlp_only_train": False}),
 ])
 def test_sigkill_then_resume_matches_uninterrupted_run(method, params, model, tmp_path, spread_model_path):

@@ -8,14 +8,20 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from embedkit.modeling import DEFAULT_INITIALIZER_RANGE, init_linear_
+
 
 class ProjectionHead(nn.Module):
     """SimCSE's MLP over the pooled vector: ``tanh(W h + b)``. Used at training time only
-    (``mlp_only_train``); a head kept at test time is a sentence-transformers ``Dense`` module instead."""
+    (``mlp_only_train``); a head kept at test time is a sentence-transformers ``Dense`` module instead.
 
-    def __init__(self, dim: int) -> None:
+    Initialised as the reference (its MLP goes through BERT's ``_init_weights``): W ~ N(0, ``std``), b = 0,
+    with ``std`` the encoder config's ``initializer_range`` (:func:`embedkit.modeling.initializer_range`).
+    """
+
+    def __init__(self, dim: int, std: float = DEFAULT_INITIALIZER_RANGE) -> None:
         super().__init__()
-        self.dense = nn.Linear(dim, dim)
+        self.dense = init_linear_(nn.Linear(dim, dim), std)
         self.activation = nn.Tanh()
 
     def forward(self, x: Tensor) -> Tensor:

@@ -66,24 +66,28 @@ class MomentumEncoder(nn.Module):
 
         θ_k ← m·θ_k + (1 − m)·θ_q      (after each optimizer step; parameters only)
 
-    Keys are computed in eval mode (dropout off) without gradient, optionally through a live projection
-    head (ESimCSE passes the training-only MLP).
+    Keys are computed without gradient, optionally through a live projection head (ESimCSE passes the
+    training-only MLP), in eval mode (dropout off; ESimCSE's reference) unless ``dropout`` is set: then a
+    training step's keys go through the encoder in train mode, dropout on, as Contriever's reference does
+    (its key encoder follows the MoCo module's train mode).
 
     Args:
         model: the encoder being trained, with its pretrained weights already loaded.
         momentum: m (ESimCSE 0.995, Contriever 0.9995).
         init: ``copy`` (start from the trained encoder's weights) or ``random`` — re-initialise the copy, which
-            reproduces a quirk of the ESimCSE reference code (it copies the encoder before the pretrained
-            checkpoint loads, so its key encoder starts random). Use ``random`` only to reproduce that code.
+            reproduces the ESimCSE reference code (it builds the key encoder before the pretrained checkpoint
+            loads and initialises it as a fresh BERT, so its key encoder starts random).
         seed: seed for ``init: random``.
+        dropout: keys of training steps with dropout on (``forward(..., train=True)``).
     """
 
     def __init__(self, model: nn.Module, momentum: float = 0.995, init: Literal["copy", "random"] = "copy",
-                 seed: int = 0) -> None:
+                 seed: int = 0, dropout: bool = False) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.momentum = momentum
+        self.dropout = dropout
         self.encoder = copy.deepcopy(unwrap(model))
         if init == "random":
             reinitialise(self.encoder, seed)
@@ -99,10 +103,14 @@ class MomentumEncoder(nn.Module):
         return self
 
     @torch.no_grad()
-    def forward(self, features: dict[str, Tensor], head: nn.Module | None = None) -> Tensor:
-        """Keys for a tokenised batch: eval mode, no gradient, through ``head`` when given."""
-        self.encoder.eval()
-        emb = self.encoder(dict(features))["sentence_embedding"]
+    def forward(self, features: dict[str, Tensor], head: nn.Module | None = None, train: bool = False) -> Tensor:
+        """Keys for a tokenised batch, no gradient, through ``head`` when given; dropout on only when both
+        ``train`` (a training step) and the encoder's ``dropout`` switch are set."""
+        self.encoder.train(train and self.dropout)
+        try:
+            emb = self.encoder(dict(features))["sentence_embedding"]
+        finally:
+            self.encoder.eval()
         if head is not None:
             emb = head(emb)
         return emb.detach()
@@ -199,7 +207,8 @@ class MoCoLoss(ComposedLoss):
 
     For each text, two views are drawn (e.g. independent random crops with token deletion): the query
     ``q = f_θ(view₁)`` through the trained encoder and the key ``k⁺ = f_ξ(view₂)`` through the momentum
-    encoder (no gradient, dropout off). With the queue ``{n_j}`` of past keys and temperature τ:
+    encoder (no gradient; dropout as the encoder's ``dropout`` switch says). With the queue ``{n_j}`` of past
+    keys and temperature τ:
 
         ℓ = −log( exp(s(q, k⁺)/τ) / ( exp(s(q, k⁺)/τ) + Σ_j exp(s(q, n_j)/τ) ) )
 
@@ -244,7 +253,7 @@ class MoCoLoss(ComposedLoss):
                 self.views.advance()
         else:
             q_features = k_features = text
-        k = self.momentum_encoder(k_features)
+        k = self.momentum_encoder(k_features, train=self.model.training)
         return ViewBatch([q_features], labels, pair=(0, 0), positive=k, side={"negatives": self.queue.negatives()},
                          anchor_features=q_features, positive_features=k_features, extra={"keys": k})
 

@@ -255,8 +255,10 @@ def training_head(method: Method) -> torch.nn.Module | None:
     if cfg.pooling != "cls" or not cfg.mlp_only_train:
         return None
     from embedkit.losses.common import ProjectionHead
+    from embedkit.modeling import initializer_range
 
-    return ProjectionHead(method.ctx.model.get_embedding_dimension()).to(method.ctx.model.device)
+    model = method.ctx.model
+    return ProjectionHead(model.get_embedding_dimension(), initializer_range(model)).to(model.device)
 
 
 ROW_ID_COLUMN = "label"  # the collator hands this column to the loss as `labels`: the dataset row ids

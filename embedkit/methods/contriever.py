@@ -26,6 +26,10 @@ class ContrieverParams(MethodParams):
     deletion: float = Field(0.1, ge=0, lt=1, description="probability of deleting each token of a crop")
     normalize: bool = Field(False, description="cosine instead of the dot product (Contriever: dot product)")
     queue_init: Literal["random", "empty"] = Field("random", description="random unit vectors, as MoCo/Contriever")
+    key_encoder_dropout: bool = Field(
+        True, description="the momentum (key) encoder runs with dropout on during training, as the reference code "
+        "does (its key encoder follows the train mode); false: dropout off, as MoCo's eval-mode keys"
+    )
 
     @model_validator(mode="after")
     def _crop_order(self) -> ContrieverParams:
@@ -59,7 +63,7 @@ class Contriever(Method):
         tok = model.tokenizer
         views = CropAndDelete(special_token_ids(tok), tok.pad_token_id or 0, p.crop_min, p.crop_max, p.deletion,
                               seed=t.seed)
-        encoder = MomentumEncoder(model, p.momentum, "copy", seed=t.seed)
+        encoder = MomentumEncoder(model, p.momentum, "copy", seed=t.seed, dropout=p.key_encoder_dropout)
         queue = KeyQueue(p.queue_size, model.get_embedding_dimension(), p.queue_init, seed=t.seed,
                          gather_across_devices=t.gather_across_devices)
         return MoCoLoss(model, encoder, queue, views, p.temperature, normalize=p.normalize)

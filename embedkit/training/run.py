@@ -27,7 +27,7 @@ from embedkit.paths import atomic_path
 from embedkit.recipe import Recipe, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
 from embedkit.training.rundir import CHECKPOINTS, RESULTS, RunFolder
-from embedkit.validate import load_recipe
+from embedkit.validate import check_batch_split, load_recipe
 
 # The packages recorded in a run's results.json.
 TRAINING_PACKAGES = ("embedkit", "torch", "transformers", "sentence-transformers", "datasets", "accelerate", "mteb")
@@ -220,14 +220,15 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     loss = compose(method.build_loss(), recipe, model)  # GradCache, gathering, Matryoshka, objective terms
 
     t = recipe.training
-    global_batch = t.batch_size * world_size
-    negatives = (global_batch if t.gather_across_devices else t.batch_size) - 1
+    global_batch, per_device = t.batch_size, check_batch_split(recipe, world_size)  # load_recipe refused it already
+    negatives = (global_batch if t.gather_across_devices else per_device) - 1
     log(f"method {recipe.method.name} on {recipe.model.name} ({recipe.model.pooling} pooling), "
         f"{len(dataset)} training rows from {train_data.description}")
-    log(f"world size {world_size}, batch {t.batch_size} per device, {global_batch} global"
+    log(f"world size {world_size}, batch {global_batch} global = {per_device} per device × {world_size}"
         + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives else ""))
 
-    results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {}}
+    results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {},
+                               "train": batch_record(global_batch, world_size)}
     if dev_pairs is not None:
         results["dev"].update(kind=dev_pairs.kind, name=dev_pairs.name, metric=dev_pairs.metric)
     if dev_pairs is not None and recipe.eval.before and checkpoint is None:
@@ -239,8 +240,8 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     sampler = method.batch_sampler()
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work / CHECKPOINTS),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -250,6 +251,9 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         # otherwise every process trains alone on the full data while the process group exists.
         use_cpu=world_size > 1 and not _has_accelerator(),
         weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
         lr_scheduler_type=t.lr_scheduler,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
@@ -300,7 +304,7 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
         "best_dev": {"metric": run.dev_pairs.metric_key, "value": trainer.state.best_metric}
         if run.dev_pairs is not None else None,
         "precision": run.precision,
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        **results.get("train", {}),  # world_size, global_batch_size, per_device_batch_size
         "log_history": trainer.state.log_history,
     }
     if run.dev_pairs is not None:
@@ -340,6 +344,12 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
 
         push(out, recipe.output.push_to_hub, private=recipe.output.private)
     return results
+
+
+def batch_record(global_batch: int, world_size: int) -> dict[str, int]:
+    """What ``results.json`` (``train``) and the model card record about the batch."""
+    return {"world_size": world_size, "global_batch_size": global_batch,
+            "per_device_batch_size": global_batch // world_size}
 
 
 def _has_accelerator() -> bool:

@@ -24,18 +24,21 @@ class ESimCSEParams(MethodParams):
     )
     dup_rate: float = Field(0.32, ge=0, lt=1, description="k ~ U{0 … min(max_dup, ⌊dup_rate·L⌋) − 1}")
     max_dup: int = Field(10, ge=1)
-    static: bool = Field(False, description="one fixed augmentation per sentence for the run (reference code)")
+    static: bool = Field(
+        False, description="one augmentation per sentence for the whole run, drawn from (seed, row id), as the "
+        "reference code draws it once in preprocessing (esimcse-unsup-bert-base.yaml); false: a new draw each step"
+    )
     queue_size: int | None = Field(None, ge=0, description="None: 2.5 × global batch size; 0: no momentum queue")
     momentum: float = Field(0.995, ge=0, le=1)
     momentum_init: Literal["copy", "random"] = Field(
-        "copy", description="random re-initialises the key encoder: only to reproduce the reference code's quirk"
+        "copy", description="copy: the key encoder starts as the pretrained encoder; random: a fresh seeded BERT "
+        "initialisation, as the reference code (it builds the key encoder before the checkpoint loads)"
     )
 
 
 def default_queue_size(method: Method) -> int:
-    """2.5 × the global batch size (160 for the paper's batch of 64)."""
-    t = method.ctx.recipe.training
-    return int(round(2.5 * t.batch_size * method.ctx.world_size))
+    """2.5 × the global batch size (``training.batch_size``; 160 for the paper's batch of 64)."""
+    return int(round(2.5 * method.ctx.recipe.training.batch_size))
 
 
 @register
