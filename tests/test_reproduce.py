@@ -23,6 +23,8 @@ PAPER_TARGETS = {
     "esimcse-unsup-bert-base": 78.27,
     "debcse-unsup-bert-base": 80.33,
 }
+# Paper recipes whose published number is a retrieval average (benchmark, metric, value).
+RETRIEVAL_TARGETS = {"contriever-bert-base": ("BEIR", "ndcg@10", 37.7)}
 
 
 def load_script():
@@ -36,12 +38,17 @@ def test_dry_run_lists_every_paper_recipe_with_its_target_average():
     proc = subprocess.run([sys.executable, str(ROOT / "eval" / "reproduce.py"), "--dry-run"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    listed = {}
+    listed, retrieval = {}, {}
     for line in proc.stdout.splitlines()[1:]:
         name, method, model, avg = line.split()[:4]
-        listed[name] = float(avg)
         assert model == "bert-base-uncased" and method in name, line
+        if name in RETRIEVAL_TARGETS:
+            benchmark, metric, value = line.split()[3:6]
+            retrieval[name] = (benchmark, metric, float(value))
+        else:
+            listed[name] = float(avg)
     assert listed == PAPER_TARGETS
+    assert retrieval == RETRIEVAL_TARGETS
 
 
 def test_bert_base_recipes_have_a_target_or_say_why_not():
@@ -49,6 +56,10 @@ def test_bert_base_recipes_have_a_target_or_say_why_not():
         recipe, _ = load_recipe(file, check_data=False)
         if file.stem in PAPER_TARGETS:
             assert recipe.target is not None and recipe.target.avg == PAPER_TARGETS[file.stem], file.name
+            assert recipe.target.source and recipe.target.protocol
+        elif file.stem in RETRIEVAL_TARGETS:
+            ret = recipe.target.retrieval
+            assert (ret.benchmark, ret.metric, ret.avg) == RETRIEVAL_TARGETS[file.stem]
             assert recipe.target.source and recipe.target.protocol
         else:
             assert recipe.target is None
@@ -111,3 +122,34 @@ def test_comparison_rows_are_measured_minus_target():
     assert rows["avg"] == pytest.approx((76.25, 70.0, -6.25))
     table = reproduce.format_comparison("simcse-unsup-bert-base", list(reproduce.compare(recipe.target, sts)))
     assert "+1.60" in table and "-6.25" in table
+
+
+def _beir(folder: Path) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "one"}\n', encoding="utf-8")
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "first"}\n', encoding="utf-8")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n", encoding="utf-8")
+    return folder
+
+
+def test_beir_folders_become_the_recipes_retrieval_evaluation(tmp_path):
+    script = load_script()
+    with pytest.raises(SystemExit, match="no BEIR folder"):
+        script.beir_folders(tmp_path)
+    made = [_beir(tmp_path / "scifact"), _beir(tmp_path / "nfcorpus")]
+    (tmp_path / "notes").mkdir()
+    found = script.beir_folders(tmp_path)
+    assert found == sorted(made)
+    recipe, _ = load_recipe(RECIPES_DIR / "contriever-bert-base.yaml", script.retrieval_overrides(found),
+                            check_data=False)
+    assert [(Path(e.path), e.split) for e in recipe.eval.retrieval] == [(f, "test") for f in sorted(made)]
+
+
+def test_retrieval_comparison_averages_the_measured_datasets():
+    script = load_script()
+    recipe, _ = load_recipe(RECIPES_DIR / "contriever-bert-base.yaml", check_data=False)
+    rows = script.compare_retrieval(recipe.target.retrieval, {
+        "scifact-test": {"ndcg@10": 60.0, "mrr@10": 1.0}, "nfcorpus-test": {"ndcg@10": 30.0}})
+    assert rows[:2] == [("nfcorpus-test", None, 30.0, None), ("scifact-test", None, 60.0, None)]
+    label, want, got, diff = rows[2]
+    assert label == "BEIR avg (2)" and want == 37.7 and got == 45.0 and diff == pytest.approx(7.3)
