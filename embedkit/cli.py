@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     from embedkit.hub import add_cli as add_push
     from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
     from embedkit.methods.text2token.inspect import add_cli as add_inspect
+    from embedkit.training.mine import add_cli as add_mine
 
     parser = argparse.ArgumentParser(prog="embedkit", description="Train and evaluate sentence embeddings.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect(sub)    # inspect (Text2Token's vocabulary head, any BERT-like model)
     data = sub.add_parser("data", help="inspect training data").add_subparsers(dest="data_command", required=True)
     add_diagnose(data)  # data diagnose (DebCSE's pair statistics, any recipe)
+    add_mine(data)      # data mine (hard negatives for pairs, or a recipe's training data)
     return parser
 
 

@@ -1,16 +1,22 @@
-"""Candidate mining under a frozen reference encoder: embed a corpus once, then each sentence's top-K
-neighbours by cosine, computed in chunks of matrix products (or with faiss when it is installed).
+"""Mining under a frozen encoder, the one engine of the package: embed every unique text once, then each
+query's top-K neighbours by cosine, computed in chunks of matrix products (or with faiss when it is installed).
 
-Used by DebCSE-style debiasing (``embedkit.methods.debcse.debias``) and by ``embedkit data diagnose``. The reference
-encoder is used in eval mode (no dropout) under ``torch.no_grad``; its train/eval mode and device are
-restored afterwards.
+Used by DebCSE-style debiasing (``embedkit.methods.debcse.debias``), ``embedkit data diagnose`` and hard-negative
+mining for retrieval pairs (:func:`mine_negatives`: ``embedkit data mine`` and ``data.train.mine``). The encoder
+is used in eval mode (no dropout) under ``torch.no_grad``; its train/eval mode and device are restored
+afterwards. Under ``torchrun`` (a process group initialised) each process encodes its shard of the texts and the
+embeddings are all-gathered (:func:`unit_vectors`), so no process encodes the whole corpus alone.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,13 +38,55 @@ def mining_device(requested: str = "auto") -> torch.device:
 def unit_vectors(model: SentenceTransformer, sentences: list[str], batch_size: int = 128,
                  device: str | torch.device = "auto") -> Tensor:
     """Unit-normalised float32 embeddings as a CPU tensor, from :func:`embedkit.encoding.encode` on the mining
-    device (see :func:`mining_device`)."""
+    device (see :func:`mining_device`).
+
+    With a ``torch.distributed`` process group of several processes, every process must call this with the same
+    ``sentences``: each encodes one contiguous shard and the shards are all-gathered, so every process returns
+    the whole table having encoded only ``ceil(n / world_size)`` texts."""
     from embedkit.encoding import encode
 
     if not sentences:
         return torch.zeros(0, model.get_embedding_dimension())
     target = mining_device(device) if isinstance(device, str) else device
-    return torch.from_numpy(encode(model, sentences, batch_size, normalize=True, device=target))
+    world = _world_size()
+    if world == 1:
+        return torch.from_numpy(encode(model, sentences, batch_size, normalize=True, device=target))
+    import torch.distributed as dist
+
+    per = math.ceil(len(sentences) / world)
+    rank = dist.get_rank()
+    local = torch.from_numpy(encode(model, sentences[rank * per:(rank + 1) * per], batch_size, normalize=True,
+                                    device=target))
+    # nccl moves CUDA tensors only; gloo CPU ones. Every shard is padded to `per` rows for all_gather.
+    comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    padded = torch.zeros(per, local.shape[1], dtype=local.dtype, device=comm)
+    padded[: local.shape[0]] = local.to(comm)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat(parts)[: len(sentences)].cpu()
+
+
+def _world_size() -> int:
+    """Processes in the initialised ``torch.distributed`` group (1 when there is none)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def ensure_process_group() -> bool:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1), initialise the default process group if nobody has yet (nccl
+    with CUDA, else gloo; accelerate and the trainer reuse it), so that :func:`unit_vectors` shards. Returns
+    whether a group of several processes is up."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return dist.get_world_size() > 1
 
 
 def faiss_available() -> bool:
@@ -103,3 +151,159 @@ def _faiss_top_k(queries: Tensor, corpus: Tensor, k: int, exclude_self: bool) ->
         idx_t = idx_t[keep].view(idx_t.shape[0], k)
         scores_t = scores_t[keep].view(idx_t.shape[0], k)
     return idx_t, scores_t
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hard negatives for (anchor, positive) pairs
+
+
+@dataclass
+class HardNegatives:
+    """What :func:`mine_negatives` found: the kept rows (input order) with ``k`` negatives each, their scores,
+    the scores of the candidates the false-negative filter dropped, and the counts of ``<output>.stats.json``."""
+
+    anchors: list[str]
+    positives: list[str]
+    negatives: list[list[str]]  # per kept row, best first
+    source_rows: list[int]  # input row of each kept row
+    positive_scores: np.ndarray  # every input row's cos(anchor, positive)
+    negative_scores: np.ndarray  # kept rows × k
+    dropped_scores: np.ndarray  # every candidate the filter dropped (all rows)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def columns(self) -> dict[str, list[str]]:
+        """``anchor``, ``positive``, ``negative_1`` … ``negative_k``: sentence-transformers' n-tuple naming."""
+        k = self.negative_scores.shape[1] if self.negative_scores.ndim == 2 else 0
+        out = {"anchor": list(self.anchors), "positive": list(self.positives)}
+        for j in range(k):
+            out[f"negative_{j + 1}"] = [row[j] for row in self.negatives]
+        return out
+
+
+def window_of(settings: Any) -> tuple[int, int]:
+    """The rank window ``[range_min, range_max)``; ``range_max`` defaults to ``range_min + 10·num_negatives``
+    (room for the filter to drop candidates, as sentence-transformers derives it when a margin is set)."""
+    low = settings.range_min
+    return low, settings.range_max if settings.range_max is not None else low + 10 * settings.num_negatives
+
+
+def mine_negatives(
+    model: SentenceTransformer | None, anchors: Sequence[str], positives: Sequence[str], settings: Any,
+    corpus: Sequence[str] | None = None, *, encoder: Callable[[list[str]], Tensor] | None = None,
+    backend: Backend = "auto", device: str = "auto", chunk_size: int = 4096,
+) -> HardNegatives:
+    """Mine ``settings.num_negatives`` hard negatives for each (anchor, positive) row.
+
+    ``settings`` has the keys of :class:`embedkit.recipe.MineSection`. Every unique text (anchors, positives,
+    corpus) is encoded once, by ``encoder`` (texts → unit vectors; default :func:`unit_vectors` with ``model``).
+    The candidate corpus is ``corpus`` plus every positive (default: the pool of positives), as
+    sentence-transformers' ``mine_hard_negatives`` builds it. For each anchor, candidates are ranked by cosine;
+    every labelled positive of the anchor (any row with the same anchor text) and the anchor's own text are
+    removed, and ranks are counted over what remains (0: the most similar). From the window
+    ``[range_min, range_max)`` the positive-aware filter (NV-Retriever's TopK-PercPos) drops, per row with its
+    own positive score ``p``, every candidate scoring above ``p − |p|·(1 − max_score_ratio)`` (``= ratio·p`` for
+    ``p > 0``; sentence-transformers' ``relative_margin = 1 − ratio``) and, with ``margin``, above ``p − margin``.
+    Of the rest, ``sampling_strategy: top`` keeps the ``k`` best, ``random`` draws ``k`` (seeded per row by
+    ``(seed, row)``, so the draw does not depend on the other rows), written best first. A row left with fewer
+    than ``k`` candidates is dropped and counted (``rows_short``), as sentence-transformers' n-tuple output does.
+    """
+    if len(anchors) != len(positives):
+        raise ValueError(f"{len(anchors)} anchors but {len(positives)} positives")
+    texts = list(dict.fromkeys([*anchors, *positives, *(corpus or ())]))
+    if encoder is not None:
+        vectors = encoder(texts)
+    else:
+        assert model is not None, "mine_negatives needs a model or an encoder"
+        vectors = unit_vectors(model, texts, settings.batch_size, device)
+    uid = {t: i for i, t in enumerate(texts)}
+    a_ids = np.array([uid[t] for t in anchors], dtype=np.int64)
+    p_ids = np.array([uid[t] for t in positives], dtype=np.int64)
+    pool = np.array(list(dict.fromkeys([*(uid[t] for t in corpus or ()), *p_ids.tolist()])), dtype=np.int64)
+    found = select_negatives(vectors.float(), a_ids, p_ids, pool, settings, backend=backend,
+                             device=mining_device(device), chunk_size=chunk_size)
+    chosen, keep, scores, pos_scores, dropped_scores, stats = found
+    stats.update(unique_texts=len(texts), corpus=len(pool))
+    rows = np.flatnonzero(keep)
+    return HardNegatives(
+        anchors=[anchors[r] for r in rows], positives=[positives[r] for r in rows],
+        negatives=[[texts[j] for j in chosen[r]] for r in rows], source_rows=rows.tolist(),
+        positive_scores=pos_scores, negative_scores=scores[rows], dropped_scores=dropped_scores, stats=stats,
+    )
+
+
+@torch.no_grad()
+def select_negatives(
+    vectors: Tensor, anchor_ids: np.ndarray, positive_ids: np.ndarray, pool: np.ndarray, settings: Any, *,
+    backend: Backend = "auto", device: str | torch.device = "cpu", chunk_size: int = 4096,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The selection of :func:`mine_negatives` on ids into the unit-vector table ``vectors``.
+
+    ``anchor_ids``/``positive_ids``: one entry per row; ``pool``: the candidate ids. Returns ``(chosen, keep,
+    scores, positive_scores, dropped_scores, stats)``: ``chosen`` rows × k candidate ids (-1 for a short row),
+    ``keep`` the rows that got k negatives, ``scores`` their cosines, every row's positive cosine, the cosines
+    of the candidates the filter dropped, and the counts."""
+    k = settings.num_negatives
+    low, high = window_of(settings)
+    n_rows = len(anchor_ids)
+    unique, row_anchor = np.unique(anchor_ids, return_inverse=True)  # one search per distinct anchor
+    excluded: list[np.ndarray] = []
+    for a in range(len(unique)):
+        labelled = np.unique(np.append(positive_ids[row_anchor == a], unique[a]))
+        excluded.append(labelled)
+    in_pool = np.zeros(len(vectors), dtype=bool)
+    in_pool[pool] = True
+    room = max(int(in_pool[e].sum()) for e in excluded)  # positives may take places in the top: search past them
+    depth = min(high + room, len(pool))
+    idx, sims = top_k_neighbours(vectors[torch.from_numpy(unique)], vectors[torch.from_numpy(pool)], k=depth,
+                                 exclude_self=False, backend=backend, device=device, chunk_size=chunk_size)
+    cand = pool[idx.numpy()]  # distinct anchors × depth, text ids, best first
+    sims_np = sims.numpy().astype(np.float64)
+    is_pos = np.stack([np.isin(cand[a], excluded[a]) for a in range(len(unique))])
+    others_before = np.cumsum(~is_pos, axis=1) - (~is_pos)  # non-positives ranked above each place
+    in_window = ~is_pos & (others_before >= low) & (others_before < high)
+    pos_dropped = (is_pos & (others_before < high)).sum(axis=1)  # positives that ranked inside the window's reach
+
+    p = (vectors[torch.from_numpy(anchor_ids)] * vectors[torch.from_numpy(positive_ids)]).sum(-1).double().numpy()
+    window = in_window[row_anchor]
+    s = sims_np[row_anchor]
+    by_ratio = np.zeros_like(window)
+    by_margin = np.zeros_like(window)
+    if settings.max_score_ratio is not None:
+        by_ratio = window & (s > (p - np.abs(p) * (1.0 - settings.max_score_ratio))[:, None])
+    if settings.margin is not None:
+        by_margin = window & (s > (p - settings.margin)[:, None])
+    dropped = by_ratio | by_margin
+    kept = window & ~dropped
+    keep = kept.sum(axis=1) >= k
+    chosen = np.full((n_rows, k), -1, dtype=np.int64)
+    scores = np.full((n_rows, k), np.nan)
+    places = np.argsort(~kept, axis=1, kind="stable")  # kept places first, in rank order
+    for r in np.flatnonzero(keep):
+        if settings.sampling_strategy == "random":
+            options = np.flatnonzero(kept[r])
+            pick = np.sort(np.random.default_rng([settings.seed or 0, int(r)]).choice(options, k, replace=False))
+        else:
+            pick = places[r, :k]
+        chosen[r] = cand[row_anchor[r], pick]
+        scores[r] = s[r, pick]
+    stats = {
+        "rows_in": n_rows, "rows": int(keep.sum()), "rows_short": int((~keep).sum()), "anchors": len(unique),
+        "num_negatives": k, "range_min": low, "range_max": high,
+        "max_score_ratio": settings.max_score_ratio, "margin": settings.margin,
+        "sampling_strategy": settings.sampling_strategy, "seed": settings.seed,
+        "candidates_considered": int(window.sum()),
+        "dropped_labelled_positive": int(pos_dropped[row_anchor].sum()),
+        "dropped_by_filter": int(dropped.sum()), "dropped_by_ratio": int(by_ratio.sum()),
+        "dropped_by_margin": int(by_margin.sum()),
+        "scores": {name: _quantiles(v) for name, v in (
+            ("positive", p), ("negative_kept", scores[keep].ravel()), ("negative_dropped", s[dropped]))},
+    }
+    return chosen, keep, scores, p, s[dropped], stats
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float] | None:
+    if values.size == 0:
+        return None
+    q = np.quantile(values, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
+    return {"count": int(values.size), "mean": round(float(values.mean()), 6),
+            **{name: round(float(v), 6) for name, v in zip(("min", "p05", "p25", "p50", "p75", "p95", "max"), q)}}

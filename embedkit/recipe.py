@@ -68,20 +68,58 @@ class ModelSection(Section):
         return value
 
 
+class MineSection(Section):
+    """Hard negatives mined with the starting model before training (:func:`embedkit.mining.mine_negatives`;
+    ``embedkit data mine`` takes the same keys). The data gives (anchor, positive) rows; the method receives
+    ``anchor, positive, negative_1 … negative_k``."""
+
+    num_negatives: int = Field(3, ge=1, description="negatives per row (k)")
+    range_min: int = Field(0, ge=0, description="skip the range_min most similar candidates (labelled positives "
+                           "of the anchor are removed before ranks are counted)")
+    range_max: int | None = Field(None, gt=0, description="candidates ranked below this are never taken "
+                                  "(default range_min + 10 * num_negatives)")
+    max_score_ratio: float | None = Field(
+        0.95, gt=0, le=1, description="drop a candidate scoring above this fraction of the row's positive score "
+        "(NV-Retriever TopK-PercPos; null: off)")
+    margin: float | None = Field(None, description="also drop a candidate scoring above positive - margin (null: off)")
+    sampling_strategy: Literal["top", "random"] = Field("top", description="the k best kept candidates, or k drawn "
+                                                        "at random among them (seeded)")
+    corpus: str | None = Field(None, description="file of candidate texts (text: one a line; csv/tsv/jsonl: a 'text' "
+                               "column; a reranking CSV: its answers); default: the pool of positives")
+    candidates: bool | None = Field(None, description="format rerank: add every candidate answer of the file "
+                                    "(label 0 too) to the corpus; default true for rerank data")
+    seed: int | None = Field(None, description="random sampling seed (default: training.seed)")
+    batch_size: int = Field(128, gt=0, description="encoding batch size")
+
+    @model_validator(mode="after")
+    def _window(self) -> MineSection:
+        high = self.range_max if self.range_max is not None else self.range_min + 10 * self.num_negatives
+        if high <= self.range_min:
+            raise ValueError(f"range_max ({high}) must be greater than range_min ({self.range_min})")
+        if self.num_negatives > high - self.range_min:
+            raise ValueError(f"num_negatives {self.num_negatives} does not fit the rank window [{self.range_min}, "
+                             f"{high}) of {high - self.range_min} candidates")
+        return self
+
+
 class TrainSource(Section):
     path: str | None = Field(None, description="local file; may start with {data_dir}")
-    format: Literal["auto", "text", "csv", "tsv", "jsonl", "sick", "stsb", "hub"] = "auto"
+    format: Literal["auto", "text", "csv", "tsv", "jsonl", "sick", "stsb", "rerank", "hub"] = Field(
+        "auto", description="rerank: a reranking CSV (qtext,label,atext) read as (anchor, positive) rows of label 1")
     hub: str | None = Field(None, description="Hub dataset name, used when path is not set")
     config: str | None = None
     data_files: str | None = Field(None, description="file inside the Hub dataset repo to load")
     split: str = "train"
     columns: list[str] | None = Field(None, description="columns to use, in the order the method expects")
     max_samples: int | None = Field(None, gt=0)
+    mine: MineSection | None = Field(None, description="mine hard negatives with the starting model (null: off)")
 
     @model_validator(mode="after")
     def _a_source(self) -> TrainSource:
         if self.path is None and self.hub is None:
             raise ValueError("set 'path' (a local file), 'hub' (a Hub dataset name), or both (path first)")
+        if self.mine is not None and self.mine.candidates and self.format != "rerank":
+            raise ValueError("mine.candidates needs format: rerank (the candidates of a reranking CSV)")
         return self
 
 

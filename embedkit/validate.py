@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from embedkit import paths
 from embedkit.data.ranking import check_beir_layout, read_rerank
-from embedkit.data.sources import read_local
+from embedkit.data.sources import read_corpus, read_local
 from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
 from embedkit.methods import get_method
@@ -140,12 +140,26 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
                       notes: list[str]) -> Any:
 
     src = recipe.data.train
+    if src.mine is not None:
+        _check_mine(recipe, data_dir, method, source, lines)
     if src.path is None:
         return None  # a Hub dataset is read when training starts
     where = _where(source, lines, ("data", "train", "path"))
     path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead", notes)
     if path is None:
         return None
+    if src.mine is not None:  # (anchor, positive) rows; the negatives are mined at training setup
+        try:
+            data = read_local(path, src.format, src.columns)
+        except DataError as err:
+            raise RecipeError(f"{where}: {err}") from None
+        if len(data.columns) != 2:
+            raise RecipeError(f"{where}: data.train.mine needs (anchor, positive) rows, the data gives "
+                              f"{len(data.columns)} column(s) ({', '.join(data.columns)}); select them with "
+                              "data.train.columns")
+        if src.max_samples:
+            data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
+        return data
     try:
         data = read_local(path, src.format, src.columns, types=method.column_types)
     except DataError as err:
@@ -156,6 +170,27 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     if src.max_samples:
         data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
     return data
+
+
+def _check_mine(recipe: Recipe, data_dir: Path | None, method: Any, source: str, lines: dict) -> None:
+    """``data.train.mine``: the method must take the mined columns, and the corpus file must read."""
+    mine = recipe.data.train.mine
+    assert mine is not None
+    wanted = ["anchor", "positive", *(f"negative_{i}" for i in range(1, mine.num_negatives + 1))]
+    # The method must take 2 + k text columns (a fixed count, or any number of negatives) and no score column.
+    if method.label_role or method.column_problem(wanted):
+        raise RecipeError(
+            f"{_where(source, lines, ('data', 'train', 'mine'))}: method {recipe.method.name!r} reads "
+            f"{', '.join(method.roles())}; mining gives {', '.join(wanted)}: use a method that takes anchor, "
+            "positive and negative columns (contrastive; simcse-sup with num_negatives: 1)")
+    if mine.corpus is not None:
+        where = _where(source, lines, ("data", "train", "mine", "corpus"))
+        path = _local_file(mine.corpus, None, data_dir, where, "", [])
+        try:
+            if not read_corpus(str(path)):
+                raise RecipeError(f"{where}: {path}: the corpus is empty")
+        except DataError as err:
+            raise RecipeError(f"{where}: {err}") from None
 
 
 def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict, notes: list[str]) -> None:

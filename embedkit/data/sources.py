@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embedkit.data.ranking import RERANK_COLUMNS, read_rerank
 from embedkit.data.sts import read_sick, read_stsb, sha256_file
 from embedkit.data.textio import utf8_errors
 from embedkit.errors import DataError
 
-FORMATS = ("auto", "text", "csv", "tsv", "jsonl", "sick", "stsb", "hub")
+FORMATS = ("auto", "text", "csv", "tsv", "jsonl", "sick", "stsb", "rerank", "hub")
 TEXT, SCORE = "text", "score"  # column types: a non-empty string; a finite number (read as float)
 _SUFFIX_FORMATS = {".txt": "text", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
@@ -208,6 +209,54 @@ def stsb_pairs(path: Path) -> dict[str, list[Any]]:
 Types = Sequence[str] | Callable[[int], Sequence[str]]  # column types, or a function of the column count
 
 
+def rerank_pairs(path: Path) -> dict[str, list[str]]:
+    """A reranking CSV (``qtext,label,atext``) as (anchor, positive) rows: every candidate of label 1."""
+    anchors, positives = read_rerank(path).pairs()
+    if not anchors:
+        raise DataError(f"{path}: no candidate with label 1; format rerank trains on the positive pairs")
+    return {"anchor": anchors, "positive": positives}
+
+
+def is_rerank_file(path: str | Path) -> bool:
+    """Whether ``path`` is a CSV whose header is ``qtext,label,atext`` (a reranking file)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header is not None and tuple(h.strip() for h in header) == RERANK_COLUMNS
+
+
+def read_pairs(path: str, fmt: str = "auto") -> TrainData:
+    """(anchor, positive) rows for mining: a reranking CSV (its label-1 pairs), or a csv/tsv/jsonl file with
+    ``anchor`` and ``positive`` columns (or exactly two columns, taken in order)."""
+    if fmt == "rerank" or (fmt == "auto" and Path(path).suffix.lower() == ".csv" and is_rerank_file(path)):
+        return read_local(path, "rerank", None, kind="pairs")
+    data = read_local(path, fmt, None, kind="pairs")
+    cols = data.columns
+    if "anchor" in cols and "positive" in cols:
+        data.columns = {"anchor": cols["anchor"], "positive": cols["positive"]}
+    elif len(cols) != 2:
+        raise DataError(f"{path}: expected columns 'anchor' and 'positive' (or exactly two columns), got {list(cols)}")
+    apply_types(path, data.columns, None, (TEXT, TEXT))
+    data.columns = dict(zip(("anchor", "positive"), data.columns.values()))
+    return data
+
+
+def read_corpus(path: str) -> list[str]:
+    """Candidate texts for mining: a text file (one a line), a reranking CSV (every answer), or a csv/tsv/jsonl
+    file with a ``text`` column (or a single column)."""
+    if Path(path).suffix.lower() == ".csv" and is_rerank_file(path):
+        return [a for q in read_rerank(path).queries for a in (*q.positives, *q.negatives)]
+    data = read_local(path, "auto", None, kind="corpus")
+    cols = data.columns
+    if "text" in cols:
+        return [str(t) for t in cols["text"]]
+    if len(cols) != 1:
+        raise DataError(f"{path}: expected a 'text' column (or a single column), got {list(cols)}")
+    return [str(t) for t in next(iter(cols.values()))]
+
+
 def read_local(
     path: str, fmt: str, columns: list[str] | None, kind: str = "training", types: Types | None = None
 ) -> TrainData:
@@ -235,9 +284,11 @@ def read_local(
             data = sick_triples(file)
         elif fmt == "stsb":
             data = stsb_pairs(file)
+        elif fmt == "rerank":
+            data = rerank_pairs(file)
         else:
             raise DataError(f"{path}: format {fmt!r} is not a local file format")
-    if columns and fmt in ("text", "sick", "stsb"):
+    if columns and fmt in ("text", "sick", "stsb", "rerank"):
         unknown = [c for c in columns if c not in data]
         if unknown:
             raise DataError(f"{path}: columns {unknown} do not exist for format {fmt!r}; it gives {list(data)}")

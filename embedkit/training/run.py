@@ -210,6 +210,10 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
 
     set_seed(recipe.training.seed)
     model = build_model(recipe.model)
+    if recipe.data.train.mine is not None:  # hard negatives from the starting model, before the method sees the rows
+        from embedkit.training.mine import mine_for_training
+
+        train_data = mine_for_training(recipe, train_data, model, work, data_dir)
     dataset, train_data = build_dataset(recipe, train_data, method_cls)
     ctx = TrainContext(recipe=recipe, model=model, params=params, world_size=world_size, rank=rank,
                        extras={"data_dir": data_dir})

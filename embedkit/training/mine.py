@@ -1,0 +1,310 @@
+"""Hard negatives for (anchor, positive) pairs: ``embedkit data mine`` and the recipe hook ``data.train.mine``.
+
+Both run :func:`embedkit.mining.mine_negatives` (the package's one mining engine) and write three files, each
+atomically: ``FILE.jsonl`` (one object a line: ``anchor``, ``positive``, ``negative_1`` … ``negative_k``; a recipe
+reads it with ``data.train.path: FILE.jsonl``), ``FILE.stats.json`` (counts and score quantiles) and ``FILE.png``
+(histogram of positive, kept-negative and dropped-negative scores). Under ``torchrun`` every process encodes its
+shard of the texts; rank 0 writes.
+
+A training run mines once, with the starting model, into ``<output.dir>/mined/train.jsonl``; ``--resume`` reads
+that file back instead of mining again, so the rows are bit-for-bit those the run started with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from embedkit.data.ranking import read_rerank
+from embedkit.data.sources import TrainData, read_corpus, read_local, read_pairs
+from embedkit.errors import DataError, EmbedkitError, RecipeError
+from embedkit.log import is_main_process, log
+from embedkit.paths import atomic_path, expand, resolve_data_dir
+from embedkit.recipe import MineSection, Recipe
+
+MINED_DIR = "mined"  # inside a run's output folder
+MINED_FILE = "train.jsonl"
+
+
+def sidecars(output: Path) -> tuple[Path, Path]:
+    """``<output>.stats.json`` and ``<output>.png`` next to a mined ``<output>`` (``x.jsonl`` → ``x.stats.json``)."""
+    stem = output.with_suffix("") if output.suffix == ".jsonl" else output
+    return stem.with_name(stem.name + ".stats.json"), stem.with_name(stem.name + ".png")
+
+
+def corpus_texts(settings: MineSection, train_path: str | None, train_format: str, data_dir: Path | None
+                 ) -> list[str] | None:
+    """The candidate texts beyond the positives: the ``corpus`` file, and for a reranking file (unless
+    ``candidates: false``) every candidate answer it lists; ``None`` when the pool of positives is all."""
+    texts: list[str] = []
+    if settings.corpus is not None:
+        texts += read_corpus(expand(settings.corpus, data_dir))
+    if train_path is not None and train_format == "rerank" and settings.candidates is not False:
+        texts += [a for q in read_rerank(train_path).queries for a in (*q.positives, *q.negatives)]
+    return texts or None
+
+
+def run_mining(model: Any, pairs: TrainData, settings: MineSection, corpus: list[str] | None) -> Any:
+    """Mine (every process of a ``torchrun`` group takes part) and return the :class:`HardNegatives`."""
+    from embedkit.mining import ensure_process_group, mine_negatives
+
+    ensure_process_group()
+    anchors, positives = (list(map(str, v)) for v in pairs.columns.values())
+    return mine_negatives(model, anchors, positives, settings, corpus)
+
+
+def summary(stats: dict[str, Any]) -> str:
+    """One log line of the counts."""
+    s = stats
+    pos, kept = s["scores"]["positive"], s["scores"]["negative_kept"]
+    return (f"mined {s['num_negatives']} negatives for {s['rows']}/{s['rows_in']} rows ({s['anchors']} anchors, "
+            f"{s['unique_texts']} texts encoded once, corpus {s['corpus']}): {s['candidates_considered']} candidates "
+            f"in ranks [{s['range_min']}, {s['range_max']}), {s['dropped_labelled_positive']} labelled positives "
+            f"removed, {s['dropped_by_filter']} dropped by the false-negative filter, {s['rows_short']} rows short "
+            f"of k dropped; median positive {pos['p50']:.3f}" + (f", kept negative {kept['p50']:.3f}" if kept else ""))
+
+
+def write_mined(mined: Any, output: Path, title: str, extra: dict[str, Any] | None = None) -> None:
+    """The three files (jsonl, stats, png), each written atomically."""
+    stats_path, png_path = sidecars(output)
+    columns = mined.columns()
+    names = list(columns)
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for i in range(len(mined.anchors)):
+            fh.write(json.dumps({c: columns[c][i] for c in names}, ensure_ascii=False) + "\n")
+    with atomic_path(stats_path) as tmp:
+        tmp.write_text(json.dumps({**mined.stats, **(extra or {})}, indent=2), encoding="utf-8")
+    plot(mined, png_path, title)
+
+
+def plot(mined: Any, path: Path, title: str) -> None:
+    """Histogram of the positive, kept-negative and dropped-negative cosines (one panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    series = [("positive (anchor, positive)", mined.positive_scores, "#2ca02c"),
+              ("kept negative (written)", mined.negative_scores.ravel(), "#1f77b4"),
+              ("dropped by the false-negative filter", mined.dropped_scores, "#d62728")]
+    finite = [np.asarray(v, dtype=float)[np.isfinite(v)] for _, v, _ in series]
+    lo = min((v.min() for v in finite if v.size), default=0.0)
+    hi = max((v.max() for v in finite if v.size), default=1.0)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1e-3, 41)
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    for (label, _, colour), values in zip(series, finite):
+        if values.size:  # each series as shares of itself: the dropped candidates outnumber the rows many times
+            weights = np.full(values.size, 100.0 / values.size)
+            ax.hist(values, bins=bins, weights=weights, alpha=0.25, color=colour)
+            ax.hist(values, bins=bins, weights=weights, histtype="step", linewidth=1.8, color=colour,
+                    label=f"{label}: n={values.size:,}, median {np.median(values):.3f}")
+    ax.set_xlabel("cosine similarity to the anchor (mining model)")
+    ax.set_ylabel("% of the series")
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # room for the legend above the peaks
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=9, loc="upper left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def title_of(model_name: str, s: MineSection, rows: int, rows_in: int) -> str:
+    filt = []
+    if s.max_score_ratio is not None:
+        filt.append(f"max_score_ratio {s.max_score_ratio}")
+    if s.margin is not None:
+        filt.append(f"margin {s.margin}")
+    high = s.range_max if s.range_max is not None else s.range_min + 10 * s.num_negatives
+    return (f"hard negatives mined with {model_name}\nk={s.num_negatives}, ranks [{s.range_min}, {high}), "
+            f"{', '.join(filt) or 'no false-negative filter'}, {s.sampling_strategy} (seed {s.seed}); "
+            f"{rows}/{rows_in} rows kept")
+
+
+def read_mined(path: Path, k: int) -> TrainData:
+    """A mined file written by :func:`write_mined`, as training columns."""
+    names = ["anchor", "positive", *(f"negative_{i}" for i in range(1, k + 1))]
+    return read_local(str(path), "jsonl", names, kind="mined")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training: data.train.mine
+
+
+def mine_for_training(recipe: Recipe, train_data: TrainData | None, model: Any, work: Path,
+                      data_dir: str | None) -> TrainData:
+    """The training rows with ``negative_1`` … ``negative_k`` added, mined with ``model`` (the starting model)
+    into ``work/mined/train.jsonl``, or read back from there when a resumed run finds it (same settings)."""
+    from embedkit.data.sources import read_train_source
+
+    src = recipe.data.train
+    settings = src.mine
+    assert settings is not None
+    if settings.seed is None:
+        settings = settings.model_copy(update={"seed": recipe.training.seed})
+    output = work / MINED_DIR / MINED_FILE
+    stats_path, _ = sidecars(output)
+    if train_data is None:  # a Hub dataset: (anchor, positive) columns
+        train_data = read_train_source(src, recipe.method.name, ("anchor", "positive"), ("text", "text"))
+    wanted = {"settings": settings.model_dump(mode="json"), "data_sha256": train_data.sha256}
+    if output.is_file() and stats_path.is_file():
+        saved = json.loads(stats_path.read_text(encoding="utf-8"))
+        if {k: saved.get(k) for k in wanted} == wanted:
+            log(f"reusing the negatives mined at the start of this run: {output}")
+            mined = read_mined(output, settings.num_negatives)
+            return TrainData(mined.columns, f"{train_data.description} + {settings.num_negatives} mined negatives "
+                             f"({output})", train_data.sha256)
+    resolved = resolve_data_dir(data_dir)
+    local = None  # the reranking file whose candidates join the corpus (not when the Hub copy stood in)
+    if src.path is not None and src.format == "rerank":
+        try:
+            local = expand(src.path, resolved)
+        except FileNotFoundError:
+            local = None
+    corpus = corpus_texts(settings, local if local and Path(local).is_file() else None, src.format, resolved)
+    mined = run_mining(model, train_data, settings, corpus)
+    log(summary(mined.stats))
+    if is_main_process():
+        write_mined(mined, output, title_of(recipe.model.name, settings, mined.stats["rows"],
+                                            mined.stats["rows_in"]), extra=wanted)
+    if not mined.anchors:
+        raise DataError(f"data.train.mine: no row kept {settings.num_negatives} negatives (see {stats_path}); "
+                        "widen range_max, lower num_negatives or relax the filter")
+    return TrainData(mined.columns(), f"{train_data.description} + {settings.num_negatives} mined negatives",
+                     train_data.sha256)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line: embedkit data mine
+
+
+OFF = "off"  # --max-score-ratio none: the filter off (None would mean "not given")
+
+
+def _ratio(text: str) -> float | str:
+    if text.lower() in ("none", "off", "null"):
+        return OFF
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'none', got {text!r}") from None
+
+
+FLAGS = ("num_negatives", "range_min", "range_max", "max_score_ratio", "margin", "sampling_strategy", "seed",
+         "batch_size", "corpus", "candidates")
+
+
+def _settings(args: argparse.Namespace, base: MineSection | None) -> MineSection:
+    values = base.model_dump() if base is not None else {}
+    values.update({k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None})
+    if values.get("max_score_ratio") == OFF:
+        values["max_score_ratio"] = None
+    try:
+        return MineSection.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        flag = f"--{key.replace('_', '-')}: " if key else ""
+        raise EmbedkitError(f"data mine: {flag}{first['msg']}") from None
+
+
+def _check_output(output: str) -> Path:
+    path = Path(output).expanduser()
+    if path.suffix != ".jsonl":
+        raise EmbedkitError(f"--output {output!r}: expected a file name ending in .jsonl")
+    if path.is_dir():
+        raise EmbedkitError(f"--output {output}: is a folder")
+    return path
+
+
+def _mine(args: argparse.Namespace) -> int:
+    output = _check_output(args.output)
+    if args.recipe is not None:
+        from embedkit.validate import load_recipe
+
+        recipe, train_data = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir, check_data=False)
+        src = recipe.data.train
+        settings = _settings(args, src.mine)
+        if settings.candidates and src.format != "rerank":
+            raise EmbedkitError("--candidates: the recipe's data.train is not format: rerank")
+        data_dir = resolve_data_dir(args.data_dir)
+        if src.path is not None:
+            try:
+                path = expand(src.path, data_dir)
+            except FileNotFoundError as err:
+                raise RecipeError(f"data.train.path: {err}") from None
+            pairs = read_pairs(path, src.format if src.format in ("rerank", "csv", "tsv", "jsonl") else "auto")
+            train_path, fmt = path, ("rerank" if pairs.description.startswith("rerank:") else src.format)
+        else:
+            from embedkit.data.sources import read_train_source
+
+            pairs = read_train_source(src, recipe.method.name, ("anchor", "positive"), ("text", "text"))
+            train_path, fmt = None, src.format
+        model_name = args.model or recipe.model.name
+        seed = settings.seed if settings.seed is not None else recipe.training.seed
+    else:
+        if args.overrides:
+            raise EmbedkitError(f"unrecognized arguments: {' '.join(args.overrides)} (overrides need --recipe)")
+        if args.model is None:
+            raise EmbedkitError("--model: required with --pairs (a model folder, packaged model or Hub id)")
+        settings = _settings(args, None)
+        pairs = read_pairs(args.pairs)
+        fmt = "rerank" if pairs.description.startswith("rerank:") else "auto"
+        if settings.candidates and fmt != "rerank":
+            raise EmbedkitError(f"--candidates: {args.pairs} is not a reranking CSV (qtext,label,atext)")
+        train_path, data_dir, model_name, seed = args.pairs, resolve_data_dir(args.data_dir), args.model, settings.seed
+        recipe = None
+    settings = settings.model_copy(update={"seed": seed if seed is not None else 42})
+    corpus = corpus_texts(settings, train_path, fmt, data_dir)  # bad input fails before the model loads
+    from embedkit.model_ref import check_model, load_model
+
+    check_model(model_name, what="--model" if args.model else "model.name", trust_flag=None)
+    if recipe is not None and args.model is None:
+        from embedkit.modeling import build_model
+
+        model = build_model(recipe.model)  # the recipe's pooling and max_seq_length, as training starts with
+    else:
+        model, _ = load_model(model_name)
+    mined = run_mining(model, pairs, settings, corpus)
+    if is_main_process():
+        extra = {"settings": settings.model_dump(mode="json"), "data_sha256": pairs.sha256, "model": model_name,
+                 "input": pairs.description}
+        write_mined(mined, output, title_of(model_name, settings, mined.stats["rows"], mined.stats["rows_in"]),
+                    extra)
+        stats_path, png_path = sidecars(output)
+        print(summary(mined.stats))
+        print(f"{output}: {mined.stats['rows']} rows; {stats_path}; {png_path}")
+    return 0
+
+
+def add_cli(data_commands: argparse._SubParsersAction) -> None:
+    """Register ``embedkit data mine`` under the ``data`` command group."""
+    d = data_commands.add_parser(
+        "mine", help="hard negatives for (anchor, positive) pairs, with a positive-aware false-negative filter",
+        description="Writes OUTPUT.jsonl (anchor, positive, negative_1..k), OUTPUT.stats.json and OUTPUT.png.")
+    src = d.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", help="csv/tsv/jsonl with anchor,positive columns, or a reranking CSV "
+                     "(qtext,label,atext)")
+    src.add_argument("--recipe", help="a recipe: its training data, model and data.train.mine settings")
+    d.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe fields (with --recipe)")
+    d.add_argument("--model", help="model folder, packaged model or Hub id (default: the recipe's)")
+    d.add_argument("--corpus", help="candidate texts (txt one a line; csv/tsv/jsonl 'text' column; a reranking CSV)")
+    d.add_argument("--candidates", action=argparse.BooleanOptionalAction, default=None,
+                   help="reranking input: add all its candidate answers to the corpus (default: yes)")
+    d.add_argument("--num-negatives", type=int, help="negatives per row (default 3)")
+    d.add_argument("--range-min", type=int, help="skip this many of the most similar candidates (default 0)")
+    d.add_argument("--range-max", type=int, help="take candidates ranked above this (default range-min + 10 k)")
+    d.add_argument("--max-score-ratio", type=_ratio,
+                   help="drop candidates above this fraction of the row's positive score (default 0.95; 'none': off)")
+    d.add_argument("--margin", type=float, help="also drop candidates above positive - margin")
+    d.add_argument("--sampling-strategy", choices=("top", "random"), help="top (default) or seeded random")
+    d.add_argument("--seed", type=int, help="seed of random sampling (default: the recipe's training.seed, or 42)")
+    d.add_argument("--batch-size", type=int, help="encoding batch size (default 128)")
+    d.add_argument("--data-dir", help="local public-data folder (for {data_dir} paths)")
+    d.add_argument("--output", "-o", required=True, help="the mined file, FILE.jsonl")
+    d.set_defaults(func=_mine)
