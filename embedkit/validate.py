@@ -6,6 +6,7 @@ file, the line and the key path (or the data file and line) and what was expecte
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ def load_recipe(
         ) from None
     recipe.method = MethodSection(name=recipe.method.name, **validated.model_dump())
     _check_objective(recipe, method, validated, source, lines)
+    _check_lora(recipe, source, lines)
 
     # Paths and data.
     resolved_dir = paths.resolve_data_dir(data_dir)
@@ -78,6 +80,15 @@ def _check_objective(recipe: Recipe, method: Any, params: Any, source: str, line
             errors.append(f"{_where(source, lines, tuple(key))}: {reason}")
     if errors:
         raise RecipeError("\n".join(errors))
+
+
+def _check_lora(recipe: Recipe, source: str, lines: dict) -> None:
+    """``model.lora`` needs the ``peft`` package (looked up, not imported: validation stays fast)."""
+    if recipe.model.lora is None:
+        return
+    where = _where(source, lines, ("model", "lora"))
+    if importlib.util.find_spec("peft") is None:
+        raise RecipeError(f"{where}: LoRA needs the peft package: pip install peft (or pip install 'embedkit[lora]')")
 
 
 def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:

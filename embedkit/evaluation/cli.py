@@ -38,6 +38,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
                    help="bf16 autocast (auto: only where the hardware has bf16); default none")
     p.add_argument("--no-chart", action="store_true", help="do not draw sts.png")
+    p.add_argument("--dims", metavar="D[,D...]",
+                   help="Matryoshka: also every score at these truncated dimensions (first D coordinates, then "
+                        "normalised), e.g. 384,128,64")
     g = p.add_argument_group("MTEB")
     g.add_argument("--mteb", metavar="TASK[,TASK...]", help="run these MTEB tasks with mteb.evaluate")
     g.add_argument("--mteb-benchmark", metavar="NAME", help="run an MTEB benchmark, e.g. 'MTEB(eng, v2)'")
@@ -58,6 +61,18 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "model"
 
 
+def parse_dims(text: str) -> list[int]:
+    """``384,128,64`` → ``[384, 128, 64]``: distinct positive integers (the model's width is checked once it
+    loads)."""
+    try:
+        dims = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise EmbedkitError(f"--dims {text!r}: expected comma-separated integers, e.g. 384,128,64") from None
+    if not dims or any(d <= 0 for d in dims) or len(set(dims)) != len(dims):
+        raise EmbedkitError(f"--dims {text!r}: expected distinct positive dimensions, e.g. 384,128,64")
+    return dims
+
+
 def _check_args(args: argparse.Namespace) -> str:
     wants_mteb = bool(args.mteb or args.mteb_benchmark)
     suite = args.suite or ("none" if wants_mteb else "sts")
@@ -71,6 +86,10 @@ def _check_args(args: argparse.Namespace) -> str:
         raise EmbedkitError("--geometry adds to the STS suite; for geometry alone use --suite geometry")
     if suite == "none" and not wants_mteb:
         raise EmbedkitError("--suite none without --mteb: nothing to evaluate")
+    args.dims = parse_dims(args.dims) if getattr(args, "dims", None) is not None else None
+    if args.dims and (suite == "none" or args.compare):
+        raise EmbedkitError("--dims applies to the STS suite and geometry of one model (mteb encodes through its own "
+                            "wrapper; run --compare apart)")
     from embedkit.model_ref import check_model, require_hub
 
     # Everything that can fail cheaply fails here, before any model loads: the models (first: no import needed),
@@ -113,9 +132,9 @@ def run_cli(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"arguments": {k: v for k, v in vars(args).items() if k != "func"}}
     model, spec = load_model(args.model)
     if suite == "sts":
-        results["sts"] = evaluate(model, "sts", geometry=args.geometry, model_path=spec, **common)
+        results["sts"] = evaluate(model, "sts", geometry=args.geometry, model_path=spec, dims=args.dims, **common)
     elif suite == "geometry":
-        results["geometry"] = evaluate(model, "geometry", model_path=spec, **common)
+        results["geometry"] = evaluate(model, "geometry", model_path=spec, dims=args.dims, **common)
     if args.compare:
         model_b, spec_b = load_model(args.compare)
         other = evaluate(model_b, "sts", model_path=spec_b, **common)
@@ -150,8 +169,16 @@ def run_cli(args: argparse.Namespace) -> int:
         print(sts_table(results["sts"], other, labels))
         if "geometry" in results["sts"]:
             print(geometry_table(results["sts"]["geometry"]))
+        for dim, res in results["sts"].get("dims", {}).items():
+            print(f"\n--- Matryoshka: first {dim} coordinates, then normalised ---")
+            print(sts_table(res))
+            if "geometry" in res:
+                print(geometry_table(res["geometry"]))
     if "geometry" in results:
         print(geometry_table(results["geometry"]))
+        for dim, res in results["geometry"].get("dims", {}).items():
+            print(f"\n--- Matryoshka: first {dim} coordinates, then normalised ---")
+            print(geometry_table(res))
     if "mteb" in results:
         print(mteb_table({"tasks": results["mteb"], **results["mteb_run"]}))
         if results["mteb_run"].get("submission"):
