@@ -319,6 +319,19 @@ def _ranking_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _lora_line(lora: dict[str, Any], trainable: Any) -> str:
+    """The card's line on LoRA: rank, alpha, targets, and whether the repository holds an adapter."""
+    targets = lora.get("target_modules")
+    targets = ", ".join(f"`{t}`" for t in targets) if isinstance(targets, list) else f"`{targets}`"
+    line = (f"- **LoRA:** r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+            f"targets {targets}")
+    if isinstance(trainable, int):
+        line += f"; {trainable:,} trainable parameters"
+    if lora.get("merge"):
+        return line + "; merged into full weights (loads without peft)"
+    return line + "; saved as a PEFT adapter on the base model (loading needs `pip install peft`)"
+
+
 def build_card(results: dict[str, Any], repo_id: str, *, model_info: dict[str, Any] | None = None,
                st_front_matter: dict[str, Any] | None = None, st_tags: list[str] | None = None) -> str:
     """The full ``README.md`` text: Hub front matter and the body, with home paths redacted.
@@ -379,6 +392,9 @@ def build_card(results: dict[str, Any], repo_id: str, *, model_info: dict[str, A
     params = {k: v for k, v in (recipe.get("method") or {}).items() if k != "name"}
     if params:
         body.append("- **Method parameters:** " + ", ".join(f"`{k}={v}`" for k, v in params.items()))
+    lora = (recipe.get("model") or {}).get("lora")
+    if isinstance(lora, dict):
+        body.append(_lora_line(lora, train.get("trainable_parameters")))
     for label, key in (("Steps", "global_step"), ("Precision", "precision"), ("Processes", "world_size")):
         if train.get(key) is not None:
             body.append(f"- **{label}:** {train[key]}")

@@ -5,7 +5,7 @@ model's own preprocessing in large chunks, batches cut by token length, so the r
 ``SentenceTransformer.encode``'s (to float rounding) for less work. The file is written only when every row is
 done (``<output>.partial`` until then).
 
-    embedkit encode MODEL sentences.txt -o embeddings.npy [--normalize] [--batch-size 128]
+    embedkit encode MODEL sentences.txt -o embeddings.npy [--normalize] [--dim 128] [--batch-size 128]
     embedkit encode MODEL rows.jsonl --column text -o embeddings.npy
 """
 
@@ -60,20 +60,24 @@ def _run(args: argparse.Namespace) -> int:
         raise EmbedkitError(f"--batch-size: expected a positive number, got {args.batch_size}")
     if args.max_seq_length is not None and args.max_seq_length <= 0:
         raise EmbedkitError(f"--max-seq-length: expected a positive number, got {args.max_seq_length}")
+    if args.dim is not None and args.dim <= 0:
+        raise EmbedkitError(f"--dim: expected a positive number of leading embedding coordinates, got {args.dim}")
     check_output(args.output, args.overwrite)  # before reading texts or loading the model: fails at once
     check_model(args.model, what="model", trust_flag=None)
     texts = read_texts(args.input, args.format, args.column)  # before the model loads: bad input fails fast
-    from embedkit.encoding import encode  # torch: only once every argument is known to be good
+    from embedkit.encoding import check_dim, encode  # torch: only once every argument is known to be good
 
     model, _ = load_model(args.model)
     if args.max_seq_length:
         model.max_seq_length = args.max_seq_length
     start = time.perf_counter()
-    emb = encode(model, texts, args.batch_size, normalize=args.normalize, autocast=args.autocast)
+    if args.dim is not None:
+        check_dim(args.dim, embedding_dim(model), "--dim")  # before any text is encoded
+    emb = encode(model, texts, args.batch_size, normalize=args.normalize, autocast=args.autocast, dim=args.dim)
     seconds = time.perf_counter() - start
     with atomic_path(args.output) as tmp, open(tmp, "wb") as fh:
         np.save(fh, emb)
-    print(f"{args.output}: {emb.shape[0]} x {embedding_dim(model) or emb.shape[1]} float32 "
+    print(f"{args.output}: {emb.shape[0]} x {emb.shape[1]} float32 "
           f"({len(set(texts))} distinct texts) in {seconds:.1f} s")
     return 0
 
@@ -90,6 +94,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="input format (auto: from the file suffix)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
+    p.add_argument("--dim", type=int, metavar="D",
+                   help="Matryoshka: keep the first D coordinates (with --normalize: truncate, then normalise)")
     p.add_argument("--max-seq-length", type=int, help="truncate texts to this many tokens (default: the model's)")
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
                    help="bf16 autocast (auto: only where the hardware has bf16); default none")

@@ -121,18 +121,42 @@ def _token_features(model: SentenceTransformer, sentences: list[str],
     return features, side
 
 
+def check_dim(dim: int | None, width: int | None, what: str = "dim") -> None:
+    """Refuse a Matryoshka dimension that is not in ``1..width`` (the model's embedding dimension)."""
+    if dim is None:
+        return
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        raise EmbedkitError(f"{what} {dim!r}: expected a positive number of leading embedding coordinates")
+    if width is not None and dim > width:
+        raise EmbedkitError(f"{what} {dim}: larger than the model's embedding dimension ({width})")
+
+
+def truncate(emb: np.ndarray, dim: int | None = None, normalize: bool = False) -> np.ndarray:
+    """Matryoshka truncation: the first ``dim`` coordinates of each row (all with ``None``), THEN, with
+    ``normalize``, each row scaled to unit length. Returns a new array (``emb`` is never written to)."""
+    out = emb[:, :dim] if dim is not None else emb
+    if normalize:
+        return out / np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
+    return np.array(out, copy=True)
+
+
 def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 128, *, normalize: bool = False,
            autocast: str | None = None, dtype: Any = np.float32, device: Any = None, prompt_name: str | None = None,
-           prompt: str | None = None) -> np.ndarray:
+           prompt: str | None = None, dim: int | None = None) -> np.ndarray:
     """Embeddings of ``texts``, row ``i`` for ``texts[i]``, each distinct text encoded once.
 
-    ``normalize`` scales each row to unit length after the cast to ``dtype`` (float32 by default; the STS suite
-    asks for float64); ``autocast`` is ``none`` (default), ``bf16`` or ``auto``; ``device`` (e.g. ``cuda:0``)
-    moves the model there for the call and back after it; ``prompt_name`` / ``prompt`` as in
-    ``SentenceTransformer.encode`` (the query side of a retrieval evaluation passes ``prompt_name="query"``, the
-    document side ``"document"``; without either the model's default prompt, if any, applies). The rows equal
-    ``SentenceTransformer.encode``'s.
+    ``dim`` keeps the first ``dim`` coordinates (Matryoshka truncation; refused unless in 1..the model's
+    dimension); ``normalize`` then scales each row to unit length, after the cast to ``dtype`` (float32 by
+    default; the STS suite asks for float64): truncate first, normalise second (:func:`truncate`).
+    ``autocast`` is ``none`` (default), ``bf16`` or ``auto``; ``device`` (e.g. ``cuda:0``) moves the model
+    there for the call and back after it; ``prompt_name`` / ``prompt`` as in ``SentenceTransformer.encode`` (the
+    query side of a retrieval evaluation passes ``prompt_name="query"``, the document side ``"document"``;
+    without either the model's default prompt, if any, applies). The rows equal ``SentenceTransformer.encode``'s.
     """
+    if dim is not None:
+        from embedkit.model_ref import embedding_dim
+
+        check_dim(dim, embedding_dim(model))
     prompt = resolve_prompt(model, prompt, prompt_name)
     unique = list(dict.fromkeys(texts))
     original = next(model.parameters()).device if device is not None else None
@@ -147,7 +171,9 @@ def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 128, 
     if len(unique) < len(texts):
         row = {text: i for i, text in enumerate(unique)}
         emb = emb[[row[t] for t in texts]]
-    if normalize:
+    if dim is not None:
+        return truncate(emb, dim, normalize)
+    if normalize:  # in place: no second copy of a large matrix
         emb /= np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
     return emb
 

@@ -251,6 +251,8 @@ def _check_folder(folder: Path, name: str, fail: _Fail) -> Path | None:
             return None  # e.g. StaticEmbedding: sentence-transformers knows its own files
         sub = folder / str(transformers[0].get("path") or "")
         where = f"{name} (sentence-transformers folder, transformer in {sub.name or '.'}/)" if sub != folder else name
+        if (sub / "adapter_config.json").is_file() and _matches(sub, ADAPTER_PATTERNS):
+            return _check_adapter_base(sub / "adapter_config.json", where, fail)
         config = next((sub / c for c in CONFIG_FILES if (sub / c).is_file()), None)
         if config is None:
             raise fail(f"{where} has no config.json; {EXPECTED}")
@@ -268,6 +270,23 @@ def _check_folder(folder: Path, name: str, fail: _Fail) -> Path | None:
         raise fail(f"{name}: cannot list the folder ({err.strerror})") from None
     listing = "it is empty" if not found else "it holds " + ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
     raise fail(f"{name} is a folder but not a model ({EXPECTED}; {listing})")
+
+
+ADAPTER_PATTERNS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _check_adapter_base(adapter_config: Path, where: str, fail: _Fail) -> Path | None:
+    """A PEFT adapter (a ``model.lora`` output) in place of the encoder's weights: its base model must be a model
+    folder that exists, or a Hub id (fetched when the model loads); returns the base's config file if local."""
+    adapter = _read_json(adapter_config, fail)
+    base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
+    if not isinstance(base, str) or not base:
+        raise fail(f"{adapter_config}: names no base_model_name_or_path (the model the adapter applies to)")
+    if Path(base).exists():
+        return _check_folder(Path(base), base, fail)
+    if base.startswith(("/", ".", "~")) or base.count("/") > 1:
+        raise fail(f"{where} is a LoRA adapter whose base model {base} does not exist here")
+    return None  # a Hub id: sentence-transformers fetches it (or reads the Hub cache) when the model loads
 
 
 def _read_json(path: Path, fail: _Fail) -> object:

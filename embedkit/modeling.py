@@ -19,7 +19,7 @@ from embedkit.model_ref import PACKAGED_MODELS, check_model, resolve_model_path 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.recipe import ModelSection
+    from embedkit.recipe import LoraSection, ModelSection
 
 # Config attributes that hold dropout rates in common encoder families.
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
@@ -122,7 +122,95 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
         set_dropout(model, cfg.dropout)
     if cfg.prompts:  # saved with the model (config_sentence_transformers.json); the recipe's win over its own
         model.prompts = {**model.prompts, **cfg.prompts}
+    if cfg.lora is not None:  # after set_dropout: LoRA's own dropout is the recipe's lora.dropout
+        add_lora(model, cfg.lora)
     return model
+
+
+def add_lora(model: SentenceTransformer, cfg: LoraSection) -> None:
+    """Wrap the encoder of ``model`` (its first, Transformer, module) in a ``peft`` LoRA model, in place.
+
+    Only the LoRA matrices of the encoder train; modules after it (a Dense head) stay fully trainable.
+    ``model.save_pretrained`` then writes the adapter (``adapter_config.json``, ``adapter_model.safetensors``)
+    in place of the encoder's weights: the folder that sentence-transformers loads as a PEFT model, whose
+    ``base_model_name_or_path`` is the base model's absolute local path (or its Hub id).
+
+    peft's ``get_peft_model`` is used rather than ``SentenceTransformer.add_adapter``: the latter goes through
+    transformers' PEFT integration, which transformers 5.24 gates on peft >= 0.22 (not released when this was
+    written); the saved adapter is the same either way.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    encoder = model[0]
+    base = encoder.model
+    name = getattr(base, "name_or_path", "") or ""
+    if name and Path(name).exists():
+        base.name_or_path = str(Path(name).resolve())  # a relative path would not resolve from the output folder
+    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
+                        target_modules=cfg.target_modules)
+    try:
+        encoder.model = get_peft_model(base, config)
+    except ValueError as err:  # e.g. target modules not found in the model
+        raise EmbedkitError(f"model.lora: {str(err).splitlines()[0]}") from None
+    trainable, total = parameter_counts(model)
+    from embedkit.log import log
+
+    log(f"LoRA r={cfg.r} alpha={cfg.alpha:g} on {cfg.target_modules}: {trainable:,} trainable parameters of "
+        f"{total:,} ({100 * trainable / total:.2f}%)")
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, all) parameter counts of ``model``."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def lora_encoder(model: nn.Module) -> nn.Module | None:
+    """The peft model wrapping ``model``'s encoder when the model trains LoRA adapters, else ``None``."""
+    try:
+        encoder = model[0]  # type: ignore[index]
+    except (TypeError, IndexError, KeyError):
+        return None
+    inner = getattr(encoder, "model", None)
+    return inner if inner is not None and hasattr(inner, "peft_config") and hasattr(inner, "merge_and_unload") \
+        else None
+
+
+def merge_lora(model: SentenceTransformer) -> None:
+    """Fold the LoRA updates into the encoder's weights (peft ``merge_and_unload``), in place: the model saves
+    as plain full weights that load without peft."""
+    peft_model = lora_encoder(model)
+    if peft_model is not None:
+        model[0].model = peft_model.merge_and_unload()
+
+
+def load_lora_checkpoint(model: SentenceTransformer, folder: str | Path) -> None:
+    """Restore a LoRA model's trained state from a checkpoint folder it wrote: the adapter weights (peft's
+    ``set_peft_model_state_dict``) and the weights of the modules after the encoder (e.g. a Dense head).
+
+    sentence-transformers' own checkpoint loading rebuilds a model from the folder, which for an adapter goes
+    through transformers' PEFT integration and its peft version gate; this reads the files directly.
+    """
+    import json
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    peft_model = lora_encoder(model)
+    if peft_model is None:
+        raise EmbedkitError(f"{folder}: expected a LoRA model to restore")
+    result = set_peft_model_state_dict(peft_model, load_file(str(folder / "adapter_model.safetensors")))
+    if getattr(result, "unexpected_keys", None):
+        raise EmbedkitError(f"{folder}: adapter holds weights this model lacks: {result.unexpected_keys[:3]}")
+    entries = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    for entry, module in zip(entries[1:], list(model)[1:], strict=True):
+        if not any(True for _ in module.parameters()) and not any(True for _ in module.buffers()):
+            continue
+        files = sorted((folder / entry["path"]).glob("*.safetensors"))
+        if len(files) != 1:
+            raise EmbedkitError(f"{folder / entry['path']}: expected one .safetensors file of module weights")
+        module.load_state_dict(load_file(str(files[0])))
 
 
 def tensors_digest(tensors: dict[str, Tensor]) -> str:

@@ -41,6 +41,26 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraSection(Section):
+    """LoRA (Hu et al. 2021) through ``peft``: only low-rank updates of the named linear layers train."""
+
+    r: int = Field(8, gt=0, description="rank of the update")
+    alpha: float = Field(16.0, gt=0, description="scale: the update is multiplied by alpha / r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="names of the linear layers to adapt (e.g. [query, value]), or all-linear"
+    )
+    merge: bool = Field(False, description="write merged full weights (loads without peft) instead of an adapter")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        names = isinstance(value, list) and value and all(isinstance(n, str) and n.strip() for n in value)
+        if not (names or value == "all-linear"):
+            raise ValueError("expected a non-empty list of module names (e.g. [query, value]), or 'all-linear'")
+        return value
+
+
 class ModelSection(Section):
     name: str = Field(description="HF model id or local path (a sentence-transformers or plain HF folder)")
     revision: str | None = None
@@ -100,6 +120,7 @@ class MineSection(Section):
             raise ValueError(f"num_negatives {self.num_negatives} does not fit the rank window [{self.range_min}, "
                              f"{high}) of {high - self.range_min} candidates")
         return self
+    lora: LoraSection | None = Field(None, description="train LoRA adapters instead of every weight (needs peft)")
 
 
 class TrainSource(Section):

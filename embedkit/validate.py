@@ -6,6 +6,7 @@ file, the line and the key path (or the data file and line) and what was expecte
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def load_recipe(
     world = env_world_size()
     if world is not None:  # under torchrun / accelerate: the global batch must split evenly now
         check_batch_split(recipe, world, source, lines)
+    _check_lora(recipe, source, lines)
 
     # Paths and data.
     resolved_dir = paths.resolve_data_dir(data_dir)
@@ -101,6 +103,13 @@ def check_batch_split(recipe: Recipe, world_size: int, source: str = "recipe",
         return per_device_batch(recipe.training.batch_size, world_size)
     except ValueError as err:
         raise RecipeError(f"{_where(source, lines or {}, ('training', 'batch_size'))}: {err}") from None
+def _check_lora(recipe: Recipe, source: str, lines: dict) -> None:
+    """``model.lora`` needs the ``peft`` package (looked up, not imported: validation stays fast)."""
+    if recipe.model.lora is None:
+        return
+    where = _where(source, lines, ("model", "lora"))
+    if importlib.util.find_spec("peft") is None:
+        raise RecipeError(f"{where}: LoRA needs the peft package: pip install peft (or pip install 'embedkit[lora]')")
 
 
 def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:

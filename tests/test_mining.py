@@ -279,7 +279,8 @@ def mine_recipe(tmp: Path, model: str, method: str = "simcse-sup", k: int = 1, f
 def test_recipe_refuses_mining_for_a_method_without_negative_columns(tmp_path, tiny_model_path):
     from embedkit.validate import load_recipe
 
-    with pytest.raises(RecipeError, match=r"recipe.yaml:\d+: data.train.mine: method 'simcse-unsup' reads text; mining gives"):
+    with pytest.raises(RecipeError,
+                       match=r"recipe.yaml:\d+: data.train.mine: method 'simcse-unsup' reads text; mining gives"):
         load_recipe(mine_recipe(tmp_path, tiny_model_path, method="simcse-unsup"))
     with pytest.raises(RecipeError, match="mine.candidates needs format: rerank"):
         load_recipe(mine_recipe(tmp_path, tiny_model_path, candidates=True))

@@ -173,6 +173,31 @@ def test_score_rerank_equals_direct_encode_and_rank(tiny, tmp_path):
     assert got["mrr@10"] == pytest.approx(100 * np.mean(rrs), abs=1e-6)
 
 
+def test_rerank_at_matryoshka_dims_equals_truncate_then_normalise(tiny, tmp_path):
+    """Each width's MAP / MRR@10 equal a direct ranking of ST's embeddings cut to their first d coordinates and
+    then normalised; the full width stays the top-level score."""
+    data = read_rerank(write_rerank(tmp_path / "r.csv"))
+    got = score_rerank(tiny, data, batch_size=4, dims=[8, 3])
+    assert {k: got[k] for k in ("map", "mrr@10")} == {k: score_rerank(tiny, data, batch_size=4)[k]
+                                                     for k in ("map", "mrr@10")}
+
+    def cut(texts, d):
+        emb = tiny.encode(texts, convert_to_numpy=True).astype(np.float64)[:, :d]
+        return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+    for d in (8, 3):
+        aps, rrs = [], []
+        for q in (q for q in data.queries if q.scorable):
+            labels = [1] * len(q.positives) + [0] * len(q.negatives)
+            sims = cut(q.positives + q.negatives, d) @ cut([q.query], d)[0]
+            ranked = [labels[i] for i in np.argsort(-sims, kind="stable")]
+            aps.append(_ap(ranked))
+            rrs.append(1 / (ranked.index(1) + 1) if 1 in ranked[:10] else 0.0)
+        assert got["dims"][str(d)]["map"] == pytest.approx(100 * np.mean(aps), abs=1e-6)
+        assert got["dims"][str(d)]["mrr@10"] == pytest.approx(100 * np.mean(rrs), abs=1e-6)
+    assert got["dims"]["3"]["map"] != got["map"]  # a 3-wide cut of a random model ranks differently
+
+
 def test_score_retrieval_equals_direct_exhaustive_search(tiny, tmp_path):
     data = read_beir(write_beir(tmp_path / "beir"))
     got = score_retrieval(tiny, data, batch_size=16)

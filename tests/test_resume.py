@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _mp_helpers import kill_resume_compare
+from _mp_helpers import final_weights, kill_resume_compare
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from embedkit.errors import RecipeError
@@ -56,6 +56,27 @@ def test_sigkill_then_resume_matches_uninterrupted_run(method: str, tmp_path: Pa
     assert [full[s] for s in range(9, 13)] == [resumed[s] for s in range(9, 13)]
     assert min(full.values()) > 1e-3 and max(full.values()) - min(full.values()) > 1e-2, \
         f"the loss must be live for the comparison to say anything: {full}"
+
+
+def test_sigkill_then_resume_lora_matches_uninterrupted_run(tmp_path: Path, spread_model_path: str) -> None:
+    """A LoRA run's checkpoints hold the adapter, not the encoder; resume restores it in place and ends
+    bit-for-bit where the uninterrupted run ends (the adapter files and the training-only head)."""
+    pytest.importorskip("peft")
+    lora = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "all-linear"}
+    report = kill_resume_compare(tmp_path, spread_model_path, "simcse-unsup", model={"lora": lora},
+                                 training={"max_steps": 12, "save_steps": 8, "batch_size": 8})
+    assert report["killed"]["returncode"] == -signal.SIGKILL
+    assert report["killed"]["checkpoints"] == ["checkpoint-8"] and not report["killed"]["results_json"]
+    assert "checkpoint-8" in report["resume_log"]
+    assert report["global_step"] == (12, 12)
+    weights = final_weights(tmp_path / "uninterrupted")
+    assert weights and all(k.startswith("adapter_model.safetensors:") or k.startswith("1_Pooling")
+                           for k in weights), sorted(weights)[:3]
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items()), "the adapter must have trained"
+    assert report["weights_bitwise_mismatch"] == [], f"max abs diff {report['weights_max_abs_diff']}"
+    assert report["method_state_bitwise_mismatch"] == []
+    full, resumed = report["losses"]
+    assert [full[s] for s in range(9, 13)] == [resumed[s] for s in range(9, 13)]
 
 
 def test_latest_checkpoint_skips_incomplete(tmp_path: Path) -> None:

@@ -39,6 +39,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
                    help="bf16 autocast (auto: only where the hardware has bf16); default none")
     p.add_argument("--no-chart", action="store_true", help="do not draw sts.png")
+    p.add_argument("--dims", metavar="D[,D...]",
+                   help="Matryoshka: also every score at these truncated dimensions (first D coordinates, then "
+                        "normalised), e.g. 384,128,64")
     g = p.add_argument_group("reranking and retrieval (docs/evaluation.md)")
     g.add_argument("--rerank", metavar="FILE", action="append", default=[],
                    help="a reranking CSV (qtext,label,atext): MAP and MRR@10; may be repeated")
@@ -68,6 +71,18 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "model"
 
 
+def parse_dims(text: str) -> list[int]:
+    """``384,128,64`` → ``[384, 128, 64]``: distinct positive integers (the model's width is checked once it
+    loads)."""
+    try:
+        dims = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise EmbedkitError(f"--dims {text!r}: expected comma-separated integers, e.g. 384,128,64") from None
+    if not dims or any(d <= 0 for d in dims) or len(set(dims)) != len(dims):
+        raise EmbedkitError(f"--dims {text!r}: expected distinct positive dimensions, e.g. 384,128,64")
+    return dims
+
+
 def _check_args(args: argparse.Namespace) -> str:
     wants_mteb = bool(args.mteb or args.mteb_benchmark)
     wants_ranking = bool(args.rerank or args.retrieval)
@@ -86,6 +101,10 @@ def _check_args(args: argparse.Namespace) -> str:
         raise EmbedkitError("--as-mteb scores the --rerank/--retrieval sets with mteb: give one of them")
     if args.as_mteb and wants_mteb:
         raise EmbedkitError("--as-mteb with --mteb: run them separately (each writes its own mteb results)")
+    args.dims = parse_dims(args.dims) if getattr(args, "dims", None) is not None else None
+    if args.dims and ((suite == "none" and not wants_ranking) or args.compare):
+        raise EmbedkitError("--dims applies to the STS suite, geometry, --rerank and --retrieval of one model (mteb "
+                            "encodes through its own wrapper; run --compare apart)")
     from embedkit.model_ref import check_model, require_hub
 
     # Everything that can fail cheaply fails here, before any model loads: the models (first: no import needed),
@@ -135,9 +154,9 @@ def run_cli(args: argparse.Namespace) -> int:
         read_beir(d, args.split, name=ranking_name("retrieval", d, args.split)) for d in args.retrieval]
     model, spec = load_model(args.model)
     if suite == "sts":
-        results["sts"] = evaluate(model, "sts", geometry=args.geometry, model_path=spec, **common)
+        results["sts"] = evaluate(model, "sts", geometry=args.geometry, model_path=spec, dims=args.dims, **common)
     elif suite == "geometry":
-        results["geometry"] = evaluate(model, "geometry", model_path=spec, **common)
+        results["geometry"] = evaluate(model, "geometry", model_path=spec, dims=args.dims, **common)
     if args.compare:
         model_b, spec_b = load_model(args.compare)
         other = evaluate(model_b, "sts", model_path=spec_b, **common)
@@ -175,8 +194,16 @@ def run_cli(args: argparse.Namespace) -> int:
         print(sts_table(results["sts"], other, labels))
         if "geometry" in results["sts"]:
             print(geometry_table(results["sts"]["geometry"]))
+        for dim, res in results["sts"].get("dims", {}).items():
+            print(f"\n--- Matryoshka: first {dim} coordinates, then normalised ---")
+            print(sts_table(res))
+            if "geometry" in res:
+                print(geometry_table(res["geometry"]))
     if "geometry" in results:
         print(geometry_table(results["geometry"]))
+        for dim, res in results["geometry"].get("dims", {}).items():
+            print(f"\n--- Matryoshka: first {dim} coordinates, then normalised ---")
+            print(geometry_table(res))
     if "rerank" in results or "retrieval" in results:
         print(ranking_table(results))
     if "mteb" in results:
@@ -190,15 +217,20 @@ def run_cli(args: argparse.Namespace) -> int:
 def _score_ranking(model: Any, sets: list[Any], args: argparse.Namespace) -> dict[str, Any]:
     """``{"rerank": {name: scores}, "retrieval": {name: scores}}`` for the sets read from the arguments."""
     from embedkit.data.ranking import RerankSet
+    from embedkit.encoding import check_dim
     from embedkit.evaluation.ranking import score_rerank, score_retrieval
     from embedkit.log import progress
+    from embedkit.model_ref import embedding_dim
 
+    dims = getattr(args, "dims", None)
+    for d in dims or []:
+        check_dim(d, embedding_dim(model), "--dims")
     out: dict[str, Any] = {}
     for data in sets:
         rerank = isinstance(data, RerankSet)
         progress(f"{'reranking' if rerank else 'retrieval'}: {data.name}", True)
-        scores = score_rerank(model, data, args.batch_size, args.autocast) if rerank else \
-            score_retrieval(model, data, args.batch_size, args.autocast)
+        scores = score_rerank(model, data, args.batch_size, args.autocast, dims=dims) if rerank else \
+            score_retrieval(model, data, args.batch_size, args.autocast, dims=dims)
         scores["files"] = data.files
         out.setdefault("rerank" if rerank else "retrieval", {})[data.name] = scores
     return out

@@ -110,34 +110,53 @@ def prompt_kwargs(model: Any, name: str) -> dict[str, str]:
 
 
 def encode_side(model: SentenceTransformer, texts: list[str], side: str, batch_size: int = 128,
-                autocast: str | None = None, dtype: Any = np.float32) -> np.ndarray:
-    """Unit vectors of ``texts`` with the model's prompt ``side`` (``query`` / ``document``) when it has one."""
+                autocast: str | None = None, dtype: Any = np.float32, normalize: bool = True) -> np.ndarray:
+    """Embeddings of ``texts`` (unit vectors unless ``normalize`` is off) with the model's prompt ``side``
+    (``query`` / ``document``) when it has one."""
     from embedkit.encoding import encode
 
-    return encode(model, texts, batch_size, normalize=True, autocast=autocast, dtype=dtype,
+    return encode(model, texts, batch_size, normalize=normalize, autocast=autocast, dtype=dtype,
                   **prompt_kwargs(model, side))
 
 
-def _cosine_table(model: SentenceTransformer, texts: dict[str, str], side: str, batch_size: int,
-                  autocast: str | None, dtype: Any) -> tuple[list[str], np.ndarray]:
+def _raw_table(model: SentenceTransformer, texts: dict[str, str], side: str, batch_size: int,
+               autocast: str | None, dtype: Any) -> tuple[list[str], np.ndarray]:
+    """Ids and un-normalised embeddings: each dimension of a Matryoshka evaluation truncates, then normalises."""
     ids = list(texts)
-    return ids, encode_side(model, [texts[i] for i in ids], side, batch_size, autocast, dtype)
+    return ids, encode_side(model, [texts[i] for i in ids], side, batch_size, autocast, dtype, normalize=False)
+
+
+def _at_dims(score: Any, q_raw: np.ndarray, d_raw: np.ndarray, dims: list[int] | None) -> dict[str, Any]:
+    """``score(queries, documents)`` on the full unit vectors, and under ``dims`` on each truncated width
+    (:func:`embedkit.encoding.truncate`: first ``d`` coordinates, then normalised)."""
+    from embedkit.encoding import truncate
+
+    out = score(truncate(q_raw, None, normalize=True), truncate(d_raw, None, normalize=True))
+    if dims:
+        out["dims"] = {str(d): score(truncate(q_raw, d, normalize=True), truncate(d_raw, d, normalize=True))
+                       for d in dims}
+    return out
 
 
 def score_rerank(model: SentenceTransformer, data: RerankSet, batch_size: int = 128, autocast: str | None = None,
-                 metrics: tuple[str, ...] = RERANK_METRICS) -> dict[str, Any]:
-    """MAP and MRR@10 (× 100) of cosine similarity over the scorable questions of ``data``."""
+                 metrics: tuple[str, ...] = RERANK_METRICS, dims: list[int] | None = None) -> dict[str, Any]:
+    """MAP and MRR@10 (× 100) of cosine similarity over the scorable questions of ``data`` (and, with ``dims``,
+    the same at each Matryoshka width under ``dims``)."""
     started = time.perf_counter()
     queries, docs, qrels, candidates = rerank_layout(data)
-    qids, q_emb = _cosine_table(model, queries, "query", batch_size, autocast, np.float64)
-    dids, d_emb = _cosine_table(model, docs, "document", batch_size, autocast, np.float64)
+    qids, q_raw = _raw_table(model, queries, "query", batch_size, autocast, np.float64)
+    dids, d_raw = _raw_table(model, docs, "document", batch_size, autocast, np.float64)
     q_row = {q: i for i, q in enumerate(qids)}
     d_row = {d: i for i, d in enumerate(dids)}
-    run: Run = {}
-    for qid, cands in candidates.items():
-        sims = d_emb[[d_row[d] for d in cands]] @ q_emb[q_row[qid]]
-        run[qid] = dict(zip(cands, sims.tolist(), strict=True))
-    out: dict[str, Any] = ranking_metrics(qrels, run, metrics)
+
+    def score(q_emb: np.ndarray, d_emb: np.ndarray) -> dict[str, Any]:
+        run: Run = {}
+        for qid, cands in candidates.items():
+            sims = d_emb[[d_row[d] for d in cands]] @ q_emb[q_row[qid]]
+            run[qid] = dict(zip(cands, sims.tolist(), strict=True))
+        return ranking_metrics(qrels, run, metrics)
+
+    out = _at_dims(score, q_raw, d_raw, dims)
     out.update(questions=len(queries), skipped=len(data.queries) - len(queries), candidates=len(docs),
                seconds=round(time.perf_counter() - started, 2))
     return out
@@ -145,22 +164,28 @@ def score_rerank(model: SentenceTransformer, data: RerankSet, batch_size: int = 
 
 def score_retrieval(model: SentenceTransformer, data: BeirSet, batch_size: int = 128, autocast: str | None = None,
                     metrics: tuple[str, ...] = RETRIEVAL_METRICS, top_k: int = RETRIEVAL_TOP_K,
-                    chunk: int = 256) -> dict[str, Any]:
-    """nDCG@10, Recall@100 and MRR@10 (× 100) of exhaustive cosine search of ``data``'s queries in its corpus.
+                    chunk: int = 256, dims: list[int] | None = None) -> dict[str, Any]:
+    """nDCG@10, Recall@100 and MRR@10 (× 100) of exhaustive cosine search of ``data``'s queries in its corpus
+    (and, with ``dims``, the same at each Matryoshka width under ``dims``).
 
     Each query keeps its ``top_k`` best documents (float32 scores, queries ``chunk`` at a time), which is all
     these metrics read; a tie at the ``top_k`` boundary may keep either document.
     """
     started = time.perf_counter()
-    qids, q_emb = _cosine_table(model, data.queries, "query", batch_size, autocast, np.float32)
-    dids, d_emb = _cosine_table(model, data.corpus, "document", batch_size, autocast, np.float32)
+    qids, q_raw = _raw_table(model, data.queries, "query", batch_size, autocast, np.float32)
+    dids, d_raw = _raw_table(model, data.corpus, "document", batch_size, autocast, np.float32)
     k = min(top_k, len(dids))
-    run: Run = {}
-    for start in range(0, len(qids), chunk):
-        sims = q_emb[start : start + chunk] @ d_emb.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(dids) else np.tile(np.arange(k), (len(sims), 1))
-        for row, qid in enumerate(qids[start : start + chunk]):
-            run[qid] = {dids[j]: float(sims[row, j]) for j in top[row]}
-    out: dict[str, Any] = ranking_metrics(data.qrels, run, metrics)
+
+    def score(q_emb: np.ndarray, d_emb: np.ndarray) -> dict[str, Any]:
+        run: Run = {}
+        for start in range(0, len(qids), chunk):
+            sims = q_emb[start : start + chunk] @ d_emb.T
+            top = (np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(dids)
+                   else np.tile(np.arange(k), (len(sims), 1)))
+            for row, qid in enumerate(qids[start : start + chunk]):
+                run[qid] = {dids[j]: float(sims[row, j]) for j in top[row]}
+        return ranking_metrics(data.qrels, run, metrics)
+
+    out = _at_dims(score, q_raw, d_raw, dims)
     out.update(queries=len(qids), documents=len(dids), seconds=round(time.perf_counter() - started, 2))
     return out

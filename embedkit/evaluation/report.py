@@ -122,6 +122,8 @@ def ranking_table(results: dict[str, Any]) -> str:
         for name, v in sets.items():
             lines.append(f"  {name:<26}" + "".join(f"{v[m]:>12.2f}" for m in metrics) + f"{v[count]:>11}"
                          + f"{v['seconds']:>9.1f}")
+            for dim, at in v.get("dims", {}).items():  # Matryoshka: first `dim` coordinates, then normalised
+                lines.append(f"    {'first ' + dim + ' dims':<24}" + "".join(f"{at[m]:>12.2f}" for m in metrics))
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ def evaluate(
     geometry: bool = False,
     progress: bool = False,
     model_path: str | None = None,
+    dims: list[int] | None = None,
     **kw: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (a SentenceTransformer, a folder, a packaged model or a Hub id) on a suite.
@@ -44,11 +45,19 @@ def evaluate(
     ``data_dir``: the local data folder (default: ``$EMBEDKIT_DATA`` or ``../shared/data``); ``source``:
     ``auto`` | ``local`` | ``hub``; ``autocast``: ``none`` (default) | ``bf16`` | ``auto``; ``model_path``:
     where an already loaded ``model`` was saved (recorded in the results; names the model for mteb).
+
+    ``dims`` (Matryoshka, e.g. ``[384, 128, 64]``; ``sts`` and ``geometry``): every score also at each
+    truncated dimension, under ``"dims": {"128": {"dim": 128, "tasks", "avg", ...}}``. The texts are encoded
+    once; each dimension keeps the first ``d`` coordinates, then normalises
+    (:func:`embedkit.encoding.truncate`). A dimension outside 1..the model's is refused before encoding.
     """
     if suite not in SUITES:
         raise EmbedkitError(f"suite {suite!r}: expected one of {', '.join(SUITES)}")
     started = time.perf_counter()
     if suite == "mteb":
+        if dims:
+            raise EmbedkitError("dims: mteb encodes through its own wrapper; evaluate Matryoshka dimensions with the "
+                                "sts or geometry suite")
         from embedkit.evaluation.mteb_eval import run_mteb
 
         return run_mteb(model, data_dir=data_dir, batch_size=batch_size, source=source, autocast=autocast,
@@ -56,21 +65,36 @@ def evaluate(
     if kw:
         raise EmbedkitError(f"evaluate(suite={suite!r}): unexpected arguments {sorted(kw)}")
 
-    from embedkit.encoding import resolve_autocast
+    import numpy as np
+
+    from embedkit.encoding import check_dim, encode, resolve_autocast, truncate
     from embedkit.evaluation import sts as sts_suite
-    from embedkit.evaluation.core import unit_table
     from embedkit.evaluation.geometry import geometry_scores
+    from embedkit.model_ref import embedding_dim
 
     tasks = ("STSBenchmark",) if suite == "geometry" else sts_suite.TASKS
     data = sts_suite.load_suite(data_dir, source, tasks)  # data first: a bad folder fails before the model loads
     st_model, spec = load_model(model)
     spec = spec or model_path
+    for d in dims or ():
+        check_dim(d, embedding_dim(st_model), "dims")
     mode = resolve_autocast(autocast, st_model.device)
     sentences = data.sentences()
     progress_line(f"encoding {len(sentences)} unique sentences (batch {batch_size}, autocast {mode})", progress)
     t0 = time.perf_counter()
-    table = unit_table(st_model, sentences, batch_size=batch_size, autocast=mode)
+    raw = encode(st_model, sentences, batch_size, autocast=mode, dtype=np.float64)  # once, for every dimension
     encode_seconds = time.perf_counter() - t0
+
+    def scores(dim: int | None) -> dict[str, Any]:
+        """Every score of the suite on unit vectors of the first ``dim`` coordinates (all with ``None``)."""
+        table = dict(zip(sentences, truncate(raw, dim, normalize=True), strict=True))
+        if suite == "geometry":
+            return {"protocol": "wang-isola-2020", **geometry_scores(data.tasks["STSBenchmark"], table)}
+        out = {"protocol": sts_suite.PROTOCOL, "setting": sts_suite.SETTING_DESCRIPTIONS["all"],
+               **sts_suite.score_suite(data, table)}
+        if geometry:
+            out["geometry"] = geometry_scores(data.tasks["STSBenchmark"], table)
+        return out
 
     provenance = {
         "data": {"source": data.source, "dir": data.root, "files": data.files},
@@ -81,12 +105,8 @@ def evaluate(
     }
     if data.deviations:
         provenance["deviations"] = data.deviations
-    if suite == "geometry":
-        out = {"protocol": "wang-isola-2020", **geometry_scores(data.tasks["STSBenchmark"], table), **provenance}
-    else:
-        out = {"protocol": sts_suite.PROTOCOL, "setting": sts_suite.SETTING_DESCRIPTIONS["all"],
-               **sts_suite.score_suite(data, table), **provenance}
-        if geometry:
-            out["geometry"] = geometry_scores(data.tasks["STSBenchmark"], table)
+    out = {**scores(None), **provenance}
+    if dims:
+        out["dims"] = {str(d): {"dim": d, **scores(d)} for d in dims}
     out["seconds"] = round(time.perf_counter() - started, 2)
     return out

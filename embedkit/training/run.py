@@ -297,6 +297,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
 def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) -> dict[str, Any]:
     """Final evaluation, the model and ``results.json`` (last), the swap of an ``--overwrite``, the push."""
     from embedkit.evaluation.core import METRIC_LABELS, score_dev
+    from embedkit.modeling import parameter_counts
 
     recipe, trainer, results = run.recipe, run.trainer, run.results
     model = trainer.model
@@ -308,6 +309,7 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
         "best_dev": {"metric": run.dev_pairs.metric_key, "value": trainer.state.best_metric}
         if run.dev_pairs is not None else None,
         "precision": run.precision,
+        "trainable_parameters": parameter_counts(model)[0],
         **results.get("train", {}),  # world_size, global_batch_size, per_device_batch_size
         "log_history": trainer.state.log_history,
     }
@@ -337,6 +339,8 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
         "versions": package_versions(TRAINING_PACKAGES),
         "seconds": round(time.time() - started, 1),
     })
+    if recipe.model.lora is not None:
+        _lora_output(model, recipe.model.lora.merge)
     save_final(model, folder.work, results)
     replaced = folder.staged and rundir.read_marker(folder.out) is not None
     folder.finish()
@@ -354,6 +358,28 @@ def batch_record(global_batch: int, world_size: int) -> dict[str, int]:
     """What ``results.json`` (``train``) and the model card record about the batch."""
     return {"world_size": world_size, "global_batch_size": global_batch,
             "per_device_batch_size": global_batch // world_size}
+
+
+def _lora_output(model: Any, merge: bool) -> None:
+    """``merge: true``: fold the adapter into full weights before the save; else say what loading needs."""
+    from embedkit.modeling import merge_lora
+
+    if merge:
+        merge_lora(model)
+        log("LoRA merged into the encoder's weights (the output loads without peft)")
+        return
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    try:
+        from transformers.integrations.peft import MIN_PEFT_VERSION
+    except ImportError:  # a transformers without the constant: nothing known to warn about
+        return
+    if Version(version("peft")) < Version(MIN_PEFT_VERSION):
+        log(f"note: the output holds a LoRA adapter; SentenceTransformer(path) loads it through transformers, which "
+            f"asks for peft>={MIN_PEFT_VERSION} (installed {version('peft')}); model.lora.merge: true writes full "
+            "weights instead")
 
 
 def _has_accelerator() -> bool:

@@ -12,6 +12,8 @@
 * **loss-owned gradients across processes** – DDP averages the gradients of the model it wraps, not those
   of trainable parameters that live in the loss (a training-only MLP head); they are averaged here, so
   every process applies the same update and the run equals one process holding the global batch.
+* **LoRA checkpoints** – a model training LoRA adapters (``model.lora``) saves the adapter in each checkpoint;
+  resume and the best-model load restore it in place (:func:`embedkit.modeling.load_lora_checkpoint`).
 * **one gradient norm** – ``max_grad_norm`` clips the encoder and the loss-owned parameters together, as the
   SimCSE reference code (whose MLP is part of the model) does; the trainer alone clips ``model.parameters()``.
 """
@@ -28,7 +30,7 @@ from transformers import TrainerCallback
 
 from embedkit.errors import NonFiniteLossError
 from embedkit.losses.common import world
-from embedkit.modeling import tensors_digest
+from embedkit.modeling import load_lora_checkpoint, lora_encoder, tensors_digest
 from embedkit.training.checkpoints import COMPLETE_MARKER, latest_complete, write_manifest
 
 METHOD_STATE_FILE = "embedkit_method_state.safetensors"
@@ -195,6 +197,14 @@ class EmbedkitTrainer(SentenceTransformerTrainer):
         if self.accelerator.sync_gradients and not self.is_deepspeed_enabled:
             average_gradients(loss_own_parameters(self.loss))
         return loss
+
+    def _load_from_checkpoint(self, checkpoint_path: str, model=None) -> None:
+        # A LoRA checkpoint holds the adapter, not the encoder: restore it in place (resume, best model).
+        target = getattr(self.model, "_orig_mod", self.model)
+        if lora_encoder(target) is not None:
+            load_lora_checkpoint(target, checkpoint_path)
+            return
+        super()._load_from_checkpoint(checkpoint_path)
 
     def _clip_grad_norm(self, model):
         own = loss_own_parameters(self.loss)
