@@ -79,6 +79,7 @@ class ModelSection(Section):
         None, description="training column → prompt name (e.g. {anchor: query, positive: document, negative: "
         "document}); null: the method's default when model.prompts has its names; {}: no prompt in training",
     )
+    lora: LoraSection | None = Field(None, description="train LoRA adapters instead of every weight (needs peft)")
 
     @field_validator("prompts")
     @classmethod
@@ -120,7 +121,6 @@ class MineSection(Section):
             raise ValueError(f"num_negatives {self.num_negatives} does not fit the rank window [{self.range_min}, "
                              f"{high}) of {high - self.range_min} candidates")
         return self
-    lora: LoraSection | None = Field(None, description="train LoRA adapters instead of every weight (needs peft)")
 
 
 class TrainSource(Section):
