@@ -107,3 +107,73 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     fake.write_text("def f():\n    from embedkit.training.run import train\n    from . import paths\n")
     found = internal_imports(fake, {"embedkit.training.run", "embedkit.paths"}, this="embedkit.probe")
     assert found == {"embedkit.training.run", "embedkit.paths"}
+
+
+# HEAVY: libraries whose import costs over half a second here (python -X importtime, 2-core EPYC): the only
+# reason an import may sit inside a function is to keep one of them off the validation and CLI-parse path.
+HEAVY = frozenset({"torch", "transformers", "sentence_transformers", "datasets", "mteb", "matplotlib", "scipy",
+                   "sklearn", "peft", "faiss", "pandas", "accelerate"})
+
+
+def _imports(path: Path, this: str, modules: set[str]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(top-level, inside-function) imports of ``path`` outside TYPE_CHECKING, as (line, target) where target is
+    an embedkit module name or a third-party top-level package name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for n in ast.walk(f)}
+    package = this if path.name == "__init__.py" else this.rpartition(".")[0]
+    top: list[tuple[int, str]] = []
+    lazy: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only or not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        targets: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if base.startswith("embedkit"):
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                targets = [base.split(".")[0]]
+        else:
+            targets = [a.name if a.name.startswith("embedkit") else a.name.split(".")[0] for a in node.names]
+        (lazy if id(node) in in_function else top).extend((node.lineno, t) for t in targets)
+    return top, lazy
+
+
+def heavy_at_import(extra: dict[str, list[str]] | None = None) -> dict[str, set[str]]:
+    """For each embedkit module, the heavy libraries that importing it loads: its top-level imports and its
+    parent packages' (``import a.b`` runs ``a/__init__`` first), followed to a fixed point (the package graph at
+    import time has cycles through ``__init__`` files). ``extra`` adds top-level imports (module -> targets)."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    tops = {name: [t for _, t in _imports(path, name, set(files))[0]] + (extra or {}).get(name, [])
+            for name, path in files.items()}
+    deps = {name: [p for p in files if name.startswith(p + ".")] + [t for t in tops[name] if t in files]
+            for name in files}
+    heavy = {name: {t for t in tops[name] if not t.startswith("embedkit")} & HEAVY for name in files}
+    changed = True
+    while changed:
+        changed = False
+        for name in files:
+            grown = heavy[name].union(*(heavy[d] for d in deps[name]))
+            if grown != heavy[name]:
+                heavy[name], changed = grown, True
+    return heavy
+
+
+def test_lazy_imports_only_keep_a_heavy_library_off_the_import_path():
+    """An import inside a function must spare its module a heavy library (HEAVY) that the module does not load
+    anyway; anything else (stdlib, light libraries, torch-free embedkit modules) is imported at the top."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    heavy = heavy_at_import()
+    bad = []
+    for name, path in sorted(files.items()):
+        for line, target in _imports(path, name, set(files))[1]:
+            spared = (heavy.get(target, set()) if target.startswith("embedkit") else {target} & HEAVY) - heavy[name]
+            if not spared:
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {target} (spares no heavy library)")
+    assert not bad, "move these imports to the top of their module:\n" + "\n".join(bad)
