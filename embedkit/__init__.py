@@ -9,13 +9,13 @@ Python API::
 from __future__ import annotations
 
 from embedkit.errors import DataError, EmbedkitError, RecipeError
+from embedkit.training.run import train as _train
 from embedkit.validate import load_recipe
 from embedkit.version import __version__
 
 
 def train(recipe: str, overrides: list[str] | None = None, **kwargs):
     """Run a recipe end to end; see :func:`embedkit.training.run.train`."""
-    from embedkit.training.run import train as _train
 
     return _train(recipe, overrides, **kwargs)
 

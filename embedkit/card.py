@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub import EvalResult, ModelCardData
 
 from embedkit.errors import EmbedkitError
 
@@ -138,7 +139,6 @@ def mteb_tasks(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def eval_results(results: dict[str, Any]) -> list:
     """The Hub ``EvalResult`` list: one per STS task, metric Spearman (× 100), the protocol named."""
-    from huggingface_hub import EvalResult
 
     protocol, tasks = sts_tasks(results)
     protocol = protocol or "unspecified"
@@ -165,7 +165,6 @@ def eval_results(results: dict[str, Any]) -> list:
 def card_metadata(results: dict[str, Any], repo_id: str, st_front_matter: dict[str, Any] | None = None,
                   st_tags: list[str] | None = None) -> dict[str, Any]:
     """The YAML front matter as a dict, in the Hub's model-card schema."""
-    from huggingface_hub import ModelCardData
 
     recipe = results.get("recipe") or {}
     method = (results.get("method") or {}).get("name") or (recipe.get("method") or {}).get("name")

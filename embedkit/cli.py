@@ -6,19 +6,25 @@ import argparse
 import sys
 from pathlib import Path
 
+from embedkit.encode import add_cli as add_encode
 from embedkit.errors import EmbedkitError
+from embedkit.hub import add_cli as add_push
+from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
+from embedkit.methods.text2token.inspect import add_cli as add_inspect
+from embedkit.recipe import list_recipes
+from embedkit.training.mine import add_cli as add_mine
+from embedkit.training.run import train
+from embedkit.training.rundir import check_output_path
+from embedkit.validate import load_recipe
 
 
 def _train(args: argparse.Namespace) -> int:
-    from embedkit.training.run import train
 
     train(args.recipe, args.overrides, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from embedkit.training.rundir import check_output_path
-    from embedkit.validate import load_recipe
 
     recipe, data = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir)
     check_output_path(Path(recipe.output.dir).expanduser())
@@ -28,7 +34,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _recipes(args: argparse.Namespace) -> int:
-    from embedkit.recipe import list_recipes
 
     for name, desc in list_recipes():
         short = desc if len(desc) <= 88 else desc[:87].rstrip() + "…"
@@ -40,12 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one static table of commands. Each module below registers the commands it runs
     with ``add_cli``; none of them imports torch or another heavy library at module level, so a bad recipe is
     still reported in well under 3 seconds."""
-    from embedkit.encode import add_cli as add_encode
     from embedkit.evaluation.cli import add_cli as add_eval
-    from embedkit.hub import add_cli as add_push
-    from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
-    from embedkit.methods.text2token.inspect import add_cli as add_inspect
-    from embedkit.training.mine import add_cli as add_mine
 
     parser = argparse.ArgumentParser(prog="embedkit", description="Train and evaluate sentence embeddings.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedkit.data.sources import read_local
 from embedkit.errors import EmbedkitError
+from embedkit.model_ref import check_model, embedding_dim, load_model
+from embedkit.paths import atomic_path
 
 if TYPE_CHECKING:
     pass
@@ -26,7 +29,6 @@ if TYPE_CHECKING:
 
 def read_texts(path: str, fmt: str = "auto", column: str | None = None) -> list[str]:
     """The texts of a local file: a ``.txt`` file's non-blank lines, or one column of a CSV/TSV/JSONL file."""
-    from embedkit.data.sources import read_local
 
     data = read_local(path, fmt, [column] if column else None, kind="input")
     if len(data.columns) != 1:
@@ -53,8 +55,6 @@ def check_output(output: str, overwrite: bool = False) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from embedkit.model_ref import check_model, embedding_dim, load_model
-    from embedkit.paths import atomic_path
 
     if args.batch_size <= 0:
         raise EmbedkitError(f"--batch-size: expected a positive number, got {args.batch_size}")

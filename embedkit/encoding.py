@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from embedkit.errors import EmbedkitError
+from embedkit.model_ref import embedding_dim
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -154,7 +155,6 @@ def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 128, 
     without either the model's default prompt, if any, applies). The rows equal ``SentenceTransformer.encode``'s.
     """
     if dim is not None:
-        from embedkit.model_ref import embedding_dim
 
         check_dim(dim, embedding_dim(model))
     prompt = resolve_prompt(model, prompt, prompt_name)
@@ -203,7 +203,6 @@ def embed(
     if chunk_size < batch_size:
         raise EmbedkitError(f"chunk_size must be at least batch_size ({batch_size}), got {chunk_size}")
     if not sentences:
-        from embedkit.model_ref import embedding_dim
 
         return np.zeros((0, embedding_dim(model) or 0), dtype=np.float32)
     device = model.device

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import math
 import os
 import shutil
 import tempfile
@@ -28,9 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import HfApi, ModelCard, get_token
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
+
+from embedkit.card import build_card, home_pattern, load_results, model_info, read_front_matter, redact_home, sts_tasks
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
-from embedkit.model_ref import first_line
+from embedkit.model_ref import first_line, hub_offline
+from embedkit.model_ref import hub_endpoint as endpoint
+from embedkit.version import __version__
 
 
 class HubError(EmbedkitError):
@@ -52,7 +60,6 @@ REDACTED_COPIES = ("recipe.yaml", "results.json")  # uploaded with home paths re
 
 def hub_endpoint() -> str:
     """``$HF_ENDPOINT`` as set now (huggingface_hub reads it only at import time), else the library default."""
-    from embedkit.model_ref import hub_endpoint as endpoint
 
     return endpoint()
 
@@ -61,7 +68,6 @@ def resolve_token(token: str | None = None) -> str:
     """The token to publish with: the argument, ``$HF_TOKEN``, or the stored login; a clear error if none."""
     if token:
         return token
-    from huggingface_hub import get_token
 
     found = get_token()
     if not found:
@@ -71,8 +77,6 @@ def resolve_token(token: str | None = None) -> str:
 
 def check_repo_id(repo_id: str) -> str:
     """``namespace/name`` with the Hub's allowed characters (huggingface_hub's own rule)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
 
     try:
         validate_repo_id(repo_id)
@@ -132,7 +136,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def scan_for_secrets(folder: Path, token: str | None) -> None:
     """Refuse any file holding the token (any file, as bytes) or a home-folder path (text files)."""
-    from embedkit.card import home_pattern
 
     pattern = home_pattern()
     needle = token.encode() if token else None
@@ -190,7 +193,6 @@ class Prepared:
 def prepare_upload(output_dir: str | Path, staging: str | Path, repo_id: str, token: str | None = None,
                    exclude: tuple[str, ...] = (), max_file_mb: float = DEFAULT_MAX_FILE_MB) -> Prepared:
     """Stage ``output_dir`` for upload into ``staging`` and run every safety check; raises :class:`HubError`."""
-    from embedkit.card import build_card, load_results, model_info, read_front_matter, redact_home
 
     out = Path(output_dir)
     if not out.is_dir():
@@ -226,7 +228,6 @@ def prepare_upload(output_dir: str | Path, staging: str | Path, repo_id: str, to
 
 def _load_model(folder: Path, out: Path) -> Any:
     """Load the staged model exactly as a user would, and encode one sentence."""
-    import math
 
     from sentence_transformers import SentenceTransformer
 
@@ -244,9 +245,7 @@ def _load_model(folder: Path, out: Path) -> Any:
 
 def _check_card(card: str, results: dict[str, Any], out: Path) -> int:
     """The card parses as a Hub model card and its model-index holds one result per STS task."""
-    from huggingface_hub import ModelCard
 
-    from embedkit.card import sts_tasks
 
     try:
         parsed = ModelCard(card, ignore_metadata_errors=False)
@@ -278,7 +277,6 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 def _describe(err: BaseException, token: str, repo_id: str, endpoint: str, stage: str) -> str:
     """One line for a failed Hub call; never contains the token."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     response = getattr(err, "response", None)
     status = getattr(response, "status_code", None)
@@ -334,7 +332,6 @@ def push(
     check_repo_id(repo_id)
     if not Path(output_dir).is_dir():  # a local mistake is named before anything about tokens or the Hub
         raise HubError(f"{output_dir}: output folder not found")
-    from embedkit.model_ref import hub_offline
 
     if hub_offline() and not dry_run:
         raise HubError("HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: publishing needs the Hub; unset it for this "
@@ -357,16 +354,13 @@ def push(
 
 
 def _optional_token() -> str | None:
-    from huggingface_hub import get_token
 
     return get_token()
 
 
 def _upload(prepared: Prepared, repo_id: str, private: bool, revision: str | None, commit_message: str | None,
             token: str, endpoint: str) -> str:
-    from huggingface_hub import HfApi
 
-    from embedkit.version import __version__
 
     api = HfApi(endpoint=endpoint, token=token, library_name="embedkit", library_version=__version__)
     stage = "checking whether the repository exists"

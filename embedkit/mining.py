@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
+
+from embedkit.encoding import encode
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -43,7 +46,6 @@ def unit_vectors(model: SentenceTransformer, sentences: list[str], batch_size: i
     With a ``torch.distributed`` process group of several processes, every process must call this with the same
     ``sentences``: each encodes one contiguous shard and the shards are all-gathered, so every process returns
     the whole table having encoded only ``ceil(n / world_size)`` texts."""
-    from embedkit.encoding import encode
 
     if not sentences:
         return torch.zeros(0, model.get_embedding_dimension())
@@ -51,7 +53,6 @@ def unit_vectors(model: SentenceTransformer, sentences: list[str], batch_size: i
     world = _world_size()
     if world == 1:
         return torch.from_numpy(encode(model, sentences, batch_size, normalize=True, device=target))
-    import torch.distributed as dist
 
     per = math.ceil(len(sentences) / world)
     rank = dist.get_rank()
@@ -68,7 +69,6 @@ def unit_vectors(model: SentenceTransformer, sentences: list[str], batch_size: i
 
 def _world_size() -> int:
     """Processes in the initialised ``torch.distributed`` group (1 when there is none)."""
-    import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -77,7 +77,6 @@ def ensure_process_group() -> bool:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1), initialise the default process group if nobody has yet (nccl
     with CUDA, else gloo; accelerate and the trainer reuse it), so that :func:`unit_vectors` shards. Returns
     whether a group of several processes is up."""
-    import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return False
@@ -138,7 +137,6 @@ def top_k_neighbours(
 
 def _faiss_top_k(queries: Tensor, corpus: Tensor, k: int, exclude_self: bool) -> tuple[Tensor, Tensor]:
     import faiss
-    import numpy as np
 
     index = faiss.IndexFlatIP(corpus.shape[1])
     index.add(np.ascontiguousarray(corpus.float().numpy()))

@@ -17,10 +17,17 @@ import importlib
 import json
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import get_session
 
 from embedkit.errors import EmbedkitError, RecipeError
 
@@ -101,7 +108,6 @@ def hub_offline() -> bool:
     """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set now, or when huggingface_hub was imported."""
     if _is_true(os.environ.get("HF_HUB_OFFLINE")) or _is_true(os.environ.get("TRANSFORMERS_OFFLINE")):
         return True
-    import sys
 
     constants = sys.modules.get("huggingface_hub.constants")  # read by the libraries at import: honour it too
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
@@ -112,7 +118,6 @@ def hub_endpoint() -> str:
     env = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
     if env:
         return env
-    from huggingface_hub import constants
 
     return constants.ENDPOINT
 
@@ -126,7 +131,6 @@ def hub_unreachable(endpoint: str | None = None) -> str | None:
     endpoint = (endpoint or hub_endpoint()).rstrip("/")
     if endpoint in _PROBES:
         return _PROBES[endpoint]
-    from huggingface_hub.utils import get_session
 
     result: list[str | None] = []
 
@@ -326,7 +330,6 @@ def _flat(value: object) -> list[object]:
 
 
 def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version(package)
@@ -345,7 +348,6 @@ def known_model_types() -> set[str]:
     """
     global _KNOWN_TYPES
     if _KNOWN_TYPES is None:
-        from importlib.util import find_spec
 
         found: set[str] = set()
         try:
@@ -370,7 +372,6 @@ def _check_hub_model(name: str, revision: str | None, trust_remote_code: bool, t
     key = (name, revision, trust_remote_code)
     if key in _HUB_CHECKED:
         return name
-    from huggingface_hub import try_to_load_from_cache
 
     cached = {f: try_to_load_from_cache(name, f, revision=revision) for f in ("config.json", "modules.json")}
     cached_config = cached["config.json"] if isinstance(cached["config.json"], str) else None
@@ -399,13 +400,6 @@ def _check_hub_model(name: str, revision: str | None, trust_remote_code: bool, t
 
 def _fetch_config(name: str, revision: str | None, endpoint: str, fail: _Fail) -> str | None:
     """config.json of a Hub model (the load fetches it anyway); refuses a repo the Hub does not have."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     try:
         return hf_hub_download(name, "config.json", revision=revision, endpoint=endpoint)

@@ -6,14 +6,18 @@ so the packaged all-MiniLM-L6-v2 works offline); otherwise they go to the Hub as
 
 from __future__ import annotations
 
+import hashlib
+import json
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from embedkit.errors import EmbedkitError
+from embedkit.log import log
 from embedkit.model_ref import PACKAGED_MODELS, check_model, resolve_model_path  # noqa: F401 - moved, re-exported
 
 if TYPE_CHECKING:
@@ -153,7 +157,6 @@ def add_lora(model: SentenceTransformer, cfg: LoraSection) -> None:
     except ValueError as err:  # e.g. target modules not found in the model
         raise EmbedkitError(f"model.lora: {str(err).splitlines()[0]}") from None
     trainable, total = parameter_counts(model)
-    from embedkit.log import log
 
     log(f"LoRA r={cfg.r} alpha={cfg.alpha:g} on {cfg.target_modules}: {trainable:,} trainable parameters of "
         f"{total:,} ({100 * trainable / total:.2f}%)")
@@ -191,10 +194,8 @@ def load_lora_checkpoint(model: SentenceTransformer, folder: str | Path) -> None
     sentence-transformers' own checkpoint loading rebuilds a model from the folder, which for an adapter goes
     through transformers' PEFT integration and its peft version gate; this reads the files directly.
     """
-    import json
 
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     peft_model = lora_encoder(model)
@@ -215,7 +216,6 @@ def load_lora_checkpoint(model: SentenceTransformer, folder: str | Path) -> None
 
 def tensors_digest(tensors: dict[str, Tensor]) -> str:
     """SHA-256 over names, dtypes and bytes of ``tensors`` (sorted by name)."""
-    import hashlib
 
     digest = hashlib.sha256()
     for name in sorted(tensors):

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from embedkit.data.textio import decode_utf8
 from embedkit.errors import DataError, EmbedkitError, RecipeError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -520,7 +521,6 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
 
 def read_recipe_text(file: Path) -> str:
     """The recipe file's text: at most :data:`MAX_RECIPE_BYTES`, UTF-8 (else one line naming the bad byte)."""
-    from embedkit.data.textio import decode_utf8
 
     size = file.stat().st_size
     if size > MAX_RECIPE_BYTES:

@@ -21,6 +21,7 @@ from embedkit.data.ranking import RERANK_COLUMNS, read_rerank
 from embedkit.data.sts import read_sick, read_stsb, sha256_file
 from embedkit.data.textio import utf8_errors
 from embedkit.errors import DataError
+from embedkit.model_ref import require_hub
 
 FORMATS = ("auto", "text", "csv", "tsv", "jsonl", "sick", "stsb", "rerank", "hub")
 TEXT, SCORE = "text", "score"  # column types: a non-empty string; a finite number (read as float)
@@ -317,7 +318,6 @@ def read_hub(
     import datasets
     from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
-    from embedkit.model_ref import require_hub
 
     if not Path(name).exists() and name not in _PACKAGED_DATASETS_MODULES:  # a Hub dataset, not `json` + files
         # One short probe first: offline, datasets would retry for a minute.

@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from embedkit.evaluation.core import TASKS
+from embedkit.evaluation.runner import evaluate as _evaluate
 
 
 def evaluate(
@@ -29,7 +30,6 @@ def evaluate(
 
     See :func:`embedkit.evaluation.runner.evaluate` for the keyword arguments and the returned dictionary.
     """
-    from embedkit.evaluation.runner import evaluate as _evaluate
 
     return _evaluate(model, suite=suite, data_dir=data_dir, batch_size=batch_size, **kw)
 

@@ -14,7 +14,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from embedkit.data.ranking import RerankSet, read_beir, read_rerank
 from embedkit.errors import EmbedkitError
+from embedkit.evaluation.core import ranking_name
+from embedkit.evaluation.mteb_eval import import_mteb, require_hub_for_mteb, run_mteb
+from embedkit.evaluation.provenance import package_versions
+from embedkit.evaluation.ranking import score_rerank, score_retrieval
+from embedkit.evaluation.report import (
+    geometry_table,
+    mteb_table,
+    ranking_table,
+    render_chart,
+    sts_table,
+    write_json_atomic,
+)
+from embedkit.evaluation.runner import evaluate
+from embedkit.evaluation.sts import LAYOUT, sts_root
+from embedkit.log import progress
+from embedkit.model_ref import check_model, embedding_dim, load_model, require_hub
 
 SUITE_CHOICES = ("sts", "geometry", "none")
 
@@ -105,20 +122,17 @@ def _check_args(args: argparse.Namespace) -> str:
     if args.dims and ((suite == "none" and not wants_ranking) or args.compare):
         raise EmbedkitError("--dims applies to the STS suite, geometry, --rerank and --retrieval of one model (mteb "
                             "encodes through its own wrapper; run --compare apart)")
-    from embedkit.model_ref import check_model, require_hub
 
     # Everything that can fail cheaply fails here, before any model loads: the models (first: no import needed),
     # the data folder, the Hub.
     check_model(args.model, what="model", trust_flag=None)
     if args.compare:
         check_model(args.compare, what="--compare", trust_flag=None)
-    from embedkit.evaluation.sts import LAYOUT, sts_root
 
     root = sts_root(args.data_dir) if args.source != "hub" else None
     if suite != "none" and root is None and args.source != "local":
         require_hub("the STS data", f"pass --data-dir (or set $EMBEDKIT_DATA) to a local folder ({LAYOUT})")
     if wants_mteb:
-        from embedkit.evaluation.mteb_eval import require_hub_for_mteb
 
         # Without importing mteb (seconds): the line lists the local task names, so a misspelt one shows.
         require_hub_for_mteb(args.mteb, args.mteb_benchmark, root, args.source)
@@ -129,17 +143,6 @@ def run_cli(args: argparse.Namespace) -> int:
     """Run ``embedkit eval``; results.json is written only when everything succeeded."""
     started = time.perf_counter()
     suite = _check_args(args)  # before the imports below (scipy, ~1 s): a bad argument answers at once
-    from embedkit.evaluation.provenance import package_versions
-    from embedkit.evaluation.report import (
-        geometry_table,
-        mteb_table,
-        ranking_table,
-        render_chart,
-        sts_table,
-        write_json_atomic,
-    )
-    from embedkit.evaluation.runner import evaluate
-    from embedkit.model_ref import load_model
 
     out = Path(args.output) if args.output else Path("eval-results") / (
         _slug(args.model) + (f"-vs-{_slug(args.compare)}" if args.compare else ""))
@@ -147,8 +150,6 @@ def run_cli(args: argparse.Namespace) -> int:
                   progress=True)
     results: dict[str, Any] = {"arguments": {k: v for k, v in vars(args).items() if k != "func"}}
     # Reranking files and BEIR folders are read in full before the model loads: a bad row fails at once.
-    from embedkit.data.ranking import read_beir, read_rerank
-    from embedkit.evaluation.core import ranking_name
 
     ranking_sets = [read_rerank(f, name=ranking_name("rerank", f)) for f in args.rerank] + [
         read_beir(d, args.split, name=ranking_name("retrieval", d, args.split)) for d in args.retrieval]
@@ -167,7 +168,6 @@ def run_cli(args: argparse.Namespace) -> int:
     if ranking_sets:
         results.update(_score_ranking(model, ranking_sets, args))
     if args.mteb or args.mteb_benchmark or args.as_mteb:
-        from embedkit.evaluation.mteb_eval import run_mteb
 
         extra = _mteb_ranking_tasks(args) if args.as_mteb else None
         run = run_mteb(
@@ -216,11 +216,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _score_ranking(model: Any, sets: list[Any], args: argparse.Namespace) -> dict[str, Any]:
     """``{"rerank": {name: scores}, "retrieval": {name: scores}}`` for the sets read from the arguments."""
-    from embedkit.data.ranking import RerankSet
     from embedkit.encoding import check_dim
-    from embedkit.evaluation.ranking import score_rerank, score_retrieval
-    from embedkit.log import progress
-    from embedkit.model_ref import embedding_dim
 
     dims = getattr(args, "dims", None)
     for d in dims or []:
@@ -237,7 +233,6 @@ def _score_ranking(model: Any, sets: list[Any], args: argparse.Namespace) -> dic
 
 
 def _mteb_ranking_tasks(args: argparse.Namespace) -> list[Any]:
-    from embedkit.evaluation.mteb_eval import import_mteb
 
     import_mteb()  # sets mteb's cache folder before the task module imports mteb
     from embedkit.evaluation.mteb_tasks import local_rerank_task, local_retrieval_task

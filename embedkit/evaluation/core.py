@@ -16,6 +16,8 @@ from embedkit import paths
 from embedkit.data.ranking import BeirSet, RerankSet, read_beir, read_rerank
 from embedkit.data.sts import PairSet, read_stsb
 from embedkit.errors import DataError
+from embedkit.evaluation.ranking import score_rerank, score_retrieval
+from embedkit.model_ref import hub_problem
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -75,7 +77,6 @@ def load_stsb_dev(dev: DevSection, data_dir: str | Path | None = None) -> PairSe
             tried.append(f"{path}: not found")
     problem = None
     if dev.hub:
-        from embedkit.model_ref import hub_problem
 
         problem = hub_problem(dev.hub)  # one short probe instead of datasets' retries (over a minute offline)
         if problem:
@@ -150,7 +151,6 @@ def load_dev(dev: DevSection, data_dir: str | Path | None = None) -> DevSet:
 
 def score_dev(model: SentenceTransformer, dev: DevSet | PairSet, batch_size: int = 128) -> dict[str, Any]:
     """Every metric of the dev set's kind (× 100): Spearman/Pearson, MAP/MRR@10, or nDCG@10/Recall@100/MRR@10."""
-    from embedkit.evaluation.ranking import score_rerank, score_retrieval
 
     data = dev.data if isinstance(dev, DevSet) else dev
     if isinstance(data, PairSet):

@@ -25,9 +25,15 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from embedkit import paths
 from embedkit.errors import DataError, EmbedkitError
+from embedkit.evaluation.core import TASKS
+from embedkit.evaluation.provenance import model_info, package_versions
+from embedkit.evaluation.sts import SOURCES, sts_root
 from embedkit.log import progress as progress_line
+from embedkit.model_ref import embedding_dim, load_model, require_hub
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -62,8 +68,6 @@ def require_hub_for_mteb(names: str | list[str] | None, benchmark: str | None, r
 
     ``root``: the local STS folder (``None``: none). Only the STS tasks of the suite can run from it.
     """
-    from embedkit.evaluation.core import TASKS
-    from embedkit.model_ref import require_hub
 
     if source == "local":
         return  # tasks without local data are refused by resolve_tasks
@@ -86,7 +90,6 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
     Returns ``(tasks, sources)`` with ``sources[task] = "local" | "hub"``. Unknown names raise
     :class:`EmbedkitError` with mteb's suggestion.
     """
-    from embedkit.evaluation.sts import SOURCES, sts_root
 
     if source not in SOURCES:
         raise EmbedkitError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
@@ -155,7 +158,6 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
             sources[task.metadata.name] = "local"
     remote = [name for name, where in sources.items() if where == "hub"]
     if remote:  # one short probe, not mteb's download retries (over a minute offline)
-        from embedkit.model_ref import require_hub
 
         require_hub("--mteb " + ",".join(remote), "STS12-16, STSBenchmark and SICK-R run from a local --data-dir")
     return tasks, sources
@@ -183,7 +185,6 @@ def _training_datasets(recipe: dict[str, Any] | None) -> set[str]:
 def _read_recipe(path: str | None) -> dict[str, Any] | None:
     if not path or not (Path(path) / "recipe.yaml").is_file():
         return None
-    import yaml
 
     try:
         loaded = yaml.safe_load((Path(path) / "recipe.yaml").read_text(encoding="utf-8"))
@@ -204,7 +205,6 @@ def build_model_meta(model: SentenceTransformer, name: str, revision: str, *, pa
     import_mteb()
     from mteb.models import ModelMeta, SentenceTransformerEncoderWrapper
 
-    from embedkit.model_ref import embedding_dim
 
     if "/" not in name:
         raise EmbedkitError(f"--model-name {name!r}: mteb needs 'organization/model_name'")
@@ -278,8 +278,6 @@ def run_mteb(
     saved (names it, and its ``recipe.yaml`` fills the model description).
     """
     from embedkit.encoding import _autocast_context, resolve_autocast
-    from embedkit.evaluation.provenance import model_info, package_versions
-    from embedkit.model_ref import load_model
 
     started = time.perf_counter()
     names = parse_task_list(tasks)

@@ -16,10 +16,14 @@ from typing import Any
 
 import mteb
 from datasets import Dataset, DatasetDict
+from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.sts import AbsTaskSTS
+from mteb.abstasks.task_metadata import TaskMetadata
 
+from embedkit.data.ranking import read_beir, read_rerank
 from embedkit.data.sts import PairSet
 from embedkit.evaluation.core import TASKS, ranking_name
+from embedkit.evaluation.ranking import rerank_layout
 from embedkit.evaluation.sts import load_local
 
 LOCAL_TASKS = TASKS
@@ -98,7 +102,6 @@ _RANKING_DESCRIPTION = {
 
 
 def _ranking_metadata(name: str, kind: str, split: str, source: str) -> Any:
-    from mteb.abstasks.task_metadata import TaskMetadata
 
     rerank = kind == "rerank"
     return TaskMetadata(
@@ -124,8 +127,6 @@ class LocalRankingData:
     files: dict[str, str]
 
     def load_data(self, num_proc: int | None = None, *, timer: Any = None, **kwargs: Any) -> None:
-        from embedkit.data.ranking import read_beir, read_rerank
-        from embedkit.evaluation.ranking import rerank_layout
 
         if self.data_loaded:  # type: ignore[attr-defined]
             return
@@ -148,7 +149,6 @@ class LocalRankingData:
 
 
 def _ranking_task(name: str, kind: str, source: str | Path, split: str) -> Any:
-    from mteb.abstasks.retrieval import AbsTaskRetrieval
 
     cls = type(f"Local{kind.title()}Task", (LocalRankingData, AbsTaskRetrieval), {
         "__doc__": f"A local {kind} task read from {source}.",

@@ -4,6 +4,7 @@ versions. Shared by the STS suite, MTEB and training's ``results.json``."""
 from __future__ import annotations
 
 import platform
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,6 @@ _VERSIONED = ("embedkit", "torch", "transformers", "sentence-transformers", "mte
 
 def package_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str]:
     """Versions of Python and of ``names`` (default: the packages that decide the scores)."""
-    from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
     for name in names:

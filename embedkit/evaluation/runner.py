@@ -8,10 +8,15 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from embedkit.errors import EmbedkitError
+from embedkit.evaluation import sts as sts_suite
+from embedkit.evaluation.geometry import geometry_scores
+from embedkit.evaluation.mteb_eval import run_mteb
 from embedkit.evaluation.provenance import model_info, package_versions
 from embedkit.log import progress as progress_line
-from embedkit.model_ref import load_model
+from embedkit.model_ref import embedding_dim, load_model
 
 if TYPE_CHECKING:
     pass
@@ -58,19 +63,14 @@ def evaluate(
         if dims:
             raise EmbedkitError("dims: mteb encodes through its own wrapper; evaluate Matryoshka dimensions with the "
                                 "sts or geometry suite")
-        from embedkit.evaluation.mteb_eval import run_mteb
 
         return run_mteb(model, data_dir=data_dir, batch_size=batch_size, source=source, autocast=autocast,
                         progress=progress, model_path=model_path, **kw)
     if kw:
         raise EmbedkitError(f"evaluate(suite={suite!r}): unexpected arguments {sorted(kw)}")
 
-    import numpy as np
 
     from embedkit.encoding import check_dim, encode, resolve_autocast, truncate
-    from embedkit.evaluation import sts as sts_suite
-    from embedkit.evaluation.geometry import geometry_scores
-    from embedkit.model_ref import embedding_dim
 
     tasks = ("STSBenchmark",) if suite == "geometry" else sts_suite.TASKS
     data = sts_suite.load_suite(data_dir, source, tasks)  # data first: a bad folder fails before the model loads

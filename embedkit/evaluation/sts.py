@@ -27,6 +27,7 @@ from embedkit.evaluation.core import (
     pair_cosines,
 )
 from embedkit.evaluation.core import correlations as _correlations
+from embedkit.model_ref import require_hub
 
 PROTOCOL = "senteval-sts-all"
 SETTINGS = ("wmean", "mean")
@@ -137,7 +138,6 @@ def read_sick_split(folder: Path, split: str) -> PairSet:
 def load_hub(tasks: tuple[str, ...] = TASKS, loader: Callable[..., Any] | None = None) -> SuiteData:
     """Read the suite's tasks from mteb's copies on the Hub (test splits, pinned revisions)."""
     if loader is None:
-        from embedkit.model_ref import require_hub
 
         # One short probe instead of datasets' retries (over a minute offline).
         require_hub("the STS data", f"pass --data-dir (or set ${paths.ENV_VAR}) to a local folder ({LAYOUT})")

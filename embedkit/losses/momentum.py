@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback
 
 from embedkit.losses.common import gather_no_grad
 from embedkit.losses.objective import ComposedLoss, ViewBatch
@@ -42,7 +42,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 def reinitialise(module: nn.Module, seed: int) -> None:
     """Re-draw every weight of ``module`` as at construction (Hugging Face ``_init_weights`` for
     transformers models, ``reset_parameters`` for other layers), seeded."""
-    from transformers import PreTrainedModel
 
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)

@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from sentence_transformers.base.losses import CachedLossMixin
 from torch import Tensor, nn
 
+from embedkit.errors import RecipeError
 from embedkit.losses.common import encode_columns, gather
+from embedkit.losses.terms import build_term, term_info
 
 MAIN = "loss_main"
 
@@ -233,8 +235,6 @@ def compose(loss: nn.Module, recipe: Any, model: nn.Module) -> nn.Module:
     apply the recipe's ``training.mini_batch_size``, ``gather_across_devices``, ``matryoshka_dims`` /
     ``matryoshka_weights`` and ``objective`` terms. Validation has already refused what a method cannot honour;
     a loss that is not a :class:`ComposedLoss` is returned as is when nothing is asked of it."""
-    from embedkit.errors import RecipeError
-    from embedkit.losses.terms import build_term, term_info
 
     t, objective = recipe.training, recipe.objective
     if not isinstance(loss, ComposedLoss):

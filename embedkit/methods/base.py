@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from embedkit.losses.terms import term_info
 
 if TYPE_CHECKING:
     import torch
@@ -147,7 +149,6 @@ class Method:
     def refusals(cls, recipe: Recipe, params: Any) -> list[tuple[tuple, str]]:
         """(recipe key path, reason) for each cross-cutting option the recipe sets that this method cannot
         honour; :func:`embedkit.recipe.load_recipe` turns them into ``file:line: key: reason`` errors."""
-        from embedkit.losses.terms import term_info
 
         t, out = recipe.training, []
         terms = recipe.objective.terms if recipe.objective is not None else []
@@ -205,9 +206,7 @@ class Method:
     def objective_problems(cls, recipe: Recipe) -> list[tuple[tuple, Any]]:
         """Each ``objective.terms`` entry checked against its term's schema: (key path, message) for an unknown
         term name, (entry path, ``ValidationError`` with ``title_schema`` set to the schema) for bad keys."""
-        from pydantic import ValidationError
 
-        from embedkit.losses.terms import term_info
 
         out: list[tuple[tuple, Any]] = []
         for i, entry in enumerate(recipe.objective.terms if recipe.objective is not None else []):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.data.sts import sha256_file
+from embedkit.paths import atomic_path
 
 COMPLETE_MARKER = "embedkit_checkpoint.json"
 
@@ -31,7 +32,6 @@ def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
 
 def write_manifest(folder: str | os.PathLike, **info: Any) -> Path:
     """Write the manifest of ``folder`` (call once all its files are written); returns its path."""
-    from embedkit.paths import atomic_path
 
     folder = Path(folder)
     manifest = {**info, "files": file_entries(folder)}

@@ -17,14 +17,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from embedkit.data.ranking import read_rerank
-from embedkit.data.sources import TrainData, read_corpus, read_local, read_pairs
+from embedkit.data.sources import TrainData, read_corpus, read_local, read_pairs, read_train_source
 from embedkit.errors import DataError, EmbedkitError, RecipeError
 from embedkit.log import is_main_process, log
+from embedkit.model_ref import check_model, load_model
 from embedkit.paths import atomic_path, expand, resolve_data_dir
 from embedkit.recipe import MineSection, Recipe
+from embedkit.validate import load_recipe
 
 MINED_DIR = "mined"  # inside a run's output folder
 MINED_FILE = "train.jsonl"
@@ -87,7 +90,6 @@ def plot(mined: Any, path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     series = [("positive (anchor, positive)", mined.positive_scores, "#2ca02c"),
               ("kept negative (written)", mined.negative_scores.ravel(), "#1f77b4"),
@@ -140,7 +142,6 @@ def mine_for_training(recipe: Recipe, train_data: TrainData | None, model: Any, 
                       data_dir: str | None) -> TrainData:
     """The training rows with ``negative_1`` … ``negative_k`` added, mined with ``model`` (the starting model)
     into ``work/mined/train.jsonl``, or read back from there when a resumed run finds it (same settings)."""
-    from embedkit.data.sources import read_train_source
 
     src = recipe.data.train
     settings = src.mine
@@ -225,7 +226,6 @@ def _check_output(output: str) -> Path:
 def _mine(args: argparse.Namespace) -> int:
     output = _check_output(args.output)
     if args.recipe is not None:
-        from embedkit.validate import load_recipe
 
         recipe, train_data = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir, check_data=False)
         src = recipe.data.train
@@ -241,7 +241,6 @@ def _mine(args: argparse.Namespace) -> int:
             pairs = read_pairs(path, src.format if src.format in ("rerank", "csv", "tsv", "jsonl") else "auto")
             train_path, fmt = path, ("rerank" if pairs.description.startswith("rerank:") else src.format)
         else:
-            from embedkit.data.sources import read_train_source
 
             pairs = read_train_source(src, recipe.method.name, ("anchor", "positive"), ("text", "text"))
             train_path, fmt = None, src.format
@@ -261,7 +260,6 @@ def _mine(args: argparse.Namespace) -> int:
         recipe = None
     settings = settings.model_copy(update={"seed": seed if seed is not None else 42})
     corpus = corpus_texts(settings, train_path, fmt, data_dir)  # bad input fails before the model loads
-    from embedkit.model_ref import check_model, load_model
 
     check_model(model_name, what="--model" if args.model else "model.name", trust_flag=None)
     if recipe is not None and args.model is None:

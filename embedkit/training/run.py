@@ -16,16 +16,24 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.version import Version
 
+from embedkit.data.ranking import RerankSet
+from embedkit.data.sources import read_train_source
 from embedkit.errors import RecipeError
+from embedkit.hub import push
 from embedkit.log import is_main_process, log
+from embedkit.methods import get_method
+from embedkit.methods.base import TrainContext
 from embedkit.paths import atomic_path
 from embedkit.recipe import Recipe, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
+from embedkit.training.mine import mine_for_training
 from embedkit.training.rundir import CHECKPOINTS, RESULTS, RunFolder
 from embedkit.validate import check_batch_split, load_recipe
 
@@ -59,7 +67,6 @@ def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
     """A ``datasets.Dataset`` whose columns are named after the method's roles (a Hub set is read now)."""
     import datasets
 
-    from embedkit.data.sources import read_train_source
 
     if train_data is None:
         train_data = read_train_source(recipe.data.train, recipe.method.name, method_cls.roles(),
@@ -183,7 +190,6 @@ class Run:
 
 def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, checkpoint: Path | None) -> Run:
     """Model, data, method, loss and trainer; nothing is trained."""
-    from embedkit.methods import get_method
 
     method_cls = get_method(recipe.method.name)
     params = method_cls.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
@@ -195,7 +201,6 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
 
     from embedkit.data.samplers import LengthGroupedBatchSampler
     from embedkit.evaluation.core import METRIC_LABELS, load_dev, load_ranking, make_dev_evaluator, score_dev
-    from embedkit.methods.base import TrainContext
     from embedkit.modeling import build_model
     from embedkit.training.trainer import EmbedkitTrainer, load_method_state
 
@@ -211,7 +216,6 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     set_seed(recipe.training.seed)
     model = build_model(recipe.model)
     if recipe.data.train.mine is not None:  # hard negatives from the starting model, before the method sees the rows
-        from embedkit.training.mine import mine_for_training
 
         train_data = mine_for_training(recipe, train_data, model, work, data_dir)
     dataset, train_data = build_dataset(recipe, train_data, method_cls)
@@ -318,7 +322,6 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
         results["dev"]["after"] = after
         _report_dev(results["dev"], run.dev_pairs)
     if run.final_sets:
-        from embedkit.data.ranking import RerankSet
         from embedkit.evaluation.ranking import score_rerank, score_retrieval
 
         for data in run.final_sets:
@@ -348,7 +351,6 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     log(f"model saved to {out} (SentenceTransformer('{out}') loads it)"
         + ("; it replaced the earlier run there" if replaced else ""))
     if recipe.output.push_to_hub:
-        from embedkit.hub import push
 
         push(out, recipe.output.push_to_hub, private=recipe.output.private)
     return results
@@ -368,9 +370,7 @@ def _lora_output(model: Any, merge: bool) -> None:
         merge_lora(model)
         log("LoRA merged into the encoder's weights (the output loads without peft)")
         return
-    from importlib.metadata import version
 
-    from packaging.version import Version
 
     try:
         from transformers.integrations.peft import MIN_PEFT_VERSION

@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from embedkit.errors import RecipeError
 from embedkit.log import is_main_process
+from embedkit.paths import atomic_path
 from embedkit.version import __version__
 
 MARKER = ".embedkit-run.json"  # the first file of every output folder embedkit creates
@@ -216,7 +219,6 @@ def probe_lock(folder: Path, out: Path) -> None:
 
 def _acquire(folder: Path, out: Path) -> Any:
     """``folder``'s lock, held, or one line naming the run that holds it."""
-    from filelock import FileLock, Timeout
 
     lock = FileLock(str(folder / LOCK), timeout=0)
     try:
@@ -243,7 +245,6 @@ def _holder(folder: Path) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from embedkit.paths import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
@@ -65,7 +66,6 @@ def loss_own_parameters(loss: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """All-reduce the gradients of ``params`` to their mean over processes (no-op in one process)."""
-    import torch.distributed as dist
 
     _, size = world()
     if size == 1 or not params:
@@ -87,7 +87,6 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 
 def method_state_digests(state: dict[str, torch.Tensor]) -> list[str]:
     """:func:`state_digest` of this process's method state, gathered from every process (rank order)."""
-    import torch.distributed as dist
 
     mine = state_digest(state)
     _, size = world()
@@ -100,7 +99,6 @@ def method_state_digests(state: dict[str, torch.Tensor]) -> list[str]:
 
 def all_finite(loss: torch.Tensor) -> bool:
     """Whether the loss is finite on every process (so that all of them stop at the same step)."""
-    import torch.distributed as dist
 
     bad = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
     if world()[1] > 1:

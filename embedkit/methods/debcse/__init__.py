@@ -8,9 +8,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from embedkit.errors import RecipeError
 from embedkit.log import log
 from embedkit.methods.base import Method, register, training_head
-from embedkit.methods.debcse.debias import DebiasParams
+from embedkit.methods.debcse import debias
+from embedkit.methods.debcse.debias import Cutoffs, DebiasParams, resolve_cutoffs
+from embedkit.recipe import ModelSection
 
 DEBCSE_CITATION = """@inproceedings{miao2023debcse,
   title = {{DebCSE}: Rethinking Unsupervised Contrastive Sentence Embedding Learning in the Debiasing Perspective},
@@ -112,7 +115,6 @@ class DebCSE(Method):
 
     def mine_round(self, round_: int) -> Any:
         """Build the rows of mining round ``round_`` (deterministic given the seed and the reference)."""
-        from embedkit.methods.debcse import debias
 
         p = self.params
         seed = self.ctx.recipe.training.seed
@@ -174,7 +176,6 @@ class DebCSE(Method):
 
         p = self.params
         if isinstance(p.remine_every, int) and self.ctx.recipe.training.dataloader_workers > 0:
-            from embedkit.errors import RecipeError
 
             raise RecipeError(
                 "method.remine_every: re-mining every N steps needs training.dataloader_workers: 0 (worker "
@@ -224,7 +225,6 @@ def false_negative_margin(rows: Any, params: DebCSEParams) -> float:
 
 def mask_only_cutoffs(params: DebCSEParams, embeddings: Any) -> Any:
     """The cut-offs of masking-only training: relative ones need the reference's top-K neighbour cosines."""
-    from embedkit.methods.debcse.debias import Cutoffs, resolve_cutoffs
 
     if params.cutoffs == "absolute":  # the recipe's cosines (the neighbour spread is not measured here)
         return Cutoffs("absolute", params.positive_min_semantic, params.negative_max_semantic,
@@ -244,7 +244,6 @@ def _fmt_cut(value: float | None) -> str:
 def build_reference(name: str, max_seq_length: int) -> Any:
     """A separately named reference encoder, as saved (its own pooling, no dropout change)."""
     from embedkit.modeling import build_model
-    from embedkit.recipe import ModelSection
 
     return build_model(ModelSection(name=name, pooling=None, dropout=None, max_seq_length=max_seq_length))
 

@@ -28,6 +28,8 @@ the same seed and reference builds the same rows.
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -315,7 +317,6 @@ def parallel_pair_surface(left: list, right: list, measure: SurfaceMeasure, work
     than ``min_pairs`` pairs stay in this process."""
     if workers <= 1 or len(left) < min_pairs:
         return pair_surface(left, right, measure)
-    import multiprocessing
 
     step = -(-len(left) // (workers * 4))
     chunks = [(left[i : i + step], right[i : i + step], measure) for i in range(0, len(left), step)]
@@ -483,7 +484,6 @@ class MinedRows:
 
     def digest(self) -> str:
         """A content hash of the rows (to check that every process built the same ones)."""
-        import hashlib
 
         h = hashlib.sha256()
         for col in (self.anchor, self.positive, self.negative or []):

@@ -18,16 +18,20 @@ from typing import Any
 
 import numpy as np
 
+from embedkit.data.sources import read_train_source
 from embedkit.errors import DataError
+from embedkit.methods import get_method
+from embedkit.methods.debcse import DebCSEParams, build_reference
+from embedkit.methods.debcse.debias import MinedRows, batch_statistics, debias, identity_rows, unique_texts
+from embedkit.methods.debcse.similarity import pair_surface, tokens
 from embedkit.paths import atomic_path
+from embedkit.validate import load_recipe
 
 PNG_NAME = "diagnose.png"
 JSON_NAME = "diagnose.json"
 
 
 def _texts_of(recipe: Any, train_data: Any, roles: tuple[str, ...], max_samples: int | None) -> dict[str, list]:
-    from embedkit.data.sources import read_train_source
-    from embedkit.methods import get_method
 
     if train_data is None:
         method = get_method(recipe.method.name)
@@ -40,7 +44,6 @@ def _texts_of(recipe: Any, train_data: Any, roles: tuple[str, ...], max_samples:
 
 def _given_rows(columns: dict[str, list], model: Any, batch_size: int) -> Any:
     """MinedRows for data that already holds (anchor, positive[, negative]) columns."""
-    from embedkit.methods.debcse.debias import MinedRows, unique_texts
     from embedkit.mining import unit_vectors
 
     names = [c for c in columns if isinstance(columns[c][0], str)][:3]
@@ -61,7 +64,6 @@ def _given_rows(columns: dict[str, list], model: Any, batch_size: int) -> Any:
 
 def pair_measures(rows: Any, measure: str = "mean") -> dict[str, dict[str, np.ndarray]]:
     """Surface, semantic and length measures of each row's positive (and hard negative) pair."""
-    from embedkit.methods.debcse.similarity import pair_surface, tokens
 
     ref = rows.table.float()
     ids = rows.ids
@@ -213,11 +215,7 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
              out_dir: str | None = None, max_samples: int | None = 2000, batch_size: int | None = None,
              draw: bool = True) -> dict[str, Any]:
     """Compute (and plot) the before/after diagnostics of a recipe's training pairs; returns the summary."""
-    from embedkit.methods import get_method
-    from embedkit.methods.debcse import DebCSEParams, build_reference
-    from embedkit.methods.debcse.debias import debias, identity_rows
     from embedkit.modeling import build_model
-    from embedkit.validate import load_recipe
 
     recipe, train_data = load_recipe(recipe_path, overrides, data_dir)
     method_cls = get_method(recipe.method.name)
@@ -279,7 +277,6 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
 
 def _batch_stats(rows: Any, batch_size: int, seed: int, margin: float, threshold: float | None, measure: str
                  ) -> dict[str, Any]:
-    from embedkit.methods.debcse.debias import batch_statistics
 
     return batch_statistics(rows, batch_size, seed, margin, threshold, measure=measure)  # type: ignore[arg-type]
 

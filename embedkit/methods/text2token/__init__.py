@@ -6,11 +6,16 @@ docs/text2token.md states each one.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from embedkit import paths
+from embedkit.errors import RecipeError
+from embedkit.log import log
 from embedkit.methods.base import Method, MethodParams, register, training_head
 
 TEXT2TOKEN_CITATION = """@article{an2025text2token,
@@ -86,7 +91,6 @@ class Text2Token(Method):
         return " unless method.infonce_weight > 0 (two dropout views)"
 
     def _corpus_path(self) -> str | None:
-        from embedkit import paths
 
         src = self.ctx.recipe.data.train
         if src.path is None:
@@ -110,9 +114,7 @@ class Text2Token(Method):
         return dataset
 
     def _build_parts(self, texts: list[str]) -> None:
-        import copy
 
-        from embedkit.log import log
         from embedkit.methods.text2token.targets import (
             DataTargets,
             ModelTargets,
@@ -153,9 +155,7 @@ class Text2Token(Method):
         self.parts = (head, data_targets, model_targets)
 
     def _precompute(self, model_targets, texts: list[str], corpus: str | None) -> None:
-        import hashlib
 
-        from embedkit.log import log
         from embedkit.methods.text2token.targets import cache_locations, corpus_hash
         from embedkit.modeling import weights_hash
 
@@ -172,7 +172,6 @@ class Text2Token(Method):
         log(f"text2token: model-derived targets for {len(model_targets.cache)} texts, cache {file}")
 
     def build_loss(self):
-        from embedkit.errors import RecipeError
         from embedkit.methods.text2token.loss import Text2TokenLoss
 
         if not hasattr(self, "parts"):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedkit.errors import EmbedkitError
+from embedkit.model_ref import load_model
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -73,7 +74,6 @@ def format_views(views: list[TokenView]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from embedkit.model_ref import load_model
 
     if args.top_k <= 0:
         raise EmbedkitError(f"--top-k: expected a positive number, got {args.top_k}")

@@ -4,16 +4,18 @@ documented in docs/text2token.md."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from embedkit.log import log
 from embedkit.losses.contrastive import info_nce
 from embedkit.losses.objective import ComposedLoss, ViewBatch
 from embedkit.methods.text2token.targets import DataTargets, ModelTargets
-from embedkit.methods.text2token.vocab_head import VocabHead
+from embedkit.methods.text2token.vocab_head import HEAD_FILE, VocabHead, head_state_from_file, save_head
 
 
 def token_kl(target: Tensor, log_q: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -148,11 +150,9 @@ def stage_callback(loss: Text2TokenLoss) -> Any:
     """A ``TrainerCallback`` that keeps ``loss.step`` equal to the trainer's global step, logs the KL and the
     stage switch, and at the end of training writes the head (of the best checkpoint when one was loaded)
     to ``text2token_head.safetensors`` beside the checkpoints folder."""
-    from pathlib import Path
 
     from transformers import TrainerCallback
 
-    from embedkit.methods.text2token.vocab_head import HEAD_FILE, save_head
 
     class StageCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -161,7 +161,6 @@ def stage_callback(loss: Text2TokenLoss) -> Any:
         def on_step_begin(self, args, state, control, **kwargs):
             loss.step.fill_(state.global_step)
             if state.global_step == loss.stage2_step:
-                from embedkit.log import log
 
                 log(f"text2token: stage 2 (model-derived targets, λ={loss.mixture}) from step {state.global_step}")
 
@@ -181,7 +180,6 @@ def stage_callback(loss: Text2TokenLoss) -> Any:
             head = loss.head
             best = state.best_model_checkpoint
             if best:
-                from embedkit.methods.text2token.vocab_head import head_state_from_file
 
                 try:
                     state_dict, _ = head_state_from_file(best)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from embedkit.log import get_logger
@@ -275,7 +278,6 @@ def cache_locations(corpus_path: str | Path | None, fallback_dirs: Sequence[str 
 def writable(folder: Path) -> bool:
     """Whether caches may be written into ``folder`` (created when missing): it must grant write in its mode
     bits as well as to this process, so a read-only data folder stays untouched even for root."""
-    import stat
 
     existing = folder
     while not existing.exists():
@@ -290,7 +292,6 @@ def writable(folder: Path) -> bool:
 
 def _write_atomic(state: dict[str, Tensor], meta: dict[str, str], folders: list[Path], name: str) -> Path | None:
     """Save to the first writable folder that accepts the file; ``None`` (with a warning) when none does."""
-    from safetensors.torch import save_file
 
     for folder in folders:
         if not writable(folder):
@@ -315,7 +316,6 @@ def _write_atomic(state: dict[str, Tensor], meta: dict[str, str], folders: list[
 
 
 def _read_cache(folders: list[Path], name: str, expect: dict[str, str]) -> tuple[dict[str, Tensor], Path] | None:
-    from safetensors import safe_open
 
     for folder in folders:
         file = folder / name

@@ -24,11 +24,15 @@ held by reference and not registered, so it is neither saved twice nor handed to
 
 from __future__ import annotations
 
+import copy as copying
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from huggingface_hub import hf_hub_download
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from embedkit.errors import EmbedkitError
@@ -123,7 +127,6 @@ class VocabHead(nn.Module):
 
     def frozen_copy(self, embedding: nn.Embedding) -> VocabHead:
         """A copy of this head (own parameters copied, no gradient), tied to another model's ``embedding``."""
-        import copy as copying
 
         transform = copying.deepcopy(self.transform) if self.transform is not None else None
         copy = VocabHead(embedding, transform, self.decoder_weight, self.logit_scale is not None, self.source)
@@ -157,8 +160,6 @@ def _safetensors_files(name: str, revision: str | None = None) -> list[Path]:
     if not name or local.exists():
         return []
     try:
-        from huggingface_hub import hf_hub_download
-
         return [Path(hf_hub_download(name, "model.safetensors", revision=revision))]
     except Exception as err:  # noqa: BLE001 - offline or no such file: the caller falls back to a tied head
         logger.info("vocabulary head: no safetensors checkpoint for %s (%s)", name, type(err).__name__)
@@ -166,7 +167,6 @@ def _safetensors_files(name: str, revision: str | None = None) -> list[Path]:
 
 
 def _read_keys(files: list[Path], wanted: set[str]) -> dict[str, Tensor]:
-    from safetensors import safe_open
 
     found: dict[str, Tensor] = {}
     for file in files:
@@ -360,7 +360,6 @@ def build_vocab_head(model: SentenceTransformer, kind: HeadKind = "auto", freeze
 
 def save_head(head: VocabHead, path: str | Path, temperature: float = 1.0) -> Path:
     """Write the head's own parameters (not the tied embeddings) to a safetensors file, atomically."""
-    from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     meta = {"kind": head.kind, "source": head.source, "temperature": repr(float(temperature))}
@@ -376,7 +375,6 @@ def save_head(head: VocabHead, path: str | Path, temperature: float = 1.0) -> Pa
 
 def head_state_from_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Head parameters from a :func:`save_head` file or a checkpoint's method state (keys ``head.*``)."""
-    from safetensors import safe_open
 
     path = Path(path)
     if path.is_dir():
