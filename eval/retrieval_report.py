@@ -12,6 +12,7 @@ Rows (each a set of recipe overrides; the recipe's own settings are "filter"):
 - ``lora``: the recipe with LoRA (r 16, alpha 32, all linear layers, merged at the end; learning rate 2e-4);
 - ``matryoshka``: the recipe with ``training.matryoshka_dims: [384, 128, 64]``.
 
+Every training row runs the same number of steps (:data:`STEPS`, the recipe's own), whatever its row count.
 Every model, the base included, is scored by the same code after training: TREC QA dev MAP and MRR@10
 (:func:`embedkit.evaluation.ranking.score_rerank`, questions with a positive and a negative) and the STS suite
 average (SentEval "all" setting), each also at 128 and 64 dimensions (first d coordinates, then normalised). The
@@ -34,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 RECIPE = ROOT / "recipes" / "retrieval-trecqa-minilm.yaml"
 DIMS = [128, 64]
+STEPS = 36  # the recipe's own length (270 rows after mining, batches of 32 without duplicates, 4 epochs)
 ROWS: dict[str, list[str] | None] = {
     "base": None,
     "pairs": ["data.train.mine=null"],
@@ -74,7 +76,7 @@ def run_row(name: str, overrides: list[str] | None, data_dir: str, work: Path) -
     out_dir = work / name
     started = time.time()
     results = train(str(RECIPE), [*overrides, f"output.dir={out_dir}", "eval.suite=none", "eval.before=false",
-                                  "training.save_total_limit=1"], data_dir=data_dir)
+                                  f"training.max_steps={STEPS}", "training.save_total_limit=1"], data_dir=data_dir)
     seconds = time.time() - started
     model = SentenceTransformer(str(out_dir), device="cpu")
     return {"row": name, "seconds": round(seconds, 1), "steps": results["train"]["global_step"],
