@@ -326,14 +326,14 @@ def test_train_format_rerank_reads_label_one_pairs(tmp_path, tiny_model_path):
 
 def test_unit_vectors_without_a_process_group_encode_everything(tiny_model_path, monkeypatch):
     """Single process: one encode call over all texts (the sharded path is tested under torchrun)."""
-    from embedkit import encoding
+    from embedkit import mining
     from embedkit.mining import unit_vectors
     from embedkit.model_ref import load_model
 
     model, _ = load_model(tiny_model_path)
     seen = []
-    real = encoding.encode
-    monkeypatch.setattr(encoding, "encode",
+    real = mining.encode
+    monkeypatch.setattr(mining, "encode",
                         lambda m, texts, *a, **k: seen.append(len(texts)) or real(m, texts, *a, **k))
     out = unit_vectors(model, [f"text {i}" for i in range(10)], device="cpu")
     assert seen == [10] and out.shape[0] == 10

@@ -14,12 +14,11 @@ Pure Python and strict, like :mod:`embedkit.data.sts`: a malformed line raises
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedkit.data.sts import sha256_file
-from embedkit.data.textio import utf8_errors
+from embedkit.data.textio import json_objects, utf8_errors
 from embedkit.errors import DataError
 
 RERANK_COLUMNS = ("qtext", "label", "atext")
@@ -103,15 +102,9 @@ def _jsonl(path: Path, what: str) -> dict[str, dict]:
         raise DataError(f"{path}: {what} not found (expected the BEIR layout: corpus.jsonl, queries.jsonl, "
                         "qrels/<split>.tsv)")
     out: dict[str, dict] = {}
-    with utf8_errors(path), open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("_id"), (str, int)):
+    with utf8_errors(path):
+        for lineno, row in json_objects(path):
+            if not isinstance(row.get("_id"), (str, int)):
                 raise DataError(f"{path}:{lineno}: expected an object with an '_id' and a 'text'")
             if not isinstance(row.get("text"), str):
                 raise DataError(f"{path}:{lineno}: 'text': expected a string")

@@ -9,7 +9,6 @@ columns (each column's type is declared by the method, see :meth:`Method.column_
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 from embedkit.data.ranking import RERANK_COLUMNS, read_rerank
 from embedkit.data.sts import read_sick, read_stsb, sha256_file
-from embedkit.data.textio import utf8_errors
+from embedkit.data.textio import json_objects, utf8_errors
 from embedkit.errors import DataError
 from embedkit.model_ref import require_hub
 
@@ -115,26 +114,15 @@ def read_jsonl(path: Path, columns: list[str] | None) -> Rows:
     out: dict[str, list[Any]] | None = None
     wanted = columns
     lines: list[int] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            except RecursionError:
-                raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            if wanted is None:
-                wanted = list(obj)
-            if out is None:
-                out = {c: [] for c in wanted}
-            _check_columns(path, list(obj), wanted, str(lineno))
-            lines.append(lineno)
-            for col in wanted:
-                out[col].append(obj[col])
+    for lineno, obj in json_objects(path):
+        if wanted is None:
+            wanted = list(obj)
+        if out is None:
+            out = {c: [] for c in wanted}
+        _check_columns(path, list(obj), wanted, str(lineno))
+        lines.append(lineno)
+        for col in wanted:
+            out[col].append(obj[col])
     return out or {c: [] for c in (columns or ["text"])}, lines
 
 

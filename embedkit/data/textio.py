@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import codecs
 import io
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from embedkit.errors import DataError
 
@@ -71,3 +72,21 @@ def utf8_errors(path: str | os.PathLike) -> Iterator[None]:
         yield
     except UnicodeDecodeError:
         raise not_utf8(path) from None
+
+
+def json_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, object)`` for each non-blank line of a JSON-lines file; a line that is not a JSON object is a
+    :class:`DataError` naming the file and line."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
