@@ -19,13 +19,11 @@ from embedkit.validate import load_recipe
 
 
 def _train(args: argparse.Namespace) -> int:
-
     train(args.recipe, args.overrides, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-
     recipe, data = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir)
     check_output_path(Path(recipe.output.dir).expanduser())
     rows = f", {len(data)} training rows" if data is not None else ""
@@ -34,7 +32,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _recipes(args: argparse.Namespace) -> int:
-
     for name, desc in list_recipes():
         short = desc if len(desc) <= 88 else desc[:87].rstrip() + "…"
         print(f"{name:<32} {short}")

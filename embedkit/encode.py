@@ -55,7 +55,6 @@ def check_output(output: str, overwrite: bool = False) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-
     if args.batch_size <= 0:
         raise EmbedkitError(f"--batch-size: expected a positive number, got {args.batch_size}")
     if args.max_seq_length is not None and args.max_seq_length <= 0:

@@ -155,7 +155,6 @@ def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 128, 
     without either the model's default prompt, if any, applies). The rows equal ``SentenceTransformer.encode``'s.
     """
     if dim is not None:
-
         check_dim(dim, embedding_dim(model))
     prompt = resolve_prompt(model, prompt, prompt_name)
     unique = list(dict.fromkeys(texts))
@@ -203,7 +202,6 @@ def embed(
     if chunk_size < batch_size:
         raise EmbedkitError(f"chunk_size must be at least batch_size ({batch_size}), got {chunk_size}")
     if not sentences:
-
         return np.zeros((0, embedding_dim(model) or 0), dtype=np.float32)
     device = model.device
     mode = resolve_autocast(autocast, device)

@@ -246,7 +246,6 @@ def _load_model(folder: Path, out: Path) -> Any:
 def _check_card(card: str, results: dict[str, Any], out: Path) -> int:
     """The card parses as a Hub model card and its model-index holds one result per STS task."""
 
-
     try:
         parsed = ModelCard(card, ignore_metadata_errors=False)
     except Exception as err:  # noqa: BLE001
@@ -354,14 +353,11 @@ def push(
 
 
 def _optional_token() -> str | None:
-
     return get_token()
 
 
 def _upload(prepared: Prepared, repo_id: str, private: bool, revision: str | None, commit_message: str | None,
             token: str, endpoint: str) -> str:
-
-
     api = HfApi(endpoint=endpoint, token=token, library_name="embedkit", library_version=__version__)
     stage = "checking whether the repository exists"
     created = False  # whether this call created the repository (only then may a failure delete it)

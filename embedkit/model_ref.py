@@ -330,7 +330,6 @@ def _flat(value: object) -> list[object]:
 
 
 def _version(package: str) -> str:
-
     try:
         return version(package)
     except PackageNotFoundError:
@@ -348,7 +347,6 @@ def known_model_types() -> set[str]:
     """
     global _KNOWN_TYPES
     if _KNOWN_TYPES is None:
-
         found: set[str] = set()
         try:
             spec = find_spec("transformers")

@@ -103,6 +103,8 @@ def check_batch_split(recipe: Recipe, world_size: int, source: str = "recipe",
         return per_device_batch(recipe.training.batch_size, world_size)
     except ValueError as err:
         raise RecipeError(f"{_where(source, lines or {}, ('training', 'batch_size'))}: {err}") from None
+
+
 def _check_lora(recipe: Recipe, source: str, lines: dict) -> None:
     """``model.lora`` needs the ``peft`` package (looked up, not imported: validation stays fast)."""
     if recipe.model.lora is None:
@@ -147,7 +149,6 @@ def _local_file(
 
 def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source: str, lines: dict,
                       notes: list[str]) -> Any:
-
     src = recipe.data.train
     if src.mine is not None:
         _check_mine(recipe, data_dir, method, source, lines)

@@ -306,7 +306,6 @@ def read_hub(
     import datasets
     from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
-
     if not Path(name).exists() and name not in _PACKAGED_DATASETS_MODULES:  # a Hub dataset, not `json` + files
         # One short probe first: offline, datasets would retry for a minute.
         require_hub(f"data.train.hub {name}", "use a local file in data.train.path (a {data_dir} path needs "

@@ -168,7 +168,6 @@ def run_cli(args: argparse.Namespace) -> int:
     if ranking_sets:
         results.update(_score_ranking(model, ranking_sets, args))
     if args.mteb or args.mteb_benchmark or args.as_mteb:
-
         extra = _mteb_ranking_tasks(args) if args.as_mteb else None
         run = run_mteb(
             model, args.mteb, args.mteb_benchmark, extra_tasks=extra, data_dir=args.data_dir, cache_dir=out / "mteb",
@@ -233,7 +232,6 @@ def _score_ranking(model: Any, sets: list[Any], args: argparse.Namespace) -> dic
 
 
 def _mteb_ranking_tasks(args: argparse.Namespace) -> list[Any]:
-
     import_mteb()  # sets mteb's cache folder before the task module imports mteb
     from embedkit.evaluation.mteb_tasks import local_rerank_task, local_retrieval_task
 

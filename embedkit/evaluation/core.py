@@ -77,7 +77,6 @@ def load_stsb_dev(dev: DevSection, data_dir: str | Path | None = None) -> PairSe
             tried.append(f"{path}: not found")
     problem = None
     if dev.hub:
-
         problem = hub_problem(dev.hub)  # one short probe instead of datasets' retries (over a minute offline)
         if problem:
             tried.append(f"hub {dev.hub}: {problem}")

@@ -205,7 +205,6 @@ def build_model_meta(model: SentenceTransformer, name: str, revision: str, *, pa
     import_mteb()
     from mteb.models import ModelMeta, SentenceTransformerEncoderWrapper
 
-
     if "/" not in name:
         raise EmbedkitError(f"--model-name {name!r}: mteb needs 'organization/model_name'")
     recipe = _read_recipe(path)

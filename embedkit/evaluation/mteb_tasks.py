@@ -102,7 +102,6 @@ _RANKING_DESCRIPTION = {
 
 
 def _ranking_metadata(name: str, kind: str, split: str, source: str) -> Any:
-
     rerank = kind == "rerank"
     return TaskMetadata(
         name=name,
@@ -127,7 +126,6 @@ class LocalRankingData:
     files: dict[str, str]
 
     def load_data(self, num_proc: int | None = None, *, timer: Any = None, **kwargs: Any) -> None:
-
         if self.data_loaded:  # type: ignore[attr-defined]
             return
         top_ranked = None
@@ -149,7 +147,6 @@ class LocalRankingData:
 
 
 def _ranking_task(name: str, kind: str, source: str | Path, split: str) -> Any:
-
     cls = type(f"Local{kind.title()}Task", (LocalRankingData, AbsTaskRetrieval), {
         "__doc__": f"A local {kind} task read from {source}.",
         "metadata": _ranking_metadata(name, kind, split, str(source)),

@@ -69,7 +69,6 @@ def evaluate(
     if kw:
         raise EmbedkitError(f"evaluate(suite={suite!r}): unexpected arguments {sorted(kw)}")
 
-
     from embedkit.encoding import check_dim, encode, resolve_autocast, truncate
 
     tasks = ("STSBenchmark",) if suite == "geometry" else sts_suite.TASKS

@@ -207,7 +207,6 @@ class Method:
         """Each ``objective.terms`` entry checked against its term's schema: (key path, message) for an unknown
         term name, (entry path, ``ValidationError`` with ``title_schema`` set to the schema) for bad keys."""
 
-
         out: list[tuple[tuple, Any]] = []
         for i, entry in enumerate(recipe.objective.terms if recipe.objective is not None else []):
             prefix = ("objective", "terms", i)

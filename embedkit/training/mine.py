@@ -226,7 +226,6 @@ def _check_output(output: str) -> Path:
 def _mine(args: argparse.Namespace) -> int:
     output = _check_output(args.output)
     if args.recipe is not None:
-
         recipe, train_data = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir, check_data=False)
         src = recipe.data.train
         settings = _settings(args, src.mine)
@@ -241,7 +240,6 @@ def _mine(args: argparse.Namespace) -> int:
             pairs = read_pairs(path, src.format if src.format in ("rerank", "csv", "tsv", "jsonl") else "auto")
             train_path, fmt = path, ("rerank" if pairs.description.startswith("rerank:") else src.format)
         else:
-
             pairs = read_train_source(src, recipe.method.name, ("anchor", "positive"), ("text", "text"))
             train_path, fmt = None, src.format
         model_name = args.model or recipe.model.name

@@ -67,7 +67,6 @@ def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
     """A ``datasets.Dataset`` whose columns are named after the method's roles (a Hub set is read now)."""
     import datasets
 
-
     if train_data is None:
         train_data = read_train_source(recipe.data.train, recipe.method.name, method_cls.roles(),
                                        method_cls.column_types, method_cls.column_problem)
@@ -351,7 +350,6 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     log(f"model saved to {out} (SentenceTransformer('{out}') loads it)"
         + ("; it replaced the earlier run there" if replaced else ""))
     if recipe.output.push_to_hub:
-
         push(out, recipe.output.push_to_hub, private=recipe.output.private)
     return results
 
@@ -370,7 +368,6 @@ def _lora_output(model: Any, merge: bool) -> None:
         merge_lora(model)
         log("LoRA merged into the encoder's weights (the output loads without peft)")
         return
-
 
     try:
         from transformers.integrations.peft import MIN_PEFT_VERSION

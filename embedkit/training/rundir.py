@@ -245,7 +245,6 @@ def _holder(folder: Path) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
 

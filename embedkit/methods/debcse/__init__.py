@@ -176,7 +176,6 @@ class DebCSE(Method):
 
         p = self.params
         if isinstance(p.remine_every, int) and self.ctx.recipe.training.dataloader_workers > 0:
-
             raise RecipeError(
                 "method.remine_every: re-mining every N steps needs training.dataloader_workers: 0 (worker "
                 "processes hold a copy of the rows); use 'epoch' or set dataloader_workers to 0"

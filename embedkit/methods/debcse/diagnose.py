@@ -32,7 +32,6 @@ JSON_NAME = "diagnose.json"
 
 
 def _texts_of(recipe: Any, train_data: Any, roles: tuple[str, ...], max_samples: int | None) -> dict[str, list]:
-
     if train_data is None:
         method = get_method(recipe.method.name)
         train_data = read_train_source(recipe.data.train, recipe.method.name, roles, method.column_types())
@@ -277,7 +276,6 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
 
 def _batch_stats(rows: Any, batch_size: int, seed: int, margin: float, threshold: float | None, measure: str
                  ) -> dict[str, Any]:
-
     return batch_statistics(rows, batch_size, seed, margin, threshold, measure=measure)  # type: ignore[arg-type]
 
 

@@ -16,7 +16,6 @@ ESIMCSE_CITATION = """@inproceedings{wu2022esimcse,
 }"""
 
 
-
 class ESimCSEParams(MethodParams):
     temperature: float = Field(0.05, gt=0)
     repetition: Literal["subword", "word", "none"] = Field(

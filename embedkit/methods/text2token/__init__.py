@@ -91,7 +91,6 @@ class Text2Token(Method):
         return " unless method.infonce_weight > 0 (two dropout views)"
 
     def _corpus_path(self) -> str | None:
-
         src = self.ctx.recipe.data.train
         if src.path is None:
             return None
@@ -114,7 +113,6 @@ class Text2Token(Method):
         return dataset
 
     def _build_parts(self, texts: list[str]) -> None:
-
         from embedkit.methods.text2token.targets import (
             DataTargets,
             ModelTargets,
@@ -155,7 +153,6 @@ class Text2Token(Method):
         self.parts = (head, data_targets, model_targets)
 
     def _precompute(self, model_targets, texts: list[str], corpus: str | None) -> None:
-
         from embedkit.methods.text2token.targets import cache_locations, corpus_hash
         from embedkit.modeling import weights_hash
 

@@ -74,7 +74,6 @@ def format_views(views: list[TokenView]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-
     if args.top_k <= 0:
         raise EmbedkitError(f"--top-k: expected a positive number, got {args.top_k}")
     if args.temperature is not None and args.temperature <= 0:

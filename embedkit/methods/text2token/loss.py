@@ -153,7 +153,6 @@ def stage_callback(loss: Text2TokenLoss) -> Any:
 
     from transformers import TrainerCallback
 
-
     class StageCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             loss.external_step = True
@@ -161,7 +160,6 @@ def stage_callback(loss: Text2TokenLoss) -> Any:
         def on_step_begin(self, args, state, control, **kwargs):
             loss.step.fill_(state.global_step)
             if state.global_step == loss.stage2_step:
-
                 log(f"text2token: stage 2 (model-derived targets, λ={loss.mixture}) from step {state.global_step}")
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -180,7 +178,6 @@ def stage_callback(loss: Text2TokenLoss) -> Any:
             head = loss.head
             best = state.best_model_checkpoint
             if best:
-
                 try:
                     state_dict, _ = head_state_from_file(best)
                     head.load_state_dict(state_dict, strict=True)

@@ -316,7 +316,6 @@ def _write_atomic(state: dict[str, Tensor], meta: dict[str, str], folders: list[
 
 
 def _read_cache(folders: list[Path], name: str, expect: dict[str, str]) -> tuple[dict[str, Tensor], Path] | None:
-
     for folder in folders:
         file = folder / name
         if not file.is_file():

@@ -47,6 +47,7 @@ logger = get_logger(__name__)
 HeadKind = Literal["auto", "pretrained", "tied"]
 HEAD_FILE = "text2token_head.safetensors"
 
+
 class HeadTransform(nn.Module):
     """The MLM head's transform: ``LayerNorm(act(W h + b))``.
 
@@ -167,7 +168,6 @@ def _safetensors_files(name: str, revision: str | None = None) -> list[Path]:
 
 
 def _read_keys(files: list[Path], wanted: set[str]) -> dict[str, Tensor]:
-
     found: dict[str, Tensor] = {}
     for file in files:
         with safe_open(str(file), framework="pt") as fh:
