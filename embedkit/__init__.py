@@ -9,6 +9,7 @@ Python API::
 from __future__ import annotations
 
 from embedkit.errors import DataError, EmbedkitError, RecipeError
+from embedkit.evaluation import evaluate as _evaluate
 from embedkit.training.run import train as _train
 from embedkit.validate import load_recipe
 from embedkit.version import __version__
@@ -22,7 +23,6 @@ def train(recipe: str, overrides: list[str] | None = None, **kwargs):
 
 def evaluate(model, suite: str = "sts", **kwargs):
     """Evaluate a model (a SentenceTransformer or a path); see :func:`embedkit.evaluation.evaluate`."""
-    from embedkit.evaluation import evaluate as _evaluate
 
     return _evaluate(model, suite=suite, **kwargs)
 

@@ -22,6 +22,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCardData
 
 from embedkit.errors import EmbedkitError
+from embedkit.recipe import METRIC_LABELS
 
 # Protocols embedkit knows how to describe; any other name is shown as given.
 PROTOCOLS = {
@@ -277,10 +278,6 @@ def _mteb_section(results: dict[str, Any]) -> list[str]:
 
 
 # The dev metric's name in the card (a results.json from before data.dev.kind existed is STS-B, Spearman).
-_DEV_METRIC_LABELS = {"spearman": "Spearman", "pearson": "Pearson", "map": "MAP", "mrr@10": "MRR@10",
-                      "ndcg@10": "nDCG@10", "recall@100": "Recall@100"}
-
-
 def _dev_section(results: dict[str, Any]) -> list[str]:
     dev = results.get("dev") if isinstance(results.get("dev"), dict) else {}
     after, before = dev.get("after"), dev.get("before")
@@ -288,14 +285,14 @@ def _dev_section(results: dict[str, Any]) -> list[str]:
         return []
     kind, metric = dev.get("kind", "stsb"), dev.get("metric", "spearman")
     title = "STS-B dev" if kind == "stsb" else f"{dev.get('name', kind)} ({kind} dev set)"
-    label = _DEV_METRIC_LABELS.get(metric, metric)
+    label = METRIC_LABELS.get(metric, metric)
     line = f"{title} (used to select the checkpoint, on {label}): {label} {_fmt(after.get(metric))} after training"
     if kind == "stsb" and metric == "spearman":  # the line STS-B cards have always carried
         line = f"STS-B dev (used to select the checkpoint): Spearman {_fmt(after.get('spearman'))} after training"
     if isinstance(before, dict):
         line += f", {_fmt(before.get(metric))} before"
     lines = [f"### {title}", "", line + "."]
-    others = [f"{_DEV_METRIC_LABELS[m]} {_fmt(after[m])}" for m in _DEV_METRIC_LABELS
+    others = [f"{METRIC_LABELS[m]} {_fmt(after[m])}" for m in METRIC_LABELS
               if m != metric and m in after and kind != "stsb"]
     if others:
         lines += ["", "Its other metrics after training: " + ", ".join(others) + "."]
@@ -309,7 +306,7 @@ def _ranking_section(results: dict[str, Any]) -> list[str]:
         sets = results.get(kind)
         if not isinstance(sets, dict) or not sets:
             continue
-        heads = [_DEV_METRIC_LABELS[m] for m in metrics]
+        heads = [METRIC_LABELS[m] for m in metrics]
         lines += [f"### {'Reranking' if kind == 'rerank' else 'Retrieval'}", "",
                   "| Set | " + " | ".join(heads) + " |", "|:--|" + "--:|" * len(heads)]
         lines += [f"| {name} | " + " | ".join(_fmt(v.get(m)) for m in metrics) + " |"

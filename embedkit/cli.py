@@ -8,6 +8,7 @@ from pathlib import Path
 
 from embedkit.encode import add_cli as add_encode
 from embedkit.errors import EmbedkitError
+from embedkit.evaluation.cli import add_cli as add_eval
 from embedkit.hub import add_cli as add_push
 from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
 from embedkit.methods.text2token.inspect import add_cli as add_inspect
@@ -42,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one static table of commands. Each module below registers the commands it runs
     with ``add_cli``; none of them imports torch or another heavy library at module level, so a bad recipe is
     still reported in well under 3 seconds."""
-    from embedkit.evaluation.cli import add_cli as add_eval
 
     parser = argparse.ArgumentParser(prog="embedkit", description="Train and evaluate sentence embeddings.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,9 +21,6 @@ from embedkit.data.sources import read_local
 from embedkit.errors import EmbedkitError
 from embedkit.model_ref import check_model, embedding_dim, load_model
 from embedkit.paths import atomic_path
-
-if TYPE_CHECKING:
-    pass
 
 
 def read_texts(path: str, fmt: str = "auto", column: str | None = None) -> list[str]:

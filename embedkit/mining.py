@@ -22,6 +22,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from embedkit.encoding import encode
+from embedkit.losses.common import world
+from embedkit.recipe import mine_window
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -50,27 +52,20 @@ def unit_vectors(model: SentenceTransformer, sentences: list[str], batch_size: i
     if not sentences:
         return torch.zeros(0, model.get_embedding_dimension())
     target = mining_device(device) if isinstance(device, str) else device
-    world = _world_size()
-    if world == 1:
+    rank, size = world()
+    if size == 1:
         return torch.from_numpy(encode(model, sentences, batch_size, normalize=True, device=target))
 
-    per = math.ceil(len(sentences) / world)
-    rank = dist.get_rank()
+    per = math.ceil(len(sentences) / size)
     local = torch.from_numpy(encode(model, sentences[rank * per:(rank + 1) * per], batch_size, normalize=True,
                                     device=target))
     # nccl moves CUDA tensors only; gloo CPU ones. Every shard is padded to `per` rows for all_gather.
     comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     padded = torch.zeros(per, local.shape[1], dtype=local.dtype, device=comm)
     padded[: local.shape[0]] = local.to(comm)
-    parts = [torch.empty_like(padded) for _ in range(world)]
+    parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded)
     return torch.cat(parts)[: len(sentences)].cpu()
-
-
-def _world_size() -> int:
-    """Processes in the initialised ``torch.distributed`` group (1 when there is none)."""
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def ensure_process_group() -> bool:
@@ -178,13 +173,6 @@ class HardNegatives:
         return out
 
 
-def window_of(settings: Any) -> tuple[int, int]:
-    """The rank window ``[range_min, range_max)``; ``range_max`` defaults to ``range_min + 10·num_negatives``
-    (room for the filter to drop candidates, as sentence-transformers derives it when a margin is set)."""
-    low = settings.range_min
-    return low, settings.range_max if settings.range_max is not None else low + 10 * settings.num_negatives
-
-
 def mine_negatives(
     model: SentenceTransformer | None, anchors: Sequence[str], positives: Sequence[str], settings: Any,
     corpus: Sequence[str] | None = None, *, encoder: Callable[[list[str]], Tensor] | None = None,
@@ -241,7 +229,7 @@ def select_negatives(
     ``keep`` the rows that got k negatives, ``scores`` their cosines, every row's positive cosine, the cosines
     of the candidates the filter dropped, and the counts."""
     k = settings.num_negatives
-    low, high = window_of(settings)
+    low, high = mine_window(settings)
     n_rows = len(anchor_ids)
     unique, row_anchor = np.unique(anchor_ids, return_inverse=True)  # one search per distinct anchor
     excluded: list[np.ndarray] = []

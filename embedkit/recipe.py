@@ -90,6 +90,14 @@ class ModelSection(Section):
         return value
 
 
+def mine_window(settings: Any) -> tuple[int, int]:
+    """The rank window ``[range_min, range_max)`` of mining settings (a :class:`MineSection` or the CLI's
+    namespace); ``range_max`` defaults to ``range_min + 10·num_negatives`` (room for the filter to drop
+    candidates, as sentence-transformers derives it when a margin is set)."""
+    low = settings.range_min
+    return low, settings.range_max if settings.range_max is not None else low + 10 * settings.num_negatives
+
+
 class MineSection(Section):
     """Hard negatives mined with the starting model before training (:func:`embedkit.mining.mine_negatives`;
     ``embedkit data mine`` takes the same keys). The data gives (anchor, positive) rows; the method receives
@@ -115,7 +123,7 @@ class MineSection(Section):
 
     @model_validator(mode="after")
     def _window(self) -> MineSection:
-        high = self.range_max if self.range_max is not None else self.range_min + 10 * self.num_negatives
+        high = mine_window(self)[1]
         if high <= self.range_min:
             raise ValueError(f"range_max ({high}) must be greater than range_min ({self.range_min})")
         if self.num_negatives > high - self.range_min:
@@ -148,6 +156,9 @@ class TrainSource(Section):
 # The dev metrics each kind of dev set can select checkpoints on; the first is the default.
 DEV_METRICS = {"stsb": ("spearman", "pearson"), "rerank": ("map", "mrr@10"),
                "retrieval": ("ndcg@10", "recall@100", "mrr@10")}
+# How the logs, reports and model cards name each metric.
+METRIC_LABELS = {"spearman": "Spearman", "pearson": "Pearson", "map": "MAP", "mrr@10": "MRR@10",
+                 "ndcg@10": "nDCG@10", "recall@100": "Recall@100"}
 _STSB_DEV = {"path": "{data_dir}/sts/stsbenchmark/sts-dev.csv", "hub": "sentence-transformers/stsb",
              "split": "validation"}
 

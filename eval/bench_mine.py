@@ -162,7 +162,7 @@ def main() -> None:
     if args.trec_rounds:
         trec = read_rerank(Path(args.data_dir, "rerank", "trecqa", "train.csv"))
         anchors, positives = trec.pairs()
-        corpus = [a for q in trec.queries for a in (*q.positives, *q.negatives)]
+        corpus = trec.candidates()
         single = {q.query for q in trec.queries if len(q.positives) == 1}
         report["trecqa"] = bench("trecqa", model, anchors, positives, corpus, args.trec_rounds, args.st_batch_size,
                                  single)

@@ -31,6 +31,7 @@ def test_rerank_merges_a_question_that_recurs(tmp_path):
     got = read_rerank(f)
     assert [(q.query, q.positives, q.negatives) for q in got.queries] == [("q1", ["a"], ["c"]), ("q2", [], ["b"])]
     assert [q.scorable for q in got.queries] == [True, False]
+    assert got.candidates() == ["a", "c", "b"]
 
 
 @pytest.mark.parametrize("text, expected", [

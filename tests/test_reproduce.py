@@ -67,7 +67,7 @@ def test_bert_base_recipes_have_a_target_or_say_why_not():
 
 
 def test_target_tasks_are_the_suite_tasks():
-    from embedkit.evaluation.core import TASKS
+    from embedkit.evaluation import TASKS
 
     assert TARGET_TASKS == TASKS
 

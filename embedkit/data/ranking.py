@@ -52,6 +52,10 @@ class RerankSet:
             positives += q.positives
         return anchors, positives
 
+    def candidates(self) -> list[str]:
+        """Every candidate answer, label 1 and 0, in file order: a mining corpus."""
+        return [a for q in self.queries for a in (*q.positives, *q.negatives)]
+
 
 def _label(text: str, path: Path, lineno: int) -> int:
     if text.strip() not in ("0", "1"):

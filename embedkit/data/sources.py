@@ -236,7 +236,7 @@ def read_corpus(path: str) -> list[str]:
     """Candidate texts for mining: a text file (one a line), a reranking CSV (every answer), or a csv/tsv/jsonl
     file with a ``text`` column (or a single column)."""
     if Path(path).suffix.lower() == ".csv" and is_rerank_file(path):
-        return [a for q in read_rerank(path).queries for a in (*q.positives, *q.negatives)]
+        return read_rerank(path).candidates()
     data = read_local(path, "auto", None, kind="corpus")
     cols = data.columns
     if "text" in cols:

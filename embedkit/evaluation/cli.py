@@ -16,20 +16,8 @@ from typing import Any
 
 from embedkit.data.ranking import RerankSet, read_beir, read_rerank
 from embedkit.errors import EmbedkitError
-from embedkit.evaluation.core import ranking_name
-from embedkit.evaluation.mteb_eval import import_mteb, require_hub_for_mteb, run_mteb
 from embedkit.evaluation.provenance import package_versions
-from embedkit.evaluation.ranking import score_rerank, score_retrieval
-from embedkit.evaluation.report import (
-    geometry_table,
-    mteb_table,
-    ranking_table,
-    render_chart,
-    sts_table,
-    write_json_atomic,
-)
-from embedkit.evaluation.runner import evaluate
-from embedkit.evaluation.sts import LAYOUT, sts_root
+from embedkit.evaluation.ranking import score_set
 from embedkit.log import progress
 from embedkit.model_ref import check_model, embedding_dim, load_model, require_hub
 
@@ -101,6 +89,10 @@ def parse_dims(text: str) -> list[int]:
 
 
 def _check_args(args: argparse.Namespace) -> str:
+    # scipy comes with these (the whole CLI's parser imports this module: keep it light)
+    from embedkit.evaluation.mteb_eval import require_hub_for_mteb
+    from embedkit.evaluation.sts import LAYOUT, sts_root
+
     wants_mteb = bool(args.mteb or args.mteb_benchmark)
     wants_ranking = bool(args.rerank or args.retrieval)
     suite = args.suite or ("none" if wants_mteb or wants_ranking else "sts")
@@ -143,6 +135,17 @@ def run_cli(args: argparse.Namespace) -> int:
     """Run ``embedkit eval``; results.json is written only when everything succeeded."""
     started = time.perf_counter()
     suite = _check_args(args)  # before the imports below (scipy, ~1 s): a bad argument answers at once
+    from embedkit.evaluation.core import ranking_name
+    from embedkit.evaluation.mteb_eval import run_mteb
+    from embedkit.evaluation.report import (
+        geometry_table,
+        mteb_table,
+        ranking_table,
+        render_chart,
+        sts_table,
+        write_json_atomic,
+    )
+    from embedkit.evaluation.runner import evaluate
 
     out = Path(args.output) if args.output else Path("eval-results") / (
         _slug(args.model) + (f"-vs-{_slug(args.compare)}" if args.compare else ""))
@@ -222,16 +225,16 @@ def _score_ranking(model: Any, sets: list[Any], args: argparse.Namespace) -> dic
         check_dim(d, embedding_dim(model), "--dims")
     out: dict[str, Any] = {}
     for data in sets:
-        rerank = isinstance(data, RerankSet)
-        progress(f"{'reranking' if rerank else 'retrieval'}: {data.name}", True)
-        scores = score_rerank(model, data, args.batch_size, args.autocast, dims=dims) if rerank else \
-            score_retrieval(model, data, args.batch_size, args.autocast, dims=dims)
+        progress(f"{'reranking' if isinstance(data, RerankSet) else 'retrieval'}: {data.name}", True)
+        kind, scores = score_set(model, data, args.batch_size, args.autocast, dims=dims)
         scores["files"] = data.files
-        out.setdefault("rerank" if rerank else "retrieval", {})[data.name] = scores
+        out.setdefault(kind, {})[data.name] = scores
     return out
 
 
 def _mteb_ranking_tasks(args: argparse.Namespace) -> list[Any]:
+    from embedkit.evaluation.mteb_eval import import_mteb
+
     import_mteb()  # sets mteb's cache folder before the task module imports mteb
     from embedkit.evaluation.mteb_tasks import local_rerank_task, local_retrieval_task
 

@@ -18,15 +18,12 @@ from embedkit.data.sts import PairSet, read_stsb
 from embedkit.errors import DataError
 from embedkit.evaluation.ranking import score_rerank, score_retrieval
 from embedkit.model_ref import hub_problem
+from embedkit.recipe import METRIC_LABELS
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from embedkit.recipe import DevSection
-
-
-# The STS suite's tasks, in the order of every table (SentEval's "all" setting, then STS-B and SICK-R test).
-TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R")
 
 
 def unit_table(model: SentenceTransformer, sentences: list[str], batch_size: int = 128,
@@ -98,8 +95,6 @@ def load_stsb_dev(dev: DevSection, data_dir: str | Path | None = None) -> PairSe
 
 
 # How each dev metric is written in logs and the model card.
-METRIC_LABELS = {"spearman": "Spearman", "pearson": "Pearson", "map": "MAP", "mrr@10": "MRR@10",
-                 "ndcg@10": "nDCG@10", "recall@100": "Recall@100"}
 
 
 @dataclass

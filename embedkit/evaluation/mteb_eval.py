@@ -29,11 +29,11 @@ import yaml
 
 from embedkit import paths
 from embedkit.errors import DataError, EmbedkitError
-from embedkit.evaluation.core import TASKS
 from embedkit.evaluation.provenance import model_info, package_versions
 from embedkit.evaluation.sts import SOURCES, sts_root
 from embedkit.log import progress as progress_line
 from embedkit.model_ref import embedding_dim, load_model, require_hub
+from embedkit.recipe import TARGET_TASKS as TASKS
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

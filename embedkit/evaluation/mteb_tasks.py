@@ -22,9 +22,10 @@ from mteb.abstasks.task_metadata import TaskMetadata
 
 from embedkit.data.ranking import read_beir, read_rerank
 from embedkit.data.sts import PairSet
-from embedkit.evaluation.core import TASKS, ranking_name
+from embedkit.evaluation.core import ranking_name
 from embedkit.evaluation.ranking import rerank_layout
 from embedkit.evaluation.sts import load_local
+from embedkit.recipe import TARGET_TASKS as TASKS
 
 LOCAL_TASKS = TASKS
 # SentEval's SICK-R (test split only) under its own name, so it can never be mistaken for mteb's SICK-R

@@ -189,3 +189,12 @@ def score_retrieval(model: SentenceTransformer, data: BeirSet, batch_size: int =
     out = _at_dims(score, q_raw, d_raw, dims)
     out.update(queries=len(qids), documents=len(dids), seconds=round(time.perf_counter() - started, 2))
     return out
+
+
+def score_set(model: SentenceTransformer, data: RerankSet | BeirSet, batch_size: int = 128,
+              autocast: str | None = None, dims: list[int] | None = None) -> tuple[str, dict[str, Any]]:
+    """``("rerank", score_rerank(...))`` for a reranking set, ``("retrieval", score_retrieval(...))`` for a BEIR
+    set: the kind is the key its scores go under in ``results.json``."""
+    if isinstance(data, RerankSet):
+        return "rerank", score_rerank(model, data, batch_size, autocast, dims=dims)
+    return "retrieval", score_retrieval(model, data, batch_size, autocast, dims=dims)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +17,6 @@ from embedkit.evaluation.mteb_eval import run_mteb
 from embedkit.evaluation.provenance import model_info, package_versions
 from embedkit.log import progress as progress_line
 from embedkit.model_ref import embedding_dim, load_model
-
-if TYPE_CHECKING:
-    pass
 
 SUITES = ("sts", "geometry", "mteb")
 

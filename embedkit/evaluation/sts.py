@@ -22,12 +22,10 @@ import numpy as np
 from embedkit import paths
 from embedkit.data.sts import PairSet, read_sick, read_sts_year, read_stsb
 from embedkit.errors import DataError
-from embedkit.evaluation.core import (
-    TASKS,  # the one list
-    pair_cosines,
-)
 from embedkit.evaluation.core import correlations as _correlations
+from embedkit.evaluation.core import pair_cosines
 from embedkit.model_ref import require_hub
+from embedkit.recipe import TARGET_TASKS as TASKS  # the one list
 
 PROTOCOL = "senteval-sts-all"
 SETTINGS = ("wmean", "mean")

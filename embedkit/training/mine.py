@@ -26,7 +26,7 @@ from embedkit.errors import DataError, EmbedkitError, RecipeError
 from embedkit.log import is_main_process, log
 from embedkit.model_ref import check_model, load_model
 from embedkit.paths import atomic_path, expand, resolve_data_dir
-from embedkit.recipe import MineSection, Recipe
+from embedkit.recipe import MineSection, Recipe, mine_window
 from embedkit.validate import load_recipe
 
 MINED_DIR = "mined"  # inside a run's output folder
@@ -47,7 +47,7 @@ def corpus_texts(settings: MineSection, train_path: str | None, train_format: st
     if settings.corpus is not None:
         texts += read_corpus(expand(settings.corpus, data_dir))
     if train_path is not None and train_format == "rerank" and settings.candidates is not False:
-        texts += [a for q in read_rerank(train_path).queries for a in (*q.positives, *q.negatives)]
+        texts += read_rerank(train_path).candidates()
     return texts or None
 
 
@@ -122,7 +122,7 @@ def title_of(model_name: str, s: MineSection, rows: int, rows_in: int) -> str:
         filt.append(f"max_score_ratio {s.max_score_ratio}")
     if s.margin is not None:
         filt.append(f"margin {s.margin}")
-    high = s.range_max if s.range_max is not None else s.range_min + 10 * s.num_negatives
+    high = mine_window(s)[1]
     return (f"hard negatives mined with {model_name}\nk={s.num_negatives}, ranks [{s.range_min}, {high}), "
             f"{', '.join(filt) or 'no false-negative filter'}, {s.sampling_strategy} (seed {s.seed}); "
             f"{rows}/{rows_in} rows kept")

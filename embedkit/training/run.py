@@ -23,15 +23,17 @@ from typing import Any
 import yaml
 from packaging.version import Version
 
-from embedkit.data.ranking import RerankSet
 from embedkit.data.sources import read_train_source
 from embedkit.errors import RecipeError
+from embedkit.evaluation import evaluate
+from embedkit.evaluation.provenance import package_versions
+from embedkit.evaluation.ranking import score_set
 from embedkit.hub import push
 from embedkit.log import is_main_process, log
 from embedkit.methods import get_method
 from embedkit.methods.base import TrainContext
 from embedkit.paths import atomic_path
-from embedkit.recipe import Recipe, recipe_to_yaml
+from embedkit.recipe import METRIC_LABELS, Recipe, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
 from embedkit.training.mine import mine_for_training
 from embedkit.training.rundir import CHECKPOINTS, RESULTS, RunFolder
@@ -199,7 +201,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     from sentence_transformers.training_args import BatchSamplers
 
     from embedkit.data.samplers import LengthGroupedBatchSampler
-    from embedkit.evaluation.core import METRIC_LABELS, load_dev, load_ranking, make_dev_evaluator, score_dev
+    from embedkit.evaluation.core import load_dev, load_ranking, make_dev_evaluator, score_dev
     from embedkit.modeling import build_model
     from embedkit.training.trainer import EmbedkitTrainer, load_method_state
 
@@ -235,7 +237,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives else ""))
 
     results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {},
-                               "train": batch_record(global_batch, world_size)}
+                               "train": batch_record(global_batch, per_device, world_size)}
     if dev_pairs is not None:
         results["dev"].update(kind=dev_pairs.kind, name=dev_pairs.name, metric=dev_pairs.metric)
     if dev_pairs is not None and recipe.eval.before and checkpoint is None:
@@ -299,7 +301,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
 
 def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) -> dict[str, Any]:
     """Final evaluation, the model and ``results.json`` (last), the swap of an ``--overwrite``, the push."""
-    from embedkit.evaluation.core import METRIC_LABELS, score_dev
+    from embedkit.evaluation.core import score_dev
     from embedkit.modeling import parameter_counts
 
     recipe, trainer, results = run.recipe, run.trainer, run.results
@@ -308,7 +310,7 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
         "global_step": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_dev_spearman": trainer.state.best_metric
-        if run.dev_pairs is not None and run.dev_pairs.metric_key == "eval_stsb-dev_spearman" else None,
+        if run.dev_pairs is not None and (run.dev_pairs.kind, run.dev_pairs.metric) == ("stsb", "spearman") else None,
         "best_dev": {"metric": run.dev_pairs.metric_key, "value": trainer.state.best_metric}
         if run.dev_pairs is not None else None,
         "precision": run.precision,
@@ -321,19 +323,13 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
         results["dev"]["after"] = after
         _report_dev(results["dev"], run.dev_pairs)
     if run.final_sets:
-        from embedkit.evaluation.ranking import score_rerank, score_retrieval
-
         for data in run.final_sets:
-            rerank = isinstance(data, RerankSet)
-            scores = score_rerank(model, data) if rerank else score_retrieval(model, data)
-            results.setdefault("rerank" if rerank else "retrieval", {})[data.name] = scores
+            kind, scores = score_set(model, data)
+            results.setdefault(kind, {})[data.name] = scores
             log(f"{data.name}: " + ", ".join(f"{label} {scores[m]:.2f}" for m, label in METRIC_LABELS.items()
                                              if m in scores))
     if recipe.eval.suite == "sts":
-        from embedkit.evaluation import evaluate
-
         results["sts"] = evaluate(model, suite="sts", data_dir=data_dir)
-    from embedkit.evaluation.provenance import package_versions
 
     results.update({
         "method": {"name": recipe.method.name, "paper": run.method_cls.paper, "citation": run.method_cls.citation},
@@ -354,10 +350,9 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     return results
 
 
-def batch_record(global_batch: int, world_size: int) -> dict[str, int]:
+def batch_record(global_batch: int, per_device: int, world_size: int) -> dict[str, int]:
     """What ``results.json`` (``train``) and the model card record about the batch."""
-    return {"world_size": world_size, "global_batch_size": global_batch,
-            "per_device_batch_size": global_batch // world_size}
+    return {"world_size": world_size, "global_batch_size": global_batch, "per_device_batch_size": per_device}
 
 
 def _lora_output(model: Any, merge: bool) -> None:
@@ -390,8 +385,6 @@ def _has_accelerator() -> bool:
 
 
 def _report_dev(dev: dict[str, Any], dev_set: Any) -> None:
-    from embedkit.evaluation.core import METRIC_LABELS
-
     metric, label = dev_set.metric, dev_set.label
     what = "" if metric == "spearman" else f" {METRIC_LABELS[metric]}"  # STS-B's line stays as it always was
     after = dev["after"][metric]
