@@ -232,10 +232,10 @@ def select_negatives(
     low, high = mine_window(settings)
     n_rows = len(anchor_ids)
     unique, row_anchor = np.unique(anchor_ids, return_inverse=True)  # one search per distinct anchor
-    excluded: list[np.ndarray] = []
-    for a in range(len(unique)):
-        labelled = np.unique(np.append(positive_ids[row_anchor == a], unique[a]))
-        excluded.append(labelled)
+    # Each anchor's labelled positives and its own text, grouped in one pass (a mask per anchor is anchors × rows).
+    order = np.argsort(row_anchor, kind="stable")
+    groups = np.split(np.asarray(positive_ids)[order], np.cumsum(np.bincount(row_anchor, minlength=len(unique)))[:-1])
+    excluded = [np.unique(np.append(group, unique[a])) for a, group in enumerate(groups)]
     in_pool = np.zeros(len(vectors), dtype=bool)
     in_pool[pool] = True
     room = max(int(in_pool[e].sum()) for e in excluded)  # positives may take places in the top: search past them
