@@ -10,6 +10,7 @@ from embedkit.encode import add_cli as add_encode
 from embedkit.errors import EmbedkitError
 from embedkit.evaluation.cli import add_cli as add_eval
 from embedkit.hub import add_cli as add_push
+from embedkit.merging import add_cli as add_merge
 from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
 from embedkit.methods.text2token.inspect import add_cli as add_inspect
 from embedkit.recipe import list_recipes
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)       # eval
     add_encode(sub)     # encode
     add_push(sub)       # push
+    add_merge(sub)      # merge (model soups, task arithmetic, delta-guided fusion)
     add_inspect(sub)    # inspect (Text2Token's vocabulary head, any BERT-like model)
     data = sub.add_parser("data", help="inspect training data").add_subparsers(dest="data_command", required=True)
     add_diagnose(data)  # data diagnose (DebCSE's pair statistics, any recipe)

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "embedkit"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("embedkit.errors", "embedkit.paths", "embedkit.log", "embedkit.version")),
     ("recipe and data", ("embedkit.recipe", "embedkit.data", "embedkit.model_ref")),
-    ("models and encoding", ("embedkit.modeling", "embedkit.modules", "embedkit.encoding", "embedkit.augment")),
+    ("models and encoding", ("embedkit.modeling", "embedkit.modules", "embedkit.encoding", "embedkit.augment",
+                             "embedkit.merging")),
     ("shared loss machinery", ("embedkit.losses", "embedkit.mining")),
     ("methods and validation", ("embedkit.methods", "embedkit.validate")),  # validation needs the method registry
     ("evaluation", ("embedkit.evaluation",)),

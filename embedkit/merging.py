@@ -1,0 +1,489 @@
+"""``embedkit merge``: one model from two or more models that share an architecture, by a rule over their weights.
+
+Three rules, applied tensor by tensor to the models' state dicts (θ₁ … θₙ; ``base`` is the shared starting point
+b, e.g. the pretrained model every input was fine-tuned from):
+
+* ``average`` (model soups, Wortsman et al. 2022, "Model soups: averaging weights of multiple fine-tuned models
+  improves accuracy without increasing inference time"): θ = Σᵢ wᵢ θᵢ with wᵢ ≥ 0 normalised to Σ wᵢ = 1
+  (uniform 1/n unless given).
+* ``task-arithmetic`` (Ilharco et al. 2023, "Editing models with task arithmetic"): θ = b + Σᵢ λᵢ (θᵢ − b), one λ
+  for every model or one per model (default λᵢ = 1/n: the mean task vector).
+* ``delta`` (delta-guided fusion in the spirit of CoDiEmb, Zhang et al. 2025; *our reading*: the paper's abstract
+  says the merging weights are fine-grained and come from each parameter's deviation from its pretrained
+  initialisation, we could not verify its exact formula). With δᵢ = θᵢ − b and mᵢ = |δᵢ| per element
+  (``granularity="element"``, the default) or mᵢ = ‖δᵢ‖₂ per tensor (``granularity="tensor"``):
+
+      wᵢ = mᵢ / Σⱼ mⱼ,   θ = b + Σᵢ wᵢ δᵢ  (= Σᵢ wᵢ θᵢ, a soup whose weights are how far each model moved)
+
+  and θ = b exactly wherever Σⱼ mⱼ = 0 (no model moved that element or tensor: no 0/0).
+
+Every rule is computed in float64 and cast back once to the first model's dtype, so rounding in the sum does not
+show: merging two copies of one model returns it bit for bit, and λ = 0 returns the base bit for bit. Tensors that
+are not floating point (integer buffers such as ``position_ids``) are copied from the first model.
+
+The output is the first model's sentence-transformers folder (its modules, pooling and tokenizer) with the
+merged weights (safetensors), a model card (README.md) and ``merge.json``; it is written in a staging folder beside
+the output and renamed into place, so a failed merge leaves nothing half-written.
+
+This module stays import-light (the CLI parser imports it): torch and sentence-transformers load inside the
+functions that merge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from embedkit.errors import EmbedkitError
+from embedkit.log import log
+from embedkit.model_ref import check_model, is_hub_id, load_model, packaged_model_id
+from embedkit.version import __version__
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from torch import Tensor
+
+METHODS = ("average", "task-arithmetic", "delta")
+GRANULARITIES = ("element", "tensor")
+PAPERS = {
+    "average": "Wortsman et al. 2022, Model soups (arXiv:2203.05482)",
+    "task-arithmetic": "Ilharco et al. 2023, Editing models with task arithmetic (arXiv:2212.04089)",
+    "delta": "delta-guided fusion after Zhang et al. 2025, CoDiEmb (arXiv:2508.11442); our reading",
+}
+
+
+class MergeError(EmbedkitError):
+    """Models that cannot be merged: too few, mismatched architectures or tokenizers, bad weights."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Arguments (torch-free: every refusal here is answered before a model loads)
+
+
+def _finite(values: Sequence[float], what: str) -> list[float]:
+    out = [float(v) for v in values]
+    bad = [v for v in out if not math.isfinite(v)]
+    if bad:
+        raise MergeError(f"{what}: expected finite numbers, got {bad[0]}")
+    return out
+
+
+def coefficients(method: str, n_models: int, *, base: str | None = None, weights: Sequence[float] | None = None,
+                 lambdas: Sequence[float] | None = None, granularity: str = "element") -> list[float] | None:
+    """Check the method's arguments; returns the per-model coefficients (the normalised soup weights, or the
+    λᵢ), or ``None`` for ``delta`` (its weights come from the tensors). Raises :class:`MergeError`, one line."""
+    if method not in METHODS:
+        raise MergeError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if n_models < 2:
+        raise MergeError(f"merge: expected 2 or more models, got {n_models}")
+    if method == "average" and base is not None:
+        raise MergeError("--base: average does not use a base model (task-arithmetic and delta do)")
+    if method != "average" and base is None:
+        raise MergeError(f"--method {method}: needs --base BASE, the model every input was fine-tuned from")
+    if weights is not None and method != "average":
+        raise MergeError(f"--weights: only average takes weights ({method} does not; task-arithmetic takes "
+                         "--lambdas)")
+    if lambdas is not None and method != "task-arithmetic":
+        raise MergeError(f"--lambdas: only task-arithmetic takes λ ({method} does not)")
+    if granularity not in GRANULARITIES:
+        raise MergeError(f"--granularity {granularity!r}: expected one of {', '.join(GRANULARITIES)}")
+    if granularity != "element" and method != "delta":
+        raise MergeError(f"--granularity: only delta has a granularity ({method} does not)")
+    if method == "average":
+        if weights is None:
+            return [1.0 / n_models] * n_models
+        w = _finite(weights, "--weights")
+        if len(w) != n_models:
+            raise MergeError(f"--weights: {len(w)} given for {n_models} models; expected one per model")
+        if any(v < 0 for v in w) or sum(w) <= 0:
+            raise MergeError(f"--weights {w}: expected non-negative weights with a positive sum")
+        total = sum(w)
+        return [v / total for v in w]
+    if method == "task-arithmetic":
+        if lambdas is None:
+            return [1.0 / n_models] * n_models
+        lam = _finite(lambdas, "--lambdas")
+        if len(lam) == 1:
+            return lam * n_models
+        if len(lam) != n_models:
+            raise MergeError(f"--lambdas: {len(lam)} given for {n_models} models; expected one λ, or one per model")
+        return lam
+    return None
+
+
+def check_output(output: str | os.PathLike, overwrite: bool, inputs: Sequence[str] = ()) -> Path:
+    """The output folder, refused when it would replace something by accident (or one of the inputs)."""
+    out = Path(output).expanduser()
+    resolved = out.resolve()
+    for ref in inputs:
+        if Path(ref).expanduser().exists() and Path(ref).expanduser().resolve() == resolved:
+            raise MergeError(f"-o {output}: is the input {ref}; write the merge to a new folder")
+    if out.exists():
+        if not out.is_dir():
+            raise MergeError(f"-o {output}: exists and is a file; expected a folder for the merged model")
+        if not overwrite:
+            raise MergeError(f"-o {output}: already exists; pass --overwrite to replace it")
+        if any(out.iterdir()) and not ((out / "modules.json").exists() or (out / "config.json").exists()):
+            raise MergeError(f"-o {output}: exists and holds no model (no modules.json or config.json); "
+                             "--overwrite replaces only a model folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MergeError(f"-o {output}: {parent} is a file, not a folder")
+            break
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The rules
+
+
+@dataclass
+class DeltaStats:
+    """Per-model share of the delta rule's weight: Σ wᵢ over the moved float elements, and how many moved."""
+
+    weight_sums: list[float] = field(default_factory=list)
+    moved: int = 0
+    total: int = 0
+
+    def add(self, weight_sums: Sequence[float], moved: int, total: int) -> None:
+        self.weight_sums = [a + b for a, b in zip(self.weight_sums, weight_sums)] if self.weight_sums \
+            else list(weight_sums)
+        self.moved += moved
+        self.total += total
+
+    def mean_weights(self) -> list[float | None]:
+        """Each model's mean wᵢ over the elements some model moved; ``None`` when no element moved."""
+        return [s / self.moved if self.moved else None for s in self.weight_sums]
+
+
+def merge_tensor(method: str, tensors: Sequence[Tensor], base: Tensor | None = None,
+                 coeffs: Sequence[float] | None = None, granularity: str = "element",
+                 stats: DeltaStats | None = None) -> Tensor:
+    """One merged tensor by ``method`` (see the module docstring for each rule), in float64, cast back to the
+    first tensor's dtype; a non-floating tensor is the first one, unchanged."""
+    import torch
+
+    first = tensors[0]
+    if not first.is_floating_point():
+        return first.clone()
+    # In-place float64 accumulators: a MiniLM-sized state dict has tensors of 12M elements, and every temporary
+    # costs an allocation. torch.sub(θ, b) with a float64 b computes θ − b in float64 without copying θ first.
+    f64 = torch.float64
+    if method == "average":
+        assert coeffs is not None
+        out = torch.zeros(first.shape, dtype=f64)
+        for c, t in zip(coeffs, tensors):
+            out.add_(t.detach(), alpha=c)
+        return out.to(first.dtype)
+    if method not in ("task-arithmetic", "delta"):
+        raise MergeError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+    assert base is not None
+    b = base.detach().to(f64)
+    out = b.clone()
+    if method == "task-arithmetic":
+        assert coeffs is not None
+        for c, t in zip(coeffs, tensors):
+            out.add_(torch.sub(t.detach(), b), alpha=c)
+        return out.to(first.dtype)
+    deltas = [torch.sub(t.detach(), b) for t in tensors]
+    if granularity == "tensor":
+        norms = [float(torch.linalg.vector_norm(d)) for d in deltas]
+        total = sum(norms)
+        weights = [n / total if total > 0 else 0.0 for n in norms]
+        for w, d in zip(weights, deltas):
+            out.add_(d, alpha=w)
+        if stats is not None:
+            stats.add([w * first.numel() for w in weights], first.numel() if total > 0 else 0, first.numel())
+        return (out if total > 0 else b).to(first.dtype)
+    moves = [d.abs() for d in deltas]
+    total = moves[0].clone()
+    for m in moves[1:]:
+        total.add_(m)
+    moved = total > 0
+    total.masked_fill_(~moved, 1.0)  # no 0/0: where nobody moved, every wᵢ = 0/1 and the base is kept below
+    sums = []
+    for m, d in zip(moves, deltas):
+        w = m.div_(total)  # wᵢ, in the buffer of |δᵢ|
+        sums.append(float(w.sum()))
+        out.addcmul_(w, d)
+    if stats is not None:
+        stats.add(sums, int(moved.sum()), moved.numel())
+    return torch.where(moved, out, b).to(first.dtype)
+
+
+def merge_state_dicts(states: Sequence[dict[str, Tensor]], method: str, *, base: dict[str, Tensor] | None = None,
+                      coeffs: Sequence[float] | None = None, granularity: str = "element",
+                      stats: DeltaStats | None = None) -> dict[str, Tensor]:
+    """Every tensor of ``states[0]`` merged by :func:`merge_tensor` (the state dicts are checked alike before)."""
+    return {name: merge_tensor(method, [s[name] for s in states], base[name] if base is not None else None,
+                               coeffs, granularity, stats)
+            for name in states[0]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compatibility
+
+
+def _stack(model: SentenceTransformer) -> list[str]:
+    return [type(m).__name__ for m in model]
+
+
+def _module_config(module: Any) -> dict[str, Any]:
+    get = getattr(module, "get_config_dict", None)
+    return dict(get()) if callable(get) else {}
+
+
+def _names(keys: Sequence[str], limit: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_state_dicts(ref: dict[str, Tensor], other: dict[str, Tensor], name: str, ref_name: str) -> None:
+    """Same parameter names and shapes as the reference model, else one line naming ``name``."""
+    missing, extra = set(ref) - set(other), set(other) - set(ref)
+    if missing or extra:
+        parts = ([f"lacks {_names(list(missing))}"] if missing else []) + (
+            [f"has extra {_names(list(extra))}"] if extra else [])
+        raise MergeError(f"{name}: a different architecture from {ref_name} (parameter names differ: "
+                         f"{'; '.join(parts)})")
+    for key, tensor in ref.items():
+        if tuple(other[key].shape) != tuple(tensor.shape):
+            raise MergeError(f"{name}: a different architecture from {ref_name} ({key} has shape "
+                             f"{tuple(other[key].shape)}, expected {tuple(tensor.shape)})")
+        if other[key].is_floating_point() != tensor.is_floating_point():
+            raise MergeError(f"{name}: {key} is {other[key].dtype}, {ref_name} has {tensor.dtype}")
+
+
+def check_modules(ref: SentenceTransformer, other: SentenceTransformer, name: str, ref_name: str) -> None:
+    """Same module stack (Transformer, Pooling, ...) with the same settings (pooling mode, dimensions) and the
+    same transformer ``model_type``."""
+    if _stack(other) != _stack(ref):
+        raise MergeError(f"{name}: module stack {' -> '.join(_stack(other))} differs from {ref_name}'s "
+                         f"{' -> '.join(_stack(ref))}")
+    for i, (a, b) in enumerate(zip(ref, other)):
+        if hasattr(a, "auto_model"):
+            ta = getattr(a.auto_model.config, "model_type", None)
+            tb = getattr(b.auto_model.config, "model_type", None)
+            if ta != tb:
+                raise MergeError(f"{name}: module {i} is a {tb} model, {ref_name}'s is {ta}")
+            continue  # the transformer's other settings are its tensors' names and shapes, checked apart
+        ca, cb = _module_config(a), _module_config(b)
+        diff = sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
+        if diff:
+            key = diff[0]
+            raise MergeError(f"{name}: module {i} ({type(b).__name__}) has {key}={cb.get(key)!r}, {ref_name}'s "
+                             f"has {ca.get(key)!r}")
+
+
+def check_tokenizers(ref: SentenceTransformer, other: SentenceTransformer, name: str, ref_name: str) -> None:
+    """The same vocabulary (token → id), so that every embedding row means the same token in each model."""
+    va = ref.tokenizer.get_vocab() if ref.tokenizer is not None else {}
+    vb = other.tokenizer.get_vocab() if other.tokenizer is not None else {}
+    if va == vb:
+        return
+    if len(va) != len(vb):
+        raise MergeError(f"{name}: tokenizer vocabulary has {len(vb)} tokens, {ref_name}'s has {len(va)}; "
+                         "models with different tokenizers cannot be merged")
+    differ = sorted(t for t in set(va) | set(vb) if va.get(t) != vb.get(t))
+    raise MergeError(f"{name}: tokenizer vocabulary differs from {ref_name}'s ({len(differ)} tokens, e.g. "
+                     f"{differ[0]!r}, map to different ids); models with different tokenizers cannot be merged")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Card and output
+
+
+def display_name(ref: str) -> str:
+    """How an input is named in the card: its Hub id, or the path with the home folder as ``~``."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        hub = packaged_model_id(path)
+        if hub:
+            return hub
+        text, home = str(path.resolve()), str(Path.home())
+        return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home + os.sep) else text
+    return ref
+
+
+def _weight(value: float | None) -> str:
+    return "— (no element moved)" if value is None else f"{value:.6g}"
+
+
+def model_card(record: dict[str, Any]) -> ModelCard:
+    """A small model card: front matter (huggingface_hub's ModelCardData) and a table of inputs and weights."""
+    hub_ids = list(dict.fromkeys(m["name"] for m in record["models"] + [record.get("base") or {"name": ""}]
+                                 if is_hub_id(m["name"]) and not Path(m["name"]).exists()))
+    data = ModelCardData(library_name="sentence-transformers", pipeline_tag="sentence-similarity",
+                         tags=["sentence-transformers", "merge", f"merge-{record['method']}", "embedkit"],
+                         base_model=hub_ids or None)
+    method = record["method"]
+    col = {"average": "weight wᵢ", "task-arithmetic": "λᵢ",
+           "delta": "mean merging weight wᵢ (moved elements)"}[method]
+    rows = [f"| {i + 1} | `{m['name']}` | {_weight(m['weight'])} | `{m['sha256'][:16]}` |"
+            for i, m in enumerate(record["models"])]
+    lines = [
+        f"# {record['output_name']}", "",
+        f"A merge of {len(record['models'])} sentence-transformers models by `embedkit merge --method {method}` "
+        f"(embedkit {record['embedkit']}): {PAPERS[method]}.", "",
+        f"Rule: {record['rule']}", "",
+        f"| # | input | {col} | weights SHA-256 |", "|---|---|---|---|", *rows, "",
+    ]
+    if record.get("base"):
+        lines += [f"Base: `{record['base']['name']}` (weights SHA-256 `{record['base']['sha256'][:16]}`).", ""]
+    if method == "delta":
+        lines += [f"Elements no model moved from the base (kept as the base): "
+                  f"{record['unmoved_elements']} of {record['float_elements']}.", ""]
+    lines += ["Modules, pooling and tokenizer are those of the first input; non-floating buffers are copied from it.",
+              "", "```python", "from sentence_transformers import SentenceTransformer", "",
+              "model = SentenceTransformer(\"path/to/this/folder\")", "```", ""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+RULES = {
+    "average": "θ = Σᵢ wᵢ θᵢ, Σᵢ wᵢ = 1",
+    "task-arithmetic": "θ = b + Σᵢ λᵢ (θᵢ − b)",
+    "delta": "δᵢ = θᵢ − b, mᵢ = {m}, wᵢ = mᵢ / Σⱼ mⱼ, θ = b + Σᵢ wᵢ δᵢ; θ = b where Σⱼ mⱼ = 0",
+}
+
+
+def _rule(method: str, granularity: str) -> str:
+    m = "|δᵢ| per element" if granularity == "element" else "‖δᵢ‖₂ per tensor"
+    return RULES[method].format(m=m)
+
+
+def write_model(model: SentenceTransformer, out: Path, card: ModelCard, record: dict[str, Any],
+                overwrite: bool) -> None:
+    """Save ``model`` with its card and record in a staging folder beside ``out``, then rename it into place
+    (an existing ``out`` is moved aside first and removed only once the new folder is in place)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.merge-{os.getpid()}"
+    old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save(str(staging), create_model_card=False)
+        card.save(str(staging / "README.md"))
+        (staging / "merge.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
+                                            encoding="utf-8")
+        if out.exists():
+            if not overwrite:  # appeared while merging
+                raise MergeError(f"-o {out}: already exists; pass --overwrite to replace it")
+            os.replace(out, old)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The API
+
+
+def merge(models: Sequence[str], method: str = "average", *, base: str | None = None,
+          weights: Sequence[float] | None = None, lambdas: Sequence[float] | None = None,
+          granularity: str = "element", output: str | os.PathLike | None = None,
+          overwrite: bool = False) -> SentenceTransformer:
+    """Merge ``models`` (local sentence-transformers folders, packaged models or Hub ids) by ``method``.
+
+    ``weights``: average's per-model weights (normalised to sum 1; default uniform). ``lambdas``:
+    task-arithmetic's λ, one for all or one per model (default 1/n). ``base``: the shared starting model
+    (task-arithmetic, delta). ``granularity``: delta's weights per ``element`` or per ``tensor``. Returns the
+    merged model (the first input's modules with the merged weights); with ``output`` also writes it there as a
+    sentence-transformers folder with a model card. Raises :class:`MergeError` (one line) for inputs that cannot
+    be merged.
+    """
+    models = [str(m) for m in models]
+    coeffs = coefficients(method, len(models), base=base, weights=weights, lambdas=lambdas,
+                          granularity=granularity)
+    refs = models + ([str(base)] if base is not None else [])
+    out = check_output(output, overwrite, refs) if output is not None else None
+    for i, ref in enumerate(refs):  # one line for a missing folder or an unreachable Hub, before torch loads
+        check_model(ref, what="base" if i == len(models) else f"model {ref}", trust_flag=None)
+
+    from embedkit.modeling import tensors_digest  # torch
+
+    loaded = [load_model(ref, device="cpu")[0] for ref in models]
+    states = [m.state_dict() for m in loaded]
+    for model, state, name in zip(loaded[1:], states[1:], models[1:]):
+        check_state_dicts(states[0], state, name, models[0])
+        check_modules(loaded[0], model, name, models[0])
+        check_tokenizers(loaded[0], model, name, models[0])
+    base_state = None
+    if base is not None:
+        base_model = load_model(base, device="cpu")[0]
+        base_state = base_model.state_dict()
+        check_state_dicts(states[0], base_state, f"base {base}", models[0])
+        check_tokenizers(loaded[0], base_model, f"base {base}", models[0])
+    digests = [tensors_digest(s) for s in states]
+    start = time.perf_counter()
+    stats = DeltaStats() if method == "delta" else None
+    merged = merge_state_dicts(states, method, base=base_state, coeffs=coeffs, granularity=granularity,
+                               stats=stats)
+    result = loaded[0]
+    result.load_state_dict(merged)
+    shown = stats.mean_weights() if stats is not None else list(coeffs or [])
+    log(f"merged {len(models)} models by {method} in {time.perf_counter() - start:.1f} s (after loading them)")
+    if out is None:
+        return result
+    record: dict[str, Any] = {
+        "embedkit": __version__, "method": method, "rule": _rule(method, granularity),
+        "output_name": out.name,
+        "models": [{"name": display_name(ref), "weight": w, "sha256": d} for ref, w, d in zip(models, shown, digests)],
+    }
+    if method == "delta":
+        record["granularity"] = granularity
+        record["float_elements"] = stats.total
+        record["unmoved_elements"] = stats.total - stats.moved
+    if base_state is not None:
+        record["base"] = {"name": display_name(str(base)), "sha256": tensors_digest(base_state)}
+    write_model(result, out, model_card(record), record, overwrite)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    merge(args.models, args.method, base=args.base, weights=args.weights, lambdas=args.lambdas,
+          granularity=args.granularity, output=args.output, overwrite=args.overwrite)
+    record = json.loads((Path(args.output).expanduser() / "merge.json").read_text(encoding="utf-8"))
+    weights = ", ".join("n/a" if m["weight"] is None else f"{m['weight']:.4g}" for m in record["models"])
+    print(f"{args.output}: {len(args.models)} models merged by {args.method} (weights {weights})")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``embedkit merge MODEL MODEL [...] --method M [--base B] [--weights|--lambdas ...] -o OUT``."""
+    p = subparsers.add_parser("merge", help="merge models that share an architecture (soups, task arithmetic, "
+                                            "delta-guided fusion)")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model folders, packaged models or Hub ids (2 or more)")
+    p.add_argument("--method", choices=METHODS, default="average",
+                   help="average: Σ wᵢθᵢ; task-arithmetic: b + Σ λᵢ(θᵢ − b); delta: weights from |θᵢ − b|")
+    p.add_argument("--base", help="the model every input was fine-tuned from (task-arithmetic, delta)")
+    p.add_argument("--weights", type=_numbers, metavar="W1,W2,...",
+                   help="average: one weight per model (normalised to sum 1; default uniform)")
+    p.add_argument("--lambdas", type=_numbers, metavar="L[,L2,...]",
+                   help="task-arithmetic: one λ for all models or one per model (default 1/n)")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="element",
+                   help="delta: a merging weight per element (default) or per tensor")
+    p.add_argument("--output", "-o", required=True, help="folder for the merged sentence-transformers model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder at OUTPUT")
+    p.set_defaults(func=_run)
