@@ -379,7 +379,12 @@ def write_model(model: SentenceTransformer, out: Path, card: ModelCard, record: 
             if not overwrite:  # appeared while merging
                 raise MergeError(f"-o {out}: already exists; pass --overwrite to replace it")
             os.replace(out, old)
-        os.replace(staging, out)
+        try:
+            os.replace(staging, out)
+        except OSError:
+            if old.exists() and not out.exists():
+                os.replace(old, out)  # put the earlier folder back rather than leave nothing
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)

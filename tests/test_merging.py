@@ -213,3 +213,22 @@ def test_argument_refusals(folders, tmp_path, capsys, extra, message):
 def test_base_with_another_architecture_is_refused(folders, tmp_path, minilm_path):
     with pytest.raises(MergeError, match=r"^base .*wide: a different architecture"):
         merge([folders["a"], folders["b"]], "delta", base=_other_arch(tmp_path, minilm_path))
+
+
+def test_output_guards_and_an_uncached_hub_id(folders, tmp_path, monkeypatch, capsys):
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "todo.txt").write_text("keep me", encoding="utf-8")
+    cases = [
+        (["merge", folders["a"], folders["b"], "-o", folders["b"], "--overwrite"], "is the input"),
+        (["merge", folders["a"], folders["b"], "-o", str(precious), "--overwrite"], "holds no model"),
+    ]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cases.append((["merge", folders["a"], "nobody-here/no-such-model", "-o", str(tmp_path / "o")],
+                  "nobody-here/no-such-model is not a local folder and not in the local Hugging Face cache"))
+    for args, message in cases:
+        assert main(args) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("embedkit:")]
+        assert len(errors) == 1 and message in errors[0], errors
+    assert (precious / "todo.txt").read_text(encoding="utf-8") == "keep me"
+    assert (Path(folders["b"]) / "model.safetensors").exists() and not (tmp_path / "o").exists()
