@@ -1,30 +1,40 @@
 """embedkit: train and evaluate sentence embedding models from YAML recipes.
 
-Python API::
+Python API (a notebook needs nothing else)::
 
-    from embedkit import load_recipe, train
-    results = train("recipes/quickstart.yaml", ["training.max_steps=50"])
+    import embedkit
+
+    result = embedkit.train("quickstart", training={"max_steps": 2}, output={"dir": "/tmp/run"})
+    result.model.encode(["a sentence"])          # the trained SentenceTransformer
+    result.scores, result.output_dir             # results.json's scores, the output folder
+
+    recipe = embedkit.load_recipe("recipes/quickstart.yaml")   # or a dict of sections, as a file holds them
+    embedkit.train(recipe, {"training.max_steps": 2, "output.dir": "/tmp/run2"})
+    embedkit.evaluate(result.model, suite="sts")
+
+``recipe`` is a file, a shipped recipe's name, a dict of sections or a :class:`Recipe`; overrides are a list of
+``"key.sub=value"`` strings (as on the command line) or a dict ``{"key.sub": value}``; keyword sections
+(``training={...}``) set their keys one by one.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from embedkit.errors import DataError, EmbedkitError, RecipeError
 from embedkit.evaluation import evaluate as _evaluate
-from embedkit.training.run import train as _train
+from embedkit.recipe import Recipe
+from embedkit.training.run import TrainResult, train
 from embedkit.validate import load_recipe
 from embedkit.version import __version__
 
 
-def train(recipe: str, overrides: list[str] | None = None, **kwargs):
-    """Run a recipe end to end; see :func:`embedkit.training.run.train`."""
-
-    return _train(recipe, overrides, **kwargs)
-
-
-def evaluate(model, suite: str = "sts", **kwargs):
-    """Evaluate a model (a SentenceTransformer or a path); see :func:`embedkit.evaluation.evaluate`."""
+def evaluate(model: Any, suite: str = "sts", **kwargs: Any) -> dict[str, Any]:
+    """Evaluate a model (a SentenceTransformer or a path); keyword arguments (``data_dir``, ``batch_size``,
+    ``tasks``, ...) go to :func:`embedkit.evaluation.evaluate`."""
 
     return _evaluate(model, suite=suite, **kwargs)
 
 
-__all__ = ["train", "evaluate", "load_recipe", "EmbedkitError", "RecipeError", "DataError", "__version__"]
+__all__ = ["train", "TrainResult", "evaluate", "load_recipe", "Recipe", "EmbedkitError", "RecipeError", "DataError",
+           "__version__"]

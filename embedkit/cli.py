@@ -17,7 +17,8 @@ from embedkit.recipe import list_recipes
 from embedkit.training.mine import add_cli as add_mine
 from embedkit.training.run import train
 from embedkit.training.rundir import check_output_path
-from embedkit.validate import load_recipe
+from embedkit.validate import load_recipe_with_data
+from embedkit.version import __version__
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -26,7 +27,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    recipe, data = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir)
+    recipe, data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir)
     check_output_path(Path(recipe.output.dir).expanduser())
     rows = f", {len(data)} training rows" if data is not None else ""
     print(f"{args.recipe}: valid (method {recipe.method.name}{rows})")
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     still reported in well under 3 seconds."""
 
     parser = argparse.ArgumentParser(prog="embedkit", description="Train and evaluate sentence embeddings.")
+    parser.add_argument("--version", action="version", version=f"embedkit {__version__}",
+                        help="print embedkit's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run a recipe end to end")

@@ -82,12 +82,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("encode", help="embed the texts of a file into a .npy matrix")
     p.add_argument("model", help="model folder, packaged model or Hub id")
     p.add_argument("input", help="a .txt file (one text a line; blank lines skipped), or a .csv/.tsv/.jsonl file")
-    p.add_argument("--output", "-o", required=True, help="where to write the embeddings (.npy, float32, file order)")
+    p.add_argument("-o", "--output", required=True, help="where to write the embeddings (.npy, float32, file order)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
     p.add_argument("--column", help="the column (CSV/TSV header name or JSONL key) holding the texts")
     p.add_argument("--format", choices=("auto", "text", "csv", "tsv", "jsonl"), default="auto",
                    help="input format (auto: from the file suffix)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="texts encoded per batch (default 128)")
     p.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
     p.add_argument("--dim", type=int, metavar="D",
                    help="Matryoshka: keep the first D coordinates (with --normalize: truncate, then normalise)")

@@ -221,12 +221,16 @@ def check_recipe_refs(recipe: Any, source: str, lines: dict[tuple, int], hub_dat
     training set will come from the Hub (``hub_data``), the Hub itself. Raises :class:`RecipeError` naming the
     recipe file:line and key."""
     model = recipe.model
+
+    def at(key: tuple) -> str:  # a recipe given as a dict or Recipe has no lines
+        return f"{source}:{lines[key]}" if key in lines else source
+
     try:
-        check_model(model.name, what=f"{source}:{lines.get(('model', 'name'), '?')}: model.name",
+        check_model(model.name, what=f"{at(('model', 'name'))}: model.name",
                     revision=model.revision, trust_remote_code=model.trust_remote_code)
         train = recipe.data.train
         if hub_data and train.hub:
-            require_hub(f"{source}:{lines.get(('data', 'train', 'hub'), '?')}: data.train.hub {train.hub}",
+            require_hub(f"{at(('data', 'train', 'hub'))}: data.train.hub {train.hub}",
                         "use a local file in data.train.path (a {data_dir} path needs --data-dir or $EMBEDKIT_DATA)",
                         name=train.hub)
     except ModelRefError as err:

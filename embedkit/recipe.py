@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -584,12 +585,15 @@ def format_validation_error(
     return "\n".join(out)
 
 
+_KEY_PATH = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``training.learning_rate=1e-4`` → (["training", "learning_rate"], 1e-4), the value YAML-typed."""
     if "=" not in text:
         raise RecipeError(f"override {text!r}: expected key.path=value")
     key, value = text.split("=", 1)
-    if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
+    if not _KEY_PATH.fullmatch(key):
         raise RecipeError(f"override {text!r}: {key!r} is not a dotted key path")
     try:  # an alias, a duplicate key or deep nesting is refused as in a file (RecipeError)
         parsed = _load_strict(value, f"override {text!r}")[0] if value != "" else None
@@ -598,10 +602,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Set each ``key.path=value`` in the raw recipe mapping (creating sections as needed)."""
-    for text in overrides:
-        keys, value = parse_override(text)
+def apply_overrides(raw: dict, overrides: Overrides = None, fields: Mapping[str, Any] | None = None) -> dict:
+    """Set each override in the raw recipe mapping (creating sections as needed): ``overrides`` first, then
+    ``fields`` (see :func:`override_items`)."""
+    for keys, value in override_items(overrides) + field_items(fields):
         node = raw
         for k in keys[:-1]:
             if not isinstance(node.get(k), dict):
@@ -609,6 +613,64 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node[k]
         node[keys[-1]] = value
     return raw
+
+
+# A recipe given to the Python API: a file path, a shipped recipe's name, a mapping of sections or a Recipe.
+RecipeInput = str | os.PathLike | Mapping[str, Any] | Recipe
+# Overrides: ``["training.max_steps=2"]`` (values YAML-typed, as on the command line) or ``{"training.max_steps": 2}``.
+Overrides = Sequence[str] | Mapping[str, Any] | None
+
+
+def override_items(overrides: Overrides) -> list[tuple[list[str], Any]]:
+    """``(key path, value)`` of each override. A list holds ``key.sub=value`` strings (the command line's, values
+    YAML-typed); a mapping maps dotted key paths to Python values, set as given. Either way the value replaces
+    what the recipe has at that key (a mapping value replaces the whole section)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        items = []
+        for key, value in overrides.items():
+            if not isinstance(key, str) or not _KEY_PATH.fullmatch(key):
+                raise RecipeError(f"override {key!r}: expected a dotted key path such as 'training.max_steps'")
+            items.append((key.split("."), _plain(value)))
+        return items
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, Sequence):
+        raise RecipeError(f"overrides: expected a list of 'key.sub=value' strings or a dict {{'key.sub': value}}, "
+                          f"got {type(overrides).__name__} {overrides!r}")
+    bad = [o for o in overrides if not isinstance(o, str)]
+    if bad:
+        raise RecipeError(f"override {bad[0]!r}: expected a 'key.sub=value' string")
+    return [parse_override(text) for text in overrides]
+
+
+def field_items(fields: Mapping[str, Any] | None) -> list[tuple[list[str], Any]]:
+    """``(key path, value)`` of keyword sections: a mapping is walked down to its leaves, so
+    ``training={"max_steps": 2}`` sets ``training.max_steps`` and keeps the rest of ``training``; any other value
+    (a list, a scalar, ``None``, an empty mapping) is set as given."""
+    items: list[tuple[list[str], Any]] = []
+
+    def walk(keys: list[str], value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk([*keys, k], v)
+        else:
+            items.append((keys, _plain(value)))
+
+    for key, value in (fields or {}).items():
+        walk([key], value)
+    return items
+
+
+def _plain(value: Any) -> Any:
+    """A Python value as YAML would give it: paths as strings, tuples as lists, mappings as dicts (copied, so the
+    caller's objects are never changed)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -644,18 +706,36 @@ def resolve_recipe_path(name: str | os.PathLike) -> Path:
     raise RecipeError(f"{name}: recipe file not found{hint}")
 
 
-def parse_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Recipe, str, dict[tuple, int]]:
-    """Read, override and validate a recipe against the schema; returns ``(recipe, source, key lines)``.
-
-    The method's own parameters, the data and the model are checked one layer up, by
-    :func:`embedkit.validate.load_recipe`, which needs the method registry.
-    """
-    file = resolve_recipe_path(path)
+def recipe_mapping(recipe: RecipeInput) -> tuple[dict, str, dict[tuple, int]]:
+    """The raw mapping of a recipe given as a file, a shipped name, a mapping or a :class:`Recipe`, with the
+    source that error messages name (the file, ``<dict>`` or ``<Recipe>``) and each key's line (a file only)."""
+    if isinstance(recipe, Recipe):
+        return recipe.model_dump(mode="json"), "<Recipe>", {}
+    if isinstance(recipe, Mapping):
+        return _plain(recipe), "<dict>", {}
+    if not isinstance(recipe, (str, os.PathLike)):
+        raise RecipeError(f"recipe: expected a file path, a shipped recipe name, a dict or a Recipe, got "
+                          f"{type(recipe).__name__}")
+    file = resolve_recipe_path(recipe)
     source = str(file)
     raw, lines = load_yaml(read_recipe_text(file), source)
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: expected a mapping of sections (model, data, method, training, output)")
-    raw = _numbers(apply_overrides(raw, overrides or []))
+    return raw, source, lines
+
+
+def parse_recipe(
+    recipe: RecipeInput, overrides: Overrides = None, fields: Mapping[str, Any] | None = None,
+) -> tuple[Recipe, str, dict[tuple, int]]:
+    """Read, override and validate a recipe against the schema; returns ``(recipe, source, key lines)``.
+
+    ``recipe`` is a file, a shipped recipe's name, a mapping of sections or a :class:`Recipe` (validated again,
+    as a file would be); ``overrides`` and ``fields`` as in :func:`override_items` and :func:`field_items`.
+    The method's own parameters, the data and the model are checked one layer up, by
+    :func:`embedkit.validate.load_recipe`, which needs the method registry.
+    """
+    raw, source, lines = recipe_mapping(recipe)
+    raw = _numbers(apply_overrides(raw, overrides, fields))
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:

@@ -7,7 +7,6 @@ file, the line and the key path (or the data file and line) and what was expecte
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,9 @@ from embedkit.methods import get_method
 from embedkit.model_ref import check_recipe_refs
 from embedkit.recipe import (
     MethodSection,
+    Overrides,
     Recipe,
+    RecipeInput,
     env_world_size,
     format_validation_error,
     parse_recipe,
@@ -31,23 +32,41 @@ from embedkit.recipe import (
 
 
 def load_recipe(
-    path: str | os.PathLike,
-    overrides: list[str] | None = None,
+    recipe: RecipeInput,
+    overrides: Overrides = None,
     data_dir: str | None = None,
     check_data: bool = True,
+    **fields: Any,
+) -> Recipe:
+    """Load, override and validate a recipe in full; returns the :class:`Recipe` (every default filled in).
+
+    ``recipe`` is a file, a shipped recipe's name (``"quickstart"``), a dict of sections or a :class:`Recipe`;
+    ``overrides`` a list of ``"key.sub=value"`` strings or a dict ``{"key.sub": value}``; keyword ``fields`` set
+    sections key by key (``training={"max_steps": 2}``). Raises :class:`RecipeError` naming the file (or
+    ``<dict>`` / ``<Recipe>``), line and key path of every problem found.
+    """
+    return load_recipe_with_data(recipe, overrides, data_dir, check_data, **fields)[0]
+
+
+def load_recipe_with_data(
+    recipe: RecipeInput,
+    overrides: Overrides = None,
+    data_dir: str | None = None,
+    check_data: bool = True,
+    **fields: Any,
 ) -> tuple[Recipe, Any]:
-    """Load, override and validate a recipe; returns ``(recipe, train_data)``.
+    """:func:`load_recipe` that also returns the training data it read: ``(recipe, train_data)``.
 
     ``train_data`` is the :class:`~embedkit.data.sources.TrainData` read from a local file (or ``None``
     for a Hub dataset or when ``check_data`` is off). Raises :class:`RecipeError` with every problem found.
     """
-    recipe, source, lines = parse_recipe(path, overrides)
+    recipe, source, lines = parse_recipe(recipe, overrides, fields)
 
     # The method's own parameters.
     try:
         method = get_method(recipe.method.name)
     except KeyError as err:
-        raise RecipeError(f"{source}:{lines.get(('method', 'name'), '?')}: method.name: {err.args[0]}") from None
+        raise RecipeError(f"{_where(source, lines, ('method', 'name'))}: {err.args[0]}") from None
     params = {k: v for k, v in recipe.method.model_dump().items() if k != "name"}
     try:
         validated = method.params_cls.model_validate(params)

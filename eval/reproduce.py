@@ -53,7 +53,7 @@ def plan(recipes: list[str], overrides: list[str] | None = None) -> list[dict[st
     """Validate each recipe (no data or Hub check) and return one row per recipe for the plan."""
     rows = []
     for name in recipes:
-        recipe, _ = load_recipe(name, overrides, check_data=False)
+        recipe = load_recipe(name, overrides, check_data=False)
         target = recipe.target
         rows.append({
             "recipe": Path(name).stem, "method": recipe.method.name, "model": recipe.model.name,
@@ -129,14 +129,14 @@ def reproduce(recipes: list[str], overrides: list[str], data_dir: str | None, ou
 
     reports = {}
     for name in recipes:
-        recipe, _ = load_recipe(name, overrides, data_dir, check_data=False)
+        recipe = load_recipe(name, overrides, data_dir, check_data=False)
         wants_beir = recipe.target is not None and recipe.target.retrieval is not None
         if wants_beir and beir is None:
             print(f"{name}: its target is a {recipe.target.retrieval.benchmark} retrieval average; give --beir DIR "
                   "(a folder of BEIR dataset folders) to measure it")
             return 2
         run_overrides = overrides + (retrieval_overrides(beir_folders(beir)) if wants_beir else [])
-        recipe, _ = load_recipe(name, run_overrides, data_dir)  # the full check, data and Hub included
+        recipe = load_recipe(name, run_overrides, data_dir)  # the full check, data and Hub included
         if (recipe.target is not None and (recipe.target.tasks or recipe.target.avg is not None)
                 and recipe.eval.suite != "sts"):
             print(f"{name}: eval.suite is {recipe.eval.suite!r}; the targets are STS numbers: set eval.suite: sts")

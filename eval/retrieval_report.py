@@ -67,7 +67,7 @@ def run_row(name: str, overrides: list[str] | None, data_dir: str, work: Path) -
     from embedkit.validate import load_recipe
 
     if overrides is None:  # the starting model, built as the recipe builds it (same pooling, max length)
-        recipe, _ = load_recipe(RECIPE, data_dir=data_dir, check_data=False)
+        recipe = load_recipe(RECIPE, data_dir=data_dir, check_data=False)
         return {"row": name, "seconds": 0.0, "steps": 0, **score(build_model(recipe.model), data_dir)}
     from sentence_transformers import SentenceTransformer
 

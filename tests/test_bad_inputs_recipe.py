@@ -18,7 +18,7 @@ from embedkit.data.sts import read_sick, read_sts_subset, read_stsb
 from embedkit.errors import DataError, RecipeError
 from embedkit.methods import get_method
 from embedkit.recipe import parse_override, resolve_recipe_path
-from embedkit.validate import load_recipe
+from embedkit.validate import load_recipe, load_recipe_with_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ def test_non_finite_or_empty_score_is_refused(tmp_path, score):
 
 @pytest.mark.parametrize("sep,name", [(",", "pairs.csv"), ("\t", "pairs.tsv")])
 def test_csv_and_tsv_scores_become_floats(tmp_path, sep, name):
-    recipe, data = load_recipe(recipe_file(tmp_path, pairs_csv(tmp_path, "0.25", sep, name)))
+    recipe, data = load_recipe_with_data(recipe_file(tmp_path, pairs_csv(tmp_path, "0.25", sep, name)))
     assert get_method(recipe.method.name).column_types() == ("text", "text", "score")  # what read_hub gets
     assert data.columns["score"] == [0.0, 0.1, 0.25, 0.3, 0.4]
     assert data.columns["sentence1"][0] == "first 0"
@@ -95,7 +95,7 @@ def test_jsonl_numeric_score_is_accepted_and_bad_ones_named(tmp_path):
     rows = [{"sentence1": f"a {i}", "sentence2": f"b {i}", "score": s} for i, s in enumerate([1, 0.5, "0.25"])]
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    _, data = load_recipe(recipe_file(tmp_path, jsonl))
+    _, data = load_recipe_with_data(recipe_file(tmp_path, jsonl))
     assert data.columns["score"] == [1.0, 0.5, 0.25] and all(type(s) is float for s in data.columns["score"])
     for bad in (True, "high", None, [1]):
         jsonl.write_text("".join(json.dumps({**r, "score": bad if i == 1 else r["score"]}) + "\n"
@@ -310,7 +310,7 @@ def test_absent_data_dir_falls_back_to_the_hub_with_a_notice(tmp_path, capsys, m
     reached = []  # the Hub is probed after the notes are gathered; here it answers (test_bad_inputs_models: when not)
     monkeypatch.setattr(embedkit.validate, "check_recipe_refs", lambda *a, **k: reached.append(k))
     path = recipe_file(tmp_path, "{data_dir}/train.txt", "simcse-unsup", HUB_RECIPE)
-    _, data = load_recipe(path)
+    _, data = load_recipe_with_data(path)
     assert reached == [{"hub_data": True}]
     assert data is None  # the Hub dataset is read when training starts
     notes = capsys.readouterr().err.splitlines()
@@ -320,7 +320,7 @@ def test_absent_data_dir_falls_back_to_the_hub_with_a_notice(tmp_path, capsys, m
         f"embedkit: note: {path}:5: data.dev.path: no data folder for '{{data_dir}}/sts-dev.csv' (pass --data-dir "
         "or set $EMBEDKIT_DATA); STS-B dev comes from the Hub dataset some/dev-set (validation) instead",
     ]
-    _, data = load_recipe(path, data_dir=str(tmp_path / "empty"))  # a data folder without the file
+    _, data = load_recipe_with_data(path, data_dir=str(tmp_path / "empty"))  # a data folder without the file
     assert data is None
     assert f"data.train.path: {tmp_path / 'empty' / 'train.txt'}: not found; training reads the Hub dataset " \
            "some/hub-set instead" in capsys.readouterr().err

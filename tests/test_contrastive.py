@@ -107,7 +107,7 @@ def recipe(tmp: Path, model: str, data: Path, method: dict | None = None, model_
 def test_any_number_of_negative_columns(k, fmt, tmp_path, tiny_model_path):
     from embedkit.methods import get_method
     from embedkit.training.run import build_dataset
-    from embedkit.validate import load_recipe
+    from embedkit.validate import load_recipe_with_data
 
     cols = ["q", "p"] + [f"n{i}" for i in range(k)]
     rows = [[f"{c} text {r}" for c in cols] for r in range(5)]
@@ -116,7 +116,7 @@ def test_any_number_of_negative_columns(k, fmt, tmp_path, tiny_model_path):
         data.write_text("\n".join(",".join(r) for r in [cols, *rows]) + "\n", encoding="utf-8")
     else:
         data.write_text("".join(json.dumps(dict(zip(cols, r))) + "\n" for r in rows), encoding="utf-8")
-    rec, train_data = load_recipe(recipe(tmp_path, tiny_model_path, data))
+    rec, train_data = load_recipe_with_data(recipe(tmp_path, tiny_model_path, data))
     dataset, _ = build_dataset(rec, train_data, get_method("contrastive"))
     assert dataset.column_names == ["anchor", "positive"] + [f"negative_{i}" for i in range(1, k + 1)]
     assert dataset[4]["positive"] == "p text 4" and (k == 0 or dataset[4][f"negative_{k}"] == f"n{k - 1} text 4")
@@ -182,7 +182,7 @@ def test_prompts_for_a_method_without_a_default_need_a_mapping(tmp_path, tiny_mo
         load_recipe(path)
     ok = write_recipe(tmp_path, tiny_model_path, "simcse-unsup", tmp_path / "out",
                       model={"prompts": PROMPTS, "prompt_columns": {"text": "query"}}, name="ok.yaml")
-    rec, _ = load_recipe(ok)
+    rec = load_recipe(ok)
     assert get_method("simcse-unsup").training_prompts(rec, ["text"]) == {"text": "query: "}
 
 
@@ -190,7 +190,7 @@ def test_default_prompt_columns_cover_every_negative(tmp_path, tiny_model_path):
     from embedkit.methods import get_method
     from embedkit.validate import load_recipe
 
-    rec, _ = load_recipe(recipe(tmp_path, tiny_model_path, write_query_passages(tmp_path),
+    rec = load_recipe(recipe(tmp_path, tiny_model_path, write_query_passages(tmp_path),
                                 model_keys={"prompts": PROMPTS}))
     got = get_method("contrastive").training_prompts(rec, ["anchor", "positive", "negative_1", "negative_2"])
     assert got == {"anchor": "query: ", "positive": "passage: ", "negative_1": "passage: ", "negative_2": "passage: "}

@@ -408,7 +408,7 @@ def test_short_training_run_loss_decreases(tmp_path, sentences_file, tiny_model_
 
 def test_recipe_validation_and_shipped_recipes(tmp_path, data_dir, sentences_file):
     from embedkit.errors import RecipeError
-    from embedkit.validate import load_recipe
+    from embedkit.validate import load_recipe, load_recipe_with_data
 
     bad = _write_recipe(tmp_path, sentences_file, "x", "remine_every: 0", steps=1)
     with pytest.raises(RecipeError, match="remine_every"):
@@ -416,9 +416,9 @@ def test_recipe_validation_and_shipped_recipes(tmp_path, data_dir, sentences_fil
     bad = _write_recipe(tmp_path, sentences_file, "x", "surface_bins: 5, surface_measur: mean", steps=1)
     with pytest.raises(RecipeError, match=r"recipe.yaml:3: method.surface_measur: unknown key"):
         load_recipe(bad)
-    recipe, data = load_recipe("debcse-brown-minilm", data_dir=str(data_dir))
+    recipe, data = load_recipe_with_data("debcse-brown-minilm", data_dir=str(data_dir))
     assert recipe.method.name == "debcse" and len(data) == recipe.data.train.max_samples
-    recipe, _ = load_recipe("debcse-unsup-bert-base", check_data=False)
+    recipe = load_recipe("debcse-unsup-bert-base", check_data=False)
     assert recipe.model.name == "bert-base-uncased"
 
 
@@ -427,7 +427,7 @@ def test_diagnose_cli_writes_png_and_numbers(tmp_path, sentences_file, tiny_mode
 
     recipe = _write_recipe(tmp_path, sentences_file, tiny_model_path, "k: 4, positive_min_semantic: 0.0", steps=1)
     out = tmp_path / "diag"
-    assert main(["data", "diagnose", recipe, "--out", str(out), "--max-samples", "64", "--batch-size", "16"]) == 0
+    assert main(["data", "diagnose", recipe, "-o", str(out), "--max-samples", "64", "--batch-size", "16"]) == 0
     printed = capsys.readouterr().out
     assert "positives: surface similarity" in printed and "before" in printed
     assert (out / "diagnose.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

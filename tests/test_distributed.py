@@ -12,12 +12,16 @@ with the same weights. To cover another method add its name to ``METHODS`` (and 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from _mp_helpers import (
     check_ok,
     checkpoint_dirs,
+    child_env,
     final_weights,
     marker,
     max_abs_diff,
@@ -171,3 +175,42 @@ def test_batch_that_does_not_divide_is_refused_under_torchrun(tmp_path: Path, ti
     assert f"{recipe}:{line}: training.batch_size: the global batch 15 does not divide over 2 processes" \
         in proc.stderr
     assert not out.exists()
+
+
+# Run under torchrun: each process calls the Python API and writes what it got back.
+RESULT_DRIVER = """
+import json, os, sys
+import embedkit
+
+result = embedkit.train(sys.argv[1])
+rank = int(os.environ["RANK"])
+out = {"rank": rank, "output_dir": str(result.output_dir), "global_step": result["train"]["global_step"],
+       "results": json.loads(json.dumps(result.results, default=str)), "vector": result.model.encode(["a"]).tolist()}
+with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as fh:
+    json.dump(out, fh)
+"""
+
+
+@pytest.mark.multiproc
+def test_every_process_gets_the_train_result(tmp_path: Path, tiny_model_path: str) -> None:
+    """``embedkit.train`` under torchrun returns the same result on rank 1 as on rank 0: ``results.json``'s
+    content (rank 0 computes it after training while rank 1 waits), the output folder, and a trained model that
+    encodes as the saved one does (ranks other than 0 used to get ``{}``)."""
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r", tiny_model_path, "simcse-unsup", out, {"batch_size": 16, "max_steps": 2})
+    driver = tmp_path / "driver.py"
+    driver.write_text(RESULT_DRIVER, encoding="utf-8")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
+           str(recipe), str(tmp_path)]
+    proc = subprocess.run(cmd, env=child_env(tmp_path), cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    check_ok(proc, "embedkit.train under torchrun --nproc_per_node 2")
+    saved = results(out)
+    expected = SentenceTransformer(str(out), device="cpu").encode(["a"])
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["output_dir"] == str(out) and got["global_step"] == 2
+        assert got["results"] == saved, f"rank {rank}: results differ from results.json"
+        assert max(abs(a - float(b)) for a, b in zip(got["vector"][0], expected[0], strict=True)) < 1e-5, rank

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from embedkit.recipe import RECIPES_DIR
 from embedkit.training.trainer import METHOD_STATE_FILE, load_method_state
-from embedkit.validate import load_recipe
+from embedkit.validate import load_recipe, load_recipe_with_data
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -84,7 +84,7 @@ def test_resume_restores_queue_and_momentum_weights_bit_for_bit(esimcse_run):
 
     checkpoint = esimcse_run["folder"] / "out" / "checkpoints" / "checkpoint-8"
     saved = load_file(str(checkpoint / METHOD_STATE_FILE))
-    recipe, data = load_recipe(esimcse_run["recipe"])
+    recipe, data = load_recipe_with_data(esimcse_run["recipe"])
     method_cls = get_method("esimcse")
     model = build_model(recipe.model)
     method = method_cls(TrainContext(recipe=recipe, model=model, params=method_cls.params_cls(
@@ -213,7 +213,7 @@ def test_shipped_recipes_validate(data_dir):
     ]:
         assert (RECIPES_DIR / f"{name}.yaml").is_file()
         # The bert-base recipes name a Hub model and Hub data: validated without checking them (offline here).
-        recipe, _ = load_recipe(name, data_dir=str(data_dir), check_data="bert-base" not in name)
+        recipe = load_recipe(name, data_dir=str(data_dir), check_data="bert-base" not in name)
         assert recipe.method.name == method
         for key, value in settings.items():
             assert getattr(recipe.method, key) == value, (name, key)

@@ -10,7 +10,7 @@ from _mp_helpers import write_recipe
 
 from embedkit.errors import RecipeError
 from embedkit.recipe import per_device_batch
-from embedkit.validate import load_recipe
+from embedkit.validate import load_recipe, load_recipe_with_data
 
 
 @pytest.mark.parametrize("batch, world, expected", [(16, 2, 8), (64, 1, 64), (512, 8, 64), (2048, 8, 256), (3, 3, 1)])
@@ -38,9 +38,9 @@ def test_load_recipe_refuses_under_a_launcher_naming_file_line_and_key(tmp_path,
     assert str(err.value) == (f"{path}:{_batch_line(path)}: training.batch_size: the global batch 16 does not divide "
                               "over 3 processes; expected a multiple of 3 (e.g. 15 or 18)")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert load_recipe(path)[0].training.batch_size == 16  # 8 per process
+    assert load_recipe(path).training.batch_size == 16  # 8 per process
     monkeypatch.delenv("WORLD_SIZE")
-    assert load_recipe(path, ["training.batch_size=15"])[0].training.batch_size == 15  # one process: any batch
+    assert load_recipe(path, ["training.batch_size=15"]).training.batch_size == 15  # one process: any batch
 
 
 def test_embedkit_check_says_it_when_world_size_is_set(tmp_path, tiny_model_path, monkeypatch, capsys):
@@ -64,7 +64,7 @@ def test_setup_uses_the_per_device_share_and_the_recipe_adamw(tmp_path, tiny_mod
     path = write_recipe(tmp_path, tiny_model_path, "simcse-unsup", tmp_path / "out",
                         {"batch_size": 12, "adam_beta1": 0.8, "adam_beta2": 0.98, "adam_epsilon": 1e-6,
                          "weight_decay": 0.01})
-    recipe, data = load_recipe(path)
+    recipe, data = load_recipe_with_data(path)
     work = tmp_path / "work"
     work.mkdir()
     run = setup(recipe, data, None, work, None)

@@ -254,8 +254,14 @@ def test_rerank_file_as_pairs_and_corpus(tmp_path, spread_model_path, capsys):
         q = r["anchor"].split()[1]
         assert all(not (n.startswith(("answer 0 of", "answer 1 of")) and n.split()[3] == q)
                    for n in (r["negative_1"], r["negative_2"], r["negative_3"]))
-    assert main(["data", "mine", "--pairs", str(csv), "--model", spread_model_path, "--num-negatives", "3",
-                 "--max-score-ratio", "none", "--no-candidates", "-o", str(out)]) == 0
+    again = ["data", "mine", "--pairs", str(csv), "--model", spread_model_path, "--num-negatives", "3",
+             "--max-score-ratio", "none", "--no-candidates", "-o", str(out)]
+    capsys.readouterr()
+    assert main(again) == 2  # an existing OUT.jsonl is replaced only with --overwrite, as `embedkit encode` does
+    assert capsys.readouterr().err.strip() == f"embedkit: error: --output {out}: already exists; pass --overwrite " \
+        "to replace it"
+    assert len(read_jsonl(out)) == 8
+    assert main([*again, "--overwrite"]) == 0
     assert json.loads((tmp_path / "m.stats.json").read_text())["corpus"] == 8
 
 
@@ -291,7 +297,7 @@ def test_recipe_refuses_mining_for_a_method_without_negative_columns(tmp_path, t
 def test_recipe_hook_adds_the_columns_and_is_reused_on_resume(tmp_path, spread_model_path, monkeypatch):
     from embedkit.training import mine as hook
     from embedkit.training.run import train
-    from embedkit.validate import load_recipe
+    from embedkit.validate import load_recipe_with_data
 
     recipe_path = mine_recipe(tmp_path, spread_model_path, k=1)
     results = train(str(recipe_path))
@@ -304,7 +310,7 @@ def test_recipe_hook_adds_the_columns_and_is_reused_on_resume(tmp_path, spread_m
     before = mined_file.read_bytes()
 
     # What setup does on --resume: the same recipe and work folder read the file back, no mining.
-    recipe, data = load_recipe(recipe_path)
+    recipe, data = load_recipe_with_data(recipe_path)
     monkeypatch.setattr(hook, "run_mining", lambda *a, **k: pytest.fail("mined again on resume"))
     again = hook.mine_for_training(recipe, data, None, tmp_path / "run", None)
     assert again.columns == {c: [r[c] for r in rows] for c in rows[0]}
@@ -402,7 +408,7 @@ def test_two_processes_mine_the_same_file_each_encoding_its_shard(tmp_path, spre
 def test_recipe_hook_on_a_rerank_file_knows_every_positive_and_adds_its_candidates(tmp_path, spread_model_path):
     from embedkit.modeling import build_model
     from embedkit.training.mine import mine_for_training
-    from embedkit.validate import load_recipe
+    from embedkit.validate import load_recipe_with_data
 
     csv = tmp_path / "rr.csv"
     lines = ["qtext,label,atext"]
@@ -410,7 +416,7 @@ def test_recipe_hook_on_a_rerank_file_knows_every_positive_and_adds_its_candidat
         lines += [f"question {q} about {w} ?,{int(i < 3)},answer {i} of {q} on {w}"
                   for i, w in enumerate(["red", "green", "blue", "pink", "grey", "teal"])]
     csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    recipe, data = load_recipe(mine_recipe(tmp_path, spread_model_path, fmt="rerank", data=csv, k=1))
+    recipe, data = load_recipe_with_data(mine_recipe(tmp_path, spread_model_path, fmt="rerank", data=csv, k=1))
     assert len(data) == 15  # the label-1 pairs
     mined = mine_for_training(recipe, data, build_model(recipe.model), tmp_path / "work", None)
     stats = json.loads((tmp_path / "work" / "mined" / "train.stats.json").read_text())

@@ -43,9 +43,9 @@ def build(recipe_path: Path):
     from embedkit.methods.base import TrainContext
     from embedkit.modeling import build_model
     from embedkit.training.run import build_dataset
-    from embedkit.validate import load_recipe
+    from embedkit.validate import load_recipe_with_data
 
-    recipe, data = load_recipe(recipe_path)
+    recipe, data = load_recipe_with_data(recipe_path)
     cls = get_method(recipe.method.name)
     params = cls.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
     set_seed(recipe.training.seed)

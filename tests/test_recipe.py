@@ -12,7 +12,7 @@ import yaml
 
 from embedkit.errors import RecipeError
 from embedkit.recipe import list_recipes, parse_override
-from embedkit.validate import load_recipe
+from embedkit.validate import load_recipe, load_recipe_with_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def good(tmp_path: Path, sentences_file: Path, **subs: str) -> str:
 
 
 def test_valid_recipe_fills_defaults(tmp_path, sentences_file):
-    recipe, data = load_recipe(write_recipe(tmp_path, good(tmp_path, sentences_file)))
+    recipe, data = load_recipe_with_data(write_recipe(tmp_path, good(tmp_path, sentences_file)))
     assert recipe.training.learning_rate == pytest.approx(1e-4)  # "1e-4" is a number, not a string
     assert recipe.method.temperature == pytest.approx(0.05)  # the method's own default is filled in
     assert recipe.model.max_seq_length == 32
@@ -113,7 +113,7 @@ def test_wrong_column_count_for_method(tmp_path, sentences_file):
 
 def test_overrides_are_typed_and_validated(tmp_path, sentences_file):
     path = write_recipe(tmp_path, good(tmp_path, sentences_file))
-    recipe, _ = load_recipe(path, ["training.batch_size=16", "method.temperature=0.1", "training.max_steps=5"])
+    recipe = load_recipe(path, ["training.batch_size=16", "method.temperature=0.1", "training.max_steps=5"])
     assert (recipe.training.batch_size, recipe.method.temperature, recipe.training.max_steps) == (16, 0.1, 5)
     with pytest.raises(RecipeError, match=r"training\.epochs: .*greater than 0"):
         load_recipe(path, ["training.epochs=0"])

@@ -85,7 +85,7 @@ def standins(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_recipe_data_spec_loads_against_hub_standin(name, standins):
-    recipe, _ = load_recipe(RECIPES_DIR / name, check_data=False)
+    recipe = load_recipe(RECIPES_DIR / name, check_data=False)
     method = get_method(recipe.method.name)
     roles, types = method.roles(), method.column_types()
     src = recipe.data.train
@@ -112,7 +112,7 @@ def test_recipe_data_spec_loads_against_hub_standin(name, standins):
 def test_standin_catches_a_missing_data_files(standins):
     """The stand-in reproduces the bug it guards against: without data_files, `datasets` picks
     nli_for_simcse.csv, which has no `text` column."""
-    recipe, _ = load_recipe(RECIPES_DIR / "text2token-bert-base.yaml", check_data=False)
+    recipe = load_recipe(RECIPES_DIR / "text2token-bert-base.yaml", check_data=False)
     folder = standin_for("text2token-bert-base.yaml", "princeton-nlp/datasets-for-simcse", standins)
     broken = recipe.data.train.model_copy(update={"hub": str(folder), "data_files": None})
     with pytest.raises(DataError, match="text"):

@@ -175,15 +175,15 @@ def test_contriever_key_encoder_runs_with_dropout_as_the_reference(spread_model_
 
 
 def test_paper_recipes_carry_the_reference_settings():
-    paper, _ = load_recipe(RECIPES_DIR / "esimcse-unsup-bert-base.yaml", check_data=False)
+    paper = load_recipe(RECIPES_DIR / "esimcse-unsup-bert-base.yaml", check_data=False)
     assert (paper.method.static, paper.method.momentum_init, paper.method.repetition) == (True, "random", "subword")
     assert paper.target is not None and paper.target.avg == 78.27
-    variant, _ = load_recipe(RECIPES_DIR / "esimcse-unsup-bert-base-variant.yaml", check_data=False)
+    variant = load_recipe(RECIPES_DIR / "esimcse-unsup-bert-base-variant.yaml", check_data=False)
     assert (variant.method.static, variant.method.momentum_init) == (False, "copy") and variant.target is None
     assert "variant" in variant.description and "not the paper's configuration" in variant.description
     assert "esimcse-unsup-bert-base-variant.yaml" in paper.description
 
-    con, _ = load_recipe(RECIPES_DIR / "contriever-bert-base.yaml", check_data=False)
+    con = load_recipe(RECIPES_DIR / "contriever-bert-base.yaml", check_data=False)
     m, t = con.method, con.training
     assert (m.crop_min, m.crop_max, m.deletion, m.key_encoder_dropout) == (0.05, 0.5, 0.1, True)
     assert (t.weight_decay, t.adam_beta1, t.adam_beta2, t.adam_epsilon) == (0.01, 0.9, 0.98, 1e-6)

@@ -53,7 +53,7 @@ def test_dry_run_lists_every_paper_recipe_with_its_target_average():
 
 def test_bert_base_recipes_have_a_target_or_say_why_not():
     for file in sorted(RECIPES_DIR.glob("*-bert-base.yaml")):
-        recipe, _ = load_recipe(file, check_data=False)
+        recipe = load_recipe(file, check_data=False)
         if file.stem in PAPER_TARGETS:
             assert recipe.target is not None and recipe.target.avg == PAPER_TARGETS[file.stem], file.name
             assert recipe.target.source and recipe.target.protocol
@@ -115,7 +115,7 @@ def test_avg_must_match_the_published_tasks(tmp_path):
 
 def test_comparison_rows_are_measured_minus_target():
     reproduce = load_script()
-    recipe, _ = load_recipe(RECIPES_DIR / "simcse-unsup-bert-base.yaml", check_data=False)
+    recipe = load_recipe(RECIPES_DIR / "simcse-unsup-bert-base.yaml", check_data=False)
     sts = {"tasks": {t: {"spearman": 70.0} for t in TARGET_TASKS}, "avg": 70.0}
     rows = {task: (want, got, diff) for task, want, got, diff in reproduce.compare(recipe.target, sts)}
     assert rows["STS12"] == pytest.approx((68.40, 70.0, 1.60))
@@ -140,14 +140,14 @@ def test_beir_folders_become_the_recipes_retrieval_evaluation(tmp_path):
     (tmp_path / "notes").mkdir()
     found = script.beir_folders(tmp_path)
     assert found == sorted(made)
-    recipe, _ = load_recipe(RECIPES_DIR / "contriever-bert-base.yaml", script.retrieval_overrides(found),
+    recipe = load_recipe(RECIPES_DIR / "contriever-bert-base.yaml", script.retrieval_overrides(found),
                             check_data=False)
     assert [(Path(e.path), e.split) for e in recipe.eval.retrieval] == [(f, "test") for f in sorted(made)]
 
 
 def test_retrieval_comparison_averages_the_measured_datasets():
     script = load_script()
-    recipe, _ = load_recipe(RECIPES_DIR / "contriever-bert-base.yaml", check_data=False)
+    recipe = load_recipe(RECIPES_DIR / "contriever-bert-base.yaml", check_data=False)
     rows = script.compare_retrieval(recipe.target.retrieval, {
         "scifact-test": {"ndcg@10": 60.0, "mrr@10": 1.0}, "nfcorpus-test": {"ndcg@10": 30.0}})
     assert rows[:2] == [("nfcorpus-test", None, 30.0, None), ("scifact-test", None, 60.0, None)]

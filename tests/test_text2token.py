@@ -561,10 +561,10 @@ def test_save_and_load_head_round_trip(tiny_mlm_path, tmp_path):
 
 
 def test_shipped_recipes_validate(data_dir):
-    from embedkit.validate import load_recipe
+    from embedkit.validate import load_recipe, load_recipe_with_data
 
-    recipe, data = load_recipe("text2token-brown-minilm", data_dir=str(data_dir))
+    recipe, data = load_recipe_with_data("text2token-brown-minilm", data_dir=str(data_dir))
     assert recipe.method.name == "text2token" and len(data) > 50000
     assert recipe.model.name == "sentence-transformers/all-MiniLM-L6-v2"
-    recipe, _ = load_recipe("text2token-bert-base", check_data=False)
+    recipe = load_recipe("text2token-bert-base", check_data=False)
     assert recipe.model.name == "bert-base-uncased" and recipe.method.stage2_step is not None

@@ -33,14 +33,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="model folder, packaged model or Hub id")
     p.add_argument("--compare", metavar="MODEL_B", help="also evaluate MODEL_B and show both with differences")
-    p.add_argument("--data-dir", help="local data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
+    p.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
     p.add_argument("--source", choices=("auto", "local", "hub"), default="auto",
                    help="where the STS data comes from (auto: the local folder when there is one, else the Hub)")
     p.add_argument("--suite", choices=SUITE_CHOICES, default=None,
                    help="sts (default), geometry only, or none (with --mteb: default none)")
     p.add_argument("--geometry", action="store_true", help="add alignment / uniformity / anisotropy to the STS run")
-    p.add_argument("--output", "-o", help="output folder (default: eval-results/<model name>)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("-o", "--output", help="output folder (default: eval-results/<model name>)")
+    p.add_argument("--batch-size", type=int, default=128, help="sentences encoded per batch (default 128)")
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
                    help="bf16 autocast (auto: only where the hardware has bf16); default none")
     p.add_argument("--no-chart", action="store_true", help="do not draw sts.png")

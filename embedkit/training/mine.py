@@ -27,7 +27,7 @@ from embedkit.log import is_main_process, log
 from embedkit.model_ref import check_model, load_model
 from embedkit.paths import atomic_path, expand, resolve_data_dir
 from embedkit.recipe import MineSection, Recipe, mine_window
-from embedkit.validate import load_recipe
+from embedkit.validate import load_recipe_with_data
 
 MINED_DIR = "mined"  # inside a run's output folder
 MINED_FILE = "train.jsonl"
@@ -214,19 +214,22 @@ def _settings(args: argparse.Namespace, base: MineSection | None) -> MineSection
         raise EmbedkitError(f"data mine: {flag}{first['msg']}") from None
 
 
-def _check_output(output: str) -> Path:
+def _check_output(output: str, overwrite: bool = False) -> Path:
     path = Path(output).expanduser()
     if path.suffix != ".jsonl":
         raise EmbedkitError(f"--output {output!r}: expected a file name ending in .jsonl")
     if path.is_dir():
         raise EmbedkitError(f"--output {output}: is a folder")
+    if path.exists() and not overwrite:  # as `embedkit encode`: a file is replaced only when asked
+        raise EmbedkitError(f"--output {output}: already exists; pass --overwrite to replace it")
     return path
 
 
 def _mine(args: argparse.Namespace) -> int:
-    output = _check_output(args.output)
+    output = _check_output(args.output, args.overwrite)
     if args.recipe is not None:
-        recipe, train_data = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir, check_data=False)
+        recipe, train_data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir,
+                                                   check_data=False)
         src = recipe.data.train
         settings = _settings(args, src.mine)
         if settings.candidates and src.format != "rerank":
@@ -301,6 +304,7 @@ def add_cli(data_commands: argparse._SubParsersAction) -> None:
     d.add_argument("--sampling-strategy", choices=("top", "random"), help="top (default) or seeded random")
     d.add_argument("--seed", type=int, help="seed of random sampling (default: the recipe's training.seed, or 42)")
     d.add_argument("--batch-size", type=int, help="encoding batch size (default 128)")
-    d.add_argument("--data-dir", help="local public-data folder (for {data_dir} paths)")
-    d.add_argument("--output", "-o", required=True, help="the mined file, FILE.jsonl")
+    d.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
+    d.add_argument("-o", "--output", required=True, help="the mined file, FILE.jsonl")
+    d.add_argument("--overwrite", action="store_true", help="replace FILE.jsonl if it exists (default: refuse)")
     d.set_defaults(func=_mine)

@@ -15,7 +15,9 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import yaml
 from packaging.version import Version
 
 from embedkit.data.sources import read_train_source
-from embedkit.errors import RecipeError
+from embedkit.errors import EmbedkitError, RecipeError
 from embedkit.evaluation import evaluate
 from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
@@ -32,12 +34,13 @@ from embedkit.hub import push
 from embedkit.log import is_main_process, log
 from embedkit.methods import get_method
 from embedkit.methods.base import TrainContext
+from embedkit.model_ref import load_model
 from embedkit.paths import atomic_path
-from embedkit.recipe import METRIC_LABELS, Recipe, recipe_to_yaml
+from embedkit.recipe import METRIC_LABELS, Overrides, Recipe, RecipeInput, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
 from embedkit.training.mine import mine_for_training
 from embedkit.training.rundir import CHECKPOINTS, RESULTS, RunFolder
-from embedkit.validate import check_batch_split, load_recipe
+from embedkit.validate import check_batch_split, load_recipe_with_data
 
 # The packages recorded in a run's results.json.
 TRAINING_PACKAGES = ("embedkit", "torch", "transformers", "sentence-transformers", "datasets", "accelerate", "mteb")
@@ -150,19 +153,80 @@ def reserve(recipe: Recipe, train_data: Any, resume: bool, overwrite: bool) -> P
     return Plan(folder, checkpoint)
 
 
+# The results.json sections that hold scores (TrainResult.scores).
+SCORE_KEYS = ("dev", "sts", "rerank", "retrieval", "mteb")
+# How long the other processes wait for rank 0's final evaluation and save (the default process group's 30
+# minutes may be too short for a large final evaluation).
+FINAL_WAIT = timedelta(hours=24)
+
+
+@dataclass(eq=False, repr=False)
+class TrainResult(Mapping[str, Any]):
+    """What :func:`train` returns, on every process of a multi-process run.
+
+    * ``model``: the trained ``SentenceTransformer`` (the final model in memory; loaded from ``output_dir`` on
+      first use when the call trained nothing, i.e. ``resume=True`` on a finished run);
+    * ``results``: what ``results.json`` holds (rank 0 computes it; the other processes receive it);
+      ``scores``: its evaluation sections only (``dev``, ``sts``, ``rerank``, ``retrieval``, ``mteb``);
+    * ``output_dir``: the output folder.
+
+    It is also a read-only mapping of ``results`` (``result["train"]["global_step"]``), as ``train`` returned
+    before it had a result object.
+    """
+
+    output_dir: Path
+    results: dict[str, Any]
+    _model: Any = field(default=None, repr=False)
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = load_model(str(self.output_dir))[0]
+        return self._model
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        return {k: self.results[k] for k in SCORE_KEYS if k in self.results}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.results[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __repr__(self) -> str:
+        step = self.results.get("train", {}).get("global_step")
+        return (f"TrainResult(output_dir={str(self.output_dir)!r}, global_step={step}, "
+                f"scores=[{', '.join(self.scores)}])")
+
+
 def train(
-    recipe_path: str,
-    overrides: list[str] | None = None,
+    recipe: RecipeInput,
+    overrides: Overrides = None,
+    *,
     data_dir: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
-) -> dict[str, Any]:
-    """Run a recipe; returns the results dictionary also written to ``results.json``."""
+    **fields: Any,
+) -> TrainResult:
+    """Run a recipe end to end; returns a :class:`TrainResult` (the model, ``results.json``, the output folder).
+
+    ``recipe``: a file, a shipped recipe's name (``"quickstart"``), a dict of sections or a :class:`Recipe`,
+    validated in full either way (errors name the file, or ``<dict>`` / ``<Recipe>``, and the key path).
+    ``overrides``: ``["training.max_steps=2"]`` (the command line's strings, YAML-typed) or
+    ``{"training.max_steps": 2}``; each replaces the value at its key. ``fields``: sections by keyword, set key
+    by key and applied after ``overrides``: ``train("quickstart", training={"max_steps": 2})`` changes
+    ``training.max_steps`` only. ``data_dir``, ``resume`` and ``overwrite`` are the command's ``--data-dir``,
+    ``--resume`` and ``--overwrite``.
+    """
     started = time.time()
-    recipe, train_data = load_recipe(recipe_path, overrides, data_dir)
+    recipe, train_data = load_recipe_with_data(recipe, overrides, data_dir, **fields)
     plan = reserve(recipe, train_data, resume, overwrite)
     if not isinstance(plan, Plan):
-        return plan
+        return TrainResult(Path(recipe.output.dir).expanduser(), plan)
     with plan.folder as folder:
         if is_main_process() and not resume:
             folder.write_marker(recipe=recipe.model_dump(mode="json"),
@@ -171,9 +235,42 @@ def train(
         if plan.checkpoint is not None:
             log(f"resuming from {plan.checkpoint}")
         run.trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
-        if not run.trainer.is_world_process_zero():
-            return {}
-        return finish(run, folder, data_dir, started)
+        share = _from_rank_zero()  # every process, before rank 0's final evaluation
+        if run.trainer.is_world_process_zero():
+            try:
+                results = finish(run, folder, data_dir, started)
+            except BaseException:
+                share(None)  # the other processes stop waiting and fail too
+                raise
+            share(results)
+        else:
+            results = share(None)
+            if results is None:
+                raise EmbedkitError("rank 0 failed after training (its error is above); this process stops too")
+            if recipe.model.lora is not None and recipe.model.lora.merge:  # as rank 0 saved it
+                from embedkit.modeling import merge_lora
+
+                merge_lora(run.trainer.model)
+        return TrainResult(folder.out, results, run.trainer.model)
+
+
+def _from_rank_zero() -> Callable[[Any], Any]:
+    """A function every process calls once: rank 0 passes its value, every process gets rank 0's value (in one
+    process, the value itself). Its own gloo group waits :data:`FINAL_WAIT`, since rank 0 evaluates and saves
+    while the others wait."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return lambda value: value
+    group = dist.new_group(backend="gloo", timeout=FINAL_WAIT)
+
+    def share(value: Any) -> Any:
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=group)
+        dist.destroy_process_group(group)
+        return box[0]
+
+    return share
 
 
 @dataclass

@@ -25,7 +25,7 @@ from embedkit.methods.debcse import DebCSEParams, build_reference
 from embedkit.methods.debcse.debias import MinedRows, batch_statistics, debias, identity_rows, unique_texts
 from embedkit.methods.debcse.similarity import pair_surface, tokens
 from embedkit.paths import atomic_path
-from embedkit.validate import load_recipe
+from embedkit.validate import load_recipe_with_data
 
 PNG_NAME = "diagnose.png"
 JSON_NAME = "diagnose.json"
@@ -216,7 +216,7 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
     """Compute (and plot) the before/after diagnostics of a recipe's training pairs; returns the summary."""
     from embedkit.modeling import build_model
 
-    recipe, train_data = load_recipe(recipe_path, overrides, data_dir)
+    recipe, train_data = load_recipe_with_data(recipe_path, overrides, data_dir)
     method_cls = get_method(recipe.method.name)
     method_params = {k: v for k, v in recipe.method.model_dump().items() if k != "name"}
     params = DebCSEParams.model_validate(method_params) if recipe.method.name == "debcse" else DebCSEParams()
@@ -328,7 +328,7 @@ def cutoff_report(summary: dict[str, Any]) -> list[str]:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    out = args.out or f"diagnose-{Path(args.recipe).stem}"
+    out = args.output or f"diagnose-{Path(args.recipe).stem}"
     summary = diagnose(args.recipe, args.overrides, data_dir=args.data_dir, out_dir=out,
                        max_samples=args.max_samples or None, batch_size=args.batch_size, draw=not args.no_plot)
     print(f"{args.recipe}: method {summary['method']}, reference {summary['reference']}, "
@@ -344,15 +344,16 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def add_cli(data_commands: argparse._SubParsersAction) -> None:
-    """Register ``embedkit data diagnose RECIPE [--out DIR]`` under the ``data`` command group."""
+    """Register ``embedkit data diagnose RECIPE [-o DIR]`` under the ``data`` command group."""
     d = data_commands.add_parser(
         "diagnose",
         help="length/surface/semantic histograms of the pairs a recipe trains on, before and after debiasing",
     )
     d.add_argument("recipe", help="recipe file, or the name of a shipped recipe")
     d.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe fields")
-    d.add_argument("--data-dir", help="local public-data folder")
-    d.add_argument("--out", help="folder for diagnose.png and diagnose.json (default: ./diagnose-<recipe name>)")
+    d.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
+    d.add_argument("-o", "--output",
+                   help="folder for diagnose.png and diagnose.json (default: ./diagnose-<recipe name>)")
     d.add_argument("--max-samples", type=int, default=2000,
                    help="diagnose the first N training rows (default 2000; 0: all)")
     d.add_argument("--batch-size", type=int, help="batch size of the simulated batches (default: the recipe's)")
