@@ -241,7 +241,10 @@ def _st_card(out: Path, model: Any) -> str:
     readme = out / "README.md"
     if read_front_matter(readme).get("library_name") == "sentence-transformers":
         return readme.read_text(encoding="utf-8")
-    from sentence_transformers.base.model_card import generate_model_card
+    try:
+        from sentence_transformers.base.model_card import generate_model_card
+    except ImportError:  # sentence-transformers 5
+        from sentence_transformers.model_card import generate_model_card
 
     model.model_card_data.local_files_only = True  # no Hub look-ups while rendering
     return generate_model_card(model)

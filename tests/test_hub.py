@@ -399,6 +399,20 @@ def test_refuses_a_model_that_does_not_load(trained_output, hub, tmp_path):
     assert hub.state.requests == []
 
 
+def test_a_folder_without_sentence_transformers_card_gets_the_one_it_renders(trained_output, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from embedkit.card import BEGIN
+    from embedkit.hub import prepare_upload
+
+    out = _copy_output(trained_output, tmp_path / "out")
+    (out / "README.md").unlink()
+    prepared = prepare_upload(out, tmp_path / "staged", REPO, TOKEN)
+    assert "## Model Details" in prepared.card and prepared.card.count(BEGIN) == 1  # sentence-transformers' + ours
+    assert f'SentenceTransformer("{REPO}")' in prepared.card
+    assert len(ModelCard(prepared.card).data.eval_results) == prepared.eval_results == 2  # the two STS pair files
+
+
 def test_no_token_is_a_clear_error(trained_output, monkeypatch, tmp_path):
     import huggingface_hub.constants
 
