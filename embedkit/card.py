@@ -1,13 +1,21 @@
-"""The model card (``README.md``) published with a trained model.
+"""The model card (``README.md``) of a trained model: sentence-transformers' own card, plus embedkit's sections.
 
-Built from the training output folder: ``results.json`` (recipe, method and citation, scores, hardware, time,
-versions) and the sentence-transformers card that ``save_pretrained`` wrote (its widget and tags). The YAML
-front matter follows the Hub schema (``library_name``, ``pipeline_tag``, ``tags``, ``base_model``, ``datasets``,
-``license``, ``model-index`` with one result per STS task); the body says what the model is, how to use it,
-how it was made and how it scores, under the protocol it was scored with.
+sentence-transformers writes a card at every save from the model's ``SentenceTransformerModelCardData``
+(tags, dataset sizes and samples, the loss and its parameters, hyperparameters, the dev evaluator's metrics,
+training logs, versions, citations). embedkit fills that data before training (:func:`set_card_data`: language,
+license, base model, datasets, the method's citation; the trainer adds the loss that actually ran) and, once
+the final model is saved, :func:`update_card` edits the card with ``huggingface_hub.ModelCard``:
 
-Pure functions, no network. Every text made here goes through :func:`redact_home`, so a path under the user's
-home folder is published as ``~/...``.
+* front matter: ``model-index`` gets one result per STS task of the SentEval suite and one per MTEB task, split
+  and subset (read generically from mteb's result files, ``results/<model>/<revision>/<Task>.json``), next to
+  the entries sentence-transformers wrote; tags, base model, license and datasets are completed; a
+  ``model_name`` is kept only as the name of a ``model-index`` (never a stray top-level key);
+* body: embedkit's sections, rendered from one template between two HTML comments (so a later update
+  replaces them): the recipe as executed (after overrides), the method and its citation, the evaluation
+  protocol, the STS / MTEB / ranking tables, how the model was trained.
+
+No network. Every text made here goes through :func:`redact_home`, so a path under the user's home folder is
+published as ``~/...``.
 """
 
 from __future__ import annotations
@@ -18,10 +26,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import yaml
-from huggingface_hub import EvalResult, ModelCardData
+from huggingface_hub import EvalResult, ModelCard
 
 from embedkit.errors import EmbedkitError
+from embedkit.model_ref import packaged_model_path
+from embedkit.paths import atomic_path
 from embedkit.recipe import METRIC_LABELS
 
 # Protocols embedkit knows how to describe; any other name is shown as given.
@@ -34,13 +45,11 @@ PROTOCOLS = {
     ),
 }
 TAGS = ("sentence-transformers", "sentence-similarity", "feature-extraction", "embedkit")
-# Front-matter keys of the sentence-transformers card that embedkit keeps (the rest it writes itself). Its
-# ``widget`` is left out: sentence-transformers fills it with training sentences, which may be private.
-ST_KEPT_KEYS = ("language",)
-WIDGET = [{
-    "source_sentence": "A man is playing a guitar.",
-    "sentences": ["Someone is playing an instrument.", "A woman is slicing an onion.", "The sky is blue today."],
-}]
+MTEB_URL = "https://github.com/embeddings-benchmark/mteb"
+BEGIN, END = "<!-- embedkit:begin -->", "<!-- embedkit:end -->"
+ST_PLACEHOLDER_ID = "sentence_transformers_model_id"  # sentence-transformers' usage snippet before a push
+# A card for an output folder that has none from sentence-transformers (written before embedkit kept it).
+BARE_CARD = "---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\n---\n\n# {title}\n"
 
 
 def home_paths() -> list[str]:
@@ -138,8 +147,76 @@ def mteb_tasks(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def eval_results(results: dict[str, Any]) -> list:
-    """The Hub ``EvalResult`` list: one per STS task, metric Spearman (× 100), the protocol named."""
+def base_model_card(model_ref: Any) -> dict[str, Any]:
+    """The front matter of a local (or packaged) base model folder's README; {} when there is none."""
+    if not isinstance(model_ref, str) or not model_ref:
+        return {}
+    folder = Path(model_ref).expanduser()
+    if not folder.is_dir():
+        folder = Path(packaged_model_path(model_ref) or "/nonexistent")
+    return read_front_matter(folder / "README.md")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Before training: the data sentence-transformers renders its card from
+
+
+def train_dataset_info(recipe: dict[str, Any]) -> dict[str, str]:
+    """``{"name", "id"}`` of the training set for sentence-transformers' card (no path: a file name only)."""
+    train = (recipe.get("data") or {}).get("train") or {}
+    info: dict[str, str] = {}
+    if train.get("path"):
+        info["name"] = Path(str(train["path"])).name
+    if train.get("hub"):
+        info["id"] = str(train["hub"])  # the recipe's Hub copy of the same set (its fallback)
+        info.setdefault("name", str(train["hub"]))
+    return info
+
+
+def set_card_data(model: Any, recipe: dict[str, Any], method: str) -> None:
+    """Fill ``model.model_card_data`` before the trainer is built (it adds the loss, dataset sizes, logs).
+
+    ``local_files_only``: sentence-transformers would otherwise look the base model and each dataset up on
+    the Hub at every save; embedkit names them itself, from the recipe, so saving never needs the network.
+    """
+    data = model.model_card_data
+    data.local_files_only = True
+    base = (recipe.get("model") or {}).get("name")
+    base_id = hub_model_id(base)
+    base_card = base_model_card(base)
+    if base_id:
+        data.base_model = base_id
+    language = base_card.get("language")
+    if language and not data.language:
+        data.set_language(language)
+    license_ = (recipe.get("output") or {}).get("license") or base_card.get("license")
+    if isinstance(license_, str):
+        data.set_license(license_)
+    info = train_dataset_info(recipe)
+    if info:
+        data.train_datasets = [info]
+        if info.get("id") and info["id"] not in data.datasets:
+            data.datasets.append(info["id"])
+    repo = (recipe.get("output") or {}).get("push_to_hub")
+    if repo:
+        data.set_model_id(repo)
+        data.model_name = repo.split("/")[-1]
+    data.add_tags(["embedkit", method])
+
+
+def add_method_citation(model: Any, method: str, paper: str | None, citation: str | None) -> None:
+    """Put the method's BibTeX among the card's citations (the trainer's init replaced them by the losses')."""
+    if citation:
+        data = model.model_card_data
+        data.citations = {**(data.citations or {}), f"{method} ({paper or 'the method'})": citation.strip()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model-index
+
+
+def eval_results(results: dict[str, Any]) -> list[EvalResult]:
+    """The Hub ``EvalResult`` list of the STS suite: one per task, Spearman (× 100), the protocol named."""
 
     protocol, tasks = sts_tasks(results)
     protocol = protocol or "unspecified"
@@ -163,36 +240,353 @@ def eval_results(results: dict[str, Any]) -> list:
     return out
 
 
-def card_metadata(results: dict[str, Any], repo_id: str, st_front_matter: dict[str, Any] | None = None,
-                  st_tags: list[str] | None = None) -> dict[str, Any]:
-    """The YAML front matter as a dict, in the Hub's model-card schema."""
+def mteb_rows(results: dict[str, Any], mteb_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per MTEB task, split and subset: read from mteb's result files under ``mteb_dir``
+    (``results/<model>/<revision>/<Task>.json``, any task type), restricted to the revision ``results["mteb"]``
+    names; a task recorded in ``results.json`` without a file gives one row from its main score."""
+    summary = mteb_tasks(results)
+    run = results.get("mteb") if isinstance(results.get("mteb"), dict) else {}
+    revision = run.get("revision") if isinstance(run.get("revision"), str) else None
+    rows: list[dict[str, Any]] = []
+    files = sorted(Path(mteb_dir).glob("results/*/*/*.json")) if mteb_dir else []
+    for path in files:
+        if path.name == "model_meta.json" or (revision and path.parent.name != revision):
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("scores"), dict):
+            continue
+        name = str(data.get("task_name") or path.stem)
+        info = summary.get(name, {})
+        for split, subsets in data["scores"].items():
+            for sub in subsets if isinstance(subsets, list) else []:
+                if isinstance(sub, dict) and isinstance(sub.get("main_score"), (int, float)):
+                    rows.append(_mteb_row(name, info, split, str(sub.get("hf_subset", "default")), sub["main_score"],
+                                          data.get("dataset_revision"), data.get("evaluation_time")))
+    seen = {row["task"] for row in rows}
+    for name, info in summary.items():
+        if name not in seen:
+            rows.append(_mteb_row(name, info, str(info.get("split", "test")), "default", info["main_score"],
+                                  (info.get("dataset") or {}).get("revision"), info.get("evaluation_time")))
+    return rows
 
-    recipe = results.get("recipe") or {}
-    method = (results.get("method") or {}).get("name") or (recipe.get("method") or {}).get("name")
-    st_front_matter = st_front_matter or {}
-    tags: list[str] = []
-    for tag in [*TAGS, *(st_tags or []), *(st_front_matter.get("tags") or []), method]:
-        if isinstance(tag, str) and tag and tag not in tags:
-            tags.append(tag)
-    train = (recipe.get("data") or {}).get("train") or {}
-    extra = {k: st_front_matter[k] for k in ST_KEPT_KEYS if st_front_matter.get(k)}
-    data = ModelCardData(
-        library_name="sentence-transformers",
-        pipeline_tag="sentence-similarity",
-        tags=tags,
-        base_model=hub_model_id((recipe.get("model") or {}).get("name")),
-        datasets=[train["hub"]] if train.get("hub") else None,
-        license=(recipe.get("output") or {}).get("license"),
-        model_name=repo_id.split("/")[-1],
-        eval_results=eval_results(results) or None,
-        widget=WIDGET,
-        **extra,
-    )
-    return data.to_dict()
+
+def _mteb_row(task: str, info: dict[str, Any], split: str, subset: str, score: float, revision: Any,
+              seconds: Any) -> dict[str, Any]:
+    dataset = info.get("dataset") if isinstance(info.get("dataset"), dict) else {}
+    return {"task": task, "type": info.get("type") or "mteb", "metric": info.get("main_metric") or "main_score",
+            "split": split, "subset": subset, "score": float(score), "dataset": dataset.get("path") or task,
+            "revision": revision if isinstance(revision, str) else None, "source": info.get("source"),
+            "seconds": seconds if isinstance(seconds, (int, float)) else None}
+
+
+def mteb_eval_results(rows: list[dict[str, Any]]) -> list[EvalResult]:
+    """model-index entries for MTEB rows, as mteb names them: task type, ``MTEB <task>``, the dataset's path,
+    revision, subset and split, the task's main metric (× 100, as mteb reports to the Hub)."""
+    return [EvalResult(
+        task_type=row["type"], task_name=f"MTEB {row['task']}",
+        dataset_type=row["dataset"], dataset_name=f"MTEB {row['task']} ({row['subset']})",
+        dataset_config=row["subset"], dataset_split=row["split"], dataset_revision=row["revision"],
+        metric_type=row["metric"], metric_name=f"{row['metric']} (mteb main score × 100)",
+        metric_value=round(100 * row["score"], 2), source_name="MTEB", source_url=MTEB_URL,
+    ) for row in rows]
+
+
+def merge_eval_results(existing: list[EvalResult] | None, new: list[EvalResult]) -> list[EvalResult]:
+    """``existing`` (e.g. sentence-transformers' evaluator entries) with any entry for the same task, dataset,
+    split and metric replaced by its ``new`` value."""
+    kept = [old for old in existing or [] if not any(old.is_equal_except_value(n) for n in new)]
+    return kept + new
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Body
+# embedkit's sections
+
+SECTIONS = jinja2.Template("""\
+## How embedkit made this model
+
+{% if overrides %}
+Recipe description (the recipe file's; this run overrode {{ overrides | map('tojson') | join(', ') }}, so the
+recipe as executed below is what ran): *{{ description }}*
+{% elif description %}
+{{ description }}
+{% endif %}
+
+Fine-tuned from {{ base }} with **{{ method }}**{% if paper %} ({{ paper }}){% endif %} on {{ training_data }}.
+The repository also holds `recipe.yaml` (the resolved recipe) and `results.json` (every recorded score, the
+training log, hardware and versions){% if has_mteb %}, and mteb's result files under `mteb/`{% endif %}.
+
+### Evaluation protocol
+
+{% if sts %}
+- **STS** (protocol `{{ sts.protocol }}`): {{ sts.description }}
+{% endif %}
+{% if mteb %}
+- **MTEB**: `mteb.evaluate` (mteb {{ mteb_version }}), each task's main score on its evaluation
+  split{% if mteb_local %}; {{ mteb_local | join(', ') }} read from local copies of the public data{% endif %}.
+  The table gives mteb's 0–1 scale; the `model-index` above gives × 100.
+{% endif %}
+{% for line in dev_lines %}
+{% if loop.first %}- **Checkpoint selection:** {% endif %}{{ line }}
+{% endfor %}
+{% if not (sts or mteb or ranking or dev_lines) %}
+No evaluation was recorded for this run.
+{% endif %}
+{% if sts %}
+
+### STS (protocol `{{ sts.protocol }}`)
+
+| Task | Spearman | Pearson | Pairs |
+|:--|--:|--:|--:|
+{% for row in sts.rows %}
+| {{ row.name }} | {{ row.spearman }} | {{ row.pearson }} | {{ row.n }} |
+{% endfor %}
+{% if sts.avg %}
+| **Avg** | **{{ sts.avg }}** | | |
+{% endif %}
+{% if sts.deviations %}
+
+Deviations from the protocol:
+
+{% for d in sts.deviations %}
+- {{ d }}
+{% endfor %}
+{% endif %}
+{% if sts.files %}
+
+Evaluation data: {{ sts.origin }}. SHA-256 of each file read:
+
+| File | SHA-256 |
+|:--|:--|
+{% for f in sts.files %}
+| `{{ f.path }}` | `{{ f.digest }}` |
+{% endfor %}
+{% endif %}
+{% endif %}
+{% if mteb %}
+
+### MTEB
+
+| Task | Main score | Metric | Type | Split | Subset |
+|:--|--:|:--|:--|:--|:--|
+{% for row in mteb %}
+| {{ row.task }} | {{ '%.4f' % row.score }} | {{ row.metric }} | {{ row.type }} | {{ row.split }} | {{ row.subset }} |
+{% endfor %}
+{% endif %}
+{% for table in ranking %}
+
+### {{ table.title }}
+
+| Set | {{ table.heads | join(' | ') }} |
+|:--|{% for h in table.heads %}--:|{% endfor %}
+
+{% for row in table.rows %}
+| {{ row | join(' | ') }} |
+{% endfor %}
+{% endfor %}
+
+### Training
+
+{% for line in training %}
+{{ line }}
+{% endfor %}
+{% if recipe_yaml %}
+
+### Recipe as executed
+
+The resolved recipe (every default filled in{% if overrides %}, the command-line overrides applied{% endif %});
+`embedkit train recipe.yaml` reruns it.
+
+```yaml
+{{ recipe_yaml }}
+```
+{% endif %}
+{% if versions %}
+
+### Package versions
+
+| Package | Version |
+|:--|:--|
+{% for k, v in versions.items() %}
+| {{ k }} | {{ v }} |
+{% endfor %}
+{% endif %}
+{% if citation %}
+
+### Citation of the method
+
+```bibtex
+{{ citation }}
+```
+{% endif %}
+""", trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def _sts_context(results: dict[str, Any]) -> dict[str, Any] | None:
+    protocol, tasks = sts_tasks(results)
+    if not tasks:
+        return None
+    sts = results["sts"]
+    description = PROTOCOLS.get(protocol or "") or (f"setting: {sts['setting']}." if sts.get("setting") else
+                                                    "as recorded in results.json.")
+    data = sts.get("data") if isinstance(sts.get("data"), dict) else {}
+    files = data.get("files") if isinstance(data.get("files"), dict) else {}
+    folder = str(data.get("dir") or "")
+    base = folder or str(data.get("source") or "")
+    rows = []
+    for path, digest in files.items():
+        inside = base and str(path).startswith(base.rstrip("/") + "/")
+        rows.append({"path": os.path.relpath(path, base) if inside else path, "digest": digest})
+    origin = (f"{data['source']} files" if data.get("source") else "files") + (f" under `{folder}`" if folder else "")
+    return {
+        "protocol": protocol or "unspecified", "description": description,
+        "rows": [{"name": n, "spearman": _fmt(s.get("spearman")), "pearson": _fmt(s.get("pearson")),
+                  "n": s.get("n", "–")} for n, s in tasks.items()],
+        "avg": _fmt(sts["avg"]) if isinstance(sts.get("avg"), (int, float)) else None,
+        "deviations": [d for d in sts.get("deviations") or [] if isinstance(d, str)],
+        "files": rows, "origin": origin,
+    }
+
+
+def _ranking_context(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The final reranking / retrieval evaluation (``eval.rerank``, ``eval.retrieval``), × 100."""
+    tables = []
+    for kind, metrics in (("rerank", ("map", "mrr@10")), ("retrieval", ("ndcg@10", "recall@100", "mrr@10"))):
+        sets = results.get(kind)
+        if isinstance(sets, dict) and sets:
+            tables.append({"title": "Reranking" if kind == "rerank" else "Retrieval",
+                           "heads": [METRIC_LABELS[m] for m in metrics],
+                           "rows": [[name, *(_fmt(v.get(m)) for m in metrics)] for name, v in sets.items()
+                                    if isinstance(v, dict)]})
+    return tables
+
+
+def _training_lines(results: dict[str, Any], method: str, paper: str | None) -> list[str]:
+    recipe = results.get("recipe") or {}
+    train = results.get("train") if isinstance(results.get("train"), dict) else {}
+    lines = [f"- **Method:** `{method}`" + (f" — {paper}" if paper else "")]
+    params = {k: v for k, v in (recipe.get("method") or {}).items() if k != "name"}
+    if params:
+        lines.append("- **Method parameters:** " + ", ".join(f"`{k}={v}`" for k, v in params.items()))
+    lora = (recipe.get("model") or {}).get("lora")
+    if isinstance(lora, dict):
+        lines.append(_lora_line(lora, train.get("trainable_parameters")))
+    for label, key in (("Steps", "global_step"), ("Precision", "precision"), ("Processes", "world_size")):
+        if train.get(key) is not None:
+            lines.append(f"- **{label}:** {train[key]}")
+    if train.get("global_batch_size") is not None:
+        lines.append(f"- **Batch:** {train['global_batch_size']} global = {train.get('per_device_batch_size')} per "
+                     f"device × {train.get('world_size', 1)}")
+    if train.get("best_checkpoint"):
+        lines.append(f"- **Selected checkpoint:** `{Path(str(train['best_checkpoint'])).name}`")
+    return lines + [f"- **Hardware:** {results.get('hardware', 'unknown')}",
+                    f"- **Time:** {_duration(results.get('seconds'))}"]
+
+
+def render_sections(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """embedkit's sections of the card (Markdown), from ``results.json`` and the MTEB rows."""
+    recipe = results.get("recipe") or {}
+    method_info = results.get("method") or {}
+    method = method_info.get("name") or (recipe.get("method") or {}).get("name") or "unknown"
+    base = (recipe.get("model") or {}).get("name")
+    base_id = hub_model_id(base)
+    run = results.get("mteb") if isinstance(results.get("mteb"), dict) else {}
+    versions = results.get("versions") if isinstance(results.get("versions"), dict) else {}
+    text = SECTIONS.render(
+        description=recipe.get("description"),
+        overrides=[o for o in results.get("overrides") or [] if isinstance(o, str)],
+        base=f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"the local model `{base}`",
+        method=method, paper=method_info.get("paper"), training_data=_training_data(recipe),
+        has_mteb=bool(rows) and bool(run.get("results_dir")),
+        sts=_sts_context(results), mteb=rows, ranking=_ranking_context(results),
+        mteb_version=(run.get("versions") or {}).get("mteb") or versions.get("mteb", "?"),
+        mteb_local=sorted({r["task"] for r in rows if r.get("source") == "local"}),
+        dev_lines=[line for line in _dev_section(results)[2:] if line],
+        training=_training_lines(results, method, method_info.get("paper")),
+        recipe_yaml=yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).rstrip() if recipe else None,
+        versions=versions, citation=str(method_info["citation"]).strip() if method_info.get("citation") else None,
+    )
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The card
+
+
+def update_card(text: str, results: dict[str, Any], *, repo_id: str | None = None,
+                mteb_dir: str | Path | None = None) -> str:
+    """``text`` (sentence-transformers' card) with embedkit's metadata and sections; home paths redacted.
+
+    Idempotent: the sections sit between :data:`BEGIN` and :data:`END` and are replaced on a second call;
+    model-index entries are replaced by task, dataset, split and metric.
+    """
+    card = ModelCard(text, ignore_metadata_errors=True)
+    data = card.data
+    recipe = results.get("recipe") or {}
+    method = (results.get("method") or {}).get("name") or (recipe.get("method") or {}).get("name")
+    data.library_name = "sentence-transformers"
+    data.pipeline_tag = data.pipeline_tag or "sentence-similarity"
+    tags = list(data.tags or [])
+    for tag in (*TAGS, method):
+        if isinstance(tag, str) and tag and tag not in tags:
+            tags.append(tag)
+    data.tags = tags
+    base_id = hub_model_id((recipe.get("model") or {}).get("name"))
+    if base_id and not data.base_model:
+        data.base_model = base_id
+    license_ = (recipe.get("output") or {}).get("license")
+    if license_ and not data.license:
+        data.license = license_
+    info = train_dataset_info(recipe)
+    if info.get("id") and not data.datasets:
+        data.datasets = [info["id"]]
+    rows = mteb_rows(results, mteb_dir)
+    data.eval_results = merge_eval_results(data.eval_results, eval_results(results) + mteb_eval_results(rows)) or None
+    if data.eval_results:  # the model-index's name; huggingface_hub writes it inside model-index only
+        data.model_name = repo_id.split("/")[-1] if repo_id else data.model_name or "embedkit model"
+    else:
+        data.model_name = None
+
+    body = card.text
+    if BEGIN in body and END in body:
+        body = body[:body.index(BEGIN)].rstrip() + "\n\n" + body[body.index(END) + len(END):].lstrip()
+    if repo_id:
+        body = body.replace(f'"{ST_PLACEHOLDER_ID}"', f'"{repo_id}"')
+        body = re.sub(r"^# .*$", f"# {repo_id.split('/')[-1]}", body, count=1, flags=re.M)
+    block = f"{BEGIN}\n{render_sections(results, rows)}{END}\n"
+    for heading in ("\n## Training Details", "\n## Citation"):
+        if heading in body:
+            at = body.index(heading)
+            body = body[:at].rstrip() + "\n\n" + block + body[at:]
+            break
+    else:
+        body = body.rstrip() + "\n\n" + block
+    card.text = body
+    return redact_home(str(card))
+
+
+def build_card(results: dict[str, Any], repo_id: str | None = None, *, st_card: str | None = None,
+               mteb_dir: str | Path | None = None) -> str:
+    """The full ``README.md``: ``st_card`` (sentence-transformers' card; a bare one when ``None``) updated by
+    :func:`update_card`."""
+    title = (repo_id or "embedkit model").split("/")[-1]
+    return update_card(st_card or BARE_CARD.format(title=title), results, repo_id=repo_id, mteb_dir=mteb_dir)
+
+
+def write_card(folder: str | Path, results: dict[str, Any], mteb_dir: str | Path | None = None) -> Path:
+    """Rewrite ``folder/README.md`` (the card sentence-transformers just saved) with embedkit's part, atomically."""
+    readme = Path(folder) / "README.md"
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else None
+    card = build_card(results, None, st_card=text, mteb_dir=mteb_dir)
+    with atomic_path(readme) as tmp:
+        tmp.write_text(card, encoding="utf-8")
+    return readme
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Formatting helpers
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -213,12 +607,13 @@ def _duration(seconds: Any) -> str:
 
 def _training_data(recipe: dict[str, Any]) -> str:
     train = (recipe.get("data") or {}).get("train") or {}
-    if train.get("hub"):
-        what = f"the Hub dataset [{train['hub']}](https://huggingface.co/datasets/{train['hub']})"
+    hub = f"[{train['hub']}](https://huggingface.co/datasets/{train['hub']})" if train.get("hub") else None
+    if train.get("path"):  # a local file is read when it exists; the hub entry only stands in for a missing one
+        what = f"the local file `{Path(train['path']).name}`" + (f" (its Hub copy: {hub})" if hub else "")
+    elif hub:
+        what = f"the Hub dataset {hub}"
         what += f" (split `{train.get('split', 'train')}`" + (f", config `{train['config']}`" if train.get("config")
                                                                 else "") + ")"
-    elif train.get("path"):
-        what = f"the local file `{Path(train['path']).name}`"
     else:
         what = "unspecified data"
     if train.get("columns"):
@@ -228,56 +623,6 @@ def _training_data(recipe: dict[str, Any]) -> str:
     return what
 
 
-def _sts_section(results: dict[str, Any]) -> list[str]:
-    protocol, tasks = sts_tasks(results)
-    if not tasks:
-        return []
-    sts = results["sts"]
-    lines = [f"### STS (protocol `{protocol or 'unspecified'}`)", ""]
-    if protocol in PROTOCOLS:
-        lines += [PROTOCOLS[protocol], ""]
-    elif sts.get("setting"):
-        lines += [f"Setting: {sts['setting']}.", ""]
-    lines += ["| Task | Spearman | Pearson | Pairs |", "|:--|--:|--:|--:|"]
-    for name, scores in tasks.items():
-        lines.append(f"| {name} | {_fmt(scores.get('spearman'))} | {_fmt(scores.get('pearson'))} | "
-                     f"{scores.get('n', '–')} |")
-    if isinstance(sts.get("avg"), (int, float)):
-        lines.append(f"| **Avg** | **{_fmt(sts['avg'])}** | | |")
-    deviations = [d for d in sts.get("deviations") or [] if isinstance(d, str)]
-    if deviations:
-        lines += ["", "Deviations from the protocol:", ""] + [f"- {d}" for d in deviations]
-    data = sts.get("data") if isinstance(sts.get("data"), dict) else {}
-    files = data.get("files") if isinstance(data.get("files"), dict) else {}
-    if data.get("source") or data.get("dir") or files:
-        folder = str(data.get("dir") or "")
-        origin = f"{data['source']} files" if data.get("source") else "files"
-        where = f" under `{folder}`" if folder else ""
-        lines += ["", f"Evaluation data: {origin}{where}. SHA-256 of each file read:", "", "| File | SHA-256 |",
-                  "|:--|:--|"]
-        for path, digest in files.items():
-            base = folder or str(data.get("source") or "")
-            inside = base and str(path).startswith(base.rstrip("/") + "/")
-            lines.append(f"| `{os.path.relpath(path, base) if inside else path}` | `{digest}` |")
-    return lines + [""]
-
-
-def _mteb_section(results: dict[str, Any]) -> list[str]:
-    tasks = mteb_tasks(results)
-    if not tasks:
-        return []
-    lines = ["### MTEB", "", "Main score of each task as computed by mteb (0–1 scale).", "",
-             "| Task | Main score | Details |", "|:--|--:|:--|"]
-    for name, value in tasks.items():
-        details = ", ".join(
-            f"{k}: {_fmt(v, 4) if isinstance(v, float) else v}" for k, v in value.items()
-            if k != "main_score" and isinstance(v, (str, int, float)) and not isinstance(v, bool)
-        )
-        lines.append(f"| {name} | {_fmt(value['main_score'], 4)} | {details} |")
-    return lines + [""]
-
-
-# The dev metric's name in the card (a results.json from before data.dev.kind existed is STS-B, Spearman).
 def _dev_section(results: dict[str, Any]) -> list[str]:
     dev = results.get("dev") if isinstance(results.get("dev"), dict) else {}
     after, before = dev.get("after"), dev.get("before")
@@ -299,22 +644,6 @@ def _dev_section(results: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _ranking_section(results: dict[str, Any]) -> list[str]:
-    """The final reranking / retrieval evaluation (``eval.rerank``, ``eval.retrieval``), × 100."""
-    lines: list[str] = []
-    for kind, metrics in (("rerank", ("map", "mrr@10")), ("retrieval", ("ndcg@10", "recall@100", "mrr@10"))):
-        sets = results.get(kind)
-        if not isinstance(sets, dict) or not sets:
-            continue
-        heads = [METRIC_LABELS[m] for m in metrics]
-        lines += [f"### {'Reranking' if kind == 'rerank' else 'Retrieval'}", "",
-                  "| Set | " + " | ".join(heads) + " |", "|:--|" + "--:|" * len(heads)]
-        lines += [f"| {name} | " + " | ".join(_fmt(v.get(m)) for m in metrics) + " |"
-                  for name, v in sets.items() if isinstance(v, dict)]
-        lines.append("")
-    return lines
-
-
 def _lora_line(lora: dict[str, Any], trainable: Any) -> str:
     """The card's line on LoRA: rank, alpha, targets, and whether the repository holds an adapter."""
     targets = lora.get("target_modules")
@@ -328,113 +657,3 @@ def _lora_line(lora: dict[str, Any], trainable: Any) -> str:
     return line + "; saved as a PEFT adapter on the base model (loading needs `pip install peft`)"
 
 
-def build_card(results: dict[str, Any], repo_id: str, *, model_info: dict[str, Any] | None = None,
-               st_front_matter: dict[str, Any] | None = None, st_tags: list[str] | None = None) -> str:
-    """The full ``README.md`` text: Hub front matter and the body, with home paths redacted.
-
-    ``model_info`` (optional) carries ``dimension``, ``max_seq_length``, ``similarity`` and ``architecture``
-    read from the loaded model.
-    """
-    recipe = results.get("recipe") or {}
-    method = results.get("method") or {}
-    method_name = method.get("name") or (recipe.get("method") or {}).get("name") or "unknown"
-    info = model_info or {}
-    meta = card_metadata(results, repo_id, st_front_matter, st_tags)
-    base = (recipe.get("model") or {}).get("name")
-    base_id = hub_model_id(base)
-    base_text = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"the local model `{base}`"
-
-    body: list[str] = [f"# {repo_id.split('/')[-1]}", ""]
-    if recipe.get("description"):
-        body += [str(recipe["description"]), ""]
-    shape = []
-    if info.get("dimension"):
-        shape.append(f"maps sentences to a {info['dimension']}-dimensional dense vector space")
-    if info.get("similarity"):
-        shape.append(f"compares them with {info['similarity']} similarity")
-    if info.get("max_seq_length"):
-        shape.append(f"reads up to {info['max_seq_length']} tokens")
-    body += [
-        f"A [sentence-transformers](https://www.sbert.net) model fine-tuned from {base_text} with "
-        f"**{method_name}**" + (f" ({method['paper']})" if method.get("paper") else "")
-        + f" on {_training_data(recipe)}, with embedkit. "
-        + (f"It {', '.join(shape)}." if shape else ""),
-        "",
-        "## Usage",
-        "",
-        "```bash",
-        "pip install -U sentence-transformers",
-        "```",
-        "",
-        "```python",
-        "from sentence_transformers import SentenceTransformer",
-        "",
-        f'model = SentenceTransformer("{repo_id}")',
-        'sentences = ["A man is playing a guitar.", "Someone plays an instrument.", "The sky is blue."]',
-        "embeddings = model.encode(sentences)",
-        "similarities = model.similarity(embeddings, embeddings)",
-        "print(similarities)",
-        "```",
-        "",
-    ]
-    body += ["The repository also holds `recipe.yaml` (the resolved recipe) and `results.json` (every recorded "
-             "score, the training log, hardware and versions).", ""]
-    evaluation = _sts_section(results) + _mteb_section(results) + _ranking_section(results) + _dev_section(results)
-    body += ["## Evaluation", ""] + (evaluation or ["No evaluation was recorded for this run.", ""])
-
-    train = results.get("train") if isinstance(results.get("train"), dict) else {}
-    body += ["## Training", "", f"- **Method:** `{method_name}`" + (f" — {method['paper']}" if method.get("paper")
-                                                                       else "")]
-    params = {k: v for k, v in (recipe.get("method") or {}).items() if k != "name"}
-    if params:
-        body.append("- **Method parameters:** " + ", ".join(f"`{k}={v}`" for k, v in params.items()))
-    lora = (recipe.get("model") or {}).get("lora")
-    if isinstance(lora, dict):
-        body.append(_lora_line(lora, train.get("trainable_parameters")))
-    for label, key in (("Steps", "global_step"), ("Precision", "precision"), ("Processes", "world_size")):
-        if train.get(key) is not None:
-            body.append(f"- **{label}:** {train[key]}")
-    if train.get("global_batch_size") is not None:
-        body.append(f"- **Batch:** {train['global_batch_size']} global = {train.get('per_device_batch_size')} per "
-                    f"device × {train.get('world_size', 1)}")
-    if train.get("best_checkpoint"):
-        body.append(f"- **Selected checkpoint:** `{Path(str(train['best_checkpoint'])).name}`")
-    body += [f"- **Hardware:** {results.get('hardware', 'unknown')}",
-             f"- **Time:** {_duration(results.get('seconds'))}", ""]
-    if recipe:
-        body += ["### Recipe", "", "The resolved recipe (every default filled in); `embedkit train` reruns it.", "",
-                 "```yaml", yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
-    versions = results.get("versions") if isinstance(results.get("versions"), dict) else {}
-    if versions:
-        body += ["### Package versions", "", "| Package | Version |", "|:--|:--|"]
-        body += [f"| {k} | {v} |" for k, v in versions.items()] + [""]
-    if info.get("architecture"):
-        body += ["### Architecture", "", "```", str(info["architecture"]).rstrip(), "```", ""]
-    body += ["## Citation", ""]
-    if method.get("citation"):
-        body += [f"The method (`{method_name}`):", "", "```bibtex", str(method["citation"]).rstrip(), "```", ""]
-    body += ["Sentence-Transformers:", "", "```bibtex", SBERT_CITATION, "```", ""]
-
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
-    return redact_home(f"---\n{front}---\n\n" + "\n".join(body))
-
-
-SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,
-    title = "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
-    author = "Reimers, Nils and Gurevych, Iryna",
-    booktitle = "Proceedings of the 2019 Conference on Empirical Methods in Natural Language Processing",
-    year = "2019",
-    publisher = "Association for Computational Linguistics",
-    url = "https://arxiv.org/abs/1908.10084",
-}"""
-
-
-def model_info(model: Any) -> dict[str, Any]:
-    """Dimension, sequence length, similarity and architecture of a loaded ``SentenceTransformer``."""
-    dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return {
-        "dimension": dim_fn(),
-        "max_seq_length": getattr(model, "max_seq_length", None),
-        "similarity": getattr(model, "similarity_fn_name", None),
-        "architecture": repr(model),
-    }

@@ -1,16 +1,18 @@
 """``embedkit push``: publish a training output folder to the Hugging Face Hub, after safety checks.
 
 What is uploaded: the sentence-transformers model files of the output folder, ``recipe.yaml`` and
-``results.json`` (home paths redacted), and a model card (``README.md``, see :mod:`embedkit.card`) that
-replaces the generic one sentence-transformers wrote. Never uploaded: ``checkpoints/``, ``checkpoint-*``,
+``results.json`` (home paths redacted), mteb's result files (``mteb/``), and the model card (``README.md``:
+sentence-transformers' card from training with embedkit's sections, see :mod:`embedkit.card`), named for
+``REPO_ID``. Never uploaded: ``checkpoints/``, ``checkpoint-*``,
 ``logs/``, optimizer / scheduler / RNG / trainer state, TensorBoard events, hidden and partial files.
 
 Before anything goes over the network the folder to upload is staged in a temporary directory and checked:
 the model loads from exactly those files and encodes a sentence, the card parses with
-``huggingface_hub.ModelCard`` and holds one ``model-index`` result per STS task, no file over the size limit is
-anything but model weights or tokenizer files, and no file contains the Hub token or a path in the user's home
-folder. Any failure, before or during the upload, is one :class:`~embedkit.errors.EmbedkitError` line and
-nothing is reported as published; running the same push again completes an interrupted upload.
+``huggingface_hub.ModelCard`` and its ``model-index`` holds every STS and MTEB result recorded, no file over
+the size limit is anything but model weights or tokenizer files, and no file contains the Hub token or a path
+in the user's home folder. Any failure, before or during the upload, is one
+:class:`~embedkit.errors.EmbedkitError` line and nothing is reported as published; running the same push again
+completes an interrupted upload.
 
 The endpoint is ``$HF_ENDPOINT`` (read when ``push`` runs) or huggingface_hub's default; the token is the
 ``token`` argument, ``$HF_TOKEN`` or the stored ``hf auth login`` token. The token is never printed, logged or
@@ -33,7 +35,16 @@ from huggingface_hub import HfApi, ModelCard, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
-from embedkit.card import build_card, home_pattern, load_results, model_info, read_front_matter, redact_home, sts_tasks
+from embedkit.card import (
+    build_card,
+    eval_results,
+    home_pattern,
+    load_results,
+    mteb_eval_results,
+    mteb_rows,
+    read_front_matter,
+    redact_home,
+)
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
 from embedkit.model_ref import first_line, hub_offline
@@ -214,9 +225,7 @@ def prepare_upload(output_dir: str | Path, staging: str | Path, repo_id: str, to
             _link_or_copy(out / rel, dest / rel)
 
     model = _load_model(dest, out)
-    card = build_card(results, repo_id, model_info=model_info(model),
-                      st_front_matter=read_front_matter(out / "README.md"),
-                      st_tags=list(getattr(model.model_card_data, "tags", None) or []))
+    card = build_card(results, repo_id, st_card=_st_card(out, model), mteb_dir=out / "mteb")
     del model
     n_results = _check_card(card, results, out)
     (dest / "README.md").write_text(card, encoding="utf-8")
@@ -224,6 +233,21 @@ def prepare_upload(output_dir: str | Path, staging: str | Path, repo_id: str, to
     scan_for_secrets(dest, token)
     n_bytes = sum((dest / rel).stat().st_size for rel in files)
     return Prepared(dest, files, skipped, card, n_bytes, n_results)
+
+
+def _st_card(out: Path, model: Any) -> str:
+    """The card sentence-transformers wrote when training saved the model (with its training details), or, for a
+    folder without one, the card it renders for the loaded model now."""
+    readme = out / "README.md"
+    if read_front_matter(readme).get("library_name") == "sentence-transformers":
+        return readme.read_text(encoding="utf-8")
+    try:
+        from sentence_transformers.base.model_card import generate_model_card
+    except ImportError:  # sentence-transformers 5
+        from sentence_transformers.model_card import generate_model_card
+
+    model.model_card_data.local_files_only = True  # no Hub look-ups while rendering
+    return generate_model_card(model)
 
 
 def _load_model(folder: Path, out: Path) -> Any:
@@ -244,19 +268,22 @@ def _load_model(folder: Path, out: Path) -> Any:
 
 
 def _check_card(card: str, results: dict[str, Any], out: Path) -> int:
-    """The card parses as a Hub model card and its model-index holds one result per STS task."""
+    """The card parses as a Hub model card and its model-index holds every STS and MTEB result recorded."""
 
     try:
         parsed = ModelCard(card, ignore_metadata_errors=False)
     except Exception as err:  # noqa: BLE001
         raise HubError(f"{out}: the generated model card does not parse ({type(err).__name__}: {err})") from None
-    expected = len(sts_tasks(results)[1])
-    found = len(parsed.data.eval_results or [])
-    if found != expected:
-        raise HubError(f"{out}: the model card's model-index holds {found} results, expected {expected} STS tasks")
+    expected = eval_results(results) + mteb_eval_results(mteb_rows(results, out / "mteb"))
+    found = parsed.data.eval_results or []
+    missing = [e for e in expected if not any(f.is_equal_except_value(e) and f.metric_value == e.metric_value
+                                              for f in found)]
+    if missing:
+        raise HubError(f"{out}: the model card's model-index lacks {len(missing)} of the {len(expected)} STS and MTEB "
+                       f"results recorded (first: {missing[0].dataset_name})")
     if parsed.data.library_name != "sentence-transformers":
         raise HubError(f"{out}: the model card lacks library_name: sentence-transformers")
-    return found
+    return len(expected)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -341,7 +368,7 @@ def push(
     with tempfile.TemporaryDirectory(prefix="embedkit-push-") as tmp:
         prepared = prepare_upload(out, Path(tmp) / "upload", repo_id, token, exclude, max_file_mb)
         log(f"checked {out}: {len(prepared.files)} files ({prepared.n_bytes / 2**20:.1f} MB), model loads, card "
-             f"parses ({prepared.eval_results} STS results), no {'token or ' if token else ''}home path; "
+             f"parses ({prepared.eval_results} STS/MTEB results), no {'token or ' if token else ''}home path; "
              f"{len(prepared.skipped)} files left out (checkpoints, logs, optimizer state)")
         if dry_run:
             log(f"dry run: would upload to {repo_id} at {endpoint}: {', '.join(prepared.files)}; the card follows")

@@ -303,7 +303,8 @@ class OutputSection(Section):
         None, pattern=r"^[\w.-]+/[\w.-]+$", description="Hub repo id (namespace/name) to push to after training"
     )
     private: bool = False
-    license: str | None = "apache-2.0"
+    license: str | None = Field(None, description="the model's license (model card, mteb ModelMeta); null: the base "
+                                "model's (its card's license, e.g. apache-2.0 for all-MiniLM-L6-v2)")
 
 
 class RetrievalEval(Section):
@@ -323,6 +324,9 @@ class EvalSection(Section):
                               description="reranking files (qtext,label,atext) to score after training: MAP, MRR@10")
     retrieval: list[RetrievalEval] = Field(default_factory=list,
                                            description="BEIR folders to score after training")
+    mteb: list[str] = Field(default_factory=list,
+                            description="mteb tasks to run after training (embedkit eval --mteb names; the STS tasks "
+                            "from the local data folder); results in <output.dir>/mteb, in the model card")
 
 
 # The STS suite's task names, as embedkit.evaluation reports them (tests check that the two lists agree).

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from test_eval_data import make_sts_dir
 
 import embedkit
@@ -153,3 +154,75 @@ def test_weights_hash_is_reused_only_while_the_weights_are_unchanged(tiny_model_
         next(other.parameters()).mul_(2.0)
     model.load_state_dict(other.state_dict())
     assert weights_hash(model) == tensors_digest(other.state_dict()) != first
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model description (ModelMeta)
+
+META_FIELDS = ("use_instructions", "release_date", "license", "n_parameters", "embed_dim")
+
+
+@pytest.mark.slow  # the real all-MiniLM-L6-v2
+def test_packaged_minilm_gets_mtebs_registry_entry(minilm_path, data_root, tmp_path, mteb_mod):
+    """`embedkit eval <packaged MiniLM> --mteb ... --submission`: the model_meta.json it writes is mteb's own
+    registry entry (compared with mteb.get_model_meta now, not with copied values), results sit under the
+    registered revision, mteb's results API reads the folder, and its README says to run mteb submit-results."""
+    registered = mteb_mod.get_model_meta("sentence-transformers/all-MiniLM-L6-v2")
+    sub = tmp_path / "submission"
+    assert main(["eval", minilm_path, "--data-dir", str(data_root), "--output", str(tmp_path / "out"),
+                 "--mteb", "STSBenchmark", "--submission", str(sub)]) == 0
+    folder = sub / "results" / "sentence-transformers__all-MiniLM-L6-v2" / registered.revision
+    written = json.loads((folder / "model_meta.json").read_text())
+    expected = registered.to_dict()
+    assert {k: written[k] for k in META_FIELDS} == {k: expected[k] for k in META_FIELDS}
+    assert written["use_instructions"] is False and written["training_datasets"] == expected["training_datasets"]
+    loaded = mteb_mod.ResultCache(cache_path=sub).load_results(
+        models=["sentence-transformers/all-MiniLM-L6-v2"], tasks=["STSBenchmark"], include_remote=False)
+    (model_result,) = loaded.model_results
+    score = json.loads((tmp_path / "out" / "results.json").read_text())["mteb"]["STSBenchmark"]["main_score"]
+    assert model_result.task_results[0].get_score() == pytest.approx(score, abs=1e-6)  # mteb rounds on load
+    readme = (sub / "README.md").read_text()
+    assert f"mteb submit-results --output-folder {sub} --models sentence-transformers/all-MiniLM-L6-v2" in readme
+    assert "is in mteb's model registry" in readme and "two pull requests" not in readme
+
+
+def test_a_registered_name_on_other_weights_is_refused(tiny_model_path, data_root, mteb_mod):
+    from embedkit.evaluation.mteb_eval import run_mteb
+
+    with pytest.raises(EmbedkitError, match=r"mteb registers that model, and this model .* is not known to be its "
+                                            r"weights"):
+        run_mteb(tiny_model_path, "STSBenchmark", data_dir=data_root,
+                 model_name="sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_trained_model_meta_is_derived_from_the_model_and_its_recipe(tiny_model_path, tmp_path, mteb_mod):
+    """An unregistered model: mteb's from_sentence_transformer_model, completed from the training folder."""
+    from sentence_transformers import SentenceTransformer
+
+    from embedkit.evaluation.mteb_eval import build_model_meta
+
+    folder = tmp_path / "trained"
+    model = SentenceTransformer(tiny_model_path, device="cpu")
+    model.save_pretrained(str(folder))
+    assert model.prompts == {"query": "", "document": ""}  # sentence-transformers' default: not instructions
+    base = "sentence-transformers/all-MiniLM-L6-v2"
+    recipe = {"model": {"name": base}, "output": {"license": None},
+              "data": {"train": {"path": "{data_dir}/sts/stsbenchmark/sts-train.csv"}}}
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (folder / "results.json").write_text(json.dumps({"finished": "2026-11-30T18:02:11+00:00"}))
+    meta = build_model_meta(model, "alice/tiny", None, path=str(folder), spec=str(folder), weights_sha256="f" * 64)
+    registered_base = mteb_mod.get_model_meta(base)
+    assert meta.name == "alice/tiny" and meta.revision == "f" * 64
+    assert meta.adapted_from == base
+    assert meta.training_datasets == {"STSBenchmark"} | set(registered_base.training_datasets)
+    assert meta.license == registered_base.license  # recipe says null: the base model's
+    assert meta.release_date == "2026-11-30"  # the run's day, from results.json
+    assert meta.use_instructions is False
+    assert meta.n_parameters == sum(p.numel() for p in model.parameters())
+    assert (meta.embed_dim, meta.max_tokens) == (32, model.max_seq_length)
+    assert meta.reference == "https://huggingface.co/alice/tiny" and meta.open_weights is True
+
+    model.prompts = {"query": "query: ", "document": ""}
+    recipe["output"]["license"] = "mit"
+    prompted = build_model_meta(model, "local/tiny", None, recipe=recipe, weights_sha256="f" * 64)
+    assert prompted.use_instructions is True and prompted.license == "mit" and prompted.reference is None

@@ -399,6 +399,20 @@ def test_refuses_a_model_that_does_not_load(trained_output, hub, tmp_path):
     assert hub.state.requests == []
 
 
+def test_a_folder_without_sentence_transformers_card_gets_the_one_it_renders(trained_output, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from embedkit.card import BEGIN
+    from embedkit.hub import prepare_upload
+
+    out = _copy_output(trained_output, tmp_path / "out")
+    (out / "README.md").unlink()
+    prepared = prepare_upload(out, tmp_path / "staged", REPO, TOKEN)
+    assert "## Model Details" in prepared.card and prepared.card.count(BEGIN) == 1  # sentence-transformers' + ours
+    assert f'SentenceTransformer("{REPO}")' in prepared.card
+    assert len(ModelCard(prepared.card).data.eval_results) == prepared.eval_results == 2  # the two STS pair files
+
+
 def test_no_token_is_a_clear_error(trained_output, monkeypatch, tmp_path):
     import huggingface_hub.constants
 
@@ -447,11 +461,16 @@ def test_card_with_full_sts_suite_and_mteb(tmp_path, monkeypatch):
     assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert card.data.datasets == ["sentence-transformers/all-nli"]
     assert card.data.license == "apache-2.0"
-    assert [r.dataset_name for r in card.data.eval_results] == names
-    assert [r.metric_value for r in card.data.eval_results] == [round(tasks[n]["spearman"], 2) for n in names]
-    assert {r.metric_config for r in card.data.eval_results} == {"senteval-sts-all"}
+    sts_entries = [r for r in card.data.eval_results if r.task_type == "sentence-similarity"]
+    assert [r.dataset_name for r in sts_entries] == names
+    assert [r.metric_value for r in sts_entries] == [round(tasks[n]["spearman"], 2) for n in names]
+    assert {r.metric_config for r in sts_entries} == {"senteval-sts-all"}
+    main = results["mteb"]["tasks"]["STSBenchmark"]["main_score"]
+    (mteb_entry,) = [r for r in card.data.eval_results if r not in sts_entries]  # "odd" has no main score
+    assert (mteb_entry.task_name, mteb_entry.dataset_split, mteb_entry.metric_value) == \
+        ("MTEB STSBenchmark", "test", round(100 * main, 2))
     assert f"| **Avg** | **{results['sts']['avg']:.2f}** |" in text
-    assert f"| STSBenchmark | {results['mteb']['tasks']['STSBenchmark']['main_score']:.4f} |" in text
+    assert f"| STSBenchmark | {main:.4f} |" in text
     assert "`STS12/a.txt` | `" + "f" * 64 in text and "/home/alice" not in text and "under `~/data/sts`" in text
     assert "- SICK-R holds 9927 pairs" in text
     assert 'SentEval "all" setting' in text and "1 h 2 min 5 s" in text
@@ -459,3 +478,77 @@ def test_card_with_full_sts_suite_and_mteb(tmp_path, monkeypatch):
     bare = build_card({"recipe": {}, "method": {"name": "m"}}, "alice/x")
     assert ModelCard(bare).data.eval_results is None
     assert "No evaluation was recorded" in bare
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The quickstart's card, end to end
+
+
+@pytest.mark.slow  # a real (2-step) training run with mteb: about 30 s here
+def test_quickstart_card_is_sentence_transformers_card_plus_embedkit_and_arrives_whole(
+        tiny_model_path, tmp_path, monkeypatch, hub):
+    """The quickstart recipe (tiny model, 2 steps by override, STS suite and two MTEB tasks on a small local data
+    folder) writes a README.md that holds sentence-transformers' sections, embedkit's, the recipe as executed and
+    model-index entries for STS and MTEB; training looks nothing up on the Hub; the push delivers it named for
+    the repository."""
+    import huggingface_hub.constants
+    from huggingface_hub import ModelCard
+    from test_eval_data import make_sts_dir
+
+    from embedkit.hub import push
+    from embedkit.training.run import train
+
+    data, _ = make_sts_dir(tmp_path / "data", n_extra=30)
+    stsb = data / "sts" / "stsbenchmark"
+    for name in ("sts-train.csv", "sts-dev.csv"):
+        shutil.copy(stsb / "sts-test.csv", stsb / name)
+    base = Path(shutil.copytree(tiny_model_path, tmp_path / "base"))
+    (base / "README.md").write_text("---\nlanguage: en\nlicense: mit\n---\n\n# tiny base\n")  # inherited
+    out = tmp_path / "quickstart"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # online, yet nothing is looked up
+    results = train("quickstart", [f"model.name={base}", "training.max_steps=2", "training.eval_steps=1",
+                                   "training.batch_size=8", f"output.dir={out}", "eval.suite=sts",
+                                   "eval.mteb=[STSBenchmark,STS12]"], data_dir=str(data))
+    assert hub.state.requests == []  # the loopback guard (hub fixture) saw no other connection either
+
+    text = (out / "README.md").read_text()
+    card = ModelCard(text)
+    front = yaml.safe_load(text.split("---\n")[1])
+    # sentence-transformers' generated sections, from the model card data embedkit set before training
+    for section in ("## Model Details", "### Full Model Architecture", "## Training Details",
+                    "### Training Hyperparameters", "### Training Logs", "### Framework Versions"):
+        assert section in text, section
+    assert "* Size: 35 training samples" in text and "embedkit.methods.cosent.loss.CoSENTLoss" in text
+    assert {"loss:CoSENTLoss", "dataset_size:35", "embedkit", "cosent"} <= set(front["tags"])
+    assert (front["license"], front["language"]) == ("mit", ["en"])  # the base model's
+    assert "model_name" not in front
+    # embedkit's sections, the recipe as executed (the override shows), the method's citation
+    for section in ("## How embedkit made this model", "### Evaluation protocol", "### STS (protocol",
+                    "### MTEB", "### Recipe as executed"):
+        assert section in text, section
+    executed = text[text.index("### Recipe as executed"):]
+    assert "max_steps: 2" in executed and "max_steps: 64" not in text
+    assert 'this run overrode "' in text and '"training.max_steps=2"' in text
+    assert "@online{su2022cosent" in text
+    # model-index: one entry per STS task (× 100, 2 decimals) and per MTEB task, next to the dev evaluator's
+    sts = {r.dataset_name: r.metric_value for r in card.data.eval_results if r.task_type == "sentence-similarity"}
+    assert sts == {n: round(s["spearman"], 2) for n, s in results["sts"]["tasks"].items()}
+    mteb = {r.task_name: r.metric_value for r in card.data.eval_results if r.source_name == "MTEB"}
+    assert mteb == {f"MTEB {n}": round(100 * t["main_score"], 2) for n, t in results["mteb"]["tasks"].items()}
+    assert len(mteb) == 2 and any(r.task_type == "dev" for r in card.data.eval_results)
+
+    # Pushed through the loopback Hub: the card arrives named for the repository, with mteb's files.
+    repo = "tester/quickstart-tiny"
+    push(out, repo)
+    remote = hub.state.files(repo)
+    rev = results["mteb"]["revision"]
+    assert f"mteb/results/local__quickstart/{rev}/STSBenchmark.json" in remote
+    arrived = remote["README.md"].decode()
+    got = ModelCard(arrived).data
+    assert f'SentenceTransformer("{repo}")' in arrived and "\n# quickstart-tiny\n" in arrived
+    assert yaml.safe_load(arrived.split("---\n")[1])["model-index"][0]["name"] == "quickstart-tiny"
+    assert {(r.task_name, r.dataset_name, r.metric_value) for r in got.eval_results} == \
+        {(r.task_name, r.dataset_name, r.metric_value) for r in card.data.eval_results}
+    assert arrived.count("## How embedkit made this model") == 1 and "max_steps: 2" in arrived
+    for blob in remote.values():
+        assert TOKEN.encode() not in blob

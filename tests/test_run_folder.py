@@ -196,7 +196,9 @@ def test_lock_of_a_killed_process_does_not_block(finished_run, tmp_path, tiny_mo
     holder.wait()
     assert train(str(recipe), overwrite=True)["train"]["global_step"] == 6
     fresh = tmp_path / "fresh"
-    hold_lock(fresh).kill()  # leaves only its lock files behind
+    killed = hold_lock(fresh)
+    killed.kill()  # leaves only its lock files behind
+    killed.wait()  # its lock is free once it has exited (a kill returns before; timeout-0 locks raced it)
     recipe = write_recipe(tmp_path / "r2", tiny_model_path, "simcse-unsup", fresh)
     assert train(str(recipe))["train"]["global_step"] == 4
 

@@ -3,7 +3,11 @@
 * The cache is explicit: results go to ``<cache_dir>/results/<model name>/<revision>/<Task>.json`` (mteb's own
   layout, with ``model_meta.json``), and ``$MTEB_CACHE`` is pointed there before mteb is first imported, because
   ``import mteb`` otherwise creates ``~/.cache/mteb``.
-* The revision is a SHA-256 of the model's weights (unless given), and every run recomputes
+* The model description (``ModelMeta``, :func:`build_model_meta`) is mteb's registry entry for a registered model
+  whose origin proves it (the packaged all-MiniLM-L6-v2, a Hub id), else one derived from the model and its
+  training recipe. Submission is mteb's own: the ``--submission`` folder is a ``ResultCache`` for
+  ``mteb submit-results``.
+* The revision of an unregistered model is a SHA-256 of its weights (unless given), and every run recomputes
   (``overwrite_strategy="always"``): a retrained model saved under the same name can never be shown an older
   model's cached score.
 * STS12–16, STSBenchmark and SICK-R read from the local data folder through
@@ -16,12 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 import warnings
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +37,7 @@ from embedkit.errors import DataError, EmbedkitError
 from embedkit.evaluation.provenance import model_info, package_versions
 from embedkit.evaluation.sts import SOURCES, sts_root
 from embedkit.log import progress as progress_line
-from embedkit.model_ref import embedding_dim, load_model, require_hub
+from embedkit.model_ref import embedding_dim, load_model, packaged_model_id, packaged_model_path, require_hub
 from embedkit.recipe import TARGET_TASKS as TASKS
 
 if TYPE_CHECKING:
@@ -193,56 +198,160 @@ def _read_recipe(path: str | None) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def build_model_meta(model: SentenceTransformer, name: str, revision: str, *, path: str | None = None,
+def _hf_cache_identity(spec: str | None) -> tuple[str, str] | None:
+    """``(hub id, commit)`` when ``spec`` is a huggingface_hub cache snapshot (``models--org--name/snapshots/<sha>``
+    under the Hub cache)."""
+    if not spec:
+        return None
+    parts = Path(spec).expanduser().resolve().parts
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", parts[i + 2]):
+            return part[len("models--"):].replace("--", "/"), parts[i + 2]
+    return None
+
+
+def model_identity(spec: str | None) -> tuple[str | None, str | None]:
+    """``(hub id, revision)`` that a model's origin proves: a Hub id it was loaded by, the folder a package ships
+    for a Hub id (the same weights, revision unknown), or a Hub cache snapshot; ``(None, None)`` otherwise (a
+    trained folder, an instance). A folder's own metadata (its README's title, ``model_card_data.model_name``) is
+    not proof: a fine-tune keeps its base model's README until it is saved again."""
+    if not spec:
+        return None, None
+    cached = _hf_cache_identity(spec)
+    if cached:
+        return cached
+    local = Path(spec).expanduser()
+    if local.exists():
+        return packaged_model_id(local), None
+    return (spec, None) if "/" in spec else (None, None)
+
+
+def registered_meta(name: str) -> Any | None:
+    """mteb's registry entry for ``name`` (``mteb.get_model_meta``), or ``None`` when mteb does not list it."""
+    mteb = import_mteb()
+    try:
+        with warnings.catch_warnings():  # a renamed model warns; the entry it returns is still the one to use
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return mteb.get_model_meta(name)
+    except (KeyError, ValueError):
+        return None
+
+
+def uses_instructions(model: SentenceTransformer) -> bool:
+    """Whether the model prepends instructions: a non-empty prompt. sentence-transformers saves
+    ``{"query": "", "document": ""}`` for every model; empty prompts are no instructions."""
+    prompts = getattr(model, "prompts", None) or {}
+    return any(isinstance(p, str) and p.strip() for p in prompts.values())
+
+
+def _run_date(path: str | None) -> str | None:
+    """The day a training folder's run finished (``results.json``: ``finished``, else the file's time)."""
+    if not path or not (Path(path) / "results.json").is_file():
+        return None
+    results_file = Path(path) / "results.json"
+    try:
+        finished = json.loads(results_file.read_text(encoding="utf-8")).get("finished")
+    except (OSError, ValueError, AttributeError):
+        finished = None
+    if isinstance(finished, str) and re.match(r"\d{4}-\d{2}-\d{2}", finished):
+        return finished[:10]
+    return datetime.fromtimestamp(results_file.stat().st_mtime, tz=timezone.utc).date().isoformat()
+
+
+def build_model_meta(model: SentenceTransformer, name: str, revision: str | None, *, path: str | None = None,
+                     spec: str | None = None, weights_sha256: str | None = None,
                      languages: list[str] | None = None, license: str | None = None,
                      training_code: str | None = None, training_data: str | None = None,
-                     training_datasets: set[str] | None = None, release_date: str | None = None) -> Any:
-    """An ``mteb.ModelMeta`` for ``model`` (the leaderboard's model description).
+                     training_datasets: set[str] | None = None, release_date: str | None = None,
+                     recipe: dict[str, Any] | None = None) -> Any:
+    """The ``mteb.ModelMeta`` for ``model`` (the leaderboard's model description).
 
-    Fields it cannot know (the code URL) stay ``None`` unless given. A training folder's ``recipe.yaml``
-    supplies the license, the base model (``adapted_from``) and the training datasets.
+    * A model mteb registers (``mteb.get_model_meta(name)``) gets mteb's own entry, unchanged, when its origin
+      (``spec``: the Hub id it was loaded by, the packaged copy of that id, a Hub cache snapshot; see
+      :func:`model_identity`) proves it is that model. Naming other weights after a registered model is refused.
+    * Any other model: ``ModelMeta.from_sentence_transformer_model`` (dimension, max tokens, similarity, embedding
+      parameters), completed from its training recipe (``recipe``, or ``path``'s ``recipe.yaml``): the base model
+      (``adapted_from``), the training datasets (the recipe's, plus the base model's when mteb registers it), the
+      license (``license``, the recipe's ``output.license``, else the base model's), the number of parameters,
+      ``release_date`` (the run's day), and ``use_instructions`` only for non-empty prompts.
     """
     import_mteb()
-    from mteb.models import ModelMeta, SentenceTransformerEncoderWrapper
+    from mteb.models import ModelMeta
 
     if "/" not in name:
         raise EmbedkitError(f"--model-name {name!r}: mteb needs 'organization/model_name'")
-    recipe = _read_recipe(path)
-    recipe_license = ((recipe or {}).get("output") or {}).get("license")
-    base = ((recipe or {}).get("model") or {}).get("name")
+    proven, proven_rev = model_identity(spec or path)
+    if not (spec or path):  # an instance: embedkit's loader names a packaged / Hub model on its card (model_ref)
+        proven = getattr(getattr(model, "model_card_data", None), "model_name", None)
+    known = registered_meta(name)
+    if known is not None:
+        if proven != name:
+            raise EmbedkitError(
+                f"--model-name {name}: mteb registers that model, and this model ({spec or path or 'an instance'}) "
+                f"is not known to be its weights (neither loaded by that Hub id nor its packaged copy); name it "
+                "otherwise (e.g. local/<name>)")
+        wanted = revision or proven_rev
+        if wanted and known.revision and wanted != known.revision:
+            raise EmbedkitError(f"--revision {wanted}: mteb registers {name} at revision {known.revision}; results "
+                                "for another revision cannot use its entry (omit --revision)")
+        return known
+
+    recipe = recipe if recipe is not None else _read_recipe(path) or {}
+    base = (recipe.get("model") or {}).get("name")
+    base_id = base if isinstance(base, str) and "/" in base and not Path(base).expanduser().exists() else None
+    base_meta = registered_meta(base_id) if base_id else None
     datasets = set(training_datasets or ()) | _training_datasets(recipe)
-    n_params = sum(p.numel() for p in model.parameters())
+    if base_meta is not None and base_meta.training_datasets:
+        datasets |= set(base_meta.training_datasets)  # a fine-tune has seen what its base model saw
+    base_license = (base_meta.license if base_meta is not None else None) or _card_license(base)
+    with warnings.catch_warnings():  # mteb 2.26 warns about its own deprecated arguments and a renamed ST method
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        derived = ModelMeta.from_sentence_transformer_model(model)
+    fields = {
+        **derived.model_dump(),
+        "name": name,
+        "revision": revision or weights_sha256 or "no_revision_available",
+        "release_date": release_date or _run_date(path) or date.today().isoformat(),
+        "languages": list(languages or (base_meta.languages if base_meta is not None and base_meta.languages
+                                        else DEFAULT_LANGUAGES)),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "memory_usage_mb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 2),
+        "embed_dim": embedding_dim(model),
+        "license": license or (recipe.get("output") or {}).get("license") or base_license,
+        "open_weights": True,
+        "public_training_code": training_code,
+        "public_training_data": training_data,
+        "reference": None if name.startswith("local/") else f"https://huggingface.co/{name}",
+        "similarity_fn_name": model.similarity_fn_name or "cosine",
+        "use_instructions": uses_instructions(model),
+        "training_datasets": datasets or None,
+        "adapted_from": base_id or derived.adapted_from,
+    }
     try:
-        n_embedding = int(model[0].auto_model.get_input_embeddings().weight.numel())
-    except (AttributeError, IndexError, TypeError):
-        n_embedding = None
-    fields = dict(
-        loader=SentenceTransformerEncoderWrapper,
-        name=name,
-        revision=revision,
-        release_date=release_date or date.today().isoformat(),
-        languages=list(languages or DEFAULT_LANGUAGES),
-        n_parameters=n_params,
-        n_embedding_parameters=n_embedding,
-        memory_usage_mb=round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 2),
-        max_tokens=model.max_seq_length,
-        embed_dim=embedding_dim(model),
-        license=license or recipe_license or "not specified",
-        open_weights=True,
-        public_training_code=training_code,
-        public_training_data=training_data,
-        framework=["Sentence Transformers", "PyTorch"],
-        reference=None if name.startswith("local/") else f"https://huggingface.co/{name}",
-        similarity_fn_name=model.similarity_fn_name or "cosine",
-        use_instructions=bool(getattr(model, "prompts", None)),
-        training_datasets=datasets or None,
-        adapted_from=base if base and "/" in str(base) and not Path(str(base)).exists() else None,
-    )
-    try:
-        return ModelMeta(**fields)
+        return ModelMeta.model_validate(fields)
     except Exception as err:  # pydantic ValidationError: one line naming the field
         first = str(err).splitlines()
         raise EmbedkitError(f"mteb ModelMeta: {' '.join(first[:3])}") from None
+
+
+def _card_license(model_ref: Any) -> str | None:
+    """The ``license`` in the front matter of a local model folder's README (e.g. the packaged base model)."""
+    if not isinstance(model_ref, str):
+        return None
+    folder = Path(model_ref).expanduser()
+    if not folder.is_dir():
+        folder = Path(packaged_model_path(model_ref) or "")
+    readme = folder / "README.md"
+    if not model_ref or not readme.is_file():
+        return None
+    match = re.match(r"^---\s*\n(.*?)\n---", readme.read_text(encoding="utf-8", errors="replace"), flags=re.S)
+    try:
+        front = yaml.safe_load(match.group(1)) if match else None
+    except yaml.YAMLError:
+        return None
+    value = front.get("license") if isinstance(front, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def run_mteb(
@@ -266,6 +375,7 @@ def run_mteb(
     progress: bool = False,
     model_path: str | None = None,
     extra_tasks: list[Any] | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``mteb.evaluate`` on ``tasks`` / ``benchmark`` (and ``extra_tasks``, task objects); returns
     ``{"tasks": {name: {"main_score", ...}}, ...}``.
@@ -274,7 +384,8 @@ def run_mteb(
     mteb's result cache. ``revision`` defaults to the weights' SHA-256. ``reuse_cache`` allows mteb to reuse a
     result cached for the same name + revision (off: every run recomputes). ``submission`` writes the
     leaderboard files (see :func:`write_submission`). ``model_path``: where an already loaded ``model`` was
-    saved (names it, and its ``recipe.yaml`` fills the model description).
+    saved (names it, and its ``recipe.yaml`` fills the model description); ``recipe``: the training recipe of an
+    in-memory model (training's final evaluation), in place of that file.
     """
     from embedkit.encoding import _autocast_context, resolve_autocast
 
@@ -287,16 +398,19 @@ def run_mteb(
         temp_cache = tempfile.mkdtemp(prefix="embedkit-mteb-")
         cache_dir = temp_cache
     cache_dir = Path(cache_dir)
+    st_model, card_name = None, None
     try:
         task_objs, sources = resolve_tasks(names, benchmark, data_dir, source, cache_dir, extra_tasks)
         st_model, spec = load_model(model)
         info = model_info(st_model, spec or model_path)
         name = model_name or info["name"]
-        rev = revision or info["weights_sha256"]
-        meta = build_model_meta(st_model, name, rev, path=info["path"], languages=languages, license=license,
-                                training_code=training_code, training_data=training_data)
-        if not getattr(st_model.model_card_data, "model_name", None):
-            st_model.model_card_data.model_name = name
+        meta = build_model_meta(st_model, name, revision, path=info["path"], spec=spec or model_path,
+                                weights_sha256=info["weights_sha256"], languages=languages, license=license,
+                                training_code=training_code, training_data=training_data, recipe=recipe)
+        rev = meta.revision
+        card_name = getattr(st_model.model_card_data, "model_name", None)
+        if not card_name:  # mteb's wrapper reads the name from the card; put back after the run (a trained
+            st_model.model_card_data.model_name = name  # model's own card keeps its title)
         mteb = import_mteb(cache_dir)
         from mteb.models import SentenceTransformerEncoderWrapper
 
@@ -328,9 +442,13 @@ def run_mteb(
             task_name = res.task_name
             split_scores = res.scores.get("test") or next(iter(res.scores.values()))
             path = cache.get_task_result_path(task_name, meta)
+            task_meta = next((t.metadata for t in task_objs if t.metadata.name == task_name), None)
             out_tasks[task_name] = {
                 "main_score": float(res.get_score()),
-                "main_metric": next((t.metadata.main_score for t in task_objs if t.metadata.name == task_name), None),
+                "main_metric": task_meta.main_score if task_meta else None,
+                "type": task_meta.type if task_meta else None,  # the model card's model-index reads these two
+                "dataset": {"path": task_meta.dataset.get("path"), "revision": task_meta.dataset.get("revision")}
+                if task_meta else None,
                 "source": sources.get(task_name, "hub"),
                 "n_subsets": len(split_scores),
                 "evaluation_time": res.evaluation_time,
@@ -358,20 +476,32 @@ def run_mteb(
                 entry["file"] = None
         return out
     finally:
+        if st_model is not None and not card_name:
+            st_model.model_card_data.model_name = card_name
         if temp_cache:
             shutil.rmtree(temp_cache, ignore_errors=True)
 
 
-SUBMISSION_README = """# MTEB leaderboard submission for {name}
+SUBMISSION_README = """# MTEB results for {name}
 
-Written by `embedkit eval --mteb ... --submission`. The leaderboard takes two pull requests:
+Written by `embedkit eval --mteb ... --submission`. This folder is an mteb result cache
+(`mteb.ResultCache(cache_path=...)`): `results/{path}/{revision}/` holds one `<Task>.json` per task and
+`model_meta.json`, the layout of https://github.com/embeddings-benchmark/results. Submit with mteb's own
+command (it clones the results repository into mteb's cache, so it needs the network and git):
 
-1. **Results** → https://github.com/embeddings-benchmark/results : copy `results/` into the root of that
-   repository (it becomes `results/{path}/{revision}/`: one `<Task>.json` per task plus `model_meta.json`).
-2. **Model description** → https://github.com/embeddings-benchmark/mteb : add the `ModelMeta` in
-   `model_meta.py` to a file under `mteb/models/model_implementations/`.
+```bash
+# commit the results on a new branch of a local clone of the results repository, and print the PR steps:
+mteb submit-results --output-folder {folder} --models {name}
+# or open the PR at once (needs pip install "mteb[github]" and gh auth login):
+mteb submit-results --output-folder {folder} --models {name} --create-pr
+```
 
-Before opening them, check the fields embedkit could not know and left empty or defaulted:
+or from Python: `mteb.ResultCache(cache_path="{folder}").submit_results("{name}", create_pr=False)`.
+Only results the repository does not hold yet are committed.
+
+{registry}
+
+Check the fields embedkit could not know before submitting:
 - `revision` is `{revision}`{revision_note}.
 - `public_training_code`: {code}
 - `public_training_data`: {data}
@@ -380,6 +510,12 @@ Before opening them, check the fields embedkit could not know and left empty or 
 
 Tasks: {tasks}
 """
+REGISTERED_NOTE = ("{name} is in mteb's model registry: `model_meta.json` is mteb's own entry "
+                   "(`mteb.get_model_meta(\"{name}\")`), and the results go with it as they are.")
+UNREGISTERED_NOTE = ("{name} is not in mteb's model registry. The results pull request's checklist asks for a "
+                     "reference implementation: `model_meta.py` holds the `ModelMeta` to add under "
+                     "`mteb/models/model_implementations/` in https://github.com/embeddings-benchmark/mteb (mteb's "
+                     "guide: https://embeddings-benchmark.github.io/mteb/contributing/adding_a_model/).")
 
 
 def check_submission_target(target: str | os.PathLike) -> Path:
@@ -407,13 +543,19 @@ def write_submission(target: str | os.PathLike, cache: Any, meta: Any, task_name
             if not src.is_file():
                 raise EmbedkitError(f"mteb wrote no result file for {task_name} at {src}")
             shutil.copy2(src, dest / src.name)
-        (dest / "model_meta.json").write_text(json.dumps(meta.to_dict(), indent=4, default=str), encoding="utf-8")
+        written = cache.get_task_result_path(task_names[0], meta).parent / "model_meta.json" if task_names else None
+        if written is not None and written.is_file():  # mteb.evaluate's own copy
+            shutil.copy2(written, dest / "model_meta.json")
+        else:
+            (dest / "model_meta.json").write_text(json.dumps(meta.to_dict(), indent=4, default=str), encoding="utf-8")
         (staging / "model_meta.py").write_text(
             "from mteb.models import ModelMeta\nfrom mteb.models.sentence_transformer_wrapper import "
             "SentenceTransformerEncoderWrapper\n\n" + f"{_python_name(meta.name)} = {meta.to_python()}\n",
             encoding="utf-8")
         (staging / "README.md").write_text(SUBMISSION_README.format(
-            name=meta.name, path=meta.model_name_as_path(), revision=meta.revision,
+            name=meta.name, path=meta.model_name_as_path(), revision=meta.revision, folder=target,
+            registry=(REGISTERED_NOTE if registered_meta(meta.name) is not None else UNREGISTERED_NOTE).format(
+                name=meta.name),
             revision_note=" (a SHA-256 of the weights; pass --revision <Hub commit> once the model is pushed)"
             if len(meta.revision) == 64 else "",
             code=meta.public_training_code or "not set (pass --training-code URL)",

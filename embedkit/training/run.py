@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from packaging.version import Version
 
+from embedkit.card import add_method_citation, set_card_data, write_card
 from embedkit.data.sources import read_train_source
 from embedkit.errors import EmbedkitError, RecipeError
 from embedkit.evaluation import evaluate
@@ -232,6 +233,7 @@ def train(
             folder.write_marker(recipe=recipe.model_dump(mode="json"),
                                 data_sha256=getattr(train_data, "sha256", None))
         run = setup(recipe, train_data, data_dir, folder.work, plan.checkpoint)
+        run.results["overrides"] = [str(o) for o in overrides or []]  # the card says what changed the recipe
         if plan.checkpoint is not None:
             log(f"resuming from {plan.checkpoint}")
         run.trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
@@ -313,6 +315,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
 
     set_seed(recipe.training.seed)
     model = build_model(recipe.model)
+    set_card_data(model, recipe.model_dump(mode="json"), recipe.method.name)  # what sentence-transformers' card says
     if recipe.data.train.mine is not None:  # hard negatives from the starting model, before the method sees the rows
 
         train_data = mine_for_training(recipe, train_data, model, work, data_dir)
@@ -388,6 +391,11 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         evaluator=make_dev_evaluator(dev_pairs) if dev_pairs is not None else None,
         callbacks=callbacks,
     )
+    add_method_citation(model, recipe.method.name, method_cls.paper, method_cls.citation)
+    if recipe.eval.mteb:  # unknown task names and missing local data fail now, not after training
+        from embedkit.evaluation.mteb_eval import resolve_tasks
+
+        resolve_tasks(recipe.eval.mteb, None, data_dir, cache_dir=work / "mteb")
     if checkpoint is not None:
         load_method_state(loss, checkpoint)
     if rank == 0:
@@ -427,12 +435,15 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
                                              if m in scores))
     if recipe.eval.suite == "sts":
         results["sts"] = evaluate(model, suite="sts", data_dir=data_dir)
+    if recipe.eval.mteb:
+        results["mteb"] = _run_mteb(model, recipe, folder.work, data_dir)
 
     results.update({
         "method": {"name": recipe.method.name, "paper": run.method_cls.paper, "citation": run.method_cls.citation},
         "hardware": hardware(),
         "versions": package_versions(TRAINING_PACKAGES),
         "seconds": round(time.time() - started, 1),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # mteb's release_date
     })
     if recipe.model.lora is not None:
         _lora_output(model, recipe.model.lora.merge)
@@ -445,6 +456,24 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     if recipe.output.push_to_hub:
         push(out, recipe.output.push_to_hub, private=recipe.output.private)
     return results
+
+
+def _run_mteb(model: Any, recipe: Recipe, work: Path, data_dir: str | None) -> dict[str, Any]:
+    """``eval.mteb`` on the trained model: mteb's result files in ``<output>/mteb`` (paths recorded relative to
+    the output folder, which an ``--overwrite`` run renames at the end)."""
+    from embedkit.evaluation.mteb_eval import run_mteb
+
+    name = recipe.output.push_to_hub or f"local/{Path(recipe.output.dir).name}"
+    run = run_mteb(model, recipe.eval.mteb, data_dir=data_dir, cache_dir=work / "mteb", model_name=name,
+                   recipe=recipe.model_dump(mode="json"), progress=True)
+    for entry in run["tasks"].values():
+        if entry.get("file"):
+            entry["file"] = os.path.relpath(entry["file"], work)
+    for key in ("results_dir", "cache"):
+        if run.get(key):
+            run[key] = os.path.relpath(run[key], work)
+    log("mteb: " + ", ".join(f"{t} {v['main_score']:.4f}" for t, v in run["tasks"].items()))
+    return run
 
 
 def batch_record(global_batch: int, per_device: int, world_size: int) -> dict[str, int]:
@@ -508,7 +537,8 @@ def save_final(model: Any, out: Path, results: dict[str, Any]) -> None:
     staging = out / ".final-model.partial"
     if staging.exists():
         shutil.rmtree(staging)
-    model.save_pretrained(str(staging), safe_serialization=True)
+    model.save_pretrained(str(staging), safe_serialization=True)  # sentence-transformers writes its card
+    write_card(staging, results, mteb_dir=out / "mteb")  # ... and embedkit adds its part
     for item in staging.iterdir():
         target = out / item.name
         if target.is_dir():

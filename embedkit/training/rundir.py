@@ -51,6 +51,7 @@ RESUMABLE_KEYS = (
     "training.dataloader_workers",
     "eval.before",
     "eval.suite",
+    "eval.mteb",
     "output.push_to_hub",
     "output.private",
     "output.license",
