@@ -181,7 +181,7 @@ def card_metadata(results: dict[str, Any], repo_id: str, st_front_matter: dict[s
         pipeline_tag="sentence-similarity",
         tags=tags,
         base_model=hub_model_id((recipe.get("model") or {}).get("name")),
-        datasets=[train["hub"]] if train.get("hub") else None,
+        datasets=[s["hub"] for s in (train if isinstance(train, list) else [train]) if s.get("hub")] or None,
         license=(recipe.get("output") or {}).get("license"),
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results(results) or None,
@@ -213,6 +213,9 @@ def _duration(seconds: Any) -> str:
 
 def _training_data(recipe: dict[str, Any]) -> str:
     train = (recipe.get("data") or {}).get("train") or {}
+    if isinstance(train, list):  # a multi-task recipe: each source, its method and weight
+        return "; ".join(f"`{s.get('name')}` ({(s.get('method') or {}).get('name')}, weight {s.get('weight', 1.0)}): "
+                         + _training_data({"data": {"train": s}}) for s in train if isinstance(s, dict))
     if train.get("hub"):
         what = f"the Hub dataset [{train['hub']}](https://huggingface.co/datasets/{train['hub']})"
         what += f" (split `{train.get('split', 'train')}`" + (f", config `{train['config']}`" if train.get("config")
