@@ -13,9 +13,6 @@ from pydantic import Field
 
 from embedkit.methods.base import Method, MethodParams, register
 
-SAMPLERS = ("balanced", "proportional", "round_robin", "mixed")
-SINGLE_TASK = ("balanced", "proportional", "round_robin")  # every batch from one source
-
 
 class MultiTaskParams(MethodParams):
     sampler: Literal["balanced", "proportional", "round_robin", "mixed"] = Field(
@@ -68,9 +65,8 @@ def source_method_problem(method: type[Method], params: Any) -> tuple[str, str] 
     """(key under the source's ``method``, reason) when ``method`` cannot be one source of a multi-task run."""
     if method.name == "multitask":
         return "name", "a source's method cannot itself be multitask"
-    base = Method
-    for hook, what in (("callbacks", "keeps state across steps"), ("prepare_dataset", "transforms its rows"),):
-        if getattr(method, hook) is not getattr(base, hook):
+    for hook, what in (("callbacks", "keeps state across steps"), ("prepare_dataset", "transforms its rows")):
+        if getattr(method, hook) is not getattr(Method, hook):
             return "name", (f"method {method.name!r} {what} ({hook}); a multi-task source takes a method without "
                             "either (contrastive, cosent, simcse-sup, simcse-unsup)")
     if getattr(params, "no_duplicates", False):

@@ -134,14 +134,6 @@ class TaskBatchSampler(MultiDatasetDefaultBatchSampler):
         return len(self.schedule()) * self.world_size
 
 
-def source_of(index: int, sizes: list[int]) -> int:
-    """The source a global ``ConcatDataset`` index belongs to."""
-    for i, end in enumerate(accumulate(sizes)):
-        if index < end:
-            return i
-    raise IndexError(index)
-
-
 class MixedCollator:
     """The ``mixed`` baseline's collator: a batch's rows grouped by source, each group collated by the trainer's
     own collator (sources have different columns); the trainer scores each group with its source's loss."""
