@@ -161,16 +161,21 @@ def base_model_card(model_ref: Any) -> dict[str, Any]:
 # Before training: the data sentence-transformers renders its card from
 
 
-def train_dataset_info(recipe: dict[str, Any]) -> dict[str, str]:
-    """``{"name", "id"}`` of the training set for sentence-transformers' card (no path: a file name only)."""
+def train_dataset_info(recipe: dict[str, Any]) -> list[dict[str, str]]:
+    """``{"name", "id"}`` of each training set for sentence-transformers' card (no path: a file name only; a
+    multi-task recipe lists one per source)."""
     train = (recipe.get("data") or {}).get("train") or {}
-    info: dict[str, str] = {}
-    if train.get("path"):
-        info["name"] = Path(str(train["path"])).name
-    if train.get("hub"):
-        info["id"] = str(train["hub"])  # the recipe's Hub copy of the same set (its fallback)
-        info.setdefault("name", str(train["hub"]))
-    return info
+    infos = []
+    for source in train if isinstance(train, list) else [train]:
+        info: dict[str, str] = {}
+        if source.get("path"):
+            info["name"] = Path(str(source["path"])).name
+        if source.get("hub"):
+            info["id"] = str(source["hub"])  # the recipe's Hub copy of the same set (its fallback)
+            info.setdefault("name", str(source["hub"]))
+        if info:
+            infos.append(info)
+    return infos
 
 
 def set_card_data(model: Any, recipe: dict[str, Any], method: str) -> None:
@@ -192,11 +197,10 @@ def set_card_data(model: Any, recipe: dict[str, Any], method: str) -> None:
     license_ = (recipe.get("output") or {}).get("license") or base_card.get("license")
     if isinstance(license_, str):
         data.set_license(license_)
-    info = train_dataset_info(recipe)
-    if info:
-        data.train_datasets = [info]
-        if info.get("id") and info["id"] not in data.datasets:
-            data.datasets.append(info["id"])
+    infos = train_dataset_info(recipe)
+    if infos:
+        data.train_datasets = infos
+        data.datasets.extend(i["id"] for i in infos if i.get("id") and i["id"] not in data.datasets)
     repo = (recipe.get("output") or {}).get("push_to_hub")
     if repo:
         data.set_model_id(repo)
@@ -539,9 +543,9 @@ def update_card(text: str, results: dict[str, Any], *, repo_id: str | None = Non
     license_ = (recipe.get("output") or {}).get("license")
     if license_ and not data.license:
         data.license = license_
-    info = train_dataset_info(recipe)
-    if info.get("id") and not data.datasets:
-        data.datasets = [info["id"]]
+    ids = [i["id"] for i in train_dataset_info(recipe) if i.get("id")]
+    if ids and not data.datasets:
+        data.datasets = ids
     rows = mteb_rows(results, mteb_dir)
     data.eval_results = merge_eval_results(data.eval_results, eval_results(results) + mteb_eval_results(rows)) or None
     if data.eval_results:  # the model-index's name; huggingface_hub writes it inside model-index only
@@ -607,6 +611,9 @@ def _duration(seconds: Any) -> str:
 
 def _training_data(recipe: dict[str, Any]) -> str:
     train = (recipe.get("data") or {}).get("train") or {}
+    if isinstance(train, list):  # a multi-task recipe: each source, its method and weight
+        return "; ".join(f"`{s.get('name')}` ({(s.get('method') or {}).get('name')}, weight {s.get('weight', 1.0)}): "
+                         + _training_data({"data": {"train": s}}) for s in train if isinstance(s, dict))
     hub = f"[{train['hub']}](https://huggingface.co/datasets/{train['hub']})" if train.get("hub") else None
     if train.get("path"):  # a local file is read when it exists; the hub entry only stands in for a missing one
         what = f"the local file `{Path(train['path']).name}`" + (f" (its Hub copy: {hub})" if hub else "")

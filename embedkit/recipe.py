@@ -24,7 +24,9 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -133,6 +135,13 @@ class MineSection(Section):
         return self
 
 
+class MethodSection(BaseModel):
+    """``name`` plus the method's own parameters, validated by the method's schema."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
 class TrainSource(Section):
     path: str | None = Field(None, description="local file; may start with {data_dir}")
     format: Literal["auto", "text", "csv", "tsv", "jsonl", "sick", "stsb", "rerank", "hub"] = Field(
@@ -159,7 +168,7 @@ DEV_METRICS = {"stsb": ("spearman", "pearson"), "rerank": ("map", "mrr@10"),
                "retrieval": ("ndcg@10", "recall@100", "mrr@10")}
 # How the logs, reports and model cards name each metric.
 METRIC_LABELS = {"spearman": "Spearman", "pearson": "Pearson", "map": "MAP", "mrr@10": "MRR@10",
-                 "ndcg@10": "nDCG@10", "recall@100": "Recall@100"}
+                 "ndcg@10": "nDCG@10", "recall@100": "Recall@100", "weighted": "weighted score"}
 _STSB_DEV = {"path": "{data_dir}/sts/stsbenchmark/sts-dev.csv", "hub": "sentence-transformers/stsb",
              "split": "validation"}
 
@@ -206,16 +215,73 @@ class DevSection(Section):
         return self
 
 
+TASK_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,39}$"  # logged as loss_<name>: a short identifier
+
+
+class TaskSource(TrainSource):
+    """One source of a multi-task recipe (``data.train`` a list, docs/multitask.md): the source keys of
+    :class:`TrainSource`, its ``name`` (logs: ``loss_<name>``), its own ``method`` block (validated by that
+    method's schema) and the ``weight`` of its loss."""
+
+    name: str = Field(pattern=TASK_NAME, description="short identifier of the source (letters, digits, _ and -)")
+    method: MethodSection = Field(description="this source's method: name and that method's own parameters")
+    weight: float = Field(1.0, gt=0, description="sampler balanced: this source's share of the steps "
+                                                 "(w / Σ w); the other samplers: its loss is multiplied by it")
+
+
+class WeightedDev(DevSection):
+    """One dev set of a list ``data.dev``: checkpoints are selected on Σ weight·metric / Σ weight."""
+
+    weight: float = Field(1.0, gt=0, description="this dev metric's weight in the selection score")
+
+
+def _source_kind(value: Any) -> str:
+    return "many" if isinstance(value, list) else "one"
+
+
+TrainSources = Annotated[
+    Annotated[TrainSource, Tag("one")] | Annotated[list[TaskSource], Field(min_length=2), Tag("many")],
+    Discriminator(_source_kind),
+]
+DevSets = Annotated[
+    Annotated[DevSection, Tag("one")] | Annotated[list[WeightedDev], Field(min_length=1), Tag("many")],
+    Discriminator(_source_kind),
+]
+_UNION_TAGS = ("one", "many")  # the discriminator's tags: not keys of the recipe (error locations drop them)
+
+
 class DataSection(Section):
-    train: TrainSource
-    dev: DevSection | None = Field(default_factory=DevSection)
+    train: TrainSources = Field(description="one source, or a list of named sources each with its own method "
+                                            "(a multi-task recipe, docs/multitask.md)")
+    dev: DevSets | None = Field(default_factory=DevSection, description="one dev set, or a list of weighted ones")
+
+    @field_validator("train")
+    @classmethod
+    def _distinct_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            names = [s.name for s in value]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"source names must be distinct; {', '.join(twice)} is given twice")
+        return value
 
 
-class MethodSection(BaseModel):
-    """``name`` plus the method's own parameters, validated by the method's schema."""
+def is_multitask(recipe: Recipe) -> bool:
+    """Whether ``data.train`` lists several sources (a multi-task recipe)."""
+    return isinstance(recipe.data.train, list)
 
-    model_config = ConfigDict(extra="allow")
-    name: str
+
+def task_recipes(recipe: Recipe) -> list[tuple[TaskSource, Recipe]]:
+    """Each source of a multi-task recipe with the single-source recipe it stands for: the same model, training
+    and objective, ``data.train`` = that source, ``method`` = its method, no dev set. Each source's method is
+    checked, and builds its loss, against its own view."""
+    assert isinstance(recipe.data.train, list)
+    out = []
+    for src in recipe.data.train:
+        single = TrainSource.model_validate(src.model_dump(exclude={"name", "method", "weight"}))
+        data = DataSection.model_construct(train=single, dev=None)
+        out.append((src, recipe.model_copy(update={"data": data, "method": src.method})))
+    return out
 
 
 class TrainingSection(Section):
@@ -554,16 +620,27 @@ def read_recipe_text(file: Path) -> str:
 def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
     """Names of the keys allowed at ``loc`` (for 'unknown key' hints)."""
     current: Any = model
-    for part in loc:
+    for n, part in enumerate(loc):
+        if isinstance(part, int):
+            continue  # an item of a list: the list's model (picked below) stays current
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return []
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if current is None:
+        candidates = _models_in(field.annotation)
+        if not candidates:
             return []
+        # A union of one section and a list of sections (data.train, data.dev): the list's when an index follows.
+        current = candidates[-1] if n + 1 < len(loc) and isinstance(loc[n + 1], int) else candidates[0]
     return sorted(getattr(current, "model_fields", {}))
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation names, through ``Annotated``, unions and lists, in order."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    inner = getattr(annotation, "__origin__", None) if hasattr(annotation, "__metadata__") else None
+    args = (inner,) if inner is not None else getattr(annotation, "__args__", ())
+    return [m for arg in args for m in _models_in(arg)]
 
 
 def format_validation_error(
@@ -572,8 +649,8 @@ def format_validation_error(
     """Turn a pydantic error into lines of ``file:line: key.path: what was expected``."""
     out = []
     for item in err.errors():
-        loc = prefix + tuple(p for p in item["loc"]
-                             if not isinstance(p, str) or not (p.startswith("function-") or p == "[key]"))
+        loc = prefix + tuple(p for p in item["loc"] if not isinstance(p, str) or not (
+            p.startswith("function-") or p == "[key]" or p in _UNION_TAGS))
         key = ".".join(str(p) for p in loc) or "(top level)"
         line = lines.get(loc) or lines.get(loc[:-1]) or lines.get(loc[:1])
         where = f"{source}:{line}" if line else source

@@ -18,6 +18,7 @@ from embedkit.data.sources import read_corpus, read_local
 from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
 from embedkit.methods import get_method
+from embedkit.methods.multitask import MultiTrainData, source_method_problem
 from embedkit.model_ref import check_recipe_refs
 from embedkit.recipe import (
     MethodSection,
@@ -26,8 +27,10 @@ from embedkit.recipe import (
     RecipeInput,
     env_world_size,
     format_validation_error,
+    is_multitask,
     parse_recipe,
     per_device_batch,
+    task_recipes,
 )
 
 
@@ -61,6 +64,8 @@ def load_recipe_with_data(
     for a Hub dataset or when ``check_data`` is off). Raises :class:`RecipeError` with every problem found.
     """
     recipe, source, lines = parse_recipe(recipe, overrides, fields)
+    if is_multitask(recipe) or recipe.method.name == "multitask":
+        return _load_multitask(recipe, source, lines, data_dir, check_data)
 
     # The method's own parameters.
     try:
@@ -227,9 +232,11 @@ def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict, 
     only for a ``{data_dir}`` path that is absent), checked now rather than after the heavy imports. A reranking
     dev file is read in full now; a retrieval folder's layout is checked (its corpus is read before the model
     loads). Then the final evaluation's ``eval.rerank`` / ``eval.retrieval`` the same way."""
-    dev = recipe.data.dev
-    if dev is not None and dev.path:
-        where = _where(source, lines, ("data", "dev", "path"))
+    devs = recipe.data.dev if isinstance(recipe.data.dev, list) else [recipe.data.dev]
+    for i, dev in enumerate(devs):  # a list: weighted dev sets (data.dev.0, data.dev.1, ...)
+        if dev is None or not dev.path:
+            continue
+        where = _where(source, lines, ("data", "dev", *((i,) if isinstance(recipe.data.dev, list) else ()), "path"))
         if dev.kind == "stsb":
             instead = f"STS-B dev comes from the Hub dataset {dev.hub} ({dev.split}) instead"
             _local_file(dev.path, dev.hub, data_dir, where, instead, notes, folder_file="sts-dev.csv")
@@ -259,3 +266,109 @@ def _check_ranking(kind: str, raw: str, split: str, data_dir: Path | None, where
             check_beir_layout(path, split)
     except DataError as err:
         raise RecipeError(f"{where}: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Multi-task recipes (data.train a list of sources, method: multitask; docs/multitask.md)
+
+
+def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | None,
+                    check_data: bool) -> tuple[Recipe, Any]:
+    """:func:`load_recipe` for ``data.train`` as a list: the top-level ``multitask`` method, each source's method
+    and options checked against that source's own view (:func:`embedkit.recipe.task_recipes`), each source's data
+    read in full; errors name the source's keys (``data.train.<i>.…``)."""
+    multi = is_multitask(recipe)
+    if multi != (recipe.method.name == "multitask"):
+        key, why = (("method", "name"), "a recipe whose data.train lists several sources needs method: {name: "
+                    "multitask, sampler: ...}; each source's method goes in its own method block") if multi else (
+                    ("data", "train"), "method multitask needs data.train to be a list of named sources, each with "
+                    "its own method block")
+        raise RecipeError(f"{_where(source, lines, key)}: {why}")
+    method = get_method("multitask")
+    try:
+        params = method.params_cls.model_validate(
+            {k: v for k, v in recipe.method.model_dump().items() if k != "name"})
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, source, lines, method.params_cls, prefix=("method",))) from None
+    recipe.method = MethodSection(name="multitask", **params.model_dump())
+    errors = []
+    world = env_world_size()
+    if params.sampler == "mixed" and world is not None and world > 1:
+        errors.append(f"{_where(source, lines, ('method', 'sampler'))}: sampler mixed runs in one process (each "
+                      "process's share of a source would differ in size); use a single-task sampler under torchrun")
+    if recipe.training.group_by_length:
+        errors.append(f"{_where(source, lines, ('training', 'group_by_length'))}: a multi-task run draws its batches "
+                      "with the multi-task sampler; it cannot also group them by length: remove the key")
+    views = task_recipes(recipe)
+    for i, (src, view) in enumerate(views):
+        errors += _check_source_method(i, src, view, source, lines)
+    if errors:
+        raise RecipeError("\n".join(errors))
+    if world is not None:
+        check_batch_split(recipe, world, source, lines)
+    _check_lora(recipe, source, lines)
+    recipe.data.train = [src.model_copy(update={"method": view.method}) for src, view in views]
+    if not check_data:
+        return recipe, None
+    resolved_dir = paths.resolve_data_dir(data_dir)
+    notes: list[str] = []
+    parts: dict[str, Any] = {}
+    for i, (src, view) in enumerate(views):
+        try:
+            parts[src.name] = _check_train_data(view, resolved_dir, get_method(view.method.name), source,
+                                                _source_lines(lines, i), notes)
+        except RecipeError as err:
+            raise RecipeError(_source_keys(str(err), i)) from None
+    _check_dev(recipe, resolved_dir, source, lines, notes)
+    for i, (src, view) in enumerate(views):  # the model once; a Hub source's dataset each
+        if i == 0 or parts[src.name] is None:
+            try:
+                check_recipe_refs(view, source, _source_lines(lines, i), hub_data=parts[src.name] is None)
+            except RecipeError as err:
+                raise RecipeError(_source_keys(str(err), i)) from None
+    for note in notes:
+        notice(note)
+    return recipe, MultiTrainData(parts)
+
+
+def _check_source_method(i: int, src: Any, view: Recipe, source: str, lines: dict) -> list[str]:
+    """Source ``i``'s method block: a known method, its parameters by its schema, an option a multi-task source
+    cannot honour, and the cross-cutting options (GradCache, Matryoshka, terms, prompts) by that method."""
+    prefix = ("data", "train", i, "method")
+    try:
+        method = get_method(src.method.name)
+    except KeyError as err:
+        return [f"{_where(source, lines, prefix + ('name',))}: {err.args[0]}"]
+    try:
+        params = method.params_cls.model_validate({k: v for k, v in src.method.model_dump().items() if k != "name"})
+    except ValidationError as err:
+        return [format_validation_error(err, source, lines, method.params_cls, prefix=prefix)]
+    problem = source_method_problem(method, params)
+    if problem:
+        return [f"{_where(source, lines, prefix + (problem[0],))}: {problem[1]}"]
+    if src.mine is not None:
+        return [f"{_where(source, lines, ('data', 'train', i, 'mine'))}: mining inside a multi-task run is not "
+                "supported; mine first (embedkit data mine --recipe ...) and list the mined file as this source"]
+    view.method = MethodSection(name=method.name, **params.model_dump())
+    try:
+        _check_objective(view, method, params, source, lines)
+    except RecipeError as err:
+        return [f"{line} (source {src.name!r}, method {method.name!r})" for line in str(err).splitlines()]
+    return []
+
+
+def _source_lines(lines: dict, i: int) -> dict:
+    """The key lines of source ``i`` under the single-source keys (``data.train.…``, ``method.…``) that the
+    single-source checks look up; every other key keeps its line."""
+    out = dict(lines)
+    for key, line in lines.items():
+        if key[:3] == ("data", "train", i):
+            out[("data", "train", *key[3:])] = line
+            if key[3:4] == ("method",):
+                out[("method", *key[4:])] = line
+    return out
+
+
+def _source_keys(message: str, i: int) -> str:
+    """A single-source check's message with its keys named as source ``i``'s (``data.train.<i>.…``)."""
+    return message.replace(": data.train.", f": data.train.{i}.").replace(": method.", f": data.train.{i}.method.")

@@ -18,7 +18,7 @@ import pytest
 from embedkit.data.sources import read_train_source
 from embedkit.errors import DataError
 from embedkit.methods import get_method
-from embedkit.recipe import RECIPES_DIR
+from embedkit.recipe import RECIPES_DIR, is_multitask, task_recipes
 from embedkit.validate import load_recipe
 
 # Hub name → {file name: columns}. A ``.txt`` file holds one sentence a line (one column, ``text``, as
@@ -86,12 +86,16 @@ def standins(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_recipe_data_spec_loads_against_hub_standin(name, standins):
     recipe = load_recipe(RECIPES_DIR / name, check_data=False)
-    method = get_method(recipe.method.name)
-    roles, types = method.roles(), method.column_types()
-    src = recipe.data.train
-    if src.hub:
+    # A multi-task recipe: each source with its own method (as training reads it).
+    views = [view for _, view in task_recipes(recipe)] if is_multitask(recipe) else [recipe]
+    for view in views:
+        method = get_method(view.method.name)
+        roles, types = method.roles(), method.column_types()
+        src = view.data.train
+        if not src.hub:
+            continue
         folder = standin_for(name, src.hub, standins)
-        data = read_train_source(src.model_copy(update={"hub": str(folder)}), recipe.method.name, roles, types)
+        data = read_train_source(src.model_copy(update={"hub": str(folder)}), view.method.name, roles, types)
         assert len(data.columns) == len(roles), f"{name}: {list(data.columns)} for roles {roles}"
         assert len(data) > 0, f"{name}: the data spec loads no rows"
         for column, kind in zip(data.columns.values(), types, strict=True):
@@ -99,8 +103,9 @@ def test_recipe_data_spec_loads_against_hub_standin(name, standins):
                 assert all(isinstance(v, float) for v in column), f"{name}: score column not numeric"
             else:
                 assert all(isinstance(v, str) and v.strip() for v in column), f"{name}: empty text"
-    dev = recipe.data.dev
-    if dev is not None and dev.hub:  # read as embedkit.evaluation.core.load_dev_pairs reads it
+    for dev in recipe.data.dev if isinstance(recipe.data.dev, list) else [recipe.data.dev]:
+        if dev is None or not dev.hub:  # read as embedkit.evaluation.core.load_dev_pairs reads it
+            continue
         import datasets
 
         folder = standin_for(name, dev.hub, standins)

@@ -134,8 +134,54 @@ def load_ranking(kind: str, raw: str, split: str = "test", data_dir: str | Path 
     return read_rerank(path, name=name) if kind == "rerank" else read_beir(path, split, name=name)
 
 
-def load_dev(dev: DevSection, data_dir: str | Path | None = None) -> DevSet:
-    """The recipe's dev set, read in full (STS-B: local file/folder, else the Hub)."""
+@dataclass
+class WeightedDevSet:
+    """Several dev sets (a list ``data.dev``) that select the checkpoint together on their weighted mean,
+
+        score = Σ_k w_k · m_k / Σ_k w_k
+
+    where ``m_k`` is dev set k's ``metric`` (× 100, as every dev metric here) and ``w_k`` its ``weight``. Each set's
+    every metric is reported too (``dev_<set name>_<metric>``); the selecting key is ``eval_dev_weighted``."""
+
+    sets: list[DevSet]
+    weights: list[float]
+    kind: str = "weighted"
+    name: str = "dev"
+    metric: str = "weighted"
+
+    @property
+    def label(self) -> str:
+        return "weighted dev"
+
+    @property
+    def metric_key(self) -> str:
+        return f"eval_{self.name}_{self.metric}"
+
+    @property
+    def rule(self) -> str:
+        """``(0.5 × stsb-dev Spearman + 0.5 × trecqa-dev MAP) / 1``, for logs and results."""
+        parts = " + ".join(f"{w:g} × {d.name} {METRIC_LABELS[d.metric]}" for d, w in zip(self.sets, self.weights,
+                                                                                         strict=True))
+        return f"({parts}) / {sum(self.weights):g}"
+
+    def score(self, model: SentenceTransformer, batch_size: int = 128) -> dict[str, float]:
+        out: dict[str, float] = {}
+        total = 0.0
+        for dev, weight in zip(self.sets, self.weights, strict=True):
+            scores = score_dev(model, dev, batch_size)
+            out.update({f"{dev.name}_{m}": float(v) for m, v in scores.items() if m in METRIC_LABELS})
+            total += weight * float(scores[dev.metric])
+        return {"weighted": total / sum(self.weights), **out}
+
+
+def load_dev(dev: DevSection | list, data_dir: str | Path | None = None) -> DevSet | WeightedDevSet:
+    """The recipe's dev set, read in full (STS-B: local file/folder, else the Hub); a list: the weighted sets."""
+    if isinstance(dev, list):
+        sets = [load_dev(d, data_dir) for d in dev]
+        names = [d.name for d in sets]
+        if len(set(names)) != len(names):
+            raise DataError(f"data.dev: two dev sets have the same name ({', '.join(names)}); list each set once")
+        return WeightedDevSet(sets, [float(d.weight) for d in dev])
     if dev.kind == "stsb":
         return DevSet("stsb", "stsb-dev", dev.metric, load_stsb_dev(dev, data_dir))
     assert dev.path is not None  # the schema requires it
@@ -143,9 +189,12 @@ def load_dev(dev: DevSection, data_dir: str | Path | None = None) -> DevSet:
     return DevSet(dev.kind, data.name, dev.metric, data)
 
 
-def score_dev(model: SentenceTransformer, dev: DevSet | PairSet, batch_size: int = 128) -> dict[str, Any]:
+def score_dev(model: SentenceTransformer, dev: DevSet | WeightedDevSet | PairSet,
+              batch_size: int = 128) -> dict[str, Any]:
     """Every metric of the dev set's kind (× 100): Spearman/Pearson, MAP/MRR@10, or nDCG@10/Recall@100/MRR@10."""
 
+    if isinstance(dev, WeightedDevSet):
+        return dev.score(model, batch_size)
     data = dev.data if isinstance(dev, DevSet) else dev
     if isinstance(data, PairSet):
         return score_pairs(model, data, batch_size)
@@ -154,7 +203,7 @@ def score_dev(model: SentenceTransformer, dev: DevSet | PairSet, batch_size: int
     return score_retrieval(model, data, batch_size)
 
 
-def make_dev_evaluator(dev: DevSet | PairSet, batch_size: int = 128) -> Any:
+def make_dev_evaluator(dev: DevSet | WeightedDevSet | PairSet, batch_size: int = 128) -> Any:
     """A sentence-transformers evaluator reporting the dev set's metrics (``<name>_<metric>``) for checkpoint
     selection; its primary metric is the one the recipe names (``spearman`` for a bare STS-B PairSet). Stateless:
     a resumed run builds it again."""
@@ -172,7 +221,7 @@ def make_dev_evaluator(dev: DevSet | PairSet, batch_size: int = 128) -> Any:
 
         def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
             scores = {k: v for k, v in score_dev(model, dev_set, batch_size).items()
-                      if k in METRIC_LABELS}  # counts and seconds are not metrics
+                      if k in METRIC_LABELS or isinstance(dev_set, WeightedDevSet)}  # counts, seconds: no metrics
             metrics = self.prefix_name_to_metrics(scores, self.name)
             self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
             return metrics

@@ -175,8 +175,9 @@ def _training_datasets(recipe: dict[str, Any] | None) -> set[str]:
     out: set[str] = set()
     data = recipe.get("data") or {}
     for section in ("train", "dev"):
-        entry = data.get(section) or {}
-        text = " ".join(str(entry.get(k) or "") for k in ("path", "hub"))
+        entries = data.get(section) or {}  # a list: the sources of a multi-task recipe, or weighted dev sets
+        text = " ".join(str(entry.get(k) or "") for entry in (entries if isinstance(entries, list) else [entries])
+                        for k in ("path", "hub"))
         for fname, task in _TRAINING_FILE_TASKS.items():
             if fname in text:
                 out.add(task)

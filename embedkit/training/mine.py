@@ -231,6 +231,9 @@ def _mine(args: argparse.Namespace) -> int:
         recipe, train_data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir,
                                                    check_data=False)
         src = recipe.data.train
+        if isinstance(src, list):
+            raise EmbedkitError(f"{args.recipe}: data.train lists {len(src)} sources; mining reads one: give it one "
+                                "with the overrides data.train={...} method={...}, or use --pairs FILE")
         settings = _settings(args, src.mine)
         if settings.candidates and src.format != "rerank":
             raise EmbedkitError("--candidates: the recipe's data.train is not format: rerank")

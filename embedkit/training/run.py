@@ -37,7 +37,7 @@ from embedkit.methods import get_method
 from embedkit.methods.base import TrainContext
 from embedkit.model_ref import load_model
 from embedkit.paths import atomic_path
-from embedkit.recipe import METRIC_LABELS, Overrides, Recipe, RecipeInput, recipe_to_yaml
+from embedkit.recipe import METRIC_LABELS, Overrides, Recipe, RecipeInput, is_multitask, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
 from embedkit.training.mine import mine_for_training
 from embedkit.training.rundir import CHECKPOINTS, RESULTS, RunFolder
@@ -316,23 +316,31 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     set_seed(recipe.training.seed)
     model = build_model(recipe.model)
     set_card_data(model, recipe.model_dump(mode="json"), recipe.method.name)  # what sentence-transformers' card says
-    if recipe.data.train.mine is not None:  # hard negatives from the starting model, before the method sees the rows
+    multi = is_multitask(recipe)
+    # Hard negatives from the starting model, before the method sees the rows.
+    if not multi and recipe.data.train.mine is not None:
 
         train_data = mine_for_training(recipe, train_data, model, work, data_dir)
-    dataset, train_data = build_dataset(recipe, train_data, method_cls)
-    ctx = TrainContext(recipe=recipe, model=model, params=params, world_size=world_size, rank=rank,
-                       extras={"data_dir": data_dir})
-    method = method_cls(ctx)
-    dataset = method.prepare_dataset(dataset)
-    from embedkit.losses.objective import compose
+    if multi:  # one dataset and one loss per source (docs/multitask.md)
+        from embedkit.training.multitask import build_tasks
 
-    loss = compose(method.build_loss(), recipe, model)  # GradCache, gathering, Matryoshka, objective terms
+        method = tasks = build_tasks(recipe, train_data, model, world_size, rank, data_dir)
+        dataset, loss, train_data = tasks.dataset, tasks.losses, tasks.train_data
+    else:
+        dataset, train_data = build_dataset(recipe, train_data, method_cls)
+        ctx = TrainContext(recipe=recipe, model=model, params=params, world_size=world_size, rank=rank,
+                           extras={"data_dir": data_dir})
+        method = method_cls(ctx)
+        dataset = method.prepare_dataset(dataset)
+        from embedkit.losses.objective import compose
+
+        loss = compose(method.build_loss(), recipe, model)  # GradCache, gathering, Matryoshka, objective terms
 
     t = recipe.training
     global_batch, per_device = t.batch_size, check_batch_split(recipe, world_size)  # load_recipe refused it already
     negatives = (global_batch if t.gather_across_devices else per_device) - 1
     log(f"method {recipe.method.name} on {recipe.model.name} ({recipe.model.pooling} pooling), "
-        f"{len(dataset)} training rows from {train_data.description}")
+        f"{len(train_data) if multi else len(dataset)} training rows from {train_data.description}")
     log(f"world size {world_size}, batch {global_batch} global = {per_device} per device × {world_size}"
         + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives else ""))
 
@@ -340,6 +348,12 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
                                "train": batch_record(global_batch, per_device, world_size)}
     if dev_pairs is not None:
         results["dev"].update(kind=dev_pairs.kind, name=dev_pairs.name, metric=dev_pairs.metric)
+        if hasattr(dev_pairs, "rule"):  # several weighted dev sets
+            results["dev"]["rule"] = dev_pairs.rule
+            log(f"checkpoints selected on the weighted dev score {dev_pairs.rule}")
+    if multi:
+        results["train"]["tasks"] = tasks.summary
+        results["train"]["sampler"] = recipe.method.model_dump()["sampler"]
     if dev_pairs is not None and recipe.eval.before and checkpoint is None:
         before = score_dev(model, dev_pairs)
         results["dev"]["before"] = before
@@ -382,11 +396,12 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         dataloader_num_workers=t.dataloader_workers,
         dataloader_drop_last=t.drop_last or world_size > 1,
         batch_sampler=sampler or (LengthGroupedBatchSampler if t.group_by_length else BatchSamplers.BATCH_SAMPLER),
-        prompts=method_cls.training_prompts(recipe, dataset.column_names) or None,  # column → prompt text
+        prompts=(tasks.prompts if multi else method_cls.training_prompts(recipe, dataset.column_names)) or None,
+        **({"multi_dataset_batch_sampler": tasks.sampler} if multi else {}),
         disable_tqdm=False,
     )
     callbacks = method.callbacks(loss) + _tensorboard_callbacks(work / "logs")
-    trainer = EmbedkitTrainer(
+    trainer = (tasks.make_trainer if multi else EmbedkitTrainer)(
         model=model, args=args, train_dataset=dataset, loss=loss,
         evaluator=make_dev_evaluator(dev_pairs) if dev_pairs is not None else None,
         callbacks=callbacks,

@@ -38,16 +38,23 @@ METHOD_STATE_FILE = "embedkit_method_state.safetensors"
 __all__ = ["COMPLETE_MARKER", "METHOD_STATE_FILE", "EmbedkitTrainer", "latest_checkpoint", "load_method_state"]
 
 
-def method_state(loss: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Everything in the loss module's state dict except the model being trained."""
+def _losses(loss: torch.nn.Module | dict[str, torch.nn.Module]) -> list[tuple[str, torch.nn.Module]]:
+    """(key prefix, module) of a loss, or of each loss of a multi-task run's dict (prefix ``<source>.``)."""
+    return [(f"{k}.", v) for k, v in loss.items()] if isinstance(loss, dict) else [("", loss)]
+
+
+def method_state(loss: torch.nn.Module | dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Everything in the loss module's state dict except the model being trained (a dict of losses: each
+    loss's, keyed ``<source>.<key>``)."""
     return {
-        k: v.detach().cpu().contiguous().clone()
-        for k, v in loss.state_dict().items()
+        prefix + k: v.detach().cpu().contiguous().clone()
+        for prefix, module in _losses(loss)
+        for k, v in module.state_dict().items()
         if not k.startswith("model.")
     }
 
 
-def load_method_state(loss: torch.nn.Module, checkpoint: str | Path) -> None:
+def load_method_state(loss: torch.nn.Module | dict[str, torch.nn.Module], checkpoint: str | Path) -> None:
     """Restore :func:`method_state` from a checkpoint folder into ``loss`` (in place)."""
     file = Path(checkpoint) / METHOD_STATE_FILE
     if not file.exists():
@@ -56,12 +63,14 @@ def load_method_state(loss: torch.nn.Module, checkpoint: str | Path) -> None:
     missing = [k for k in method_state(loss) if k not in state]
     if missing:
         raise RuntimeError(f"{file}: method state lacks {missing}; was the checkpoint made by another method?")
-    loss.load_state_dict(state, strict=False)
+    for prefix, module in _losses(loss):
+        module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=False)
 
 
-def loss_own_parameters(loss: torch.nn.Module) -> list[torch.nn.Parameter]:
+def loss_own_parameters(loss: torch.nn.Module | dict[str, torch.nn.Module]) -> list[torch.nn.Parameter]:
     """Trainable parameters of the loss outside ``model.*`` (e.g. a training-only head)."""
-    return [p for n, p in loss.named_parameters() if not n.startswith("model.") and p.requires_grad]
+    return [p for _, module in _losses(loss) for n, p in module.named_parameters()
+            if not n.startswith("model.") and p.requires_grad]
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
@@ -167,7 +176,11 @@ class EmbedkitTrainer(SentenceTransformerTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        loss = out[0] if return_outputs else out
+        self.check_finite(model, out[0] if return_outputs else out)
+        return out
+
+    def check_finite(self, model, loss: torch.Tensor) -> None:
+        """The loss guard: a NaN or infinite training loss stops the run before the optimizer sees it."""
         if model.training and not all_finite(loss):
             last = latest_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
             kept = f"the last good checkpoint is {last}" if last else (
@@ -179,7 +192,6 @@ class EmbedkitTrainer(SentenceTransformerTrainer):
                 f"loss is {value}{where} at step {self.state.global_step + 1}; training stopped before that "
                 f"update, {kept}, and no final model was written"
             )
-        return out
 
     def _close_progress_bars(self) -> None:
         for callback in self.callback_handler.callbacks:

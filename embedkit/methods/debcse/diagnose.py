@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from embedkit.data.sources import read_train_source
-from embedkit.errors import DataError
+from embedkit.errors import DataError, EmbedkitError
 from embedkit.methods import get_method
 from embedkit.methods.debcse import DebCSEParams, build_reference
 from embedkit.methods.debcse.debias import MinedRows, batch_statistics, debias, identity_rows, unique_texts
@@ -217,6 +217,9 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
     from embedkit.modeling import build_model
 
     recipe, train_data = load_recipe_with_data(recipe_path, overrides, data_dir)
+    if isinstance(recipe.data.train, list):
+        raise EmbedkitError(f"{recipe_path}: data.train lists {len(recipe.data.train)} sources; data diagnose reads "
+                            "one: give it one with the overrides data.train={...} method={...} (docs/multitask.md)")
     method_cls = get_method(recipe.method.name)
     method_params = {k: v for k, v in recipe.method.model_dump().items() if k != "name"}
     params = DebCSEParams.model_validate(method_params) if recipe.method.name == "debcse" else DebCSEParams()
