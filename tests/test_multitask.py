@@ -34,7 +34,7 @@ from _mp_helpers import (
 
 from embedkit.errors import RecipeError
 from embedkit.training.multitask import TaskBatchSampler, step_schedule
-from embedkit.validate import load_recipe
+from embedkit.validate import load_recipe, load_recipe_with_data
 
 SOURCES = ("sts", "qa")
 
@@ -70,7 +70,7 @@ def build_run(tmp_path: Path, model_path: str, sampler: str, **kwargs: Any):
     from embedkit.training.run import setup
 
     recipe_path = write_multitask_recipe(tmp_path / "r", model_path, tmp_path / "out", sampler, **kwargs)
-    recipe, data = load_recipe(recipe_path)
+    recipe, data = load_recipe_with_data(recipe_path)
     (tmp_path / "work").mkdir()
     return setup(recipe, data, None, tmp_path / "work", None)
 
@@ -331,15 +331,15 @@ def test_a_bad_row_of_a_source_names_its_file_and_line(tmp_path: Path, tiny_mode
 
 def test_shipped_recipe_validates_and_switches_by_override(data_dir: Path) -> None:
     """The shipped recipe, the mixed baseline and each source alone (the overrides docs/multitask.md gives)."""
-    recipe, data = load_recipe("multitask-sts-trecqa-minilm", data_dir=str(data_dir))
+    recipe, data = load_recipe_with_data("multitask-sts-trecqa-minilm", data_dir=str(data_dir))
     assert [s.name for s in recipe.data.train] == ["sts", "trecqa"] and len(data.parts["trecqa"]) == 348
-    mixed, _ = load_recipe("multitask-sts-trecqa-minilm", ["method.sampler=mixed"], data_dir=str(data_dir))
+    mixed = load_recipe("multitask-sts-trecqa-minilm", ["method.sampler=mixed"], data_dir=str(data_dir))
     assert mixed.method.model_dump()["sampler"] == "mixed"
     from embedkit.recipe import TrainSource
 
     for name, method in (("sts", "cosent"), ("trecqa", "contrastive")):
         overrides = MULTITASK_ONE_SOURCE[name]
-        alone, alone_data = load_recipe("multitask-sts-trecqa-minilm", overrides, data_dir=str(data_dir))
+        alone, alone_data = load_recipe_with_data("multitask-sts-trecqa-minilm", overrides, data_dir=str(data_dir))
         assert isinstance(alone.data.train, TrainSource) and alone.method.name == method
         assert alone.training.max_steps == recipe.training.max_steps and alone.training.seed == 42
 
