@@ -195,7 +195,9 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
             data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
         return data
     try:
-        data = read_local(path, src.format, src.columns, types=method.column_types)
+        data = method.read_train_file(path, recipe, notes)  # a method that builds its own rows (ccp), else None
+        if data is None:
+            data = read_local(path, src.format, src.columns, types=method.column_types)
     except DataError as err:
         raise RecipeError(f"{where}: {err}") from None
     problem = method.column_problem(list(data.columns))

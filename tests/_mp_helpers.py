@@ -92,6 +92,16 @@ def write_scored_pairs(folder: Path, n: int = 48) -> Path:
     return path
 
 
+def write_documents(folder: Path, n: int = 8, sentences: int = 4) -> Path:
+    """``n`` blank-line separated documents of ``sentences`` sentences each (``ccp``: with its default window of
+    2, 10 rows a document, so most batches hold several rows of one document)."""
+    path = Path(folder) / "documents.txt"
+    docs = [" ".join(f"The {WORDS[(d * 5 + j) % 12]} of story {d} moves {j} steps." for j in range(sentences))
+            for d in range(n)]
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
 TRAIN_DATA: dict[str, Callable[[Path], Path]] = {
     "simcse-unsup": write_sentences,
     "simcse-sup": write_triples,
@@ -101,6 +111,7 @@ TRAIN_DATA: dict[str, Callable[[Path], Path]] = {
     "text2token": write_sentences,
     "cosent": write_scored_pairs,
     "contrastive": write_query_passages,
+    "ccp": write_documents,
 }
 """Method name → writer of a small training file for it. Add one line per new method."""
 

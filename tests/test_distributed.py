@@ -36,7 +36,7 @@ from _mp_helpers import (
 # contriever is left out: its losses match (relative 7e-7), but with mean pooling and dot-product scores a
 # token seen in one sentence gets a gradient near Adam's eps, which turns float rounding into 1.2e-5 weight
 # differences; its queue and momentum encoder are the ones esimcse exercises here.
-METHODS = ["simcse-unsup", "simcse-sup", "debcse", "esimcse", "text2token", "contrastive"]
+METHODS = ["simcse-unsup", "simcse-sup", "debcse", "esimcse", "text2token", "contrastive", "ccp"]
 # Parameters that make more of the loss matter (simcse-sup: the own-hard-negative offset, placed by rank;
 # contrastive: that offset on two negative columns and the positive → anchor direction over gathered anchors).
 PARAMS = {"simcse-sup": {"hard_negative_weight": 0.7}, "contrastive": {"hard_negative_weight": 0.7, "symmetric": True}}

@@ -28,6 +28,7 @@ METHODS = {
     "debcse": (None, ()),
     "text2token": ({"pooling": "mean", "mlp_only_train": False}, ("step", "head.bias")),
     "contrastive": (None, ()),
+    "ccp": (None, ()),
 }
 # Method keys per method: contrastive resumes with its own seeded batch sampler (no_duplicates).
 PARAMS = {"contrastive": {"no_duplicates": True, "hard_negative_weight": 0.5, "symmetric": True}}

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from embedkit.data.sources import TrainData
     from embedkit.recipe import Recipe
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -225,6 +226,14 @@ class Method:
     @classmethod
     def positives_hint(cls) -> str:
         return ""
+
+    @classmethod
+    def read_train_file(cls, path: str, recipe: Recipe, notes: list[str]) -> TrainData | None:
+        """The training rows, in :meth:`roles` order, of a method that builds them itself from the local file
+        ``data.train.path`` (``ccp``: a file of documents → sentence pairs), or ``None`` (the default): the file
+        is read by ``data.train.format`` and checked against :meth:`roles`. Raises ``DataError`` naming the file
+        and line; ``notes`` collects what validation says once every check passed."""
+        return None
 
     def __init__(self, ctx: TrainContext) -> None:
         self.ctx = ctx
