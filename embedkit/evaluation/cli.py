@@ -57,7 +57,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--as-mteb", action="store_true",
                    help="also score the --rerank/--retrieval sets as local mteb tasks (mteb's layout under mteb/)")
     g = p.add_argument_group("MTEB")
-    g.add_argument("--mteb", metavar="TASK[,TASK...]", help="run these MTEB tasks with mteb.evaluate")
+    g.add_argument("--mteb", metavar="TASK[,TASK...]",
+                   help="run these MTEB tasks with mteb.evaluate; 'offline': every task that runs from the local "
+                        "data folder (STS12-16, STSBenchmark, SICK-R, MR, SUBJ, SICK-E, TRECQA-dev)")
     g.add_argument("--mteb-benchmark", metavar="NAME", help="run an MTEB benchmark, e.g. 'MTEB(eng, v2)'")
     g.add_argument("--reuse-mteb-cache", action="store_true",
                    help="let mteb reuse cached results for the same model name + revision (default: recompute)")
@@ -127,7 +129,7 @@ def _check_args(args: argparse.Namespace) -> str:
     if wants_mteb:
 
         # Without importing mteb (seconds): the line lists the local task names, so a misspelt one shows.
-        require_hub_for_mteb(args.mteb, args.mteb_benchmark, root, args.source)
+        require_hub_for_mteb(args.mteb, args.mteb_benchmark, root, args.source, data_dir=args.data_dir)
     return suite
 
 
