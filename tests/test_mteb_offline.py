@@ -277,6 +277,30 @@ def test_cli_refuses_a_missing_local_file_before_loading_the_model(tiny_model_pa
     assert "classification/subj/plot.tok.gt9.5000 not found" in err and "Traceback" not in err
 
 
+def test_local_only_tasks_need_no_sts_folder(tiny_model_path, offline_root, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import embedkit.evaluation.cli as eval_cli
+    from embedkit.errors import EmbedkitError
+    from embedkit.evaluation.mteb_eval import resolve_tasks
+
+    only_mr = tmp_path / "data"
+    shutil.copytree(offline_root / "classification" / "mr", only_mr / "classification" / "mr")
+    tasks, _ = resolve_tasks(["MR"], None, only_mr, cache_dir=tmp_path / "cache")
+    assert [t.metadata.name for t in tasks] == ["MR"]
+    with pytest.raises(DataError, match="no STS data"):
+        resolve_tasks(["MR", "STS12"], None, only_mr, cache_dir=tmp_path / "cache")
+
+    def reached(*args, **kwargs):
+        raise EmbedkitError("checks passed, the model would load now")
+
+    monkeypatch.setattr(eval_cli, "load_model", reached)
+    assert main(["eval", tiny_model_path, "--data-dir", str(only_mr), "--mteb", "MR"]) == 2
+    assert "checks passed" in capsys.readouterr().err
+    assert main(["eval", tiny_model_path, "--data-dir", str(only_mr), "--mteb", "MR,STS12"]) == 2
+    assert "no STS data" in capsys.readouterr().err
+
+
 def test_real_data_counts(data_dir):
     """The public files: MR 5,331 + 5,331, SUBJ 5,000 + 5,000, SICK test 4,927 pairs of which 1,414 ENTAILMENT."""
     if not (data_dir / "classification").is_dir():
