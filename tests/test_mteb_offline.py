@@ -215,6 +215,14 @@ def test_readers_label_by_file_and_refuse_bad_lines(offline_root, tmp_path):
         read_classification("SUBJ", tmp_path)
     with pytest.raises(DataError, match=r"classification/mr.*not found"):
         local_source("MR", tmp_path)
+    (bad / "plot.tok.gt9.5000").write_text("one\ntwo\nthree\n", encoding="utf-8")
+    from embedkit.evaluation.mteb_eval import import_mteb
+
+    import_mteb(tmp_path / "mteb-cache")  # mteb's cache folder is set before mteb is first imported
+    from embedkit.evaluation.mteb_tasks import local_classification_task
+
+    with pytest.raises(DataError, match=r"SUBJ .*cannot split 4 sentences 80/20 by label"):
+        local_classification_task("SUBJ", tmp_path).load_data()
     odd = tmp_path / "sick.txt"
     odd.write_text("pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
                    "1\ta\tb\t3.0\tENTAILMENT\n2\tc\td\t2.0\tMAYBE\n", encoding="utf-8")

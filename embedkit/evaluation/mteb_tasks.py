@@ -32,6 +32,7 @@ from sklearn.model_selection import train_test_split
 from embedkit.data.classification import CLASSIFICATION_SETS, read_classification, read_sick_entailment
 from embedkit.data.ranking import read_beir, read_rerank
 from embedkit.data.sts import PairSet
+from embedkit.errors import DataError
 from embedkit.evaluation.core import ranking_name
 from embedkit.evaluation.mteb_offline import LOCAL_ONLY, local_source
 from embedkit.evaluation.ranking import rerank_layout
@@ -180,13 +181,6 @@ def local_retrieval_task(folder: str | Path, split: str = "test", name: str | No
     return _ranking_task(name or ranking_name("retrieval", folder, split), "retrieval", Path(folder), split)
 
 
-def named_rerank_task(name: str, data_root: str | Path) -> Any:
-    """One of :data:`RERANK_TASKS` (e.g. ``TRECQA-dev``) from the data folder (the one holding ``rerank/``)."""
-    rel, split = RERANK_TASKS[name]
-    task = _ranking_task(name, "rerank", Path(data_root) / rel, split)
-    return task
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Classification (MR, SUBJ) and pair classification (SICK-E): local tasks, mteb's task types and scoring.
 
@@ -237,7 +231,11 @@ class LocalClassificationData:
             return
         data = read_classification(self.metadata.name, self.data_root)  # type: ignore[attr-defined]
         self.files = dict(data.files)
-        train, test = classification_split(data.labels)
+        try:
+            train, test = classification_split(data.labels)
+        except ValueError as err:  # too few sentences of a label for a stratified 80/20 split
+            raise DataError(f"{data.name} ({', '.join(data.files)}): cannot split {len(data)} sentences 80/20 by "
+                            f"label: {err}") from None
 
         def part(rows: list[int]) -> Dataset:
             return Dataset.from_dict({"text": [data.texts[i] for i in rows], "label": [data.labels[i] for i in rows]})
