@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.data.ranking import RerankSet, read_beir, read_rerank
-from embedkit.errors import EmbedkitError
+from embedkit.errors import DataError, EmbedkitError
 from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
 from embedkit.log import progress
@@ -57,7 +57,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--as-mteb", action="store_true",
                    help="also score the --rerank/--retrieval sets as local mteb tasks (mteb's layout under mteb/)")
     g = p.add_argument_group("MTEB")
-    g.add_argument("--mteb", metavar="TASK[,TASK...]", help="run these MTEB tasks with mteb.evaluate")
+    g.add_argument("--mteb", metavar="TASK[,TASK...]",
+                   help="run these MTEB tasks with mteb.evaluate; 'offline': every task that runs from the local "
+                        "data folder (STS12-16, STSBenchmark, SICK-R, MR, SUBJ, SICK-E, TRECQA-dev)")
     g.add_argument("--mteb-benchmark", metavar="NAME", help="run an MTEB benchmark, e.g. 'MTEB(eng, v2)'")
     g.add_argument("--reuse-mteb-cache", action="store_true",
                    help="let mteb reuse cached results for the same model name + revision (default: recompute)")
@@ -90,7 +92,7 @@ def parse_dims(text: str) -> list[int]:
 
 def _check_args(args: argparse.Namespace) -> str:
     # scipy comes with these (the whole CLI's parser imports this module: keep it light)
-    from embedkit.evaluation.mteb_eval import require_hub_for_mteb
+    from embedkit.evaluation.mteb_eval import LOCAL_ONLY, parse_task_list, require_hub_for_mteb
     from embedkit.evaluation.sts import LAYOUT, sts_root
 
     wants_mteb = bool(args.mteb or args.mteb_benchmark)
@@ -121,13 +123,18 @@ def _check_args(args: argparse.Namespace) -> str:
     if args.compare:
         check_model(args.compare, what="--compare", trust_flag=None)
 
-    root = sts_root(args.data_dir) if args.source != "hub" else None
+    try:
+        root = sts_root(args.data_dir) if args.source != "hub" else None
+    except DataError:  # a folder without STS data still serves the local-only mteb tasks (MR, SUBJ, TRECQA-dev)
+        if suite != "none" or args.mteb_benchmark or not set(parse_task_list(args.mteb)) <= set(LOCAL_ONLY):
+            raise
+        root = None
     if suite != "none" and root is None and args.source != "local":
         require_hub("the STS data", f"pass --data-dir (or set $EMBEDKIT_DATA) to a local folder ({LAYOUT})")
     if wants_mteb:
 
         # Without importing mteb (seconds): the line lists the local task names, so a misspelt one shows.
-        require_hub_for_mteb(args.mteb, args.mteb_benchmark, root, args.source)
+        require_hub_for_mteb(args.mteb, args.mteb_benchmark, root, args.source, data_dir=args.data_dir)
     return suite
 
 

@@ -12,8 +12,10 @@
   model's cached score.
 * STS12–16, STSBenchmark and SICK-R read from the local data folder through
   :mod:`embedkit.evaluation.mteb_tasks` when one is available (``source="auto"``/``"local"``); every other task
-  loads from the Hub as mteb does. ``TRECQA-dev`` (a local reranking task, not an official mteb task) exists only
-  from the local folder; ``extra_tasks`` takes task objects built elsewhere (a reranking file, a BEIR folder).
+  loads from the Hub as mteb does. ``MR``, ``SUBJ`` (classification), ``SICK-E`` (pair classification) and
+  ``TRECQA-dev`` (reranking) are local tasks, not official mteb tasks, and exist only from the local folder;
+  ``offline`` names all of them with the STS tasks (:mod:`embedkit.evaluation.mteb_offline`). ``extra_tasks``
+  takes task objects built elsewhere (a reranking file, a BEIR folder).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from embedkit import paths
 from embedkit.errors import DataError, EmbedkitError
+from embedkit.evaluation.mteb_offline import LOCAL_ONLY, OFFLINE, expand_names, local_source
 from embedkit.evaluation.provenance import model_info, package_versions
 from embedkit.evaluation.sts import SOURCES, sts_root
 from embedkit.log import progress as progress_line
@@ -44,6 +46,12 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 DEFAULT_LANGUAGES = ("eng-Latn",)
+# The scores results.json keeps beside the main score, by mteb task type (the rest stays in mteb's files).
+KEY_METRICS = {"STS": ("cosine_spearman", "cosine_pearson"), "Classification": ("accuracy", "f1"),
+               "PairClassification": ("cosine_ap", "max_ap"), "Reranking": ("map_at_1000", "mrr_at_10"),
+               "Retrieval": ("ndcg_at_10", "recall_at_100", "mrr_at_10")}
+LOCAL_HINT = (f"the offline tasks (--mteb {OFFLINE}: STS12-16, STSBenchmark, SICK-R, {', '.join(LOCAL_ONLY)}) run "
+              "from a local --data-dir")
 # Local training files that are (part of) an mteb task's dataset, for ModelMeta.training_datasets.
 _TRAINING_FILE_TASKS = {"sts-train.csv": "STSBenchmark", "sts-dev.csv": "STSBenchmark", "SICK_train.txt": "SICK-R",
                         "SICK_trial.txt": "SICK-R"}
@@ -60,31 +68,34 @@ def import_mteb(cache_dir: str | os.PathLike | None = None) -> Any:
 
 
 def parse_task_list(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """``"STS12, STSBenchmark"`` or a list → task names (empty items dropped)."""
+    """``"STS12, STSBenchmark"`` or a list → task names (empty items dropped; ``offline`` expanded to the
+    offline benchmark's tasks)."""
     if text is None:
         return []
     items = text.split(",") if isinstance(text, str) else list(text)
-    return [t.strip() for t in items if t and t.strip()]
+    return expand_names([t.strip() for t in items if t and t.strip()])
 
 
 def require_hub_for_mteb(names: str | list[str] | None, benchmark: str | None, root: Path | None,
-                         source: str = "auto") -> None:
-    """One line at once when a task would come from the Hub and the Hub does not answer (before mteb's retries).
+                         source: str = "auto", data_dir: str | os.PathLike | None = None) -> None:
+    """One line at once when a task would come from the Hub and the Hub does not answer (before mteb's retries),
+    or when a local-only task's file is missing (before any model loads).
 
-    ``root``: the local STS folder (``None``: none). Only the STS tasks of the suite can run from it.
+    ``root``: the local STS folder (``None``: none); the STS tasks of the suite run from it. The local-only
+    tasks (``MR``, ``SUBJ``, ``SICK-E``, ``TRECQA-dev``) never need the Hub.
     """
-
+    requested = parse_task_list(names)
+    if source != "hub":
+        for name in requested:
+            if name in LOCAL_ONLY:
+                local_source(name, data_dir)
     if source == "local":
         return  # tasks without local data are refused by resolve_tasks
-    local = (*TASKS, "SICK-R-test", *_local_rerank_names()) if root is not None else ()
-    remote = [n for n in parse_task_list(names) if n not in local]
+    local = (*TASKS, "SICK-R-test") if root is not None else ()
+    remote = [n for n in requested if n not in local and n not in LOCAL_ONLY]
     if remote or benchmark:
         what = "--mteb " + ",".join(remote) if remote else f"--mteb-benchmark {benchmark}"
-        require_hub(what, "STS12-16, STSBenchmark and SICK-R run from a local --data-dir")
-
-
-def _local_rerank_names() -> tuple[str, ...]:
-    return ("TRECQA-dev",)  # mteb_tasks.RERANK_TASKS (that module imports mteb: not loaded for this check)
+        require_hub(what, LOCAL_HINT)
 
 
 def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.PathLike | None,
@@ -98,26 +109,28 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
 
     if source not in SOURCES:
         raise EmbedkitError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
+    names = expand_names(names)
     if not names and not benchmark and not extra:
-        raise EmbedkitError("MTEB: name at least one task (--mteb STS12,STSBenchmark) or a benchmark "
-                            "(--mteb-benchmark)")
+        raise EmbedkitError(f"MTEB: name at least one task (--mteb STS12,STSBenchmark, or --mteb {OFFLINE}) or a "
+                            "benchmark (--mteb-benchmark)")
+    local_only = [n for n in names if n in LOCAL_ONLY]
+    if local_only and source == "hub":
+        raise DataError(f"--mteb {local_only[0]}: a local task, it exists only from a local data folder; use "
+                        "--source auto or local with --data-dir")
+    needs_sts = bool(benchmark) or len(local_only) < len(names)
     try:
         root = sts_root(data_dir) if source != "hub" else None
-    except DataError:  # a data folder without STS data is fine for the reranking tasks alone
-        if benchmark or not names or any(n not in _local_rerank_names() for n in names):
+    except DataError:  # a data folder without STS data is fine for the local-only tasks alone
+        if needs_sts:
             raise
         root = None
     mteb = import_mteb(cache_dir)
-    from embedkit.evaluation.mteb_tasks import LOCAL_TASKS, RERANK_TASKS, SENTEVAL_SICK, local_task, named_rerank_task
+    from embedkit.evaluation.mteb_tasks import LOCAL_TASKS, SENTEVAL_SICK, local_only_task, local_task
 
     requested: list[Any] = []
     for name in names:
-        if name in RERANK_TASKS:
-            base = paths.resolve_data_dir(data_dir)
-            if base is None or source == "hub" or not (base / RERANK_TASKS[name][0]).is_file():
-                raise DataError(f"{name} exists only from a local data folder ({RERANK_TASKS[name][0]}); pass "
-                                "--data-dir")
-            requested.append(named_rerank_task(name, base))
+        if name in LOCAL_ONLY:
+            requested.append(local_only_task(name, data_dir))
             continue
         if name == SENTEVAL_SICK:
             requested.append(name)
@@ -134,7 +147,7 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
         except (KeyError, ValueError) as err:
             raise EmbedkitError(f"--mteb-benchmark: unknown MTEB benchmark {benchmark!r} ({err})") from None
 
-    if source == "local" and root is None:
+    if source == "local" and root is None and needs_sts:
         raise DataError("--mteb with source 'local': no data folder; pass --data-dir or set $EMBEDKIT_DATA")
     tasks, sources, seen = [], {}, set()
     for task in requested:
@@ -142,7 +155,7 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
         if name in seen:
             continue
         seen.add(name)
-        if name in RERANK_TASKS:
+        if name in LOCAL_ONLY:
             tasks.append(task)
             sources[name] = "local"
         elif name in (*LOCAL_TASKS, SENTEVAL_SICK) and root is not None:
@@ -164,7 +177,7 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
     remote = [name for name, where in sources.items() if where == "hub"]
     if remote:  # one short probe, not mteb's download retries (over a minute offline)
 
-        require_hub("--mteb " + ",".join(remote), "STS12-16, STSBenchmark and SICK-R run from a local --data-dir")
+        require_hub("--mteb " + ",".join(remote), LOCAL_HINT)
     return tasks, sources
 
 
@@ -435,21 +448,24 @@ def run_mteb(
         except Exception as err:  # noqa: BLE001 - data loading (offline), model errors: one clear line
             first = str(err).splitlines()[0] if str(err) else ""
             raise EmbedkitError(
-                f"mteb.evaluate failed: {type(err).__name__}: {first}. Tasks from the Hub need internet; "
-                "STS12-16, STSBenchmark and SICK-R run from a local --data-dir"
+                f"mteb.evaluate failed: {type(err).__name__}: {first}. Tasks from the Hub need internet; {LOCAL_HINT}"
             ) from err
         out_tasks: dict[str, Any] = {}
+        by_name = {t.metadata.name: t for t in task_objs}
         for res in result.task_results:
             task_name = res.task_name
             split_scores = res.scores.get("test") or next(iter(res.scores.values()))
             path = cache.get_task_result_path(task_name, meta)
-            task_meta = next((t.metadata for t in task_objs if t.metadata.name == task_name), None)
+            task_meta = by_name[task_name].metadata if task_name in by_name else None
+            task_type = task_meta.type if task_meta else None
             out_tasks[task_name] = {
                 "main_score": float(res.get_score()),
                 "main_metric": task_meta.main_score if task_meta else None,
-                "type": task_meta.type if task_meta else None,  # the model card's model-index reads these two
+                "type": task_type,  # the model card's model-index reads type and dataset
                 "dataset": {"path": task_meta.dataset.get("path"), "revision": task_meta.dataset.get("revision")}
                 if task_meta else None,
+                "metrics": {k: float(split_scores[0][k]) for k in KEY_METRICS.get(task_type or "", ())
+                            if len(split_scores) == 1 and k in split_scores[0]},
                 "source": sources.get(task_name, "hub"),
                 "n_subsets": len(split_scores),
                 "evaluation_time": res.evaluation_time,

@@ -5,6 +5,11 @@ metadata, pinned dataset revision, score range and scoring are mteb's, and resul
 files an online run writes. Only ``load_data`` is overridden: it fills ``self.dataset`` with a
 ``DatasetDict`` of ``sentence1`` / ``sentence2`` / ``score`` read from the files.
 
+The tasks mteb has no English version of are local tasks under local names (the offline benchmark's list is
+:mod:`embedkit.evaluation.mteb_offline`): classification ``MR`` and ``SUBJ`` (``AbsTaskClassification``, a
+fixed seeded split), pair classification ``SICK-E`` (``AbsTaskPairClassification``) and reranking
+``TRECQA-dev`` (``AbsTaskRetrieval`` with type ``Reranking``).
+
 Import this module only through :func:`embedkit.evaluation.mteb_eval.import_mteb`, which points mteb's
 cache away from the home folder before mteb is first imported.
 """
@@ -15,14 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import mteb
+import numpy as np
 from datasets import Dataset, DatasetDict
+from mteb.abstasks.classification import AbsTaskClassification
+from mteb.abstasks.pair_classification import AbsTaskPairClassification
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
+from sklearn.model_selection import train_test_split
 
+from embedkit.data.classification import CLASSIFICATION_SETS, read_classification, read_sick_entailment
 from embedkit.data.ranking import read_beir, read_rerank
 from embedkit.data.sts import PairSet
+from embedkit.errors import DataError
 from embedkit.evaluation.core import ranking_name
+from embedkit.evaluation.mteb_offline import LOCAL_ONLY, local_source
 from embedkit.evaluation.ranking import rerank_layout
 from embedkit.evaluation.sts import load_local
 from embedkit.recipe import TARGET_TASKS as TASKS
@@ -95,7 +107,7 @@ def local_task(name: str, data_root: str | Path) -> AbsTaskSTS:
 
 # Named local reranking tasks: name -> (file under the data folder, split). Not official mteb tasks: mteb has no
 # TREC QA task, so results under this name are comparable only with other runs of this file.
-RERANK_TASKS = {"TRECQA-dev": ("rerank/trecqa/dev.csv", "dev")}
+RERANK_TASKS = {"TRECQA-dev": (LOCAL_ONLY["TRECQA-dev"][1], "dev")}
 _RANKING_DESCRIPTION = {
     "TRECQA-dev": "TREC QA answer-sentence selection, dev split (Wang et al. 2007, Yao et al. 2013 clean "
                   "split): 81 questions, 1,148 candidates. A local embedkit task, not an official mteb task.",
@@ -169,8 +181,145 @@ def local_retrieval_task(folder: str | Path, split: str = "test", name: str | No
     return _ranking_task(name or ranking_name("retrieval", folder, split), "retrieval", Path(folder), split)
 
 
-def named_rerank_task(name: str, data_root: str | Path) -> Any:
-    """One of :data:`RERANK_TASKS` (e.g. ``TRECQA-dev``) from the data folder (the one holding ``rerank/``)."""
-    rel, split = RERANK_TASKS[name]
-    task = _ranking_task(name, "rerank", Path(data_root) / rel, split)
+# ----------------------------------------------------------------------------------------------------------
+# Classification (MR, SUBJ) and pair classification (SICK-E): local tasks, mteb's task types and scoring.
+
+# MR and SUBJ ship no split: a fixed, seeded, stratified one (scikit-learn's train_test_split over the sentences
+# in file order, the label-0 file first); each part is kept in file order.
+CLASSIFICATION_TEST_SIZE = 0.2
+CLASSIFICATION_SEED = 42
+_CLASSIFICATION_PROTOCOL = (
+    "No official split: a fixed stratified split, sklearn train_test_split(test_size=0.2, stratify=label, "
+    "random_state=42) over the sentences in file order. Scored with mteb's AbsTaskClassification: logistic "
+    "regression (max_iter=100) fitted on the frozen embeddings of every training sentence (no undersampling, "
+    "one experiment), accuracy on the test part. A local embedkit task, not an official mteb task."
+)
+_CLASSIFICATION_TEXT = {
+    "MR": "Movie-review snippet polarity (Pang and Lee 2005; SentEval's MR), 5,331 positive and 5,331 negative "
+          "sentences.",
+    "SUBJ": "Subjectivity of movie-review sentences (Pang and Lee 2004; SentEval's SUBJ), 5,000 subjective "
+            "(quote) and 5,000 objective (plot) sentences.",
+}
+_CORNELL = "https://www.cs.cornell.edu/people/pabo/movie-review-data/"
+
+
+def classification_split(labels: list[int], test_size: float = CLASSIFICATION_TEST_SIZE,
+                         seed: int = CLASSIFICATION_SEED) -> tuple[list[int], list[int]]:
+    """``(train rows, test rows)`` of a classification set: stratified by label, seeded, each sorted."""
+    train, test = train_test_split(np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed)
+    return sorted(int(i) for i in train), sorted(int(i) for i in test)
+
+
+def _local_metadata(name: str, task_type: str, category: str, description: str, main_score: str,
+                    reference: str | None = None) -> TaskMetadata:
+    return TaskMetadata(
+        name=name, description=description, reference=reference,
+        dataset={"path": f"local/{name}", "revision": "local"},
+        type=task_type, category=category, modalities=["text"], eval_splits=["test"], eval_langs=["eng-Latn"],
+        main_score=main_score,
+    )
+
+
+class LocalClassificationData:
+    """Mixin: ``load_data`` reads an MR/SUBJ-layout folder and splits it with :func:`classification_split`."""
+
+    data_root: str = ""
+    files: dict[str, str]
+
+    def load_data(self, num_proc: int | None = None, *, timer: Any = None, **kwargs: Any) -> None:
+        if self.data_loaded:  # type: ignore[attr-defined]
+            return
+        data = read_classification(self.metadata.name, self.data_root)  # type: ignore[attr-defined]
+        self.files = dict(data.files)
+        try:
+            train, test = classification_split(data.labels)
+        except ValueError as err:  # too few sentences of a label for a stratified 80/20 split
+            raise DataError(f"{data.name} ({', '.join(data.files)}): cannot split {len(data)} sentences 80/20 by "
+                            f"label: {err}") from None
+
+        def part(rows: list[int]) -> Dataset:
+            return Dataset.from_dict({"text": [data.texts[i] for i in rows], "label": [data.labels[i] for i in rows]})
+
+        self.dataset = DatasetDict({"train": part(train), "test": part(test)})
+        self.data_loaded = True
+
+
+class LocalClassification(LocalClassificationData, AbsTaskClassification):
+    """mteb's classification protocol on a local set, every training sentence used (see ``_CLASSIFICATION_PROTOCOL``).
+
+    mteb's default draws 8 sentences per label for each of 10 experiments (a few-shot probe); with the whole
+    training part every experiment would fit the same data, so one is run.
+    """
+
+    samples_per_label = 10**9  # more than any label has: mteb's undersampling keeps every training sentence
+    n_experiments = 1
+
+
+class LocalMR(LocalClassification):
+    """MR (movie-review polarity) from the local data folder."""
+
+    metadata = _local_metadata("MR", "Classification", "t2c",
+                               f"{_CLASSIFICATION_TEXT['MR']} {_CLASSIFICATION_PROTOCOL}", "accuracy", _CORNELL)
+
+
+class LocalSUBJ(LocalClassification):
+    """SUBJ (subjective vs objective sentences) from the local data folder."""
+
+    metadata = _local_metadata("SUBJ", "Classification", "t2c",
+                               f"{_CLASSIFICATION_TEXT['SUBJ']} {_CLASSIFICATION_PROTOCOL}", "accuracy", _CORNELL)
+
+
+class LocalSICKEntailment(AbsTaskPairClassification):
+    """SICK entailment as binary pair classification, from the local SICK test file.
+
+    Label 1: ENTAILMENT; 0: NEUTRAL or CONTRADICTION. mteb's ``AbsTaskPairClassification`` scores it: average
+    precision of the pairs ranked by cosine (``cosine_ap``, the main score), and AP, F1 and accuracy at the best
+    threshold for cosine, dot product, Euclidean and Manhattan distance (``max_ap``: the best of them).
+    """
+
+    metadata = _local_metadata(
+        "SICK-E", "PairClassification", "t2t",
+        "SICK (Marelli et al. 2014) test split, 4,927 pairs: does sentence A entail sentence B (ENTAILMENT vs "
+        "NEUTRAL or CONTRADICTION)? Binary pair classification scored by the average precision of cosine "
+        "similarity; not SentEval's 3-way SICK-E probe. A local embedkit task, not an official mteb task.",
+        "cosine_ap")
+    source: str = ""
+    files: dict[str, str]
+
+    def load_data(self, num_proc: int | None = None, *, timer: Any = None, **kwargs: Any) -> None:
+        if self.data_loaded:
+            return
+        pairs = read_sick_entailment(self.source, name=self.metadata.name)
+        self.files = dict(pairs.files)
+        self.dataset = DatasetDict({"test": Dataset.from_dict(
+            {"sentence1": pairs.sentences1, "sentence2": pairs.sentences2, "labels": pairs.labels})})
+        self.data_loaded = True
+
+
+_CLASSIFICATION_CLASSES = {"MR": LocalMR, "SUBJ": LocalSUBJ}
+assert set(_CLASSIFICATION_CLASSES) == set(CLASSIFICATION_SETS)
+
+
+def local_classification_task(name: str, data_root: str | Path) -> LocalClassification:
+    """``MR`` or ``SUBJ`` reading from ``data_root`` (the folder holding ``classification/``)."""
+    task = _CLASSIFICATION_CLASSES[name]()
+    task.data_root = str(data_root)
     return task
+
+
+def sick_entailment_task(path: str | Path) -> LocalSICKEntailment:
+    """``SICK-E`` over a SICK file (the test split, ``SICK_test_annotated.txt``, in the offline benchmark)."""
+    task = LocalSICKEntailment()
+    task.source = str(path)
+    return task
+
+
+def local_only_task(name: str, data_dir: str | Path | None) -> Any:
+    """The task object of one of :data:`embedkit.evaluation.mteb_offline.LOCAL_ONLY` from the data folder
+    (``data_dir``, else ``$EMBEDKIT_DATA`` or the default folders); a missing file is a ``DataError``."""
+    source = local_source(name, data_dir)
+    if name in _CLASSIFICATION_CLASSES:
+        return local_classification_task(name, source)
+    if name == "SICK-E":
+        return sick_entailment_task(source)
+    return _ranking_task(name, "rerank", source, RERANK_TASKS[name][1])

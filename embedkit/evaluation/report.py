@@ -98,9 +98,13 @@ def geometry_table(geo: dict[str, Any]) -> str:
 
 def mteb_table(run: dict[str, Any]) -> str:
     """mteb main scores (× 100 for reading; the files keep mteb's 0–1 scale)."""
-    lines = [f"MTEB ({run['model_name']} @ revision {run['revision'][:12]}): main score × 100"]
+    lines = [f"MTEB ({run['model_name']} @ revision {run['revision'][:12]}): main score × 100, seconds in mteb"]
     for name, t in run["tasks"].items():
-        lines.append(f"  {name:<28}{_fmt(100 * t['main_score'], 8)}  {t.get('main_metric') or ''} ({t['source']} data)")
+        others = [f"{k} {100 * v:.2f}" for k, v in (t.get("metrics") or {}).items() if k != t.get("main_metric")]
+        seconds = f"{t['evaluation_time']:.1f}" if t.get("evaluation_time") is not None else ""
+        lines.append(f"  {name:<20}{t.get('type') or '':<20}{_fmt(100 * t['main_score'], 8)}  "
+                     f"{t.get('main_metric') or '':<16}{seconds:>8}  ({t['source']} data)"
+                     + (f"; {', '.join(others)}" if others else ""))
     if run.get("results_dir"):
         lines.append(f"  results: {run['results_dir']}")
     return "\n".join(lines)
