@@ -19,6 +19,7 @@ from embedkit.losses import contrastive as contrastive_mod
 from embedkit.methods.ccp import loss as loss_mod
 from embedkit.methods.ccp.documents import build_rows, read_documents, split_sentences
 from embedkit.methods.ccp.loss import ContextPositivesLoss
+from embedkit.validate import load_recipe, load_recipe_with_data
 
 TAU = 0.05
 
@@ -242,10 +243,9 @@ def recipe(tmp: Path, model: str, data: Path, method: dict | None = None, train:
 def test_recipe_rows_become_anchor_positive_label_columns(tmp_path, tiny_model_path):
     from embedkit.methods import get_method
     from embedkit.training.run import build_dataset
-    from embedkit.validate import load_recipe
 
     data = tagged_paragraphs(tmp_path / "docs.txt", [3, 4])
-    rec, train_data = load_recipe(recipe(tmp_path, tiny_model_path, data, {"window": 1}))
+    rec, train_data = load_recipe_with_data(recipe(tmp_path, tiny_model_path, data, {"window": 1}))
     dataset, _ = build_dataset(rec, train_data, get_method("ccp"))
     assert dataset.column_names == ["anchor", "positive", "label"]
     assert len(dataset) == 2 * 2 + 2 * 3
@@ -260,7 +260,6 @@ def test_recipe_rows_become_anchor_positive_label_columns(tmp_path, tiny_model_p
     ("Alone.\n\nAlso alone.\n", {"short_documents": "skip"}, r"none of its 2 document\(s\) has two distinct"),
 ])
 def test_bad_documents_are_refused_with_file_and_line(tmp_path, tiny_model_path, content, method, match):
-    from embedkit.validate import load_recipe
 
     data = tmp_path / "docs.txt"
     data.write_text(content, encoding="utf-8")
@@ -271,17 +270,15 @@ def test_bad_documents_are_refused_with_file_and_line(tmp_path, tiny_model_path,
 
 
 def test_short_documents_skip_leaves_them_out_and_says_so(tmp_path, tiny_model_path, capsys):
-    from embedkit.validate import load_recipe
 
     data = tmp_path / "docs.txt"
     data.write_text("One sentence. And two.\n\nA lonely one.\n", encoding="utf-8")
-    _, train_data = load_recipe(recipe(tmp_path, tiny_model_path, data, {"short_documents": "skip"}))
+    _, train_data = load_recipe_with_data(recipe(tmp_path, tiny_model_path, data, {"short_documents": "skip"}))
     assert train_data.columns["label"] == [0, 0]
     assert "1 document(s) with fewer than two distinct sentences left out" in capsys.readouterr().err
 
 
 def test_not_utf8_names_the_line(tmp_path, tiny_model_path):
-    from embedkit.validate import load_recipe
 
     data = tmp_path / "docs.txt"
     data.write_bytes(b"Fine one. Fine two.\n\nBad \xff byte. Here.\n")
@@ -299,7 +296,6 @@ def test_not_utf8_names_the_line(tmp_path, tiny_model_path):
     ({"documents": "pages"}, {}, r"method.documents: Input should be 'line', 'paragraph' or 'chunk'"),
 ])
 def test_options_ccp_cannot_honour_are_refused_with_file_line_key(tmp_path, tiny_model_path, method, train, match):
-    from embedkit.validate import load_recipe
 
     data = tagged_paragraphs(tmp_path / "docs.txt", [3])
     path = recipe(tmp_path, tiny_model_path, data, method, train)
@@ -308,7 +304,6 @@ def test_options_ccp_cannot_honour_are_refused_with_file_line_key(tmp_path, tiny
 
 
 def test_a_hub_dataset_is_refused(tmp_path, tiny_model_path):
-    from embedkit.validate import load_recipe
 
     path = recipe(tmp_path, tiny_model_path, tmp_path / "unused.txt")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
