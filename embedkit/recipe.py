@@ -322,6 +322,15 @@ class EvalSection(Section):
                               description="reranking files (qtext,label,atext) to score after training: MAP, MRR@10")
     retrieval: list[RetrievalEval] = Field(default_factory=list,
                                            description="BEIR folders to score after training")
+    max_seq_length: int | None = Field(
+        None, gt=0, description="token length the final STS suite encodes at; null: the model's own maximum (e.g. "
+                                "512), not model.max_seq_length, as SentEval encodes sentences whole")
+
+    @model_validator(mode="after")
+    def _length_needs_suite(self) -> EvalSection:
+        if self.max_seq_length is not None and self.suite != "sts":
+            raise ValueError(f"max_seq_length applies to the STS suite; eval.suite is {self.suite!r} (set suite: sts)")
+        return self
 
 
 # The STS suite's task names, as embedkit.evaluation reports them (tests check that the two lists agree).
