@@ -76,8 +76,11 @@ def _autocast_context(mode: str, device: torch.device):
 def progress_bar(total: int, show: bool | None, desc: str = "encoding") -> tqdm:
     """A tqdm bar over ``total`` sentences on stderr. ``show``: ``True`` always, ``False`` never, ``None`` only when
     stderr is a terminal (so a log file or a CI job gets no carriage-return spam). Redrawn at most once a second."""
-    return tqdm(total=total, desc=desc, unit=" sent", disable=None if show is None else not show,
-                file=sys.stderr, mininterval=1.0, leave=False, dynamic_ncols=True)
+    if show is None:  # decided here: tqdm's own disable=None check misses a terminal behind its stream wrapper
+        isatty = getattr(sys.stderr, "isatty", None)
+        show = bool(isatty and isatty())
+    return tqdm(total=total, desc=desc, unit=" sent", disable=not show, file=sys.stderr, mininterval=1.0,
+                leave=False, dynamic_ncols=True)
 
 
 def _preprocess(model: SentenceTransformer, sentences: list[str], prompt: str | None = None) -> dict[str, Any]:

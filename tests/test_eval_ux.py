@@ -158,7 +158,7 @@ def test_progress_bar_counts_every_distinct_sentence_and_is_off_by_default(tiny,
     texts = [f"sentence {i % 30} " + "word " * (i % 9) for i in range(90)] + ["sentence 0 "]  # one repeated
     unique = len(set(texts))
     monkeypatch.setattr(enc, "tqdm", Recorder)
-    for show, disabled in ((True, False), (False, True), (None, None)):
+    for show, disabled in ((True, False), (False, True), (None, True)):  # None: pytest's stderr is no terminal
         enc.encode(tiny, texts, batch_size=4, show_progress_bar=show)
         assert made[-1].total == unique and made[-1].n == unique and made[-1].disable is disabled
     monkeypatch.undo()
