@@ -6,8 +6,16 @@ data folders, or pass ``--data-dir data/public``):
     python data/fetch_public.py [--out data/public]
 
 Writes ``sts/STS12..STS16/STS.input.all.txt`` + ``STS.gs.all.txt`` (each year's subsets already concatenated,
-as the "all" setting uses them), ``sts/stsbenchmark/sts-{train,dev,test}.csv`` and
-``sts/sick/SICK_test_annotated.txt``. Files are written to a temporary name and renamed when complete.
+as the "all" setting uses them), ``sts/stsbenchmark/sts-{train,dev,test}.csv`` and two SICK files named by what
+they hold:
+
+* ``sts/sick/SICK_test_annotated.txt``: SemEval-2014's test pairs only (SentEval's SICK-R), the rows of the `sick`
+  dataset whose ``SemEval_set`` is TEST (its documented schema; that release keeps 4,906 of SemEval's 4,927 test
+  pairs, and embedkit's loader records the difference);
+* ``sts/sick/SICK_all_semeval2014.txt``: mteb's SICK-R, all 9,927 SemEval pairs (train + trial + test, no split
+  labels), which the local mteb SICK-R task reads; the SentEval suite refuses it as a test split.
+
+Files are written to a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from pathlib import Path
 STS_YEARS = {f"STS{y}": (f"mteb/sts{y}-sts", "test") for y in (12, 13, 14, 15, 16)}
 STSB = {"train": ("sentence-transformers/stsb", "train"), "dev": ("sentence-transformers/stsb", "validation"),
         "test": ("sentence-transformers/stsb", "test")}
-SICK_TEST = ("mteb/sickr-sts", "test")
+SICK_TEST = ("RobZamp/sick", "test")  # embedkit.evaluation.sts.HUB_SICK_TEST: has the SemEval split of each pair
+SICK_ALL = ("mteb/sickr-sts", "test")  # mteb's SICK-R: train + trial + test in one split
+SICK_HEADER = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment"
 
 
 def _clean(text: str) -> str:
@@ -55,12 +65,21 @@ def fetch(out: Path, load_dataset=None) -> list[Path]:
         _write(path, rows)
         written.append(path)
     ds = load_dataset(SICK_TEST[0], split=SICK_TEST[1])
-    rows = ["pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment"]
-    rows += [f"{i}\t{_clean(a)}\t{_clean(b)}\t{float(s):g}\tNA" for i, (a, b, s) in
-             enumerate(zip(ds["sentence1"], ds["sentence2"], ds["score"]))]
-    path = out / "sts" / "sick" / "SICK_test_annotated.txt"
-    _write(path, rows)
-    return written + [path]
+    columns = set(getattr(ds, "column_names", None) or ds.keys())
+    a, b, score = list(ds["sentence_A"]), list(ds["sentence_B"]), list(ds["relatedness_score"])
+    ids = list(ds["pair_ID"]) if "pair_ID" in columns else list(range(1, len(a) + 1))
+    rows = range(len(a))
+    if "SemEval_set" in columns:  # the SemEval split of each pair: keep the test pairs whatever split this is
+        rows = [i for i, s in enumerate(ds["SemEval_set"]) if str(s).strip().upper() == "TEST"]
+    lines = [SICK_HEADER] + [f"{ids[i]}\t{_clean(a[i])}\t{_clean(b[i])}\t{float(score[i]):g}\tNA" for i in rows]
+    test = out / "sts" / "sick" / "SICK_test_annotated.txt"
+    _write(test, lines)
+    ds = load_dataset(SICK_ALL[0], split=SICK_ALL[1])
+    lines = [SICK_HEADER] + [f"{i}\t{_clean(a)}\t{_clean(b)}\t{float(s):g}\tNA" for i, (a, b, s) in
+                             enumerate(zip(ds["sentence1"], ds["sentence2"], ds["score"]))]
+    union = out / "sts" / "sick" / "SICK_all_semeval2014.txt"
+    _write(union, lines)
+    return written + [test, union]
 
 
 def main() -> None:

@@ -18,11 +18,14 @@ the prompt tokens out exactly as in ``encode``.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from embedkit.errors import EmbedkitError
 from embedkit.model_ref import embedding_dim
@@ -68,6 +71,16 @@ def _autocast_context(mode: str, device: torch.device):
     if mode == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def progress_bar(total: int, show: bool | None, desc: str = "encoding") -> tqdm:
+    """A tqdm bar over ``total`` sentences on stderr. ``show``: ``True`` always, ``False`` never, ``None`` only when
+    stderr is a terminal (so a log file or a CI job gets no carriage-return spam). Redrawn at most once a second."""
+    if show is None:  # decided here: tqdm's own disable=None check misses a terminal behind its stream wrapper
+        isatty = getattr(sys.stderr, "isatty", None)
+        show = bool(isatty and isatty())
+    return tqdm(total=total, desc=desc, unit=" sent", disable=not show, file=sys.stderr, mininterval=1.0,
+                leave=False, dynamic_ncols=True)
 
 
 def _preprocess(model: SentenceTransformer, sentences: list[str], prompt: str | None = None) -> dict[str, Any]:
@@ -122,6 +135,43 @@ def _token_features(model: SentenceTransformer, sentences: list[str],
     return features, side
 
 
+# Position-embedding tables that reserve slots before the first token (RoBERTa's padding_idx + 1 = 2 offset).
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2, "mpnet": 2}
+# A tokenizer without a configured limit reports this sentinel (transformers' VERY_LARGE_INTEGER is 1e30).
+_NO_LIMIT = 10**6
+
+
+def model_max_length(model: SentenceTransformer) -> int | None:
+    """The longest input the model itself can read, in tokens: the encoder's position table
+    (``max_position_embeddings``, less RoBERTa's offset), else the limit its tokenizer was saved with. Not
+    ``model.max_seq_length``: sentence-transformers makes that the tokenizer's ``model_max_length`` too, and a
+    training run sets it to its training length. ``None`` when neither is known (``max_seq_length`` then stands)."""
+    if not len(model):
+        return None
+    first = model[0]
+    config = getattr(getattr(first, "auto_model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        return positions - _POSITION_OFFSET.get(getattr(config, "model_type", ""), 0)
+    saved = (getattr(getattr(first, "tokenizer", None), "init_kwargs", None) or {}).get("model_max_length")
+    return saved if isinstance(saved, int) and 0 < saved < _NO_LIMIT else None
+
+
+@contextmanager
+def sequence_length(model: SentenceTransformer, length: int | None) -> Iterator[int | None]:
+    """Encode with ``model.max_seq_length = length`` inside the block (restored after); ``None`` leaves it.
+    Yields the length in force."""
+    if length is None or not hasattr(model, "max_seq_length"):
+        yield getattr(model, "max_seq_length", None)
+        return
+    before = model.max_seq_length
+    model.max_seq_length = length
+    try:
+        yield length
+    finally:
+        model.max_seq_length = before
+
+
 def check_dim(dim: int | None, width: int | None, what: str = "dim") -> None:
     """Refuse a Matryoshka dimension that is not in ``1..width`` (the model's embedding dimension)."""
     if dim is None:
@@ -143,7 +193,7 @@ def truncate(emb: np.ndarray, dim: int | None = None, normalize: bool = False) -
 
 def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 128, *, normalize: bool = False,
            autocast: str | None = None, dtype: Any = np.float32, device: Any = None, prompt_name: str | None = None,
-           prompt: str | None = None, dim: int | None = None) -> np.ndarray:
+           prompt: str | None = None, dim: int | None = None, show_progress_bar: bool | None = False) -> np.ndarray:
     """Embeddings of ``texts``, row ``i`` for ``texts[i]``, each distinct text encoded once.
 
     ``dim`` keeps the first ``dim`` coordinates (Matryoshka truncation; refused unless in 1..the model's
@@ -153,6 +203,8 @@ def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 128, 
     there for the call and back after it; ``prompt_name`` / ``prompt`` as in ``SentenceTransformer.encode`` (the
     query side of a retrieval evaluation passes ``prompt_name="query"``, the document side ``"document"``;
     without either the model's default prompt, if any, applies). The rows equal ``SentenceTransformer.encode``'s.
+    ``show_progress_bar``: a bar over the distinct texts on stderr (:func:`progress_bar`; ``None``: only on a
+    terminal; off by default).
     """
     if dim is not None:
         check_dim(dim, embedding_dim(model))
@@ -163,7 +215,8 @@ def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 128, 
         model.to(device)
     try:
         emb = embed(model, unique, batch_size=batch_size, autocast=autocast,
-                    prompt=prompt if prompt is not None else "").astype(dtype, copy=False)
+                    prompt=prompt if prompt is not None else "",
+                    show_progress_bar=show_progress_bar).astype(dtype, copy=False)
     finally:
         if device is not None and torch.device(device) != original:
             model.to(original)
@@ -184,6 +237,7 @@ def embed(
     autocast: str | None = None,
     chunk_size: int = 4096,
     prompt: str | None = None,
+    show_progress_bar: bool | None = False,
 ) -> np.ndarray:
     """Sentence embeddings (float32, as the model outputs them, not re-normalised), in the order given.
 
@@ -194,7 +248,8 @@ def embed(
     preprocessed ``chunk_size`` at a time, in order of character length, so that each chunk's padded token
     matrix stays narrow (converting one matrix padded to the longest of all sentences costs more than
     tokenising); batches are cut inside a chunk, by token length. ``prompt`` is the prompt text
-    (:func:`resolve_prompt`; ``None``: the model's default prompt, ``""``: none).
+    (:func:`resolve_prompt`; ``None``: the model's default prompt, ``""``: none). ``show_progress_bar`` as in
+    :func:`encode`.
     """
     prompt = resolve_prompt(model, prompt)
     if batch_size <= 0:
@@ -209,6 +264,7 @@ def embed(
     model.eval()
     order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))  # longest first: memory errors show early
     out: np.ndarray | None = None
+    bar = progress_bar(len(sentences), show_progress_bar)
     try:
         with torch.inference_mode(), _autocast_context(mode, device):
             for start in range(0, len(order), chunk_size):
@@ -218,12 +274,14 @@ def embed(
                 if prepared is None:
                     emb = np.asarray(model.encode(chunk, batch_size=batch_size, convert_to_numpy=True,
                                                   show_progress_bar=False, prompt=prompt or ""), dtype=np.float32)
+                    bar.update(len(chunk))
                 else:
-                    emb = _embed_prepared(model, prepared, batch_size, device)
+                    emb = _embed_prepared(model, prepared, batch_size, device, bar.update)
                 if out is None:
                     out = np.empty((len(sentences), emb.shape[1]), dtype=np.float32)
                 out[ids] = emb
     finally:
+        bar.close()
         model.train(was_training)
     assert out is not None
     return out
@@ -244,8 +302,9 @@ def _token_batches(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]
 
 
 def _embed_prepared(model: SentenceTransformer, prepared: tuple[dict[str, Any], str], batch_size: int,
-                    device: torch.device) -> np.ndarray:
-    """Embeddings of one preprocessed chunk, in its order; each batch trimmed to its longest row."""
+                    device: torch.device, done: Callable[[int], Any] | None = None) -> np.ndarray:
+    """Embeddings of one preprocessed chunk, in its order; each batch trimmed to its longest row. ``done(n)`` is
+    called after each batch of ``n`` rows (the progress bar)."""
     features, side = prepared
     lengths = features["attention_mask"].sum(dim=1)
     out: np.ndarray | None = None
@@ -266,5 +325,7 @@ def _embed_prepared(model: SentenceTransformer, prepared: tuple[dict[str, Any], 
         if out is None:
             out = np.empty((len(lengths), emb.shape[1]), dtype=np.float32)
         out[idx.numpy()] = emb
+        if done is not None:
+            done(len(idx))
     assert out is not None
     return out

@@ -393,6 +393,15 @@ class EvalSection(Section):
     mteb: list[str] = Field(default_factory=list,
                             description="mteb tasks to run after training (embedkit eval --mteb names; the STS tasks "
                             "from the local data folder); results in <output.dir>/mteb, in the model card")
+    max_seq_length: int | None = Field(
+        None, gt=0, description="token length the final STS suite encodes at; null: the model's own maximum (e.g. "
+                                "512), not model.max_seq_length, as SentEval encodes sentences whole")
+
+    @model_validator(mode="after")
+    def _length_needs_suite(self) -> EvalSection:
+        if self.max_seq_length is not None and self.suite != "sts":
+            raise ValueError(f"max_seq_length applies to the STS suite; eval.suite is {self.suite!r} (set suite: sts)")
+        return self
 
 
 # The STS suite's task names, as embedkit.evaluation reports them (tests check that the two lists agree).

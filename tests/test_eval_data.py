@@ -165,17 +165,22 @@ def test_hub_source_reads_mteb_copies_with_pinned_revisions():
     calls = []
 
     class FakeSplit(dict):
-        column_names = ["sentence1", "sentence2", "score"]
         _fingerprint = "fp"
+
+        @property
+        def column_names(self):
+            return list(self)
 
     def loader(repo, revision, split):
         calls.append((repo, revision, split))
+        if repo == sts.HUB_SICK_TEST[0]:  # SICK-R: the SemEval test split of a set that labels it
+            return FakeSplit(sentence_A=["a"], sentence_B=["b"], relatedness_score=[3.0], SemEval_set=["TEST"])
         return FakeSplit(sentence1=["a", "b", "c"], sentence2=["d", "e", "f"], score=[1, 2, 3])
 
     data = sts.load_hub(loader=loader)
-    assert [c[0] for c in calls] == [sts.HUB_SETS[t][0] for t in sts.TASKS]
-    assert all(split == "test" and len(rev) == 40 for _, rev, split in calls)
-    assert data.source == "hub" and any("SICK-R" in d for d in data.deviations)
+    assert [c[0] for c in calls] == [sts.HUB_SETS[t][0] for t in sts.TASKS[:-1]] + [sts.HUB_SICK_TEST[0]]
+    assert all(split == "test" and len(rev) == 40 for _, rev, split in calls[:-1])
+    assert data.source == "hub" and any("SICK-R" in d and "1 pairs" in d for d in data.deviations)
 
     def offline(repo, revision, split):
         raise ConnectionError("no route to host")

@@ -20,6 +20,9 @@ def load_script():
 
 
 def fake_load_dataset(name, split):
+    if name == "RobZamp/sick":  # the `sick` schema: SemEval_set says which split each pair is from
+        return {"pair_ID": [1, 2, 3], "sentence_A": ["s a", "t\ta", "u a"], "sentence_B": ["s b", "t b", "u b"],
+                "relatedness_score": [4.5, 3.0, 1.0], "SemEval_set": ["TRAIN", "TEST", "TEST"]}
     scale = 1.0 if name == "sentence-transformers/stsb" else 5.0
     return {"sentence1": [f"{name} a\tb", "two"], "sentence2": ["x", "y\nz"], "score": [0.2 * scale, 0.8 * scale]}
 
@@ -32,5 +35,7 @@ def test_fetch_writes_senteval_layout(tmp_path):
     assert year.scores == pytest.approx([1.0, 4.0])
     dev = read_stsb(tmp_path / "sts" / "stsbenchmark" / "sts-dev.csv")
     assert dev.scores == pytest.approx([1.0, 4.0])  # [0, 1] on the Hub → 0–5 in the files
-    assert len(read_sick(tmp_path / "sts" / "sick" / "SICK_test_annotated.txt")) == 2
-    assert len(written) == 14
+    test = read_sick(tmp_path / "sts" / "sick" / "SICK_test_annotated.txt")
+    assert test.sentences1 == ["t a", "u a"] and test.scores == [3.0, 1.0]  # SemEval's test pairs only
+    assert len(read_sick(tmp_path / "sts" / "sick" / "SICK_all_semeval2014.txt")) == 2  # mteb's union, apart
+    assert len(written) == 15

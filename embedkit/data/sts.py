@@ -17,6 +17,10 @@ from embedkit.errors import DataError
 
 # The SentEval/SimCSE "all" setting: subsets per year (STS13 without SMT, which is not distributed).
 STS_YEARS = ("STS12", "STS13", "STS14", "STS15", "STS16")
+# SICK as SemEval-2014 Task 1 distributed it: train 4,500 + trial 500 + test 4,927 = 9,927 pairs. SentEval's
+# SICK-R is the test file alone; mteb's SICK-R (mteb/sickr-sts) is all 9,927.
+SICK_TEST_PAIRS = 4927
+SICK_ALL_PAIRS = 9927
 
 
 @dataclass
@@ -158,3 +162,22 @@ def read_sts_year(folder: str | Path, name: str | None = None) -> PairSet:
         result.files[str(input_path)] = sha256_file(input_path)
         result.files[str(gold_path)] = sha256_file(gold_path)
     return result
+
+
+def check_sick_test(pairs: PairSet, where: str) -> str | None:
+    """Refuse SICK pairs offered as SentEval's SICK-R test split that cannot be it; flag a smaller set.
+
+    More than 4,927 pairs (e.g. all 9,927 SemEval pairs, what mteb's SICK-R holds) is a :class:`DataError`;
+    fewer returns a one-line deviation for the results (a sample or another release is not comparable with
+    published SICK-R numbers); exactly 4,927 returns ``None``.
+    """
+    n = len(pairs)
+    if n > SICK_TEST_PAIRS:
+        what = ("all 9,927 SemEval pairs (train + trial + test, as mteb's SICK-R)" if n == SICK_ALL_PAIRS
+                else f"{n:,} pairs")
+        raise DataError(f"{where}: holds {what}, but SentEval's SICK-R is the {SICK_TEST_PAIRS:,}-pair SemEval test "
+                        "split; give the test file (SICK_test_annotated.txt from SemEval-2014 Task 1)")
+    if n < SICK_TEST_PAIRS:
+        return (f"SICK-R test from {where} holds {n:,} pairs, not SentEval's {SICK_TEST_PAIRS:,}: not comparable "
+                "with published SICK-R numbers")
+    return None

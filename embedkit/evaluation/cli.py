@@ -2,8 +2,9 @@
 from the command line.
 
 Every run writes, in ``--output`` (default ``eval-results/<model>``): ``results.json`` (last, atomically: its
-presence marks a finished run), ``sts.png`` (the chart of the 7 tasks) and, with ``--mteb`` (or ``--as-mteb``
-for the ``--rerank`` / ``--retrieval`` sets), mteb's results tree under ``mteb/``.
+presence marks a finished run), ``sts.png`` (the chart of the tasks that ran), for a training output folder
+``dev-curve.png`` (its dev metric over the training steps) and, with ``--mteb`` (or ``--as-mteb`` for the
+``--rerank`` / ``--retrieval`` sets), mteb's results tree under ``mteb/``.
 """
 
 from __future__ import annotations
@@ -39,11 +40,20 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", choices=SUITE_CHOICES, default=None,
                    help="sts (default), geometry only, or none (with --mteb: default none)")
     p.add_argument("--geometry", action="store_true", help="add alignment / uniformity / anisotropy to the STS run")
+    p.add_argument("--tasks", metavar="TASK[,TASK...]",
+                   help="run only these STS suite tasks (STS12..STS16, STSBenchmark or STSB, SICK-R or SICKR; any "
+                        "case); the average is then over them")
+    p.add_argument("--max-seq-length", type=int, metavar="N",
+                   help="cut sentences at N tokens for the STS suite (default: the model's own maximum, e.g. 512, "
+                        "not the training length, as SentEval)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar while encoding (default: one on stderr when it is a terminal)")
     p.add_argument("-o", "--output", help="output folder (default: eval-results/<model name>)")
     p.add_argument("--batch-size", type=int, default=128, help="sentences encoded per batch (default 128)")
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
                    help="bf16 autocast (auto: only where the hardware has bf16); default none")
-    p.add_argument("--no-chart", action="store_true", help="do not draw sts.png")
+    p.add_argument("--no-chart", action="store_true",
+                   help="do not draw sts.png (nor dev-curve.png for a training output)")
     p.add_argument("--dims", metavar="D[,D...]",
                    help="Matryoshka: also every score at these truncated dimensions (first D coordinates, then "
                         "normalised), e.g. 384,128,64")
@@ -93,7 +103,7 @@ def parse_dims(text: str) -> list[int]:
 def _check_args(args: argparse.Namespace) -> str:
     # scipy comes with these (the whole CLI's parser imports this module: keep it light)
     from embedkit.evaluation.mteb_eval import LOCAL_ONLY, parse_task_list, require_hub_for_mteb
-    from embedkit.evaluation.sts import LAYOUT, sts_root
+    from embedkit.evaluation.sts import LAYOUT, resolve_tasks, sts_root
 
     wants_mteb = bool(args.mteb or args.mteb_benchmark)
     wants_ranking = bool(args.rerank or args.retrieval)
@@ -108,6 +118,16 @@ def _check_args(args: argparse.Namespace) -> str:
         raise EmbedkitError("--geometry adds to the STS suite; for geometry alone use --suite geometry")
     if suite == "none" and not wants_mteb and not wants_ranking:
         raise EmbedkitError("--suite none without --mteb, --rerank or --retrieval: nothing to evaluate")
+    if args.tasks is not None:
+        if suite != "sts":
+            raise EmbedkitError("--tasks selects tasks of the STS suite (for MTEB tasks use --mteb TASK[,TASK...])")
+        args.tasks = list(resolve_tasks(args.tasks))
+    if args.max_seq_length is not None:
+        if args.max_seq_length <= 0:
+            raise EmbedkitError(f"--max-seq-length: expected a positive number of tokens, got {args.max_seq_length}")
+        if suite == "none":
+            raise EmbedkitError("--max-seq-length sets the STS suite's encoding length: it needs the STS or geometry "
+                                "suite")
     if args.as_mteb and not wants_ranking:
         raise EmbedkitError("--as-mteb scores the --rerank/--retrieval sets with mteb: give one of them")
     if args.as_mteb and wants_mteb:
@@ -145,10 +165,13 @@ def run_cli(args: argparse.Namespace) -> int:
     from embedkit.evaluation.core import ranking_name
     from embedkit.evaluation.mteb_eval import run_mteb
     from embedkit.evaluation.report import (
+        dev_history,
         geometry_table,
+        load_training_results,
         mteb_table,
         ranking_table,
         render_chart,
+        render_training_chart,
         sts_table,
         write_json_atomic,
     )
@@ -157,7 +180,8 @@ def run_cli(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path("eval-results") / (
         _slug(args.model) + (f"-vs-{_slug(args.compare)}" if args.compare else ""))
     common = dict(data_dir=args.data_dir, batch_size=args.batch_size, source=args.source, autocast=args.autocast,
-                  progress=True)
+                  progress=True, max_seq_length=args.max_seq_length,
+                  show_progress_bar=False if args.no_progress else None)  # None: a bar when stderr is a terminal
     results: dict[str, Any] = {"arguments": {k: v for k, v in vars(args).items() if k != "func"}}
     # Reranking files and BEIR folders are read in full before the model loads: a bad row fails at once.
 
@@ -165,12 +189,13 @@ def run_cli(args: argparse.Namespace) -> int:
         read_beir(d, args.split, name=ranking_name("retrieval", d, args.split)) for d in args.retrieval]
     model, spec = load_model(args.model)
     if suite == "sts":
-        results["sts"] = evaluate(model, "sts", geometry=args.geometry, model_path=spec, dims=args.dims, **common)
+        results["sts"] = evaluate(model, "sts", geometry=args.geometry, model_path=spec, dims=args.dims,
+                                  tasks=args.tasks, **common)
     elif suite == "geometry":
         results["geometry"] = evaluate(model, "geometry", model_path=spec, dims=args.dims, **common)
     if args.compare:
         model_b, spec_b = load_model(args.compare)
-        other = evaluate(model_b, "sts", model_path=spec_b, **common)
+        other = evaluate(model_b, "sts", model_path=spec_b, tasks=args.tasks, **common)
         diff = {t: other["tasks"][t]["spearman"] - s["spearman"] for t, s in results["sts"]["tasks"].items()
                 if t in other["tasks"]}
         diff["avg"] = other["avg"] - results["sts"]["avg"]
@@ -197,6 +222,12 @@ def run_cli(args: argparse.Namespace) -> int:
     if "sts" in results and not args.no_chart:
         chart = render_chart(out / "sts.png", results["sts"], other, labels)
         results["chart"] = str(chart)
+    training = load_training_results(args.model) if Path(args.model).is_dir() and not args.no_chart else None
+    history = dev_history(training) if training else None
+    if history:  # a training output folder: its dev metric over the steps, from the trainer's log
+        curve = render_training_chart(out / "dev-curve.png", history, _slug(args.model))
+        results["training_chart"] = str(curve)
+        chart = f"{chart}, {curve}" if chart else str(curve)
     path = write_json_atomic(out / "results.json", results)
 
     if "sts" in results:

@@ -33,6 +33,9 @@ def evaluate(
     progress: bool = False,
     model_path: str | None = None,
     dims: list[int] | None = None,
+    tasks: str | list[str] | None = None,
+    max_seq_length: int | None = None,
+    show_progress_bar: bool | None = False,
     **kw: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (a SentenceTransformer, a folder, a packaged model or a Hub id) on a suite.
@@ -52,6 +55,15 @@ def evaluate(
     truncated dimension, under ``"dims": {"128": {"dim": 128, "tasks", "avg", ...}}``. The texts are encoded
     once; each dimension keeps the first ``d`` coordinates, then normalises
     (:func:`embedkit.encoding.truncate`). A dimension outside 1..the model's is refused before encoding.
+
+    ``tasks`` (``sts``): a subset of the suite, e.g. ``["STS12", "STSB"]`` or ``"STS12,STSB"`` (names as in
+    :func:`embedkit.evaluation.sts.resolve_tasks`); ``avg`` is then the mean over those tasks, and ``avg_tasks``
+    lists them. With ``suite="mteb"`` it is the mteb task list.
+
+    ``max_seq_length`` (``sts``, ``geometry``): the token length sentences are cut at. ``None`` (default): the
+    model's own maximum (:func:`embedkit.encoding.model_max_length`, e.g. 512 for BERT), not the length it was
+    trained with, as SentEval encodes sentences whole. ``results["encoding"]`` records the length used and why.
+    ``show_progress_bar``: a bar on stderr while encoding (``None``: only when stderr is a terminal).
     """
     if suite not in SUITES:
         raise EmbedkitError(f"suite {suite!r}: expected one of {', '.join(SUITES)}")
@@ -61,24 +73,37 @@ def evaluate(
             raise EmbedkitError("dims: mteb encodes through its own wrapper; evaluate Matryoshka dimensions with the "
                                 "sts or geometry suite")
 
+        if max_seq_length is not None:
+            raise EmbedkitError("max_seq_length: mteb encodes through its own wrapper (the model's max_seq_length)")
+        if tasks is not None:
+            kw["tasks"] = tasks
         return run_mteb(model, data_dir=data_dir, batch_size=batch_size, source=source, autocast=autocast,
                         progress=progress, model_path=model_path, **kw)
     if kw:
         raise EmbedkitError(f"evaluate(suite={suite!r}): unexpected arguments {sorted(kw)}")
+    if suite == "geometry" and tasks is not None:
+        raise EmbedkitError("tasks: the geometry suite always uses STS-B test; tasks= selects STS suite tasks")
+    if max_seq_length is not None and (isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int)
+                                       or max_seq_length <= 0):
+        raise EmbedkitError(f"max_seq_length {max_seq_length!r}: expected a positive number of tokens")
 
-    from embedkit.encoding import check_dim, encode, resolve_autocast, truncate
+    from embedkit.encoding import check_dim, encode, model_max_length, resolve_autocast, sequence_length, truncate
 
-    tasks = ("STSBenchmark",) if suite == "geometry" else sts_suite.TASKS
-    data = sts_suite.load_suite(data_dir, source, tasks)  # data first: a bad folder fails before the model loads
+    names = ("STSBenchmark",) if suite == "geometry" else sts_suite.resolve_tasks(tasks)
+    data = sts_suite.load_suite(data_dir, source, names)  # data first: a bad folder fails before the model loads
     st_model, spec = load_model(model)
     spec = spec or model_path
     for d in dims or ():
         check_dim(d, embedding_dim(st_model), "dims")
+    length, rule = _encoding_length(st_model, max_seq_length, model_max_length(st_model))
     mode = resolve_autocast(autocast, st_model.device)
     sentences = data.sentences()
-    progress_line(f"encoding {len(sentences)} unique sentences (batch {batch_size}, autocast {mode})", progress)
+    progress_line(f"encoding {len(sentences)} unique sentences (batch {batch_size}, autocast {mode}, up to "
+                  f"{length} tokens)", progress)
     t0 = time.perf_counter()
-    raw = encode(st_model, sentences, batch_size, autocast=mode, dtype=np.float64)  # once, for every dimension
+    with sequence_length(st_model, length):  # once, for every dimension
+        raw = encode(st_model, sentences, batch_size, autocast=mode, dtype=np.float64,
+                     show_progress_bar=show_progress_bar)
     encode_seconds = time.perf_counter() - t0
 
     def scores(dim: int | None) -> dict[str, Any]:
@@ -87,7 +112,10 @@ def evaluate(
         if suite == "geometry":
             return {"protocol": "wang-isola-2020", **geometry_scores(data.tasks["STSBenchmark"], table)}
         out = {"protocol": sts_suite.PROTOCOL, "setting": sts_suite.SETTING_DESCRIPTIONS["all"],
-               **sts_suite.score_suite(data, table)}
+               **sts_suite.score_suite(data, table), "avg_tasks": list(data.tasks)}
+        if len(data.tasks) < len(sts_suite.TASKS):
+            out["avg_note"] = (f"avg over the {len(data.tasks)} of {len(sts_suite.TASKS)} tasks that ran "
+                               f"({', '.join(data.tasks)}); not comparable with a 7-task STS avg")
         if geometry:
             out["geometry"] = geometry_scores(data.tasks["STSBenchmark"], table)
         return out
@@ -96,7 +124,8 @@ def evaluate(
         "data": {"source": data.source, "dir": data.root, "files": data.files},
         "model": model_info(st_model, spec),
         "encoding": {"unique_sentences": len(sentences), "batch_size": batch_size, "autocast": mode,
-                     "device": str(st_model.device), "seconds": round(encode_seconds, 2)},
+                     "device": str(st_model.device), "max_seq_length": length, "truncation": rule,
+                     "seconds": round(encode_seconds, 2)},
         "versions": package_versions(),
     }
     if data.deviations:
@@ -106,3 +135,16 @@ def evaluate(
         out["dims"] = {str(d): {"dim": d, **scores(d)} for d in dims}
     out["seconds"] = round(time.perf_counter() - started, 2)
     return out
+
+
+def _encoding_length(model: Any, asked: int | None, limit: int | None) -> tuple[int | None, str]:
+    """The token length the suite encodes at and a sentence that says why (recorded in ``results["encoding"]``)."""
+    configured = getattr(model, "max_seq_length", None)
+    if asked is not None:
+        if limit is not None and asked > limit:
+            raise EmbedkitError(f"max_seq_length {asked}: longer than the model can read ({limit} tokens)")
+        return asked, f"asked: sentences cut at {asked} tokens (the model's own setting is {configured})"
+    if limit is None:
+        return configured, f"the model's max_seq_length ({configured}); its own maximum is not known"
+    return limit, (f"none below the model's maximum: up to {limit} tokens, as SentEval encodes sentences whole "
+                   f"(the model's max_seq_length setting, e.g. the training length, is {configured})")

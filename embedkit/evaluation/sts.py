@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from embedkit import paths
-from embedkit.data.sts import PairSet, read_sick, read_sts_year, read_stsb
+from embedkit.data.sts import PairSet, check_sick_test, read_sick, read_sts_year, read_stsb
 from embedkit.errors import DataError
 from embedkit.evaluation.core import correlations as _correlations
 from embedkit.evaluation.core import pair_cosines
@@ -34,8 +34,9 @@ SETTING_DESCRIPTIONS = {
     "wmean": "per task, the mean of per-subset correlations weighted by subset size (SentEval 'wmean')",
     "mean": "per task, the unweighted mean of per-subset correlations (SentEval 'mean')",
 }
-# The same sets on the Hub (mteb's copies, with the revisions mteb 2.26 pins). SICK-R there holds all 9,927
-# SemEval pairs (train + trial + test), not the 4,927 test pairs SentEval uses: recorded as a deviation.
+# The same sets on the Hub (mteb's copies, with the revisions mteb 2.26 pins). mteb's SICK-R holds all 9,927
+# SemEval pairs (train + trial + test) with no field saying which split a pair is from, so the SentEval suite takes
+# SICK-R from HUB_SICK_TEST instead; HUB_SETS["SICK-R"] is what mteb's own SICK-R task reads.
 HUB_SETS = {
     "STS12": ("mteb/sts12-sts", "a0d554a64d88156834ff5ae9920b964011b16384"),
     "STS13": ("mteb/sts13-sts", "7e90230a92c190f1bf69ae9002b8cea547a64cca"),
@@ -45,9 +46,50 @@ HUB_SETS = {
     "STSBenchmark": ("mteb/stsbenchmark-sts", "b0fddb56ed78048fa8b90373c8a3cfc37b684831"),
     "SICK-R": ("mteb/sickr-sts", "20a6d6f312dd54037fe07a32d58e5e168867909d"),
 }
+# A Hub copy of SICK that carries the SemEval split of every pair: the `sick` dataset (Marelli et al. 2014; its
+# documented schema: pair_ID, sentence_A, sentence_B, relatedness_score, ..., SemEval_set in TRAIN/TRIAL/TEST; its
+# `test` split is SemEval_set == TEST). Not downloadable from the development machine: the reader is written to the
+# documented schema and tested on a fake (tests/test_eval_data.py).
+HUB_SICK_TEST = ("RobZamp/sick", "test")
 SOURCES = ("auto", "local", "hub")
+# Short names a user may type for a task (compared case-insensitively, ignoring '-', '_' and spaces).
+TASK_ALIASES = {"stsb": "STSBenchmark", "stsbenchmark": "STSBenchmark", "sts-b": "STSBenchmark",
+                "sickr": "SICK-R", "sick": "SICK-R", **{t.lower(): t for t in TASKS}}
+
+
+def _key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch not in "-_ ")
+
+
+def resolve_tasks(names: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The suite's tasks named by ``names`` (a list, or one comma-separated string such as ``STS12,STSB``), in the
+    suite's order, each once; all 7 for ``None``. Names are the suite's (STS12 … STS16, STSBenchmark, SICK-R) or
+    the aliases STSB / SICKR, in any case. An unknown name raises :class:`DataError` listing the valid ones."""
+    if names is None:
+        return TASKS
+    items = names.split(",") if isinstance(names, str) else list(names)
+    aliases = {_key(k): v for k, v in TASK_ALIASES.items()}
+    chosen, unknown = set(), []
+    for raw in items:
+        name = str(raw).strip()
+        if not name:
+            continue
+        if _key(name) in aliases:
+            chosen.add(aliases[_key(name)])
+        else:
+            unknown.append(name)
+    if unknown:
+        raise DataError(f"unknown STS task {', '.join(repr(u) for u in unknown)}; the suite's tasks are "
+                        f"{', '.join(TASKS)} (also STSB, SICKR; any case)")
+    if not chosen:
+        raise DataError(f"no STS task named; the suite's tasks are {', '.join(TASKS)}")
+    return tuple(t for t in TASKS if t in chosen)
 LAYOUT = ("sts/STS12..STS16/STS.input.*.txt + STS.gs.*.txt, sts/stsbenchmark/sts-test.csv, "
           "sts/sick/SICK_test_annotated.txt")
+# SICK files by what they hold: SemEval-2014's three splits, and the 9,927-pair union data/fetch_public.py writes
+# from mteb's SICK-R (train + trial + test in one file, no split labels).
+SICK_FILES = {"train": "SICK_train.txt", "trial": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}
+SICK_ALL_FILE = "SICK_all_semeval2014.txt"
 
 
 @dataclass
@@ -101,6 +143,7 @@ def load_local(root: Path, tasks: tuple[str, ...] = TASKS, sick_split: str = "te
     ``sick_split`` is ``test`` (SentEval) or ``all`` (train + trial + test, the 9,927 pairs mteb's SICK-R uses).
     """
     out: dict[str, PairSet] = {}
+    deviations: list[str] = []
     for name in tasks:
         if name.startswith("STS1"):
             out[name] = read_sts_year(root / name, name=name)
@@ -108,19 +151,27 @@ def load_local(root: Path, tasks: tuple[str, ...] = TASKS, sick_split: str = "te
             out[name] = read_stsb(root / "stsbenchmark" / "sts-test.csv", name=name)
         elif name == "SICK-R":
             out[name] = read_sick_split(root / "sick", sick_split)
+            if sick_split == "test":
+                note = check_sick_test(out[name], str(root / "sick" / SICK_FILES["test"]))
+                deviations += [note] if note else []
         else:
             raise DataError(f"unknown STS task {name!r}; the suite has {', '.join(TASKS)}")
-    return SuiteData(out, "local", str(root))
+    return SuiteData(out, "local", str(root), deviations)
 
 
 def read_sick_split(folder: Path, split: str) -> PairSet:
-    """SICK relatedness: the SemEval test file, or (``all``) train + trial + test concatenated in that order."""
-    names = {"test": ["SICK_test_annotated.txt"],
-             "all": ["SICK_train.txt", "SICK_trial.txt", "SICK_test_annotated.txt"]}
-    if split not in names:
+    """SICK relatedness: the SemEval test file (``test``, what SentEval scores), or (``all``, what mteb scores)
+    train + trial + test concatenated in that order, else the one 9,927-pair file data/fetch_public.py writes."""
+    if split not in ("test", "all"):
         raise DataError(f"SICK split {split!r}: expected 'test' or 'all'")
+    if split == "test":
+        names = [SICK_FILES["test"]]
+    elif all((folder / f).exists() for f in SICK_FILES.values()) or not (folder / SICK_ALL_FILE).exists():
+        names = [SICK_FILES["train"], SICK_FILES["trial"], SICK_FILES["test"]]
+    else:
+        names = [SICK_ALL_FILE]
     result = PairSet("SICK-R", [], [], [])
-    for fname in names[split]:
+    for fname in names:
         part = read_sick(folder / fname, name=fname)
         start = len(result)
         result.sentences1 += part.sentences1
@@ -128,13 +179,47 @@ def read_sick_split(folder: Path, split: str) -> PairSet:
         result.scores += part.scores
         result.files.update(part.files)
         result.subsets[fname] = (start, len(result))
-    if split == "test":
+    if len(names) == 1:
         result.subsets = {}
     return result
 
 
+def _load(loader: Callable[..., Any], name: str, repo: str, revision: str | None, split: str) -> Any:
+    try:
+        return loader(repo, revision=revision, split=split)
+    except Exception as err:  # noqa: BLE001 - offline or missing: one clear message
+        first = str(err).splitlines()[0] if str(err) else ""
+        at = f"@{revision[:8]}" if revision else ""
+        raise DataError(
+            f"{name}: could not load {repo}{at} from the Hub ({type(err).__name__}: {first}). "
+            f"Offline? Pass --data-dir (or set ${paths.ENV_VAR}) to a local folder ({LAYOUT})"
+        ) from None
+
+
+def _columns(ds: Any, repo: str, wanted: tuple[str, str, str]) -> None:
+    missing = set(wanted) - set(ds.column_names)
+    if missing:
+        raise DataError(f"{repo}: expected columns {', '.join(wanted)}; missing {sorted(missing)}")
+
+
+def hub_sick_test(ds: Any, repo: str) -> tuple[PairSet, str | None]:
+    """SentEval's SICK-R test pairs from a Hub copy of SICK in the `sick` schema (sentence_A, sentence_B,
+    relatedness_score): the rows whose ``SemEval_set`` is TEST when the set has that column, else the split as
+    loaded. Refused when it holds more than the 4,927 test pairs (e.g. mteb's 9,927); returns a deviation line when
+    it holds fewer (the final SICK release left some SemEval test pairs out)."""
+    _columns(ds, repo, ("sentence_A", "sentence_B", "relatedness_score"))
+    a, b, score = list(ds["sentence_A"]), list(ds["sentence_B"]), list(ds["relatedness_score"])
+    rows = range(len(a))
+    if "SemEval_set" in ds.column_names:
+        rows = [i for i, s in enumerate(ds["SemEval_set"]) if str(s).strip().upper() == "TEST"]
+    pairs = PairSet("SICK-R", [a[i] for i in rows], [b[i] for i in rows], [float(score[i]) for i in rows],
+                    files={f"hub:{repo}:test": str(getattr(ds, "_fingerprint", ""))})
+    return pairs, check_sick_test(pairs, f"{repo} (test split)")
+
+
 def load_hub(tasks: tuple[str, ...] = TASKS, loader: Callable[..., Any] | None = None) -> SuiteData:
-    """Read the suite's tasks from mteb's copies on the Hub (test splits, pinned revisions)."""
+    """Read the suite's tasks from the Hub: mteb's copies (test splits, pinned revisions) for STS12-16 and STS-B;
+    SICK-R's SemEval test split from :data:`HUB_SICK_TEST` (mteb's SICK-R holds all 9,927 pairs, unlabelled)."""
     if loader is None:
 
         # One short probe instead of datasets' retries (over a minute offline).
@@ -143,28 +228,19 @@ def load_hub(tasks: tuple[str, ...] = TASKS, loader: Callable[..., Any] | None =
 
         loader = datasets.load_dataset
     out: dict[str, PairSet] = {}
+    deviations = []
     for name in tasks:
+        if name == "SICK-R":
+            repo, split = HUB_SICK_TEST
+            out[name], note = hub_sick_test(_load(loader, name, repo, None, split), repo)
+            deviations += [note] if note else []
+            continue
         repo, revision = HUB_SETS[name]
-        try:
-            ds = loader(repo, revision=revision, split="test")
-        except Exception as err:  # noqa: BLE001 - offline or missing: one clear message
-            first = str(err).splitlines()[0] if str(err) else ""
-            raise DataError(
-                f"{name}: could not load {repo}@{revision[:8]} from the Hub ({type(err).__name__}: {first}). "
-                f"Offline? Pass --data-dir (or set ${paths.ENV_VAR}) to a local folder ({LAYOUT})"
-            ) from None
-        missing = {"sentence1", "sentence2", "score"} - set(ds.column_names)
-        if missing:
-            raise DataError(f"{repo}: expected columns sentence1, sentence2, score; missing {sorted(missing)}")
+        ds = _load(loader, name, repo, revision, "test")
+        _columns(ds, repo, ("sentence1", "sentence2", "score"))
         scores = [float(s) for s in ds["score"]]
         out[name] = PairSet(name, list(ds["sentence1"]), list(ds["sentence2"]), scores,
                             files={f"hub:{repo}@{revision}": str(getattr(ds, "_fingerprint", ""))})
-    deviations = []
-    if "SICK-R" in out:
-        deviations.append(
-            f"SICK-R from {HUB_SETS['SICK-R'][0]} holds {len(out['SICK-R'])} pairs (SemEval train+trial+test); "
-            "SentEval uses the 4,927 test pairs, so this task is not comparable with local-data results"
-        )
     if any(name.startswith("STS1") for name in out):
         deviations.append("the Hub copies carry no subset labels: the wmean and mean settings equal 'all' for STS12-16")
     return SuiteData(out, "hub", None, deviations)

@@ -32,7 +32,7 @@ from embedkit.evaluation import evaluate
 from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
 from embedkit.hub import push
-from embedkit.log import is_main_process, log
+from embedkit.log import is_main_process, log, notice
 from embedkit.methods import get_method
 from embedkit.methods.base import TrainContext
 from embedkit.model_ref import load_model
@@ -448,8 +448,9 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
             results.setdefault(kind, {})[data.name] = scores
             log(f"{data.name}: " + ", ".join(f"{label} {scores[m]:.2f}" for m, label in METRIC_LABELS.items()
                                              if m in scores))
-    if recipe.eval.suite == "sts":
-        results["sts"] = evaluate(model, suite="sts", data_dir=data_dir)
+    if recipe.eval.suite == "sts":  # up to the model's own maximum unless eval.max_seq_length says otherwise
+        results["sts"] = evaluate(model, suite="sts", data_dir=data_dir, max_seq_length=recipe.eval.max_seq_length,
+                                  show_progress_bar=None)
     if recipe.eval.mteb:
         results["mteb"] = _run_mteb(model, recipe, folder.work, data_dir)
 
@@ -462,6 +463,7 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     })
     if recipe.model.lora is not None:
         _lora_output(model, recipe.model.lora.merge)
+    _dev_curve(folder.work, results, Path(recipe.output.dir).name)
     save_final(model, folder.work, results)
     replaced = folder.staged and rundir.read_marker(folder.out) is not None
     folder.finish()
@@ -489,6 +491,19 @@ def _run_mteb(model: Any, recipe: Recipe, work: Path, data_dir: str | None) -> d
             run[key] = os.path.relpath(run[key], work)
     log("mteb: " + ", ".join(f"{t} {v['main_score']:.4f}" for t, v in run["tasks"].items()))
     return run
+
+
+def _dev_curve(work: Path, results: dict[str, Any], name: str) -> None:
+    """``dev-curve.png`` in the output folder: the dev metric at each evaluation step, from the trainer's log."""
+    from embedkit.evaluation.report import dev_history, render_training_chart  # scipy, through the STS suite
+
+    history = dev_history(results)
+    if history is None or not is_main_process():
+        return
+    try:
+        render_training_chart(work / "dev-curve.png", history, name)
+    except (OSError, ValueError, RuntimeError) as err:  # a chart is not worth the finished run
+        notice(f"dev-curve.png not drawn ({type(err).__name__}: {err})")
 
 
 def batch_record(global_batch: int, per_device: int, world_size: int) -> dict[str, int]:
