@@ -132,7 +132,7 @@ def test_recipe_eval_length_needs_the_sts_suite(tmp_path, sentences_file):
     with pytest.raises(RecipeError, match=r"r\.yaml:1[0-9]: eval.*max_seq_length applies to the STS suite"):
         load_recipe(write_recipe(tmp_path, text))
     ok = good(tmp_path, sentences_file) + "eval:\n  suite: sts\n  max_seq_length: 512\n"
-    recipe, _ = load_recipe(write_recipe(tmp_path, ok, "ok.yaml"))
+    recipe = load_recipe(write_recipe(tmp_path, ok, "ok.yaml"))
     assert recipe.eval.max_seq_length == 512
 
 
