@@ -50,8 +50,8 @@ DEFAULT_LANGUAGES = ("eng-Latn",)
 KEY_METRICS = {"STS": ("cosine_spearman", "cosine_pearson"), "Classification": ("accuracy", "f1"),
                "PairClassification": ("cosine_ap", "max_ap"), "Reranking": ("map_at_1000", "mrr_at_10"),
                "Retrieval": ("ndcg_at_10", "recall_at_100", "mrr_at_10")}
-LOCAL_HINT = (f"the offline tasks (--mteb {OFFLINE}: STS12-16, STSBenchmark, SICK-R, {', '.join(LOCAL_ONLY)}) run "
-              "from a local --data-dir")
+LOCAL_HINT = (f"STS12-16, STSBenchmark and SICK-R run from a local --data-dir, and so do {', '.join(LOCAL_ONLY)} "
+              f"(--mteb {OFFLINE}: all of them)")
 # Local training files that are (part of) an mteb task's dataset, for ModelMeta.training_datasets.
 _TRAINING_FILE_TASKS = {"sts-train.csv": "STSBenchmark", "sts-dev.csv": "STSBenchmark", "SICK_train.txt": "SICK-R",
                         "SICK_trial.txt": "SICK-R"}
