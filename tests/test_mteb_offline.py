@@ -320,10 +320,16 @@ def test_real_data_counts(data_dir):
     assert local_source("TRECQA-dev", data_dir) == data_dir / "rerank" / "trecqa" / "dev.csv"
 
 
+# One task of each category on the real data: the whole `offline` set (11 tasks) takes many minutes on the 2-core
+# VM (docs/evaluation.md: measured by hand), too long for every CI run; `offline` resolving to the 11 tasks is
+# checked by the fast tests above.
+REAL_ONE_PER_CATEGORY = ["STSBenchmark", "SUBJ", "SICK-E", "TRECQA-dev"]
+
+
 @pytest.mark.slow
 def test_offline_benchmark_on_packaged_minilm_end_to_end(minilm_path, data_dir, tmp_path):
-    """`embedkit eval <packaged MiniLM> --mteb offline` with HF_HUB_OFFLINE=1 on the real public data: every task
-    of the four categories writes its mteb result file (minutes on the 2-core VM)."""
+    """`embedkit eval <packaged MiniLM> --mteb ...` with HF_HUB_OFFLINE=1 on the real public data, one offline task
+    of each of the four categories: each writes its mteb result file, STSBenchmark at the leaderboard's score."""
     import os
     import subprocess
     import sys
@@ -333,19 +339,19 @@ def test_offline_benchmark_on_packaged_minilm_end_to_end(minilm_path, data_dir, 
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
            "MTEB_CACHE": str(tmp_path / "mteb-home"), "TMPDIR": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "embedkit.cli", "eval", minilm_path, "--mteb", "offline",
-                           "--data-dir", str(data_dir), "--output", str(out)], env=env, capture_output=True,
-                          text=True, timeout=3600)
+    proc = subprocess.run([sys.executable, "-m", "embedkit.cli", "eval", minilm_path, "--mteb",
+                           ",".join(REAL_ONE_PER_CATEGORY), "--data-dir", str(data_dir), "--output", str(out)],
+                          env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     run = results["mteb_run"]
     folder = out / "mteb" / "results" / run["model_name"].replace("/", "__") / run["revision"]
-    assert {p.stem for p in folder.glob("*.json")} == {*OFFLINE_TASKS, "model_meta"}
-    assert {results["mteb"][n]["type"] for n in OFFLINE_TASKS} == {"STS", "Classification", "PairClassification",
-                                                                  "Reranking"}
+    assert {p.stem for p in folder.glob("*.json")} == {*REAL_ONE_PER_CATEGORY, "model_meta"}
+    assert {results["mteb"][n]["type"] for n in REAL_ONE_PER_CATEGORY} == {"STS", "Classification",
+                                                                          "PairClassification", "Reranking"}
     # mteb's STSBenchmark main score for this model (the leaderboard's 0.8203, reference-facts.md)
     assert results["mteb"]["STSBenchmark"]["main_score"] == pytest.approx(0.8203, abs=1e-4)
-    for name in ("MR", "SUBJ", "SICK-E", "TRECQA-dev"):
+    for name in ("SUBJ", "SICK-E", "TRECQA-dev"):
         assert 0.5 < results["mteb"][name]["main_score"] <= 1.0, name  # above chance on every local task
     # TRECQA-dev through mteb equals embedkit's own reranking scorer (pytrec_eval) on the same file
     from sentence_transformers import SentenceTransformer

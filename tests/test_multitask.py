@@ -9,6 +9,7 @@ what a multi-task run cannot honour is refused at validation with file:line:key.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -35,6 +36,8 @@ from _mp_helpers import (
 from embedkit.errors import RecipeError
 from embedkit.training.multitask import TaskBatchSampler, step_schedule
 from embedkit.validate import load_recipe, load_recipe_with_data
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SOURCES = ("sts", "qa")
 
@@ -330,27 +333,29 @@ def test_a_bad_row_of_a_source_names_its_file_and_line(tmp_path: Path, tiny_mode
 
 
 def test_shipped_recipe_validates_and_switches_by_override(data_dir: Path) -> None:
-    """The shipped recipe, the mixed baseline and each source alone (the overrides docs/multitask.md gives)."""
+    """The shipped recipe, the mixed baseline and each source alone (the overrides eval/multitask_report.py runs,
+    as docs/multitask.md gives them)."""
     recipe, data = load_recipe_with_data("multitask-sts-trecqa-minilm", data_dir=str(data_dir))
     assert [s.name for s in recipe.data.train] == ["sts", "trecqa"] and len(data.parts["trecqa"]) == 348
     mixed = load_recipe("multitask-sts-trecqa-minilm", ["method.sampler=mixed"], data_dir=str(data_dir))
     assert mixed.method.model_dump()["sampler"] == "mixed"
     from embedkit.recipe import TrainSource
 
+    one_source = _report_overrides()
     for name, method in (("sts", "cosent"), ("trecqa", "contrastive")):
-        overrides = MULTITASK_ONE_SOURCE[name]
+        overrides = one_source[name]
         alone, alone_data = load_recipe_with_data("multitask-sts-trecqa-minilm", overrides, data_dir=str(data_dir))
         assert isinstance(alone.data.train, TrainSource) and alone.method.name == method
         assert alone.training.max_steps == recipe.training.max_steps and alone.training.seed == 42
 
 
 # The single-source overrides of the shipped recipe, as docs/multitask.md lists them.
-MULTITASK_ONE_SOURCE = {
-    "sts": ['data.train={path: "{data_dir}/sts/stsbenchmark/sts-train.csv", hub: sentence-transformers/stsb, '
-            'columns: [sentence1, sentence2, score]}', "method={name: cosent, scale: 20.0}"],
-    "trecqa": ['data.train={path: "{data_dir}/rerank/trecqa/train.csv", format: rerank}',
-               "method={name: contrastive, temperature: 0.05}"],
-}
+def _report_overrides() -> dict[str, list[str]]:
+    """The single-source overrides of eval/multitask_report.py (the report's ``sts`` and ``trecqa`` rows)."""
+    spec = importlib.util.spec_from_file_location("multitask_report", ROOT / "eval" / "multitask_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {"sts": module.TRAINED["sts"], "trecqa": module.TRAINED["trecqa"]}
 
 
 # ----------------------------------------------------------------------------------------------------------
