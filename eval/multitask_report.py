@@ -22,8 +22,6 @@ steps) for every training row, so no row is selected on a different rule. Wall t
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -122,25 +120,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True, help="the public-data folder (sts/, rerank/trecqa)")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
-    parser.add_argument("--work", type=Path, default=Path("runs/multitask-report"), help="output folders")
-    parser.add_argument("-o", "--output", type=Path, help="also write the rows as JSON here")
-    args = parser.parse_args(argv)
-    names = [n.strip() for n in args.rows.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ROWS]
-    if unknown:
-        parser.error(f"unknown row(s) {', '.join(unknown)}; expected some of {', '.join(ROWS)}")
-    rows = []
-    for name in names:
-        rows.append(run_row(name, args.data_dir, args.work))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-        if args.output:
-            args.output.write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    print()
-    print(table(rows))
-    return 0
+    from retrieval_report import report_main  # a sibling script: on sys.path when this file runs as a script
+
+    return report_main(__doc__, ROWS, run_row, table, Path("runs/multitask-report"), argv)
 
 
 if __name__ == "__main__":

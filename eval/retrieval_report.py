@@ -1,7 +1,7 @@
 """The retrieval report (docs/retrieval.md): the base model and five fine-tuning settings of
 ``recipes/retrieval-trecqa-minilm.yaml``, one seed each, same steps, scored the same way.
 
-    python eval/retrieval_report.py --data-dir ../shared/data [--rows base,pairs,...] [--out report.json]
+    python eval/retrieval_report.py --data-dir ../shared/data [--rows base,pairs,...] [-o report.json]
 
 Rows (each a set of recipe overrides; the recipe's own settings are "filter"):
 
@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,26 +96,34 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True, help="the public-data folder (rerank/trecqa, sts/)")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
-    parser.add_argument("--work", type=Path, default=Path("runs/retrieval-report"), help="output folders")
-    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+def report_main(doc: str, rows: list[str], run_row: Callable[[str, str, Path], dict[str, Any]],
+                table: Callable[[list[dict[str, Any]]], str], work: Path, argv: list[str] | None = None) -> int:
+    """The command line of a report script: run the chosen rows in order (``run_row(name, data_dir, work)``),
+    print each row as it finishes and the whole table at the end, and optionally save the rows as JSON."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True, help="the public-data folder (sts/, rerank/trecqa)")
+    parser.add_argument("--rows", default=",".join(rows), help=f"comma-separated subset of {', '.join(rows)}")
+    parser.add_argument("--work", type=Path, default=work, help="output folders")
+    parser.add_argument("-o", "--output", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.rows.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ROWS]
+    unknown = [n for n in names if n not in rows]
     if unknown:
-        parser.error(f"unknown row(s) {', '.join(unknown)}; expected some of {', '.join(ROWS)}")
-    rows = []
+        parser.error(f"unknown row(s) {', '.join(unknown)}; expected some of {', '.join(rows)}")
+    done = []
     for name in names:
-        rows.append(run_row(name, ROWS[name], args.data_dir, args.work))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-        if args.out:
-            args.out.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        done.append(run_row(name, args.data_dir, args.work))
+        print(table(done[-1:]).splitlines()[-1], flush=True)
+        if args.output:
+            args.output.write_text(json.dumps(done, indent=2), encoding="utf-8")
     print()
-    print(table(rows))
+    print(table(done))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return report_main(__doc__, list(ROWS), lambda name, data_dir, work: run_row(name, ROWS[name], data_dir, work),
+                       table, Path("runs/retrieval-report"), argv)
 
 
 if __name__ == "__main__":
