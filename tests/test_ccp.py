@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from tiny_model import training_model
 
 from embedkit.errors import RecipeError
 from embedkit.losses import contrastive as contrastive_mod
@@ -193,13 +194,7 @@ def test_across_processes_the_document_ids_are_gathered(monkeypatch):
 
 @pytest.fixture()
 def model(tiny_model_path):
-    from embedkit.modeling import build_model
-    from embedkit.recipe import ModelSection
-
-    torch.manual_seed(0)
-    m = build_model(ModelSection(name=tiny_model_path, pooling="mean", dropout=0.0, max_seq_length=16))
-    m.train()
-    return m
+    return training_model(tiny_model_path, "mean")
 
 
 def test_gradcache_equals_plain(model):

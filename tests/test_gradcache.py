@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_model import training_model
 
 from embedkit.losses.common import ProjectionHead
 from embedkit.losses.contrastive import SimCSELoss, SupervisedSimCSELoss
@@ -12,13 +13,7 @@ from embedkit.methods.contrastive.loss import ContrastiveLoss
 
 @pytest.fixture()
 def model(tiny_model_path):
-    from embedkit.modeling import build_model
-    from embedkit.recipe import ModelSection
-
-    torch.manual_seed(0)
-    m = build_model(ModelSection(name=tiny_model_path, pooling="cls", dropout=0.0, max_seq_length=16))
-    m.train()
-    return m
+    return training_model(tiny_model_path, "cls")
 
 
 def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:

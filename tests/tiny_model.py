@@ -28,3 +28,14 @@ def tiny_bert(path: str | Path, tokenizer_from: str | None = None, hidden: int =
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def training_model(path: str, pooling: str):
+    """The tiny BERT at ``path`` built as training builds it (seed 0, no dropout, length 16), in train mode."""
+    from embedkit.modeling import build_model
+    from embedkit.recipe import ModelSection
+
+    torch.manual_seed(0)
+    model = build_model(ModelSection(name=path, pooling=pooling, dropout=0.0, max_seq_length=16))
+    model.train()
+    return model
