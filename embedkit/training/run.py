@@ -342,7 +342,8 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     log(f"method {recipe.method.name} on {recipe.model.name} ({recipe.model.pooling} pooling), "
         f"{len(train_data) if multi else len(dataset)} training rows from {train_data.description}")
     log(f"world size {world_size}, batch {global_batch} global = {per_device} per device × {world_size}"
-        + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives else ""))
+        + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives
+           and not (multi and tasks.mixed) else ""))  # mixed: a source's negatives are its own rows (logged above)
 
     results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {},
                                "train": batch_record(global_batch, per_device, world_size)}
