@@ -80,6 +80,10 @@ def train_row(name: str, data_dir: str, work: Path) -> tuple[dict[str, Any], Any
     seconds = time.time() - started
     info = {"seconds": round(seconds, 1), "steps": result.results["train"]["global_step"],
             "best_checkpoint": result.results["train"]["best_checkpoint"]}
+    short = {t["name"]: t["mixed_short_steps"] for t in result.results["train"].get("tasks", [])
+             if "mixed_short_steps" in t}
+    if short:  # mixed: steps in which a source had fewer than 2 rows of the batch
+        info["mixed_short_steps"] = short
     return info, result.model
 
 

@@ -84,6 +84,17 @@ def test_esimcse_paper_settings_two_processes_equal_one_process(tmp_path: Path, 
                          params={"static": True, "momentum_init": "random"})
 
 
+@pytest.mark.multiproc
+def test_no_duplicates_two_processes_equal_one_process(tmp_path: Path, spread_model_path: str) -> None:
+    """contrastive with ``no_duplicates`` (repeated queries, negatives that are other rows' passages): the sampler
+    builds each global batch without a duplicate and slices it, so the two processes train on the batches of one
+    process (a sampler of per-process batches gives other batches, with questions repeated across processes).
+    ``drop_last`` in both: several processes always drop a short last global batch, which the greedy pass leaves
+    here (the single process would otherwise train on it)."""
+    compare_two_with_one("contrastive", tmp_path, spread_model_path, training={"drop_last": True},
+                         params={"no_duplicates": True})
+
+
 def compare_two_with_one(method: str, tmp_path: Path, spread_model_path: str, training: dict | None = None,
                          model: dict | None = None, objective: dict | None = None,
                          params: dict | None = None) -> None:

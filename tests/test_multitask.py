@@ -151,6 +151,65 @@ def test_mixed_batches_hold_both_sources_and_sum_the_weighted_losses(tmp_path: P
     assert got == pytest.approx(direct, rel=1e-6)
 
 
+def test_mixed_source_with_one_row_trains_nothing_and_the_step_is_counted(tmp_path: Path,
+                                                                          spread_model_path: str) -> None:
+    """``mixed`` scores each source on its own rows only (docs/multitask.md): a pairs-only InfoNCE source with one
+    row of the batch has its own positive as its only candidate, so it contributes a loss of exactly 0 and no
+    gradient; the step's loss and gradient are the other source's alone. The trainer counts, per source, the
+    steps where it had fewer than 2 rows (1 row, or none) and logs them as ``mixed_short_<name>``."""
+    run = build_run(tmp_path, spread_model_path, "mixed", sources={"qa": {"columns": ["query", "passage"]}},
+                    model={"dropout": 0.0})
+    trainer, model = run.trainer, run.trainer.model
+    rows = {name: [dict(trainer.train_dataset[name][i], dataset_name=name) for i in range(8)] for name in SOURCES}
+
+    def step(features: list[dict[str, Any]]) -> tuple[float, dict[str, torch.Tensor], float | None]:
+        """The step's loss, the encoder's gradient and the qa loss the trainer recorded (None: qa not scored)."""
+        model.zero_grad()
+        before = trainer._task_sums["qa"][:]
+        loss = trainer.compute_loss(model, trainer.data_collator(features))
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        after = trainer._task_sums["qa"]
+        return loss.item(), grads, (after[0] - before[0]) if after[1] > before[1] else None
+
+    model.train()
+    one_qa, grads_one, qa_loss = step(rows["sts"][:7] + rows["qa"][:1])
+    assert qa_loss == 0.0  # one row: cross-entropy over a single candidate
+    sts_only, grads_sts, none = step(rows["sts"][:7])
+    assert none is None  # no qa row: qa not scored at all
+    assert one_qa == pytest.approx(sts_only, rel=1e-6)
+    assert grads_one.keys() == grads_sts.keys() and grads_one
+    assert max((grads_one[k] - grads_sts[k]).abs().max().item() for k in grads_one) < 1e-6
+    _, _, two_rows = step(rows["sts"][:6] + rows["qa"][:2])
+    assert two_rows is not None and two_rows > 0.1  # two rows: each anchor has one in-batch negative
+
+    trainer.log({"loss": 1.0})  # the window's counts: 3 steps, qa short in 2 of them (1 row, 0 rows), sts in 0
+    assert {k: v for k, v in trainer.state.log_history[-1].items() if k.startswith("mixed_short_")} == {
+        "mixed_short_sts": 0, "mixed_short_qa": 2}
+
+
+def test_mixed_run_counts_short_steps_in_results(tmp_path: Path, tiny_model_path: str, capsys) -> None:
+    """A trained ``mixed`` run: every step logs, per source, whether it had fewer than 2 rows, matching the batches
+    the sampler drew; results.json's ``train.tasks`` holds the totals, and the run says them (and no global
+    in-batch negative count, which a mixed source does not have)."""
+    recipe = write_multitask_recipe(tmp_path / "r", tiny_model_path, tmp_path / "out", "mixed", qa_rows=8)
+    out = run_in_process(recipe)
+    said = capsys.readouterr().out
+    assert "in-batch negatives per anchor" not in said
+    assert "mixed: each source's loss sees only its own rows of a batch" in said
+    history = [h for h in out["train"]["log_history"] if "loss" in h]
+    assert len(history) == 6
+    run = build_run(tmp_path / "again", tiny_model_path, "mixed", qa_rows=8)
+    batches, _ = drawn_batches(run.trainer)
+    for entry, rows in zip(history, batches, strict=False):
+        counts = Counter(name for name, _ in rows)
+        assert entry["mixed_short_qa"] == int(counts["qa"] < 2) and entry["mixed_short_sts"] == int(counts["sts"] < 2)
+    totals = {t["name"]: t["mixed_short_steps"] for t in out["train"]["tasks"]}
+    assert totals == {name: sum(h[f"mixed_short_{name}"] for h in history) for name in SOURCES}
+    assert totals["qa"] > 0  # 8 of 56 rows: most batches of 8 hold 0 or 1 qa rows
+    assert f"qa in {totals['qa']} of 6" in said
+
+
 def test_step_schedule_rules() -> None:
     """proportional: every batch once, seeded order; round_robin: in turn until the smallest runs out; balanced:
     after every step each source's count is within one step of its weighted share."""

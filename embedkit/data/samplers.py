@@ -1,9 +1,13 @@
-"""Batch samplers. Each is a ``DefaultBatchSampler`` subclass, so the trainer seeds it, sets its epoch and
-shards its batches across processes (every process takes every world_size-th batch of the same order)."""
+"""Batch samplers. Each is a ``DefaultBatchSampler`` subclass, so the trainer seeds it and sets its epoch; each
+builds every step's *global* batch and yields it as ``world_size`` consecutive per-process batches, of which
+accelerate hands process r every world_size-th one (its share of the step)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 from sentence_transformers import DefaultBatchSampler
@@ -12,29 +16,77 @@ from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 from embedkit.log import log
 
 
-class LengthGroupedBatchSampler(DefaultBatchSampler):
+class GlobalBatchSampler(DefaultBatchSampler):
+    """A sampler whose rule (length grouping, no duplicates) holds for the global batch, not one process's share.
+
+    The trainer builds a batch sampler with the per-process batch (``batch_size``) and accelerate shards its
+    output round-robin: process r trains on batches r, r + W, r + 2W, … (W = ``world_size``), and the loss then
+    gathers the W batches of a step into one global batch. A rule applied to per-process batches therefore does
+    not hold across processes (two processes' shares can hold the same question). A subclass instead builds the
+    global batches (:meth:`global_batches`, ``global_batch = batch_size × world_size`` rows each) and this class
+    yields each as W consecutive slices of ``batch_size`` rows, so step k's global batch is batch k of one
+    process with ``batch_size × W`` rows (docs/distributed.md). ``batch_size`` stays the per-process size:
+    accelerate's shard reads it. ``world_size`` is passed by whoever builds the factory (``functools.partial``).
+    """
+
+    def __init__(self, dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None,
+                 seed: int = 0, *, world_size: int = 1) -> None:
+        if world_size < 1:
+            raise ValueError(f"world_size must be at least 1, got {world_size}")
+        if world_size > 1 and not drop_last:  # the trainer sets it under several processes (equal shares)
+            raise ValueError("several processes need drop_last: a short last global batch cannot be split evenly")
+        super().__init__(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+        self.world_size = world_size
+        self.num_rows = len(dataset)
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    def global_batches(self) -> Iterator[list[int]]:
+        """This epoch's global batches (``global_batch`` rows; the last may be short only with ``drop_last`` off
+        and one process)."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[int]]:
+        b = self.batch_size
+        for rows in self.global_batches():
+            for r in range(self.world_size):
+                yield rows[r * b:(r + 1) * b]
+
+    def global_len(self) -> int:
+        """Global batches an epoch."""
+        n, g = self.num_rows, self.global_batch
+        return n // g if self.drop_last else -(-n // g)
+
+    def __len__(self) -> int:
+        return self.global_len() * self.world_size
+
+
+class LengthGroupedBatchSampler(GlobalBatchSampler):
     """Random batches of similar length, so dynamic padding pads little.
 
-    Each epoch: a seeded random permutation of the rows is cut into groups of ``group_batches`` batches;
-    inside a group rows are sorted by length (characters of the first text column) and cut into batches;
+    Each epoch: a seeded random permutation of the rows is cut into groups of ``group_batches`` global batches;
+    inside a group rows are sorted by length (characters of the first text column) and cut into global batches;
     then the order of all batches is shuffled. Which rows meet in a batch stays random up to the length
-    bucket, and the same seed and epoch give the same batches on every process.
+    bucket, and the same seed and epoch give the same batches on every process; each process's share of a
+    global batch is a slice of it, so the shares are of similar length too.
     """
 
     group_batches = 16
 
     def __init__(self, dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None,
-                 seed: int = 0) -> None:
-        super().__init__(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+                 seed: int = 0, *, world_size: int = 1) -> None:
+        super().__init__(dataset, batch_size, drop_last, valid_label_columns, generator, seed, world_size=world_size)
         label_columns = set(valid_label_columns or [])
         text_column = next(c for c in dataset.column_names if c not in label_columns)
         self.lengths = [len(t) for t in dataset[text_column]]
 
-    def _batches(self) -> list[list[int]]:
+    def global_batches(self) -> Iterator[list[int]]:
         gen = torch.Generator()
         gen.manual_seed(int(self.seed) + int(self.epoch))
         perm = torch.randperm(len(self.lengths), generator=gen).tolist()
-        size = self.batch_size
+        size = self.global_batch
         group = size * self.group_batches
         batches = []
         for start in range(0, len(perm), group):
@@ -43,39 +95,34 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         if self.drop_last:
             batches = [b for b in batches if len(b) == size]
         order = torch.randperm(len(batches), generator=gen).tolist()
-        return [batches[i] for i in order]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
-
-    def __len__(self) -> int:
-        n = len(self.lengths)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        yield from (batches[i] for i in order)
 
 
-class NoDuplicateTextsBatchSampler(NoDuplicatesBatchSampler):
-    """Batches in which no row's anchor or positive text equals a text of another row of the batch.
+class NoDuplicateTextsBatchSampler(GlobalBatchSampler, NoDuplicatesBatchSampler):
+    """Global batches in which no row's anchor or positive text equals a text of another row of the batch.
 
-    A contrastive loss scores each anchor against every other row's positive and negatives; a second row that
-    holds the anchor's own text or its positive (the same question asked twice, one passage answering two
-    questions, a mined negative that is another row's positive) would be a false negative. Negatives may repeat
-    across rows (a repeated negative is still a negative). Key columns are ``key_columns`` (``anchor``,
-    ``positive``); every other text column counts as a negative.
+    A contrastive loss scores each anchor against every other row's positive and negatives, gathered from every
+    process; a second row that holds the anchor's own text or its positive (the same question asked twice, one
+    passage answering two questions, a mined negative that is another row's positive) would be a false
+    negative. The rule therefore holds for the global batch (:class:`GlobalBatchSampler`), whatever the number
+    of processes. Negatives may repeat across rows (a repeated negative is still a negative). Key columns are
+    ``key_columns`` (``anchor``, ``positive``); every other text column counts as a negative.
 
     sentence-transformers' ``NoDuplicatesBatchSampler`` does the greedy pass (one seeded shuffle per epoch,
     ``seed + epoch``; a row that conflicts waits for a later batch); this subclass gives it the rule above (the
-    library's own rule also keeps two rows with the same negative apart) and the texts read once. An epoch is
-    always exactly ``len(self)`` batches, the count the trainer's step arithmetic and ``--resume`` position
-    assume: rows that fit in no batch of this epoch without a duplicate wait for the next epoch's shuffle, and
-    when ``drop_last`` leaves the pass short, a further seeded pass fills up (as the library does).
+    library's own rule also keeps two rows with the same negative apart), the texts read once and the global
+    batch size. An epoch is always exactly ``len(self)`` batches, the count the trainer's step arithmetic and
+    ``--resume`` position assume: rows that fit in no batch of this epoch without a duplicate wait for the next
+    epoch's shuffle, and when ``drop_last`` leaves the pass short, a further seeded pass fills up (as the
+    library does).
     """
 
     key_columns = ("anchor", "positive")
     extra_passes = 2
 
     def __init__(self, dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None,
-                 seed: int = 0) -> None:
-        super().__init__(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+                 seed: int = 0, *, world_size: int = 1) -> None:
+        super().__init__(dataset, batch_size, drop_last, valid_label_columns, generator, seed, world_size=world_size)
         if self.generator is None:  # never the global RNG: the order must follow from seed and epoch alone
             self.generator = torch.Generator()
         columns = [c for c in self.dataset.column_names if c != "dataset_name"]
@@ -91,13 +138,17 @@ class NoDuplicateTextsBatchSampler(NoDuplicatesBatchSampler):
         """A row's key text may meet no text of the batch; its negatives may meet no key text of the batch."""
         return any(("k", text) in batch or (kind == "k" and ("n", text) in batch) for kind, text in row)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def global_batches(self) -> Iterator[list[int]]:
         self.generator.manual_seed(int(self.seed) + int(self.epoch))
-        expected, count, rows = len(self), 0, 0
+        expected, count, rows = self.global_len(), 0, 0
         if not self._values:
             return
+        # The library's pass reads its batch size from the object it runs on: a view with the global batch
+        # (this sampler's own batch_size must stay the per-process size that accelerate's shard reads).
+        view = SimpleNamespace(dataset=self.dataset, generator=self.generator, batch_size=self.global_batch,
+                               drop_last=self.drop_last)
         for _ in range(1 + self.extra_passes):
-            for batch in self._iter_one_pass(self._values.__getitem__, self._conflicts):
+            for batch in NoDuplicatesBatchSampler._iter_one_pass(view, self._values.__getitem__, self._conflicts):
                 yield batch
                 count, rows = count + 1, rows + len(batch)
                 if count == expected:
@@ -107,3 +158,11 @@ class NoDuplicateTextsBatchSampler(NoDuplicatesBatchSampler):
                             f"of epoch {self.epoch} without a duplicate and wait for a later epoch (many rows share "
                             "an anchor or positive; a smaller batch keeps more)")
                     return
+
+
+def sampler_for_processes(sampler: Any, world_size: int) -> Any:
+    """The batch-sampler factory the trainer is given: a :class:`GlobalBatchSampler` subclass bound to
+    ``world_size`` (so it builds global batches), anything else (``None``, a factory, a library sampler) as is."""
+    if isinstance(sampler, type) and issubclass(sampler, GlobalBatchSampler):
+        return partial(sampler, world_size=world_size)
+    return sampler

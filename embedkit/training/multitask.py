@@ -12,7 +12,9 @@ adds here:
   the uninterrupted run got, and two processes get the halves of the batch one process gets.
 * :class:`MultiTaskTrainer`: each source's loss times its ``weight``, the per-source losses logged separately
   (``loss_<name>``: the mean over that source's steps since the last log), and the ``mixed`` baseline (rows of all
-  sources in one batch, each source's loss on its own rows, weighted sum).
+  sources in one batch, each source's loss on its own rows, weighted sum). A source's in-batch negatives in a
+  ``mixed`` step are its own rows only; the steps in which a source has fewer than 2 rows (where an in-batch loss
+  has no negative) are counted and logged (``mixed_short_<name>``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch.utils.data import ConcatDataset
 
 from embedkit.data.sources import read_train_source
 from embedkit.errors import DataError
+from embedkit.log import log
 from embedkit.losses.common import world
 from embedkit.losses.objective import compose
 from embedkit.methods import get_method
@@ -136,7 +139,8 @@ class TaskBatchSampler(MultiDatasetDefaultBatchSampler):
 
 class MixedCollator:
     """The ``mixed`` baseline's collator: a batch's rows grouped by source, each group collated by the trainer's
-    own collator (sources have different columns); the trainer scores each group with its source's loss."""
+    own collator (sources have different columns), and each source's row count; the trainer scores each group
+    with its source's loss."""
 
     def __init__(self, base: Any) -> None:
         self.base = base
@@ -148,17 +152,30 @@ class MixedCollator:
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in features:
             groups.setdefault(row["dataset_name"], []).append(row)
-        return {"tasks": {name: self.base(rows) for name, rows in groups.items()}}
+        return {"tasks": {name: self.base(rows) for name, rows in groups.items()},
+                "rows": {name: len(rows) for name, rows in groups.items()}}
 
 
 class MultiTaskTrainer(EmbedkitTrainer):
-    """:class:`EmbedkitTrainer` for a dict of per-source losses: source weights, per-source loss logs, ``mixed``."""
+    """:class:`EmbedkitTrainer` for a dict of per-source losses: source weights, per-source loss logs, ``mixed``.
 
-    def __init__(self, *args: Any, task_weights: dict[str, float], mixed: bool = False, **kwargs: Any) -> None:
+    ``mixed``: each source's loss sees only that source's rows of the batch, so its in-batch negatives are its own
+    rows (never another source's texts). A source with one row in a step has none: InfoNCE over one row without
+    hard negatives scores the positive against itself alone and is 0 with no gradient, CoSENT has no pair of
+    pairs (0); with no row the source is not scored. Such steps (< 2 rows) are counted per source, logged as
+    ``mixed_short_<name>`` (steps of the log window) and, at the end, written to the ``summary`` entries
+    (``train.tasks[i].mixed_short_steps`` in results.json) and said in one line."""
+
+    short_rows = 2  # fewer rows than this: no in-batch negative
+
+    def __init__(self, *args: Any, task_weights: dict[str, float], mixed: bool = False,
+                 summary: list[dict[str, Any]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.task_weights = task_weights
         self.mixed = mixed
+        self.summary = summary if summary is not None else []
         self._task_sums: dict[str, list[float]] = {name: [0.0, 0.0] for name in task_weights}  # sum, steps
+        self._short: dict[str, int] = dict.fromkeys(task_weights, 0)  # mixed: short steps since the last log
         if mixed:
             self.data_collator = MixedCollator(self.data_collator)
 
@@ -183,6 +200,10 @@ class MultiTaskTrainer(EmbedkitTrainer):
         return (loss, out[1]) if return_outputs else loss
 
     def _mixed_loss(self, model, inputs, return_outputs):
+        if model.training:
+            rows = inputs.get("rows", {})
+            for name in self._short:
+                self._short[name] += rows.get(name, 0) < self.short_rows
         total = None
         for name, group in inputs["tasks"].items():
             group = dict(group)
@@ -214,7 +235,24 @@ class MultiTaskTrainer(EmbedkitTrainer):
                 if steps:
                     logs[f"loss_{name}"] = round(total / steps, 4)
                 self._task_sums[name] = [0.0, 0.0]
+            if self.mixed:  # one process (mixed is refused under several)
+                logs.update({f"mixed_short_{name}": n for name, n in self._short.items()})
+                self._short = dict.fromkeys(self._short, 0)
         return super().log(logs, start_time)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().train(*args, **kwargs)
+        if self.mixed:  # totals from the log history (a resumed run restores it) and the steps since its last log
+            history = self.state.log_history
+            for entry in self.summary:
+                name = entry["name"]
+                entry["mixed_short_steps"] = int(sum(h.get(f"mixed_short_{name}", 0) for h in history)
+                                                 + self._short.get(name, 0))
+            said = ", ".join(f"{e['name']} in {e['mixed_short_steps']}" for e in self.summary)
+            log(f"mixed: steps in which a source had fewer than {self.short_rows} rows of the batch (no in-batch "
+                f"negative: its loss there is 0 unless its rows carry their own negatives): {said} of "
+                f"{self.state.global_step}")
+        return out
 
 
 @dataclass
@@ -237,7 +275,7 @@ class Tasks:
         return []  # source methods with callbacks are refused at validation
 
     def make_trainer(self, **kwargs: Any) -> MultiTaskTrainer:
-        return MultiTaskTrainer(task_weights=self.weights, mixed=self.mixed, **kwargs)
+        return MultiTaskTrainer(task_weights=self.weights, mixed=self.mixed, summary=self.summary, **kwargs)
 
 
 def build_tasks(recipe: Recipe, train_data: MultiTrainData | None, model: Any, world_size: int, rank: int,
@@ -274,6 +312,11 @@ def build_tasks(recipe: Recipe, train_data: MultiTrainData | None, model: Any, w
         summary.append({"name": src.name, "method": view.method.name, "rows": len(dataset), "weight": src.weight,
                         "batches_per_epoch": len(dataset) // global_batch})
     rule = recipe.method.model_dump()["sampler"]
+    if rule == "mixed":  # what the baseline trains each source on (docs/multitask.md)
+        total = sum(len(d) for d in splits.values())
+        log("mixed: each source's loss sees only its own rows of a batch (its in-batch negatives are its rows); "
+            "rows of a batch of " + f"{global_batch} on average: " + ", ".join(
+                f"{name} {global_batch * len(d) / total:.1f}" for name, d in splits.items()))
     sampler = partial(TaskBatchSampler, rule=rule, weights=list(weights.values()), world_size=world_size)
     # A weight acts once: balanced gives it as a share of the steps; the other samplers multiply the loss by it.
     loss_weights = {name: 1.0 for name in weights} if rule == "balanced" else weights

@@ -299,7 +299,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.training_args import BatchSamplers
 
-    from embedkit.data.samplers import LengthGroupedBatchSampler
+    from embedkit.data.samplers import LengthGroupedBatchSampler, sampler_for_processes
     from embedkit.evaluation.core import load_dev, load_ranking, make_dev_evaluator, score_dev
     from embedkit.modeling import build_model
     from embedkit.training.trainer import EmbedkitTrainer, load_method_state
@@ -342,7 +342,8 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     log(f"method {recipe.method.name} on {recipe.model.name} ({recipe.model.pooling} pooling), "
         f"{len(train_data) if multi else len(dataset)} training rows from {train_data.description}")
     log(f"world size {world_size}, batch {global_batch} global = {per_device} per device × {world_size}"
-        + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives else ""))
+        + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives
+           and not (multi and tasks.mixed) else ""))  # mixed: a source's negatives are its own rows (logged above)
 
     results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {},
                                "train": batch_record(global_batch, per_device, world_size)}
@@ -360,7 +361,10 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         log(f"{dev_pairs.label} before training: {before[dev_pairs.metric]:.2f} {METRIC_LABELS[dev_pairs.metric]}")
 
     precision = resolve_precision(t.precision)
-    sampler = method.batch_sampler()
+    # An embedkit sampler builds global batches and yields each process's share in turn, so its rule (no
+    # duplicates, length groups) holds for the batch the loss gathers (docs/distributed.md).
+    sampler = sampler_for_processes(method.batch_sampler() or (LengthGroupedBatchSampler if t.group_by_length
+                                                              else None), world_size)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work / CHECKPOINTS),
         per_device_train_batch_size=per_device,
@@ -395,7 +399,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         report_to="none",
         dataloader_num_workers=t.dataloader_workers,
         dataloader_drop_last=t.drop_last or world_size > 1,
-        batch_sampler=sampler or (LengthGroupedBatchSampler if t.group_by_length else BatchSamplers.BATCH_SAMPLER),
+        batch_sampler=sampler or BatchSamplers.BATCH_SAMPLER,
         prompts=(tasks.prompts if multi else method_cls.training_prompts(recipe, dataset.column_names)) or None,
         **({"multi_dataset_batch_sampler": tasks.sampler} if multi else {}),
         disable_tqdm=False,
