@@ -1,0 +1,148 @@
+"""Training/evaluation overlap (embedkit/overlap.py, `embedkit data overlap`): the arithmetic on small files,
+and the published STS-B train / STS12–16 numbers on the shared data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from embedkit.cli import main
+from embedkit.data.ranking import RerankQuery, RerankSet
+from embedkit.overlap import (
+    EvalSet,
+    TrainIndex,
+    clean_average,
+    from_rerank,
+    measure,
+    normalize,
+    overlap_report,
+)
+
+
+def test_normalize_folds_case_punctuation_space_and_width():
+    assert normalize("  A man, plays   the GUITAR! ") == "a man plays the guitar"
+    assert normalize("ｆｕｌｌ－width") == "fullwidth"  # NFKC, then the hyphen is punctuation
+    assert normalize("don't") == "dont"
+
+
+def test_pairs_are_unordered_and_counted_exactly_and_normalised():
+    index = TrainIndex()
+    index.add_rows({"s1": ["a b", "c d", "e f"], "s2": ["x y", "Z W.", "g h"], "score": [1.0, 2.0, 3.0]}, "train")
+    ev = EvalSet("t", "pairs", pairs=[("x y", "a b"),   # reversed: seen exactly
+                                      ("c d", "z w"),   # seen only after normalisation
+                                      ("a b", "g h"),   # both texts seen, never together: not a seen pair
+                                      ("q", "r")],
+                 texts=["x y", "a b", "c d", "z w", "a b", "g h", "q", "r"])
+    row = measure(index, ev)
+    assert (row["pairs"], row["pairs_seen"]) == (4, 1)
+    assert row["pairs_pct"] == 25.0 and row["pairs_norm_pct"] == 50.0
+    # distinct texts: x y, a b, c d, z w, g h, q, r = 7; exact hits: x y, a b, c d, g h = 4; normalised adds z w
+    assert row["texts"] == 7 and row["texts_seen"] == 4
+    assert row["texts_pct"] == round(400 / 7, 2) and row["texts_norm_pct"] == round(500 / 7, 2)
+    assert row["flagged"] is True and row["role"] == "test"
+
+
+def test_scores_and_labels_are_not_texts():
+    index = TrainIndex()
+    index.add_rows({"anchor": ["q1"], "positive": ["p1"], "label": [3]}, "train")
+    assert len(index.texts) == 2 and len(index.pairs) == 1
+
+
+def test_every_two_text_columns_of_a_row_form_a_pair():
+    index = TrainIndex()
+    index.add_rows({"anchor": ["a"], "positive": ["p"], "negative_1": ["n"]}, "train")
+    ev = EvalSet("t", "pairs", pairs=[("p", "a"), ("a", "n"), ("p", "n")], texts=["a", "p", "n"])
+    assert measure(index, ev)["pairs_seen"] == 3
+
+
+def test_a_corpus_adds_texts_but_no_pairs():
+    index = TrainIndex()
+    index.add_texts(["a", "b"], "corpus")
+    row = measure(index, EvalSet("t", "pairs", pairs=[("a", "b")], texts=["a", "b"]))
+    assert row["pairs_seen"] == 0 and row["texts_pct"] == 100.0 and row["flagged"] is False
+
+
+def test_rerank_queries_and_positive_pairs():
+    data = RerankSet("qa", [RerankQuery("who?", ["him"], ["her"]), RerankQuery("when?", ["now"], ["then"])])
+    index = TrainIndex()
+    index.add_rows({"anchor": ["who?"], "positive": ["him"]}, "train")
+    row = measure(index, from_rerank(data))
+    assert row["queries"] == 2 and row["queries_seen"] == 1 and row["queries_pct"] == 50.0
+    assert row["pairs_seen"] == 1 and row["pairs_pct"] == 50.0
+    assert row["flagged"] is True
+
+
+def test_flag_threshold_is_strictly_above_one_percent():
+    index = TrainIndex()
+    index.add_rows({"a": ["s0"], "b": ["t0"]}, "train")
+    pairs = [(f"s{i}", f"t{i}") for i in range(100)]
+    row = measure(index, EvalSet("t", "pairs", pairs=pairs, texts=[t for p in pairs for t in p]))
+    assert row["pairs_pct"] == 1.0 and row["flagged"] is False  # exactly 1%: clean
+    row = measure(index, EvalSet("t", "pairs", pairs=pairs[:50], texts=[t for p in pairs[:50] for t in p]))
+    assert row["pairs_pct"] == 2.0 and row["flagged"] is True
+
+
+def test_clean_average_leaves_out_flagged_sets():
+    overlap = {"STS12": {"flagged": True}, "STS13": {"flagged": False}}
+    assert clean_average({"STS12": 90.0, "STS13": 70.0, "SICK-R": 80.0}, overlap) == 75.0
+    assert clean_average({"STS12": 90.0}, overlap) is None
+
+
+def _tiny_data_dir(root: Path) -> Path:
+    """A data folder with STS12 (2 subsets, one unscored pair) and STS-B dev, nothing else."""
+    sts12 = root / "sts" / "STS12"
+    sts12.mkdir(parents=True)
+    (sts12 / "STS.input.a.txt").write_text("A cat sits.\tA cat is sitting.\nno gold\there\n", encoding="utf-8")
+    (sts12 / "STS.gs.a.txt").write_text("4.0\n\n", encoding="utf-8")
+    (sts12 / "STS.input.b.txt").write_text("Dogs run.\tA dog runs.\nRain falls\tIt rains\n", encoding="utf-8")
+    (sts12 / "STS.gs.b.txt").write_text("3.0\n2.5\n", encoding="utf-8")
+    stsb = root / "sts" / "stsbenchmark"
+    stsb.mkdir()
+    (stsb / "sts-dev.csv").write_text("g\tf\t2012\t1\t4.0\tDogs run.\tA dog runs.\n", encoding="utf-8")
+    return root
+
+
+def test_cli_on_a_data_file_measures_and_flags(tmp_path, capsys):
+    data_dir = _tiny_data_dir(tmp_path / "data")
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"anchor": "a cat sits", "positive": "A cat is sitting."}) + "\n"
+                     + json.dumps({"anchor": "unrelated", "positive": "text"}) + "\n", encoding="utf-8")
+    assert main(["data", "overlap", str(train), "--data-dir", str(data_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    sts12 = out["overlap"]["STS12"]
+    # STS12 scores 3 pairs (the unscored one is not a unit); one is in training after normalisation only.
+    assert sts12["pairs"] == 3 and sts12["pairs_seen"] == 0 and sts12["pairs_norm_pct"] == round(100 / 3, 2)
+    assert sts12["flagged"] is True
+    assert out["overlap"]["STSBenchmark-dev"]["pairs_norm_pct"] == 0.0
+    assert any(n.startswith("STS13: not measured") for n in out["notes"])  # absent sets are said, not skipped
+
+
+def test_cli_unknown_task_is_one_line(tmp_path, capsys):
+    data_dir = _tiny_data_dir(tmp_path / "data")
+    train = tmp_path / "train.txt"
+    train.write_text("one\ntwo\n", encoding="utf-8")
+    assert main(["data", "overlap", str(train), "--data-dir", str(data_dir), "--tasks", "STS99"]) == 2
+    err = capsys.readouterr().err
+    assert "--tasks: unknown set(s) STS99" in err and "Traceback" not in err
+
+
+def test_quickstart_overlap_matches_the_published_counts(data_dir):
+    """STS-B train holds 1,002/3,108 STS12, 597/1,500 STS13, 1,861/3,750 STS14, 1,102/3,000 STS15 and
+    197/1,186 STS16 scored test pairs, verbatim; the quickstart's dev set is marked as the selection set."""
+    overlap, _ = overlap_report("quickstart", data_dir=str(data_dir))
+    expected = {"STS12": (1002, 3108), "STS13": (597, 1500), "STS14": (1861, 3750), "STS15": (1102, 3000),
+                "STS16": (197, 1186)}
+    for task, (seen, total) in expected.items():
+        assert (overlap[task]["pairs_seen"], overlap[task]["pairs"]) == (seen, total), task
+        assert overlap[task]["flagged"]
+    assert overlap["STSBenchmark-dev"]["role"] == "selection"
+    assert overlap["MR"]["texts_pct"] == 0.0
+
+
+@pytest.mark.parametrize("text", ["", "   ", "!!!"])
+def test_texts_that_normalise_to_nothing_still_hash(text):
+    index = TrainIndex()
+    index.add_rows({"a": [text], "b": ["x"]}, "train")
+    assert measure(index, EvalSet("t", "texts", texts=[text]))["texts_seen"] == 1
