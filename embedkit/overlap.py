@@ -177,9 +177,10 @@ def from_texts(name: str, texts: list[str], role: str = "test") -> EvalSet:
     return EvalSet(name, "texts", texts=texts, role=role)
 
 
-def standard_sets(data_dir: str | Path | None, tasks: Sequence[str] | None = None) -> tuple[list[EvalSet], list[str]]:
+def standard_sets(data_dir: str | Path | None, tasks: Sequence[str] | None = None
+                  ) -> tuple[list[EvalSet], dict[str, str]]:
     """The evaluation sets embedkit scores from the local public-data folder (the STS suite, STS-B dev, the
-    offline mteb tasks TRECQA-dev, MR, SUBJ), those of them present; and a note per set that is absent.
+    offline mteb tasks TRECQA-dev, MR, SUBJ), those of them present; and why each absent one is not measured.
 
     ``tasks`` keeps only the named sets (suite names; ``STSBenchmark-dev``, ``TRECQA-dev``, ``MR``, ``SUBJ``).
     """
@@ -190,12 +191,12 @@ def standard_sets(data_dir: str | Path | None, tasks: Sequence[str] | None = Non
     from embedkit.evaluation.sts import load_local
 
     base = paths.resolve_data_dir(data_dir)
-    notes: list[str] = []
+    notes: dict[str, str] = {}
     sets: list[EvalSet] = []
     wanted = set(tasks) if tasks else None
     if base is None or not base.is_dir():
-        return [], [f"no local data folder ({'--data-dir ' + str(data_dir) if data_dir else 'none found'}): "
-                    "pass --data-dir to measure the standard evaluation sets"]
+        return [], {"data folder": f"{'--data-dir ' + str(data_dir) if data_dir else 'none found'}; pass "
+                                   "--data-dir to measure the standard evaluation sets"}
     sts = base / "sts"
     for name in STS_SUITE:
         if wanted is not None and name not in wanted:
@@ -203,7 +204,7 @@ def standard_sets(data_dir: str | Path | None, tasks: Sequence[str] | None = Non
         try:
             suite = load_local(sts, (name,))
         except Exception as err:  # noqa: BLE001 - an absent task is a note, not a failure
-            notes.append(f"{name}: not measured ({str(err).splitlines()[0]})")
+            notes[name] = str(err).splitlines()[0]
             continue
         sets.append(from_pairset(suite.tasks[name], name))
     extra = {
@@ -218,7 +219,7 @@ def standard_sets(data_dir: str | Path | None, tasks: Sequence[str] | None = Non
         try:
             sets.append(load())
         except Exception as err:  # noqa: BLE001
-            notes.append(f"{name}: not measured ({str(err).splitlines()[0]})")
+            notes[name] = str(err).splitlines()[0]
     if wanted:
         unknown = wanted - set(STS_SUITE) - set(extra)
         if unknown:
@@ -230,26 +231,39 @@ def standard_sets(data_dir: str | Path | None, tasks: Sequence[str] | None = Non
 
 
 def recipe_sets(recipe: Any, data_dir: str | Path | None) -> list[EvalSet]:
-    """The sets a recipe itself names: ``data.dev`` (role *selection*: they choose the checkpoint), and the final
-    evaluation's ``eval.rerank`` files and ``eval.retrieval`` folders (role *test*)."""
-    from embedkit.evaluation.core import DevSet, load_dev, load_ranking
+    """The sets a recipe itself names, read from their files: see :func:`named_sets`."""
+    from embedkit.evaluation.core import load_dev, load_ranking
+
+    dev = load_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
+    final = [load_ranking("rerank", raw, data_dir=data_dir) for raw in recipe.eval.rerank]
+    final += [load_ranking("retrieval", r.path, r.split, data_dir) for r in recipe.eval.retrieval]
+    return named_sets(dev, final)
+
+
+def named_sets(dev: Any, final_sets: Sequence[Any] = ()) -> list[EvalSet]:
+    """The loaded ``data.dev`` sets (role *selection*: they choose the checkpoint) and the final evaluation's
+    ``eval.rerank`` files and ``eval.retrieval`` folders (role *test*)."""
+    from embedkit.data.ranking import RerankSet
 
     out: list[EvalSet] = []
-    dev = recipe.data.dev
-    if dev is not None:
-        loaded = load_dev(dev, data_dir)
-        for d in getattr(loaded, "sets", [loaded]):
-            assert isinstance(d, DevSet)
-            conv = from_pairset if d.kind == "stsb" else from_rerank if d.kind == "rerank" else from_beir
-            name = "STSBenchmark-dev" if d.kind == "stsb" else d.name
-            out.append(conv(d.data, name, role="selection"))
-    for raw in recipe.eval.rerank:
-        data = load_ranking("rerank", raw, data_dir=data_dir)
-        out.append(from_rerank(data))
-    for r in recipe.eval.retrieval:
-        data = load_ranking("retrieval", r.path, r.split, data_dir)
-        out.append(from_beir(data))
+    for d in getattr(dev, "sets", [dev] if dev is not None else []):
+        conv = from_pairset if d.kind == "stsb" else from_rerank if d.kind == "rerank" else from_beir
+        out.append(conv(d.data, "STSBenchmark-dev" if d.kind == "stsb" else d.name, role="selection"))
+    for data in final_sets:
+        out.append(from_rerank(data) if isinstance(data, RerankSet) else from_beir(data))
     return out
+
+
+def run_overlap(train_data: Any, recipe: Any, data_dir: str | Path | None, dev: Any = None,
+                final_sets: Sequence[Any] = ()) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """What a training run records (``results.json`` ``overlap``): its training rows against its own dev and
+    final sets and every standard evaluation set present in the data folder; and notes on what was not measured
+    (one line for the absent standard sets)."""
+    index, notes = index_training(train_data, recipe, data_dir)
+    sets, absent = standard_sets(data_dir)
+    if absent:
+        notes.append(f"not in the data folder, not measured: {', '.join(absent)}")
+    return measure_all(index, [*named_sets(dev, final_sets), *sets]), notes
 
 
 def index_training(data: Any, recipe: Any = None, data_dir: str | Path | None = None) -> tuple[TrainIndex, list[str]]:
@@ -280,6 +294,18 @@ def clean_average(scores: Mapping[str, float], overlap: Mapping[str, Mapping[str
     """The mean of the scores whose set is not flagged (``None`` when every set is)."""
     clean = [v for k, v in scores.items() if not overlap.get(k, {}).get("flagged", False)]
     return sum(clean) / len(clean) if clean else None
+
+
+def annotate_sts(sts: dict[str, Any], overlap: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add to an STS suite result (``{"tasks", "avg", ...}``) each task's overlap, the tasks seen in training and
+    the average over the clean ones (``avg_clean``; ``None`` when no task is clean), in place."""
+    tasks = sts.get("tasks", {})
+    sts["overlap"] = {t: {k: overlap[t][k] for k in ("pairs_pct", "pairs_norm_pct", "texts_pct", "flagged")}
+                      for t in tasks if t in overlap}
+    sts["seen_in_training"] = [t for t in tasks if overlap.get(t, {}).get("flagged")]
+    clean = [t for t in tasks if t not in sts["seen_in_training"]]
+    sts["avg_clean_tasks"] = clean
+    sts["avg_clean"] = clean_average({t: tasks[t]["spearman"] for t in clean}, overlap)
 
 
 def flagged(overlap: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -339,7 +365,7 @@ def overlap_report(source: str, overrides: list[str] | None = None, data_dir: st
     named = recipe_sets(recipe, data_dir) if recipe is not None else []
     # A set the recipe selects on keeps its own entry, marked "selection".
     overlap = measure_all(index, [*named, *sets])
-    return overlap, notes + absent
+    return overlap, notes + [f"{name}: not measured ({why})" for name, why in absent.items()]
 
 
 def _overlap_cli(args: Any) -> int:

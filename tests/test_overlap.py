@@ -91,7 +91,7 @@ def test_clean_average_leaves_out_flagged_sets():
 
 
 def _tiny_data_dir(root: Path) -> Path:
-    """A data folder with STS12 (2 subsets, one unscored pair) and STS-B dev, nothing else."""
+    """A data folder with STS12 (2 subsets, one unscored pair) and STS-B dev (3 pairs), nothing else."""
     sts12 = root / "sts" / "STS12"
     sts12.mkdir(parents=True)
     (sts12 / "STS.input.a.txt").write_text("A cat sits.\tA cat is sitting.\nno gold\there\n", encoding="utf-8")
@@ -100,7 +100,9 @@ def _tiny_data_dir(root: Path) -> Path:
     (sts12 / "STS.gs.b.txt").write_text("3.0\n2.5\n", encoding="utf-8")
     stsb = root / "sts" / "stsbenchmark"
     stsb.mkdir()
-    (stsb / "sts-dev.csv").write_text("g\tf\t2012\t1\t4.0\tDogs run.\tA dog runs.\n", encoding="utf-8")
+    (stsb / "sts-dev.csv").write_text("g\tf\t2012\t1\t4.0\tDogs run.\tA dog runs.\n"
+                                      "g\tf\t2012\t2\t1.0\tA bird sings.\tThe car is red.\n"
+                                      "g\tf\t2012\t3\t2.5\tTwo men talk.\tMen are talking.\n", encoding="utf-8")
     return root
 
 
@@ -146,3 +148,47 @@ def test_texts_that_normalise_to_nothing_still_hash(text):
     index = TrainIndex()
     index.add_rows({"a": [text], "b": ["x"]}, "train")
     assert measure(index, EvalSet("t", "texts", texts=[text]))["texts_seen"] == 1
+
+
+def test_annotate_sts_and_the_table_mark_seen_tasks():
+    from embedkit.evaluation.report import sts_table
+    from embedkit.overlap import annotate_sts
+
+    sts = {"tasks": {"STS12": {"spearman": 80.0, "n": 3}, "STS13": {"spearman": 70.0, "n": 2},
+                     "SICK-R": {"spearman": 60.0, "n": 2}}, "avg": 70.0}
+    overlap = {"STS12": {"pairs_pct": 32.2, "pairs_norm_pct": 32.5, "texts_pct": 38.5, "flagged": True},
+               "STS13": {"pairs_pct": 0.5, "pairs_norm_pct": 0.5, "texts_pct": 2.0, "flagged": False}}
+    annotate_sts(sts, overlap)
+    assert sts["seen_in_training"] == ["STS12"] and sts["avg_clean_tasks"] == ["STS13", "SICK-R"]
+    assert sts["avg_clean"] == 65.0
+    table = sts_table(sts)
+    assert "STS12*" in table and "STS13*" not in table
+    assert "clean avg" in table and "65.00" in table
+    assert "* STS12: 32.2% of its pairs (32.5% normalised) and 38.5% of its texts" in table
+
+
+def test_a_training_run_records_overlap_and_selection_role(tmp_path, tiny_model_path):
+    from embedkit.training.run import train
+
+    data_dir = _tiny_data_dir(tmp_path / "data")
+    rows = ["sentence1\tsentence2\tscore", "A cat sits.\tA cat is sitting.\t4.0"]
+    rows += [f"line {i} alpha\tline {i} beta\t{i % 5}" for i in range(30)]
+    train_file = tmp_path / "pairs.tsv"
+    train_file.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""\
+model: {{name: {tiny_model_path}, pooling: mean, max_seq_length: 16}}
+data:
+  train: {{path: {train_file}}}
+  dev: {{path: "{{data_dir}}/sts/stsbenchmark/sts-dev.csv"}}
+method: {{name: cosent}}
+training: {{batch_size: 8, max_steps: 2, eval_steps: 2, logging_steps: 1}}
+eval: {{before: false, suite: stsb-dev}}
+output: {{dir: {tmp_path / "out"}}}
+""", encoding="utf-8")
+    results = train(str(recipe), data_dir=str(data_dir))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["overlap"]["STS12"]["pairs_seen"] == 1 and saved["overlap"]["STS12"]["flagged"] is True
+    assert saved["overlap"]["STSBenchmark-dev"]["role"] == "selection"
+    assert saved["dev"]["role"] == "selection"
+    assert results["overlap"]["STS12"]["pairs_pct"] == round(100 / 3, 2)

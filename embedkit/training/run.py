@@ -346,11 +346,17 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
 
     results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {},
                                "train": batch_record(global_batch, per_device, world_size)}
-    if dev_pairs is not None:
-        results["dev"].update(kind=dev_pairs.kind, name=dev_pairs.name, metric=dev_pairs.metric)
+    if dev_pairs is not None:  # role: it chooses the checkpoint, so its score is a selection score, not a test
+        results["dev"].update(kind=dev_pairs.kind, name=dev_pairs.name, metric=dev_pairs.metric, role="selection")
         if hasattr(dev_pairs, "rule"):  # several weighted dev sets
             results["dev"]["rule"] = dev_pairs.rule
             log(f"checkpoints selected on the weighted dev score {dev_pairs.rule}")
+    # What of every evaluation set the training rows already hold (docs/evaluation.md#overlap), before training.
+    from embedkit.overlap import run_overlap
+
+    results["overlap"], overlap_notes = run_overlap(train_data, recipe, data_dir, dev_pairs, final_sets)
+    for note in overlap_notes:
+        log(f"overlap: {note}")
     if multi:
         results["train"]["tasks"] = tasks.summary
         results["train"]["sampler"] = recipe.method.model_dump()["sampler"]
@@ -453,6 +459,7 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
                                   show_progress_bar=None)
     if recipe.eval.mteb:
         results["mteb"] = _run_mteb(model, recipe, folder.work, data_dir)
+    _report_overlap(results)
 
     results.update({
         "method": {"name": recipe.method.name, "paper": run.method_cls.paper, "citation": run.method_cls.citation},
@@ -473,6 +480,22 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     if recipe.output.push_to_hub:
         push(out, recipe.output.push_to_hub, private=recipe.output.private)
     return results
+
+
+def _report_overlap(results: dict[str, Any]) -> None:
+    """One line per evaluation set the training rows hold (above 1% of its units), and the STS suite's average
+    over the clean tasks beside the usual one."""
+    from embedkit.overlap import annotate_sts, flagged, summary_line
+
+    overlap = results.get("overlap") or {}
+    for name in flagged(overlap):
+        log(f"overlap: {summary_line(name, overlap[name])}")
+    if "sts" in results and overlap:
+        annotate_sts(results["sts"], overlap)
+        if results["sts"]["seen_in_training"]:
+            clean = results["sts"]["avg_clean"]
+            log(f"STS avg {results['sts']['avg']:.2f}; over the {len(results['sts']['avg_clean_tasks'])} tasks not "
+                "seen in training: " + (f"{clean:.2f}" if clean is not None else "none"))
 
 
 def _run_mteb(model: Any, recipe: Recipe, work: Path, data_dir: str | None) -> dict[str, Any]:
