@@ -13,14 +13,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from embedkit import paths
+from embedkit.data.heldout import remove_heldout, split_heldout
 from embedkit.data.ranking import check_beir_layout, read_rerank
-from embedkit.data.sources import read_corpus, read_local
+from embedkit.data.sources import infer_format, read_corpus, read_local
 from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
 from embedkit.methods import get_method
 from embedkit.methods.multitask import MultiTrainData, source_method_problem
 from embedkit.model_ref import check_recipe_refs
 from embedkit.recipe import (
+    DevSection,
     MethodSection,
     Overrides,
     Recipe,
@@ -91,7 +93,8 @@ def load_recipe_with_data(
     train_data = None
     if check_data:
         notes: list[str] = []  # said only once the checks pass: a refusal stays one line
-        train_data = _check_train_data(recipe, resolved_dir, method, source, lines, notes)
+        train_data = _check_train_data(recipe, resolved_dir, method, source, lines, notes,
+                                       heldout_dev(recipe, None, source, lines))
         _check_dev(recipe, resolved_dir, source, lines, notes)
         # The model and the Hub too (torch-free, cheap): a bad model folder, custom code or an unreachable Hub
         # fails here, before anything loads.
@@ -171,17 +174,60 @@ def _local_file(
     raise RecipeError(f"{where}: file not found: {path}")
 
 
+def heldout_dev(recipe: Recipe, name: str | None, source: str = "<recipe>", lines: dict | None = None
+                ) -> tuple[DevSection, str] | None:
+    """The ``data.dev`` entry whose ``split_from_train`` holds a slice out of training source ``name`` (``None``:
+    the one source of a single-task recipe), with its key path for errors; refuses a ``source`` that names no
+    training source."""
+    lines = lines or {}
+    devs = recipe.data.dev if isinstance(recipe.data.dev, list) else [recipe.data.dev]
+    names = [s.name for s in recipe.data.train] if isinstance(recipe.data.train, list) else [None]
+    found = None
+    for i, dev in enumerate(devs):
+        if dev is None or dev.split_from_train is None:
+            continue
+        key = ("data", "dev", *((i,) if isinstance(recipe.data.dev, list) else ()))
+        if dev.source not in names:
+            want = (f"one of the training sources ({', '.join(n for n in names if n)})" if names != [None]
+                    else "nothing in a single-source recipe (drop it)")
+            raise RecipeError(f"{_where(source, lines, (*key, 'source'))}: {dev.source!r} names no training source; "
+                              f"expected {want}")
+        if dev.source == name:
+            found = (dev, ".".join(map(str, key)))
+    return found
+
+
 def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source: str, lines: dict,
-                      notes: list[str]) -> Any:
+                      notes: list[str], heldout: tuple[DevSection, str] | None = None) -> Any:
     src = recipe.data.train
     if src.mine is not None:
         _check_mine(recipe, data_dir, method, source, lines)
+    where = _where(source, lines, ("data", "train", "path"))
+    if heldout is not None and (src.path is None or infer_format(src.path, src.format) != heldout[0].kind):
+        raise RecipeError(f"{where}: {heldout[1]}.split_from_train holds a slice out of a local training file of "
+                          f"format {heldout[0].kind}; this source is "
+                          + (f"format {infer_format(src.path, src.format)}" if src.path else "a Hub dataset"))
     if src.path is None:
         return None  # a Hub dataset is read when training starts
-    where = _where(source, lines, ("data", "train", "path"))
-    path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead", notes)
+    path = _local_file(src.path, None if heldout else src.hub, data_dir, where,
+                       f"training reads the Hub dataset {src.hub} instead", notes)
     if path is None:
         return None
+    data = _read_train_file(recipe, path, method, where, notes)
+    if heldout is not None:  # before max_samples: the slice is a function of the whole file
+        try:
+            held = split_heldout(path, heldout[0].kind, heldout[0].split_from_train, heldout[0].split_seed)
+        except DataError as err:
+            raise RecipeError(f"{where}: {err}") from None
+        data.columns = remove_heldout(data.columns, held)
+        data.description += f" less the {held.record['held_out']} held-out {held.record['unit']}s of {heldout[1]}"
+    if src.max_samples:
+        data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
+    return data
+
+
+def _read_train_file(recipe: Recipe, path: str, method: Any, where: str, notes: list[str]) -> Any:
+    src = recipe.data.train
     if src.mine is not None:  # (anchor, positive) rows; the negatives are mined at training setup
         try:
             data = read_local(path, src.format, src.columns)
@@ -191,8 +237,6 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
             raise RecipeError(f"{where}: data.train.mine needs (anchor, positive) rows, the data gives "
                               f"{len(data.columns)} column(s) ({', '.join(data.columns)}); select them with "
                               "data.train.columns")
-        if src.max_samples:
-            data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
         return data
     try:
         data = method.read_train_file(path, recipe, notes)  # a method that builds its own rows (ccp), else None
@@ -203,8 +247,6 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     problem = method.column_problem(list(data.columns))
     if problem:
         raise RecipeError(f"{where}: {problem}")
-    if src.max_samples:
-        data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
     return data
 
 
@@ -312,13 +354,14 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
     recipe.data.train = [src.model_copy(update={"method": view.method}) for src, view in views]
     if not check_data:
         return recipe, None
+    heldout_dev(recipe, "", source, lines)  # a split_from_train source that names no training source fails here
     resolved_dir = paths.resolve_data_dir(data_dir)
     notes: list[str] = []
     parts: dict[str, Any] = {}
     for i, (src, view) in enumerate(views):
         try:
             parts[src.name] = _check_train_data(view, resolved_dir, get_method(view.method.name), source,
-                                                _source_lines(lines, i), notes)
+                                                _source_lines(lines, i), notes, heldout_dev(recipe, src.name))
         except RecipeError as err:
             raise RecipeError(_source_keys(str(err), i)) from None
     _check_dev(recipe, resolved_dir, source, lines, notes)

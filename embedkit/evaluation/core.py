@@ -106,6 +106,7 @@ class DevSet:
     name: str
     metric: str
     data: PairSet | RerankSet | BeirSet
+    heldout: dict[str, Any] | None = None  # split_from_train: the slice's record (file, share, seed, units)
 
     @property
     def label(self) -> str:
@@ -174,14 +175,29 @@ class WeightedDevSet:
         return {"weighted": total / sum(self.weights), **out}
 
 
-def load_dev(dev: DevSection | list, data_dir: str | Path | None = None) -> DevSet | WeightedDevSet:
-    """The recipe's dev set, read in full (STS-B: local file/folder, else the Hub); a list: the weighted sets."""
+def load_dev(dev: DevSection | list, data_dir: str | Path | None = None, train: Any = None
+             ) -> DevSet | WeightedDevSet:
+    """The recipe's dev set, read in full (STS-B: local file/folder, else the Hub); a list: the weighted sets.
+    A ``split_from_train`` dev set is the slice held out of the training source in ``train`` (``data.train``)."""
     if isinstance(dev, list):
-        sets = [load_dev(d, data_dir) for d in dev]
+        sets = [load_dev(d, data_dir, train) for d in dev]
         names = [d.name for d in sets]
         if len(set(names)) != len(names):
             raise DataError(f"data.dev: two dev sets have the same name ({', '.join(names)}); list each set once")
         return WeightedDevSet(sets, [float(d.weight) for d in dev])
+    if dev.split_from_train is not None:
+        from embedkit.data.heldout import split_heldout
+
+        sources = train if isinstance(train, list) else [train]
+        src = next((s for s in sources if s is not None and getattr(s, "name", None) == dev.source), None)
+        if src is None or src.path is None:
+            raise DataError(f"data.dev: split_from_train names training source {dev.source!r}, which has no local file")
+        try:
+            path = paths.expand(src.path, paths.resolve_data_dir(data_dir))
+        except FileNotFoundError as err:
+            raise DataError(str(err)) from None
+        held = split_heldout(path, dev.kind, dev.split_from_train, dev.split_seed)
+        return DevSet(dev.kind, held.dev.name, dev.metric, held.dev, heldout=held.record)
     if dev.kind == "stsb":
         return DevSet("stsb", "stsb-dev", dev.metric, load_stsb_dev(dev, data_dir))
     assert dev.path is not None  # the schema requires it

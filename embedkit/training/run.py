@@ -304,7 +304,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     from embedkit.modeling import build_model
     from embedkit.training.trainer import EmbedkitTrainer, load_method_state
 
-    dev_pairs = load_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
+    dev_pairs = load_dev(recipe.data.dev, data_dir, recipe.data.train) if recipe.data.dev is not None else None
     # The final evaluation's sets are read now too: a bad row fails before training, not after it.
     final_sets = tuple([load_ranking("rerank", p, "test", data_dir) for p in recipe.eval.rerank]
                        + [load_ranking("retrieval", e.path, e.split, data_dir) for e in recipe.eval.retrieval])
@@ -348,6 +348,12 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
                                "train": batch_record(global_batch, per_device, world_size)}
     if dev_pairs is not None:  # role: it chooses the checkpoint, so its score is a selection score, not a test
         results["dev"].update(kind=dev_pairs.kind, name=dev_pairs.name, metric=dev_pairs.metric, role="selection")
+        held = {d.name: d.heldout for d in getattr(dev_pairs, "sets", [dev_pairs]) if d.heldout}
+        if held:  # data.dev.split_from_train: the slices held out of training
+            results["dev"]["split_from_train"] = held
+            for name, rec in held.items():
+                log(f"selection set {name}: {rec['held_out']} of {rec['of']} {rec['unit']}s of {rec['file']} held "
+                    f"out of training (share {rec['share']}, seed {rec['seed']})")
         if hasattr(dev_pairs, "rule"):  # several weighted dev sets
             results["dev"]["rule"] = dev_pairs.rule
             log(f"checkpoints selected on the weighted dev score {dev_pairs.rule}")
