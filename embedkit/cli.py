@@ -9,11 +9,11 @@ from pathlib import Path
 from embedkit.encode import add_cli as add_encode
 from embedkit.errors import EmbedkitError
 from embedkit.evaluation.cli import add_cli as add_eval
+from embedkit.evaluation.overlap import add_cli as add_overlap
 from embedkit.hub import add_cli as add_push
 from embedkit.merging import add_cli as add_merge
 from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
 from embedkit.methods.text2token.inspect import add_cli as add_inspect
-from embedkit.overlap import add_cli as add_overlap
 from embedkit.recipe import list_recipes
 from embedkit.training.mine import add_cli as add_mine
 from embedkit.training.run import train

@@ -1,4 +1,4 @@
-"""Training/evaluation overlap (embedkit/overlap.py, `embedkit data overlap`): the arithmetic on small files,
+"""Training/evaluation overlap (embedkit/evaluation/overlap.py, `embedkit data overlap`): the arithmetic on small files,
 and the published STS-B train / STS12–16 numbers on the shared data."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from embedkit.cli import main
 from embedkit.data.ranking import RerankQuery, RerankSet
-from embedkit.overlap import (
+from embedkit.evaluation.overlap import (
     EvalSet,
     TrainIndex,
     clean_average,
@@ -151,8 +151,8 @@ def test_texts_that_normalise_to_nothing_still_hash(text):
 
 
 def test_annotate_sts_and_the_table_mark_seen_tasks():
+    from embedkit.evaluation.overlap import annotate_sts
     from embedkit.evaluation.report import sts_table
-    from embedkit.overlap import annotate_sts
 
     sts = {"tasks": {"STS12": {"spearman": 80.0, "n": 3}, "STS13": {"spearman": 70.0, "n": 2},
                      "SICK-R": {"spearman": 60.0, "n": 2}}, "avg": 70.0}

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from embedkit.data.ranking import RerankSet, read_rerank
 from embedkit.data.sts import PairSet, read_stsb, sha256_file
 from embedkit.errors import DataError
@@ -38,8 +40,6 @@ class Heldout:
 
 def heldout_indices(n: int, share: float, seed: int) -> list[int]:
     """``round(share × n)`` indices of ``range(n)`` (at least 1, at most ``n − 1``), seeded, sorted."""
-    import numpy as np
-
     if n < 2:
         raise DataError(f"split_from_train needs at least 2 units to hold one out, the file has {n}")
     k = min(n - 1, max(1, round(share * n)))

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from embedkit import paths
+from embedkit.data.heldout import split_heldout
 from embedkit.data.ranking import BeirSet, RerankSet, read_beir, read_rerank
 from embedkit.data.sts import PairSet, read_stsb
 from embedkit.errors import DataError
@@ -186,8 +187,6 @@ def load_dev(dev: DevSection | list, data_dir: str | Path | None = None, train: 
             raise DataError(f"data.dev: two dev sets have the same name ({', '.join(names)}); list each set once")
         return WeightedDevSet(sets, [float(d.weight) for d in dev])
     if dev.split_from_train is not None:
-        from embedkit.data.heldout import split_heldout
-
         sources = train if isinstance(train, list) else [train]
         src = next((s for s in sources if s is not None and getattr(s, "name", None) == dev.source), None)
         if src is None or src.path is None:

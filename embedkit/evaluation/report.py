@@ -56,7 +56,7 @@ def sts_table(res: dict[str, Any], other: dict[str, Any] | None = None, labels: 
              "'all' setting (subsets concatenated); STS-B and SICK-R test"]
     tasks = [t for t in TASKS if t in res.get("tasks", {})] or list(res.get("tasks", {}))
     avg_name = "STS avg" if len(tasks) == len(TASKS) else f"avg ({len(tasks)} tasks)"
-    seen = set(res.get("seen_in_training") or [])  # tasks whose pairs the training data holds (embedkit/overlap.py)
+    seen = set(res.get("seen_in_training") or [])  # tasks the training data holds (evaluation/overlap.py)
 
     def name(t: str) -> str:
         return f"{t}*" if t in seen else t

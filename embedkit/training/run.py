@@ -29,6 +29,7 @@ from embedkit.card import add_method_citation, set_card_data, write_card
 from embedkit.data.sources import read_train_source
 from embedkit.errors import EmbedkitError, RecipeError
 from embedkit.evaluation import evaluate
+from embedkit.evaluation.overlap import annotate_sts, flagged, run_overlap, summary_line
 from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
 from embedkit.hub import push
@@ -358,8 +359,6 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
             results["dev"]["rule"] = dev_pairs.rule
             log(f"checkpoints selected on the weighted dev score {dev_pairs.rule}")
     # What of every evaluation set the training rows already hold (docs/evaluation.md#overlap), before training.
-    from embedkit.overlap import run_overlap
-
     results["overlap"], overlap_notes = run_overlap(train_data, recipe, data_dir, dev_pairs, final_sets)
     for note in overlap_notes:
         log(f"overlap: {note}")
@@ -491,8 +490,6 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
 def _report_overlap(results: dict[str, Any]) -> None:
     """One line per evaluation set the training rows hold (above 1% of its units), and the STS suite's average
     over the clean tasks beside the usual one."""
-    from embedkit.overlap import annotate_sts, flagged, summary_line
-
     overlap = results.get("overlap") or {}
     for name in flagged(overlap):
         log(f"overlap: {summary_line(name, overlap[name])}")

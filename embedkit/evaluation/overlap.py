@@ -27,12 +27,22 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import json
 import sys
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from embedkit import paths
+from embedkit.data.classification import read_classification
+from embedkit.data.ranking import RerankSet, read_rerank
+from embedkit.data.sources import read_corpus, read_local
+from embedkit.data.sts import read_stsb
+from embedkit.errors import EmbedkitError
+from embedkit.recipe import RECIPES_DIR
+from embedkit.validate import load_recipe_with_data
 
 FLAG_PCT = 1.0  # a set with more than this percent of its units seen in training is marked
 STS_SUITE = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R")
@@ -184,10 +194,6 @@ def standard_sets(data_dir: str | Path | None, tasks: Sequence[str] | None = Non
 
     ``tasks`` keeps only the named sets (suite names; ``STSBenchmark-dev``, ``TRECQA-dev``, ``MR``, ``SUBJ``).
     """
-    from embedkit import paths
-    from embedkit.data.classification import read_classification
-    from embedkit.data.ranking import read_rerank
-    from embedkit.data.sts import read_stsb
     from embedkit.evaluation.sts import load_local
 
     base = paths.resolve_data_dir(data_dir)
@@ -223,7 +229,6 @@ def standard_sets(data_dir: str | Path | None, tasks: Sequence[str] | None = Non
     if wanted:
         unknown = wanted - set(STS_SUITE) - set(extra)
         if unknown:
-            from embedkit.errors import EmbedkitError
 
             raise EmbedkitError(f"--tasks: unknown set(s) {', '.join(sorted(unknown))}; expected some of "
                                 f"{', '.join([*STS_SUITE, *extra])}")
@@ -243,7 +248,6 @@ def recipe_sets(recipe: Any, data_dir: str | Path | None) -> list[EvalSet]:
 def named_sets(dev: Any, final_sets: Sequence[Any] = ()) -> list[EvalSet]:
     """The loaded ``data.dev`` sets (role *selection*: they choose the checkpoint) and the final evaluation's
     ``eval.rerank`` files and ``eval.retrieval`` folders (role *test*)."""
-    from embedkit.data.ranking import RerankSet
 
     out: list[EvalSet] = []
     for d in getattr(dev, "sets", [dev] if dev is not None else []):
@@ -278,8 +282,6 @@ def index_training(data: Any, recipe: Any = None, data_dir: str | Path | None = 
             continue
         index.add_rows(part.columns, name)
     if recipe is not None:
-        from embedkit import paths
-        from embedkit.data.sources import read_corpus
 
         sources = recipe.data.train if isinstance(recipe.data.train, list) else [recipe.data.train]
         for src in sources:
@@ -343,20 +345,16 @@ def format_table(overlap: Mapping[str, Mapping[str, Any]]) -> str:
 def overlap_report(source: str, overrides: list[str] | None = None, data_dir: str | None = None,
                    tasks: Sequence[str] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Overlap of a recipe's training data (or one data file) with every evaluation set: ``(overlap, notes)``."""
-    from embedkit.data.sources import read_local
-    from embedkit.recipe import RECIPES_DIR
 
     recipe = None
     bare = Path(source).name == source
     if source.endswith((".yaml", ".yml")) or (bare and not Path(source).exists()
                                               and (RECIPES_DIR / f"{source}.yaml").is_file()):
-        from embedkit.validate import load_recipe_with_data
 
         recipe, data = load_recipe_with_data(source, overrides, data_dir=data_dir)
         index, notes = index_training(data, recipe, data_dir)
     else:
         if overrides:
-            from embedkit.errors import EmbedkitError
 
             raise EmbedkitError(f"{source}: overrides ({' '.join(overrides)}) apply to a recipe, not a data file")
         index, notes = TrainIndex(), []
@@ -369,7 +367,6 @@ def overlap_report(source: str, overrides: list[str] | None = None, data_dir: st
 
 
 def _overlap_cli(args: Any) -> int:
-    import json
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     overlap, notes = overlap_report(args.source, args.overrides, args.data_dir, tasks)
