@@ -192,3 +192,35 @@ output: {{dir: {tmp_path / "out"}}}
     assert saved["overlap"]["STSBenchmark-dev"]["role"] == "selection"
     assert saved["dev"]["role"] == "selection"
     assert results["overlap"]["STS12"]["pairs_pct"] == round(100 / 3, 2)
+
+
+def test_the_card_marks_seen_tasks_in_its_table_model_index_and_overlap_section():
+    from huggingface_hub import ModelCard
+
+    from embedkit.card import build_card
+    from embedkit.evaluation.overlap import annotate_sts
+
+    overlap = {"STS12": {"kind": "pairs", "role": "test", "pairs_pct": 32.2, "pairs_norm_pct": 32.4,
+                         "texts_pct": 38.5, "texts_norm_pct": 38.6, "flagged": True},
+               "STS13": {"kind": "pairs", "role": "test", "pairs_pct": 0.0, "pairs_norm_pct": 0.0,
+                         "texts_pct": 0.1, "texts_norm_pct": 0.1, "flagged": False},
+               "trecqa-train-heldout": {"kind": "queries", "role": "selection", "queries_pct": 0.0,
+                                        "queries_norm_pct": 0.0, "texts_pct": 0.0, "texts_norm_pct": 0.0,
+                                        "flagged": False}}
+    sts = {"protocol": "senteval-sts-all", "avg": 75.0,
+           "tasks": {"STS12": {"spearman": 80.0, "pearson": 79.0, "n": 3108},
+                     "STS13": {"spearman": 70.0, "pearson": 69.0, "n": 1500}}}
+    annotate_sts(sts, overlap)
+    results = {"recipe": {"model": {"name": "base"}, "method": {"name": "cosent"}}, "sts": sts, "overlap": overlap}
+    card = build_card(results)
+    assert "| STS12 * | 80.00 |" in card and "| STS13 | 70.00 |" in card
+    assert "| **Avg, tasks not seen in training** | **70.00** |" in card
+    assert "Seen in training: STS12 32.2%" in card
+    assert "| STS12 | test | pairs | 32.20 | 32.40 | 38.50 |" in card
+    assert "| trecqa-train-heldout | selection | queries | 0.00 | 0.00 | 0.00 |" in card
+    assert "| STS13 | test |" not in card  # a clean test set is not listed
+    index = ModelCard(card).data.eval_results
+    by_task = {r.dataset_name: r for r in index}
+    assert by_task["STS12"].dataset_args["train_overlap_pairs_pct"] == 32.2
+    assert "32.2% of the pairs are in the training data" in by_task["STS12"].metric_name
+    assert "train_overlap_pairs_pct" not in (by_task["STS13"].dataset_args or {})
