@@ -224,3 +224,22 @@ def test_the_card_marks_seen_tasks_in_its_table_model_index_and_overlap_section(
     assert by_task["STS12"].dataset_args["train_overlap_pairs_pct"] == 32.2
     assert "32.2% of the pairs are in the training data" in by_task["STS12"].metric_name
     assert "train_overlap_pairs_pct" not in (by_task["STS13"].dataset_args or {})
+
+
+def test_eval_with_train_data_marks_seen_tasks(tmp_path, tiny_model_path, capsys):
+    data_dir = _tiny_data_dir(tmp_path / "data")
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"anchor": "Dogs run.", "positive": "A dog runs."}) + "\n", encoding="utf-8")
+    out = tmp_path / "eval"
+    assert main(["eval", tiny_model_path, "--tasks", "STS12", "--data-dir", str(data_dir), "--train-data", str(train),
+                 "-o", str(out), "--no-chart", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["overlap"]["STS12"]["pairs_seen"] == 1 and saved["sts"]["seen_in_training"] == ["STS12"]
+    assert saved["sts"]["avg_clean"] is None  # the one task that ran was seen
+    assert "STS12*" in printed and "overlap: STS12: 1/3 pairs" in printed
+
+
+def test_eval_refuses_a_missing_train_data_before_loading(tmp_path, capsys):
+    assert main(["eval", "no/such-model-folder", "--train-data", str(tmp_path / "nope.jsonl")]) == 2
+    assert "--train-data" in capsys.readouterr().err

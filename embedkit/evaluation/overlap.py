@@ -342,14 +342,20 @@ def format_table(overlap: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def is_recipe(source: str) -> bool:
+    """Whether ``source`` names a recipe (a YAML file, or a shipped recipe's bare name) rather than a data file."""
+    bare = Path(source).name == source and not Path(source).exists()
+    return source.endswith((".yaml", ".yml")) or (bare and (RECIPES_DIR / f"{source}.yaml").is_file())
+
+
 def overlap_report(source: str, overrides: list[str] | None = None, data_dir: str | None = None,
-                   tasks: Sequence[str] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Overlap of a recipe's training data (or one data file) with every evaluation set: ``(overlap, notes)``."""
+                   tasks: Sequence[str] | None = None, extra_sets: Sequence[EvalSet] = ()
+                   ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Overlap of a recipe's training data (or one data file) with every evaluation set (and ``extra_sets``, e.g.
+    ``embedkit eval``'s own reranking files): ``(overlap, notes)``."""
 
     recipe = None
-    bare = Path(source).name == source
-    if source.endswith((".yaml", ".yml")) or (bare and not Path(source).exists()
-                                              and (RECIPES_DIR / f"{source}.yaml").is_file()):
+    if is_recipe(source):
 
         recipe, data = load_recipe_with_data(source, overrides, data_dir=data_dir)
         index, notes = index_training(data, recipe, data_dir)
@@ -362,7 +368,7 @@ def overlap_report(source: str, overrides: list[str] | None = None, data_dir: st
     sets, absent = standard_sets(data_dir, tasks)
     named = recipe_sets(recipe, data_dir) if recipe is not None else []
     # A set the recipe selects on keeps its own entry, marked "selection".
-    overlap = measure_all(index, [*named, *sets])
+    overlap = measure_all(index, [*named, *extra_sets, *sets])
     return overlap, notes + [f"{name}: not measured ({why})" for name, why in absent.items()]
 
 
