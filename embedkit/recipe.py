@@ -185,12 +185,11 @@ class DevSection(Section):
     metric: str = Field("spearman", description="the metric that selects the checkpoint; stsb: spearman | pearson, "
                                                 "rerank: map | mrr@10, retrieval: ndcg@10 | recall@100 | mrr@10")
     split_from_train: float | None = Field(
-        None, gt=0, lt=1, description="select on this share of the training file held out of training (rerank: of "
-                                      "its questions; stsb: of its scored pairs) instead of a dev file; needs no path")
+        None, gt=0, lt=1, description="select on this share of the file at path (a training file: rerank, of its "
+                                      "questions; stsb, of its scored pairs), held out of every training source that "
+                                      "reads that file")
     split_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the held-out slice (the same for every "
                                                                  "training.seed, so seeds differ only in training)")
-    source: str | None = Field(None, description="multi-task recipes: the data.train source split_from_train holds "
-                                                 "out of")
 
     @model_validator(mode="before")
     @classmethod
@@ -220,12 +219,10 @@ class DevSection(Section):
         if self.split_from_train is not None:
             if self.kind == "retrieval":
                 raise ValueError("split_from_train: a held-out slice serves kind rerank or stsb, not retrieval")
-            if self.path or self.hub:
-                raise ValueError("split_from_train: the slice replaces the dev file; drop path/hub (or drop "
-                                 "split_from_train)")
+            if not self.path or self.hub:
+                raise ValueError("split_from_train: path names the local training file to hold the slice out of "
+                                 "(and no hub)")
             return self
-        if self.source is not None:
-            raise ValueError("source: names the training source of split_from_train, which is not set")
         if self.kind != "stsb" and self.hub:
             raise ValueError(f"hub: a {self.kind} dev set is read from a local path (hub is for kind stsb)")
         if self.kind != "stsb" and not self.path:

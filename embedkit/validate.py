@@ -93,8 +93,7 @@ def load_recipe_with_data(
     train_data = None
     if check_data:
         notes: list[str] = []  # said only once the checks pass: a refusal stays one line
-        train_data = _check_train_data(recipe, resolved_dir, method, source, lines, notes,
-                                       heldout_dev(recipe, None, source, lines))
+        train_data = _check_train_data(recipe, resolved_dir, method, source, lines, notes)
         _check_dev(recipe, resolved_dir, source, lines, notes)
         # The model and the Hub too (torch-free, cheap): a bad model folder, custom code or an unreachable Hub
         # fails here, before anything loads.
@@ -174,53 +173,51 @@ def _local_file(
     raise RecipeError(f"{where}: file not found: {path}")
 
 
-def heldout_dev(recipe: Recipe, name: str | None, source: str = "<recipe>", lines: dict | None = None
-                ) -> tuple[DevSection, str] | None:
-    """The ``data.dev`` entry whose ``split_from_train`` holds a slice out of training source ``name`` (``None``:
-    the one source of a single-task recipe), with its key path for errors; refuses a ``source`` that names no
-    training source."""
-    lines = lines or {}
+def heldout_devs(recipe: Recipe, train_path: str | None, data_dir: Path | None) -> list[tuple[DevSection, str]]:
+    """The ``data.dev`` entries whose ``split_from_train`` slices the training file ``train_path`` (the same file,
+    after ``{data_dir}``), with their key paths: that slice leaves this source's training rows."""
+    if train_path is None:
+        return []
     devs = recipe.data.dev if isinstance(recipe.data.dev, list) else [recipe.data.dev]
-    names = [s.name for s in recipe.data.train] if isinstance(recipe.data.train, list) else [None]
-    found = None
+    out = []
     for i, dev in enumerate(devs):
         if dev is None or dev.split_from_train is None:
             continue
-        key = ("data", "dev", *((i,) if isinstance(recipe.data.dev, list) else ()))
-        if dev.source not in names:
-            want = (f"one of the training sources ({', '.join(n for n in names if n)})" if names != [None]
-                    else "nothing in a single-source recipe (drop it)")
-            raise RecipeError(f"{_where(source, lines, (*key, 'source'))}: {dev.source!r} names no training source; "
-                              f"expected {want}")
-        if dev.source == name:
-            found = (dev, ".".join(map(str, key)))
-    return found
+        try:
+            path = Path(paths.expand(dev.path, data_dir))
+            if path.is_file() and path.samefile(train_path):
+                out.append((dev, ".".join(map(str, ("data", "dev", *((i,) if isinstance(recipe.data.dev, list)
+                                                                      else ()))))))
+        except (FileNotFoundError, OSError):
+            continue  # the dev check reports a missing file
+    return out
 
 
 def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source: str, lines: dict,
-                      notes: list[str], heldout: tuple[DevSection, str] | None = None) -> Any:
+                      notes: list[str], whole: Recipe | None = None) -> Any:
+    """One training source's rows, read in full and checked (``whole``: the multi-task recipe a source's view
+    belongs to, whose ``data.dev`` may hold a slice out of this source's file)."""
     src = recipe.data.train
     if src.mine is not None:
         _check_mine(recipe, data_dir, method, source, lines)
-    where = _where(source, lines, ("data", "train", "path"))
-    if heldout is not None and (src.path is None or infer_format(src.path, src.format) != heldout[0].kind):
-        raise RecipeError(f"{where}: {heldout[1]}.split_from_train holds a slice out of a local training file of "
-                          f"format {heldout[0].kind}; this source is "
-                          + (f"format {infer_format(src.path, src.format)}" if src.path else "a Hub dataset"))
     if src.path is None:
         return None  # a Hub dataset is read when training starts
-    path = _local_file(src.path, None if heldout else src.hub, data_dir, where,
-                       f"training reads the Hub dataset {src.hub} instead", notes)
+    where = _where(source, lines, ("data", "train", "path"))
+    path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead", notes)
     if path is None:
         return None
     data = _read_train_file(recipe, path, method, where, notes)
-    if heldout is not None:  # before max_samples: the slice is a function of the whole file
+    for dev, key in heldout_devs(whole or recipe, path, data_dir):  # before max_samples: the slice is of the whole file
+        fmt = infer_format(path, src.format)
+        if fmt != dev.kind:
+            raise RecipeError(f"{where}: {key}.split_from_train holds a {dev.kind} slice out of {path}, which this "
+                              f"source reads as format {fmt}; read it as format {dev.kind} (or hold out another file)")
         try:
-            held = split_heldout(path, heldout[0].kind, heldout[0].split_from_train, heldout[0].split_seed)
+            held = split_heldout(path, dev.kind, dev.split_from_train, dev.split_seed)
         except DataError as err:
-            raise RecipeError(f"{where}: {err}") from None
+            raise RecipeError(f"{_where(source, lines, (*key.split('.'), 'path'))}: {err}") from None
         data.columns = remove_heldout(data.columns, held)
-        data.description += f" less the {held.record['held_out']} held-out {held.record['unit']}s of {heldout[1]}"
+        data.description += f" less the {held.record['held_out']} {held.record['unit']}s held out by {key}"
     if src.max_samples:
         data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
     return data
@@ -281,7 +278,12 @@ def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict, 
         if dev is None or not dev.path:
             continue
         where = _where(source, lines, ("data", "dev", *((i,) if isinstance(recipe.data.dev, list) else ()), "path"))
-        if dev.kind == "stsb":
+        if dev.split_from_train is not None:  # the slice must read and be scorable
+            try:
+                split_heldout(paths.expand(dev.path, data_dir), dev.kind, dev.split_from_train, dev.split_seed)
+            except (DataError, FileNotFoundError) as err:
+                raise RecipeError(f"{where}: {err}") from None
+        elif dev.kind == "stsb":
             instead = f"STS-B dev comes from the Hub dataset {dev.hub} ({dev.split}) instead"
             _local_file(dev.path, dev.hub, data_dir, where, instead, notes, folder_file="sts-dev.csv")
         else:
@@ -354,14 +356,13 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
     recipe.data.train = [src.model_copy(update={"method": view.method}) for src, view in views]
     if not check_data:
         return recipe, None
-    heldout_dev(recipe, "", source, lines)  # a split_from_train source that names no training source fails here
     resolved_dir = paths.resolve_data_dir(data_dir)
     notes: list[str] = []
     parts: dict[str, Any] = {}
     for i, (src, view) in enumerate(views):
         try:
             parts[src.name] = _check_train_data(view, resolved_dir, get_method(view.method.name), source,
-                                                _source_lines(lines, i), notes, heldout_dev(recipe, src.name))
+                                                _source_lines(lines, i), notes, recipe)
         except RecipeError as err:
             raise RecipeError(_source_keys(str(err), i)) from None
     _check_dev(recipe, resolved_dir, source, lines, notes)

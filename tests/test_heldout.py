@@ -70,7 +70,8 @@ def test_stsb_slice_is_by_row(tmp_path):
 
 def test_recipe_trains_without_the_slice(tmp_path, tiny_model_path):
     train = rerank_file(tmp_path / "train.csv")
-    recipe = recipe_file(tmp_path, train, "{kind: rerank, split_from_train: 0.15, metric: map}", tiny_model_path)
+    recipe = recipe_file(tmp_path, train, f"{{kind: rerank, path: {train}, split_from_train: 0.15, metric: map}}",
+                         tiny_model_path)
     _, data = load_recipe_with_data(str(recipe))
     held = split_heldout(train, "rerank", 0.15, 0)
     assert len(data) == 17 and not set(data.columns["anchor"]) & held.queries
@@ -87,16 +88,17 @@ def test_mining_candidates_leave_out_held_out_questions(tmp_path):
 
 
 @pytest.mark.parametrize("dev, problem", [
-    ("{kind: rerank, split_from_train: 0.15, path: x.csv}", "drop path/hub"),
-    ("{kind: retrieval, split_from_train: 0.15}", "rerank or stsb, not retrieval"),
-    ("{kind: rerank, split_from_train: 1.5}", "split_from_train"),
-    ("{kind: stsb, split_from_train: 0.15}", "of format stsb; this source is format rerank"),
-    ("{kind: rerank, split_from_train: 0.15, source: qa}", "'qa' names no training source"),
-    ("{kind: rerank, path: x.csv, source: qa}", "split_from_train, which is not set"),
+    ("{kind: rerank, split_from_train: 0.15}", "path names the local training file"),
+    ("{kind: retrieval, path: TRAIN, split_from_train: 0.15}", "rerank or stsb, not retrieval"),
+    ("{kind: rerank, path: TRAIN, split_from_train: 1.5}", "split_from_train"),
+    ("{kind: stsb, path: TRAIN, split_from_train: 0.15}", "reads as format rerank; read it as format stsb"),
+    ("{kind: rerank, path: ONE, split_from_train: 0.5}", "no held-out question has both a positive and a negative"),
 ])
 def test_refusals_name_the_key(tmp_path, tiny_model_path, dev, problem):
     train = rerank_file(tmp_path / "train.csv")
-    recipe = recipe_file(tmp_path, train, dev, tiny_model_path)
+    one = tmp_path / "one.csv"  # two questions, each with positives only: no held-out question is scorable
+    one.write_text("qtext,label,atext\nq1?,1,a1\nq2?,1,a2\n", encoding="utf-8")
+    recipe = recipe_file(tmp_path, train, dev.replace("TRAIN", str(train)).replace("ONE", str(one)), tiny_model_path)
     with pytest.raises(RecipeError) as err:
         load_recipe_with_data(str(recipe))
     assert problem in str(err.value) and "recipe.yaml:" in str(err.value)
@@ -106,10 +108,43 @@ def test_training_selects_on_the_slice_and_records_it(tmp_path, tiny_model_path)
     from embedkit.training.run import train as run
 
     train = rerank_file(tmp_path / "train.csv")
-    recipe = recipe_file(tmp_path, train, "{kind: rerank, split_from_train: 0.15, metric: map}", tiny_model_path)
+    recipe = recipe_file(tmp_path, train, f"{{kind: rerank, path: {train}, split_from_train: 0.15, metric: map}}",
+                         tiny_model_path)
     run(str(recipe))
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     rec = saved["dev"]["split_from_train"][f"{tmp_path.name}-train-heldout"]
     assert rec["held_out"] == 3 and rec["of"] == 20 and rec["file"] == str(train)
     assert saved["dev"]["role"] == "selection" and saved["dev"]["name"] == f"{tmp_path.name}-train-heldout"
     assert saved["overlap"][f"{tmp_path.name}-train-heldout"]["queries_pct"] == 0.0  # disjoint from training
+
+
+def test_a_source_that_reads_the_file_in_another_format_is_refused(tmp_path, tiny_model_path):
+    train = rerank_file(tmp_path / "train.csv")
+    recipe = recipe_file(tmp_path, train, f"{{kind: rerank, path: {train}, split_from_train: 0.15}}", tiny_model_path)
+    recipe.write_text(recipe.read_text().replace("format: rerank", "format: csv, columns: [qtext, atext]"))
+    with pytest.raises(RecipeError, match="data.dev.split_from_train holds a rerank slice out of .* which this source "
+                                          "reads as format csv"):
+        load_recipe_with_data(str(recipe))
+
+
+def test_multitask_source_loses_the_slice(tmp_path, tiny_model_path):
+    train = rerank_file(tmp_path / "train.csv")
+    other = tmp_path / "pairs.jsonl"
+    other.write_text("".join(json.dumps({"anchor": f"x {i}", "positive": f"y {i}"}) + "\n" for i in range(20)))
+    recipe = tmp_path / "multi.yaml"
+    recipe.write_text(f"""\
+model: {{name: {tiny_model_path}, pooling: mean}}
+data:
+  train:
+    - {{name: qa, path: {train}, format: rerank, method: {{name: contrastive}}}}
+    - {{name: other, path: {other}, method: {{name: contrastive}}}}
+  dev:
+    - {{kind: rerank, path: {train}, split_from_train: 0.15, metric: map}}
+method: {{name: multitask}}
+training: {{batch_size: 4, max_steps: 2}}
+output: {{dir: {tmp_path / "out"}}}
+""")
+    _, data = load_recipe_with_data(str(recipe))
+    held = split_heldout(train, "rerank", 0.15, 0)
+    assert len(data.parts["qa"]) == 17 and not set(data.parts["qa"].columns["anchor"]) & held.queries
+    assert len(data.parts["other"]) == 20

@@ -176,23 +176,19 @@ class WeightedDevSet:
         return {"weighted": total / sum(self.weights), **out}
 
 
-def load_dev(dev: DevSection | list, data_dir: str | Path | None = None, train: Any = None
-             ) -> DevSet | WeightedDevSet:
+def load_dev(dev: DevSection | list, data_dir: str | Path | None = None) -> DevSet | WeightedDevSet:
     """The recipe's dev set, read in full (STS-B: local file/folder, else the Hub); a list: the weighted sets.
-    A ``split_from_train`` dev set is the slice held out of the training source in ``train`` (``data.train``)."""
+    A ``split_from_train`` dev set is the slice of its training file that training leaves out."""
     if isinstance(dev, list):
-        sets = [load_dev(d, data_dir, train) for d in dev]
+        sets = [load_dev(d, data_dir) for d in dev]
         names = [d.name for d in sets]
         if len(set(names)) != len(names):
             raise DataError(f"data.dev: two dev sets have the same name ({', '.join(names)}); list each set once")
         return WeightedDevSet(sets, [float(d.weight) for d in dev])
     if dev.split_from_train is not None:
-        sources = train if isinstance(train, list) else [train]
-        src = next((s for s in sources if s is not None and getattr(s, "name", None) == dev.source), None)
-        if src is None or src.path is None:
-            raise DataError(f"data.dev: split_from_train names training source {dev.source!r}, which has no local file")
+        assert dev.path is not None  # the schema requires it
         try:
-            path = paths.expand(src.path, paths.resolve_data_dir(data_dir))
+            path = paths.expand(dev.path, paths.resolve_data_dir(data_dir))
         except FileNotFoundError as err:
             raise DataError(str(err)) from None
         held = split_heldout(path, dev.kind, dev.split_from_train, dev.split_seed)

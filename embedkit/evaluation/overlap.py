@@ -239,7 +239,7 @@ def recipe_sets(recipe: Any, data_dir: str | Path | None) -> list[EvalSet]:
     """The sets a recipe itself names, read from their files: see :func:`named_sets`."""
     from embedkit.evaluation.core import load_dev, load_ranking
 
-    dev = load_dev(recipe.data.dev, data_dir, recipe.data.train) if recipe.data.dev is not None else None
+    dev = load_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
     final = [load_ranking("rerank", raw, data_dir=data_dir) for raw in recipe.eval.rerank]
     final += [load_ranking("retrieval", r.path, r.split, data_dir) for r in recipe.eval.retrieval]
     return named_sets(dev, final)

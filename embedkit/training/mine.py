@@ -28,7 +28,7 @@ from embedkit.log import is_main_process, log
 from embedkit.model_ref import check_model, load_model
 from embedkit.paths import atomic_path, expand, resolve_data_dir
 from embedkit.recipe import MineSection, Recipe, mine_window
-from embedkit.validate import heldout_dev, load_recipe_with_data
+from embedkit.validate import heldout_devs, load_recipe_with_data
 
 MINED_DIR = "mined"  # inside a run's output folder
 MINED_FILE = "train.jsonl"
@@ -170,9 +170,9 @@ def mine_for_training(recipe: Recipe, train_data: TrainData | None, model: Any, 
             local = expand(src.path, resolved)
         except FileNotFoundError:
             local = None
-    held = heldout_dev(recipe, None)
-    held_out = (split_heldout(local, held[0].kind, held[0].split_from_train, held[0].split_seed).queries
-                if held is not None and local else frozenset())
+    held_out: frozenset[str] = frozenset()
+    for dev, _ in heldout_devs(recipe, local if local and Path(local).is_file() else None, resolved):
+        held_out |= split_heldout(local, dev.kind, dev.split_from_train, dev.split_seed).queries
     corpus = corpus_texts(settings, local if local and Path(local).is_file() else None, src.format, resolved, held_out)
     mined = run_mining(model, train_data, settings, corpus)
     log(summary(mined.stats))

@@ -305,7 +305,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     from embedkit.modeling import build_model
     from embedkit.training.trainer import EmbedkitTrainer, load_method_state
 
-    dev_pairs = load_dev(recipe.data.dev, data_dir, recipe.data.train) if recipe.data.dev is not None else None
+    dev_pairs = load_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
     # The final evaluation's sets are read now too: a bad row fails before training, not after it.
     final_sets = tuple([load_ranking("rerank", p, "test", data_dir) for p in recipe.eval.rerank]
                        + [load_ranking("retrieval", e.path, e.split, data_dir) for e in recipe.eval.retrieval])
