@@ -497,8 +497,9 @@ def _report_overlap(results: dict[str, Any]) -> None:
         annotate_sts(results["sts"], overlap)
         if results["sts"]["seen_in_training"]:
             clean = results["sts"]["avg_clean"]
-            log(f"STS avg {results['sts']['avg']:.2f}; over the {len(results['sts']['avg_clean_tasks'])} tasks not "
-                "seen in training: " + (f"{clean:.2f}" if clean is not None else "none"))
+            n = len(results["sts"]["avg_clean_tasks"])
+            log(f"STS avg {results['sts']['avg']:.2f}; over the {n} task{'s' * (n != 1)} not seen in training: "
+                + (f"{clean:.2f}" if clean is not None else "none"))
 
 
 def _run_mteb(model: Any, recipe: Recipe, work: Path, data_dir: str | None) -> dict[str, Any]:
@@ -570,11 +571,12 @@ def _report_dev(dev: dict[str, Any], dev_set: Any) -> None:
     metric, label = dev_set.metric, dev_set.label
     what = "" if metric == "spearman" else f" {METRIC_LABELS[metric]}"  # STS-B's line stays as it always was
     after = dev["after"][metric]
+    role = "; the selection set: it chose the checkpoint, so this is not a test score"
     if "before" not in dev:
-        log(f"{label}{what} after training: {after:.2f}")
+        log(f"{label}{what} after training: {after:.2f} ({role[2:]})")
         return
     before = dev["before"][metric]
-    log(f"{label}{what} after training: {after:.2f} (before {before:.2f}, change {after - before:+.2f})")
+    log(f"{label}{what} after training: {after:.2f} (before {before:.2f}, change {after - before:+.2f}{role})")
     if after <= before:
         log(f"note: this run did not improve {label}{what} over the starting model; no gain is claimed.")
 
