@@ -134,6 +134,28 @@ def sts_tasks(results: dict[str, Any]) -> tuple[str | None, dict[str, dict[str, 
     return sts.get("protocol"), good
 
 
+def _seen_in_training(results: dict[str, Any]) -> dict[str, float]:
+    """{STS task: % of its pairs in the training data} for the tasks the run's overlap measure flagged."""
+    sts = results.get("sts") if isinstance(results.get("sts"), dict) else {}
+    overlap = sts.get("overlap") if isinstance(sts.get("overlap"), dict) else {}
+    return {t: float(o.get("pairs_pct") or 0.0) for t, o in overlap.items() if isinstance(o, dict) and o.get("flagged")}
+
+
+def overlap_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The card's overlap table: every evaluation set the training rows hold (flagged), and the selection sets."""
+    overlap = results.get("overlap") if isinstance(results.get("overlap"), dict) else {}
+    rows = []
+    for name, o in overlap.items():
+        if not isinstance(o, dict) or not (o.get("flagged") or o.get("role") == "selection"):
+            continue
+        unit = o.get("kind", "pairs")
+        rows.append({"name": name, "role": o.get("role", "test"), "unit": unit,
+                     "pct": _fmt(o.get(f"{unit}_pct", o.get("texts_pct"))),
+                     "norm": _fmt(o.get(f"{unit}_norm_pct", o.get("texts_norm_pct"))),
+                     "texts": _fmt(o.get("texts_pct"))})
+    return rows
+
+
 def mteb_tasks(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{task: {"main_score": float, ...}} from ``results["mteb"]``; entries without a main score are skipped."""
     mteb = results.get("mteb")
@@ -224,11 +246,16 @@ def eval_results(results: dict[str, Any]) -> list[EvalResult]:
 
     protocol, tasks = sts_tasks(results)
     protocol = protocol or "unspecified"
+    seen = _seen_in_training(results)
     out = []
     for name, scores in tasks.items():
         args: dict[str, Any] = {"protocol": protocol}
         if isinstance(scores.get("n"), int):
             args["pairs"] = scores["n"]
+        metric_name = f"Spearman correlation of cosine similarity × 100 ({protocol})"
+        if name in seen:  # measured overlap (embedkit/evaluation/overlap.py): partly a training score
+            args["train_overlap_pairs_pct"] = seen[name]
+            metric_name += f"; {seen[name]:.1f}% of the pairs are in the training data"
         out.append(EvalResult(
             task_type="sentence-similarity",
             task_name=f"Semantic Textual Similarity ({protocol})",
@@ -237,7 +264,7 @@ def eval_results(results: dict[str, Any]) -> list[EvalResult]:
             dataset_split="test",
             dataset_args=args,
             metric_type="spearman",
-            metric_name=f"Spearman correlation of cosine similarity × 100 ({protocol})",
+            metric_name=metric_name,
             metric_config=protocol,
             metric_value=round(float(scores["spearman"]), 2),
         ))
@@ -345,10 +372,17 @@ No evaluation was recorded for this run.
 | Task | Spearman | Pearson | Pairs |
 |:--|--:|--:|--:|
 {% for row in sts.rows %}
-| {{ row.name }} | {{ row.spearman }} | {{ row.pearson }} | {{ row.n }} |
+| {{ row.name }}{% if row.seen %} *{% endif %} | {{ row.spearman }} | {{ row.pearson }} | {{ row.n }} |
 {% endfor %}
 {% if sts.avg %}
 | **Avg** | **{{ sts.avg }}** | | |
+{% endif %}
+{% if sts.seen %}
+| **Avg, tasks not seen in training** | **{{ sts.avg_clean }}** | | |
+
+\\* Seen in training: {{ sts.seen_text }}
+of the scored pairs stand, verbatim, in the training data (measured, see *Overlap* below): those scores are
+partly training scores.
 {% endif %}
 {% if sts.deviations %}
 
@@ -377,6 +411,20 @@ Evaluation data: {{ sts.origin }}. SHA-256 of each file read:
 |:--|--:|:--|:--|:--|:--|
 {% for row in mteb %}
 | {{ row.task }} | {{ '%.4f' % row.score }} | {{ row.metric }} | {{ row.type }} | {{ row.split }} | {{ row.subset }} |
+{% endfor %}
+{% endif %}
+{% if overlap %}
+
+### Overlap between the training data and the evaluation sets
+
+Measured by embedkit (`embedkit data overlap`): the share of each set's units (scored pairs, or queries) and of
+its texts found in the training rows, exactly and after normalising case, punctuation and white space. Listed:
+the sets above 1% and the set that selected the checkpoint.
+
+| Set | Role | Unit | Seen % | Normalised % | Texts % |
+|:--|:--|:--|--:|--:|--:|
+{% for row in overlap %}
+| {{ row.name }} | {{ row.role }} | {{ row.unit }} | {{ row.pct }} | {{ row.norm }} | {{ row.texts }} |
 {% endfor %}
 {% endif %}
 {% for table in ranking %}
@@ -433,6 +481,7 @@ def _sts_context(results: dict[str, Any]) -> dict[str, Any] | None:
     if not tasks:
         return None
     sts = results["sts"]
+    seen = _seen_in_training(results)
     description = PROTOCOLS.get(protocol or "") or (f"setting: {sts['setting']}." if sts.get("setting") else
                                                     "as recorded in results.json.")
     data = sts.get("data") if isinstance(sts.get("data"), dict) else {}
@@ -447,8 +496,10 @@ def _sts_context(results: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "protocol": protocol or "unspecified", "description": description,
         "rows": [{"name": n, "spearman": _fmt(s.get("spearman")), "pearson": _fmt(s.get("pearson")),
-                  "n": s.get("n", "–")} for n, s in tasks.items()],
+                  "n": s.get("n", "–"), "seen": n in seen} for n, s in tasks.items()],
         "avg": _fmt(sts["avg"]) if isinstance(sts.get("avg"), (int, float)) else None,
+        "seen": seen, "avg_clean": _fmt(sts.get("avg_clean")),
+        "seen_text": ", ".join(f"{t} {pct:.1f}%" for t, pct in seen.items()),
         "deviations": [d for d in sts.get("deviations") or [] if isinstance(d, str)],
         "files": rows, "origin": origin,
     }
@@ -504,7 +555,7 @@ def render_sections(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         base=f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"the local model `{base}`",
         method=method, paper=method_info.get("paper"), training_data=_training_data(recipe),
         has_mteb=bool(rows) and bool(run.get("results_dir")),
-        sts=_sts_context(results), mteb=rows, ranking=_ranking_context(results),
+        sts=_sts_context(results), mteb=rows, ranking=_ranking_context(results), overlap=overlap_rows(results),
         mteb_version=(run.get("versions") or {}).get("mteb") or versions.get("mteb", "?"),
         mteb_local=sorted({r["task"] for r in rows if r.get("source") == "local"}),
         dev_lines=[line for line in _dev_section(results)[2:] if line],

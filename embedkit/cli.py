@@ -9,6 +9,7 @@ from pathlib import Path
 from embedkit.encode import add_cli as add_encode
 from embedkit.errors import EmbedkitError
 from embedkit.evaluation.cli import add_cli as add_eval
+from embedkit.evaluation.overlap import add_cli as add_overlap
 from embedkit.hub import add_cli as add_push
 from embedkit.merging import add_cli as add_merge
 from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect training data").add_subparsers(dest="data_command", required=True)
     add_diagnose(data)  # data diagnose (DebCSE's pair statistics, any recipe)
     add_mine(data)      # data mine (hard negatives for pairs, or a recipe's training data)
+    add_overlap(data)   # data overlap (training rows seen in each evaluation set)
     return parser
 
 

@@ -184,6 +184,12 @@ class DevSection(Section):
     split: str = Field("validation", description="stsb: the Hub split; retrieval: the qrels split (default dev)")
     metric: str = Field("spearman", description="the metric that selects the checkpoint; stsb: spearman | pearson, "
                                                 "rerank: map | mrr@10, retrieval: ndcg@10 | recall@100 | mrr@10")
+    split_from_train: float | None = Field(
+        None, gt=0, lt=1, description="select on this share of the file at path (a training file: rerank, of its "
+                                      "questions; stsb, of its scored pairs), held out of every training source that "
+                                      "reads that file")
+    split_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the held-out slice (the same for every "
+                                                                 "training.seed, so seeds differ only in training)")
 
     @model_validator(mode="before")
     @classmethod
@@ -195,6 +201,8 @@ class DevSection(Section):
         if kind not in DEV_METRICS:
             return data  # the Literal reports it
         defaults: dict[str, Any] = dict(_STSB_DEV) if kind == "stsb" else {"split": "dev"}
+        if data.get("split_from_train") is not None:  # the slice replaces the dev file
+            defaults = {k: v for k, v in defaults.items() if k not in ("path", "hub")}
         defaults["metric"] = DEV_METRICS[kind][0]
         return {**defaults, **data}
 
@@ -208,6 +216,13 @@ class DevSection(Section):
 
     @model_validator(mode="after")
     def _source(self) -> DevSection:
+        if self.split_from_train is not None:
+            if self.kind == "retrieval":
+                raise ValueError("split_from_train: a held-out slice serves kind rerank or stsb, not retrieval")
+            if not self.path or self.hub:
+                raise ValueError("split_from_train: path names the local training file to hold the slice out of "
+                                 "(and no hub)")
+            return self
         if self.kind != "stsb" and self.hub:
             raise ValueError(f"hub: a {self.kind} dev set is read from a local path (hub is for kind stsb)")
         if self.kind != "stsb" and not self.path:

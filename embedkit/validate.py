@@ -13,14 +13,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from embedkit import paths
+from embedkit.data.heldout import remove_heldout, split_heldout
 from embedkit.data.ranking import check_beir_layout, read_rerank
-from embedkit.data.sources import read_corpus, read_local
+from embedkit.data.sources import infer_format, read_corpus, read_local
 from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
 from embedkit.methods import get_method
 from embedkit.methods.multitask import MultiTrainData, source_method_problem
 from embedkit.model_ref import check_recipe_refs
 from embedkit.recipe import (
+    DevSection,
     MethodSection,
     Overrides,
     Recipe,
@@ -171,8 +173,30 @@ def _local_file(
     raise RecipeError(f"{where}: file not found: {path}")
 
 
+def heldout_devs(recipe: Recipe, train_path: str | None, data_dir: Path | None) -> list[tuple[DevSection, str]]:
+    """The ``data.dev`` entries whose ``split_from_train`` slices the training file ``train_path`` (the same file,
+    after ``{data_dir}``), with their key paths: that slice leaves this source's training rows."""
+    if train_path is None:
+        return []
+    devs = recipe.data.dev if isinstance(recipe.data.dev, list) else [recipe.data.dev]
+    out = []
+    for i, dev in enumerate(devs):
+        if dev is None or dev.split_from_train is None:
+            continue
+        try:
+            path = Path(paths.expand(dev.path, data_dir))
+            if path.is_file() and path.samefile(train_path):
+                out.append((dev, ".".join(map(str, ("data", "dev", *((i,) if isinstance(recipe.data.dev, list)
+                                                                      else ()))))))
+        except (FileNotFoundError, OSError):
+            continue  # the dev check reports a missing file
+    return out
+
+
 def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source: str, lines: dict,
-                      notes: list[str]) -> Any:
+                      notes: list[str], whole: Recipe | None = None) -> Any:
+    """One training source's rows, read in full and checked (``whole``: the multi-task recipe a source's view
+    belongs to, whose ``data.dev`` may hold a slice out of this source's file)."""
     src = recipe.data.train
     if src.mine is not None:
         _check_mine(recipe, data_dir, method, source, lines)
@@ -182,6 +206,25 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead", notes)
     if path is None:
         return None
+    data = _read_train_file(recipe, path, method, where, notes)
+    for dev, key in heldout_devs(whole or recipe, path, data_dir):  # before max_samples: the slice is of the whole file
+        fmt = infer_format(path, src.format)
+        if fmt != dev.kind:
+            raise RecipeError(f"{where}: {key}.split_from_train holds a {dev.kind} slice out of {path}, which this "
+                              f"source reads as format {fmt}; read it as format {dev.kind} (or hold out another file)")
+        try:
+            held = split_heldout(path, dev.kind, dev.split_from_train, dev.split_seed)
+        except DataError as err:
+            raise RecipeError(f"{_where(source, lines, (*key.split('.'), 'path'))}: {err}") from None
+        data.columns = remove_heldout(data.columns, held)
+        data.description += f" less the {held.record['held_out']} {held.record['unit']}s held out by {key}"
+    if src.max_samples:
+        data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
+    return data
+
+
+def _read_train_file(recipe: Recipe, path: str, method: Any, where: str, notes: list[str]) -> Any:
+    src = recipe.data.train
     if src.mine is not None:  # (anchor, positive) rows; the negatives are mined at training setup
         try:
             data = read_local(path, src.format, src.columns)
@@ -191,8 +234,6 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
             raise RecipeError(f"{where}: data.train.mine needs (anchor, positive) rows, the data gives "
                               f"{len(data.columns)} column(s) ({', '.join(data.columns)}); select them with "
                               "data.train.columns")
-        if src.max_samples:
-            data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
         return data
     try:
         data = method.read_train_file(path, recipe, notes)  # a method that builds its own rows (ccp), else None
@@ -203,8 +244,6 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     problem = method.column_problem(list(data.columns))
     if problem:
         raise RecipeError(f"{where}: {problem}")
-    if src.max_samples:
-        data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
     return data
 
 
@@ -239,7 +278,12 @@ def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict, 
         if dev is None or not dev.path:
             continue
         where = _where(source, lines, ("data", "dev", *((i,) if isinstance(recipe.data.dev, list) else ()), "path"))
-        if dev.kind == "stsb":
+        if dev.split_from_train is not None:  # the slice must read and be scorable
+            try:
+                split_heldout(paths.expand(dev.path, data_dir), dev.kind, dev.split_from_train, dev.split_seed)
+            except (DataError, FileNotFoundError) as err:
+                raise RecipeError(f"{where}: {err}") from None
+        elif dev.kind == "stsb":
             instead = f"STS-B dev comes from the Hub dataset {dev.hub} ({dev.split}) instead"
             _local_file(dev.path, dev.hub, data_dir, where, instead, notes, folder_file="sts-dev.csv")
         else:
@@ -318,7 +362,7 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
     for i, (src, view) in enumerate(views):
         try:
             parts[src.name] = _check_train_data(view, resolved_dir, get_method(view.method.name), source,
-                                                _source_lines(lines, i), notes)
+                                                _source_lines(lines, i), notes, recipe)
         except RecipeError as err:
             raise RecipeError(_source_keys(str(err), i)) from None
     _check_dev(recipe, resolved_dir, source, lines, notes)

@@ -222,6 +222,15 @@ def test_trained_model_meta_is_derived_from_the_model_and_its_recipe(tiny_model_
     assert (meta.embed_dim, meta.max_tokens) == (32, model.max_seq_length)
     assert meta.reference == "https://huggingface.co/alice/tiny" and meta.open_weights is True
 
+    # A run that measured its overlap (results.json "overlap") is described by the measurement: STS-B train holds
+    # STS12-16 test pairs, so those tasks are not zero-shot for it; a clean set (MR) is not listed.
+    (folder / "results.json").write_text(json.dumps({"finished": "2026-11-30T18:02:11+00:00", "overlap": {
+        **{t: {"flagged": True, "role": "test"} for t in ("STS12", "STS13", "STS14", "STS15", "STS16")},
+        "STSBenchmark-dev": {"flagged": False, "role": "selection"}, "MR": {"flagged": False, "role": "test"}}}))
+    measured = build_model_meta(model, "alice/tiny", None, path=str(folder), spec=str(folder), weights_sha256="f" * 64)
+    assert measured.training_datasets == ({"STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark"}
+                                          | set(registered_base.training_datasets))
+
     model.prompts = {"query": "query: ", "document": ""}
     recipe["output"]["license"] = "mit"
     prompted = build_model_meta(model, "local/tiny", None, recipe=recipe, weights_sha256="f" * 64)

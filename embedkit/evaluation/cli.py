@@ -17,6 +17,15 @@ from typing import Any
 
 from embedkit.data.ranking import RerankSet, read_beir, read_rerank
 from embedkit.errors import DataError, EmbedkitError
+from embedkit.evaluation.overlap import (
+    annotate_sts,
+    flagged,
+    from_beir,
+    from_rerank,
+    is_recipe,
+    overlap_report,
+    summary_line,
+)
 from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
 from embedkit.log import progress
@@ -57,6 +66,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dims", metavar="D[,D...]",
                    help="Matryoshka: also every score at these truncated dimensions (first D coordinates, then "
                         "normalised), e.g. 384,128,64")
+    p.add_argument("--train-data", metavar="RECIPE|FILE",
+                   help="the training data (a recipe, or a data file) whose overlap with the evaluation sets to "
+                        "measure and mark (default: a training output folder's own measurement)")
     g = p.add_argument_group("reranking and retrieval (docs/evaluation.md)")
     g.add_argument("--rerank", metavar="FILE", action="append", default=[],
                    help="a reranking CSV (qtext,label,atext): MAP and MRR@10; may be repeated")
@@ -137,6 +149,8 @@ def _check_args(args: argparse.Namespace) -> str:
         raise EmbedkitError("--dims applies to the STS suite, geometry, --rerank and --retrieval of one model (mteb "
                             "encodes through its own wrapper; run --compare apart)")
 
+    if args.train_data and not (Path(args.train_data).is_file() or is_recipe(args.train_data)):
+        raise EmbedkitError(f"--train-data {args.train_data}: no such file (expected a recipe or a training data file)")
     # Everything that can fail cheaply fails here, before any model loads: the models (first: no import needed),
     # the data folder, the Hub.
     check_model(args.model, what="model", trust_flag=None)
@@ -213,6 +227,7 @@ def run_cli(args: argparse.Namespace) -> int:
         )
         results["mteb"] = run.pop("tasks")
         results["mteb_run"] = run
+    _overlap(results, args, ranking_sets)
     results["versions"] = package_versions()
     results["seconds"] = round(time.perf_counter() - started, 2)
 
@@ -250,8 +265,32 @@ def run_cli(args: argparse.Namespace) -> int:
         print(mteb_table({"tasks": results["mteb"], **results["mteb_run"]}))
         if results["mteb_run"].get("submission"):
             print(f"submission files: {results['mteb_run']['submission']['dir']} (see its README.md)")
+    overlap = results.get("overlap") or {}
+    for name in flagged(overlap):
+        if name in results.get("sts", {}).get("tasks", {}) or any(name in results.get(k, {}) for k in
+                                                                  ("rerank", "retrieval")):
+            print(f"overlap: {summary_line(name, overlap[name])}")
     print(f"results: {path}" + (f"; chart: {chart}" if chart else ""))
     return 0
+
+
+def _overlap(results: dict[str, Any], args: argparse.Namespace, ranking_sets: list[Any]) -> None:
+    """``results["overlap"]`` from ``--train-data`` (measured now), else from a training output folder's own
+    ``results.json``; the STS result then marks the tasks seen in training and gives the clean average."""
+    from embedkit.evaluation.report import load_training_results
+
+    if args.train_data:
+        extra = [from_rerank(d) if isinstance(d, RerankSet) else from_beir(d) for d in ranking_sets]
+        overlap, notes = overlap_report(args.train_data, data_dir=args.data_dir, extra_sets=extra)
+        results["overlap_notes"] = notes
+    else:
+        training = load_training_results(args.model) if Path(args.model).is_dir() else None
+        overlap = (training or {}).get("overlap")
+    if not overlap:
+        return
+    results["overlap"] = overlap
+    if "sts" in results:
+        annotate_sts(results["sts"], overlap)
 
 
 def _score_ranking(model: Any, sets: list[Any], args: argparse.Namespace) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from embedkit import paths
+from embedkit.data.heldout import split_heldout
 from embedkit.data.ranking import BeirSet, RerankSet, read_beir, read_rerank
 from embedkit.data.sts import PairSet, read_stsb
 from embedkit.errors import DataError
@@ -106,6 +107,7 @@ class DevSet:
     name: str
     metric: str
     data: PairSet | RerankSet | BeirSet
+    heldout: dict[str, Any] | None = None  # split_from_train: the slice's record (file, share, seed, units)
 
     @property
     def label(self) -> str:
@@ -175,13 +177,22 @@ class WeightedDevSet:
 
 
 def load_dev(dev: DevSection | list, data_dir: str | Path | None = None) -> DevSet | WeightedDevSet:
-    """The recipe's dev set, read in full (STS-B: local file/folder, else the Hub); a list: the weighted sets."""
+    """The recipe's dev set, read in full (STS-B: local file/folder, else the Hub); a list: the weighted sets.
+    A ``split_from_train`` dev set is the slice of its training file that training leaves out."""
     if isinstance(dev, list):
         sets = [load_dev(d, data_dir) for d in dev]
         names = [d.name for d in sets]
         if len(set(names)) != len(names):
             raise DataError(f"data.dev: two dev sets have the same name ({', '.join(names)}); list each set once")
         return WeightedDevSet(sets, [float(d.weight) for d in dev])
+    if dev.split_from_train is not None:
+        assert dev.path is not None  # the schema requires it
+        try:
+            path = paths.expand(dev.path, paths.resolve_data_dir(data_dir))
+        except FileNotFoundError as err:
+            raise DataError(str(err)) from None
+        held = split_heldout(path, dev.kind, dev.split_from_train, dev.split_seed)
+        return DevSet(dev.kind, held.dev.name, dev.metric, held.dev, heldout=held.record)
     if dev.kind == "stsb":
         return DevSet("stsb", "stsb-dev", dev.metric, load_stsb_dev(dev, data_dir))
     assert dev.path is not None  # the schema requires it

@@ -201,6 +201,26 @@ def _training_datasets(recipe: dict[str, Any] | None) -> set[str]:
     return out
 
 
+# embedkit's overlap set names (embedkit/evaluation/overlap.py) that are not mteb's task names.
+_OVERLAP_TASKS = {"STSBenchmark-dev": "STSBenchmark", "trecqa-dev": "TRECQA-dev"}
+
+
+def measured_datasets(path: str | None) -> set[str] | None:
+    """mteb task names whose data the training run at ``path`` holds, from the overlap it measured
+    (``results.json`` ``overlap``: sets above 1% of their units, and the selection set); ``None`` where the run
+    recorded no measurement (then the fixed table of training files stands in)."""
+    if not path or not (Path(path) / "results.json").is_file():
+        return None
+    try:
+        overlap = json.loads((Path(path) / "results.json").read_text(encoding="utf-8")).get("overlap")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(overlap, dict):
+        return None
+    return {_OVERLAP_TASKS.get(name, name) for name, row in overlap.items()
+            if isinstance(row, dict) and (row.get("flagged") or row.get("role") == "selection")}
+
+
 def _read_recipe(path: str | None) -> dict[str, Any] | None:
     if not path or not (Path(path) / "recipe.yaml").is_file():
         return None
@@ -314,7 +334,8 @@ def build_model_meta(model: SentenceTransformer, name: str, revision: str | None
     base = (recipe.get("model") or {}).get("name")
     base_id = base if isinstance(base, str) and "/" in base and not Path(base).expanduser().exists() else None
     base_meta = registered_meta(base_id) if base_id else None
-    datasets = set(training_datasets or ()) | _training_datasets(recipe)
+    measured = measured_datasets(path)  # a run's own measurement beats the table of known training files
+    datasets = set(training_datasets or ()) | (measured if measured is not None else _training_datasets(recipe))
     if base_meta is not None and base_meta.training_datasets:
         datasets |= set(base_meta.training_datasets)  # a fine-tune has seen what its base model saw
     base_license = (base_meta.license if base_meta is not None else None) or _card_license(base)

@@ -56,12 +56,20 @@ def sts_table(res: dict[str, Any], other: dict[str, Any] | None = None, labels: 
              "'all' setting (subsets concatenated); STS-B and SICK-R test"]
     tasks = [t for t in TASKS if t in res.get("tasks", {})] or list(res.get("tasks", {}))
     avg_name = "STS avg" if len(tasks) == len(TASKS) else f"avg ({len(tasks)} tasks)"
+    seen = set(res.get("seen_in_training") or [])  # tasks the training data holds (evaluation/overlap.py)
+
+    def name(t: str) -> str:
+        return f"{t}*" if t in seen else t
+
     if other is None:
         lines.append(f"{'task':<14}{'pairs':>7}{'spearman':>10}{'pearson':>10}")
         for t in tasks:
             s = res["tasks"][t]
-            lines.append(f"{t:<14}{s.get('n', ''):>7}{_fmt(s.get('spearman'), 10)}{_fmt(s.get('pearson'), 10)}")
+            lines.append(f"{name(t):<14}{s.get('n', ''):>7}{_fmt(s.get('spearman'), 10)}{_fmt(s.get('pearson'), 10)}")
         lines.append(f"{avg_name:<14}{'':>7}{_fmt(res.get('avg'), 10)}")
+        if seen:
+            lines.append(f"{'clean avg':<14}{'':>7}{_fmt(res.get('avg_clean'), 10)}   "
+                         f"({len(res.get('avg_clean_tasks') or [])} tasks not seen in training)")
     else:
         a, b = labels
         lines.append(f"A = {a}, B = {b}")
@@ -86,6 +94,11 @@ def sts_table(res: dict[str, Any], other: dict[str, Any] | None = None, labels: 
     encoding = res.get("encoding") or {}
     if encoding.get("truncation"):
         lines.append(f"sentence length: {encoding['truncation']}")
+    for t in tasks:
+        if t in seen:
+            o = res["overlap"][t]
+            lines.append(f"* {t}: {o['pairs_pct']:.1f}% of its pairs ({o['pairs_norm_pct']:.1f}% normalised) and "
+                         f"{o['texts_pct']:.1f}% of its texts are in the training data: partly a training score")
     if res.get("avg_note"):
         lines.append(f"note: {res['avg_note']}")
     for note in res.get("deviations", []):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from embedkit.data.heldout import split_heldout
 from embedkit.data.ranking import read_rerank
 from embedkit.data.sources import TrainData, read_corpus, read_local, read_pairs, read_train_source
 from embedkit.errors import DataError, EmbedkitError, RecipeError
@@ -27,7 +28,7 @@ from embedkit.log import is_main_process, log
 from embedkit.model_ref import check_model, load_model
 from embedkit.paths import atomic_path, expand, resolve_data_dir
 from embedkit.recipe import MineSection, Recipe, mine_window
-from embedkit.validate import load_recipe_with_data
+from embedkit.validate import heldout_devs, load_recipe_with_data
 
 MINED_DIR = "mined"  # inside a run's output folder
 MINED_FILE = "train.jsonl"
@@ -39,15 +40,17 @@ def sidecars(output: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".stats.json"), stem.with_name(stem.name + ".png")
 
 
-def corpus_texts(settings: MineSection, train_path: str | None, train_format: str, data_dir: Path | None
-                 ) -> list[str] | None:
+def corpus_texts(settings: MineSection, train_path: str | None, train_format: str, data_dir: Path | None,
+                 held_out: frozenset[str] = frozenset()) -> list[str] | None:
     """The candidate texts beyond the positives: the ``corpus`` file, and for a reranking file (unless
-    ``candidates: false``) every candidate answer it lists; ``None`` when the pool of positives is all."""
+    ``candidates: false``) every candidate answer it lists but those of the ``held_out`` questions (a
+    ``split_from_train`` selection slice); ``None`` when the pool of positives is all."""
     texts: list[str] = []
     if settings.corpus is not None:
         texts += read_corpus(expand(settings.corpus, data_dir))
     if train_path is not None and train_format == "rerank" and settings.candidates is not False:
-        texts += read_rerank(train_path).candidates()
+        texts += [a for q in read_rerank(train_path).queries if q.query not in held_out
+                  for a in (*q.positives, *q.negatives)]
     return texts or None
 
 
@@ -167,7 +170,10 @@ def mine_for_training(recipe: Recipe, train_data: TrainData | None, model: Any, 
             local = expand(src.path, resolved)
         except FileNotFoundError:
             local = None
-    corpus = corpus_texts(settings, local if local and Path(local).is_file() else None, src.format, resolved)
+    held_out: frozenset[str] = frozenset()
+    for dev, _ in heldout_devs(recipe, local if local and Path(local).is_file() else None, resolved):
+        held_out |= split_heldout(local, dev.kind, dev.split_from_train, dev.split_seed).queries
+    corpus = corpus_texts(settings, local if local and Path(local).is_file() else None, src.format, resolved, held_out)
     mined = run_mining(model, train_data, settings, corpus)
     log(summary(mined.stats))
     if is_main_process():

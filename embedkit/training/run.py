@@ -29,6 +29,7 @@ from embedkit.card import add_method_citation, set_card_data, write_card
 from embedkit.data.sources import read_train_source
 from embedkit.errors import EmbedkitError, RecipeError
 from embedkit.evaluation import evaluate
+from embedkit.evaluation.overlap import annotate_sts, flagged, run_overlap, summary_line
 from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
 from embedkit.hub import push
@@ -347,11 +348,21 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
 
     results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {},
                                "train": batch_record(global_batch, per_device, world_size)}
-    if dev_pairs is not None:
-        results["dev"].update(kind=dev_pairs.kind, name=dev_pairs.name, metric=dev_pairs.metric)
+    if dev_pairs is not None:  # role: it chooses the checkpoint, so its score is a selection score, not a test
+        results["dev"].update(kind=dev_pairs.kind, name=dev_pairs.name, metric=dev_pairs.metric, role="selection")
+        held = {d.name: d.heldout for d in getattr(dev_pairs, "sets", [dev_pairs]) if d.heldout}
+        if held:  # data.dev.split_from_train: the slices held out of training
+            results["dev"]["split_from_train"] = held
+            for name, rec in held.items():
+                log(f"selection set {name}: {rec['held_out']} of {rec['of']} {rec['unit']}s of {rec['file']} held "
+                    f"out of training (share {rec['share']}, seed {rec['seed']})")
         if hasattr(dev_pairs, "rule"):  # several weighted dev sets
             results["dev"]["rule"] = dev_pairs.rule
             log(f"checkpoints selected on the weighted dev score {dev_pairs.rule}")
+    # What of every evaluation set the training rows already hold (docs/evaluation.md#overlap), before training.
+    results["overlap"], overlap_notes = run_overlap(train_data, recipe, data_dir, dev_pairs, final_sets)
+    for note in overlap_notes:
+        log(f"overlap: {note}")
     if multi:
         results["train"]["tasks"] = tasks.summary
         results["train"]["sampler"] = recipe.method.model_dump()["sampler"]
@@ -457,6 +468,7 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
                                   show_progress_bar=None)
     if recipe.eval.mteb:
         results["mteb"] = _run_mteb(model, recipe, folder.work, data_dir)
+    _report_overlap(results)
 
     results.update({
         "method": {"name": recipe.method.name, "paper": run.method_cls.paper, "citation": run.method_cls.citation},
@@ -477,6 +489,21 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     if recipe.output.push_to_hub:
         push(out, recipe.output.push_to_hub, private=recipe.output.private)
     return results
+
+
+def _report_overlap(results: dict[str, Any]) -> None:
+    """One line per evaluation set the training rows hold (above 1% of its units), and the STS suite's average
+    over the clean tasks beside the usual one."""
+    overlap = results.get("overlap") or {}
+    for name in flagged(overlap):
+        log(f"overlap: {summary_line(name, overlap[name])}")
+    if "sts" in results and overlap:
+        annotate_sts(results["sts"], overlap)
+        if results["sts"]["seen_in_training"]:
+            clean = results["sts"]["avg_clean"]
+            n = len(results["sts"]["avg_clean_tasks"])
+            log(f"STS avg {results['sts']['avg']:.2f}; over the {n} task{'s' * (n != 1)} not seen in training: "
+                + (f"{clean:.2f}" if clean is not None else "none"))
 
 
 def _run_mteb(model: Any, recipe: Recipe, work: Path, data_dir: str | None) -> dict[str, Any]:
@@ -548,11 +575,12 @@ def _report_dev(dev: dict[str, Any], dev_set: Any) -> None:
     metric, label = dev_set.metric, dev_set.label
     what = "" if metric == "spearman" else f" {METRIC_LABELS[metric]}"  # STS-B's line stays as it always was
     after = dev["after"][metric]
+    role = "; the selection set: it chose the checkpoint, so this is not a test score"
     if "before" not in dev:
-        log(f"{label}{what} after training: {after:.2f}")
+        log(f"{label}{what} after training: {after:.2f} ({role[2:]})")
         return
     before = dev["before"][metric]
-    log(f"{label}{what} after training: {after:.2f} (before {before:.2f}, change {after - before:+.2f})")
+    log(f"{label}{what} after training: {after:.2f} (before {before:.2f}, change {after - before:+.2f}{role})")
     if after <= before:
         log(f"note: this run did not improve {label}{what} over the starting model; no gain is claimed.")
 
