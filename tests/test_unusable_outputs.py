@@ -40,7 +40,7 @@ def write_pairs(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 @pytest.mark.parametrize(("rows", "extra", "message"), [
     ([("what is a cat", "a small feline")], [],
-     "0 of 1 rows can get 3 negatives whatever the model: there is one pair; "),
+     "0 of 1 row can get 3 negatives whatever the model: there is one pair; "),
     ([("what is a cat", f"answer number {i}") for i in range(6)], [],
      "0 of 6 rows can get 3 negatives whatever the model: every row has the same anchor, so each positive is one "
      "of its labelled positives; "),
@@ -69,7 +69,7 @@ def test_identical_pairs_count_as_one_pair(tmp_path, capsys):
                  "-o", str(tmp_path / "m.jsonl")]) == 2
     line = one_error(capsys)
     assert "0 of 4 rows can get 3 negatives whatever the model: the 4 rows are one pair repeated;" in line, line
-    assert "at most 0 candidates remain for a row" in line
+    assert "(the positives, 1 distinct text), at most 0 candidates remain for a row" in line
 
 
 def test_a_filter_that_drops_every_row_writes_nothing(tmp_path, tiny_model_path, capsys):
@@ -106,7 +106,7 @@ def test_a_share_of_kept_rows_under_min_rows_kept_is_named_with_its_cause():
     assert too_few_kept(mined.stats, MineSection(num_negatives=2)) is None
     reason = too_few_kept(mined.stats, MineSection(num_negatives=2, min_rows_kept=0.8))
     assert reason.startswith("3 of 4 rows kept 2 negatives, fewer than min_rows_kept 0.8 of them: of ") and \
-        "(max_score_ratio 0.95) dropped 3," in reason and "leaving 1 rows with fewer than 2" in reason and \
+        "(max_score_ratio 0.95) dropped 3," in reason and "leaving 1 row with fewer than 2" in reason and \
         "(or lower min_rows_kept to accept them)" in reason, reason
 
 

@@ -62,6 +62,11 @@ def cli_flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 row``, ``2 rows``, ``1,000 rows``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def unreachable_rows(pairs: TrainData, settings: MineSection, corpus: Sequence[str] | None,
                      name: Callable[[str], str] = recipe_key) -> str | None:
     """Why too few rows can get ``num_negatives`` negatives whatever the model (counted on the texts, before a
@@ -89,13 +94,15 @@ def unreachable_rows(pairs: TrainData, settings: MineSection, corpus: Sequence[s
     elif len(labelled) == 1:
         cause = "every row has the same anchor, so each positive is one of its labelled positives"
     else:
-        cause = f"{n:,} rows give {len(pool):,} distinct candidate texts"
+        cause = f"{_n(n, 'row')} give {_n(len(pool), 'distinct candidate text')}"
     share = "" if not able else f" (fewer than {name('min_rows_kept')} {settings.min_rows_kept:g} of them)"
-    return (f"{able:,} of {n:,} rows can get {settings.num_negatives} negatives whatever the model{share}: {cause}; "
-            f"once an anchor's own text and labelled positives leave the pool (the positives"
-            f"{' and the corpus' if corpus else ''}, {len(pool):,} distinct texts), at most {max(free.values()):,} "
-            f"candidates remain for a row, and {name('range_min')} + {name('num_negatives')} = {need} are needed; "
-            f"give more pairs or a {name('corpus')}, or ask for fewer negatives")
+    most = max(free.values(), default=0)
+    return (f"{able:,} of {_n(n, 'row')} can get {_n(settings.num_negatives, 'negative')} whatever the model"
+            f"{share}: {cause}; once an anchor's own text and labelled positives leave the pool (the positives"
+            f"{' and the corpus' if corpus else ''}, {_n(len(pool), 'distinct text')}), at most "
+            f"{_n(most, 'candidate')} {'remains' if most == 1 else 'remain'} for a row, and {name('range_min')} + "
+            f"{name('num_negatives')} = {need} are needed; give more pairs or a {name('corpus')}, or ask for fewer "
+            "negatives")
 
 
 def too_few_kept(stats: dict[str, Any], settings: MineSection, name: Callable[[str], str] = recipe_key
@@ -109,10 +116,11 @@ def too_few_kept(stats: dict[str, Any], settings: MineSection, name: Callable[[s
         else []
     filters += [f"{name('margin')} {settings.margin:g}"] if settings.margin is not None else []
     share = "" if not rows else f", fewer than {name('min_rows_kept')} {settings.min_rows_kept:g} of them"
-    return (f"{rows:,} of {n:,} rows kept {k} negatives{share}: of {stats['candidates_considered']:,} candidates in "
-            f"ranks [{stats['range_min']}, {stats['range_max']}) the false-negative filter "
-            f"({', '.join(filters) or 'off'}) dropped {stats['dropped_by_filter']:,}, leaving {stats['rows_short']:,} "
-            f"rows with fewer than {k}; relax the filter, widen {name('range_max')} or lower {name('num_negatives')}"
+    return (f"{rows:,} of {_n(n, 'row')} kept {_n(k, 'negative')}{share}: of "
+            f"{_n(stats['candidates_considered'], 'candidate')} in ranks [{stats['range_min']}, {stats['range_max']}) "
+            f"the false-negative filter ({', '.join(filters) or 'off'}) dropped {stats['dropped_by_filter']:,}, "
+            f"leaving {_n(stats['rows_short'], 'row')} with fewer than {k}; relax the filter, widen "
+            f"{name('range_max')} or lower {name('num_negatives')}"
             + (f" (or lower {name('min_rows_kept')} to accept them)" if rows else ""))
 
 
