@@ -19,7 +19,8 @@ b, e.g. the pretrained model every input was fine-tuned from):
 
 Every rule is computed in float64 and cast back once to the first model's dtype, so rounding in the sum does not
 show: merging two copies of one model returns it bit for bit, and λ = 0 returns the base bit for bit. Tensors that
-are not floating point (integer buffers such as ``position_ids``) are copied from the first model.
+are not floating point (integer buffers such as ``position_ids``) are copied from the first model. Inputs holding
+NaN or ±inf are refused, and so is a result that overflows its dtype (a λ of 1e300), before anything is written.
 
 The output is the first model's sentence-transformers folder (its modules, pooling and tokenizer) with the
 merged weights (safetensors), a model card (README.md) and ``merge.json``; it is written in a staging folder beside
@@ -108,6 +109,9 @@ def coefficients(method: str, n_models: int, *, base: str | None = None, weights
         if any(v < 0 for v in w) or sum(w) <= 0:
             raise MergeError(f"--weights {w}: expected non-negative weights with a positive sum")
         total = sum(w)
+        if not math.isfinite(total):  # each wᵢ / inf would be 0: a model of zeros
+            raise MergeError(f"--weights {','.join(f'{v:g}' for v in w)}: their sum overflows to {total}; "
+                             "weights are relative (normalised to sum 1), so scale them down, e.g. 1,1")
         return [v / total for v in w]
     if method == "task-arithmetic":
         if lambdas is None:
@@ -231,6 +235,44 @@ def merge_state_dicts(states: Sequence[dict[str, Tensor]], method: str, *, base:
             for name in states[0]}
 
 
+def first_non_finite(state: dict[str, Tensor]) -> tuple[str, int, int] | None:
+    """The first floating tensor of ``state`` holding NaN or ±inf: (name, how many elements, of how many)."""
+    import torch
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                return name, bad, tensor.numel()
+    return None
+
+
+def check_finite_inputs(state: dict[str, Tensor], name: str) -> None:
+    """An input holding NaN or ±inf weights would carry them into every merge: refused, naming the tensor."""
+    found = first_non_finite(state)
+    if found is not None:
+        key, bad, total = found
+        raise MergeError(f"{name}: holds non-finite weights ({key}: {bad:,} of {total:,} elements are NaN or "
+                         "±inf); merge only models whose weights are finite")
+
+
+def check_finite_result(merged: dict[str, Tensor], method: str, coeffs: Sequence[float] | None) -> None:
+    """The merged weights must be finite in their dtype: a λ large enough overflows the cast back (float64 to
+    float32 gives ±inf past 3.4e38), and such a model embeds every text as NaN."""
+    found = first_non_finite(merged)
+    if found is None:
+        return
+    import torch
+
+    key, bad, total = found
+    limit = torch.finfo(merged[key].dtype).max
+    shown = list(dict.fromkeys(coeffs or []))  # one λ for all models: as it was given
+    what = f"--lambdas {','.join(f'{c:g}' for c in shown)}" if method == "task-arithmetic" else f"--method {method}"
+    raise MergeError(f"{what}: the merged weights overflow {str(merged[key].dtype).removeprefix('torch.')} "
+                     f"({key}: {bad:,} of {total:,} elements beyond ±{limit:.3g}); expected smaller λ, so that "
+                     "b + Σ λᵢ (θᵢ − b) stays finite; nothing was written")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Compatibility
 
@@ -286,18 +328,54 @@ def check_modules(ref: SentenceTransformer, other: SentenceTransformer, name: st
                              f"has {ca.get(key)!r}")
 
 
+# Cased text, accents, CJK and compatibility characters: any difference in how two tokenizers normalise text
+# before the vocabulary shows in this text's tokens.
+PROBE_TEXT = "Héllo WORLD, naïve Café 東京 ½ ﬁne"
+TEXT_SETTINGS = ("do_lower_case", "strip_accents", "tokenize_chinese_chars")
+
+
+def _text_handling(tokenizer: Any) -> dict[str, Any]:
+    """What a tokenizer does to text before looking tokens up: its casing / accent settings and, for a fast
+    tokenizer, its normalizer and pre-tokenizer (flattened to dotted keys, e.g. ``normalizer.lowercase``)."""
+    out = {k: getattr(tokenizer, k) for k in TEXT_SETTINGS if hasattr(tokenizer, k)}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+
+        def flatten(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    flatten(f"{prefix}.{k}", v)
+            else:
+                out[prefix] = value
+        for part in ("normalizer", "pre_tokenizer"):
+            flatten(part, spec.get(part))
+    return out
+
+
 def check_tokenizers(ref: SentenceTransformer, other: SentenceTransformer, name: str, ref_name: str) -> None:
-    """The same vocabulary (token → id), so that every embedding row means the same token in each model."""
+    """The same vocabulary (token → id), so that every embedding row means the same token in each model, and the
+    same text handling (casing, accents, normalizer), so that a text maps to the same tokens in each."""
     va = ref.tokenizer.get_vocab() if ref.tokenizer is not None else {}
     vb = other.tokenizer.get_vocab() if other.tokenizer is not None else {}
-    if va == vb:
+    if va != vb:
+        if len(va) != len(vb):
+            raise MergeError(f"{name}: tokenizer vocabulary has {len(vb)} tokens, {ref_name}'s has {len(va)}; "
+                             "models with different tokenizers cannot be merged")
+        differ = sorted(t for t in set(va) | set(vb) if va.get(t) != vb.get(t))
+        raise MergeError(f"{name}: tokenizer vocabulary differs from {ref_name}'s ({len(differ)} tokens, e.g. "
+                         f"{differ[0]!r}, map to different ids); models with different tokenizers cannot be merged")
+    if ref.tokenizer is None or other.tokenizer is None:
         return
-    if len(va) != len(vb):
-        raise MergeError(f"{name}: tokenizer vocabulary has {len(vb)} tokens, {ref_name}'s has {len(va)}; "
-                         "models with different tokenizers cannot be merged")
-    differ = sorted(t for t in set(va) | set(vb) if va.get(t) != vb.get(t))
-    raise MergeError(f"{name}: tokenizer vocabulary differs from {ref_name}'s ({len(differ)} tokens, e.g. "
-                     f"{differ[0]!r}, map to different ids); models with different tokenizers cannot be merged")
+    ha, hb = _text_handling(ref.tokenizer), _text_handling(other.tokenizer)
+    ta, tb = ref.tokenizer.tokenize(PROBE_TEXT), other.tokenizer.tokenize(PROBE_TEXT)
+    differ = [k for k in ha if k in hb and ha[k] != hb[k]]
+    if differ or ta != tb:
+        setting = f"{differ[0]}={hb[differ[0]]!r}, {ref_name}'s has {ha[differ[0]]!r}" if differ else \
+            "another text normalisation"
+        example = f"{PROBE_TEXT!r} is {tb} there, {ta} in {ref_name}" if ta != tb else "the same probe tokens"
+        raise MergeError(f"{name}: same vocabulary but its tokenizer reads text differently ({setting}; "
+                         f"{example}); models whose tokenizers differ in casing or normalisation cannot be merged")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -423,17 +501,21 @@ def merge(models: Sequence[str], method: str = "average", *, base: str | None = 
         check_state_dicts(states[0], state, name, models[0])
         check_modules(loaded[0], model, name, models[0])
         check_tokenizers(loaded[0], model, name, models[0])
+    for state, name in zip(states, models):
+        check_finite_inputs(state, name)
     base_state = None
     if base is not None:
         base_model = load_model(base, device="cpu")[0]
         base_state = base_model.state_dict()
         check_state_dicts(states[0], base_state, f"base {base}", models[0])
         check_tokenizers(loaded[0], base_model, f"base {base}", models[0])
+        check_finite_inputs(base_state, f"base {base}")
     digests = [tensors_digest(s) for s in states]
     start = time.perf_counter()
     stats = DeltaStats() if method == "delta" else None
     merged = merge_state_dicts(states, method, base=base_state, coeffs=coeffs, granularity=granularity,
                                stats=stats)
+    check_finite_result(merged, method, coeffs)
     result = loaded[0]
     result.load_state_dict(merged)
     shown = stats.mean_weights() if stats is not None else list(coeffs or [])

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -32,6 +33,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from embedkit.data.textio import decode_utf8
 from embedkit.errors import DataError, EmbedkitError, RecipeError
@@ -40,9 +42,42 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 class Section(BaseModel):
-    """Base for recipe sections: unknown keys are errors, values are checked on assignment."""
+    """Base for recipe sections: unknown keys are errors, values are checked on assignment, and no number is
+    infinite or NaN (``.inf`` / ``.nan`` in YAML)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Seeds go to numpy's legacy generator (transformers.set_seed -> np.random.seed), which takes 0 .. 2**32 - 1.
+SEED_MAX = 2**32 - 1
+# A loss weight multiplies that loss's gradients. Past 1e6 the float32 gradient norm can overflow (an element of
+# 2e19 squares to inf), and clipping by an infinite norm zeroes the update; weights are relative, so nothing is
+# lost by scaling them all down.
+MAX_WEIGHT = 1e6
+
+
+def _seed(value: int) -> int:
+    if not 0 <= value <= SEED_MAX:
+        raise PydanticCustomError("seed_range", "expected a seed in 0 .. {high} (the range numpy's random "
+                                  "generator takes)", {"high": SEED_MAX})
+    return value
+
+
+def _at_most_max_weight(reason: str) -> AfterValidator:
+    def check(value: float) -> float:
+        if value > MAX_WEIGHT:
+            raise PydanticCustomError("weight_range", "expected at most 1e6: {reason}; weights are relative, so "
+                                      "scale them all down", {"reason": reason})
+        return value
+    return AfterValidator(check)
+
+
+Seed = Annotated[int, AfterValidator(_seed)]
+_GRADIENTS = "a loss weight multiplies its gradients, and their float32 norm can overflow beyond that"
+LossWeight = Annotated[float, Field(ge=0), _at_most_max_weight(_GRADIENTS)]
+PositiveLossWeight = Annotated[float, Field(gt=0), _at_most_max_weight(_GRADIENTS)]
+DevWeight = Annotated[float, Field(gt=0), _at_most_max_weight("the selection score Σ w·metric / Σ w depends "
+                                                              "only on their ratios")]
 
 
 class LoraSection(Section):
@@ -121,8 +156,11 @@ class MineSection(Section):
                                "column; a reranking CSV: its answers); default: the pool of positives")
     candidates: bool | None = Field(None, description="format rerank: add every candidate answer of the file "
                                     "(label 0 too) to the corpus; default true for rerank data")
-    seed: int | None = Field(None, description="random sampling seed (default: training.seed)")
+    seed: Seed | None = Field(None, description="random sampling seed (default: training.seed)")
     batch_size: int = Field(128, gt=0, description="encoding batch size")
+    min_rows_kept: float = Field(0.5, ge=0, le=1, description="the share of rows that must keep num_negatives "
+                                 "negatives, else mining fails naming why (0: accept any share; no row is always "
+                                 "an error)")
 
     @model_validator(mode="after")
     def _window(self) -> MineSection:
@@ -138,7 +176,7 @@ class MineSection(Section):
 class MethodSection(BaseModel):
     """``name`` plus the method's own parameters, validated by the method's schema."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
 
 
@@ -240,14 +278,14 @@ class TaskSource(TrainSource):
 
     name: str = Field(pattern=TASK_NAME, description="short identifier of the source (letters, digits, _ and -)")
     method: MethodSection = Field(description="this source's method: name and that method's own parameters")
-    weight: float = Field(1.0, gt=0, description="sampler balanced: this source's share of the steps "
+    weight: PositiveLossWeight = Field(1.0, description="sampler balanced: this source's share of the steps "
                                                  "(w / Σ w); the other samplers: its loss is multiplied by it")
 
 
 class WeightedDev(DevSection):
     """One dev set of a list ``data.dev``: checkpoints are selected on Σ weight·metric / Σ weight."""
 
-    weight: float = Field(1.0, gt=0, description="this dev metric's weight in the selection score")
+    weight: DevWeight = Field(1.0, description="this dev metric's weight in the selection score")
 
 
 def _source_kind(value: Any) -> str:
@@ -314,7 +352,7 @@ class TrainingSection(Section):
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW eps (Contriever: 1e-6)")
     lr_scheduler: Literal["linear", "constant", "cosine", "constant_with_warmup"] = "linear"
     max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 42
+    seed: Seed = 42
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "fp32", description="auto: bf16 where the hardware has fast bf16, else fp32"
     )
@@ -331,7 +369,7 @@ class TrainingSection(Section):
         None, min_length=1, description="Matryoshka: the main loss also on these truncated, re-normalised prefixes "
         "of the embedding (e.g. [384, 256, 128, 64]); null: off",
     )
-    matryoshka_weights: list[float] | None = Field(
+    matryoshka_weights: list[LossWeight] | None = Field(
         None, description="one weight per matryoshka_dims entry (default 1 each; the weighted losses are summed)"
     )
     group_by_length: bool = Field(
@@ -352,8 +390,6 @@ class TrainingSection(Section):
         w = self.matryoshka_weights
         if w is not None and (self.matryoshka_dims is None or len(w) != len(self.matryoshka_dims)):
             raise ValueError("training.matryoshka_weights needs one weight per training.matryoshka_dims entry")
-        if w is not None and any(x < 0 for x in w):
-            raise ValueError("training.matryoshka_weights must not be negative")
         return self
 
 
@@ -361,14 +397,15 @@ class TermEntry(BaseModel):
     """One extra objective term: ``name`` (see :mod:`embedkit.losses.terms`), ``weight`` and the term's own
     keys, validated by the term's schema."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
+    weight: LossWeight = Field(1.0, description="multiplies the term before it is added to the loss")
 
 
 class ObjectiveSection(Section):
     """Extra objective terms added to the method's loss, each with a weight, logged separately."""
 
-    main_weight: float = Field(1.0, ge=0, description="weight of the method's own loss (0: the terms alone)")
+    main_weight: LossWeight = Field(1.0, description="weight of the method's own loss (0: the terms alone)")
     terms: list[TermEntry] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -35,6 +35,9 @@ class Case:
     setup: Callable[[Path, str], list[str]]  # (folder, tiny model) -> argv after `embedkit`
     expect_rc: int = 2
     env: dict[str, str] | None = None
+    # For a command that is meant to succeed: checks what it wrote (raises AssertionError when wrong) and returns
+    # the line the table shows; the case's own files must stay as they were, new files are allowed.
+    verify: Callable[[Path], str] | None = None
 
 
 def recipe(folder: Path, model: str, **sections: str) -> Path:
@@ -72,9 +75,10 @@ def finished_run(folder: Path, model: str) -> Path:
     return path
 
 
-def _c(name: str, what: str, expect_rc: int = 2, env: dict[str, str] | None = None):
+def _c(name: str, what: str, expect_rc: int = 2, env: dict[str, str] | None = None,
+       verify: Callable[[Path], str] | None = None):
     def wrap(fn: Callable[[Path, str], list[str]]) -> Case:
-        case = Case(name, what, fn, expect_rc, env)
+        case = Case(name, what, fn, expect_rc, env, verify)
         CASES.append(case)
         return case
     return wrap
@@ -344,6 +348,203 @@ def _(f, m):
     return ["eval", "someone/some-model"]
 
 
+# Numbers checked for what they will do ---------------------------------------------------------------------
+
+
+def multitask_recipe(folder: Path, model: str, sts: str = "", dev: str = "null") -> Path:
+    """Two cosent sources of 32 scored pairs each; ``sts`` adds keys to the first source (``weight: 1e30``)."""
+    for name in ("sts", "para"):
+        (folder / f"{name}.csv").write_text("sentence1,sentence2,score\n" + "".join(
+            f"{name} sentence {i} about {i % 5},another {name} sentence {i} about {i % 3},{(i % 6) / 5}\n"
+            for i in range(32)), encoding="utf-8")
+    extra = f", {sts}" if sts else ""
+    return recipe(folder, model, method="method: {name: multitask, sampler: round_robin}", data=(
+        f"data:\n  train:\n  - {{name: sts, path: {folder / 'sts.csv'}, method: {{name: cosent}}{extra}}}\n"
+        f"  - {{name: para, path: {folder / 'para.csv'}, method: {{name: cosent}}}}\n  dev: {dev}"))
+
+
+def rerank_file(path: Path, flip: bool = False) -> Path:
+    """A small reranking CSV (4 questions, one positive and two negatives each)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("qtext,label,atext\n" + "".join(
+        f"question {q},{int((i == 0) != flip)},answer {q}.{i} about {q * i}\n" for q in range(4) for i in range(3)),
+        encoding="utf-8")
+    return path
+
+
+@_c("seed-negative", "`training.seed=-1` (numpy seeds with 0 .. 2**32-1)")
+def _(f, m):
+    return ["train", str(recipe(f, m)), "training.seed=-1"]
+
+
+@_c("seed-too-large", "`training.seed=4294967296`")
+def _(f, m):
+    return ["check", str(recipe(f, m)), "training.seed=4294967296"]
+
+
+@_c("lr-inf", "`learning_rate: .inf`")
+def _(f, m):
+    return ["check", str(recipe(f, m, training="training: {batch_size: 8, learning_rate: .inf}"))]
+
+
+@_c("method-param-nan", "`temperature: .nan`")
+def _(f, m):
+    return ["check", str(recipe(f, m, method="method: {name: simcse-unsup, temperature: .nan}"))]
+
+
+@_c("source-weight-huge", "multi-task source `weight: 1e30` (infinite gradient norms, clipped to no-op updates)")
+def _(f, m):
+    return ["train", str(multitask_recipe(f, m, "weight: 1e30"))]
+
+
+@_c("source-weight-inf", "multi-task source `weight: .inf` (ended in \"loss is nan\")")
+def _(f, m):
+    return ["train", str(multitask_recipe(f, m, "weight: .inf"))]
+
+
+@_c("dev-weight-inf", "dev set `weight: .inf` (selection score inf/inf = NaN)")
+def _(f, m):
+    dev = rerank_file(f / "dev" / "dev.csv")
+    return ["train", str(multitask_recipe(f, m, dev=f"[{{kind: rerank, path: {dev}, weight: .inf}}]"))]
+
+
+@_c("matryoshka-weight-inf", "`matryoshka_weights: [1, .inf]`")
+def _(f, m):
+    return ["check", str(recipe(f, m, training="training: {batch_size: 8, matryoshka_dims: [32, 16], "
+                                               "matryoshka_weights: [1, .inf]}"))]
+
+
+def merge_inputs(folder: Path, model: str, change: str = "noise") -> tuple[str, str]:
+    """Two sentence-transformers folders of the tiny model: ``a`` as it is, ``b`` changed (``noise``: seeded
+    noise on every float tensor; ``nan``: one NaN; ``cased``: a tokenizer that keeps case)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    a = SentenceTransformer(model, device="cpu")
+    a.save(str(folder / "a"), create_model_card=False)
+    b = SentenceTransformer(model, device="cpu")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, tensor in b.state_dict().items():
+            if tensor.is_floating_point() and change == "noise":
+                tensor.add_(torch.randn(tensor.shape, generator=gen) * 0.02)
+            elif tensor.is_floating_point() and change == "nan" and name.endswith("word_embeddings.weight"):
+                tensor[0, 0] = float("nan")
+    b.save(str(folder / "b"), create_model_card=False)
+    if change == "cased":
+        config = json.loads((folder / "b" / "tokenizer_config.json").read_text())
+        config["do_lower_case"] = False
+        (folder / "b" / "tokenizer_config.json").write_text(json.dumps(config))
+        tok = json.loads((folder / "b" / "tokenizer.json").read_text())
+        tok["normalizer"]["lowercase"] = False
+        (folder / "b" / "tokenizer.json").write_text(json.dumps(tok))
+    return str(folder / "a"), str(folder / "b")
+
+
+@_c("merge-weights-overflow", "`merge --weights 1e308,1e308` (Σ w = inf: wrote a model of zeros)")
+def _(f, m):
+    return ["merge", *merge_inputs(f, m), "--weights", "1e308,1e308", "-o", str(f / "soup")]
+
+
+@_c("merge-weights-nan", "`merge --weights nan,1`")
+def _(f, m):
+    return ["merge", *merge_inputs(f, m), "--weights", "nan,1", "-o", str(f / "soup")]
+
+
+@_c("merge-lambdas-overflow", "`merge --method task-arithmetic --lambdas 1e300` (wrote inf/NaN weights; the "
+                              "result is known once the weights are read)")
+def _(f, m):
+    a, b = merge_inputs(f, m)
+    return ["merge", b, b, "--method", "task-arithmetic", "--base", a, "--lambdas", "1e300", "-o", str(f / "sum")]
+
+
+@_c("merge-nan-input", "`merge` of a model holding a NaN weight (read with the weights)")
+def _(f, m):
+    return ["merge", *merge_inputs(f, m, "nan"), "-o", str(f / "soup")]
+
+
+@_c("merge-casing", "`merge` of tokenizers with one vocabulary, one lower-cased and one cased (was merged; "
+                    "compared once the models are loaded, as the vocabularies are)")
+def _(f, m):
+    return ["merge", *merge_inputs(f, m, "cased"), "-o", str(f / "soup")]
+
+
+# Nothing produced that cannot be used --------------------------------------------------------------------
+
+
+def pairs_file(folder: Path, rows: list[tuple[str, str]]) -> Path:
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"anchor": a, "positive": p}) + "\n" for a, p in rows), encoding="utf-8")
+    return path
+
+
+@_c("mine-one-pair", "`data mine` of one pair (wrote a 0-row file, exit 0)")
+def _(f, m):
+    return ["data", "mine", "--pairs", str(pairs_file(f, [("what is a cat", "a small feline")])), "--model", m,
+            "-o", str(f / "m.jsonl")]
+
+
+@_c("mine-one-anchor", "`data mine`: six pairs of one question (each answer is a labelled positive)")
+def _(f, m):
+    rows = [("what is a cat", f"answer number {i}") for i in range(6)]
+    return ["data", "mine", "--pairs", str(pairs_file(f, rows)), "--model", m, "-o", str(f / "m.jsonl")]
+
+
+@_c("mine-identical-texts", "`data mine`: anchor and positive the same text, three rows")
+def _(f, m):
+    rows = [(f"text {i}", f"text {i}") for i in range(3)]
+    return ["data", "mine", "--pairs", str(pairs_file(f, rows)), "--model", m, "-o", str(f / "m.jsonl")]
+
+
+@_c("mine-k-too-large", "`data mine --num-negatives 20` with 12 texts")
+def _(f, m):
+    rows = [(f"question {i}", f"answer {i}") for i in range(12)]
+    return ["data", "mine", "--pairs", str(pairs_file(f, rows)), "--model", m, "--num-negatives", "20",
+            "-o", str(f / "m.jsonl")]
+
+
+@_c("mine-filter-drops-all", "`data mine --max-score-ratio 0.01` (the filter keeps no row; known once the texts "
+                             "are encoded)")
+def _(f, m):
+    rows = [(f"question {i} about {i % 3}", f"answer {i}") for i in range(12)]
+    return ["data", "mine", "--pairs", str(pairs_file(f, rows)), "--model", m, "--max-score-ratio", "0.01",
+            "-o", str(f / "m.jsonl")]
+
+
+@_c("mine-seed-negative", "`data mine --seed -1`")
+def _(f, m):
+    rows = [(f"question {i}", f"answer {i}") for i in range(12)]
+    return ["data", "mine", "--pairs", str(pairs_file(f, rows)), "--model", m, "--seed", "-1",
+            "-o", str(f / "m.jsonl")]
+
+
+@_c("mine-margin-inf", "`data mine --margin inf`")
+def _(f, m):
+    rows = [(f"question {i}", f"answer {i}") for i in range(12)]
+    return ["data", "mine", "--pairs", str(pairs_file(f, rows)), "--model", m, "--margin", "inf",
+            "-o", str(f / "m.jsonl")]
+
+
+def _two_results(f: Path) -> str:
+    saved = json.loads((f / "res" / "results.json").read_text(encoding="utf-8"))["rerank"]
+    assert sorted(saved) == ["x-trecqa-dev", "y-trecqa-dev"], sorted(saved)
+    assert saved["x-trecqa-dev"]["map"] != saved["y-trecqa-dev"]["map"]
+    return "results.json: rerank " + ", ".join(f"{k} (MAP {v['map']:.2f})" for k, v in sorted(saved.items()))
+
+
+@_c("eval-same-derived-name", "`eval --rerank x/trecqa/dev.csv --rerank y/trecqa/dev.csv` (kept one result)",
+    expect_rc=0, verify=_two_results)
+def _(f, m):
+    x, y = rerank_file(f / "x" / "trecqa" / "dev.csv"), rerank_file(f / "y" / "trecqa" / "dev.csv", flip=True)
+    return ["eval", m, "--rerank", str(x), "--rerank", str(y), "--suite", "none", "-o", str(f / "res")]
+
+
+@_c("eval-same-file-twice", "`eval --rerank r.csv --rerank ./r.csv`")
+def _(f, m):
+    rerank_file(f / "r.csv")
+    return ["eval", m, "--rerank", "r.csv", "--rerank", "./r.csv", "--suite", "none", "-o", str(f / "res")]
+
+
 # encode / inspect / push ---------------------------------------------------------------------------------
 
 
@@ -427,10 +628,19 @@ def main() -> None:
         after = snapshot(folder)
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("embedkit:")] or \
             [ln for ln in proc.stdout.splitlines() if ln.startswith("[embedkit]")][-1:] or ["(no message)"]
-        message = lines[0].replace(str(folder), "<tmp>").replace(str(base), "<base>").replace("|", "\\|")
         traceback = "Traceback" in proc.stderr
         ok = "yes" if before == after else f"no: {sorted(set(after) ^ set(before))[:3]}"
-        flag = "" if proc.returncode == case.expect_rc and not traceback else " **(unexpected)**"
+        verified = True
+        if case.verify is not None and proc.returncode == case.expect_rc:
+            try:
+                lines = [case.verify(folder)]
+            except (AssertionError, OSError, ValueError, KeyError) as err:
+                lines, verified = [f"wrong output: {err}"], False
+            kept = all(after.get(k) == v for k, v in before.items())
+            new = len(set(after) - set(before))
+            ok = f"yes (wrote {new} new file{'' if new == 1 else 's'})" if kept else ok
+        message = lines[0].replace(str(folder), "<tmp>").replace(str(base), "<base>").replace("|", "\\|")
+        flag = "" if proc.returncode == case.expect_rc and not traceback and verified else " **(unexpected)**"
         rows.append(f"| {case.name} | {case.what} | {proc.returncode}{flag} | `{message}` | {seconds:.1f} | {ok} |")
         print(rows[-1], flush=True)
     table = "\n".join(rows)

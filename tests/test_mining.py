@@ -386,7 +386,8 @@ def test_two_processes_mine_the_same_file_each_encoding_its_shard(tmp_path, spre
     driver = tmp_path / "driver.py"
     driver.write_text(COUNTING_DRIVER, encoding="utf-8")
     args = ["data", "mine", "--pairs", str(pairs), "--model", spread_model_path, "--corpus", str(corpus),
-            "--num-negatives", "3", "--sampling-strategy", "random", "--seed", "5"]
+            "--num-negatives", "3", "--sampling-strategy", "random", "--seed", "5",
+            "--min-rows-kept", "0.25"]  # the filter keeps 18 of 40 rows, under the default half
     runs = {}
     for nproc in (1, 2):
         env = {**child_env(tmp_path), "COUNT_FILE": str(tmp_path / f"count{nproc}")}

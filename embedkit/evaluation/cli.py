@@ -176,7 +176,7 @@ def run_cli(args: argparse.Namespace) -> int:
     """Run ``embedkit eval``; results.json is written only when everything succeeded."""
     started = time.perf_counter()
     suite = _check_args(args)  # before the imports below (scipy, ~1 s): a bad argument answers at once
-    from embedkit.evaluation.core import ranking_name
+    from embedkit.evaluation.core import ranking_names
     from embedkit.evaluation.mteb_eval import run_mteb
     from embedkit.evaluation.report import (
         dev_history,
@@ -199,8 +199,11 @@ def run_cli(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"arguments": {k: v for k, v in vars(args).items() if k != "func"}}
     # Reranking files and BEIR folders are read in full before the model loads: a bad row fails at once.
 
-    ranking_sets = [read_rerank(f, name=ranking_name("rerank", f)) for f in args.rerank] + [
-        read_beir(d, args.split, name=ranking_name("retrieval", d, args.split)) for d in args.retrieval]
+    # Sets whose derived names clash (x/trecqa/dev.csv, y/trecqa/dev.csv) are told apart by their folders.
+    names = ranking_names([("rerank", f, "test") for f in args.rerank]
+                          + [("retrieval", d, args.split) for d in args.retrieval])
+    ranking_sets = [read_rerank(f, name=n) for f, n in zip(args.rerank, names)] + [
+        read_beir(d, args.split, name=n) for d, n in zip(args.retrieval, names[len(args.rerank):])]
     model, spec = load_model(args.model)
     if suite == "sts":
         results["sts"] = evaluate(model, "sts", geometry=args.geometry, model_path=spec, dims=args.dims,
@@ -217,7 +220,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if ranking_sets:
         results.update(_score_ranking(model, ranking_sets, args))
     if args.mteb or args.mteb_benchmark or args.as_mteb:
-        extra = _mteb_ranking_tasks(args) if args.as_mteb else None
+        extra = _mteb_ranking_tasks(args, names) if args.as_mteb else None
         run = run_mteb(
             model, args.mteb, args.mteb_benchmark, extra_tasks=extra, data_dir=args.data_dir, cache_dir=out / "mteb",
             batch_size=args.batch_size, source=args.source, autocast=args.autocast, model_name=args.model_name,
@@ -309,10 +312,12 @@ def _score_ranking(model: Any, sets: list[Any], args: argparse.Namespace) -> dic
     return out
 
 
-def _mteb_ranking_tasks(args: argparse.Namespace) -> list[Any]:
+def _mteb_ranking_tasks(args: argparse.Namespace, names: list[str]) -> list[Any]:
+    """The --rerank / --retrieval sets as local mteb tasks, under the names their own scores carry."""
     from embedkit.evaluation.mteb_eval import import_mteb
 
     import_mteb()  # sets mteb's cache folder before the task module imports mteb
     from embedkit.evaluation.mteb_tasks import local_rerank_task, local_retrieval_task
 
-    return [local_rerank_task(f) for f in args.rerank] + [local_retrieval_task(d, args.split) for d in args.retrieval]
+    return [local_rerank_task(f, n) for f, n in zip(args.rerank, names)] + [
+        local_retrieval_task(d, args.split, n) for d, n in zip(args.retrieval, names[len(args.rerank):])]

@@ -5,6 +5,7 @@ selects checkpoints on (STS-B, a reranking file or a retrieval folder: :func:`lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,14 +127,58 @@ def ranking_name(kind: str, path: str | Path, split: str = "test") -> str:
     return f"{path.parent.name}-{path.stem}" if kind == "rerank" else f"{path.name}-{split}"
 
 
-def load_ranking(kind: str, raw: str, split: str = "test", data_dir: str | Path | None = None) -> RerankSet | BeirSet:
-    """A reranking file or BEIR folder named by a recipe path (``{data_dir}`` expanded), read in full."""
+def ranking_names(sets: Sequence[tuple[str, str | Path, str]]) -> list[str]:
+    """A distinct name for each (kind, path, split): :func:`ranking_name`, with as many of the path's enclosing
+    folders in front as it takes to tell sets of one name apart (``x-trecqa-dev``, ``y-trecqa-dev`` for
+    ``x/trecqa/dev.csv`` and ``y/trecqa/dev.csv``). The same set given twice is a :class:`DataError`."""
+    resolved = [Path(p).expanduser().resolve() for _, p, _ in sets]
+    seen: dict[tuple, str | Path] = {}
+    for (kind, raw, split), path in zip(sets, resolved):
+        key = (kind, path, split if kind == "retrieval" else "")
+        if key in seen:
+            raise DataError(f"{raw}: given twice as a {kind} set (also as {seen[key]}); give each once")
+        seen[key] = raw
+
+    def named(i: int, depth: int) -> str:
+        kind, raw, split = sets[i]
+        named_folder = resolved[i].parent if kind == "rerank" else resolved[i]  # its name is in ranking_name
+        extra = [folder.name for folder in list(named_folder.parents)[:depth] if folder.name]
+        return "-".join([*reversed(extra), ranking_name(kind, raw, split)])
+
+    names = [named(i, 0) for i in range(len(sets))]
+    for depth in range(1, max((len(p.parts) for p in resolved), default=0) + 1):
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1]
+        if not clash:
+            break
+        for i in clash:
+            names[i] = named(i, depth)
+    return names
+
+
+def load_ranking(kind: str, raw: str, split: str = "test", data_dir: str | Path | None = None,
+                 name: str | None = None) -> RerankSet | BeirSet:
+    """A reranking file or BEIR folder named by a recipe path (``{data_dir}`` expanded), read in full; its name
+    is ``name``, by default :func:`ranking_name`."""
     try:
         path = Path(paths.expand(raw, paths.resolve_data_dir(data_dir)))
     except FileNotFoundError as err:
         raise DataError(str(err)) from None
-    name = ranking_name(kind, path, split)
+    name = name or ranking_name(kind, path, split)
     return read_rerank(path, name=name) if kind == "rerank" else read_beir(path, split, name=name)
+
+
+def load_rankings(sets: Sequence[tuple[str, str, str]], data_dir: str | Path | None = None
+                  ) -> list[RerankSet | BeirSet]:
+    """:func:`load_ranking` of each (kind, recipe path, split), each under a distinct name (:func:`ranking_names`)."""
+    root = paths.resolve_data_dir(data_dir)
+    expanded = []
+    for kind, raw, split in sets:
+        try:
+            expanded.append((kind, Path(paths.expand(raw, root)), split))
+        except FileNotFoundError as err:
+            raise DataError(str(err)) from None
+    return [load_ranking(kind, str(path), split, data_dir, name=name)
+            for (kind, path, split), name in zip(expanded, ranking_names(expanded))]
 
 
 @dataclass

@@ -237,11 +237,11 @@ def standard_sets(data_dir: str | Path | None, tasks: Sequence[str] | None = Non
 
 def recipe_sets(recipe: Any, data_dir: str | Path | None) -> list[EvalSet]:
     """The sets a recipe itself names, read from their files: see :func:`named_sets`."""
-    from embedkit.evaluation.core import load_dev, load_ranking
+    from embedkit.evaluation.core import load_dev, load_rankings
 
     dev = load_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
-    final = [load_ranking("rerank", raw, data_dir=data_dir) for raw in recipe.eval.rerank]
-    final += [load_ranking("retrieval", r.path, r.split, data_dir) for r in recipe.eval.retrieval]
+    final = load_rankings([("rerank", raw, "test") for raw in recipe.eval.rerank]
+                          + [("retrieval", r.path, r.split) for r in recipe.eval.retrieval], data_dir)
     return named_sets(dev, final)
 
 

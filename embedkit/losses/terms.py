@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class TermParams(BaseModel):
     """Base of a term's recipe entry: ``name``, ``weight``, then the term's own keys; unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str
     weight: float = Field(1.0, ge=0, description="multiplies the term before it is added to the loss")
 

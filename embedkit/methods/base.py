@@ -29,9 +29,9 @@ _REGISTRY: dict[str, type[Method]] = {}
 
 
 class MethodParams(BaseModel):
-    """Base for a method's parameter schema: unknown keys are errors."""
+    """Base for a method's parameter schema: unknown keys are errors, and so is an infinite or NaN number."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass

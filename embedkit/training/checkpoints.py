@@ -3,7 +3,8 @@
 When a checkpoint has been written (model, optimizer, scheduler, RNG, trainer state, method state), the trainer
 writes ``embedkit_checkpoint.json`` into it last, atomically, listing every file with its size and SHA-256.
 ``--resume`` walks the checkpoints newest first and takes the first whose files all match; a checkpoint that a
-full disk or a kill during a save left truncated is skipped with the reason. Torch-free, so ``--resume`` with no
+full disk or a kill during a save left truncated is skipped with the reason, and so is one whose weights were
+not finite when it was saved (the manifest's ``weights_finite``). Torch-free, so ``--resume`` with no
 usable checkpoint answers before a model loads.
 """
 
@@ -50,6 +51,8 @@ def verify(folder: Path) -> str | None:
     except (OSError, ValueError):
         return f"its manifest {COMPLETE_MARKER} does not parse"
     files = manifest.get("files") if isinstance(manifest, dict) else None
+    if isinstance(manifest, dict) and manifest.get("weights_finite") is False:
+        return "its weights are not finite (NaN or ±inf: training had diverged by this save)"
     if files is None:
         return None  # written by an embedkit before manifests listed files: complete, not verifiable
     for rel, entry in files.items():
@@ -83,8 +86,23 @@ def newest_intact(folder: str | os.PathLike) -> tuple[Path | None, list[tuple[st
     return None, skipped
 
 
-def latest_complete(folder: str | os.PathLike) -> Path | None:
-    """The checkpoint with the highest step whose manifest exists (unverified: cheap, for messages)."""
+def complete_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The checkpoints whose manifest exists, newest (highest step) first (unverified: cheap, for messages)."""
     steps = [(s, p) for p in Path(folder).glob("checkpoint-*") if (s := _step(p)) is not None
              and (p / COMPLETE_MARKER).is_file()]
-    return max(steps)[1] if steps else None
+    return [p for _, p in sorted(steps, reverse=True)]
+
+
+def manifest_of(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's manifest, or ``{}`` when it is missing or does not parse."""
+    try:
+        manifest = json.loads((checkpoint / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def latest_complete(folder: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest step whose manifest exists (unverified: cheap, for messages)."""
+    found = complete_checkpoints(folder)
+    return found[0] if found else None

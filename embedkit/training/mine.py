@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,78 @@ def corpus_texts(settings: MineSection, train_path: str | None, train_format: st
         texts += [a for q in read_rerank(train_path).queries if q.query not in held_out
                   for a in (*q.positives, *q.negatives)]
     return texts or None
+
+
+def recipe_key(key: str) -> str:
+    """How a message names a :class:`MineSection` setting in a recipe (``data.train.mine.<key>``)."""
+    return key
+
+
+def cli_flag(key: str) -> str:
+    """How a message names a :class:`MineSection` setting on ``embedkit data mine``'s command line."""
+    return "--" + key.replace("_", "-")
+
+
+def _n(count: int, noun: str) -> str:
+    """``1 row``, ``2 rows``, ``1,000 rows``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def unreachable_rows(pairs: TrainData, settings: MineSection, corpus: Sequence[str] | None,
+                     name: Callable[[str], str] = recipe_key) -> str | None:
+    """Why too few rows can get ``num_negatives`` negatives whatever the model (counted on the texts, before a
+    model loads), or ``None``. A row needs ``range_min + num_negatives`` candidates once its anchor's own text
+    and labelled positives are removed from the pool (the positives plus the corpus, as
+    :func:`embedkit.mining.mine_negatives` builds it)."""
+    anchors, positives = (list(map(str, v)) for v in pairs.columns.values())
+    need = settings.range_min + settings.num_negatives
+    pool = {*(corpus or ()), *positives}
+    labelled: dict[str, set[str]] = {}
+    for a, p in zip(anchors, positives):
+        labelled.setdefault(a, set()).add(p)
+    # The labelled positives are all in the pool; the anchor's own text is too when some row's positive is it.
+    free = {a: len(pool) - len(ps) - (a in pool and a not in ps) for a, ps in labelled.items()}
+    able = sum(free[a] >= need for a in anchors)
+    if able and able >= settings.min_rows_kept * len(anchors):
+        return None
+    n = len(anchors)
+    if n == 1:
+        cause = "there is one pair"
+    elif len(set(zip(anchors, positives))) == 1:
+        cause = f"the {n:,} rows are one pair repeated"
+    elif all(a == p for a, p in zip(anchors, positives)):
+        cause = "every row's anchor and positive are the same text"
+    elif len(labelled) == 1:
+        cause = "every row has the same anchor, so each positive is one of its labelled positives"
+    else:
+        cause = f"{_n(n, 'row')} give {_n(len(pool), 'distinct candidate text')}"
+    share = "" if not able else f" (fewer than {name('min_rows_kept')} {settings.min_rows_kept:g} of them)"
+    most = max(free.values(), default=0)
+    return (f"{able:,} of {_n(n, 'row')} can get {_n(settings.num_negatives, 'negative')} whatever the model"
+            f"{share}: {cause}; once an anchor's own text and labelled positives leave the pool (the positives"
+            f"{' and the corpus' if corpus else ''}, {_n(len(pool), 'distinct text')}), at most "
+            f"{_n(most, 'candidate')} {'remains' if most == 1 else 'remain'} for a row, and {name('range_min')} + "
+            f"{name('num_negatives')} = {need} are needed; give more pairs or a {name('corpus')}, or ask for fewer "
+            "negatives")
+
+
+def too_few_kept(stats: dict[str, Any], settings: MineSection, name: Callable[[str], str] = recipe_key
+                 ) -> str | None:
+    """Why the mined rows are too few to use (none, or fewer than ``min_rows_kept`` of the input rows), from the
+    counts of :func:`embedkit.mining.mine_negatives`; ``None`` when enough rows kept ``num_negatives``."""
+    rows, n, k = stats["rows"], stats["rows_in"], stats["num_negatives"]
+    if rows and rows >= settings.min_rows_kept * n:
+        return None
+    filters = [f"{name('max_score_ratio')} {settings.max_score_ratio:g}"] if settings.max_score_ratio is not None \
+        else []
+    filters += [f"{name('margin')} {settings.margin:g}"] if settings.margin is not None else []
+    share = "" if not rows else f", fewer than {name('min_rows_kept')} {settings.min_rows_kept:g} of them"
+    return (f"{rows:,} of {_n(n, 'row')} kept {_n(k, 'negative')}{share}: of "
+            f"{_n(stats['candidates_considered'], 'candidate')} in ranks [{stats['range_min']}, {stats['range_max']}) "
+            f"the false-negative filter ({', '.join(filters) or 'off'}) dropped {stats['dropped_by_filter']:,}, "
+            f"leaving {_n(stats['rows_short'], 'row')} with fewer than {k}; relax the filter, widen "
+            f"{name('range_max')} or lower {name('num_negatives')}"
+            + (f" (or lower {name('min_rows_kept')} to accept them)" if rows else ""))
 
 
 def run_mining(model: Any, pairs: TrainData, settings: MineSection, corpus: list[str] | None) -> Any:
@@ -174,14 +247,17 @@ def mine_for_training(recipe: Recipe, train_data: TrainData | None, model: Any, 
     for dev, _ in heldout_devs(recipe, local if local and Path(local).is_file() else None, resolved):
         held_out |= split_heldout(local, dev.kind, dev.split_from_train, dev.split_seed).queries
     corpus = corpus_texts(settings, local if local and Path(local).is_file() else None, src.format, resolved, held_out)
+    reason = unreachable_rows(train_data, settings, corpus)
+    if reason:
+        raise DataError(f"data.train.mine: {reason}")
     mined = run_mining(model, train_data, settings, corpus)
     log(summary(mined.stats))
     if is_main_process():
         write_mined(mined, output, title_of(recipe.model.name, settings, mined.stats["rows"],
                                             mined.stats["rows_in"]), extra=wanted)
-    if not mined.anchors:
-        raise DataError(f"data.train.mine: no row kept {settings.num_negatives} negatives (see {stats_path}); "
-                        "widen range_max, lower num_negatives or relax the filter")
+    reason = too_few_kept(mined.stats, settings)
+    if reason:
+        raise DataError(f"data.train.mine: {reason} (see {stats_path})")
     return TrainData(mined.columns(), f"{train_data.description} + {settings.num_negatives} mined negatives",
                      train_data.sha256)
 
@@ -203,7 +279,7 @@ def _ratio(text: str) -> float | str:
 
 
 FLAGS = ("num_negatives", "range_min", "range_max", "max_score_ratio", "margin", "sampling_strategy", "seed",
-         "batch_size", "corpus", "candidates")
+         "batch_size", "corpus", "candidates", "min_rows_kept")
 
 
 def _settings(args: argparse.Namespace, base: MineSection | None) -> MineSection:
@@ -217,7 +293,8 @@ def _settings(args: argparse.Namespace, base: MineSection | None) -> MineSection
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         flag = f"--{key.replace('_', '-')}: " if key else ""
-        raise EmbedkitError(f"data mine: {flag}{first['msg']}") from None
+        got = f" (got {first['input']!r})" if key and "input" in first else ""
+        raise EmbedkitError(f"data mine: {flag}{first['msg']}{got}") from None
 
 
 def _check_output(output: str, overwrite: bool = False) -> Path:
@@ -270,6 +347,9 @@ def _mine(args: argparse.Namespace) -> int:
         recipe = None
     settings = settings.model_copy(update={"seed": seed if seed is not None else 42})
     corpus = corpus_texts(settings, train_path, fmt, data_dir)  # bad input fails before the model loads
+    reason = unreachable_rows(pairs, settings, corpus, cli_flag)
+    if reason:
+        raise EmbedkitError(f"data mine: {reason}; nothing was written")
 
     check_model(model_name, what="--model" if args.model else "model.name", trust_flag=None)
     if recipe is not None and args.model is None:
@@ -279,6 +359,9 @@ def _mine(args: argparse.Namespace) -> int:
     else:
         model, _ = load_model(model_name)
     mined = run_mining(model, pairs, settings, corpus)
+    reason = too_few_kept(mined.stats, settings, cli_flag)
+    if reason:
+        raise EmbedkitError(f"data mine: {reason}; nothing was written")
     if is_main_process():
         extra = {"settings": settings.model_dump(mode="json"), "data_sha256": pairs.sha256, "model": model_name,
                  "input": pairs.description}
@@ -313,6 +396,9 @@ def add_cli(data_commands: argparse._SubParsersAction) -> None:
     d.add_argument("--sampling-strategy", choices=("top", "random"), help="top (default) or seeded random")
     d.add_argument("--seed", type=int, help="seed of random sampling (default: the recipe's training.seed, or 42)")
     d.add_argument("--batch-size", type=int, help="encoding batch size (default 128)")
+    d.add_argument("--min-rows-kept", type=float, metavar="SHARE",
+                   help="fail unless this share of the rows keeps k negatives (default 0.5; 0: any share, but never "
+                        "no row)")
     d.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
     d.add_argument("-o", "--output", required=True, help="the mined file, FILE.jsonl")
     d.add_argument("--overwrite", action="store_true", help="replace FILE.jsonl if it exists (default: refuse)")

@@ -301,14 +301,14 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     from sentence_transformers.training_args import BatchSamplers
 
     from embedkit.data.samplers import LengthGroupedBatchSampler, sampler_for_processes
-    from embedkit.evaluation.core import load_dev, load_ranking, make_dev_evaluator, score_dev
+    from embedkit.evaluation.core import load_dev, load_rankings, make_dev_evaluator, score_dev
     from embedkit.modeling import build_model
     from embedkit.training.trainer import EmbedkitTrainer, load_method_state
 
     dev_pairs = load_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
     # The final evaluation's sets are read now too: a bad row fails before training, not after it.
-    final_sets = tuple([load_ranking("rerank", p, "test", data_dir) for p in recipe.eval.rerank]
-                       + [load_ranking("retrieval", e.path, e.split, data_dir) for e in recipe.eval.retrieval])
+    final_sets = tuple(load_rankings([("rerank", p, "test") for p in recipe.eval.rerank]
+                                     + [("retrieval", e.path, e.split) for e in recipe.eval.retrieval], data_dir))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     # Seed before anything random is built (e.g. a training-only head), identically on every process.

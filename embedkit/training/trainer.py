@@ -4,7 +4,9 @@
   (a training-only MLP head, a momentum encoder, a negative queue, a stage counter) are written next to
   each checkpoint (from the public ``on_save`` hook) and restored on resume; a checkpoint counts as complete
   only once its manifest ``embedkit_checkpoint.json`` (every file's size and SHA-256, written last) exists.
-* **loss guard** – a NaN or infinite loss stops training at that step, before the optimizer sees it.
+* **loss guard** – a NaN or infinite loss stops training at that step, before the optimizer sees it, naming the
+  newest checkpoint whose weights are finite (each manifest records ``weights_finite``: a run can diverge, e.g.
+  through an infinite gradient, a save or two before its loss does).
 * **sampler epochs** – every sampler under the training dataloader learns the epoch at each epoch start.
   After a resume under several processes the trainer reaches only accelerate's shard wrapper
   (``BatchSamplerShard`` forwards no ``set_epoch``), so the per-epoch seeded order would restart at
@@ -32,7 +34,13 @@ from transformers import TrainerCallback
 from embedkit.errors import NonFiniteLossError
 from embedkit.losses.common import world
 from embedkit.modeling import load_lora_checkpoint, lora_encoder, tensors_digest
-from embedkit.training.checkpoints import COMPLETE_MARKER, latest_complete, write_manifest
+from embedkit.training.checkpoints import (
+    COMPLETE_MARKER,
+    complete_checkpoints,
+    latest_complete,
+    manifest_of,
+    write_manifest,
+)
 
 METHOD_STATE_FILE = "embedkit_method_state.safetensors"
 __all__ = ["COMPLETE_MARKER", "METHOD_STATE_FILE", "EmbedkitTrainer", "latest_checkpoint", "load_method_state"]
@@ -121,6 +129,30 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return latest_complete(folder)
 
 
+def tensors_finite(tensors) -> bool:
+    """Whether every floating tensor of ``tensors`` is free of NaN and ±inf."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def checkpoint_weights_finite(checkpoint: Path) -> bool:
+    """The manifest's ``weights_finite`` (recorded at save time); for a checkpoint saved before manifests
+    recorded it, its safetensors files are read and checked."""
+    recorded = manifest_of(checkpoint).get("weights_finite")
+    if recorded is not None:
+        return bool(recorded)
+    return all(tensors_finite(load_file(str(f)).values()) for f in sorted(checkpoint.rglob("*.safetensors")))
+
+
+def last_good_checkpoint(folder: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint in ``folder`` whose weights are finite, and the newer ones whose are not."""
+    diverged = []
+    for checkpoint in complete_checkpoints(folder) if os.path.isdir(folder) else []:
+        if checkpoint_weights_finite(checkpoint):
+            return checkpoint, diverged
+        diverged.append(checkpoint.name)
+    return None, diverged
+
+
 def set_sampler_epoch(loader: object, epoch: int) -> list[object]:
     """Call ``set_epoch(epoch)`` on every sampler below ``loader`` (through ``batch_sampler`` / ``sampler``
     links, e.g. DataLoaderShard → BatchSamplerShard → DefaultBatchSampler → SeedableRandomSampler); returns
@@ -155,15 +187,16 @@ class CheckpointStateCallback(TrainerCallback):
     def __init__(self, loss: torch.nn.Module) -> None:
         self.loss = loss
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, model=None, **kwargs):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         method = method_state(self.loss)
         digests = method_state_digests(method)  # collective: every process takes part
         if args.should_save and os.path.isdir(folder):
             if method:
                 save_file(method, os.path.join(folder, METHOD_STATE_FILE))
+            finite = tensors_finite([*(model.parameters() if model is not None else ()), *method.values()])
             write_manifest(folder, global_step=state.global_step, method_state=sorted(method),
-                           method_state_sha256_per_rank=digests)
+                           method_state_sha256_per_rank=digests, weights_finite=finite)
 
 
 class EmbedkitTrainer(SentenceTransformerTrainer):
@@ -182,9 +215,12 @@ class EmbedkitTrainer(SentenceTransformerTrainer):
     def check_finite(self, model, loss: torch.Tensor) -> None:
         """The loss guard: a NaN or infinite training loss stops the run before the optimizer sees it."""
         if model.training and not all_finite(loss):
-            last = latest_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            last, diverged = last_good_checkpoint(self.args.output_dir)
             kept = f"the last good checkpoint is {last}" if last else (
+                f"no checkpoint with finite weights was saved in {self.args.output_dir}" if diverged else
                 f"no checkpoint was saved in {self.args.output_dir}")
+            if diverged:
+                kept += f" ({', '.join(diverged)} {'holds' if len(diverged) == 1 else 'hold'} non-finite weights)"
             self._close_progress_bars()  # so that the error starts its own line
             value = loss.item() if loss.numel() == 1 else "not finite"
             where = "" if not torch.isfinite(loss.detach()).all() else " on another process"

@@ -55,7 +55,7 @@ PERCENTILE_DEFAULTS = {"positive": 99.0, "negative": 99.5, "false_negative": 99.
 class DebiasParams(BaseModel):
     """Every choice of the debiasing reading, as recipe keys (``method.<key>``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     k: int = Field(16, gt=0, description="top-K reference neighbours mined per sentence")
     views: list[ViewKind] = Field(
