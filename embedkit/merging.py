@@ -46,7 +46,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
-from embedkit.model_ref import check_model, is_hub_id, load_model, packaged_model_id
+from embedkit.model_ref import check_model, first_line, is_hub_id, load_model, packaged_model_id
 from embedkit.version import __version__
 
 if TYPE_CHECKING:
@@ -232,6 +232,56 @@ def merge_state_dicts(states: Sequence[dict[str, Tensor]], method: str, *, base:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# LoRA adapters: folded into full weights before merging
+
+
+def fold_lora(model: SentenceTransformer, name: str) -> str | None:
+    """Fold a PEFT adapter (a ``model.lora`` output saved without ``merge: true``) into the weights it adapts,
+    in place: W ← W + (α/r)·B·A in every adapted layer, which is then replaced by its base layer (peft's layer
+    ``merge`` and unload, as ``merge_and_unload`` does). Returns the adapter's base model, or ``None`` when
+    ``model`` holds no adapter.
+
+    Merging an adapter's tensors as they are would average A and B apart: the merged update would be
+    mean(B)·mean(A), not the mean of the updates Bᵢ·Aᵢ. Folded, every input is full weights and each rule
+    applies to the updates themselves (an average of adapters on one base is the base plus the mean ΔW).
+    """
+    from importlib.util import find_spec
+
+    if find_spec("peft") is None:  # no adapter can have loaded
+        return None
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from embedkit.modeling import lora_encoder, merge_lora
+
+    bases = [cfg.base_model_name_or_path for m in model.modules()
+             for cfg in (getattr(m, "peft_config", None) or {}).values()]
+    if lora_encoder(model) is not None:  # a peft model built in this process (peft's own merge_and_unload)
+        merge_lora(model)
+    # A folder loaded by sentence-transformers: transformers' PEFT integration injected the layers in place.
+    layers = [(parent, child_name, child) for parent in model.modules()
+              for child_name, child in parent.named_children() if isinstance(child, BaseTunerLayer)]
+    for parent, child_name, layer in layers:
+        try:
+            layer.merge(safe_merge=True)  # refuses an update that is not finite
+        except ValueError as err:
+            raise MergeError(f"{name}: its adapter cannot be folded into the weights ({first_line(err)})") from None
+        setattr(parent, child_name, layer.get_base_layer())
+    for module in model.modules():
+        if getattr(module, "_hf_peft_config_loaded", False):
+            module._hf_peft_config_loaded = False  # saves full weights, not an adapter
+            # The adapter's load left its key renaming (base_model.model. ...), which saving would reverse onto
+            # the plain weights; without it transformers saves with the architecture's default mapping.
+            vars(module).pop("_weight_conversions", None)
+        if "peft_config" in vars(module):
+            del module.peft_config
+    left = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("peft.")})
+    if left:
+        raise MergeError(f"{name}: holds PEFT modules that cannot be folded into full weights ({', '.join(left)}); "
+                         "merge its adapter into the base first (peft merge_and_unload) and merge that folder")
+    return (bases[0] or "an unnamed base") if bases or layers else None
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Compatibility
 
 
@@ -339,6 +389,12 @@ def model_card(record: dict[str, Any]) -> ModelCard:
         f"Rule: {record['rule']}", "",
         f"| # | input | {col} | weights SHA-256 |", "|---|---|---|---|", *rows, "",
     ]
+    folded = [f"input {i + 1} on `{m['lora_base']}`" for i, m in enumerate(record["models"]) if m.get("lora_base")]
+    if (record.get("base") or {}).get("lora_base"):
+        folded.append(f"the base on `{record['base']['lora_base']}`")
+    if folded:
+        lines += ["LoRA adapters, each folded into the weights of its base model (W + (α/r)·B·A) before merging, "
+                  f"so the rule applies to full weights: {'; '.join(folded)}.", ""]
     if record.get("base"):
         lines += [f"Base: `{record['base']['name']}` (weights SHA-256 `{record['base']['sha256'][:16]}`).", ""]
     if method == "delta":
@@ -418,14 +474,16 @@ def merge(models: Sequence[str], method: str = "average", *, base: str | None = 
     from embedkit.modeling import tensors_digest  # torch
 
     loaded = [load_model(ref, device="cpu")[0] for ref in models]
+    lora_bases = [fold_lora(model, ref) for model, ref in zip(loaded, models)]
     states = [m.state_dict() for m in loaded]
     for model, state, name in zip(loaded[1:], states[1:], models[1:]):
         check_state_dicts(states[0], state, name, models[0])
         check_modules(loaded[0], model, name, models[0])
         check_tokenizers(loaded[0], model, name, models[0])
-    base_state = None
+    base_state, base_lora = None, None
     if base is not None:
         base_model = load_model(base, device="cpu")[0]
+        base_lora = fold_lora(base_model, f"base {base}")
         base_state = base_model.state_dict()
         check_state_dicts(states[0], base_state, f"base {base}", models[0])
         check_tokenizers(loaded[0], base_model, f"base {base}", models[0])
@@ -445,12 +503,17 @@ def merge(models: Sequence[str], method: str = "average", *, base: str | None = 
         "output_name": out.name,
         "models": [{"name": display_name(ref), "weight": w, "sha256": d} for ref, w, d in zip(models, shown, digests)],
     }
+    for entry, lora_base in zip(record["models"], lora_bases):
+        if lora_base is not None:  # a LoRA adapter, folded into its base's weights (the digest is of those)
+            entry["lora_base"] = display_name(lora_base)
     if method == "delta":
         record["granularity"] = granularity
         record["float_elements"] = stats.total
         record["unmoved_elements"] = stats.total - stats.moved
     if base_state is not None:
         record["base"] = {"name": display_name(str(base)), "sha256": tensors_digest(base_state)}
+        if base_lora is not None:
+            record["base"]["lora_base"] = display_name(base_lora)
     write_model(result, out, model_card(record), record, overwrite)
     return result
 
