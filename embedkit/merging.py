@@ -370,8 +370,9 @@ def _weight(value: float | None) -> str:
     return "— (no element moved)" if value is None else f"{value:.6g}"
 
 
-def model_card(record: dict[str, Any]) -> ModelCard:
-    """A small model card: front matter (huggingface_hub's ModelCardData) and a table of inputs and weights."""
+def model_card(record: dict[str, Any], repo_id: str | None = None) -> ModelCard:
+    """A small model card: front matter (huggingface_hub's ModelCardData) and a table of inputs and weights;
+    with ``repo_id`` (``embedkit push``) titled and loaded by that name instead of the output folder's."""
     hub_ids = list(dict.fromkeys(m["name"] for m in record["models"] + [record.get("base") or {"name": ""}]
                                  if is_hub_id(m["name"]) and not Path(m["name"]).exists()))
     data = ModelCardData(library_name="sentence-transformers", pipeline_tag="sentence-similarity",
@@ -383,7 +384,7 @@ def model_card(record: dict[str, Any]) -> ModelCard:
     rows = [f"| {i + 1} | `{m['name']}` | {_weight(m['weight'])} | `{m['sha256'][:16]}` |"
             for i, m in enumerate(record["models"])]
     lines = [
-        f"# {record['output_name']}", "",
+        f"# {repo_id.split('/')[-1] if repo_id else record['output_name']}", "",
         f"A merge of {len(record['models'])} sentence-transformers models by `embedkit merge --method {method}` "
         f"(embedkit {record['embedkit']}): {PAPERS[method]}.", "",
         f"Rule: {record['rule']}", "",
@@ -402,8 +403,35 @@ def model_card(record: dict[str, Any]) -> ModelCard:
                   f"{record['unmoved_elements']} of {record['float_elements']}.", ""]
     lines += ["Modules, pooling and tokenizer are those of the first input; non-floating buffers are copied from it.",
               "", "```python", "from sentence_transformers import SentenceTransformer", "",
-              "model = SentenceTransformer(\"path/to/this/folder\")", "```", ""]
+              f"model = SentenceTransformer(\"{repo_id or 'path/to/this/folder'}\")", "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def read_record(folder: str | os.PathLike) -> dict[str, Any]:
+    """``merge.json`` of a merge output folder (what :func:`merge` writes and :func:`model_card` renders), checked;
+    raises :class:`MergeError` naming the file and what was expected."""
+    path = Path(folder) / "merge.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise MergeError(f"{path}: cannot be read ({err.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise MergeError(f"{path}{where}: not valid JSON ({getattr(err, 'msg', err)})") from None
+    models = record.get("models") if isinstance(record, dict) else None
+    good = (isinstance(record, dict) and record.get("method") in METHODS
+            and all(isinstance(record.get(k), str) for k in ("rule", "embedkit", "output_name"))
+            and isinstance(models, list) and len(models) >= 2
+            and all(isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("sha256"), str)
+                    and (m.get("weight") is None or isinstance(m.get("weight"), (int, float))) for m in models)
+            and (record.get("method") != "delta" or all(isinstance(record.get(k), int)
+                                                        for k in ("float_elements", "unmoved_elements")))
+            and (not record.get("base") or isinstance(record["base"], dict)
+                 and all(isinstance(record["base"].get(k), str) for k in ("name", "sha256"))))
+    if not good:
+        raise MergeError(f"{path}: expected the record `embedkit merge` writes (method, rule, embedkit, output_name, "
+                         "models: 2 or more of name, weight, sha256; base: name, sha256)")
+    return record
 
 
 RULES = {
