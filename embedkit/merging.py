@@ -39,6 +39,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -245,8 +246,6 @@ def fold_lora(model: SentenceTransformer, name: str) -> str | None:
     mean(B)·mean(A), not the mean of the updates Bᵢ·Aᵢ. Folded, every input is full weights and each rule
     applies to the updates themselves (an average of adapters on one base is the base plus the mean ΔW).
     """
-    from importlib.util import find_spec
-
     if find_spec("peft") is None:  # no adapter can have loaded
         return None
     from peft.tuners.tuners_utils import BaseTunerLayer

@@ -394,7 +394,7 @@ def test_refuses_a_model_that_does_not_load(trained_output, hub, tmp_path):
     with pytest.raises(HubError, match="the model does not load from the files to upload"):
         push(out, REPO)
     (out / "results.json").unlink()
-    with pytest.raises(EmbedkitError, match="results.json: not found"):
+    with pytest.raises(EmbedkitError, match="out: neither results.json .* nor merge.json"):
         push(out, REPO)
     assert hub.state.requests == []
 
