@@ -19,6 +19,9 @@ Python API (a notebook needs nothing else)::
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from types import ModuleType
 from typing import Any
 
 from embedkit.errors import DataError, EmbedkitError, RecipeError
@@ -34,6 +37,22 @@ def evaluate(model: Any, suite: str = "sts", **kwargs: Any) -> dict[str, Any]:
     ``tasks``, ...) go to :func:`embedkit.evaluation.evaluate`."""
 
     return _evaluate(model, suite=suite, **kwargs)
+
+
+def _submodules() -> list[str]:
+    return [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """A submodule on first access (``embedkit.merging.merge(...)`` after a bare ``import embedkit``): the
+    package imports only what the names above need, so torch loads when a submodule that uses it is first used."""
+    if not name.startswith("_") and name in _submodules():
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_submodules()))
 
 
 __all__ = ["train", "TrainResult", "evaluate", "load_recipe", "Recipe", "EmbedkitError", "RecipeError", "DataError",

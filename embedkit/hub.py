@@ -1,10 +1,12 @@
-"""``embedkit push``: publish a training output folder to the Hugging Face Hub, after safety checks.
+"""``embedkit push``: publish a training or merge output folder to the Hugging Face Hub, after safety checks.
 
 What is uploaded: the sentence-transformers model files of the output folder, ``recipe.yaml`` and
 ``results.json`` (home paths redacted), mteb's result files (``mteb/``), and the model card (``README.md``:
 sentence-transformers' card from training with embedkit's sections, see :mod:`embedkit.card`), named for
-``REPO_ID``. Never uploaded: ``checkpoints/``, ``checkpoint-*``,
-``logs/``, optimizer / scheduler / RNG / trainer state, TensorBoard events, hidden and partial files.
+``REPO_ID``. A merge output (``embedkit merge``: ``merge.json``, no ``results.json``) goes with ``merge.json``
+and its card rendered again from that record (:func:`embedkit.merging.model_card`), named for ``REPO_ID``.
+Never uploaded: ``checkpoints/``, ``checkpoint-*``, ``logs/``, optimizer / scheduler / RNG / trainer state,
+TensorBoard events, hidden and partial files.
 
 Before anything goes over the network the folder to upload is staged in a temporary directory and checked:
 the model loads from exactly those files and encodes a sentence, the card parses with
@@ -47,6 +49,7 @@ from embedkit.card import (
 )
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
+from embedkit.merging import MergeError, model_card, read_record
 from embedkit.model_ref import first_line, hub_offline
 from embedkit.model_ref import hub_endpoint as endpoint
 from embedkit.version import __version__
@@ -66,7 +69,7 @@ DEFAULT_EXCLUDE = (
 # Files that may be large: model weights and tokenizer files. Any other file over the limit is refused.
 LARGE_OK = ("*.safetensors", "tokenizer.json", "*.model", "vocab.txt", "vocab.json", "merges.txt", "*.onnx")
 DEFAULT_MAX_FILE_MB = 50.0
-REDACTED_COPIES = ("recipe.yaml", "results.json")  # uploaded with home paths redacted
+REDACTED_COPIES = ("recipe.yaml", "results.json", "merge.json")  # uploaded with home paths redacted
 
 
 def hub_endpoint() -> str:
@@ -199,6 +202,7 @@ class Prepared:
     n_bytes: int
     eval_results: int = 0
     notes: list[str] = field(default_factory=list)
+    merged: bool = False  # an `embedkit merge` output
 
 
 def prepare_upload(output_dir: str | Path, staging: str | Path, repo_id: str, token: str | None = None,
@@ -208,10 +212,11 @@ def prepare_upload(output_dir: str | Path, staging: str | Path, repo_id: str, to
     out = Path(output_dir)
     if not out.is_dir():
         raise HubError(f"{out}: output folder not found")
-    results = load_results(out)
+    record = _merge_record(out)
+    results = load_results(out) if record is None else {}
     if not (out / "modules.json").is_file():
         raise HubError(f"{out}: no modules.json; not a sentence-transformers model folder (expected the output "
-                       "of `embedkit train`)")
+                       "of `embedkit train` or `embedkit merge`)")
     files, skipped = select_files(out, tuple(exclude))
     check_sizes(out, files, max_file_mb)
 
@@ -225,14 +230,18 @@ def prepare_upload(output_dir: str | Path, staging: str | Path, repo_id: str, to
             _link_or_copy(out / rel, dest / rel)
 
     model = _load_model(dest, out)
-    card = build_card(results, repo_id, st_card=_st_card(out, model), mteb_dir=out / "mteb")
+    if record is None:
+        card = build_card(results, repo_id, st_card=_st_card(out, model), mteb_dir=out / "mteb")
+        expected = eval_results(results) + mteb_eval_results(mteb_rows(results, out / "mteb"))
+    else:  # a merge has no scores of its own: its card is the merge's record, named for the repository
+        card, expected = redact_home(str(model_card(record, repo_id))), []
     del model
-    n_results = _check_card(card, results, out)
+    n_results = _check_card(card, expected, out)
     (dest / "README.md").write_text(card, encoding="utf-8")
     files = sorted({*files, "README.md"})
     scan_for_secrets(dest, token)
     n_bytes = sum((dest / rel).stat().st_size for rel in files)
-    return Prepared(dest, files, skipped, card, n_bytes, n_results)
+    return Prepared(dest, files, skipped, card, n_bytes, n_results, merged=record is not None)
 
 
 def _st_card(out: Path, model: Any) -> str:
@@ -267,14 +276,28 @@ def _load_model(folder: Path, out: Path) -> Any:
     return model
 
 
-def _check_card(card: str, results: dict[str, Any], out: Path) -> int:
-    """The card parses as a Hub model card and its model-index holds every STS and MTEB result recorded."""
+def _merge_record(out: Path) -> dict[str, Any] | None:
+    """``merge.json`` when ``out`` is a merge output (no ``results.json``), else ``None``; one line when the folder
+    is neither a finished run nor a merge, or its record is malformed."""
+    if (out / "results.json").is_file():
+        return None
+    if not (out / "merge.json").is_file():
+        raise HubError(f"{out}: neither results.json (written last by `embedkit train`: is the run finished?) nor "
+                       "merge.json (written by `embedkit merge`); expected a training or merge output folder")
+    try:
+        return read_record(out)
+    except MergeError as err:
+        raise HubError(str(err)) from None
+
+
+def _check_card(card: str, expected: list[Any], out: Path) -> int:
+    """The card parses as a Hub model card and its model-index holds every STS and MTEB result recorded
+    (``expected``)."""
 
     try:
         parsed = ModelCard(card, ignore_metadata_errors=False)
     except Exception as err:  # noqa: BLE001
         raise HubError(f"{out}: the generated model card does not parse ({type(err).__name__}: {err})") from None
-    expected = eval_results(results) + mteb_eval_results(mteb_rows(results, out / "mteb"))
     found = parsed.data.eval_results or []
     missing = [e for e in expected if not any(f.is_equal_except_value(e) and f.metric_value == e.metric_value
                                               for f in found)]
@@ -407,7 +430,7 @@ def _upload(prepared: Prepared, repo_id: str, private: bool, revision: str | Non
             folder_path=str(prepared.folder),
             repo_type="model",
             revision=revision,
-            commit_message=commit_message or "Upload model trained with embedkit",
+            commit_message=commit_message or f"Upload model {'merged' if prepared.merged else 'trained'} with embedkit",
         )
     except HubError:
         raise
@@ -432,12 +455,14 @@ def _cli_push(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """Register ``embedkit push OUTPUT_DIR REPO_ID``."""
-    p = subparsers.add_parser("push", help="publish a training output folder to the Hugging Face Hub")
-    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="output.dir of a finished `embedkit train` run")
+    p = subparsers.add_parser("push", help="publish a training or merge output folder to the Hugging Face Hub")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR",
+                   help="output.dir of a finished `embedkit train` run, or the -o folder of `embedkit merge`")
     p.add_argument("repo_id", metavar="REPO_ID", help="namespace/name of the model repository")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--revision", metavar="BRANCH", help="push to this branch (created if missing)")
-    p.add_argument("--commit-message", help="commit message (default: 'Upload model trained with embedkit')")
+    p.add_argument("--commit-message", help="commit message (default: 'Upload model trained with embedkit', or "
+                                            "'merged' for a merge)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="also leave out files matching GLOB (repeatable)")
     p.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,

@@ -40,6 +40,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
-from embedkit.model_ref import check_model, is_hub_id, load_model, packaged_model_id
+from embedkit.model_ref import check_model, first_line, is_hub_id, load_model, packaged_model_id
 from embedkit.version import __version__
 
 if TYPE_CHECKING:
@@ -274,6 +275,54 @@ def check_finite_result(merged: dict[str, Tensor], method: str, coeffs: Sequence
 
 
 # ---------------------------------------------------------------------------------------------------------
+# LoRA adapters: folded into full weights before merging
+
+
+def fold_lora(model: SentenceTransformer, name: str) -> str | None:
+    """Fold a PEFT adapter (a ``model.lora`` output saved without ``merge: true``) into the weights it adapts,
+    in place: W ← W + (α/r)·B·A in every adapted layer, which is then replaced by its base layer (peft's layer
+    ``merge`` and unload, as ``merge_and_unload`` does). Returns the adapter's base model, or ``None`` when
+    ``model`` holds no adapter.
+
+    Merging an adapter's tensors as they are would average A and B apart: the merged update would be
+    mean(B)·mean(A), not the mean of the updates Bᵢ·Aᵢ. Folded, every input is full weights and each rule
+    applies to the updates themselves (an average of adapters on one base is the base plus the mean ΔW).
+    """
+    if find_spec("peft") is None:  # no adapter can have loaded
+        return None
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from embedkit.modeling import lora_encoder, merge_lora
+
+    bases = [cfg.base_model_name_or_path for m in model.modules()
+             for cfg in (getattr(m, "peft_config", None) or {}).values()]
+    if lora_encoder(model) is not None:  # a peft model built in this process (peft's own merge_and_unload)
+        merge_lora(model)
+    # A folder loaded by sentence-transformers: transformers' PEFT integration injected the layers in place.
+    layers = [(parent, child_name, child) for parent in model.modules()
+              for child_name, child in parent.named_children() if isinstance(child, BaseTunerLayer)]
+    for parent, child_name, layer in layers:
+        try:
+            layer.merge(safe_merge=True)  # refuses an update that is not finite
+        except ValueError as err:
+            raise MergeError(f"{name}: its adapter cannot be folded into the weights ({first_line(err)})") from None
+        setattr(parent, child_name, layer.get_base_layer())
+    for module in model.modules():
+        if getattr(module, "_hf_peft_config_loaded", False):
+            module._hf_peft_config_loaded = False  # saves full weights, not an adapter
+            # The adapter's load left its key renaming (base_model.model. ...), which saving would reverse onto
+            # the plain weights; without it transformers saves with the architecture's default mapping.
+            vars(module).pop("_weight_conversions", None)
+        if "peft_config" in vars(module):
+            del module.peft_config
+    left = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("peft.")})
+    if left:
+        raise MergeError(f"{name}: holds PEFT modules that cannot be folded into full weights ({', '.join(left)}); "
+                         "merge its adapter into the base first (peft merge_and_unload) and merge that folder")
+    return (bases[0] or "an unnamed base") if bases or layers else None
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Compatibility
 
 
@@ -398,8 +447,9 @@ def _weight(value: float | None) -> str:
     return "— (no element moved)" if value is None else f"{value:.6g}"
 
 
-def model_card(record: dict[str, Any]) -> ModelCard:
-    """A small model card: front matter (huggingface_hub's ModelCardData) and a table of inputs and weights."""
+def model_card(record: dict[str, Any], repo_id: str | None = None) -> ModelCard:
+    """A small model card: front matter (huggingface_hub's ModelCardData) and a table of inputs and weights;
+    with ``repo_id`` (``embedkit push``) titled and loaded by that name instead of the output folder's."""
     hub_ids = list(dict.fromkeys(m["name"] for m in record["models"] + [record.get("base") or {"name": ""}]
                                  if is_hub_id(m["name"]) and not Path(m["name"]).exists()))
     data = ModelCardData(library_name="sentence-transformers", pipeline_tag="sentence-similarity",
@@ -411,12 +461,18 @@ def model_card(record: dict[str, Any]) -> ModelCard:
     rows = [f"| {i + 1} | `{m['name']}` | {_weight(m['weight'])} | `{m['sha256'][:16]}` |"
             for i, m in enumerate(record["models"])]
     lines = [
-        f"# {record['output_name']}", "",
+        f"# {repo_id.split('/')[-1] if repo_id else record['output_name']}", "",
         f"A merge of {len(record['models'])} sentence-transformers models by `embedkit merge --method {method}` "
         f"(embedkit {record['embedkit']}): {PAPERS[method]}.", "",
         f"Rule: {record['rule']}", "",
         f"| # | input | {col} | weights SHA-256 |", "|---|---|---|---|", *rows, "",
     ]
+    folded = [f"input {i + 1} on `{m['lora_base']}`" for i, m in enumerate(record["models"]) if m.get("lora_base")]
+    if (record.get("base") or {}).get("lora_base"):
+        folded.append(f"the base on `{record['base']['lora_base']}`")
+    if folded:
+        lines += ["LoRA adapters, each folded into the weights of its base model (W + (α/r)·B·A) before merging, "
+                  f"so the rule applies to full weights: {'; '.join(folded)}.", ""]
     if record.get("base"):
         lines += [f"Base: `{record['base']['name']}` (weights SHA-256 `{record['base']['sha256'][:16]}`).", ""]
     if method == "delta":
@@ -424,8 +480,35 @@ def model_card(record: dict[str, Any]) -> ModelCard:
                   f"{record['unmoved_elements']} of {record['float_elements']}.", ""]
     lines += ["Modules, pooling and tokenizer are those of the first input; non-floating buffers are copied from it.",
               "", "```python", "from sentence_transformers import SentenceTransformer", "",
-              "model = SentenceTransformer(\"path/to/this/folder\")", "```", ""]
+              f"model = SentenceTransformer(\"{repo_id or 'path/to/this/folder'}\")", "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def read_record(folder: str | os.PathLike) -> dict[str, Any]:
+    """``merge.json`` of a merge output folder (what :func:`merge` writes and :func:`model_card` renders), checked;
+    raises :class:`MergeError` naming the file and what was expected."""
+    path = Path(folder) / "merge.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise MergeError(f"{path}: cannot be read ({err.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise MergeError(f"{path}{where}: not valid JSON ({getattr(err, 'msg', err)})") from None
+    models = record.get("models") if isinstance(record, dict) else None
+    good = (isinstance(record, dict) and record.get("method") in METHODS
+            and all(isinstance(record.get(k), str) for k in ("rule", "embedkit", "output_name"))
+            and isinstance(models, list) and len(models) >= 2
+            and all(isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("sha256"), str)
+                    and (m.get("weight") is None or isinstance(m.get("weight"), (int, float))) for m in models)
+            and (record.get("method") != "delta" or all(isinstance(record.get(k), int)
+                                                        for k in ("float_elements", "unmoved_elements")))
+            and (not record.get("base") or isinstance(record["base"], dict)
+                 and all(isinstance(record["base"].get(k), str) for k in ("name", "sha256"))))
+    if not good:
+        raise MergeError(f"{path}: expected the record `embedkit merge` writes (method, rule, embedkit, output_name, "
+                         "models: 2 or more of name, weight, sha256; base: name, sha256)")
+    return record
 
 
 RULES = {
@@ -496,6 +579,7 @@ def merge(models: Sequence[str], method: str = "average", *, base: str | None = 
     from embedkit.modeling import tensors_digest  # torch
 
     loaded = [load_model(ref, device="cpu")[0] for ref in models]
+    lora_bases = [fold_lora(model, ref) for model, ref in zip(loaded, models)]
     states = [m.state_dict() for m in loaded]
     for model, state, name in zip(loaded[1:], states[1:], models[1:]):
         check_state_dicts(states[0], state, name, models[0])
@@ -503,9 +587,10 @@ def merge(models: Sequence[str], method: str = "average", *, base: str | None = 
         check_tokenizers(loaded[0], model, name, models[0])
     for state, name in zip(states, models):
         check_finite_inputs(state, name)
-    base_state = None
+    base_state, base_lora = None, None
     if base is not None:
         base_model = load_model(base, device="cpu")[0]
+        base_lora = fold_lora(base_model, f"base {base}")
         base_state = base_model.state_dict()
         check_state_dicts(states[0], base_state, f"base {base}", models[0])
         check_tokenizers(loaded[0], base_model, f"base {base}", models[0])
@@ -527,12 +612,17 @@ def merge(models: Sequence[str], method: str = "average", *, base: str | None = 
         "output_name": out.name,
         "models": [{"name": display_name(ref), "weight": w, "sha256": d} for ref, w, d in zip(models, shown, digests)],
     }
+    for entry, lora_base in zip(record["models"], lora_bases):
+        if lora_base is not None:  # a LoRA adapter, folded into its base's weights (the digest is of those)
+            entry["lora_base"] = display_name(lora_base)
     if method == "delta":
         record["granularity"] = granularity
         record["float_elements"] = stats.total
         record["unmoved_elements"] = stats.total - stats.moved
     if base_state is not None:
         record["base"] = {"name": display_name(str(base)), "sha256": tensors_digest(base_state)}
+        if base_lora is not None:
+            record["base"]["lora_base"] = display_name(base_lora)
     write_model(result, out, model_card(record), record, overwrite)
     return result
 

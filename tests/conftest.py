@@ -48,6 +48,24 @@ def spread_model_path(tiny_model_path, tmp_path_factory) -> str:
 
 
 @pytest.fixture()
+def peft_gate(monkeypatch) -> None:
+    """Let ``SentenceTransformer(path)`` load an adapter with the installed peft.
+
+    transformers 5.24 refuses peft < 0.22 in its PEFT integration (a version gate; 0.21.2 is the newest peft on
+    the index this was written against). Where the installed peft is older than the gate, the gate alone is
+    lifted, so the load under test is still sentence-transformers' and transformers' own; with a new enough
+    peft nothing is patched.
+    """
+    from importlib.metadata import version
+
+    from packaging.version import Version
+    from transformers.integrations import peft as hf_peft
+
+    if Version(version("peft")) < Version(hf_peft.MIN_PEFT_VERSION):
+        monkeypatch.setattr(hf_peft, "check_peft_version", lambda **_: None)
+
+
+@pytest.fixture()
 def sentences_file(tmp_path) -> Path:
     """A small text file of distinct sentences, one a line."""
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()

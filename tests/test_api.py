@@ -138,3 +138,29 @@ def test_a_dict_with_a_bad_model_folder_names_the_key(tmp_path, tiny_model_path,
     raw = tiny(tmp_path, tiny_model_path, sentences_file)
     with pytest.raises(RecipeError, match=r"^<dict>: model\.name"):
         embedkit.train(raw, model={"name": str(empty)})
+
+
+def test_readme_submodules_resolve_after_a_bare_import_in_a_fresh_interpreter():
+    """The README calls ``embedkit.merging.merge(...)`` and ``embedkit.encoding.encode(...)`` after a bare
+    ``import embedkit``: every submodule resolves on first access, while the import itself loads no torch."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import json, sys, embedkit\n"
+            "light = 'torch' not in sys.modules\n"
+            "found = [callable(embedkit.merging.merge), callable(embedkit.encoding.encode),\n"
+            "         embedkit.hub.push.__module__, 'merging' in dir(embedkit)]\n"
+            "try:\n"
+            "    embedkit.no_such_module\n"
+            "    missing = None\n"
+            "except AttributeError as err:\n"
+            "    missing = str(err)\n"
+            "print(json.dumps([light, found, missing, hasattr(embedkit, 'no_such_module')]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "TOKENIZERS_PARALLELISM": "false"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    light, found, missing, has = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert light, "import embedkit must not load torch"
+    assert found == [True, True, "embedkit.hub", True]
+    assert missing == "module 'embedkit' has no attribute 'no_such_module'" and has is False

@@ -102,13 +102,13 @@ def test_cli_writes_results_chart_and_compare(tiny_model_path, tiny_b, data_root
                "--geometry", "--batch-size", "16"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "STS avg" in printed and "B - A" in printed and "NOT comparable" in printed and "alignment" in printed
+    assert "STS avg" in printed and "A - B" in printed and "NOT comparable" in printed and "alignment" in printed
     results = json.loads((out / "results.json").read_text())
     assert set(results["sts"]["tasks"]) == set(TASKS) and "geometry" in results["sts"]
-    diff = results["compare"]["difference_b_minus_a"]
+    diff = results["compare"]["difference_a_minus_b"]  # what changed from B (--compare) to A (MODEL)
     for task in TASKS:
         b, a = results["compare"]["sts"]["tasks"][task]["spearman"], results["sts"]["tasks"][task]["spearman"]
-        assert diff[task] == pytest.approx(b - a)
+        assert diff[task] == pytest.approx(a - b)
     assert results["compare"]["model"]["weights_sha256"] != results["sts"]["model"]["weights_sha256"]
     assert (out / "sts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.partial"))

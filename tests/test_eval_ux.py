@@ -189,6 +189,27 @@ def test_sts_chart_zooms_names_the_model_and_carries_no_numbers():
     assert _axis_range([72.37, 85.39]) == (70.0, 90.0) and _axis_range([1.0, 99.5]) == (0.0, 100.0)
 
 
+def test_compare_reads_what_changed_as_a_minus_b_in_table_and_chart():
+    """``eval A --compare B``: the difference is A − B (what changed from B to A, e.g. a trained model against its
+    base), said in the header; an A that scores higher reads +, in green on the chart."""
+    from embedkit.evaluation.report import sts_table
+
+    a = {"tasks": {"STS12": {"spearman": 80.0, "n": 10}, "STSBenchmark": {"spearman": 70.0, "n": 10}}, "avg": 75.0}
+    b = {"tasks": {"STS12": {"spearman": 79.73, "n": 10}, "STSBenchmark": {"spearman": 71.0, "n": 10}}, "avg": 75.365}
+    table = sts_table(a, b, ("trained", "base")).splitlines()
+    assert "A = trained, B = base; A - B = what changed from B to A (+: A scores higher)" in table
+    header = next(line for line in table if line.startswith("task"))
+    assert header.endswith("A           B     A - B")
+    rows = {line.split()[0]: line.split()[-1] for line in table[2:] if line.split() and line.split()[0] in a["tasks"]}
+    assert rows == {"STS12": "+0.27", "STSBenchmark": "-1.00"}
+    assert table[-1].split()[-1] == "-0.36"  # the average row: 75.0 − 75.365
+
+    ax = sts_figure(a, b, ("trained", "base")).axes[0]
+    marks = {t.get_text(): t.get_color() for t in ax.texts}
+    assert marks == {"+0.27": "#2a7f2a", "-1.00": "#b22222", "-0.36": "#b22222"}  # green: A higher; red: lower
+    assert "A − B above the bars" in ax.get_title()
+
+
 def _history(steps_values, best=None):
     log = [{"loss": 1.0 / s, "step": s, "epoch": s / 100} for s in range(1, 7)]
     log += [{"eval_stsb-dev_spearman": v, "eval_stsb-dev_pearson": v - 1, "step": s} for s, v in steps_values]

@@ -394,7 +394,7 @@ def test_refuses_a_model_that_does_not_load(trained_output, hub, tmp_path):
     with pytest.raises(HubError, match="the model does not load from the files to upload"):
         push(out, REPO)
     (out / "results.json").unlink()
-    with pytest.raises(EmbedkitError, match="results.json: not found"):
+    with pytest.raises(EmbedkitError, match="out: neither results.json .* nor merge.json"):
         push(out, REPO)
     assert hub.state.requests == []
 
@@ -552,3 +552,54 @@ def test_quickstart_card_is_sentence_transformers_card_plus_embedkit_and_arrives
     assert arrived.count("## How embedkit made this model") == 1 and "max_steps: 2" in arrived
     for blob in remote.values():
         assert TOKEN.encode() not in blob
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A merge output (``embedkit merge``: merge.json and its card, no results.json)
+
+
+@pytest.fixture(scope="module")
+def merged_output(tmp_path_factory, tiny_model_path, spread_model_path) -> Path:
+    from embedkit.merging import merge
+
+    out = tmp_path_factory.mktemp("hub-merge") / "soup"
+    merge([tiny_model_path, spread_model_path], "average", weights=[1, 3], output=out)
+    assert (out / "merge.json").is_file() and not (out / "results.json").exists()
+    return out
+
+
+def test_a_merge_output_is_published_with_its_card_and_record(merged_output, hub, tmp_path, capfd):
+    from huggingface_hub import ModelCard, snapshot_download
+
+    from embedkit.cli import main
+
+    repo = "tester/tiny-soup"
+    assert main(["push", str(merged_output), repo, "--dry-run"]) == 0  # checks and prints the card, uploads nothing
+    printed = capfd.readouterr().out
+    assert hub.state.requests == [] and repo not in hub.state.repos
+    assert "\n# tiny-soup\n" in printed and f'SentenceTransformer("{repo}")' in printed
+    assert "embedkit merge --method average" in printed and "| 0.25 |" in printed and "| 0.75 |" in printed
+
+    assert main(["push", str(merged_output), repo]) == 0
+    remote = hub.state.files(repo)
+    assert {"README.md", "merge.json", "model.safetensors", "modules.json", "1_Pooling/config.json"} <= set(remote)
+    assert remote["model.safetensors"] == (merged_output / "model.safetensors").read_bytes()
+    assert json.loads(remote["merge.json"]) == json.loads((merged_output / "merge.json").read_text())
+    card = remote["README.md"].decode()
+    assert card.strip() in printed  # the card the dry run showed
+    data = ModelCard(card).data
+    assert data.library_name == "sentence-transformers" and {"merge", "merge-average", "embedkit"} <= set(data.tags)
+    local = snapshot_download(repo, endpoint=hub.url, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(_encode(local), _encode(merged_output))
+
+
+def test_a_folder_that_is_neither_a_run_nor_a_merge_is_one_line(merged_output, tmp_path, loopback_only):
+    from embedkit.hub import HubError, push
+
+    out = Path(shutil.copytree(merged_output, tmp_path / "bare"))
+    (out / "merge.json").unlink()
+    with pytest.raises(HubError, match=r"bare: neither results.json .* nor merge.json"):
+        push(out, REPO, dry_run=True)
+    (out / "merge.json").write_text('{"method": "average"}', encoding="utf-8")
+    with pytest.raises(HubError, match=r"merge.json: expected the record `embedkit merge` writes .*models"):
+        push(out, REPO, dry_run=True)

@@ -22,24 +22,6 @@ TEXTS = ["the alpha of beta is number 3", "a gamma walks", "kappa and mu", "the 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]}
 
 
-@pytest.fixture()
-def peft_gate(monkeypatch) -> None:
-    """Let ``SentenceTransformer(path)`` load an adapter with the installed peft.
-
-    transformers 5.24 refuses peft < 0.22 in its PEFT integration (a version gate; 0.21.2 is the newest peft on
-    the index this was written against). Where the installed peft is older than the gate, the gate alone is
-    lifted, so the load under test is still sentence-transformers' and transformers' own; with a new enough
-    peft nothing is patched.
-    """
-    from importlib.metadata import version
-
-    from packaging.version import Version
-    from transformers.integrations import peft as hf_peft
-
-    if Version(version("peft")) < Version(hf_peft.MIN_PEFT_VERSION):
-        monkeypatch.setattr(hf_peft, "check_peft_version", lambda **_: None)
-
-
 def _train_lora(tmp_path: Path, model_path: str, merge: bool, monkeypatch, **model: Any) -> tuple[Path, dict]:
     """Train 6 steps of simcse-unsup with LoRA; returns the output folder and what the model was just before
     the final save (embeddings, state dict, the starting state dict)."""

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from embedkit.cli import main
-from embedkit.merging import MergeError, coefficients, merge, merge_state_dicts, merge_tensor
+from embedkit.merging import MergeError, coefficients, display_name, merge, merge_state_dicts, merge_tensor
 
 UNTOUCHED = "0.model.encoder.layer.1.output.dense.bias"  # no fine-tuned model moves it
 
@@ -232,3 +232,84 @@ def test_output_guards_and_an_uncached_hub_id(folders, tmp_path, monkeypatch, ca
         assert len(errors) == 1 and message in errors[0], errors
     assert (precious / "todo.txt").read_text(encoding="utf-8") == "keep me"
     assert (Path(folders["b"]) / "model.safetensors").exists() and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LoRA adapter folders (a ``model.lora`` output without ``merge: true``)
+
+LORA_TARGETS = ("query", "value")
+
+
+def _lora_adapter(src: str, dst: Path, seed: int) -> str:
+    """The tiny model with a rank-4 LoRA adapter (α = 8) on query and value, A and B seeded random (B ≠ 0, as
+    after training), saved as sentence-transformers saves a LoRA run: adapter files in place of the weights."""
+    from sentence_transformers import SentenceTransformer
+
+    from embedkit.modeling import add_lora
+    from embedkit.recipe import LoraSection
+
+    model = SentenceTransformer(src, device="cpu")
+    add_lora(model, LoraSection(r=4, alpha=8, dropout=0.0, target_modules=list(LORA_TARGETS)))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen))
+    model.save(str(dst), create_model_card=False)
+    assert (dst / "adapter_config.json").is_file() and not (dst / "model.safetensors").exists()
+    return str(dst)
+
+
+def _applied(model) -> dict[str, torch.Tensor]:
+    """Each LoRA target layer of the encoder as the matrix it applies, read from its outputs: W = f(I) − f(0)
+    (a LoRA layer's base weight plus (α/r)·B·A, or a plain layer's weight), whatever peft's wrapping."""
+    encoder = model[0].auto_model
+    out = {}
+    for name, module in encoder.named_modules():
+        if name.endswith(LORA_TARGETS) and "." in name:
+            module.eval()
+            eye = torch.eye(encoder.config.hidden_size)
+            with torch.no_grad():
+                out[name.removeprefix("base_model.model.")] = (module(eye) - module(torch.zeros_like(eye))).T
+    assert len(out) == 2 * encoder.config.num_hidden_layers
+    return out
+
+
+def test_lora_adapters_fold_into_full_weights_before_merging(folders, tiny_model_path, tmp_path, peft_gate):
+    """Averaging two adapters' A and B apart gives the update mean(B)·mean(A), not the mean of the B·A updates:
+    each adapter is folded into its base first, so the merged ΔW is the mean of the inputs' ΔW."""
+    from sentence_transformers import SentenceTransformer
+
+    base = _applied(SentenceTransformer(folders["base"], device="cpu"))
+    ad1, ad2 = (_lora_adapter(tiny_model_path, tmp_path / f"adapter-{s}", s) for s in (1, 2))
+    deltas = [{k: w - base[k] for k, w in _applied(SentenceTransformer(ad, device="cpu")).items()} for ad in (ad1, ad2)]
+    want = {k: (deltas[0][k] + deltas[1][k]) / 2 for k in base}
+    assert min(float(torch.linalg.norm(d)) for d in deltas[0].values()) > 1.0  # updates far above the tolerance
+
+    out = tmp_path / "soup"
+    merged = merge([ad1, ad2], "average", output=out)
+    got = _applied(merged)
+    for key in base:
+        torch.testing.assert_close(got[key] - base[key], want[key], rtol=0, atol=1e-5)
+    assert not any("lora_" in k or "base_layer" in k for k in merged.state_dict())  # plain weights
+
+    # The output is full weights that load without peft, and the card and merge.json say what was folded.
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    import transformers.integrations.peft as hf_peft
+
+    def no_peft(**_):
+        raise AssertionError("a merge of folded adapters must load without peft")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hf_peft, "check_peft_version", no_peft)
+        reloaded = _applied(SentenceTransformer(str(out), device="cpu"))
+    for key in base:
+        torch.testing.assert_close(reloaded[key], got[key], rtol=0, atol=0)
+    record = json.loads((out / "merge.json").read_text(encoding="utf-8"))
+    assert [m["lora_base"] for m in record["models"]] == [display_name(tiny_model_path)] * 2
+    assert f"input 2 on `{display_name(tiny_model_path)}`" in (out / "README.md").read_text(encoding="utf-8")
+
+    # Task arithmetic from the base: b + λ·ΣΔWᵢ, the same mean update with the default λ = 1/2.
+    arith = _applied(merge([ad1, ad2], "task-arithmetic", base=folders["base"]))
+    for key in base:
+        torch.testing.assert_close(arith[key] - base[key], want[key], rtol=0, atol=1e-5)

@@ -42,7 +42,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                     "STS-B test, SICK-R test; 100 x Spearman of cosine).",
     )
     p.add_argument("model", help="model folder, packaged model or Hub id")
-    p.add_argument("--compare", metavar="MODEL_B", help="also evaluate MODEL_B and show both with differences")
+    p.add_argument("--compare", metavar="MODEL_B", help="also evaluate MODEL_B and show both, with MODEL - MODEL_B "
+                                                          "(what changed from B, e.g. a base)")
     p.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
     p.add_argument("--source", choices=("auto", "local", "hub"), default="auto",
                    help="where the STS data comes from (auto: the local folder when there is one, else the Hub)")
@@ -213,10 +214,11 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.compare:
         model_b, spec_b = load_model(args.compare)
         other = evaluate(model_b, "sts", model_path=spec_b, tasks=args.tasks, **common)
-        diff = {t: other["tasks"][t]["spearman"] - s["spearman"] for t, s in results["sts"]["tasks"].items()
+        # What changed from B (--compare, e.g. the base) to A (MODEL): A − B, as the table and the chart show it.
+        diff = {t: s["spearman"] - other["tasks"][t]["spearman"] for t, s in results["sts"]["tasks"].items()
                 if t in other["tasks"]}
-        diff["avg"] = other["avg"] - results["sts"]["avg"]
-        results["compare"] = {"model": other["model"], "sts": other, "difference_b_minus_a": diff}
+        diff["avg"] = results["sts"]["avg"] - other["avg"]
+        results["compare"] = {"model": other["model"], "sts": other, "difference_a_minus_b": diff}
     if ranking_sets:
         results.update(_score_ranking(model, ranking_sets, args))
     if args.mteb or args.mteb_benchmark or args.as_mteb:

@@ -47,10 +47,15 @@ def _diff(x: Any, width: int = 8) -> str:
     return f"{'–':>{width}}"
 
 
+# ``eval A --compare B``: one convention for the table, the chart and results.json (difference_a_minus_b).
+DIFFERENCE = "A - B = what changed from B to A (+: A scores higher)"
+
+
 def sts_table(res: dict[str, Any], other: dict[str, Any] | None = None, labels: tuple[str, str] = ("A", "B")) -> str:
     """The main table (100 × Spearman, "all" setting; Pearson and pair counts), then the other settings apart.
 
-    With ``other`` (``--compare``): columns A, B and B − A for Spearman.
+    With ``other`` (``--compare``): columns A, B and A − B for Spearman: what changed from B (``--compare``, e.g.
+    the base model) to A (the model evaluated), positive where A scores higher.
     """
     lines = [f"STS suite, protocol {res.get('protocol', PROTOCOL)}: cosine, 100 × Spearman; STS12-16 in the "
              "'all' setting (subsets concatenated); STS-B and SICK-R test"]
@@ -72,15 +77,15 @@ def sts_table(res: dict[str, Any], other: dict[str, Any] | None = None, labels: 
                          f"({len(res.get('avg_clean_tasks') or [])} tasks not seen in training)")
     else:
         a, b = labels
-        lines.append(f"A = {a}, B = {b}")
-        lines.append(f"{'task':<14}{'pairs':>7}{'A':>12}{'B':>12}{'B - A':>10}")
+        lines.append(f"A = {a}, B = {b}; {DIFFERENCE}")
+        lines.append(f"{'task':<14}{'pairs':>7}{'A':>12}{'B':>12}{'A - B':>10}")
         for t in tasks:
             sa, sb = res["tasks"][t], other["tasks"].get(t, {})
-            d = (sb.get("spearman") - sa.get("spearman")) if sb.get("spearman") is not None else None
+            d = (sa.get("spearman") - sb.get("spearman")) if sb.get("spearman") is not None else None
             lines.append(f"{t:<14}{sa.get('n', ''):>7}{_fmt(sa.get('spearman'), 12)}{_fmt(sb.get('spearman'), 12)}"
                          f"{_diff(d, 10)}")
         lines.append(f"{avg_name:<14}{'':>7}{_fmt(res.get('avg'), 12)}{_fmt(other.get('avg'), 12)}"
-                     f"{_diff(other.get('avg', float('nan')) - res.get('avg', float('nan')), 10)}")
+                     f"{_diff(res.get('avg', float('nan')) - other.get('avg', float('nan')), 10)}")
     settings = res.get("settings") or {}
     if settings:
         lines.append("Other SentEval settings (NOT comparable with the table above; do not mix):")
@@ -183,7 +188,8 @@ def sts_figure(res: dict[str, Any], other: dict[str, Any] | None = None, labels:
                model_name: str | None = None) -> Any:
     """A bar chart of the tasks that ran and their average, on a y-axis zoomed to the scores (the axis does not
     start at 0, and says so), the model's name in the title. The numbers are in the table and results.json, so
-    the bars carry none; with ``other`` (``--compare``) two bars per task and B − A above each pair.
+    the bars carry none; with ``other`` (``--compare``) two bars per task and A − B above each pair (green where A
+    scores higher).
 
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
     """
@@ -211,8 +217,8 @@ def sts_figure(res: dict[str, Any], other: dict[str, Any] | None = None, labels:
         for bar, a, b in zip(bars, va, vb, strict=True):
             if not math.isfinite(b):
                 continue
-            ax.annotate(f"{b - a:+.2f}", (bar.get_x(), max(a, b)), xytext=(0, 2), textcoords="offset points",
-                        ha="center", va="bottom", fontsize=8, color="#2a7f2a" if b >= a else "#b22222")
+            ax.annotate(f"{a - b:+.2f}", (bar.get_x(), max(a, b)), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=8, color="#2a7f2a" if a >= b else "#b22222")
         ax.legend(loc="upper left", fontsize=8, ncols=2)
     lo, hi = _axis_range(values, pad=3.0 if other is not None else 2.0)
     ax.set_ylim(lo, hi)
@@ -221,7 +227,7 @@ def sts_figure(res: dict[str, Any], other: dict[str, Any] | None = None, labels:
     ax.set_ylabel("100 × Spearman (cosine)" + (f"; axis from {lo:g}" if lo > 0 else ""))
     name = model_name or (res.get("model") or {}).get("name") or "model"
     if other is not None:
-        name = f"{labels[0]} vs {labels[1]} (B − A above the bars)"
+        name = f"{labels[0]} vs {labels[1]} (A − B above the bars)"
     length = (res.get("encoding") or {}).get("max_seq_length")
     detail = f"SentEval 'all' setting{f', up to {length} tokens' if length else ''}"
     ax.set_title(f"STS: {name}\n{detail}", fontsize=10)
