@@ -22,8 +22,9 @@ from pydantic import ValidationError
 
 from embedkit.data.ranking import read_rerank
 from embedkit.data.sources import TrainData, read_corpus, read_local, read_pairs, read_train_source
+from embedkit.distributed import is_main
 from embedkit.errors import DataError, EmbedkitError, RecipeError
-from embedkit.log import is_main_process, log
+from embedkit.log import log
 from embedkit.model_ref import check_model, load_model
 from embedkit.paths import atomic_path, expand, resolve_data_dir
 from embedkit.recipe import MineSection, Recipe, mine_window
@@ -170,7 +171,7 @@ def mine_for_training(recipe: Recipe, train_data: TrainData | None, model: Any, 
     corpus = corpus_texts(settings, local if local and Path(local).is_file() else None, src.format, resolved)
     mined = run_mining(model, train_data, settings, corpus)
     log(summary(mined.stats))
-    if is_main_process():
+    if is_main():
         write_mined(mined, output, title_of(recipe.model.name, settings, mined.stats["rows"],
                                             mined.stats["rows_in"]), extra=wanted)
     if not mined.anchors:
@@ -273,7 +274,7 @@ def _mine(args: argparse.Namespace) -> int:
     else:
         model, _ = load_model(model_name)
     mined = run_mining(model, pairs, settings, corpus)
-    if is_main_process():
+    if is_main():
         extra = {"settings": settings.model_dump(mode="json"), "data_sha256": pairs.sha256, "model": model_name,
                  "input": pairs.description}
         write_mined(mined, output, title_of(model_name, settings, mined.stats["rows"], mined.stats["rows_in"]),
