@@ -2,22 +2,19 @@
 
 Progress goes to stdout as ``[embedkit] …`` (``[embedkit eval] …`` on stderr while evaluating, so that a table on
 stdout stays clean), a note about something done instead of what was asked goes to stderr as ``embedkit: note: …``.
-Only the main process (``RANK`` 0) prints, so a ``torchrun`` job says each thing once. Library-style messages
+Only the main process (rank 0, :func:`embedkit.distributed.is_main`) prints, so a ``torchrun`` job says each thing
+once. Library-style messages
 (cache fallbacks, head choices) use :func:`get_logger` and reach the user through the same handler.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
+from embedkit.distributed import is_main
+
 LOGGER = logging.getLogger("embedkit")
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a multi-process run (or the only process)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 class _Handler(logging.Handler):
@@ -25,7 +22,7 @@ class _Handler(logging.Handler):
     up at each message (pytest and notebooks replace them)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not is_main_process():
+        if not is_main():
             return
         prefix = getattr(record, "prefix", None)
         if record.levelno >= logging.WARNING:

@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from embedkit import distributed
 from embedkit.encoding import encode
-from embedkit.losses.common import world
 from embedkit.recipe import mine_window
 
 if TYPE_CHECKING:
@@ -45,19 +45,20 @@ def unit_vectors(model: SentenceTransformer, sentences: list[str], batch_size: i
     """Unit-normalised float32 embeddings as a CPU tensor, from :func:`embedkit.encoding.encode` on the mining
     device (see :func:`mining_device`).
 
-    With a ``torch.distributed`` process group of several processes, every process must call this with the same
-    ``sentences``: each encodes one contiguous shard and the shards are all-gathered, so every process returns
-    the whole table having encoded only ``ceil(n / world_size)`` texts."""
+    With a ``torch.distributed`` process group of several processes up (:func:`embedkit.distributed.connected`),
+    every process must call this with the same ``sentences``: each encodes one contiguous shard and the shards are
+    all-gathered, so every process returns the whole table having encoded only ``ceil(n / world_size)`` texts.
+    Without one (e.g. under a launcher before the trainer brings the group up) every process encodes them all."""
 
     if not sentences:
         return torch.zeros(0, model.get_embedding_dimension())
     target = mining_device(device) if isinstance(device, str) else device
-    rank, size = world()
-    if size == 1:
+    if not distributed.connected():
         return torch.from_numpy(encode(model, sentences, batch_size, normalize=True, device=target))
 
+    size = distributed.world_size()
     per = math.ceil(len(sentences) / size)
-    local = torch.from_numpy(encode(model, sentences[rank * per:(rank + 1) * per], batch_size, normalize=True,
+    local = torch.from_numpy(encode(model, sentences[distributed.local_rows(per)], batch_size, normalize=True,
                                     device=target))
     # nccl moves CUDA tensors only; gloo CPU ones. Every shard is padded to `per` rows for all_gather.
     comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -73,14 +74,14 @@ def ensure_process_group() -> bool:
     with CUDA, else gloo; accelerate and the trainer reuse it), so that :func:`unit_vectors` shards. Returns
     whether a group of several processes is up."""
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+    if distributed.world_size() <= 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
-    return dist.get_world_size() > 1
+    return distributed.connected()
 
 
 def faiss_available() -> bool:

@@ -535,15 +535,6 @@ def per_device_batch(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
-def env_world_size() -> int | None:
-    """``WORLD_SIZE`` as torchrun / accelerate set it, or ``None`` outside a launcher (or when malformed)."""
-    raw = os.environ.get("WORLD_SIZE")
-    try:
-        return int(raw) if raw is not None and int(raw) >= 1 else None
-    except ValueError:
-        return None
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Loading, overrides and error messages
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from embedkit import paths
+from embedkit import distributed, paths
 from embedkit.data.heldout import remove_heldout, split_heldout
 from embedkit.data.ranking import check_beir_layout, read_rerank
 from embedkit.data.sources import infer_format, read_corpus, read_local
@@ -27,7 +27,6 @@ from embedkit.recipe import (
     Overrides,
     Recipe,
     RecipeInput,
-    env_world_size,
     format_validation_error,
     is_multitask,
     parse_recipe,
@@ -83,8 +82,8 @@ def load_recipe_with_data(
         ) from None
     recipe.method = MethodSection(name=recipe.method.name, **validated.model_dump())
     _check_objective(recipe, method, validated, source, lines)
-    world = env_world_size()
-    if world is not None:  # under torchrun / accelerate: the global batch must split evenly now
+    world = distributed.world_size()
+    if world > 1:  # under torchrun / accelerate: the global batch must split evenly now
         check_batch_split(recipe, world, source, lines)
     _check_lora(recipe, source, lines)
 
@@ -200,6 +199,7 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     src = recipe.data.train
     if src.mine is not None:
         _check_mine(recipe, data_dir, method, source, lines)
+        _check_data_refusals(recipe, method, mined_columns(src.mine.num_negatives), source, lines)
     if src.path is None:
         return None  # a Hub dataset is read when training starts
     where = _where(source, lines, ("data", "train", "path"))
@@ -207,6 +207,8 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     if path is None:
         return None
     data = _read_train_file(recipe, path, method, where, notes)
+    if src.mine is None:  # mined columns were checked above
+        _check_data_refusals(recipe, method, list(data.columns), source, lines)
     for dev, key in heldout_devs(whole or recipe, path, data_dir):  # before max_samples: the slice is of the whole file
         fmt = infer_format(path, src.format)
         if fmt != dev.kind:
@@ -247,11 +249,24 @@ def _read_train_file(recipe: Recipe, path: str, method: Any, where: str, notes: 
     return data
 
 
+def _check_data_refusals(recipe: Recipe, method: Any, columns: list[str], source: str, lines: dict) -> None:
+    """The method's options that these training columns leave without effect
+    (:meth:`~embedkit.methods.base.Method.data_refusals`), one ``file:line: key: reason`` line each."""
+    errors = [f"{_where(source, lines, key)}: {reason}" for key, reason in method.data_refusals(recipe, columns)]
+    if errors:
+        raise RecipeError("\n".join(errors))
+
+
+def mined_columns(num_negatives: int) -> list[str]:
+    """The columns ``data.train.mine`` hands the method: anchor, positive, negative_1 … negative_k."""
+    return ["anchor", "positive", *(f"negative_{i}" for i in range(1, num_negatives + 1))]
+
+
 def _check_mine(recipe: Recipe, data_dir: Path | None, method: Any, source: str, lines: dict) -> None:
     """``data.train.mine``: the method must take the mined columns, and the corpus file must read."""
     mine = recipe.data.train.mine
     assert mine is not None
-    wanted = ["anchor", "positive", *(f"negative_{i}" for i in range(1, mine.num_negatives + 1))]
+    wanted = mined_columns(mine.num_negatives)
     # The method must take 2 + k text columns (a fixed count, or any number of negatives) and no score column.
     if method.label_role or method.column_problem(wanted):
         raise RecipeError(
@@ -338,8 +353,8 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
         raise RecipeError(format_validation_error(err, source, lines, method.params_cls, prefix=("method",))) from None
     recipe.method = MethodSection(name="multitask", **params.model_dump())
     errors = []
-    world = env_world_size()
-    if params.sampler == "mixed" and world is not None and world > 1:
+    world = distributed.world_size()
+    if params.sampler == "mixed" and world > 1:
         errors.append(f"{_where(source, lines, ('method', 'sampler'))}: sampler mixed runs in one process (each "
                       "process's share of a source would differ in size); use a single-task sampler under torchrun")
     if recipe.training.group_by_length:
@@ -350,7 +365,7 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
         errors += _check_source_method(i, src, view, source, lines)
     if errors:
         raise RecipeError("\n".join(errors))
-    if world is not None:
+    if world > 1:
         check_batch_split(recipe, world, source, lines)
     _check_lora(recipe, source, lines)
     recipe.data.train = [src.model_copy(update={"method": view.method}) for src, view in views]

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 import yaml
 from tiny_model import training_model
 
+from embedkit import distributed
 from embedkit.errors import RecipeError
 from embedkit.losses import contrastive as contrastive_mod
-from embedkit.methods.ccp import loss as loss_mod
 from embedkit.methods.ccp.documents import build_rows, read_documents, split_sentences
 from embedkit.methods.ccp.loss import ContextPositivesLoss
 from embedkit.validate import load_recipe, load_recipe_with_data
@@ -178,10 +178,9 @@ def test_across_processes_the_document_ids_are_gathered(monkeypatch):
     held by the other process (rows 0 and 2 for anchor 5, document 0) are masked too."""
     a, p = embeddings()
     local = slice(4, 8)
-    world = (1, 2)
-    monkeypatch.setattr(loss_mod, "world", lambda: world)
-    monkeypatch.setattr(contrastive_mod, "world", lambda: world)
-    monkeypatch.setattr(loss_mod, "gather_no_grad", lambda x, enabled=True: torch.cat([DOCS[:4], x]))
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(contrastive_mod, "gather_no_grad", lambda x, enabled=True: torch.cat([DOCS[:4], x]))
     loss = ContextPositivesLoss(torch.nn.Identity(), TAU)
     monkeypatch.setattr(loss, "gather", lambda x: torch.cat([p[:4], x]))
     batch = loss.plan([{}, {}], DOCS[local])

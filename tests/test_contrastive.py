@@ -352,3 +352,18 @@ def test_build_model_keeps_a_models_own_prompts(tmp_path, tiny_model_path):
     model = build_model(ModelSection(name=str(tmp_path / "st"), pooling="mean", prompts={"query": "query: "}))
     assert model.prompts["query"] == "query: " and model.prompts["title"] == "t: "
     assert model.default_prompt_name == "title"
+
+
+def test_simcse_sup_contrastive_ccp_and_debcse_share_one_infonce_loss():
+    """One loss class with options, not four: each method's loss is an option set of InfoNCELoss (its score)."""
+    from embedkit.losses.contrastive import InfoNCELoss, SupervisedSimCSELoss
+    from embedkit.methods.ccp.loss import ContextPositivesLoss
+    from embedkit.methods.debcse.loss import DebCSELoss
+
+    for cls in (SupervisedSimCSELoss, ContrastiveLoss, ContextPositivesLoss, DebCSELoss):
+        assert issubclass(cls, InfoNCELoss) and cls.score is InfoNCELoss.score, cls.__name__
+    vs = views(2)
+    ours = InfoNCELoss(torch.nn.Identity(), TAU, 0.3, symmetric=True).score(vs)
+    assert torch.equal(ours, ContrastiveLoss(torch.nn.Identity(), TAU, 0.3, symmetric=True).score(vs))
+    assert float(ours) == pytest.approx(float(direct(vs, 0.3, symmetric=True)), rel=1e-10)
+

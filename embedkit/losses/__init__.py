@@ -6,7 +6,7 @@ Imported lazily: :mod:`embedkit.losses.terms` (term schemas) must load without t
 
 from __future__ import annotations
 
-__all__ = ["SimCSELoss", "SupervisedSimCSELoss"]
+__all__ = ["InfoNCELoss", "SimCSELoss", "SupervisedSimCSELoss"]
 
 
 def __getattr__(name: str):

@@ -43,10 +43,17 @@ def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
 
 
 class _WangIsolaTerm(nn.Module):
-    """What the two terms share: no per-batch preparation, one citation."""
+    """What the two terms share: no per-batch preparation, one citation, the config the card lists."""
+
+    name: str
+    weight: float
+    config_keys: tuple[str, ...] = ()
 
     def prepare(self, batch: Any, loss: Any) -> None:
         pass
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, **{k: getattr(self, k) for k in self.config_keys}}
 
     @property
     def citation(self) -> str:
@@ -80,6 +87,7 @@ class AlignmentTerm(_WangIsolaTerm):
     """
 
     name = "alignment"
+    config_keys = ("alpha",)
 
     def __init__(self, weight: float = 1.0, alpha: float = 2.0) -> None:
         super().__init__()
@@ -122,6 +130,7 @@ class UniformityTerm(_WangIsolaTerm):
     """
 
     name = "uniformity"
+    config_keys = ("t",)
 
     def __init__(self, weight: float = 1.0, t: float = 2.0) -> None:
         super().__init__()

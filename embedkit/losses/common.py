@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from embedkit import distributed
 from embedkit.modeling import DEFAULT_INITIALIZER_RANGE, init_linear_
 
 
@@ -87,13 +88,6 @@ def encode_columns(
     return list(torch.split(emb, sizes, dim=0))
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) without torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def gather(x: Tensor, enabled: bool = True) -> Tensor:
     """Concatenate ``x`` from every process along dim 0, keeping the gradient path to every shard.
 
@@ -102,8 +96,7 @@ def gather(x: Tensor, enabled: bool = True) -> Tensor:
     trainer's gradient averaging the update equals a single process holding the whole global batch. In one
     process ``x`` itself comes back (sentence-transformers would also log a warning, hence the early return).
     """
-    _, size = world()
-    if not enabled or size == 1:
+    if not enabled or distributed.world_size() == 1:
         return x
     from sentence_transformers.util import all_gather_with_grad
 
@@ -112,7 +105,7 @@ def gather(x: Tensor, enabled: bool = True) -> Tensor:
 
 def gather_no_grad(x: Tensor, enabled: bool = True) -> Tensor:
     """Concatenate ``x`` from every process along dim 0 (no gradient; rank order), e.g. keys to enqueue."""
-    _, size = world()
+    size = distributed.world_size()
     if not enabled or size == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(size)]

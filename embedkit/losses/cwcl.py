@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embedkit.losses.common import cosine_matrix, gather_no_grad, world
+from embedkit.losses.common import cosine_matrix, gather_no_grad
 
 CWCL_CITATION = """@inproceedings{srinivasa2023cwcl,
   title = {{CWCL}: Cross-Modal Transfer with Continuously Weighted Contrastive Loss},
@@ -110,6 +110,9 @@ class CWCLTerm(nn.Module):
     def citation(self) -> str:
         return CWCL_CITATION
 
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, "temperature": self.temperature, "floor": self.floor}
+
     @torch.no_grad()
     def embed(self, features: dict[str, Tensor]) -> Tensor:
         device = features["input_ids"].device
@@ -127,10 +130,8 @@ class CWCLTerm(nn.Module):
         p = a if batch.positive_features is batch.anchor_features else self.embed(batch.positive_features)
         enabled = loss.gather_across_devices if loss is not None else False
         p = gather_no_grad(p, enabled)
-        n = a.shape[0]
-        rank, size = world()
-        offset = rank * n if p.shape[0] == n * size else 0
-        batch.extra["cwcl_weights"] = cwcl_weights(cosine_matrix(a, p), offset, self.floor)
+        rows = loss.own_rows(a.shape[0]) if loss is not None else slice(0, a.shape[0])
+        batch.extra["cwcl_weights"] = cwcl_weights(cosine_matrix(a, p), rows.start, self.floor)
 
     def forward(self, views: list[Tensor], batch: Any, loss: Any = None) -> Tensor:
         anchors, positives = batch.anchors_positives(views)

@@ -242,6 +242,13 @@ class MoCoLoss(ComposedLoss):
         self.temperature = temperature
         self.normalize = normalize
 
+    def get_config_dict(self) -> dict[str, Any]:
+        views = self.views
+        crop = {"crop_min": views.min_ratio, "crop_max": views.max_ratio, "deletion": views.deletion} if (
+            views is not None and hasattr(views, "min_ratio")) else {}
+        return {"temperature": self.temperature, "normalize": self.normalize, "queue_size": self.queue.size,
+                "momentum": self.momentum_encoder.momentum, **crop, **super().get_config_dict()}
+
     def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> ViewBatch:
         """``labels``: the dataset row id of each batch row, handed to ``views`` (may be ``None``)."""
         text = features[0]

@@ -14,7 +14,10 @@ Because the main loss is a function of embeddings, :class:`ComposedLoss` can the
 
 * **GradCache** (``training.mini_batch_size``): sentence-transformers' :class:`CachedLossMixin` embeds the
   columns in mini-batches without a graph, back-propagates the loss to the embeddings, and replays each
-  mini-batch with its RNG state; same loss and gradients, the activation memory of one mini-batch.
+  mini-batch with its RNG state; same loss and gradients, the activation memory of one mini-batch. The
+  gradients of parameters the loss reaches directly (a training-only head, a vocabulary head, a tied decoder)
+  are computed then too, but applied only in the outer backward pass, scaled by its ``grad_output`` like the
+  encoder's (fp16's gradient scaler, gradient accumulation): see :class:`_DeferredGradients`.
 * **cross-process gathering** (``training.gather_across_devices``): :meth:`ComposedLoss.gather`, the one
   switch every score and term reads.
 * **Matryoshka** (``training.matryoshka_dims``): the main loss on each truncated, re-normalised prefix of the
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from sentence_transformers.base.losses import CachedLossMixin
 from torch import Tensor, nn
 
+from embedkit import distributed
 from embedkit.errors import RecipeError
 from embedkit.losses.common import encode_columns, gather
 from embedkit.losses.terms import build_term, term_info
@@ -110,6 +114,10 @@ class ComposedLoss(CachedLossMixin, nn.Module):
         self.terms = nn.ModuleList()
         self._batch: ViewBatch | None = None
         self._components: dict[str, float] = {}
+        self._deferred: list[tuple[nn.Parameter, Tensor]] = []
+
+    # The method's hyperparameters (attribute names) that :meth:`get_config_dict` reports.
+    config_keys: tuple[str, ...] = ()
 
     # ---- what a method implements ------------------------------------------------------------------
 
@@ -132,6 +140,11 @@ class ComposedLoss(CachedLossMixin, nn.Module):
     def gather(self, x: Tensor) -> Tensor:
         """``x`` from every process (with gradient) when ``gather_across_devices`` is on."""
         return gather(x, self.gather_across_devices)
+
+    def own_rows(self, n: int) -> slice:
+        """Where this process's ``n`` rows sit among the candidates :meth:`gather` returns: the rule of
+        :func:`embedkit.distributed.local_rows` when gathering, else the first ``n``."""
+        return distributed.local_rows(n) if self.gather_across_devices else slice(0, n)
 
     def project(self, x: Tensor) -> Tensor:
         return self.head(x) if self.head is not None else x
@@ -156,6 +169,22 @@ class ComposedLoss(CachedLossMixin, nn.Module):
         self.main_weight = main_weight
         self.terms = nn.ModuleList(terms or [])
         return self
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """The loss's hyperparameters (:attr:`config_keys`) and what the framework composed onto it, as
+        sentence-transformers' losses report themselves: its model card lists them under the loss."""
+        out: dict[str, Any] = {key: _plain(getattr(self, key)) for key in self.config_keys}
+        out["gather_across_devices"] = self.gather_across_devices
+        if self.mini_batch_size:
+            out["mini_batch_size"] = self.mini_batch_size
+        if self.matryoshka_dims:
+            out["matryoshka_dims"] = list(self.matryoshka_dims)
+            out["matryoshka_weights"] = list(self.matryoshka_weights)
+        if self.main_weight != 1.0:
+            out["main_weight"] = self.main_weight
+        if len(self.terms):
+            out["terms"] = [term.get_config_dict() for term in self.terms]
+        return out
 
     @property
     def uses_gradient_cache(self) -> bool:  # type: ignore[override]
@@ -192,11 +221,15 @@ class ComposedLoss(CachedLossMixin, nn.Module):
         for term in self.terms:
             term.prepare(batch, self)
         if self.mini_batch_size:
-            self._batch = batch
+            self._batch, self._deferred = batch, []
             try:
                 total = self.forward_cached(batch.columns, labels)
+                deferred, self._deferred = self._deferred, []
             finally:
                 self._batch = None
+            if deferred:  # the loss's own parameters get their gradient in the outer backward pass
+                params, grads = zip(*deferred, strict=True)
+                total = _DeferredGradients.apply(total, grads, *params)
             out: Tensor | dict[str, Tensor] = total
             if self.composed:
                 out = _around_total(total, self._components)
@@ -215,9 +248,38 @@ class ComposedLoss(CachedLossMixin, nn.Module):
         else:
             loss = out
         if with_backward:
-            loss.backward()
+            # Gradients to the embeddings (the cache that CachedLossMixin replays) and to every trainable
+            # parameter the loss reaches directly; the latter are applied later, scaled by the outer backward's
+            # grad_output (a plain loss.backward() here would put them in .grad unscaled: under fp16 the
+            # gradient scaler would then divide them by its scale).
+            leaves = [r for mbs in reps for r in mbs]
+            params = [p for p in self.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)
+            for rep, grad in zip(leaves, grads, strict=False):
+                rep.grad = grad
+            self._deferred = [(p, g) for p, g in zip(params, grads[len(leaves):], strict=True) if g is not None]
             loss = loss.detach()
         return loss
+
+
+class _DeferredGradients(torch.autograd.Function):
+    """Identity on the GradCache total whose backward hands the loss's own parameters their gradients,
+    computed in :meth:`ComposedLoss.calculate_loss`, times the outer ``grad_output``: exactly what the encoder's
+    replayed mini-batches get (sentence-transformers' ``_backward_hook`` scales each by ``grad_output``)."""
+
+    @staticmethod
+    def forward(ctx: Any, total: Tensor, grads: tuple[Tensor, ...], *params: Tensor) -> Tensor:
+        ctx.grads = grads
+        return total.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        return (grad_output, None, *(g * grad_output.to(g.dtype) for g in ctx.grads))
+
+
+def _plain(value: Any) -> Any:
+    """A hyperparameter as JSON can hold it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _around_total(total: Tensor, components: dict[str, float]) -> dict[str, Tensor]:

@@ -178,6 +178,13 @@ class Method:
         return out
 
     @classmethod
+    def data_refusals(cls, recipe: Recipe, columns: list[str]) -> list[tuple[tuple, str]]:
+        """(recipe key path, reason) for each method option that the training data leaves without effect, e.g. a
+        hard-negative weight on rows without a negative. ``columns``: the data's columns as read, in order (with
+        ``data.train.mine``: the anchor, positive and mined negative columns). Default: none."""
+        return []
+
+    @classmethod
     def prompt_problems(cls, recipe: Recipe) -> list[tuple[tuple, str]]:
         """(key path, reason) for each ``model.prompt_columns`` entry that names a column the method does not
         have or a prompt ``model.prompts`` does not hold, and for prompts that training would not apply."""

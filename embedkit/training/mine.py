@@ -24,8 +24,9 @@ from pydantic import ValidationError
 from embedkit.data.heldout import split_heldout
 from embedkit.data.ranking import read_rerank
 from embedkit.data.sources import TrainData, read_corpus, read_local, read_pairs, read_train_source
+from embedkit.distributed import is_main
 from embedkit.errors import DataError, EmbedkitError, RecipeError
-from embedkit.log import is_main_process, log
+from embedkit.log import log
 from embedkit.model_ref import check_model, load_model
 from embedkit.paths import atomic_path, expand, resolve_data_dir
 from embedkit.recipe import MineSection, Recipe, mine_window
@@ -252,7 +253,7 @@ def mine_for_training(recipe: Recipe, train_data: TrainData | None, model: Any, 
         raise DataError(f"data.train.mine: {reason}")
     mined = run_mining(model, train_data, settings, corpus)
     log(summary(mined.stats))
-    if is_main_process():
+    if is_main():
         write_mined(mined, output, title_of(recipe.model.name, settings, mined.stats["rows"],
                                             mined.stats["rows_in"]), extra=wanted)
     reason = too_few_kept(mined.stats, settings)
@@ -362,7 +363,7 @@ def _mine(args: argparse.Namespace) -> int:
     reason = too_few_kept(mined.stats, settings, cli_flag)
     if reason:
         raise EmbedkitError(f"data mine: {reason}; nothing was written")
-    if is_main_process():
+    if is_main():
         extra = {"settings": settings.model_dump(mode="json"), "data_sha256": pairs.sha256, "model": model_name,
                  "input": pairs.description}
         write_mined(mined, output, title_of(model_name, settings, mined.stats["rows"], mined.stats["rows_in"]),

@@ -31,10 +31,10 @@ import torch.distributed as dist
 from sentence_transformers.base.sampler import MultiDatasetDefaultBatchSampler
 from torch.utils.data import ConcatDataset
 
+from embedkit import distributed
 from embedkit.data.sources import read_train_source
 from embedkit.errors import DataError
 from embedkit.log import log
-from embedkit.losses.common import world
 from embedkit.losses.objective import compose
 from embedkit.methods import get_method
 from embedkit.methods.base import TrainContext
@@ -227,7 +227,7 @@ class MultiTaskTrainer(EmbedkitTrainer):
         if "loss" in logs:  # training logs: each source's mean loss over its steps since the last log
             names = list(self._task_sums)
             flat = torch.tensor([v for n in names for v in self._task_sums[n]], dtype=torch.float64)
-            if world()[1] > 1:
+            if distributed.world_size() > 1:
                 dist.all_reduce(flat)  # every process logs (the trainer's own loss is gathered there too)
             logs = dict(logs)
             for k, name in enumerate(names):

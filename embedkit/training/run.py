@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from packaging.version import Version
 
+from embedkit import distributed
 from embedkit.card import add_method_citation, set_card_data, write_card
 from embedkit.data.sources import read_train_source
 from embedkit.errors import EmbedkitError, RecipeError
@@ -33,7 +34,7 @@ from embedkit.evaluation.overlap import annotate_sts, flagged, run_overlap, summ
 from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
 from embedkit.hub import push
-from embedkit.log import is_main_process, log, notice
+from embedkit.log import log, notice
 from embedkit.methods import get_method
 from embedkit.methods.base import TrainContext
 from embedkit.model_ref import load_model
@@ -77,6 +78,10 @@ def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
     if train_data is None:
         train_data = read_train_source(recipe.data.train, recipe.method.name, method_cls.roles(),
                                        method_cls.column_types, method_cls.column_problem)
+        # What validation checks for a local file, once the Hub dataset's columns are known.
+        refused = method_cls.data_refusals(recipe, list(train_data.columns))
+        if refused:
+            raise RecipeError("\n".join(f"{'.'.join(map(str, key))}: {why}" for key, why in refused))
     roles = method_cls.roles(len(train_data.columns))  # a method may take any number of negative columns
     columns = dict(zip(roles, train_data.columns.values(), strict=True))
     return datasets.Dataset.from_dict(columns), train_data
@@ -230,7 +235,7 @@ def train(
     if not isinstance(plan, Plan):
         return TrainResult(Path(recipe.output.dir).expanduser(), plan)
     with plan.folder as folder:
-        if is_main_process() and not resume:
+        if distributed.is_main() and not resume:
             folder.write_marker(recipe=recipe.model_dump(mode="json"),
                                 data_sha256=getattr(train_data, "sha256", None))
         run = setup(recipe, train_data, data_dir, folder.work, plan.checkpoint)
@@ -259,19 +264,18 @@ def train(
 
 def _from_rank_zero() -> Callable[[Any], Any]:
     """A function every process calls once: rank 0 passes its value, every process gets rank 0's value (in one
-    process, the value itself). Its own gloo group waits :data:`FINAL_WAIT`, since rank 0 evaluates and saves
-    while the others wait."""
+    process, the value itself; :func:`embedkit.distributed.broadcast_object`). Its own gloo group waits
+    :data:`FINAL_WAIT`, since rank 0 evaluates and saves while the others wait."""
+    if not distributed.connected():
+        return lambda value: value
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return lambda value: value
     group = dist.new_group(backend="gloo", timeout=FINAL_WAIT)
 
     def share(value: Any) -> Any:
-        box = [value]
-        dist.broadcast_object_list(box, src=0, group=group)
+        value = distributed.broadcast_object(value, group=group)
         dist.destroy_process_group(group)
-        return box[0]
+        return value
 
     return share
 
@@ -309,8 +313,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     # The final evaluation's sets are read now too: a bad row fails before training, not after it.
     final_sets = tuple(load_rankings([("rerank", p, "test") for p in recipe.eval.rerank]
                                      + [("retrieval", e.path, e.split) for e in recipe.eval.retrieval], data_dir))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world_size, rank = distributed.world_size(), distributed.rank()
     # Seed before anything random is built (e.g. a training-only head), identically on every process.
     from transformers import set_seed
 
@@ -529,7 +532,7 @@ def _dev_curve(work: Path, results: dict[str, Any], name: str) -> None:
     from embedkit.evaluation.report import dev_history, render_training_chart  # scipy, through the STS suite
 
     history = dev_history(results)
-    if history is None or not is_main_process():
+    if history is None or not distributed.is_main():
         return
     try:
         render_training_chart(work / "dev-curve.png", history, name)

@@ -29,8 +29,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from embedkit.distributed import is_main
 from embedkit.errors import RecipeError
-from embedkit.log import is_main_process
 from embedkit.paths import atomic_path
 from embedkit.version import __version__
 
@@ -153,7 +153,7 @@ class RunFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is not None and is_main_process():
+            if exc_type is not None and is_main():
                 self._clean_failed()
         finally:
             self.release()
@@ -195,7 +195,7 @@ class RunFolder:
 
     def finish(self) -> None:
         """Record the finished run's entries in its marker and, for a staged run, swap it into ``out``."""
-        if not is_main_process():
+        if not is_main():
             return
         entries = sorted(p.name for p in self.work.iterdir())
         self.write_marker(entries=entries, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -273,9 +273,9 @@ def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
     staging = staging_path(out)
     if resume:
         work = resume_work(out)
-        if not is_main_process():
+        if not is_main():
             return RunFolder(out, work, staged=work != out)
-    elif not is_main_process():
+    elif not is_main():
         return RunFolder(out, staging if overwrite else out, staged=overwrite)
     probe_lock(out, out)  # a run in progress is named before any other refusal
     if resume:

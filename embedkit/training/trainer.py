@@ -31,8 +31,8 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 
+from embedkit import distributed
 from embedkit.errors import NonFiniteLossError
-from embedkit.losses.common import world
 from embedkit.modeling import load_lora_checkpoint, lora_encoder, tensors_digest
 from embedkit.training.checkpoints import (
     COMPLETE_MARKER,
@@ -84,7 +84,7 @@ def loss_own_parameters(loss: torch.nn.Module | dict[str, torch.nn.Module]) -> l
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """All-reduce the gradients of ``params`` to their mean over processes (no-op in one process)."""
 
-    _, size = world()
+    size = distributed.world_size()
     if size == 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -106,7 +106,7 @@ def method_state_digests(state: dict[str, torch.Tensor]) -> list[str]:
     """:func:`state_digest` of this process's method state, gathered from every process (rank order)."""
 
     mine = state_digest(state)
-    _, size = world()
+    size = distributed.world_size()
     if size == 1:
         return [mine]
     out: list[str | None] = [None] * size
@@ -118,7 +118,7 @@ def all_finite(loss: torch.Tensor) -> bool:
     """Whether the loss is finite on every process (so that all of them stop at the same step)."""
 
     bad = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
-    if world()[1] > 1:
+    if distributed.world_size() > 1:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     return not bool(bad.item())
 

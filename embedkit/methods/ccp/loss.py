@@ -1,16 +1,14 @@
-"""CCP's loss: InfoNCE over the batch with every other sentence of the anchor's own document masked out."""
+"""CCP's loss: InfoNCE over the batch with every other sentence of the anchor's own document masked out (the
+:class:`~embedkit.losses.contrastive.InfoNCELoss` with ``mask_same_document``)."""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from embedkit.losses.common import gather_no_grad, world
-from embedkit.losses.contrastive import info_nce
-from embedkit.losses.objective import ComposedLoss, ViewBatch
+from embedkit.losses.contrastive import InfoNCELoss
 
 
-class ContextPositivesLoss(ComposedLoss):
+class ContextPositivesLoss(InfoNCELoss):
     """Contrastive context prediction: a sentence's positive is another sentence of its own document, its
     negatives are the positives of the batch's rows from *other* documents.
 
@@ -47,32 +45,11 @@ class ContextPositivesLoss(ComposedLoss):
         # recipe: method: {name: ccp, documents: paragraph, window: 2}
     """
 
+    config_keys = ("temperature", "mask_same_document")
+
     def __init__(
         self, model: nn.Module, temperature: float = 0.05, head: nn.Module | None = None,
         gather_across_devices: bool = True, mini_batch_size: int | None = None,
     ) -> None:
-        super().__init__(model, head, gather_across_devices, mini_batch_size)
-        self.temperature = temperature
-
-    def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None) -> ViewBatch:
-        if labels is None:
-            raise ValueError("ContextPositivesLoss needs each row's document id as labels (the 'label' column)")
-        docs = labels.reshape(-1).long()
-        # Gathered once per batch (not per Matryoshka dimension): every process makes the same collective calls.
-        extra = {"documents": docs, "candidate_documents": gather_no_grad(docs, self.gather_across_devices)}
-        return ViewBatch(features[:2], labels, anchor_features=features[0], positive_features=features[1],
-                         extra=extra)
-
-    def same_document_mask(self, batch: ViewBatch) -> Tensor:
-        """n × N: true where candidate j is from anchor i's document and is not anchor i's own positive."""
-        docs, candidates = batch.extra["documents"], batch.extra["candidate_documents"]
-        n = docs.shape[0]
-        rank, size = world()
-        offset = rank * n if candidates.shape[0] == n * size else 0  # where the local rows sit (as info_nce)
-        mask = docs[:, None] == candidates[None, :]
-        mask[torch.arange(n), offset + torch.arange(n)] = False
-        return mask
-
-    def score(self, views: list[Tensor], batch: ViewBatch) -> Tensor:
-        anchors, positives = self.project_all(views)
-        return info_nce(anchors, self.gather(positives), self.temperature, mask=self.same_document_mask(batch))
+        super().__init__(model, temperature, mask_same_document=True, head=head,
+                         gather_across_devices=gather_across_devices, mini_batch_size=mini_batch_size)

@@ -68,6 +68,16 @@ class Contrastive(Method):
                         "drop one of the two"))
         return out
 
+    @classmethod
+    def data_refusals(cls, recipe: Any, columns: list[str]) -> list[tuple[tuple, str]]:
+        weight = recipe.method.hard_negative_weight
+        if weight and len(columns) <= len(cls.column_roles):
+            return [(("method", "hard_negative_weight"),
+                     f"{weight} weighs each anchor's own negatives, and the rows have no negative column (the data "
+                     f"gives {', '.join(map(str, columns))}) and data.train.mine is not set: add negative columns, "
+                     "mine them with data.train.mine, or remove the key")]
+        return []
+
     def build_loss(self):
         from embedkit.methods.contrastive.loss import ContrastiveLoss
 

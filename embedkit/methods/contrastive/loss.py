@@ -1,15 +1,16 @@
-"""The ``contrastive`` method's loss: InfoNCE over (anchor, positive, negatives) rows as a composable loss."""
+"""The ``contrastive`` method's loss: :class:`~embedkit.losses.contrastive.InfoNCELoss` over (anchor, positive,
+negatives) rows, with its hard-negative weight and symmetric options."""
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from embedkit.losses.contrastive import info_nce
-from embedkit.losses.objective import ComposedLoss, ViewBatch
+from embedkit.losses.contrastive import InfoNCELoss
 
 
-class ContrastiveLoss(ComposedLoss):
-    """InfoNCE with in-batch, cross-process and hard negatives (MultipleNegativesRankingLoss).
+class ContrastiveLoss(InfoNCELoss):
+    """InfoNCE with in-batch, cross-process and hard negatives (MultipleNegativesRankingLoss): the
+    :class:`~embedkit.losses.contrastive.InfoNCELoss` without a document mask.
 
     van den Oord, Li and Vinyals, "Representation Learning with Contrastive Predictive Coding", 2018
     (arXiv:1807.03748): InfoNCE. Henderson et al., "Efficient Natural Language Response Suggestion for Smart
@@ -48,22 +49,11 @@ class ContrastiveLoss(ComposedLoss):
         # recipe: method: {name: contrastive, temperature: 0.05, no_duplicates: true}
     """
 
+    config_keys = ("temperature", "hard_negative_weight", "symmetric")
+
     def __init__(
         self, model: nn.Module, temperature: float = 0.05, hard_negative_weight: float = 0.0, symmetric: bool = False,
         head: nn.Module | None = None, gather_across_devices: bool = True, mini_batch_size: int | None = None,
     ) -> None:
-        super().__init__(model, head, gather_across_devices, mini_batch_size)
-        self.temperature = temperature
-        self.hard_negative_weight = hard_negative_weight
-        self.symmetric = symmetric
-
-    def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None) -> ViewBatch:
-        return ViewBatch(features, labels, anchor_features=features[0], positive_features=features[1])
-
-    def score(self, views: list[Tensor], batch: ViewBatch | None = None) -> Tensor:
-        anchors, positives, *negatives = self.project_all(views)
-        loss = info_nce(anchors, self.gather(positives), self.temperature, [self.gather(n) for n in negatives],
-                        self.hard_negative_weight)
-        if self.symmetric:  # each local positive against the anchors of every process
-            loss = (loss + info_nce(positives, self.gather(anchors), self.temperature)) / 2
-        return loss
+        super().__init__(model, temperature, hard_negative_weight, symmetric, head=head,
+                         gather_across_devices=gather_across_devices, mini_batch_size=mini_batch_size)

@@ -39,8 +39,8 @@ class CoSENTLoss(ComposedLoss):
         object.__setattr__(self, "_st", _STCoSENTLoss(model, scale=scale))  # its arithmetic, not its model
 
     def get_config_dict(self) -> dict:
-        """As sentence-transformers' CoSENTLoss reports itself (model cards)."""
-        return self._st.get_config_dict()
+        """As sentence-transformers' CoSENTLoss reports itself (model cards), and what was composed onto it."""
+        return {**self._st.get_config_dict(), **super().get_config_dict()}
 
     def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> ViewBatch:
         # Scored pairs are not (anchor, positive) pairs: no pair terms.

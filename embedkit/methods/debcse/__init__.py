@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from embedkit.distributed import broadcast_object
 from embedkit.errors import RecipeError
 from embedkit.log import log
 from embedkit.methods.base import Method, register, training_head
@@ -150,7 +151,7 @@ class DebCSE(Method):
         rows from the same seed and reference.
         """
         rows = self.mine_round(round_)
-        rows = _broadcast_from_rank0(rows)
+        rows = broadcast_object(rows)
         self.holder.rows = rows
         self.round = round_
         if self.loss is not None:
@@ -170,6 +171,16 @@ class DebCSE(Method):
                 f"digest {rows.digest()[:12]}")
 
     # ---- Method hooks ------------------------------------------------------------------------------
+
+    @classmethod
+    def refusals(cls, recipe: Any, params: Any) -> list[tuple[tuple, str]]:
+        out = super().refusals(recipe, params)
+        if params.hard_negative_weight and (params.mode == "mask-only" or not params.hard_negatives):
+            why = "mode: mask-only" if params.mode == "mask-only" else "hard_negatives: false"
+            out.append((("method", "hard_negative_weight"),
+                        f"{params.hard_negative_weight} weighs each anchor's own hard negative, and with {why} the "
+                        "rows have none: draw hard negatives (mode: debias, hard_negatives: true) or remove the key"))
+        return out
 
     def prepare_dataset(self, dataset: Any) -> Any:
         import datasets
@@ -245,16 +256,6 @@ def build_reference(name: str, max_seq_length: int) -> Any:
     from embedkit.modeling import build_model
 
     return build_model(ModelSection(name=name, pooling=None, dropout=None, max_seq_length=max_seq_length))
-
-
-def _broadcast_from_rank0(obj: Any) -> Any:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return obj
-    box = [obj if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def round_at(every: Any, epoch: float | None, step: int) -> int:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from embedkit.losses.common import gather_no_grad, world
-from embedkit.losses.contrastive import info_nce
-from embedkit.losses.objective import ComposedLoss, ViewBatch
+from embedkit.losses.common import gather_no_grad
+from embedkit.losses.contrastive import InfoNCELoss
+from embedkit.losses.objective import ViewBatch
 
 
 def false_negative_mask(
@@ -48,9 +48,10 @@ def false_negative_mask(
     return mask
 
 
-class DebCSELoss(ComposedLoss):
+class DebCSELoss(InfoNCELoss):
     """InfoNCE over (anchor, positive[, hard negative]) rows with in-batch negatives, minus likely false
-    negatives: embedkit's reading of DebCSE (Miao et al., CIKM 2023, arXiv:2309.07396).
+    negatives: embedkit's reading of DebCSE (Miao et al., CIKM 2023, arXiv:2309.07396). The
+    :class:`~embedkit.losses.contrastive.InfoNCELoss` with the false-negative mask its plan computes.
 
     With anchors ``h_i``, positives ``h_j⁺``, hard negatives ``h_j⁻`` of the (global) batch, temperature τ,
     hard-negative offset log α, and the set M_i of columns masked by :func:`false_negative_mask` under the
@@ -84,15 +85,16 @@ class DebCSELoss(ComposedLoss):
         # dataset columns: anchor, positive, negative, label ([a, p, n, round] ids)
     """
 
+    config_keys = ("temperature", "hard_negative_weight", "margin", "threshold", "dropout_positive")
+
     def __init__(
         self, model: nn.Module, temperature: float = 0.05, hard_negative_weight: float = 0.0,
         head: nn.Module | None = None, gather_across_devices: bool = True, margin: float = 0.0,
         threshold: float | None = 0.95, dropout_positive: bool = False, reference: Tensor | None = None,
         mini_batch_size: int | None = None,
     ) -> None:
-        super().__init__(model, head, gather_across_devices, mini_batch_size)
-        self.temperature = temperature
-        self.hard_negative_weight = hard_negative_weight
+        super().__init__(model, temperature, hard_negative_weight, head=head,
+                         gather_across_devices=gather_across_devices, mini_batch_size=mini_batch_size)
         self.margin = margin
         self.threshold = threshold
         self.dropout_positive = dropout_positive
@@ -137,18 +139,10 @@ class DebCSELoss(ComposedLoss):
             n = columns[0]["input_ids"].shape[0]
             ids = labels.view(n, -1).long()
             all_ids = self._global_ids(gather_no_grad(ids, self.gather_across_devices).to(self.reference.device))
-            rank, size = world()
-            offset = rank * n if self.gather_across_devices and size > 1 else 0
+            rows = self.own_rows(n)
             negative_ids = all_ids[:, 2] if len(columns) > 2 else None
-            mask = false_negative_mask(self.reference, all_ids[offset:offset + n, 0], all_ids[:, 1], negative_ids,
-                                       offset, self.margin, self.threshold)
+            mask = false_negative_mask(self.reference, all_ids[rows, 0], all_ids[:, 1], negative_ids, rows.start,
+                                       self.margin, self.threshold)
             self.last_masked_fraction = float(mask.float().mean())
             batch.extra["mask"] = mask
         return batch
-
-    def score(self, views: list[Tensor], batch: ViewBatch) -> Tensor:
-        views = self.project_all(views)
-        anchors = views[0]
-        candidates = [self.gather(v) for v in views[1:]]
-        return info_nce(anchors, candidates[0], self.temperature, candidates[1:], self.hard_negative_weight,
-                        mask=batch.extra.get("mask"))

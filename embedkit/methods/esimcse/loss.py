@@ -3,6 +3,8 @@ Unsupervised Sentence Embedding", COLING 2022, arXiv:2109.04380)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from embedkit.losses.common import cosine_matrix
@@ -59,6 +61,15 @@ class ESimCSELoss(ComposedLoss):
         self.momentum_encoder = momentum_encoder
         self.queue = queue
 
+    def get_config_dict(self) -> dict[str, Any]:
+        rep = self.repetition
+        out = {"temperature": self.temperature,
+               "repetition": type(rep).__name__ if rep is not None else None,
+               **({"dup_rate": rep.dup_rate, "max_dup": rep.max_dup, "static": rep.static} if rep is not None else {}),
+               "queue_size": self.queue.size if self.queue is not None else 0,
+               **({"momentum": self.momentum_encoder.momentum} if self.momentum_encoder is not None else {})}
+        return {**out, **super().get_config_dict()}
+
     def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None = None) -> ViewBatch:
         """``labels``: the dataset row id of each batch row (the esimcse method adds them as the label
         column); they key each row's repetition. Without them, static views are keyed by the tokens."""
@@ -82,7 +93,7 @@ class ESimCSELoss(ComposedLoss):
             negatives = negatives.to(z1.device)
             if negatives.shape[0]:
                 extra = cosine_matrix(z1, negatives.to(z1.dtype)) / self.temperature
-        return info_nce(z1, self.gather(z2), self.temperature, extra_logits=extra)
+        return info_nce(z1, self.gather(z2), self.temperature, extra_logits=extra, rows=self.own_rows(z1.shape[0]))
 
     def after(self, batch: ViewBatch) -> None:
         if batch.extra.get("keys") is not None:

@@ -97,6 +97,11 @@ class Text2TokenLoss(ComposedLoss):
         self.external_step = False
         self.last: dict[str, float] = {}
 
+    config_keys = ("temperature", "stage2_step", "mixture", "infonce_weight", "infonce_temperature")
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {**super().get_config_dict(), "head": self.head.source}
+
     def stage(self) -> int:
         """1 (data-driven targets) or 2 (model-derived / mixture) at the current step."""
         return 2 if self.stage2_step is not None and int(self.step) >= self.stage2_step else 1
@@ -136,7 +141,7 @@ class Text2TokenLoss(ComposedLoss):
         if n == 2:
             z = self.projection(emb) if self.projection is not None else emb
             z1, z2 = torch.chunk(z, 2, dim=0)
-            contrastive = info_nce(z1, self.gather(z2), self.infonce_temperature)
+            contrastive = info_nce(z1, self.gather(z2), self.infonce_temperature, rows=self.own_rows(z1.shape[0]))
             loss = kl + self.infonce_weight * contrastive
             self.last["infonce"] = float(contrastive.detach())
         return loss
