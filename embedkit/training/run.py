@@ -388,9 +388,10 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         max_steps=t.max_steps,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
         dataloader_pin_memory=torch.cuda.is_available(),
-        # Several processes and no accelerator: accelerate only sets up DDP (gloo) when told it runs on CPU;
-        # otherwise every process trains alone on the full data while the process group exists.
-        use_cpu=world_size > 1 and not _has_accelerator(),
+        # No accelerator: say so. Several processes: accelerate only sets up DDP (gloo) when told it runs on CPU
+        # (otherwise every process trains alone on the full data); one: transformers refuses bf16 without a GPU
+        # unless told it runs on CPU (torch's CPU autocast does bf16).
+        use_cpu=not _has_accelerator(),
         weight_decay=t.weight_decay,
         adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2,
