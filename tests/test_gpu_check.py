@@ -107,9 +107,8 @@ def test_cpu_quick_mode_prints_a_sane_table(tmp_path, data_dir, minilm_path):
             assert r["d_plain"] < (1e-4 if r["precision"] == "fp32" else 0.05), key
         if r["nproc"] == 2:
             assert r["d_1proc"] is not None, key
-            # Two processes take the same global batches as one (docs/distributed.md). Not yet for contrastive:
-            # no_duplicates draws each process's share on its own (issue 24, item 2; Δ1proc 7e-2 here).
-            if r["precision"] == "fp32" and not key.startswith("contrastive"):
+            # Two processes take the same global batches as one (docs/distributed.md), no_duplicates included.
+            if r["precision"] == "fp32":
                 assert r["d_1proc"] < 1e-4, key
         elif key.startswith(("simcse-unsup", "cosent")) and not r["mini_batch_size"]:
             assert r["vs_st"] > 0, key
