@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from packaging.version import Version
 
-from embedkit.card import add_method_citation, set_card_data, write_card
+from embedkit.card import add_method_citation, set_card_data, set_dev_card_metrics, write_card
 from embedkit.data.sources import read_train_source
 from embedkit.errors import EmbedkitError, RecipeError
 from embedkit.evaluation import evaluate
@@ -567,6 +567,7 @@ def save_final(model: Any, out: Path, results: dict[str, Any]) -> None:
     staging = out / ".final-model.partial"
     if staging.exists():
         shutil.rmtree(staging)
+    set_dev_card_metrics(model, results)  # the card's dev scores: the saved model's, not the last evaluation's
     model.save_pretrained(str(staging), safe_serialization=True)  # sentence-transformers writes its card
     write_card(staging, results, mteb_dir=out / "mteb")  # ... and embedkit adds its part
     for item in staging.iterdir():
