@@ -262,3 +262,45 @@ def test_best_checkpoint_of_a_lora_run_is_restored_at_the_end(tmp_path, spread_m
     last = load_file(str(out / "checkpoints" / "checkpoint-6" / "adapter_model.safetensors"))
     assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in final)
     assert any(not torch.equal(final[k], last[k]) for k in final)
+
+
+def _lora_model(path: str, pooling: str, targets: Any, **model: Any):
+    from embedkit.modeling import build_model
+    from embedkit.recipe import LoraSection, ModelSection
+
+    return build_model(ModelSection(name=path, pooling=pooling, dropout=0.0, max_seq_length=16,
+                                    lora=LoraSection(r=4, alpha=8, target_modules=targets), **model))
+
+
+# The tiny BERT (hidden 32, intermediate 64, 2 layers) at r = 4: r·(fan_in + fan_out) per adapted Linear. Each
+# layer has query, key, value and the attention output (32→32), intermediate (32→64) and output (64→32).
+TINY_ALL_LINEAR = 2 * (4 * 4 * (32 + 32) + 2 * 4 * (32 + 64))  # 3,584; BERT's pooler (32→32) would add 256
+TINY_QUERY_DENSE = 2 * (4 * (32 + 32) + 4 * (32 + 32) + 2 * 4 * (32 + 64))  # query + the three "dense" layers
+
+
+@pytest.mark.parametrize(("pooling", "targets", "expected", "model"), [
+    ("mean", "all-linear", TINY_ALL_LINEAR, {}),
+    ("cls", "all-linear", TINY_ALL_LINEAR, {"mlp_only_train": False}),  # + the Dense head, trained in full
+    ("cls_before_pooler", ["query", "dense"], TINY_QUERY_DENSE, {}),  # "dense" also names pooler.dense
+    ("first_last_avg", "all-linear", TINY_ALL_LINEAR, {}),
+])
+def test_lora_adapts_only_layers_the_pooling_uses_and_each_gets_a_gradient(spread_model_path, pooling, targets,
+                                                                            expected, model):
+    """BERT's pooler feeds no embedkit pooling (sentence-transformers reads the token embeddings): it is not
+    adapted, so every trainable LoRA parameter gets a non-zero gradient from one loss, and the count is the formula."""
+    from embedkit.losses.contrastive import SimCSELoss
+    from embedkit.modeling import parameter_counts
+
+    net = _lora_model(spread_model_path, pooling, targets, **model)
+    lora = {n: p for n, p in net.named_parameters() if "lora_" in n}
+    assert not any(".pooler." in n for n in lora)
+    assert sum(p.numel() for p in lora.values()) == expected
+    head = sum(p.numel() for n, p in net.named_parameters() if p.requires_grad and "lora_" not in n)
+    assert parameter_counts(net)[0] == expected + head and head == (32 * 32 + 32 if model else 0)
+    for name, p in lora.items():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # B starts at zero, which would leave every A without a gradient
+    net.train()
+    SimCSELoss(net)([net.tokenize([f"sentence number {i} about {'abc'[i % 3]}" for i in range(6)])]).backward()
+    dead = [n for n, p in lora.items() if p.grad is None or not p.grad.abs().max() > 0]
+    assert not dead, dead
