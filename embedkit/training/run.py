@@ -316,6 +316,9 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     set_seed(recipe.training.seed)
     model = build_model(recipe.model)
     set_card_data(model, recipe.model_dump(mode="json"), recipe.method.name)  # what sentence-transformers' card says
+    from embedkit.losses.objective import complete_matryoshka
+
+    complete_matryoshka(recipe, model.get_embedding_dimension())  # the full width trains too; recorded in recipe
     multi = is_multitask(recipe)
     # Hard negatives from the starting model, before the method sees the rows.
     if not multi and recipe.data.train.mine is not None:
