@@ -304,3 +304,73 @@ def test_lora_adapts_only_layers_the_pooling_uses_and_each_gets_a_gradient(sprea
     SimCSELoss(net)([net.tokenize([f"sentence number {i} about {'abc'[i % 3]}" for i in range(6)])]).backward()
     dead = [n for n, p in lora.items() if p.grad is None or not p.grad.abs().max() > 0]
     assert not dead, dead
+
+
+def _adapter_folder(folder: Path, base: str) -> Path:
+    """A finished LoRA adapter output on ``base`` (untrained: only its files matter here)."""
+    from embedkit.modeling import build_model
+    from embedkit.recipe import LoraSection, ModelSection
+
+    model = build_model(ModelSection(name=base, pooling="mean", max_seq_length=16, lora=LoraSection(**LORA)))
+    model.save_pretrained(str(folder))
+    recipe = {"model": {"name": base, "lora": {**LORA, "merge": False}}, "method": {"name": "simcse-unsup"}}
+    (folder / "results.json").write_text(json.dumps({"recipe": recipe, "train": {}}))
+    return folder
+
+
+def test_push_publishes_an_adapter_on_the_packaged_model_with_the_bases_hub_id(tmp_path, minilm_path, peft_gate):
+    """The output folder names the packaged copy by its local path (it loads here, offline); the files pushed name
+    the Hub id that copy ships, so the adapter loads wherever the Hub does."""
+    from embedkit.hub import prepare_upload
+
+    out = _adapter_folder(tmp_path / "out", "sentence-transformers/all-MiniLM-L6-v2")  # as the quickstart names it
+    local = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(local).resolve() == Path(minilm_path).resolve()
+    staged = prepare_upload(out, tmp_path / "stage", "me/adapter")
+    pushed = json.loads((staged.folder / "adapter_config.json").read_text())
+    assert pushed["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == local  # unchanged
+    assert minilm_path not in "".join(p.read_text(errors="ignore") for p in staged.folder.rglob("*.json"))
+
+
+def test_push_refuses_an_adapter_whose_base_is_only_a_local_folder(tmp_path, tiny_model_path, peft_gate):
+    from embedkit.hub import HubError, prepare_upload
+
+    out = _adapter_folder(tmp_path / "out", tiny_model_path)
+    with pytest.raises(HubError, match=r"adapter_config.json: a LoRA adapter on the local model .* no Hub id.*"
+                                       r"model\.lora\.merge: true") as err:
+        prepare_upload(out, tmp_path / "stage", "me/adapter")
+    assert "\n" not in str(err.value)
+
+
+def test_push_to_hub_of_an_adapter_on_a_local_base_is_refused_at_validation(tmp_path, tiny_model_path):
+    import yaml
+
+    from embedkit.validate import load_recipe
+
+    path = write_recipe(tmp_path, tiny_model_path, "simcse-unsup", tmp_path / "out", model={"lora": LORA})
+    raw = yaml.safe_load(path.read_text())
+    raw["output"]["push_to_hub"] = "me/adapter"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(RecipeError, match=r"recipe.yaml:\d+: model.lora.merge: .*no Hub id.*merge: true") as err:
+        load_recipe(path)
+    assert "\n" not in str(err.value)
+    raw["model"]["lora"]["merge"] = True  # full weights publish from anywhere
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert load_recipe(path).model.lora.merge
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+    ("{hf_cache}/models--BAAI--bge-small-en-v1.5/snapshots/" + "a" * 40, "BAAI/bge-small-en-v1.5"),
+    ("{tiny}", None),  # a plain folder: its config's _name_or_path names the model it was trained from, not itself
+])
+def test_hub_id_of_a_model_reference(tmp_path, tiny_model_path, minilm_path, name, expected):
+    from embedkit.model_ref import hub_id_for
+
+    if "{hf_cache}" in name:
+        name = name.format(hf_cache=tmp_path)
+        Path(name).mkdir(parents=True)
+    name = name.format(tiny=tiny_model_path)
+    assert hub_id_for(name) == expected
+    assert hub_id_for(minilm_path) == "sentence-transformers/all-MiniLM-L6-v2"  # the packaged copy

@@ -35,7 +35,7 @@ from embedkit.hub import push
 from embedkit.log import is_main_process, log, notice
 from embedkit.methods import get_method
 from embedkit.methods.base import TrainContext
-from embedkit.model_ref import load_model
+from embedkit.model_ref import hub_id_for, load_model
 from embedkit.paths import atomic_path
 from embedkit.recipe import METRIC_LABELS, Overrides, Recipe, RecipeInput, is_multitask, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
@@ -516,12 +516,17 @@ def batch_record(global_batch: int, per_device: int, world_size: int) -> dict[st
 
 def _lora_output(model: Any, merge: bool) -> None:
     """``merge: true``: fold the adapter into full weights before the save; else say what loading needs."""
-    from embedkit.modeling import merge_lora
+    from embedkit.modeling import lora_encoder, merge_lora
 
     if merge:
         merge_lora(model)
         log("LoRA merged into the encoder's weights (the output loads without peft)")
         return
+    peft_model = lora_encoder(model)
+    base = peft_model.peft_config[peft_model.active_adapter].base_model_name_or_path if peft_model else None
+    if base and hub_id_for(base) is None:
+        log(f"note: the adapter's base is the local model {base}, which has no Hub id: the output loads here, and "
+            "`embedkit push` refuses it (model.lora.merge: true writes full weights, which publish)")
 
     try:
         from transformers.integrations.peft import MIN_PEFT_VERSION
