@@ -156,8 +156,11 @@ def add_lora(model: SentenceTransformer, cfg: LoraSection) -> None:
     try:
         encoder.model = get_peft_model(base, config)
     except ValueError as err:  # e.g. target modules not found in the model
-        left_out = f" (left out, as no pooling reads them: {', '.join(unused)})" if unused else ""
-        raise EmbedkitError(f"model.lora: {str(err).splitlines()[0]}{left_out}") from None
+        problem = str(err).splitlines()[0]
+        if "No modules were targeted" in problem:  # peft's words once exclude_modules is set
+            problem = (f"target_modules {cfg.target_modules} match no linear layer of the encoder that an embedding "
+                       f"depends on ({', '.join(unused)}: left out, no pooling reads it)")
+        raise EmbedkitError(f"model.lora: {problem}") from None
     trainable, total = parameter_counts(model)
 
     log(f"LoRA r={cfg.r} alpha={cfg.alpha:g} on {cfg.target_modules}: {trainable:,} trainable parameters of "
