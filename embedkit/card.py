@@ -230,6 +230,22 @@ def set_card_data(model: Any, recipe: dict[str, Any], method: str) -> None:
     data.add_tags(["embedkit", method])
 
 
+def set_dev_card_metrics(model: Any, results: dict[str, Any]) -> None:
+    """Give sentence-transformers' card data the saved model's dev scores (``results["dev"]["after"]``) before the
+    final save. Its card reports each evaluator's *last* evaluation (the last step's), while the saved model is the
+    selected checkpoint: results.json is the one source of the card's dev numbers (Evaluation section and
+    model-index). The evaluator's metric keys are kept; a key that results.json lacks is dropped."""
+    dev = results.get("dev") if isinstance(results.get("dev"), dict) else {}
+    after, name = dev.get("after"), dev.get("name")
+    card_metrics = getattr(model.model_card_data, "eval_results_dict", None)
+    if not isinstance(after, dict) or not name or not card_metrics:
+        return
+    for evaluator, metrics in list(card_metrics.items()):
+        if getattr(evaluator, "name", None) == name:
+            short = {key: key.removeprefix(f"{name}_") for key in metrics}
+            card_metrics[evaluator] = {key: after[s] for key, s in short.items() if s in after}
+
+
 def add_method_citation(model: Any, method: str, paper: str | None, citation: str | None) -> None:
     """Put the method's BibTeX among the card's citations (the trainer's init replaced them by the losses')."""
     if citation:
@@ -323,6 +339,18 @@ def mteb_eval_results(rows: list[dict[str, Any]]) -> list[EvalResult]:
         metric_type=row["metric"], metric_name=f"{row['metric']} (mteb main score × 100)",
         metric_value=round(100 * row["score"], 2), source_name="MTEB", source_url=MTEB_URL,
     ) for row in rows]
+
+
+def dev_eval_results(existing: list[EvalResult] | None, results: dict[str, Any]) -> list[EvalResult]:
+    """``existing`` with the values of the dev evaluator's entries (dataset type = the dev set's name) taken from
+    ``results["dev"]["after"]``, the saved model's scores (sentence-transformers wrote its last evaluation's)."""
+    dev = results.get("dev") if isinstance(results.get("dev"), dict) else {}
+    after = dev.get("after") if isinstance(dev.get("after"), dict) else {}
+    for entry in existing or []:
+        value = after.get(entry.metric_type)
+        if entry.dataset_type == dev.get("name") and isinstance(value, (int, float)):
+            entry.metric_value = value
+    return list(existing or [])
 
 
 def merge_eval_results(existing: list[EvalResult] | None, new: list[EvalResult]) -> list[EvalResult]:
@@ -598,7 +626,8 @@ def update_card(text: str, results: dict[str, Any], *, repo_id: str | None = Non
     if ids and not data.datasets:
         data.datasets = ids
     rows = mteb_rows(results, mteb_dir)
-    data.eval_results = merge_eval_results(data.eval_results, eval_results(results) + mteb_eval_results(rows)) or None
+    data.eval_results = merge_eval_results(dev_eval_results(data.eval_results, results),
+                                           eval_results(results) + mteb_eval_results(rows)) or None
     if data.eval_results:  # the model-index's name; huggingface_hub writes it inside model-index only
         data.model_name = repo_id.split("/")[-1] if repo_id else data.model_name or "embedkit model"
     else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import math
 import os
 import shutil
@@ -50,7 +51,7 @@ from embedkit.card import (
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
 from embedkit.merging import MergeError, model_card, read_record
-from embedkit.model_ref import first_line, hub_offline
+from embedkit.model_ref import first_line, hub_id_for, hub_offline
 from embedkit.model_ref import hub_endpoint as endpoint
 from embedkit.version import __version__
 
@@ -236,12 +237,31 @@ def prepare_upload(output_dir: str | Path, staging: str | Path, repo_id: str, to
     else:  # a merge has no scores of its own: its card is the merge's record, named for the repository
         card, expected = redact_home(str(model_card(record, repo_id))), []
     del model
+    _adapter_bases_to_hub(dest, files, out)  # after the load check, which reads the base from here
     n_results = _check_card(card, expected, out)
     (dest / "README.md").write_text(card, encoding="utf-8")
     files = sorted({*files, "README.md"})
     scan_for_secrets(dest, token)
     n_bytes = sum((dest / rel).stat().st_size for rel in files)
     return Prepared(dest, files, skipped, card, n_bytes, n_results, merged=record is not None)
+
+
+def _adapter_bases_to_hub(dest: Path, files: list[str], out: Path) -> None:
+    """A LoRA adapter names its base by the local path it trained on (so the output folder loads here, offline);
+    the staged copy names the base's Hub id instead (:func:`~embedkit.model_ref.hub_id_for`), so the published
+    adapter loads elsewhere. A base that is only a local folder is refused: full weights publish instead."""
+    for rel in (f for f in files if Path(f).name == "adapter_config.json"):
+        config = json.loads((dest / rel).read_text(encoding="utf-8"))
+        base = config.get("base_model_name_or_path")
+        hub_id = hub_id_for(base) if isinstance(base, str) and base else None
+        if hub_id is None:
+            raise HubError(f"{out / rel}: a LoRA adapter on the local model {base}, which has no Hub id: published, "
+                           "it would not load anywhere else; train with model.lora.merge: true to publish full weights")
+        if hub_id != base:
+            config["base_model_name_or_path"] = hub_id
+            (dest / rel).unlink()  # a hard link to the output folder's file, which keeps the local path
+            (dest / rel).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            log(f"{rel}: the adapter's base is published as {hub_id} (the output folder keeps {base})")
 
 
 def _st_card(out: Path, model: Any) -> str:

@@ -96,6 +96,30 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+# A Hugging Face cache snapshot folder: <cache>/models--<org>--<name>/snapshots/<revision>
+_CACHE_SNAPSHOT = re.compile(r"models--(?P<repo>.+)")
+
+
+def hub_id_for(name: str) -> str | None:
+    """The Hub id of the model ``name`` refers to, or ``None`` when it is only a local folder: a Hub id itself,
+    the id of a packaged copy (:data:`PACKAGED_MODELS`), or the id of a Hugging Face cache snapshot folder
+    (``.../models--org--name/snapshots/REV``). A plain folder's own id is recorded nowhere reliable: its
+    ``config.json`` ``_name_or_path`` and its card's ``base_model`` name the model it was trained *from* (the
+    packaged all-MiniLM-L6-v2 says ``nreimers/MiniLM-L6-H384-uncased``), so they are not read."""
+    if not looks_like_path(name):
+        return name
+    path = Path(name).expanduser().resolve()
+    for hub_id in PACKAGED_MODELS:
+        packaged = packaged_model_path(hub_id)
+        if packaged is not None and Path(packaged).resolve() == path:
+            return hub_id
+    match = _CACHE_SNAPSHOT.fullmatch(path.parent.parent.name)
+    if path.parent.name == "snapshots" and match:
+        repo = match["repo"].replace("--", "/", 1)
+        return repo if is_hub_id(repo) else None
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The Hub
 

@@ -150,16 +150,30 @@ def add_lora(model: SentenceTransformer, cfg: LoraSection) -> None:
     name = getattr(base, "name_or_path", "") or ""
     if name and Path(name).exists():
         base.name_or_path = str(Path(name).resolve())  # a relative path would not resolve from the output folder
+    unused = unused_linear_layers(base)
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
-                        target_modules=cfg.target_modules)
+                        target_modules=cfg.target_modules, exclude_modules=unused or None)
     try:
         encoder.model = get_peft_model(base, config)
     except ValueError as err:  # e.g. target modules not found in the model
-        raise EmbedkitError(f"model.lora: {str(err).splitlines()[0]}") from None
+        problem = str(err).splitlines()[0]
+        if "No modules were targeted" in problem:  # peft's words once exclude_modules is set
+            problem = (f"target_modules {cfg.target_modules} match no linear layer of the encoder that an embedding "
+                       f"depends on ({', '.join(unused)}: left out, no pooling reads it)")
+        raise EmbedkitError(f"model.lora: {problem}") from None
     trainable, total = parameter_counts(model)
 
     log(f"LoRA r={cfg.r} alpha={cfg.alpha:g} on {cfg.target_modules}: {trainable:,} trainable parameters of "
         f"{total:,} ({100 * trainable / total:.2f}%)")
+
+
+def unused_linear_layers(encoder: nn.Module) -> list[str]:
+    """The encoder's linear layers that no embedding depends on: the task pooler of BERT-like models
+    (``pooler.dense``). sentence-transformers pools the token embeddings (the last hidden state; the hidden states
+    for ``first_last_avg``), never the model's ``pooler_output``, and embedkit's ``cls`` pooling is the CLS token
+    (plus its own Dense head), so an adapter there would count as trainable and never get a gradient."""
+    return [name for name, module in encoder.named_modules()
+            if isinstance(module, nn.Linear) and "pooler" in name.split(".")]
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

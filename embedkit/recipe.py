@@ -367,7 +367,8 @@ class TrainingSection(Section):
     )
     matryoshka_dims: list[int] | None = Field(
         None, min_length=1, description="Matryoshka: the main loss also on these truncated, re-normalised prefixes "
-        "of the embedding (e.g. [384, 256, 128, 64]); null: off",
+        "of the embedding (e.g. [384, 256, 128, 64]); the model's full width is added first (weight 1) when the "
+        "list lacks it, and the resolved recipe records it; null: off",
     )
     matryoshka_weights: list[LossWeight] | None = Field(
         None, description="one weight per matryoshka_dims entry (default 1 each; the weighted losses are summed)"

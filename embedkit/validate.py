@@ -20,7 +20,7 @@ from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
 from embedkit.methods import get_method
 from embedkit.methods.multitask import MultiTrainData, source_method_problem
-from embedkit.model_ref import check_recipe_refs
+from embedkit.model_ref import check_recipe_refs, hub_id_for
 from embedkit.recipe import (
     DevSection,
     MethodSection,
@@ -131,12 +131,17 @@ def check_batch_split(recipe: Recipe, world_size: int, source: str = "recipe",
 
 
 def _check_lora(recipe: Recipe, source: str, lines: dict) -> None:
-    """``model.lora`` needs the ``peft`` package (looked up, not imported: validation stays fast)."""
+    """``model.lora`` needs the ``peft`` package (looked up, not imported: validation stays fast); an adapter that
+    ``output.push_to_hub`` publishes needs a base with a Hub id (``embedkit push`` refuses it otherwise)."""
     if recipe.model.lora is None:
         return
     where = _where(source, lines, ("model", "lora"))
     if importlib.util.find_spec("peft") is None:
         raise RecipeError(f"{where}: LoRA needs the peft package: pip install peft (or pip install 'embedkit[lora]')")
+    if recipe.output.push_to_hub and not recipe.model.lora.merge and hub_id_for(recipe.model.name) is None:
+        raise RecipeError(f"{_where(source, lines, ('model', 'lora', 'merge'))}: output.push_to_hub would publish a "
+                          f"LoRA adapter on the local model {recipe.model.name}, which has no Hub id (it would not "
+                          "load anywhere else); set model.lora.merge: true to publish full weights")
 
 
 def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:

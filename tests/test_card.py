@@ -126,3 +126,63 @@ def test_the_card_says_the_description_is_the_recipe_files_when_overrides_change
     assert 'this run overrode "training.max_steps=2"' in changed
     executed = changed[changed.index("### Recipe as executed"):]
     assert "max_steps: 2" in executed
+
+
+def test_model_index_dev_entries_take_the_saved_models_score_from_results_json():
+    """ST_CARD's dev entry (81.5) is the trainer's last evaluation; results.json's dev.after (the saved, selected
+    checkpoint) is the one source of the card's dev numbers."""
+    results = {"recipe": {"model": {"name": "/x"}, "method": {"name": "cosent"}},
+               "dev": {"kind": "stsb", "name": "stsb-dev", "metric": "spearman",
+                       "after": {"spearman": 87.31, "pearson": 86.9}}}
+    entries = _front(update_card(ST_CARD, results))["model-index"][0]["results"]
+    dev = [e for e in entries if e["dataset"]["type"] == "stsb-dev"]
+    assert [m["value"] for e in dev for m in e["metrics"] if m["type"] == "spearman"] == [87.31]
+
+
+def test_card_dev_scores_are_the_saved_checkpoints_not_the_last_evaluation(tmp_path, spread_model_path, monkeypatch):
+    """A tiny run whose last dev evaluation (step 6) reads far below the selected checkpoint (step 2): the card's
+    model-index and its Evaluation table give results.json's dev.after, the saved model's score."""
+    from pathlib import Path
+
+    from _mp_helpers import write_recipe
+    from sentence_transformers.evaluation import SentenceEvaluator
+    from test_eval_data import make_sts_dir
+
+    import embedkit.evaluation.core as core
+    from embedkit.training.run import train
+
+    offsets = {2: 0.0, 4: 30.0, 6: 60.0}  # the real dev score minus these: checkpoint-2 is the best
+
+    class Offset(SentenceEvaluator):
+        def __init__(self, pairs) -> None:
+            super().__init__()
+            self.pairs, self.name, self.primary_metric = pairs, "stsb-dev", "spearman"
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            scores = core.score_dev(model, self.pairs)
+            metrics = self.prefix_name_to_metrics({m: scores[m] - offsets[steps] for m in ("spearman", "pearson")},
+                                                  self.name)
+            self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+            return metrics
+
+    monkeypatch.setattr(core, "make_dev_evaluator", lambda pairs, batch_size=128: Offset(pairs))
+    root, _ = make_sts_dir(tmp_path / "sts", n_extra=40)
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path, spread_model_path, "simcse-unsup", out, model={"pooling": "mean"},
+                          training={"max_steps": 6, "eval_steps": 2, "save_steps": 2, "learning_rate": 5e-3})
+    raw = yaml.safe_load(recipe.read_text())
+    raw["data"]["dev"] = {"path": str(root / "sts" / "stsbenchmark" / "sts-test.csv"), "hub": None}
+    recipe.write_text(yaml.safe_dump(raw))
+    results = train(str(recipe))
+    assert Path(results["train"]["best_checkpoint"]).name == "checkpoint-2"
+    after = results["dev"]["after"]
+    last = [e for e in results["train"]["log_history"] if "eval_stsb-dev_spearman" in e][-1]
+    assert last["step"] == 6 and abs(last["eval_stsb-dev_spearman"] - after["spearman"]) > 10
+
+    card = (out / "README.md").read_text(encoding="utf-8")
+    entries = _front(card)["model-index"][0]["results"]
+    dev = {m["type"]: m["value"] for e in entries if e["dataset"]["type"] == "stsb-dev" for m in e["metrics"]}
+    assert dev == {"spearman": after["spearman"], "pearson": after["pearson"]}
+    evaluation = card[card.index("## Evaluation"):card.index("## Training Details")]
+    assert f"**{after['spearman']:.4f}**" in evaluation and f"{after['pearson']:.4f}" in evaluation
+    assert f"{last['eval_stsb-dev_spearman']:.4f}" not in evaluation

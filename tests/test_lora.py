@@ -244,3 +244,115 @@ def test_best_checkpoint_of_a_lora_run_is_restored_at_the_end(tmp_path, spread_m
     last = load_file(str(out / "checkpoints" / "checkpoint-6" / "adapter_model.safetensors"))
     assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in final)
     assert any(not torch.equal(final[k], last[k]) for k in final)
+
+
+def _lora_model(path: str, pooling: str, targets: Any, **model: Any):
+    from embedkit.modeling import build_model
+    from embedkit.recipe import LoraSection, ModelSection
+
+    return build_model(ModelSection(name=path, pooling=pooling, dropout=0.0, max_seq_length=16,
+                                    lora=LoraSection(r=4, alpha=8, target_modules=targets), **model))
+
+
+# The tiny BERT (hidden 32, intermediate 64, 2 layers) at r = 4: r·(fan_in + fan_out) per adapted Linear. Each
+# layer has query, key, value and the attention output (32→32), intermediate (32→64) and output (64→32).
+TINY_ALL_LINEAR = 2 * (4 * 4 * (32 + 32) + 2 * 4 * (32 + 64))  # 3,584; BERT's pooler (32→32) would add 256
+TINY_QUERY_DENSE = 2 * (4 * (32 + 32) + 4 * (32 + 32) + 2 * 4 * (32 + 64))  # query + the three "dense" layers
+
+
+@pytest.mark.parametrize(("pooling", "targets", "expected", "model"), [
+    ("mean", "all-linear", TINY_ALL_LINEAR, {}),
+    ("cls", "all-linear", TINY_ALL_LINEAR, {"mlp_only_train": False}),  # + the Dense head, trained in full
+    ("cls_before_pooler", ["query", "dense"], TINY_QUERY_DENSE, {}),  # "dense" also names pooler.dense
+    ("first_last_avg", "all-linear", TINY_ALL_LINEAR, {}),
+])
+def test_lora_adapts_only_layers_the_pooling_uses_and_each_gets_a_gradient(spread_model_path, pooling, targets,
+                                                                            expected, model):
+    """BERT's pooler feeds no embedkit pooling (sentence-transformers reads the token embeddings): it is not
+    adapted, so every trainable LoRA parameter gets a non-zero gradient from one loss, and the count is the formula."""
+    from embedkit.losses.contrastive import SimCSELoss
+    from embedkit.modeling import parameter_counts
+
+    net = _lora_model(spread_model_path, pooling, targets, **model)
+    lora = {n: p for n, p in net.named_parameters() if "lora_" in n}
+    assert not any(".pooler." in n for n in lora)
+    assert sum(p.numel() for p in lora.values()) == expected
+    head = sum(p.numel() for n, p in net.named_parameters() if p.requires_grad and "lora_" not in n)
+    assert parameter_counts(net)[0] == expected + head and head == (32 * 32 + 32 if model else 0)
+    for name, p in lora.items():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # B starts at zero, which would leave every A without a gradient
+    net.train()
+    SimCSELoss(net)([net.tokenize([f"sentence number {i} about {'abc'[i % 3]}" for i in range(6)])]).backward()
+    dead = [n for n, p in lora.items() if p.grad is None or not p.grad.abs().max() > 0]
+    assert not dead, dead
+
+
+def _adapter_folder(folder: Path, base: str) -> Path:
+    """A finished LoRA adapter output on ``base`` (untrained: only its files matter here)."""
+    from embedkit.modeling import build_model
+    from embedkit.recipe import LoraSection, ModelSection
+
+    model = build_model(ModelSection(name=base, pooling="mean", max_seq_length=16, lora=LoraSection(**LORA)))
+    model.save_pretrained(str(folder))
+    recipe = {"model": {"name": base, "lora": {**LORA, "merge": False}}, "method": {"name": "simcse-unsup"}}
+    (folder / "results.json").write_text(json.dumps({"recipe": recipe, "train": {}}))
+    return folder
+
+
+def test_push_publishes_an_adapter_on_the_packaged_model_with_the_bases_hub_id(tmp_path, minilm_path, peft_gate):
+    """The output folder names the packaged copy by its local path (it loads here, offline); the files pushed name
+    the Hub id that copy ships, so the adapter loads wherever the Hub does."""
+    from embedkit.hub import prepare_upload
+
+    out = _adapter_folder(tmp_path / "out", "sentence-transformers/all-MiniLM-L6-v2")  # as the quickstart names it
+    local = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(local).resolve() == Path(minilm_path).resolve()
+    staged = prepare_upload(out, tmp_path / "stage", "me/adapter")
+    pushed = json.loads((staged.folder / "adapter_config.json").read_text())
+    assert pushed["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == local  # unchanged
+    assert minilm_path not in "".join(p.read_text(errors="ignore") for p in staged.folder.rglob("*.json"))
+
+
+def test_push_refuses_an_adapter_whose_base_is_only_a_local_folder(tmp_path, tiny_model_path, peft_gate):
+    from embedkit.hub import HubError, prepare_upload
+
+    out = _adapter_folder(tmp_path / "out", tiny_model_path)
+    with pytest.raises(HubError, match=r"adapter_config.json: a LoRA adapter on the local model .* no Hub id.*"
+                                       r"model\.lora\.merge: true") as err:
+        prepare_upload(out, tmp_path / "stage", "me/adapter")
+    assert "\n" not in str(err.value)
+
+
+def test_push_to_hub_of_an_adapter_on_a_local_base_is_refused_at_validation(tmp_path, tiny_model_path):
+    import yaml
+
+    from embedkit.validate import load_recipe
+
+    path = write_recipe(tmp_path, tiny_model_path, "simcse-unsup", tmp_path / "out", model={"lora": LORA})
+    raw = yaml.safe_load(path.read_text())
+    raw["output"]["push_to_hub"] = "me/adapter"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(RecipeError, match=r"recipe.yaml:\d+: model.lora.merge: .*no Hub id.*merge: true") as err:
+        load_recipe(path)
+    assert "\n" not in str(err.value)
+    raw["model"]["lora"]["merge"] = True  # full weights publish from anywhere
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert load_recipe(path).model.lora.merge
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+    ("{hf_cache}/models--BAAI--bge-small-en-v1.5/snapshots/" + "a" * 40, "BAAI/bge-small-en-v1.5"),
+    ("{tiny}", None),  # a plain folder: its config's _name_or_path names the model it was trained from, not itself
+])
+def test_hub_id_of_a_model_reference(tmp_path, tiny_model_path, minilm_path, name, expected):
+    from embedkit.model_ref import hub_id_for
+
+    if "{hf_cache}" in name:
+        name = name.format(hf_cache=tmp_path)
+        Path(name).mkdir(parents=True)
+    name = name.format(tiny=tiny_model_path)
+    assert hub_id_for(name) == expected
+    assert hub_id_for(minilm_path) == "sentence-transformers/all-MiniLM-L6-v2"  # the packaged copy

@@ -136,6 +136,41 @@ def test_matryoshka_is_the_weighted_sum_of_truncated_losses(tmp_path, spread_mod
         assert float(out[f"loss_main_{dim}"].detach()) == pytest.approx(weight * float(info_nce(z, z, 0.05)), rel=1e-5)
 
 
+def test_matryoshka_dims_below_the_width_also_train_the_full_width(tmp_path, spread_model_path):
+    """Dims that all lie below the model's width (32) get the full width added first, weight 1: the main loss
+    applies to the full embedding *and* the prefixes (sentence-transformers' MatryoshkaLoss trains only what is
+    listed, and warns that the full width then goes untrained)."""
+    import torch.nn.functional as F
+
+    from embedkit.losses.contrastive import info_nce
+
+    path = recipe_file(tmp_path, spread_model_path, "simcse-unsup",
+                       {"matryoshka_dims": [16, 8], "matryoshka_weights": [0.5, 2.0]}, MEAN)
+    loss, features, labels = build(path)
+    assert (loss.matryoshka_dims, loss.matryoshka_weights) == ([32, 16, 8], [1.0, 0.5, 2.0])
+    out = loss(features, labels)
+    assert set(out) == {"loss_main_32", "loss_main_16", "loss_main_8"}
+    with torch.no_grad():
+        emb = loss.model(dict(features[0]))["sentence_embedding"]
+    for dim, weight in ((32, 1.0), (16, 0.5), (8, 2.0)):
+        z = F.normalize(emb[:, :dim], dim=-1)
+        assert float(out[f"loss_main_{dim}"].detach()) == pytest.approx(weight * float(info_nce(z, z, 0.05)), rel=1e-5)
+
+
+def test_a_run_records_the_added_full_width_in_its_resolved_recipe(tmp_path, spread_model_path, capsys):
+    from embedkit.training.run import train
+
+    path = recipe_file(tmp_path, spread_model_path, "simcse-unsup", {"matryoshka_dims": [16, 8], "max_steps": 2},
+                       MEAN)
+    result = train(str(path))
+    assert result["recipe"]["training"]["matryoshka_dims"] == [32, 16, 8]
+    assert result["recipe"]["training"]["matryoshka_weights"] is None  # default: 1 each
+    saved = yaml.safe_load((tmp_path / "out" / "recipe.yaml").read_text())
+    assert saved["training"]["matryoshka_dims"] == [32, 16, 8]
+    assert any("loss_main_32" in entry for entry in result["train"]["log_history"])
+    assert "training.matryoshka_dims [16, 8] lacks the model's full width 32" in capsys.readouterr().out
+
+
 def test_no_terms_returns_the_plain_loss(tmp_path, spread_model_path):
     loss, features, labels = build(recipe_file(tmp_path, spread_model_path, "simcse-unsup"))
     out = loss(features, labels)

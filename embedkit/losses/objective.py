@@ -22,7 +22,8 @@ Because the main loss is a function of embeddings, :class:`ComposedLoss` can the
   switch every score and term reads.
 * **Matryoshka** (``training.matryoshka_dims``): the main loss on each truncated, re-normalised prefix of the
   views (and of the side embeddings: keys, queue negatives), weighted and summed as sentence-transformers'
-  ``MatryoshkaLoss`` does (same ``shrink``).
+  ``MatryoshkaLoss`` does (same ``shrink``). The full width is always one of the dimensions
+  (:func:`complete_matryoshka` adds it, weight 1, when the list lacks it).
 * **extra terms** (``objective.terms``): weighted objective terms on the views (:mod:`embedkit.losses.terms`).
 
 With no term and no Matryoshka dimension the loss is the plain tensor the method always returned (same ops,
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 
 from embedkit import distributed
 from embedkit.errors import RecipeError
+from embedkit.log import log
 from embedkit.losses.common import encode_columns, gather
 from embedkit.losses.terms import build_term, term_info
 
@@ -292,6 +294,24 @@ def _around_total(total: Tensor, components: dict[str, float]) -> dict[str, Tens
     return values
 
 
+def complete_matryoshka(recipe: Any, width: int | None) -> None:
+    """Add the model's full ``width`` first to ``training.matryoshka_dims`` when the list lacks it (weight 1, in
+    front of any ``matryoshka_weights``), in the recipe itself, so that the resolved recipe records what trains.
+
+    sentence-transformers' ``MatryoshkaLoss`` trains exactly the dimensions listed and only warns that, without
+    the full width, "the full model dimension won't be trained"; its examples list it first
+    (``[768, 512, 256, 128, 64]``). embedkit's dims mean the main loss *also* on the prefixes, so a list that
+    omits the width gets it, and the log says so. A list that holds it is left as it is."""
+    t = recipe.training
+    dims = t.matryoshka_dims
+    if not dims or width is None or width in dims or any(d > width for d in dims):  # too large: compose refuses
+        return
+    weights = None if t.matryoshka_weights is None else [1.0, *t.matryoshka_weights]
+    recipe.training = t.model_copy(update={"matryoshka_dims": [width, *dims], "matryoshka_weights": weights})
+    log(f"training.matryoshka_dims {dims} lacks the model's full width {width}: added first (weight 1), so the "
+        f"full embedding trains too; the run uses and records {recipe.training.matryoshka_dims}")
+
+
 def compose(loss: nn.Module, recipe: Any, model: nn.Module) -> nn.Module:
     """The framework's composition point (:func:`embedkit.training.run.setup` calls it on the method's loss):
     apply the recipe's ``training.mini_batch_size``, ``gather_across_devices``, ``matryoshka_dims`` /
@@ -310,6 +330,8 @@ def compose(loss: nn.Module, recipe: Any, model: nn.Module) -> nn.Module:
     for d in t.matryoshka_dims or []:
         if dim is not None and d > dim:
             raise RecipeError(f"training.matryoshka_dims: {d} is larger than the model's embedding dimension {dim}")
+    complete_matryoshka(recipe, dim)  # a no-op when setup did it already (on the run's recipe)
+    t = recipe.training
     terms = []
     for entry in objective.terms if objective is not None else []:
         params = term_info(entry.name).params.model_validate(entry.model_dump())

@@ -26,7 +26,7 @@ import yaml
 from packaging.version import Version
 
 from embedkit import distributed
-from embedkit.card import add_method_citation, set_card_data, write_card
+from embedkit.card import add_method_citation, set_card_data, set_dev_card_metrics, write_card
 from embedkit.data.sources import read_train_source
 from embedkit.errors import EmbedkitError, RecipeError
 from embedkit.evaluation import evaluate
@@ -37,7 +37,7 @@ from embedkit.hub import push
 from embedkit.log import log, notice
 from embedkit.methods import get_method
 from embedkit.methods.base import TrainContext
-from embedkit.model_ref import load_model
+from embedkit.model_ref import hub_id_for, load_model
 from embedkit.paths import atomic_path
 from embedkit.recipe import METRIC_LABELS, Overrides, Recipe, RecipeInput, is_multitask, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
@@ -320,6 +320,9 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     set_seed(recipe.training.seed)
     model = build_model(recipe.model)
     set_card_data(model, recipe.model_dump(mode="json"), recipe.method.name)  # what sentence-transformers' card says
+    from embedkit.losses.objective import complete_matryoshka
+
+    complete_matryoshka(recipe, model.get_embedding_dimension())  # the full width trains too; recorded in recipe
     multi = is_multitask(recipe)
     # Hard negatives from the starting model, before the method sees the rows.
     if not multi and recipe.data.train.mine is not None:
@@ -548,12 +551,17 @@ def batch_record(global_batch: int, per_device: int, world_size: int) -> dict[st
 
 def _lora_output(model: Any, merge: bool) -> None:
     """``merge: true``: fold the adapter into full weights before the save; else say what loading needs."""
-    from embedkit.modeling import merge_lora
+    from embedkit.modeling import lora_encoder, merge_lora
 
     if merge:
         merge_lora(model)
         log("LoRA merged into the encoder's weights (the output loads without peft)")
         return
+    peft_model = lora_encoder(model)
+    base = peft_model.peft_config[peft_model.active_adapter].base_model_name_or_path if peft_model else None
+    if base and hub_id_for(base) is None:
+        log(f"note: the adapter's base is the local model {base}, which has no Hub id: the output loads here, and "
+            "`embedkit push` refuses it (model.lora.merge: true writes full weights, which publish)")
 
     try:
         from transformers.integrations.peft import MIN_PEFT_VERSION
@@ -603,6 +611,7 @@ def save_final(model: Any, out: Path, results: dict[str, Any]) -> None:
     staging = out / ".final-model.partial"
     if staging.exists():
         shutil.rmtree(staging)
+    set_dev_card_metrics(model, results)  # the card's dev scores: the saved model's, not the last evaluation's
     model.save_pretrained(str(staging), safe_serialization=True)  # sentence-transformers writes its card
     write_card(staging, results, mteb_dir=out / "mteb")  # ... and embedkit adds its part
     for item in staging.iterdir():
