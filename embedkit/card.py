@@ -718,9 +718,11 @@ def _dev_section(results: dict[str, Any]) -> list[str]:
     kind, metric = dev.get("kind", "stsb"), dev.get("metric", "spearman")
     title = "STS-B dev" if kind == "stsb" else f"{dev.get('name', kind)} ({kind} dev set)"
     label = METRIC_LABELS.get(metric, metric)
-    line = f"{title} (used to select the checkpoint, on {label}): {label} {_fmt(after.get(metric))} after training"
+    line = (f"{title} (the selection set: used to select the checkpoint, on {label}; not a test score): {label} "
+            f"{_fmt(after.get(metric))} after training")
     if kind == "stsb" and metric == "spearman":  # the line STS-B cards have always carried
-        line = f"STS-B dev (used to select the checkpoint): Spearman {_fmt(after.get('spearman'))} after training"
+        line = (f"STS-B dev (the selection set: used to select the checkpoint; not a test score): Spearman "
+                f"{_fmt(after.get('spearman'))} after training")
     if isinstance(before, dict):
         line += f", {_fmt(before.get(metric))} before"
     lines = [f"### {title}", "", line + "."]

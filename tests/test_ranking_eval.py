@@ -433,10 +433,11 @@ def test_card_names_the_dev_metric():
     lines = _dev_section({"dev": {"kind": "rerank", "name": "trecqa-dev", "metric": "map",
                                   "before": {"map": 70.0, "mrr@10": 75.0}, "after": {"map": 80.5, "mrr@10": 85.25}}})
     text = "\n".join(lines)
-    assert "trecqa-dev (rerank dev set) (used to select the checkpoint, on MAP): MAP 80.50 after training, " \
-           "70.00 before" in text and "MRR@10 85.25" in text
+    assert ("trecqa-dev (rerank dev set) (the selection set: used to select the checkpoint, on MAP; not a test "
+            "score): MAP 80.50 after training, 70.00 before") in text and "MRR@10 85.25" in text
     old = "\n".join(_dev_section({"dev": {"before": {"spearman": 80.0}, "after": {"spearman": 81.0}}}))
-    assert "STS-B dev (used to select the checkpoint): Spearman 81.00 after training, 80.00 before" in old
+    assert "STS-B dev (the selection set: used to select the checkpoint; not a test score): Spearman 81.00 after " \
+        "training, 80.00 before" in old
 
 
 def test_rerank_layout_refuses_a_set_without_scorable_questions(tmp_path):
