@@ -14,6 +14,7 @@ from embedkit.hub import add_cli as add_push
 from embedkit.merging import add_cli as add_merge
 from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
 from embedkit.methods.text2token.inspect import add_cli as add_inspect
+from embedkit.outputs import filesystem_fault
 from embedkit.recipe import list_recipes
 from embedkit.training.mine import add_cli as add_mine
 from embedkit.training.run import train
@@ -106,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()
         return 0
+    except (OSError, RuntimeError) as err:  # a filesystem fault no command converted: still one line
+        fault = filesystem_fault(err)
+        if fault is None:
+            raise
+        print(f"embedkit: error: {fault}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 It runs the one encoder (:func:`embedkit.encoding.encode`): each distinct text once, the
 model's own preprocessing in large chunks, batches cut by token length, so the rows equal
 ``SentenceTransformer.encode``'s (to float rounding) for less work. The file is written only when every row is
-done (``<output>.partial`` until then).
+done (a hidden ``.<name>.<pid>.partial`` beside it until then), never into an input or a training run's folder
+(:mod:`embedkit.outputs`).
 
     embedkit encode MODEL sentences.txt -o embeddings.npy [--normalize] [--dim 128] [--batch-size 128]
     embedkit encode MODEL rows.jsonl --column text -o embeddings.npy
@@ -20,7 +21,7 @@ import numpy as np
 from embedkit.data.sources import read_local
 from embedkit.errors import EmbedkitError
 from embedkit.model_ref import check_model, embedding_dim, load_model
-from embedkit.paths import atomic_path
+from embedkit.outputs import FileOutput, Inputs, check_file_output, require_space, writing
 
 
 def read_texts(path: str, fmt: str = "auto", column: str | None = None) -> list[str]:
@@ -32,22 +33,16 @@ def read_texts(path: str, fmt: str = "auto", column: str | None = None) -> list[
     return next(iter(data.columns.values()))
 
 
-def check_output(output: str, overwrite: bool = False) -> Path:
-    """The ``--output`` path, refused when it cannot be written or would silently replace a file."""
+def check_output(output: str, overwrite: bool = False, inputs: Inputs = ()) -> FileOutput:
+    """The ``--output`` path, refused when it cannot be written, would silently replace a file, or is (or lies in)
+    an input or a training run's folder (:mod:`embedkit.outputs`)."""
     path = Path(output).expanduser()
     if path.is_dir():
         raise EmbedkitError(f"--output {output}: is a folder; expected a file name ending in .npy (e.g. "
                             f"{Path(output) / 'embeddings.npy'})")
     if not output.endswith(".npy"):
         raise EmbedkitError(f"--output {output!r}: expected a file name ending in .npy")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise EmbedkitError(f"--output {output}: {parent} is a file, not a folder")
-            break
-    if path.exists() and not overwrite:
-        raise EmbedkitError(f"--output {output}: already exists; pass --overwrite to replace it")
-    return path
+    return check_file_output(output, overwrite=overwrite, inputs=inputs, command="embedkit encode")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -57,7 +52,8 @@ def _run(args: argparse.Namespace) -> int:
         raise EmbedkitError(f"--max-seq-length: expected a positive number, got {args.max_seq_length}")
     if args.dim is not None and args.dim <= 0:
         raise EmbedkitError(f"--dim: expected a positive number of leading embedding coordinates, got {args.dim}")
-    check_output(args.output, args.overwrite)  # before reading texts or loading the model: fails at once
+    inputs = [("input", args.input)] + ([("model", args.model)] if Path(args.model).expanduser().exists() else [])
+    target = check_output(args.output, args.overwrite, inputs)  # before reading texts or loading the model
     check_model(args.model, what="model", trust_flag=None)
     texts = read_texts(args.input, args.format, args.column)  # before the model loads: bad input fails fast
     from embedkit.encoding import check_dim, encode  # torch: only once every argument is known to be good
@@ -70,8 +66,12 @@ def _run(args: argparse.Namespace) -> int:
         check_dim(args.dim, embedding_dim(model), "--dim")  # before any text is encoded
     emb = encode(model, texts, args.batch_size, normalize=args.normalize, autocast=args.autocast, dim=args.dim)
     seconds = time.perf_counter() - start
-    with atomic_path(args.output) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, emb)
+    subject = f"--output {args.output}"
+    require_space(target.path.parent, emb.nbytes, subject)
+    with target, writing(target.path, "writing the embeddings", subject):
+        with open(target.files.path(target.path), "wb") as fh:
+            np.save(fh, emb)
+        target.commit()
     print(f"{args.output}: {emb.shape[0]} x {emb.shape[1]} float32 "
           f"({len(set(texts))} distinct texts) in {seconds:.1f} s")
     return 0

@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
 from embedkit.model_ref import check_model, first_line, is_hub_id, load_model, packaged_model_id
+from embedkit.outputs import OutputFolder, open_folder, require_space, tensor_bytes, writing
 from embedkit.version import __version__
 
 if TYPE_CHECKING:
@@ -126,27 +126,12 @@ def coefficients(method: str, n_models: int, *, base: str | None = None, weights
     return None
 
 
-def check_output(output: str | os.PathLike, overwrite: bool, inputs: Sequence[str] = ()) -> Path:
-    """The output folder, refused when it would replace something by accident (or one of the inputs)."""
-    out = Path(output).expanduser()
-    resolved = out.resolve()
-    for ref in inputs:
-        if Path(ref).expanduser().exists() and Path(ref).expanduser().resolve() == resolved:
-            raise MergeError(f"-o {output}: is the input {ref}; write the merge to a new folder")
-    if out.exists():
-        if not out.is_dir():
-            raise MergeError(f"-o {output}: exists and is a file; expected a folder for the merged model")
-        if not overwrite:
-            raise MergeError(f"-o {output}: already exists; pass --overwrite to replace it")
-        if any(out.iterdir()) and not ((out / "modules.json").exists() or (out / "config.json").exists()):
-            raise MergeError(f"-o {output}: exists and holds no model (no modules.json or config.json); "
-                             "--overwrite replaces only a model folder")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise MergeError(f"-o {output}: {parent} is a file, not a folder")
-            break
-    return out
+def check_output(output: str | os.PathLike, overwrite: bool, inputs: Sequence[str] = ()) -> OutputFolder:
+    """The output folder, checked as every command's (:mod:`embedkit.outputs`): never an input, inside or around
+    one, a training run's folder, or a folder holding files ``merge`` did not write; an existing one only with
+    ``--overwrite``. Nothing is written here."""
+    return open_folder(output, command="merge", flag="-o", overwrite=overwrite, swap=True,
+                       inputs=[("input", ref) for ref in inputs])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -523,32 +508,18 @@ def _rule(method: str, granularity: str) -> str:
     return RULES[method].format(m=m)
 
 
-def write_model(model: SentenceTransformer, out: Path, card: ModelCard, record: dict[str, Any],
-                overwrite: bool) -> None:
-    """Save ``model`` with its card and record in a staging folder beside ``out``, then rename it into place
-    (an existing ``out`` is moved aside first and removed only once the new folder is in place)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.merge-{os.getpid()}"
-    old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        model.save(str(staging), create_model_card=False)
-        card.save(str(staging / "README.md"))
-        (staging / "merge.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
-                                            encoding="utf-8")
-        if out.exists():
-            if not overwrite:  # appeared while merging
-                raise MergeError(f"-o {out}: already exists; pass --overwrite to replace it")
-            os.replace(out, old)
-        try:
-            os.replace(staging, out)
-        except OSError:
-            if old.exists() and not out.exists():
-                os.replace(old, out)  # put the earlier folder back rather than leave nothing
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+def write_model(model: SentenceTransformer, target: OutputFolder, card: ModelCard, record: dict[str, Any]) -> None:
+    """Save ``model`` with its card and record in a staging folder beside the output, then swap it in (an
+    existing output is moved aside first and removed only once the new folder is in place)."""
+    subject = f"-o {target.shown}"
+    with target:
+        require_space(target.work, tensor_bytes(model.state_dict()), f"{subject}: the merged model")
+        with writing(target.work, "writing the merged model", subject):
+            model.save(str(target.work), create_model_card=False)
+            card.save(str(target.work / "README.md"))
+            (target.work / "merge.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
+                                                    encoding="utf-8")
+        target.commit()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -572,7 +543,7 @@ def merge(models: Sequence[str], method: str = "average", *, base: str | None = 
     coeffs = coefficients(method, len(models), base=base, weights=weights, lambdas=lambdas,
                           granularity=granularity)
     refs = models + ([str(base)] if base is not None else [])
-    out = check_output(output, overwrite, refs) if output is not None else None
+    target = check_output(output, overwrite, refs) if output is not None else None
     for i, ref in enumerate(refs):  # one line for a missing folder or an unreachable Hub, before torch loads
         check_model(ref, what="base" if i == len(models) else f"model {ref}", trust_flag=None)
 
@@ -605,11 +576,11 @@ def merge(models: Sequence[str], method: str = "average", *, base: str | None = 
     result.load_state_dict(merged)
     shown = stats.mean_weights() if stats is not None else list(coeffs or [])
     log(f"merged {len(models)} models by {method} in {time.perf_counter() - start:.1f} s (after loading them)")
-    if out is None:
+    if target is None:
         return result
     record: dict[str, Any] = {
         "embedkit": __version__, "method": method, "rule": _rule(method, granularity),
-        "output_name": out.name,
+        "output_name": Path(target.shown).name or target.out.name,
         "models": [{"name": display_name(ref), "weight": w, "sha256": d} for ref, w, d in zip(models, shown, digests)],
     }
     for entry, lora_base in zip(record["models"], lora_bases):
@@ -623,7 +594,7 @@ def merge(models: Sequence[str], method: str = "average", *, base: str | None = 
         record["base"] = {"name": display_name(str(base)), "sha256": tensors_digest(base_state)}
         if base_lora is not None:
             record["base"]["lora_base"] = display_name(base_lora)
-    write_model(result, out, model_card(record), record, overwrite)
+    write_model(result, target, model_card(record), record)
     return result
 
 

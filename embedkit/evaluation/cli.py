@@ -13,7 +13,7 @@ import argparse
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedkit.data.ranking import RerankSet, read_beir, read_rerank
 from embedkit.errors import DataError, EmbedkitError
@@ -30,6 +30,9 @@ from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
 from embedkit.log import progress
 from embedkit.model_ref import check_model, embedding_dim, load_model, require_hub
+
+if TYPE_CHECKING:
+    from embedkit.outputs import OutputFolder
 
 SUITE_CHOICES = ("sts", "geometry", "none")
 
@@ -177,6 +180,41 @@ def run_cli(args: argparse.Namespace) -> int:
     """Run ``embedkit eval``; results.json is written only when everything succeeded."""
     started = time.perf_counter()
     suite = _check_args(args)  # before the imports below (scipy, ~1 s): a bad argument answers at once
+    out = Path(args.output) if args.output else Path("eval-results") / (
+        _slug(args.model) + (f"-vs-{_slug(args.compare)}" if args.compare else ""))
+    folder = _check_output(out, args)
+    with folder:
+        return _run(args, suite, folder, started)
+
+
+def _check_output(out: Path, args: argparse.Namespace) -> OutputFolder:
+    """Where eval writes, checked before any model loads (:mod:`embedkit.outputs`): never a training run's folder
+    or an input, nor a folder holding files eval did not write; eval's own folder is updated on every run."""
+    from embedkit.outputs import check_target, open_folder, resolve_output
+
+    inputs = [("model", m) for m in (args.model, args.compare) if m and Path(m).expanduser().exists()]
+    inputs += [("--rerank file", f) for f in args.rerank] + [("--retrieval folder", d) for d in args.retrieval]
+    if args.submission:
+        check_target(resolve_output(args.submission, "--submission"), "--submission", args.submission, inputs,
+                     folder=True)
+    return open_folder(out, command="eval", flag="--output", overwrite=None, swap=False, inputs=inputs,
+                       owned=("mteb",), legacy=_earlier_eval)
+
+
+def _earlier_eval(folder: Path) -> set[str]:
+    """The files of an eval folder written before eval recorded them: its results.json has eval's arguments."""
+    import json
+
+    try:
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not (isinstance(data, dict) and "arguments" in data and "versions" in data):
+        return set()
+    return {name for name in ("results.json", "sts.png", "dev-curve.png") if (folder / name).is_file()}
+
+
+def _run(args: argparse.Namespace, suite: str, folder: OutputFolder, started: float) -> int:
     from embedkit.evaluation.core import ranking_names
     from embedkit.evaluation.mteb_eval import run_mteb
     from embedkit.evaluation.report import (
@@ -191,9 +229,9 @@ def run_cli(args: argparse.Namespace) -> int:
         write_json_atomic,
     )
     from embedkit.evaluation.runner import evaluate
+    from embedkit.outputs import writing
 
-    out = Path(args.output) if args.output else Path("eval-results") / (
-        _slug(args.model) + (f"-vs-{_slug(args.compare)}" if args.compare else ""))
+    out = folder.out
     common = dict(data_dir=args.data_dir, batch_size=args.batch_size, source=args.source, autocast=args.autocast,
                   progress=True, max_seq_length=args.max_seq_length,
                   show_progress_bar=False if args.no_progress else None)  # None: a bar when stderr is a terminal
@@ -239,16 +277,22 @@ def run_cli(args: argparse.Namespace) -> int:
     chart = None
     other = results.get("compare", {}).get("sts")
     labels = (_slug(args.model), _slug(args.compare)) if args.compare else ("A", "B")
-    if "sts" in results and not args.no_chart:
-        chart = render_chart(out / "sts.png", results["sts"], other, labels)
-        results["chart"] = str(chart)
-    training = load_training_results(args.model) if Path(args.model).is_dir() and not args.no_chart else None
-    history = dev_history(training) if training else None
-    if history:  # a training output folder: its dev metric over the steps, from the trainer's log
-        curve = render_training_chart(out / "dev-curve.png", history, _slug(args.model))
-        results["training_chart"] = str(curve)
-        chart = f"{chart}, {curve}" if chart else str(curve)
-    path = write_json_atomic(out / "results.json", results)
+    shown = Path(folder.shown)  # the files as the user named their folder; written through folder.files
+    with writing(out, "writing the results", f"--output {folder.shown}"):
+        if "sts" in results and not args.no_chart:
+            render_chart(folder.files.path(out / "sts.png"), results["sts"], other, labels)
+            chart = shown / "sts.png"
+            results["chart"] = str(chart)
+        training = load_training_results(args.model) if Path(args.model).is_dir() and not args.no_chart else None
+        history = dev_history(training) if training else None
+        if history:  # a training output folder: its dev metric over the steps, from the trainer's log
+            render_training_chart(folder.files.path(out / "dev-curve.png"), history, _slug(args.model))
+            curve = shown / "dev-curve.png"
+            results["training_chart"] = str(curve)
+            chart = f"{chart}, {curve}" if chart else str(curve)
+        write_json_atomic(folder.files.path(out / "results.json"), results)  # last: its presence marks a finished run
+        folder.commit()
+    path = shown / "results.json"
 
     if "sts" in results:
         print(sts_table(results["sts"], other, labels))

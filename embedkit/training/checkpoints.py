@@ -10,15 +10,22 @@ usable checkpoint answers before a model loads.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from embedkit.data.sts import sha256_file
+from embedkit.outputs import walk_files
 from embedkit.paths import atomic_path
 
 COMPLETE_MARKER = "embedkit_checkpoint.json"
+# What the trainer writes into a checkpoint, for one whose save was interrupted before its manifest: model and
+# tokenizer files, optimizer, scheduler, RNG and trainer state, embedkit's method state (a sub-module's config).
+TRAINER_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.json", "*.model", "vocab.txt", "merges.txt",
+                 "README.md", "tokenizer*")
 
 
 def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
@@ -65,6 +72,74 @@ def verify(folder: Path) -> str | None:
         if sha256_file(path) != entry["sha256"]:
             return f"{rel} does not match its checksum (corrupted?)"
     return None
+
+
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def checkpoint_foreign(folder: Path) -> list[str]:
+    """Files of one checkpoint that embedkit did not write: those its manifest does not list (a checkpoint whose
+    save was interrupted has none: then those unlike anything the trainer writes, :data:`TRAINER_FILES`)."""
+    manifest = _manifest(folder)
+    if manifest is not None and not isinstance(manifest.get("files"), dict):
+        return []  # written before manifests listed files: accepted, as :func:`verify` does
+    listed = manifest["files"] if manifest is not None else None
+    out = []
+    for rel in walk_files(folder):
+        if rel == COMPLETE_MARKER or rel.endswith(".partial"):
+            continue
+        if listed is not None and rel not in listed:
+            out.append(rel)
+        elif listed is None and not any(fnmatch.fnmatch(Path(rel).name, p) for p in TRAINER_FILES):
+            out.append(rel)
+    return out
+
+
+def foreign_files(folder: str | os.PathLike) -> list[str]:
+    """Files under a run's ``checkpoints/`` folder that embedkit did not write (relative to it, sorted)."""
+    folder = Path(folder)
+    out = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and _step(entry) is not None:
+            out += [f"{entry.name}/{rel}" for rel in checkpoint_foreign(entry)]
+        elif not entry.name.endswith(".partial"):
+            out += [entry.name] if not entry.is_dir() or entry.is_symlink() else [
+                f"{entry.name}/{rel}" for rel in walk_files(entry)] or [entry.name + "/"]
+    return sorted(out)
+
+
+def rotate(folder: str | os.PathLike, limit: int | None, best: str | os.PathLike | None = None,
+           keep_newest: bool = True) -> list[tuple[str, list[str]]]:
+    """Delete the oldest checkpoints beyond ``limit``, as the trainer's ``save_total_limit`` does (the newest, unless
+    ``keep_newest`` is off, and the ``best`` are always kept), except a checkpoint that holds a file embedkit did
+    not write: that one is kept, and returned with those files, so rotation never deletes a user's file."""
+    if not limit or limit <= 0:
+        return []
+    steps = [(s, p) for p in Path(folder).glob("checkpoint-*")
+             if p.is_dir() and not p.is_symlink() and (s := _step(p)) is not None]
+    found = [p for _, p in sorted(steps)]
+    if len(found) <= limit and keep_newest:
+        return []
+    protected = ({os.path.realpath(found[-1])} if keep_newest else set()) | (
+        {os.path.realpath(best)} if best else set())
+    keep, remaining, kept = max(limit, len(protected)), len(found), []
+    for path in found:
+        if remaining <= keep:
+            break
+        if os.path.realpath(path) in protected:
+            continue
+        foreign = checkpoint_foreign(path)
+        if foreign:
+            kept.append((path.name, foreign))
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        remaining -= 1
+    return kept
 
 
 def _step(folder: Path) -> int | None:

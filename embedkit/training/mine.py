@@ -1,10 +1,12 @@
 """Hard negatives for (anchor, positive) pairs: ``embedkit data mine`` and the recipe hook ``data.train.mine``.
 
-Both run :func:`embedkit.mining.mine_negatives` (the package's one mining engine) and write three files, each
-atomically: ``FILE.jsonl`` (one object a line: ``anchor``, ``positive``, ``negative_1`` … ``negative_k``; a recipe
-reads it with ``data.train.path: FILE.jsonl``), ``FILE.stats.json`` (counts and score quantiles) and ``FILE.png``
-(histogram of positive, kept-negative and dropped-negative scores). Under ``torchrun`` every process encodes its
-shard of the texts; rank 0 writes.
+Both run :func:`embedkit.mining.mine_negatives` (the package's one mining engine) and write three files, renamed
+into place together once all three are written (:mod:`embedkit.outputs`): ``FILE.jsonl`` (one object a line:
+``anchor``, ``positive``, ``negative_1`` … ``negative_k``; a recipe reads it with ``data.train.path: FILE.jsonl``),
+``FILE.stats.json`` (counts and score quantiles) and ``FILE.png`` (histogram of positive, kept-negative and
+dropped-negative scores). ``-o`` may not be an input, and ``--overwrite`` replaces ``FILE.stats.json`` and
+``FILE.png`` only when they are an earlier mine's. Under ``torchrun`` every process encodes its shard of the
+texts; rank 0 writes.
 
 A training run mines once, with the starting model, into ``<output.dir>/mined/train.jsonl``; ``--resume`` reads
 that file back instead of mining again, so the rows are bit-for-bit those the run started with.
@@ -24,10 +26,12 @@ from pydantic import ValidationError
 from embedkit.data.heldout import split_heldout
 from embedkit.data.ranking import read_rerank
 from embedkit.data.sources import TrainData, read_corpus, read_local, read_pairs, read_train_source
+from embedkit.data.sts import sha256_file
 from embedkit.distributed import is_main
 from embedkit.errors import DataError, EmbedkitError, RecipeError
 from embedkit.log import log
 from embedkit.model_ref import check_model, load_model
+from embedkit.outputs import FileSet, check_file_output, writing
 from embedkit.paths import atomic_path, expand, resolve_data_dir
 from embedkit.recipe import MineSection, Recipe, mine_window
 from embedkit.validate import heldout_devs, load_recipe_with_data
@@ -148,17 +152,49 @@ def summary(stats: dict[str, Any]) -> str:
             f"of k dropped; median positive {pos['p50']:.3f}" + (f", kept negative {kept['p50']:.3f}" if kept else ""))
 
 
-def write_mined(mined: Any, output: Path, title: str, extra: dict[str, Any] | None = None) -> None:
-    """The three files (jsonl, stats, png), each written atomically."""
+def write_mined(mined: Any, output: Path, title: str, extra: dict[str, Any] | None = None,
+                files: FileSet | None = None) -> None:
+    """The three files (jsonl, stats, png), written together: each under a temporary name, all three renamed into
+    place once written (by the caller when it passes ``files``). The stats record the SHA-256 of the other two
+    (``files``), so a later ``--overwrite`` knows them as this command's own."""
     stats_path, png_path = sidecars(output)
     columns = mined.columns()
     names = list(columns)
-    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for i in range(len(mined.anchors)):
-            fh.write(json.dumps({c: columns[c][i] for c in names}, ensure_ascii=False) + "\n")
-    with atomic_path(stats_path) as tmp:
-        tmp.write_text(json.dumps({**mined.stats, **(extra or {})}, indent=2), encoding="utf-8")
-    plot(mined, png_path, title)
+    group = files if files is not None else FileSet()
+    try:
+        jsonl = group.path(output)
+        with open(jsonl, "w", encoding="utf-8") as fh:
+            for i in range(len(mined.anchors)):
+                fh.write(json.dumps({c: columns[c][i] for c in names}, ensure_ascii=False) + "\n")
+        png = group.path(png_path)
+        plot(mined, png, title)
+        record = {output.name: sha256_file(jsonl), png_path.name: sha256_file(png)}
+        group.path(stats_path).write_text(json.dumps({**mined.stats, **(extra or {}), "files": record}, indent=2),
+                                          encoding="utf-8")
+        if files is None:
+            group.commit()
+    finally:
+        if files is None:
+            group.discard()
+
+
+def owns_sidecar(side: Path, output: Path) -> bool:
+    """Whether ``side`` (``OUT.stats.json`` or ``OUT.png``) is one that ``data mine`` wrote with ``output``: the
+    stats file is mine's (its counts), the chart matches the checksum the stats recorded (a stats file from before
+    the record vouches for the chart written with it)."""
+    stats_path, _ = sidecars(output)
+    try:
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(stats, dict) or not {"rows_in", "num_negatives", "scores"} <= set(stats):
+        return False
+    if side == stats_path:
+        return True
+    record = stats.get("files")
+    if record is None:
+        return True
+    return side.is_file() and isinstance(record, dict) and record.get(side.name) == sha256_file(side)
 
 
 def plot(mined: Any, path: Path, title: str) -> None:
@@ -298,19 +334,19 @@ def _settings(args: argparse.Namespace, base: MineSection | None) -> MineSection
         raise EmbedkitError(f"data mine: {flag}{first['msg']}{got}") from None
 
 
-def _check_output(output: str, overwrite: bool = False) -> Path:
-    path = Path(output).expanduser()
-    if path.suffix != ".jsonl":
+def _check_output(output: str) -> None:
+    if Path(output).suffix != ".jsonl":
         raise EmbedkitError(f"--output {output!r}: expected a file name ending in .jsonl")
-    if path.is_dir():
-        raise EmbedkitError(f"--output {output}: is a folder")
-    if path.exists() and not overwrite:  # as `embedkit encode`: a file is replaced only when asked
-        raise EmbedkitError(f"--output {output}: already exists; pass --overwrite to replace it")
-    return path
+
+
+def _local(ref: str | None) -> list[str]:
+    return [ref] if ref and Path(ref).expanduser().exists() else []
 
 
 def _mine(args: argparse.Namespace) -> int:
-    output = _check_output(args.output, args.overwrite)
+    _check_output(args.output)
+    if args.overwrite is False and Path(args.output).expanduser().exists() and not Path(args.output).is_dir():
+        raise EmbedkitError(f"--output {args.output}: already exists; pass --overwrite to replace it")  # at once
     if args.recipe is not None:
         recipe, train_data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir,
                                                    check_data=False)
@@ -351,6 +387,12 @@ def _mine(args: argparse.Namespace) -> int:
     reason = unreachable_rows(pairs, settings, corpus, cli_flag)
     if reason:
         raise EmbedkitError(f"data mine: {reason}; nothing was written")
+    inputs = [("input", p) for p in _local(train_path)] + [("recipe", p) for p in _local(args.recipe)]
+    if settings.corpus is not None:
+        inputs += [("corpus", p) for p in _local(expand(settings.corpus, data_dir))]
+    inputs += [("model", p) for p in _local(model_name)]
+    target = check_file_output(args.output, overwrite=args.overwrite, inputs=inputs, sidecars=sidecars,
+                               owns=owns_sidecar, command="embedkit data mine")
 
     check_model(model_name, what="--model" if args.model else "model.name", trust_flag=None)
     if recipe is not None and args.model is None:
@@ -366,8 +408,11 @@ def _mine(args: argparse.Namespace) -> int:
     if is_main():
         extra = {"settings": settings.model_dump(mode="json"), "data_sha256": pairs.sha256, "model": model_name,
                  "input": pairs.description}
-        write_mined(mined, output, title_of(model_name, settings, mined.stats["rows"], mined.stats["rows_in"]),
-                    extra)
+        with target, writing(target.path, "writing the mined files", f"--output {args.output}"):
+            write_mined(mined, target.path, title_of(model_name, settings, mined.stats["rows"],
+                                                     mined.stats["rows_in"]), extra, files=target.files)
+            target.commit()
+        output = Path(args.output).expanduser()
         stats_path, png_path = sidecars(output)
         print(summary(mined.stats))
         print(f"{output}: {mined.stats['rows']} rows; {stats_path}; {png_path}")

@@ -38,6 +38,7 @@ from embedkit.log import log, notice
 from embedkit.methods import get_method
 from embedkit.methods.base import TrainContext
 from embedkit.model_ref import hub_id_for, load_model
+from embedkit.outputs import require_space, tensor_bytes, writing
 from embedkit.paths import atomic_path
 from embedkit.recipe import METRIC_LABELS, Overrides, Recipe, RecipeInput, is_multitask, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
@@ -130,7 +131,7 @@ def _resume_checks(recipe: Recipe, train_data: Any, out: Path) -> tuple[Path, di
 def reserve(recipe: Recipe, train_data: Any, resume: bool, overwrite: bool) -> Plan | dict[str, Any]:
     """Every refusal about the output folder, then its lock. Returns the saved results of a finished run
     (``--resume`` leaves it as it is) or the :class:`Plan`."""
-    out = Path(recipe.output.dir).expanduser()
+    out = rundir.check_output_path(Path(recipe.output.dir).expanduser())  # links followed, a dangling one refused
     if resume and not overwrite:
         work, finished = _resume_checks(recipe, train_data, out)
         if finished is not None:
@@ -487,9 +488,15 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     if recipe.model.lora is not None:
         _lora_output(model, recipe.model.lora.merge)
     _dev_curve(folder.work, results, Path(recipe.output.dir).name)
-    save_final(model, folder.work, results)
+    subject = f"output.dir {folder.out}"
+    hint = (f"the checkpoints in {folder.work / CHECKPOINTS} are intact: free space (or make the folder writable), "
+            "then run the same embedkit train ... --resume to finish from the last one")
+    require_space(folder.work, tensor_bytes(model.state_dict()), f"{subject}: the final model", hint)
+    with writing(folder.work, "writing the final model and results.json", subject, hint):
+        save_final(model, folder.work, results)
     replaced = folder.staged and rundir.read_marker(folder.out) is not None
-    folder.finish()
+    with writing(folder.out.parent, "moving the finished run into place", subject):
+        folder.finish()
     out = folder.out
     log(f"model saved to {out} (SentenceTransformer('{out}') loads it)"
         + ("; it replaced the earlier run there" if replaced else ""))

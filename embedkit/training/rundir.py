@@ -6,17 +6,23 @@ Guarantees (docs/reliability.md):
   it writes anything until it exits; a second run into the same folder fails at once naming the process that
   holds it. The lock is an OS (``flock``) lock, so one left by a killed process is released with it.
 * **A finished run is never modified or deleted**, except by an explicit ``--overwrite`` of a folder that is
-  recognisably an embedkit run (its ``.embedkit-run.json`` marker, no files embedkit did not write) and only once
+  recognisably an embedkit run (its ``.embedkit-run.json`` marker, and no file anywhere under it, checkpoints
+  included, that embedkit did not write: a finished run's marker lists its files, each checkpoint's manifest its
+  own) and only once
   the new run has finished: ``--overwrite`` trains into a hidden staging folder beside ``out`` and swaps it in at
   the end; if the new run fails, the old one is untouched. ``--resume`` of a finished run changes nothing.
 * **Resume picks the newest intact checkpoint** (see :mod:`embedkit.training.checkpoints`) and refuses a recipe
   whose meaning changed since the run started.
+* **Output paths and faults as every command's** (:mod:`embedkit.outputs`): a symbolic link to a folder is
+  followed (the run is written, staged and swapped at the link's target; the link stays), a dangling one is
+  refused; a folder nothing can be written in is named in one line before the model loads.
 
 Nothing here imports torch: every refusal answers before a model loads, and writes nothing.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -30,18 +36,31 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from embedkit.distributed import is_main
-from embedkit.errors import RecipeError
+from embedkit.errors import EmbedkitError, RecipeError
+from embedkit.outputs import (
+    RUN_MARKER,
+    check_writable,
+    forbidden_targets,
+    remove,
+    resolve_output,
+    run_folder_of,
+    walk_files,
+    writing,
+)
 from embedkit.paths import atomic_path
+from embedkit.training import checkpoints
 from embedkit.version import __version__
 
-MARKER = ".embedkit-run.json"  # the first file of every output folder embedkit creates
+MARKER = RUN_MARKER  # the first file of every output folder embedkit creates
 LOCK = ".embedkit.lock"
 OWNER = ".embedkit.lock.json"  # who holds the lock (the lock file itself stays empty: flock needs no content)
 RESULTS = "results.json"  # written last: its presence marks a finished run
 CHECKPOINTS = "checkpoints"
 # What a run writes before it finishes; a finished run's marker lists its own top-level entries instead.
-RUN_ENTRIES = {MARKER, LOCK, OWNER, "recipe.yaml", "logs", CHECKPOINTS, ".final-model.partial",
+RUN_ENTRIES = {MARKER, LOCK, OWNER, "recipe.yaml", "logs", "mined", CHECKPOINTS, ".final-model.partial",
                RESULTS + ".partial"}
+# What those folders hold while a run is unfinished (a finished run's marker lists every file instead).
+RUN_FILES = {"logs": "events.out.tfevents.*", "mined": "train*"}
 
 # Keys that may differ between a run and its --resume: they change when and how the run reports, not what it
 # trains. Everything else (model, data, method, batch size, steps, seed, ...) is part of the run's meaning.
@@ -70,15 +89,6 @@ def resume_work(out: Path) -> Path:
     return staging if (staging / CHECKPOINTS).is_dir() else out
 
 
-def _forbidden_targets() -> dict[Path, str]:
-    cwd, home = Path.cwd().resolve(), Path.home().resolve()
-    out = {cwd: "the current folder", home: "your home folder"}
-    for parent in (*cwd.parents, *home.parents):
-        out.setdefault(parent, "a folder that holds the current or home folder")
-    out[Path(cwd.anchor)] = "a filesystem root"
-    return out
-
-
 def read_marker(folder: Path) -> dict[str, Any] | None:
     """The run marker of ``folder``, or ``None`` when it has none (or it does not parse)."""
     try:
@@ -88,16 +98,37 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def foreign_entries(folder: Path) -> list[str]:
-    """Top-level entries of an embedkit run folder that embedkit did not write (sorted)."""
+def foreign_files(folder: Path) -> list[str]:
+    """Every file under a run folder, checkpoints included, that embedkit did not write (relative, sorted).
+
+    A finished run's marker lists each file the run wrote outside ``checkpoints/``; an unfinished run holds only
+    :data:`RUN_ENTRIES` with the files :data:`RUN_FILES` names; each checkpoint's manifest lists its files
+    (:func:`embedkit.training.checkpoints.foreign_files`). A run finished by an embedkit whose marker listed its
+    top-level entries only is checked at the top level (and in its checkpoints)."""
     marker = read_marker(folder) or {}
-    known = RUN_ENTRIES | set(marker.get("entries", []))
-    return sorted(p.name for p in folder.iterdir() if p.name not in known)
+    listed = marker.get("files")
+    legacy = set(marker.get("entries", [])) if listed is None else set()
+    out = []
+    for rel in walk_files(folder):
+        top, _, rest = rel.partition("/")
+        if (top == CHECKPOINTS and rest) or rel.endswith(".partial") or top.endswith(".partial"):
+            continue  # checkpoints below; leftovers of an interrupted atomic write are embedkit's
+        if listed is not None:
+            if rel not in listed and not (not rest and top in RUN_ENTRIES):
+                out.append(rel)
+        elif top not in RUN_ENTRIES | legacy:
+            out.append(rel)
+        elif rest and top in RUN_FILES and top not in legacy and not fnmatch.fnmatch(Path(rest).name,
+                                                                                     RUN_FILES[top]):
+            out.append(rel)
+    if (folder / CHECKPOINTS).is_dir():
+        out += [f"{CHECKPOINTS}/{rel}" for rel in checkpoints.foreign_files(folder / CHECKPOINTS)]
+    return sorted(out)
 
 
 def check_overwritable(out: Path) -> None:
     """Refuse ``--overwrite`` of anything but a folder that is recognisably an embedkit run."""
-    what = _forbidden_targets().get(out.resolve())
+    what = forbidden_targets().get(out.resolve())
     if what:
         raise RecipeError(f"output.dir {out}: is {what}; --overwrite never replaces it, choose another output.dir")
     if read_marker(out) is None:
@@ -105,7 +136,7 @@ def check_overwritable(out: Path) -> None:
             f"output.dir {out}: --overwrite replaces only folders that embedkit created (with a {MARKER} marker); "
             "this one is not, so it is left alone: remove it yourself or choose another output.dir"
         )
-    foreign = foreign_entries(out)
+    foreign = foreign_files(out)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise RecipeError(
@@ -198,14 +229,15 @@ class RunFolder:
         if not is_main():
             return
         entries = sorted(p.name for p in self.work.iterdir())
-        self.write_marker(entries=entries, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        files = [rel for rel in walk_files(self.work) if not rel.startswith(CHECKPOINTS + "/")
+                 and rel not in (MARKER, OWNER)]  # checkpoints list theirs in their manifests
+        self.write_marker(entries=entries, files=files, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
         if not self.staged:
             return
         # Two renames: until the second one ``out`` is the old, complete run; a crash between them leaves the
         # old run complete in ``.<name>.embedkit-replaced`` and the new one in the staging folder.
         old = self.out.parent / f".{self.out.name}.embedkit-replaced"
-        if old.exists():
-            shutil.rmtree(old)
+        remove(old)  # a link left by an embedkit that did not follow links is removed, never its target
         self.out.rename(old)
         self.work.rename(self.out)
         self.work = self.out
@@ -250,10 +282,21 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
-def check_output_path(out: Path) -> None:
-    """``output.dir`` must be a folder (or not exist yet); used by ``check`` and ``train``."""
-    if out.exists() and not out.is_dir():
+def check_output_path(out: Path) -> Path:
+    """``output.dir`` must be a folder (or not exist yet); used by ``check`` and ``train``. Returns it with
+    symbolic links followed (a dangling link is refused: :func:`embedkit.outputs.resolve_output`)."""
+    try:
+        resolved = resolve_output(out, "output.dir")
+    except EmbedkitError as err:
+        raise RecipeError(str(err)) from None
+    if resolved.exists() and not resolved.is_dir():
         raise RecipeError(f"output.dir {out}: is a file; expected a folder (new, or an earlier run's)")
+    outer = run_folder_of(Path(os.path.abspath(resolved)).parent)
+    if outer is not None:
+        raise RecipeError(f"output.dir {out}: lies inside the training run folder {outer}; a run never goes inside "
+                          "another (that run's --overwrite would refuse it, its push would upload it): choose "
+                          "another output.dir")
+    return resolved
 
 
 def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
@@ -267,7 +310,7 @@ def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
 
     Only the primary process (rank 0) checks, locks and writes; the others compute the same paths.
     """
-    check_output_path(out)
+    out = check_output_path(out)
     if resume and overwrite:
         raise RecipeError("--resume and --overwrite: choose one (resume continues a run, overwrite replaces it)")
     staging = staging_path(out)
@@ -281,6 +324,7 @@ def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
     if resume:
         if not work.is_dir():
             raise RecipeError(f"output.dir {out}: does not exist; nothing to resume")
+        check_writable(work, f"output.dir {out}")
         folder = RunFolder(out, work, staged=work != out)
         folder.lock(out)
         if folder.staged:
@@ -294,9 +338,13 @@ def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
         )
     if holds_files:
         check_overwritable(out)
+    check_writable(out, f"output.dir {out}")  # the run's folder (or where it will be created)
+    if overwrite:
+        check_writable(out.parent, f"output.dir {out}")  # the staging folder and the swap
     folder = RunFolder(out, staging if overwrite else out, staged=overwrite, created=True,
                        out_created=not out.exists())
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out, "creating it", f"output.dir {out}"):
+        out.mkdir(parents=True, exist_ok=True)
     folder.lock(out)  # held until the end (and the swap): no other run may start on this folder meanwhile
     if overwrite:
         if staging.exists():  # left by a killed --overwrite run; ours to replace while we hold out's lock

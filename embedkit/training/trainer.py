@@ -18,11 +18,18 @@
   resume and the best-model load restore it in place (:func:`embedkit.modeling.load_lora_checkpoint`).
 * **one gradient norm** – ``max_grad_norm`` clips the encoder and the loss-owned parameters together, as the
   SimCSE reference code (whose MLP is part of the model) does; the trainer alone clips ``model.parameters()``.
+* **saves that fail in one line, rotation that spares a user's file** – a checkpoint save is refused before it
+  starts when the disk clearly lacks the room (estimated from the model's and the optimizer's size); a save that
+  fails anyway (a full disk: torch's ``inline_container.cc`` error; read-only, permission) removes the incomplete
+  checkpoint and ends in one line naming the previous intact one. ``save_total_limit`` rotation runs once the new
+  checkpoint's manifest exists, and never deletes a checkpoint holding a file embedkit did not write.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,13 +39,17 @@ from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 
 from embedkit import distributed
-from embedkit.errors import NonFiniteLossError
+from embedkit.errors import EmbedkitError, NonFiniteLossError
+from embedkit.log import log
 from embedkit.modeling import load_lora_checkpoint, lora_encoder, tensors_digest
+from embedkit.outputs import free_bytes, fs_error, is_write_failure, size_text, tensor_bytes
 from embedkit.training.checkpoints import (
     COMPLETE_MARKER,
+    checkpoint_foreign,
     complete_checkpoints,
     latest_complete,
     manifest_of,
+    rotate,
     write_manifest,
 )
 
@@ -181,22 +192,49 @@ class SamplerEpochCallback(TrainerCallback):
             set_sampler_epoch(train_dataloader, int(state.epoch + 1e-6) if state.epoch else 0)
 
 
+def save_failed(folder: Path, err: BaseException) -> EmbedkitError:
+    """One line for a checkpoint save that failed for the filesystem: the incomplete ``folder`` is removed (when
+    it holds only what the trainer writes) and the line names the checkpoint a ``--resume`` continues from."""
+    removed = ""
+    if folder.is_dir() and not (folder / COMPLETE_MARKER).is_file() and not checkpoint_foreign(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        removed = f"the incomplete {folder.name} was removed; "
+    previous = latest_complete(folder.parent) if folder.parent.is_dir() else None
+    hint = removed + (f"{previous.name} is intact: free space (or make the folder writable), then run the same "
+                      "embedkit train ... --resume to continue from it" if previous is not None else
+                      "no earlier checkpoint was saved, so the run starts again from step 0 once the problem "
+                      "is fixed")
+    return fs_error(err, folder, "saving it", f"checkpoint {folder}", hint)
+
+
 class CheckpointStateCallback(TrainerCallback):
-    """After the trainer has written a checkpoint: the loss's own state, then the manifest, last."""
+    """After the trainer has written a checkpoint: the loss's own state, then the manifest, last; then the
+    rotation of older checkpoints (``limit``: the run's ``save_total_limit``, which the trainer itself is not
+    given: its rotation would run before the manifest and delete checkpoints holding a user's files)."""
 
     def __init__(self, loss: torch.nn.Module) -> None:
         self.loss = loss
+        self.limit: int | None = None
+        self.before_error: Callable[[], None] = lambda: None  # the trainer closes its progress bars
 
     def on_save(self, args, state, control, model=None, **kwargs):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         method = method_state(self.loss)
         digests = method_state_digests(method)  # collective: every process takes part
         if args.should_save and os.path.isdir(folder):
-            if method:
-                save_file(method, os.path.join(folder, METHOD_STATE_FILE))
-            finite = tensors_finite([*(model.parameters() if model is not None else ()), *method.values()])
-            write_manifest(folder, global_step=state.global_step, method_state=sorted(method),
-                           method_state_sha256_per_rank=digests, weights_finite=finite)
+            try:
+                if method:
+                    save_file(method, os.path.join(folder, METHOD_STATE_FILE))
+                finite = tensors_finite([*(model.parameters() if model is not None else ()), *method.values()])
+                write_manifest(folder, global_step=state.global_step, method_state=sorted(method),
+                               method_state_sha256_per_rank=digests, weights_finite=finite)
+            except Exception as err:
+                if not is_write_failure(err):
+                    raise
+                self.before_error()
+                raise save_failed(Path(folder), err) from None
+            for name, foreign in rotate(args.output_dir, self.limit, state.best_model_checkpoint):
+                log(f"{name} holds files embedkit did not write ({', '.join(foreign[:3])}); kept, not rotated away")
 
 
 class EmbedkitTrainer(SentenceTransformerTrainer):
@@ -205,7 +243,57 @@ class EmbedkitTrainer(SentenceTransformerTrainer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.add_callback(SamplerEpochCallback())
-        self.add_callback(CheckpointStateCallback(self.loss))
+        self.checkpoint_state = CheckpointStateCallback(self.loss)
+        self.checkpoint_state.before_error = self._close_progress_bars
+        self.add_callback(self.checkpoint_state)
+
+    def train(self, *args, **kwargs):
+        # The trainer's own rotation (save_total_limit) deletes whole checkpoint folders before their manifest is
+        # written; the callback rotates instead, after it, sparing a checkpoint that holds a user's file.
+        limit = self.args.save_total_limit
+        self.checkpoint_state.limit, self.args.save_total_limit = limit, None
+        try:
+            out = super().train(*args, **kwargs)
+        finally:
+            self.args.save_total_limit = limit
+        best = self.state.best_model_checkpoint
+        if limit == 1 and best is not None and self.args.should_save:  # as the trainer ends with limit 1
+            for name, foreign in rotate(self.args.output_dir, 1, best, keep_newest=False):
+                log(f"{name} holds files embedkit did not write ({', '.join(foreign[:3])}); kept")
+        return out
+
+    def checkpoint_bytes(self) -> int:
+        """About what one checkpoint takes (a lower bound): the saved model (the adapter alone under LoRA) and
+        the optimizer's two float32 moments per trainable parameter, as AdamW keeps."""
+        target = getattr(self.model, "_orig_mod", self.model)
+        trainable = [p for p in target.parameters() if p.requires_grad] + loss_own_parameters(self.loss)
+        saved = tensor_bytes(trainable) if lora_encoder(target) is not None else tensor_bytes(target.state_dict())
+        return saved + (0 if self.args.save_only_model else 2 * 4 * sum(p.numel() for p in trainable))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        needed = self.checkpoint_bytes()
+        free = free_bytes(folder) if self.args.should_save else None
+        short = torch.tensor([1.0 if free is not None and free < needed else 0.0], device=self.args.device)
+        if distributed.world_size() > 1:
+            dist.all_reduce(short, op=dist.ReduceOp.MAX)  # every process stops at the same save
+        if short.item():
+            self._close_progress_bars()  # so that the error starts its own line
+            previous = latest_complete(folder.parent) if folder.parent.is_dir() else None
+            where = f"only {size_text(free)} free on the disk of {folder.parent}" if free is not None else (
+                "the disk of the primary process is too full")
+            raise EmbedkitError(
+                f"checkpoint {folder}: needs about {size_text(needed)}, {where}; not started, so "
+                + (f"{previous.name} is intact: free space, then run the same embedkit train ... --resume to "
+                   "continue from it" if previous is not None else "no checkpoint exists yet: free space or choose "
+                   "an output.dir on another disk, then start the run again"))
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as err:
+            if not is_write_failure(err):
+                raise
+            self._close_progress_bars()
+            raise save_failed(folder, err) from None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from embedkit.methods import get_method
 from embedkit.methods.debcse import DebCSEParams, build_reference
 from embedkit.methods.debcse.debias import MinedRows, batch_statistics, debias, identity_rows, unique_texts
 from embedkit.methods.debcse.similarity import pair_surface, tokens
-from embedkit.paths import atomic_path
+from embedkit.outputs import OutputFolder, open_folder, writing
+from embedkit.paths import atomic_path, expand, resolve_data_dir
 from embedkit.validate import load_recipe_with_data
 
 PNG_NAME = "diagnose.png"
@@ -232,6 +234,7 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
         raise DataError(f"{recipe_path}: need at least 2 distinct training sentences, got {len(set(anchors))}")
     seed = recipe.training.seed
     batch_size = batch_size or recipe.training.batch_size
+    folder = _check_output(out_dir, recipe_path, recipe, data_dir) if out_dir is not None else None
 
     if params.reference in ("initial", "current"):
         model = build_model(recipe.model)
@@ -266,15 +269,41 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
         "before": summarise(before_rows, before_b, before_m),
         "after": summarise(after_rows, after_b, after_m),
     }
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if draw:
-            plot(before_m, after_m, before_b, after_b, out / PNG_NAME,
-                 f"{Path(recipe_path).name}: {len(anchors)} rows, batch {batch_size}, reference {recipe.model.name}")
-        with atomic_path(out / JSON_NAME) as tmp:
-            tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    if folder is not None:
+        with folder, writing(folder.out, "writing the diagnostics", f"-o {folder.shown}"):
+            if draw:
+                title = (f"{Path(recipe_path).name}: {len(anchors)} rows, batch {batch_size}, "
+                         f"reference {recipe.model.name}")
+                plot(before_m, after_m, before_b, after_b, folder.files.path(folder.out / PNG_NAME), title)
+            folder.files.path(folder.out / JSON_NAME).write_text(json.dumps(summary, indent=2, default=str),
+                                                                 encoding="utf-8")
+            folder.commit()
     return summary
+
+
+def _check_output(out_dir: str | os.PathLike, recipe_path: str, recipe: Any, data_dir: str | None) -> OutputFolder:
+    """The output folder, checked before the model loads (:mod:`embedkit.outputs`): never an input or a training
+    run's folder, nor a folder holding files diagnose did not write; its own folder is updated on every run."""
+    paths = [("recipe", recipe_path), ("model", recipe.model.name)]
+    train_path = getattr(recipe.data.train, "path", None)
+    if train_path:
+        try:
+            paths.append(("training data", expand(train_path, resolve_data_dir(data_dir))))
+        except FileNotFoundError:
+            pass
+    inputs = [(label, p) for label, p in paths if Path(p).expanduser().exists()]
+
+    def earlier(folder: Path) -> set[str]:  # a folder of diagnose's from before it recorded its files
+        try:
+            summary = json.loads((folder / JSON_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        if not (isinstance(summary, dict) and "cutoffs" in summary):
+            return set()
+        return {name for name in (PNG_NAME, JSON_NAME) if (folder / name).is_file()}
+
+    return open_folder(out_dir, command="data diagnose", flag="-o", overwrite=None, swap=False, inputs=inputs,
+                       legacy=earlier)
 
 
 def _batch_stats(rows: Any, batch_size: int, seed: int, margin: float, threshold: float | None, measure: str
