@@ -15,11 +15,11 @@ from embedkit.merging import add_cli as add_merge
 from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
 from embedkit.methods.text2token.inspect import add_cli as add_inspect
 from embedkit.outputs import filesystem_fault
-from embedkit.recipe import list_recipes
+from embedkit.recipe import copy_recipe, list_recipes, recipe_to_yaml
 from embedkit.training.mine import add_cli as add_mine
 from embedkit.training.run import train
 from embedkit.training.rundir import check_output_path
-from embedkit.validate import load_recipe_with_data
+from embedkit.validate import load_recipe, load_recipe_with_data
 from embedkit.version import __version__
 
 
@@ -37,6 +37,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _recipes(args: argparse.Namespace) -> int:
+    if args.recipes_command == "cp":
+        print(f"copied {args.name} to {copy_recipe(args.name, args.dest, args.overwrite)}")
+        return 0
+    if args.recipes_command == "show":  # as results/recipe.yaml records it; the data is not read
+        recipe = load_recipe(args.recipe, args.overrides, data_dir=args.data_dir, check_data=False)
+        sys.stdout.write(recipe_to_yaml(recipe))
+        return 0
     for name, desc in list_recipes():
         short = desc if len(desc) <= 88 else desc[:87].rstrip() + "…"
         print(f"{name:<32} {short}")
@@ -69,8 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
     p.set_defaults(func=_check)
 
-    p = sub.add_parser("recipes", help="list the shipped recipes")
+    p = sub.add_parser("recipes", help="list the shipped recipes; copy one (cp) or print one resolved (show)")
     p.set_defaults(func=_recipes)
+    rsub = p.add_subparsers(dest="recipes_command", metavar="{cp,show}", help="without one: list them")
+    q = rsub.add_parser("cp", help="copy a shipped recipe to edit it")
+    q.add_argument("name", help="a shipped recipe's name (embedkit recipes lists them)")
+    q.add_argument("dest", help="file to write, or a folder (existing, or ending with /) to write NAME.yaml in")
+    q.add_argument("--overwrite", action="store_true", help="replace DEST if it exists (default: refuse)")
+    q = rsub.add_parser("show", help="print the resolved recipe (every default filled in, overrides applied), "
+                        "as a run records it in results/recipe.yaml; reads no data")
+    q.add_argument("recipe", help="recipe file, or the name of a shipped recipe")
+    q.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe fields")
+    q.add_argument("--data-dir", help="local public-data folder, as train takes it (show reads no data: "
+                   "{data_dir} stays as written)")
 
     add_eval(sub)       # eval
     add_encode(sub)     # encode

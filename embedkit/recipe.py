@@ -13,10 +13,13 @@ Nothing here imports torch: validation of a bad recipe answers in well under a s
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,7 +41,18 @@ from pydantic_core import PydanticCustomError
 from embedkit.data.textio import decode_utf8
 from embedkit.errors import DataError, EmbedkitError, RecipeError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+def _recipes_dir() -> Path:
+    """Where the shipped recipes are. An installed wheel holds them as package data, ``embedkit/recipes/*.yaml``
+    (pyproject.toml maps the top-level ``recipes/`` there, so git keeps one copy); a source checkout or an
+    editable install has no such folder in the package and reads the top-level ``recipes/`` next to it."""
+    packaged = resources.files("embedkit") / "recipes"
+    if isinstance(packaged, Path) and packaged.is_dir():  # a wheel installed on a file system (not zipped)
+        return packaged
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+RECIPES_DIR = _recipes_dir()
 
 
 class Section(BaseModel):
@@ -831,13 +845,50 @@ def resolve_recipe_path(name: str | os.PathLike) -> Path:
     if path.is_file():
         return path
     text = os.fspath(name)
-    bare = not any(sep and sep in text for sep in ("/", os.sep, os.altsep)) and text not in ("", ".", "..")
-    if bare:
-        for cand in (RECIPES_DIR / text, RECIPES_DIR / f"{text}.yaml"):
-            if cand.is_file():
+    if _bare(text):
+        return shipped_recipe(text, "recipe file not found")
+    raise RecipeError(f"{name}: recipe file not found")
+
+
+def _bare(text: str) -> bool:
+    """A name without a directory part (``quickstart``, ``quickstart.yaml``)."""
+    return not any(sep and sep in text for sep in ("/", os.sep, os.altsep)) and text not in ("", ".", "..")
+
+
+def shipped_recipe(name: str, problem: str = "not a shipped recipe") -> Path:
+    """The file of the shipped recipe ``name`` (``quickstart`` or ``quickstart.yaml``); a :class:`RecipeError`
+    with the closest shipped name otherwise."""
+    if _bare(name):
+        for cand in (RECIPES_DIR / name, RECIPES_DIR / f"{name}.yaml"):
+            if cand.is_file() and cand.suffix == ".yaml":
                 return cand
-    hint = " (shipped recipes: `embedkit recipes`)" if bare else ""
-    raise RecipeError(f"{name}: recipe file not found{hint}")
+    names = [file.stem for file in sorted(RECIPES_DIR.glob("*.yaml"))]
+    close = difflib.get_close_matches(Path(name).name.removesuffix(".yaml"), names, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise RecipeError(f"{name}: {problem} ({hint}shipped recipes: `embedkit recipes`)")
+
+
+def copy_recipe(name: str, dest: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Copy the shipped recipe ``name``, byte for byte (comments kept), to ``dest``; returns the file written.
+
+    ``dest`` is a folder when it exists as one or ends with a separator (created if missing; the copy keeps the
+    recipe's file name), else a file (``.yaml`` added when it has no suffix). An existing file is replaced
+    only with ``overwrite``.
+    """
+    source = shipped_recipe(name)
+    text = os.fspath(dest)
+    target = Path(text).expanduser()
+    if target.is_dir() or text.endswith(("/", os.sep)) or (os.altsep and text.endswith(os.altsep)):
+        target = target / source.name
+    elif not target.suffix:
+        target = target.with_suffix(".yaml")
+    if target.exists() and not overwrite:
+        raise RecipeError(f"{target}: already exists; pass --overwrite to replace it")
+    if target.is_dir():
+        raise RecipeError(f"{target}: is a folder; expected a file to write the recipe to")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
 
 
 def recipe_mapping(recipe: RecipeInput) -> tuple[dict, str, dict[tuple, int]]:
