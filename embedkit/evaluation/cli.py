@@ -10,10 +10,11 @@ presence marks a finished run), ``sts.png`` (the chart of the tasks that ran), f
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from embedkit.data.ranking import RerankSet, read_beir, read_rerank
 from embedkit.errors import DataError, EmbedkitError
@@ -30,9 +31,7 @@ from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
 from embedkit.log import progress
 from embedkit.model_ref import check_model, embedding_dim, load_model, require_hub
-
-if TYPE_CHECKING:
-    from embedkit.outputs import OutputFolder
+from embedkit.outputs import OutputFolder, check_target, open_folder, resolve_output, writing
 
 SUITE_CHOICES = ("sts", "geometry", "none")
 
@@ -190,8 +189,6 @@ def run_cli(args: argparse.Namespace) -> int:
 def _check_output(out: Path, args: argparse.Namespace) -> OutputFolder:
     """Where eval writes, checked before any model loads (:mod:`embedkit.outputs`): never a training run's folder
     or an input, nor a folder holding files eval did not write; eval's own folder is updated on every run."""
-    from embedkit.outputs import check_target, open_folder, resolve_output
-
     inputs = [("model", m) for m in (args.model, args.compare) if m and Path(m).expanduser().exists()]
     inputs += [("--rerank file", f) for f in args.rerank] + [("--retrieval folder", d) for d in args.retrieval]
     if args.submission:
@@ -203,8 +200,6 @@ def _check_output(out: Path, args: argparse.Namespace) -> OutputFolder:
 
 def _earlier_eval(folder: Path) -> set[str]:
     """The files of an eval folder written before eval recorded them: its results.json has eval's arguments."""
-    import json
-
     try:
         data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -229,7 +224,6 @@ def _run(args: argparse.Namespace, suite: str, folder: OutputFolder, started: fl
         write_json_atomic,
     )
     from embedkit.evaluation.runner import evaluate
-    from embedkit.outputs import writing
 
     out = folder.out
     common = dict(data_dir=args.data_dir, batch_size=args.batch_size, source=args.source, autocast=args.autocast,
