@@ -121,6 +121,15 @@ def _resume_checks(recipe: Recipe, train_data: Any, out: Path) -> tuple[Path, di
     return work, None
 
 
+def check_reserve(recipe: Recipe, train_data: Any, resume: bool = False, overwrite: bool = False) -> None:
+    """Every refusal of :func:`reserve`, read-only (``embedkit check`` with the same flags): the output folder,
+    and for ``--resume`` its checkpoints and recipe. Checkpoint hashes are verified only under the lock."""
+    out = Path(recipe.output.dir).expanduser()
+    if resume and not overwrite and _resume_checks(recipe, train_data, out)[1] is not None:
+        return  # a finished run: --resume leaves it as it is
+    rundir.check_open(out, resume=resume, overwrite=overwrite)
+
+
 def reserve(recipe: Recipe, train_data: Any, resume: bool, overwrite: bool) -> Plan | dict[str, Any]:
     """Every refusal about the output folder, then its lock. Returns the saved results of a finished run
     (``--resume`` leaves it as it is) or the :class:`Plan`."""
@@ -370,9 +379,10 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         max_steps=t.max_steps,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
         dataloader_pin_memory=torch.cuda.is_available(),
-        # Several processes and no accelerator: accelerate only sets up DDP (gloo) when told it runs on CPU;
-        # otherwise every process trains alone on the full data while the process group exists.
-        use_cpu=world_size > 1 and not _has_accelerator(),
+        # No accelerator: say so. Several processes: accelerate only sets up DDP (gloo) when told it runs on CPU
+        # (otherwise every process trains alone on the full data); one process: transformers refuses bf16 unless
+        # told (its check is for a bf16 GPU).
+        use_cpu=not _has_accelerator(),
         weight_decay=t.weight_decay,
         adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2,

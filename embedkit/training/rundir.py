@@ -256,6 +256,29 @@ def check_output_path(out: Path) -> None:
         raise RecipeError(f"output.dir {out}: is a file; expected a folder (new, or an earlier run's)")
 
 
+def check_open(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Every refusal of :func:`open_run`, read-only: nothing is created, locked or written (``embedkit check``
+    runs it with the same flags as ``train``). Only the primary process checks the folder itself."""
+    check_output_path(out)
+    if resume and overwrite:
+        raise RecipeError("--resume and --overwrite: choose one (resume continues a run, overwrite replaces it)")
+    if not is_main_process():
+        return
+    probe_lock(out, out)  # a run in progress is named before any other refusal
+    if resume:
+        if not resume_work(out).is_dir():
+            raise RecipeError(f"output.dir {out}: does not exist; nothing to resume")
+        return
+    holds_files = out.exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir())
+    if holds_files and not overwrite:
+        raise RecipeError(
+            f"output.dir {out} already holds files; use --resume to continue that run, --overwrite to replace "
+            "it, or choose another output.dir"
+        )
+    if holds_files:
+        check_overwritable(out)
+
+
 def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
     """Reserve ``out`` for a run: every refusal happens here, before anything is written.
 
@@ -267,9 +290,7 @@ def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
 
     Only the primary process (rank 0) checks, locks and writes; the others compute the same paths.
     """
-    check_output_path(out)
-    if resume and overwrite:
-        raise RecipeError("--resume and --overwrite: choose one (resume continues a run, overwrite replaces it)")
+    check_open(out, resume=resume, overwrite=overwrite)
     staging = staging_path(out)
     if resume:
         work = resume_work(out)
@@ -277,23 +298,12 @@ def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
             return RunFolder(out, work, staged=work != out)
     elif not is_main_process():
         return RunFolder(out, staging if overwrite else out, staged=overwrite)
-    probe_lock(out, out)  # a run in progress is named before any other refusal
     if resume:
-        if not work.is_dir():
-            raise RecipeError(f"output.dir {out}: does not exist; nothing to resume")
         folder = RunFolder(out, work, staged=work != out)
         folder.lock(out)
         if folder.staged:
             folder.lock(work)
         return folder
-    holds_files = out.exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir())
-    if holds_files and not overwrite:
-        raise RecipeError(
-            f"output.dir {out} already holds files; use --resume to continue that run, --overwrite to replace "
-            "it, or choose another output.dir"
-        )
-    if holds_files:
-        check_overwritable(out)
     folder = RunFolder(out, staging if overwrite else out, staged=overwrite, created=True,
                        out_created=not out.exists())
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from embedkit.errors import RecipeError
 from embedkit.log import log
 from embedkit.methods.base import Method, register, training_head
 from embedkit.methods.debcse import debias
@@ -93,6 +92,26 @@ class DebCSE(Method):
     citation = DEBCSE_CITATION
     composable = True
 
+    @classmethod
+    def refusals(cls, recipe: Any, params: Any) -> list[tuple[tuple, str]]:
+        out = super().refusals(recipe, params)
+        if isinstance(params.remine_every, int) and recipe.training.dataloader_workers > 0:
+            out.append((("method", "remine_every"), "re-mining every N steps needs training.dataloader_workers: 0 "
+                        "(worker processes hold a copy of the rows); use 'epoch' or set dataloader_workers to 0"))
+        return out
+
+    @classmethod
+    def rows_problem(cls, data: Any, params: Any) -> str | None:
+        distinct = len(set(next(iter(data.columns.values()))))
+        if distinct < 2:
+            return (f"DebCSE mines each sentence's neighbours among the distinct sentences; the training set has "
+                    f"{distinct}, it needs at least 2")
+        return None
+
+    @classmethod
+    def model_refs(cls, params: Any) -> list[tuple[tuple, str]]:
+        return [] if params.reference in ("initial", "current") else [(("method", "reference"), params.reference)]
+
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.holder = RowsHolder(dropout_positive=self.params.mode == "mask-only")
@@ -174,12 +193,6 @@ class DebCSE(Method):
     def prepare_dataset(self, dataset: Any) -> Any:
         import datasets
 
-        p = self.params
-        if isinstance(p.remine_every, int) and self.ctx.recipe.training.dataloader_workers > 0:
-            raise RecipeError(
-                "method.remine_every: re-mining every N steps needs training.dataloader_workers: 0 (worker "
-                "processes hold a copy of the rows); use 'epoch' or set dataloader_workers to 0"
-            )
         self._texts = [str(t) for t in dataset["text"]]
         self.remine(0)
         rows = datasets.Dataset.from_dict({ROW_COLUMN: list(range(len(self._texts)))})
