@@ -14,7 +14,7 @@ from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
 from embedkit.methods.text2token.inspect import add_cli as add_inspect
 from embedkit.recipe import list_recipes
 from embedkit.training.mine import add_cli as add_mine
-from embedkit.training.run import check_reserve, train
+from embedkit.training.run import SETUP_CHECKS, check_reserve, train
 from embedkit.validate import load_recipe_with_data
 from embedkit.version import __version__
 
@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    recipe, data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir)
+    recipe, data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir, checks=SETUP_CHECKS)
     check_reserve(recipe, data, resume=args.resume, overwrite=args.overwrite)  # what train refuses about output.dir
     rows = f", {len(data)} training rows" if data is not None else ""
     print(f"{args.recipe}: valid (method {recipe.method.name}{rows})")

@@ -12,10 +12,12 @@ files and the tokenizers library.
 from __future__ import annotations
 
 import json
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from tokenizers import Tokenizer
 
 from embedkit.model_ref import hub_offline, packaged_model_path
 
@@ -59,6 +61,7 @@ def transformer_folder(name: str, revision: str | None = None) -> Path | None:
     root = _local_root(name)
     if root is None:
         config = _hub_file(name, "config.json", revision)
+        _hub_file(name, "tokenizer.json", revision)  # beside it in the snapshot, when the repo has one
         return config.parent if config is not None else None
     modules = _read(root / "modules.json")
     if isinstance(modules, list):
@@ -96,10 +99,14 @@ def embedding_width(name: str, pooling: str | None, revision: str | None = None)
     when the recipe sets a pooling (or the folder is a plain model), else that of the folder's own modules."""
     folder = transformer_folder(name, revision)
     hidden = _hidden_size(_read(folder / "config.json")) if folder is not None else None
-    root = _local_root(name)
-    modules = _read(root / "modules.json") if root is not None and pooling is None else None
-    if not isinstance(modules, list):
+    if pooling is not None:
         return hidden
+    root = _local_root(name)
+    if root is None:
+        return None  # a Hub model kept as saved: its own modules are not at hand
+    modules = _read(root / "modules.json")
+    if not isinstance(modules, list):
+        return hidden  # a plain model folder: sentence-transformers adds mean pooling
     width = None
     for entry in modules:
         kind = str(entry.get("type", "")).rsplit(".", 1)[-1] if isinstance(entry, dict) else ""
@@ -119,8 +126,6 @@ def prompt_tokens(folder: Path, prompt: str) -> int | None:
     """Tokens ``prompt`` takes in the model's input, its special tokens included (as sentence-transformers
     prepends it to each text): the fast tokenizer's ``tokenizer.json``, else transformers' ``AutoTokenizer``."""
     if (folder / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
         try:
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             tokenizer.no_padding()  # a saved file may pad or cut to a fixed length; the prompt's own count is asked
@@ -195,8 +200,6 @@ def lora_target_problems(names: dict[str, bool], targets: list[str]) -> list[tup
     """(target, why) for each LoRA target name that peft would not adapt: one that matches no module (peft
     ignores it when another target matches), or one that also names a layer LoRA cannot adapt (peft refuses).
     peft's rule: a target matches a module whose path is the target or ends in ``.<target>``."""
-    from difflib import get_close_matches
-
     adaptable = sorted({n.rsplit(".", 1)[-1] for n, ok in names.items() if ok})
     out = []
     for target in targets:

@@ -25,7 +25,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import get_session
 
@@ -279,8 +279,6 @@ def dataset_cached(name: str) -> bool:
 
 def _dataset_on_hub(name: str, endpoint: str, fail: _Fail) -> None:
     """Refuse a dataset the (answering) Hub does not have, or gates; anything else is left to the load."""
-    from huggingface_hub import HfApi
-
     try:
         HfApi(endpoint=endpoint).dataset_info(name, timeout=HUB_PROBE_TIMEOUT)
     except GatedRepoError:

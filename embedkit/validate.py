@@ -7,21 +7,22 @@ recipe file, the line and the key path (or the data file and line) and what was 
 
 ``embedkit check`` and ``embedkit train`` run the same validation, so ``check`` refuses everything ``train``
 refuses before its first step (docs/reliability.md lists each refusal and where it fires). Torch is imported only
-for a recipe that lists LoRA target modules or asks for bf16, mteb only for ``eval.mteb``.
+for a recipe that lists LoRA target modules of a model without safetensors weights, or asks for bf16.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from embedkit import paths
+from embedkit import model_files, paths
 from embedkit.data.ranking import ranking_name, read_beir, read_rerank
 from embedkit.data.sources import read_corpus, read_local
-from embedkit.errors import DataError, EmbedkitError, RecipeError
+from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
 from embedkit.methods import get_method
 from embedkit.methods.multitask import MultiTrainData, source_method_problem
@@ -57,21 +58,28 @@ def load_recipe(
     return load_recipe_with_data(recipe, overrides, data_dir, check_data, **fields)[0]
 
 
+# A check a caller from a higher layer adds (training's: eval.mteb): (recipe, data folder) -> [(key path, why)].
+Check = Callable[[Recipe, Path | None], list[tuple[tuple, str]]]
+
+
 def load_recipe_with_data(
     recipe: RecipeInput,
     overrides: Overrides = None,
     data_dir: str | None = None,
     check_data: bool = True,
+    checks: Sequence[Check] = (),
     **fields: Any,
 ) -> tuple[Recipe, Any]:
     """:func:`load_recipe` that also returns the training data it read: ``(recipe, train_data)``.
 
     ``train_data`` is the :class:`~embedkit.data.sources.TrainData` read from a local file (or ``None``
-    for a Hub dataset or when ``check_data`` is off). Raises :class:`RecipeError` with every problem found.
+    for a Hub dataset or when ``check_data`` is off). ``checks`` run last, with the data checks; their problems
+    are worded ``file:line: key: why`` like the rest (``embedkit check`` and ``train`` pass training's,
+    :data:`embedkit.training.run.SETUP_CHECKS`). Raises :class:`RecipeError` with every problem found.
     """
     recipe, source, lines = parse_recipe(recipe, overrides, fields)
     if is_multitask(recipe) or recipe.method.name == "multitask":
-        return _load_multitask(recipe, source, lines, data_dir, check_data)
+        return _load_multitask(recipe, source, lines, data_dir, check_data, checks)
 
     # The method's own parameters.
     try:
@@ -106,7 +114,7 @@ def load_recipe_with_data(
         for hub in dev_hubs:
             _check_dev_hub(*hub)
         _check_method_models(recipe, method, validated, source, lines)
-        _check_environment(recipe, resolved_dir, source, lines)
+        _check_environment(recipe, resolved_dir, source, lines, checks)
         for note in notes:
             notice(note)
     return recipe, train_data
@@ -117,12 +125,15 @@ def load_recipe_with_data(
 MIN_TEXT_TOKENS = 8
 
 
-def _check_environment(recipe: Recipe, data_dir: Path | None, source: str, lines: dict) -> None:
-    """What the model's files, the hardware and mteb decide, once the recipe's own checks passed: each of these
-    was refused by training setup only, after the model loaded."""
+def _check_environment(recipe: Recipe, data_dir: Path | None, source: str, lines: dict,
+                       checks: Sequence[Check]) -> None:
+    """What the model's files, the hardware and the caller's ``checks`` (training's: ``eval.mteb``) decide, once
+    the recipe's own checks passed: each of these was refused by training setup only, after the model loaded."""
     _check_model_files(recipe, source, lines)
     _check_precision(recipe, source, lines)
-    _check_mteb(recipe, data_dir, source, lines)
+    errors = [f"{_where(source, lines, key)}: {why}" for check in checks for key, why in check(recipe, data_dir)]
+    if errors:
+        raise RecipeError("\n".join(errors))
 
 
 def _check_schedule(recipe: Recipe, source: str, lines: dict) -> None:
@@ -146,8 +157,6 @@ def _check_model_files(recipe: Recipe, source: str, lines: dict) -> None:
     targets = targets if isinstance(targets, list) else None  # all-linear adapts whatever the model has
     if not (targets or cfg.prompts or dims):
         return
-    from embedkit import model_files
-
     folder = model_files.transformer_folder(cfg.name, cfg.revision)
     errors = []
     names = model_files.module_names(folder) if targets and folder is not None else None
@@ -179,19 +188,6 @@ def _check_precision(recipe: Recipe, source: str, lines: dict) -> None:
     if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise RecipeError(f"{_where(source, lines, ('training', 'precision'))}: bf16 needs a GPU with bf16 (Ampere "
                           f"or newer); {torch.cuda.get_device_name(0)} has none: use fp16, fp32 or auto")
-
-
-def _check_mteb(recipe: Recipe, data_dir: Path | None, source: str, lines: dict) -> None:
-    """``eval.mteb``: every task name known to mteb (or a local task with its data), a Hub task with the Hub
-    answering. Imports mteb (seconds), as training does before its first step."""
-    if not recipe.eval.mteb:
-        return
-    from embedkit.evaluation.mteb_eval import resolve_tasks
-
-    try:
-        resolve_tasks(recipe.eval.mteb, None, data_dir)
-    except EmbedkitError as err:
-        raise RecipeError(f"{_where(source, lines, ('eval', 'mteb'))}: {str(err).removeprefix('--mteb: ')}") from None
 
 
 def _check_method_models(recipe: Recipe, method: Any, params: Any, source: str, lines: dict) -> None:
@@ -411,7 +407,7 @@ def _check_ranking(kind: str, raw: str, split: str, data_dir: Path | None, where
 
 
 def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | None,
-                    check_data: bool) -> tuple[Recipe, Any]:
+                    check_data: bool, checks: Sequence[Check]) -> tuple[Recipe, Any]:
     """:func:`load_recipe` for ``data.train`` as a list: the top-level ``multitask`` method, each source's method
     and options checked against that source's own view (:func:`embedkit.recipe.task_recipes`), each source's data
     read in full; errors name the source's keys (``data.train.<i>.…``)."""
@@ -474,7 +470,7 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
             raise RecipeError(_source_keys(str(err), i)) from None
     for hub in dev_hubs:
         _check_dev_hub(*hub)
-    _check_environment(recipe, resolved_dir, source, lines)
+    _check_environment(recipe, resolved_dir, source, lines, checks)
     for note in notes:
         notice(note)
     return recipe, MultiTrainData(parts)
