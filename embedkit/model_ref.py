@@ -267,6 +267,13 @@ def datasets_cache() -> Path:
     return Path(home).expanduser() / "datasets"
 
 
+def datasets_offline() -> bool:
+    """Whether ``datasets`` loads offline, as it reads the environment at import: ``$HF_DATASETS_OFFLINE`` when
+    set, else HF_HUB_OFFLINE (:func:`hub_offline`)."""
+    value = os.environ.get("HF_DATASETS_OFFLINE")
+    return _is_true(value) if value is not None else hub_offline()
+
+
 def dataset_cached(name: str) -> bool:
     """Whether ``datasets.load_dataset(name)`` finds a prepared copy offline: a folder
     ``<cache>/<namespace>___<name in snake case>/<config>/<version>/<hash>`` (``datasets``' own rule, its
@@ -293,16 +300,16 @@ def _dataset_on_hub(name: str, endpoint: str, fail: _Fail) -> None:
 
 def check_hub_dataset(name: str, what: str, instead: str) -> None:
     """A dataset that training will load from the Hub, checked before anything loads. Online: the Hub answers
-    one short probe and has the dataset (one info request); with HF_HUB_OFFLINE: ``datasets``' cache holds a
-    prepared copy (nothing is sent). A local folder or one of ``datasets``' own builders (``json`` with
-    ``data_files``) is not a Hub dataset. Raises :class:`ModelRefError` (``"{what}: ..."``, one line)."""
+    one short probe and has the dataset (one info request); offline (HF_HUB_OFFLINE, or HF_DATASETS_OFFLINE):
+    ``datasets``' cache holds a prepared copy (nothing is sent). A local folder or one of ``datasets``' own
+    builders (``json`` with ``data_files``) is not a Hub dataset. Raises :class:`ModelRefError` (one line)."""
     if Path(name).expanduser().exists() or _packaged_builder(name):
         return
 
     def fail(detail: str) -> ModelRefError:
         return ModelRefError(f"{what}: {detail}")
 
-    if hub_offline():
+    if datasets_offline():
         if not dataset_cached(name):
             raise fail(f"not in the local datasets cache ({datasets_cache()}), and HF_HUB_OFFLINE is set, so it is "
                        f"not downloaded; {instead}, or unset HF_HUB_OFFLINE to download it")

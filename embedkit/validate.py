@@ -190,6 +190,11 @@ def _check_precision(recipe: Recipe, source: str, lines: dict) -> None:
                           f"or newer); {torch.cuda.get_device_name(0)} has none: use fp16, fp32 or auto")
 
 
+def _params(method: Any, recipe: Recipe) -> Any:
+    """The method's validated parameters of a recipe whose ``method`` section validation has already checked."""
+    return method.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
+
+
 def _check_method_models(recipe: Recipe, method: Any, params: Any, source: str, lines: dict) -> None:
     """The other models a method loads (DebCSE's ``method.reference``), checked as ``model.name`` is."""
     for key, name in method.model_refs(params):
@@ -303,8 +308,7 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
         raise RecipeError(f"{where}: {problem}")
     if src.max_samples:
         data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
-    params = method.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
-    problem = method.rows_problem(data, params)
+    problem = method.rows_problem(data, _params(method, recipe))
     if problem:
         raise RecipeError(f"{where}: {problem}")
     return data
@@ -454,18 +458,18 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
                                                 _source_lines(lines, i), notes)
         except RecipeError as err:
             raise RecipeError(_source_keys(str(err), i)) from None
-        rows, batch = len(parts[src.name] or ()), recipe.training.batch_size
-        if parts[src.name] is not None and rows < batch:  # each batch comes from one source (or its share)
-            raise RecipeError(f"{_where(source, lines, ('data', 'train', i, 'path'))}: source {src.name!r} has {rows} "
-                              f"rows, fewer than one global batch ({batch}); lower training.batch_size or add rows")
+        data, batch = parts[src.name], recipe.training.batch_size
+        if data is not None and len(data) < batch:  # as training's build_tasks refuses it (a Hub source: there)
+            raise RecipeError(f"{_where(source, lines, ('data', 'train', i, 'path'))}: source {src.name!r} has "
+                              f"{len(data)} rows, fewer than one global batch ({batch}); lower training.batch_size "
+                              "or add rows")
     dev_hubs = _check_dev(recipe, resolved_dir, source, lines, notes)
     for i, (src, view) in enumerate(views):  # the model once; a Hub source's dataset each; other models each
         try:
             if i == 0 or parts[src.name] is None:
                 check_recipe_refs(view, source, _source_lines(lines, i), hub_data=parts[src.name] is None)
             method = get_method(view.method.name)
-            _check_method_models(view, method, method.params_cls.model_validate(
-                {k: v for k, v in view.method.model_dump().items() if k != "name"}), source, _source_lines(lines, i))
+            _check_method_models(view, method, _params(method, view), source, _source_lines(lines, i))
         except RecipeError as err:
             raise RecipeError(_source_keys(str(err), i)) from None
     for hub in dev_hubs:

@@ -346,9 +346,10 @@ def offline(monkeypatch, fresh_probe, tmp_path):
     cache = tmp_path / "datasets-cache"
     cache.mkdir()
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
-    import datasets.config
+    import datasets.config  # it read its cache folder at import
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
     def no_session():
         raise AssertionError("offline mode must not ask the Hub")
