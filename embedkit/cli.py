@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from embedkit.encode import add_cli as add_encode
 from embedkit.errors import EmbedkitError
@@ -17,8 +16,7 @@ from embedkit.methods.text2token.inspect import add_cli as add_inspect
 from embedkit.outputs import filesystem_fault
 from embedkit.recipe import copy_recipe, list_recipes, recipe_to_yaml
 from embedkit.training.mine import add_cli as add_mine
-from embedkit.training.run import train
-from embedkit.training.rundir import check_output_path
+from embedkit.training.run import SETUP_CHECKS, check_reserve, train
 from embedkit.validate import load_recipe, load_recipe_with_data
 from embedkit.version import __version__
 
@@ -29,8 +27,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    recipe, data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir)
-    check_output_path(Path(recipe.output.dir).expanduser())
+    recipe, data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir, checks=SETUP_CHECKS)
+    check_reserve(recipe, data, resume=args.resume, overwrite=args.overwrite)  # what train refuses about output.dir
     rows = f", {len(data)} training rows" if data is not None else ""
     print(f"{args.recipe}: valid (method {recipe.method.name}{rows})")
     return 0
@@ -70,10 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an earlier embedkit run in output.dir, once the new run has finished")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("check", help="validate a recipe and its data without training")
+    p = sub.add_parser("check", help="validate a recipe and its data without training (refuses what train refuses)")
     p.add_argument("recipe", help="recipe file, or the name of a shipped recipe")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe fields")
     p.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
+    p.add_argument("--resume", action="store_true", help="check output.dir as train --resume would")
+    p.add_argument("--overwrite", action="store_true", help="check output.dir as train --overwrite would")
     p.set_defaults(func=_check)
 
     p = sub.add_parser("recipes", help="list the shipped recipes; copy one (cp) or print one resolved (show)")

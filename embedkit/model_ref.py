@@ -25,7 +25,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import get_session
 
@@ -254,11 +254,95 @@ def check_recipe_refs(recipe: Any, source: str, lines: dict[tuple, int], hub_dat
                     revision=model.revision, trust_remote_code=model.trust_remote_code)
         train = recipe.data.train
         if hub_data and train.hub:
-            require_hub(f"{at(('data', 'train', 'hub'))}: data.train.hub {train.hub}",
-                        "use a local file in data.train.path (a {data_dir} path needs --data-dir or $EMBEDKIT_DATA)",
-                        name=train.hub)
+            check_hub_dataset(train.hub, f"{at(('data', 'train', 'hub'))}: data.train.hub {train.hub}",
+                              "use a local file in data.train.path (a {data_dir} path needs --data-dir or "
+                              "$EMBEDKIT_DATA)")
     except ModelRefError as err:
         raise RecipeError(str(err)) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hub datasets
+
+
+def _packaged_builder(name: str) -> bool:
+    """Whether ``name`` is one of the ``datasets`` library's own builders (``json``, ``csv``, ...: local files
+    through ``data_files``, not a Hub dataset), told from the package's folder without importing it."""
+    if "/" in name:
+        return False
+    try:
+        spec = find_spec("datasets")
+    except (ImportError, ValueError):
+        return False
+    bases = (spec.submodule_search_locations or []) if spec else []
+    return any((Path(base) / "packaged_modules" / name).is_dir() for base in bases)
+
+
+def datasets_cache() -> Path:
+    """The ``datasets`` library's cache folder: its own setting when it is imported, else as it would read it
+    (``$HF_DATASETS_CACHE``, else ``$HF_HOME/datasets``)."""
+    config = sys.modules.get("datasets.config")
+    if config is not None:
+        return Path(config.HF_DATASETS_CACHE)
+    env = os.environ.get("HF_DATASETS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "datasets"
+
+
+def datasets_offline() -> bool:
+    """Whether ``datasets`` loads offline, as it reads the environment at import: ``$HF_DATASETS_OFFLINE`` when
+    set, else HF_HUB_OFFLINE (:func:`hub_offline`)."""
+    value = os.environ.get("HF_DATASETS_OFFLINE")
+    return _is_true(value) if value is not None else hub_offline()
+
+
+def dataset_cached(name: str) -> bool:
+    """Whether ``datasets.load_dataset(name)`` finds a prepared copy offline: a folder
+    ``<cache>/<namespace>___<name in snake case>/<config>/<version>/<hash>`` (``datasets``' own rule, its
+    ``CachedDatasetModuleFactory``)."""
+    parts = name.split("/")
+    parts[-1] = re.sub(r"([a-z\d])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", parts[-1])).lower()
+    root = datasets_cache() / "___".join(parts)
+    return any(p.is_dir() for p in root.glob("*/*/*"))
+
+
+def _dataset_on_hub(name: str, endpoint: str, fail: _Fail) -> None:
+    """Refuse a dataset the (answering) Hub does not have, or gates; anything else is left to the load."""
+    try:
+        HfApi(endpoint=endpoint).dataset_info(name, timeout=HUB_PROBE_TIMEOUT)
+    except GatedRepoError:
+        raise fail("a gated dataset on the Hub: accept its conditions on its page and log in (`hf auth login`)") \
+            from None
+    except RepositoryNotFoundError:
+        raise fail(f"no such dataset on the Hub ({endpoint}); check the name (a private dataset needs "
+                   "`hf auth login`)") from None
+    except Exception:  # noqa: BLE001 - a slow or odd answer: the load itself reports what is wrong
+        return
+
+
+def check_hub_dataset(name: str, what: str, instead: str) -> None:
+    """A dataset that training will load from the Hub, checked before anything loads. Online: the Hub answers
+    one short probe and has the dataset (one info request); offline (HF_HUB_OFFLINE, or HF_DATASETS_OFFLINE):
+    ``datasets``' cache holds a prepared copy (nothing is sent). A local folder or one of ``datasets``' own
+    builders (``json`` with ``data_files``) is not a Hub dataset. Raises :class:`ModelRefError` (one line)."""
+    if Path(name).expanduser().exists() or _packaged_builder(name):
+        return
+
+    def fail(detail: str) -> ModelRefError:
+        return ModelRefError(f"{what}: {detail}")
+
+    if datasets_offline():
+        if not dataset_cached(name):
+            raise fail(f"not in the local datasets cache ({datasets_cache()}), and HF_HUB_OFFLINE is set, so it is "
+                       f"not downloaded; {instead}, or unset HF_HUB_OFFLINE to download it")
+        return
+    require_hub(what, instead, name=name)
+    key = (f"dataset:{name}", None, False)
+    if key not in _HUB_CHECKED:
+        _dataset_on_hub(name, hub_endpoint(), fail)
+        _HUB_CHECKED.add(key)
 
 
 def _matches(folder: Path, patterns: tuple[str, ...]) -> bool:

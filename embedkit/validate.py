@@ -1,26 +1,33 @@
 """A recipe validated in full before anything runs: the schema (:mod:`embedkit.recipe`), the method's own
-parameters (the method registry), the training and dev data (read now, every row), and the model reference
-(a folder that holds a model, custom code allowed only when asked, a reachable Hub). Every error names the recipe
-file, the line and the key path (or the data file and line) and what was expected. Nothing here imports torch.
+parameters (the method registry), the training and dev data (read now, every row), the model reference (a folder
+that holds a model, custom code allowed only when asked, a reachable Hub; a Hub dataset the Hub has, or the cache
+holds offline) and what the model's configuration and tokenizer files decide (LoRA target modules, prompts against
+``max_seq_length``, Matryoshka dimensions; :mod:`embedkit.model_files`, no weights loaded). Every error names the
+recipe file, the line and the key path (or the data file and line) and what was expected.
+
+``embedkit check`` and ``embedkit train`` run the same validation, so ``check`` refuses everything ``train``
+refuses before its first step (docs/reliability.md lists each refusal and where it fires). Torch is imported only
+for a recipe that lists LoRA target modules of a model without safetensors weights, or asks for bf16.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from embedkit import distributed, paths
+from embedkit import distributed, model_files, paths
 from embedkit.data.heldout import remove_heldout, split_heldout
-from embedkit.data.ranking import check_beir_layout, read_rerank
+from embedkit.data.ranking import ranking_name, read_beir, read_rerank
 from embedkit.data.sources import infer_format, read_corpus, read_local
 from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
 from embedkit.methods import get_method
 from embedkit.methods.multitask import MultiTrainData, source_method_problem
-from embedkit.model_ref import check_recipe_refs, hub_id_for
+from embedkit.model_ref import ModelRefError, check_hub_dataset, check_model, check_recipe_refs, hub_id_for
 from embedkit.recipe import (
     DevSection,
     MethodSection,
@@ -52,21 +59,28 @@ def load_recipe(
     return load_recipe_with_data(recipe, overrides, data_dir, check_data, **fields)[0]
 
 
+# A check a caller from a higher layer adds (training's: eval.mteb): (recipe, data folder) -> [(key path, why)].
+Check = Callable[[Recipe, Path | None], list[tuple[tuple, str]]]
+
+
 def load_recipe_with_data(
     recipe: RecipeInput,
     overrides: Overrides = None,
     data_dir: str | None = None,
     check_data: bool = True,
+    checks: Sequence[Check] = (),
     **fields: Any,
 ) -> tuple[Recipe, Any]:
     """:func:`load_recipe` that also returns the training data it read: ``(recipe, train_data)``.
 
     ``train_data`` is the :class:`~embedkit.data.sources.TrainData` read from a local file (or ``None``
-    for a Hub dataset or when ``check_data`` is off). Raises :class:`RecipeError` with every problem found.
+    for a Hub dataset or when ``check_data`` is off). ``checks`` run last, with the data checks; their problems
+    are worded ``file:line: key: why`` like the rest (``embedkit check`` and ``train`` pass training's,
+    :data:`embedkit.training.run.SETUP_CHECKS`). Raises :class:`RecipeError` with every problem found.
     """
     recipe, source, lines = parse_recipe(recipe, overrides, fields)
     if is_multitask(recipe) or recipe.method.name == "multitask":
-        return _load_multitask(recipe, source, lines, data_dir, check_data)
+        return _load_multitask(recipe, source, lines, data_dir, check_data, checks)
 
     # The method's own parameters.
     try:
@@ -86,6 +100,7 @@ def load_recipe_with_data(
     if world > 1:  # under torchrun / accelerate: the global batch must split evenly now
         check_batch_split(recipe, world, source, lines)
     _check_lora(recipe, source, lines)
+    _check_schedule(recipe, source, lines)
 
     # Paths and data.
     resolved_dir = paths.resolve_data_dir(data_dir)
@@ -93,13 +108,101 @@ def load_recipe_with_data(
     if check_data:
         notes: list[str] = []  # said only once the checks pass: a refusal stays one line
         train_data = _check_train_data(recipe, resolved_dir, method, source, lines, notes)
-        _check_dev(recipe, resolved_dir, source, lines, notes)
+        dev_hubs = _check_dev(recipe, resolved_dir, source, lines, notes)
         # The model and the Hub too (torch-free, cheap): a bad model folder, custom code or an unreachable Hub
         # fails here, before anything loads.
         check_recipe_refs(recipe, source, lines, hub_data=train_data is None)
+        for hub in dev_hubs:
+            _check_dev_hub(*hub)
+        _check_method_models(recipe, method, validated, source, lines)
+        _check_environment(recipe, resolved_dir, source, lines, checks)
         for note in notes:
             notice(note)
     return recipe, train_data
+
+
+# Fewer tokens than this left for the text after a prompt (model.prompts) is refused: every input would embed
+# (nearly) the same.
+MIN_TEXT_TOKENS = 8
+
+
+def _check_environment(recipe: Recipe, data_dir: Path | None, source: str, lines: dict,
+                       checks: Sequence[Check]) -> None:
+    """What the model's files, the hardware and the caller's ``checks`` (training's: ``eval.mteb``) decide, once
+    the recipe's own checks passed: each of these was refused by training setup only, after the model loaded."""
+    _check_model_files(recipe, source, lines)
+    _check_precision(recipe, source, lines)
+    errors = [f"{_where(source, lines, key)}: {why}" for check in checks for key, why in check(recipe, data_dir)]
+    if errors:
+        raise RecipeError("\n".join(errors))
+
+
+def _check_schedule(recipe: Recipe, source: str, lines: dict) -> None:
+    """With a dev set the best checkpoint is kept, so every save must fall on an evaluation (transformers'
+    ``load_best_model_at_end`` rule, refused by the trainer's arguments otherwise)."""
+    t = recipe.training
+    if recipe.data.dev is not None and (t.save_steps or t.eval_steps) % t.eval_steps:
+        raise RecipeError(f"{_where(source, lines, ('training', 'save_steps'))}: {t.save_steps} is not a multiple of "
+                          f"training.eval_steps ({t.eval_steps}); with a dev set the best checkpoint is kept, so "
+                          "every save must fall on an evaluation: use a multiple, or leave save_steps out (it "
+                          "defaults to eval_steps)")
+
+
+def _check_model_files(recipe: Recipe, source: str, lines: dict) -> None:
+    """Refusals that need the model's configuration or tokenizer, read from its files (never its weights): LoRA
+    target modules that the encoder lacks, prompts that leave fewer than :data:`MIN_TEXT_TOKENS` tokens of
+    ``max_seq_length`` for the text, Matryoshka dimensions wider than the embedding. Skipped where the files are
+    not at hand (training then refuses as before)."""
+    cfg, dims = recipe.model, recipe.training.matryoshka_dims
+    targets = cfg.lora.target_modules if cfg.lora is not None else None
+    targets = targets if isinstance(targets, list) else None  # all-linear adapts whatever the model has
+    if not (targets or cfg.prompts or dims):
+        return
+    folder = model_files.transformer_folder(cfg.name, cfg.revision)
+    errors = []
+    names = model_files.module_names(folder) if targets and folder is not None else None
+    for target, why in model_files.lora_target_problems(names, targets) if names and targets else []:
+        errors.append(f"{_where(source, lines, ('model', 'lora', 'target_modules', targets.index(target)))}: {why}")
+    for name, prompt in (cfg.prompts or {}).items():
+        count = model_files.prompt_tokens(folder, prompt) if folder is not None else None
+        if count is not None and cfg.max_seq_length - count < MIN_TEXT_TOKENS:
+            errors.append(f"{_where(source, lines, ('model', 'prompts', name))}: the prompt takes {count} tokens "
+                          f"(special tokens included) of model.max_seq_length {cfg.max_seq_length}, leaving "
+                          f"{max(cfg.max_seq_length - count, 0)} for the text; expected at least {MIN_TEXT_TOKENS}: "
+                          "shorten the prompt or raise model.max_seq_length")
+    width = model_files.embedding_width(cfg.name, cfg.pooling, cfg.revision) if dims else None
+    wide = [d for d in dims or [] if width is not None and d > width]
+    if wide:
+        errors.append(f"{_where(source, lines, ('training', 'matryoshka_dims'))}: {wide[0]} is larger than the "
+                      f"model's embedding dimension {width}")
+    if errors:
+        raise RecipeError("\n".join(errors))
+
+
+def _check_precision(recipe: Recipe, source: str, lines: dict) -> None:
+    """``precision: bf16`` on a CUDA GPU without bf16 (before Ampere): transformers refuses it when the trainer
+    is built. A CPU runs bf16 (emulated where it lacks AVX512-BF16/AMX)."""
+    if recipe.training.precision != "bf16":
+        return
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise RecipeError(f"{_where(source, lines, ('training', 'precision'))}: bf16 needs a GPU with bf16 (Ampere "
+                          f"or newer); {torch.cuda.get_device_name(0)} has none: use fp16, fp32 or auto")
+
+
+def _params(method: Any, recipe: Recipe) -> Any:
+    """The method's validated parameters of a recipe whose ``method`` section validation has already checked."""
+    return method.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
+
+
+def _check_method_models(recipe: Recipe, method: Any, params: Any, source: str, lines: dict) -> None:
+    """The other models a method loads (DebCSE's ``method.reference``), checked as ``model.name`` is."""
+    for key, name in method.model_refs(params):
+        try:
+            check_model(name, what=_where(source, lines, key), trust_remote_code=recipe.model.trust_remote_code)
+        except ModelRefError as err:
+            raise RecipeError(str(err)) from None
 
 
 def _check_objective(recipe: Recipe, method: Any, params: Any, source: str, lines: dict) -> None:
@@ -227,6 +330,10 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
         data.description += f" less the {held.record['held_out']} {held.record['unit']}s held out by {key}"
     if src.max_samples:
         data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
+    if src.mine is None:
+        problem = method.rows_problem(data, _params(method, recipe))
+        if problem:
+            raise RecipeError(f"{where}: {problem}")
     return data
 
 
@@ -288,36 +395,67 @@ def _check_mine(recipe: Recipe, data_dir: Path | None, method: Any, source: str,
             raise RecipeError(f"{where}: {err}") from None
 
 
-def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict, notes: list[str]) -> None:
+def _check_dev(recipe: Recipe, data_dir: Path | None, source: str, lines: dict, notes: list[str]) -> list[tuple]:
     """``data.dev`` follows the rule of ``data.train``: a written-out path must exist (the Hub copy is used
     only for a ``{data_dir}`` path that is absent), checked now rather than after the heavy imports. A reranking
-    dev file is read in full now; a retrieval folder's layout is checked (its corpus is read before the model
-    loads). Then the final evaluation's ``eval.rerank`` / ``eval.retrieval`` the same way."""
-    devs = recipe.data.dev if isinstance(recipe.data.dev, list) else [recipe.data.dev]
+    file or retrieval folder is read in full now, as training reads it (a folder read here is not parsed again by
+    the run); two dev sets of one name are refused. Then the final evaluation's ``eval.rerank`` /
+    ``eval.retrieval`` the same way. Returns the Hub copies to check (:func:`_check_dev_hub`) once the model and
+    the training set's Hub dataset are."""
+    listed = isinstance(recipe.data.dev, list)
+    devs = recipe.data.dev if listed else [recipe.data.dev]
+    seen: dict[str, int] = {}
+    hubs = []
     for i, dev in enumerate(devs):  # a list: weighted dev sets (data.dev.0, data.dev.1, ...)
-        if dev is None or not dev.path:
+        if dev is None:
             continue
-        where = _where(source, lines, ("data", "dev", *((i,) if isinstance(recipe.data.dev, list) else ()), "path"))
+        key = ("data", "dev", *((i,) if listed else ()))
+        where = _where(source, lines, key + ("path",))
         if dev.split_from_train is not None:  # the slice must read and be scorable
             try:
-                split_heldout(paths.expand(dev.path, data_dir), dev.kind, dev.split_from_train, dev.split_seed)
+                held = split_heldout(paths.expand(dev.path, data_dir), dev.kind, dev.split_from_train,
+                                     dev.split_seed)
             except (DataError, FileNotFoundError) as err:
                 raise RecipeError(f"{where}: {err}") from None
+            name = held.dev.name
         elif dev.kind == "stsb":
+            name = "stsb-dev"  # evaluation.core.load_dev's name for it
             instead = f"STS-B dev comes from the Hub dataset {dev.hub} ({dev.split}) instead"
-            _local_file(dev.path, dev.hub, data_dir, where, instead, notes, folder_file="sts-dev.csv")
+            local = _local_file(dev.path, dev.hub, data_dir, where, instead, notes, folder_file="sts-dev.csv") \
+                if dev.path else None
+            if local is None:
+                hubs.append((dev.hub, _where(source, lines, key + ("hub",)), _where(source, lines, key)))
         else:
-            _check_ranking(dev.kind, dev.path, dev.split, data_dir, where, scorable=True)
+            name = _check_ranking(dev.kind, dev.path, dev.split, data_dir, where, scorable=True)
+        if name in seen:
+            first = ".".join(map(str, ("data", "dev", seen[name])))
+            raise RecipeError(f"{where}: this dev set is named {name!r} like {first} (a set is named after its "
+                              "file's folder and name, or a retrieval folder and split); list each set once")
+        seen[name] = i
     for i, path in enumerate(recipe.eval.rerank):
         _check_ranking("rerank", path, "test", data_dir, _where(source, lines, ("eval", "rerank", i)))
     for i, entry in enumerate(recipe.eval.retrieval):
         _check_ranking("retrieval", entry.path, entry.split, data_dir,
                        _where(source, lines, ("eval", "retrieval", i, "path")))
+    return hubs
+
+
+def _check_dev_hub(hub: str | None, where: str, where_dev: str) -> None:
+    """STS-B dev from the Hub: it must be there (or, offline, in the cache), as training loads it."""
+    if not hub:
+        raise RecipeError(f"{where_dev}: STS-B dev needs a path (sts-dev.csv or its folder) or a hub dataset; or set "
+                          "data.dev: null to train without checkpoint selection")
+    try:
+        check_hub_dataset(hub, f"{where} {hub}", "pass --data-dir (or set $EMBEDKIT_DATA) to a folder with "
+                          "sts/stsbenchmark/sts-dev.csv, or set data.dev: null")
+    except ModelRefError as err:
+        raise RecipeError(str(err)) from None
 
 
 def _check_ranking(kind: str, raw: str, split: str, data_dir: Path | None, where: str,
-                   scorable: bool = False) -> None:
-    """A reranking file (read in full) or a BEIR folder (its files and qrels split present)."""
+                   scorable: bool = False) -> str:
+    """A reranking file or a BEIR folder, read in full (every id of the qrels in the corpus and queries); returns
+    the set's name, as training names it."""
     try:
         path = paths.expand(raw, data_dir)
     except FileNotFoundError as err:
@@ -329,9 +467,10 @@ def _check_ranking(kind: str, raw: str, split: str, data_dir: Path | None, where
                 raise DataError(f"{path}: no question has both a positive and a negative candidate (MAP and MRR "
                                 "are undefined)")
         else:
-            check_beir_layout(path, split)
+            read_beir(path, split)
     except DataError as err:
         raise RecipeError(f"{where}: {err}") from None
+    return ranking_name(kind, path, split)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -339,7 +478,7 @@ def _check_ranking(kind: str, raw: str, split: str, data_dir: Path | None, where
 
 
 def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | None,
-                    check_data: bool) -> tuple[Recipe, Any]:
+                    check_data: bool, checks: Sequence[Check]) -> tuple[Recipe, Any]:
     """:func:`load_recipe` for ``data.train`` as a list: the top-level ``multitask`` method, each source's method
     and options checked against that source's own view (:func:`embedkit.recipe.task_recipes`), each source's data
     read in full; errors name the source's keys (``data.train.<i>.…``)."""
@@ -373,6 +512,7 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
     if world > 1:
         check_batch_split(recipe, world, source, lines)
     _check_lora(recipe, source, lines)
+    _check_schedule(recipe, source, lines)
     recipe.data.train = [src.model_copy(update={"method": view.method}) for src, view in views]
     if not check_data:
         return recipe, None
@@ -385,13 +525,23 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
                                                 _source_lines(lines, i), notes, recipe)
         except RecipeError as err:
             raise RecipeError(_source_keys(str(err), i)) from None
-    _check_dev(recipe, resolved_dir, source, lines, notes)
-    for i, (src, view) in enumerate(views):  # the model once; a Hub source's dataset each
-        if i == 0 or parts[src.name] is None:
-            try:
+        data, batch = parts[src.name], recipe.training.batch_size
+        if data is not None and len(data) < batch:  # as training's build_tasks refuses it (a Hub source: there)
+            raise RecipeError(f"{_where(source, lines, ('data', 'train', i, 'path'))}: source {src.name!r} has "
+                              f"{len(data)} rows, fewer than one global batch ({batch}); lower training.batch_size "
+                              "or add rows")
+    dev_hubs = _check_dev(recipe, resolved_dir, source, lines, notes)
+    for i, (src, view) in enumerate(views):  # the model once; a Hub source's dataset each; other models each
+        try:
+            if i == 0 or parts[src.name] is None:
                 check_recipe_refs(view, source, _source_lines(lines, i), hub_data=parts[src.name] is None)
-            except RecipeError as err:
-                raise RecipeError(_source_keys(str(err), i)) from None
+            method = get_method(view.method.name)
+            _check_method_models(view, method, _params(method, view), source, _source_lines(lines, i))
+        except RecipeError as err:
+            raise RecipeError(_source_keys(str(err), i)) from None
+    for hub in dev_hubs:
+        _check_dev_hub(*hub)
+    _check_environment(recipe, resolved_dir, source, lines, checks)
     for note in notes:
         notice(note)
     return recipe, MultiTrainData(parts)

@@ -40,7 +40,7 @@ class Case:
     verify: Callable[[Path], str] | None = None
 
 
-def recipe(folder: Path, model: str, **sections: str) -> Path:
+def recipe(folder: Path, model: str, /, **sections: str) -> Path:
     """A small valid recipe; ``sections`` replace whole lines (``model=``, ``data=``, ...)."""
     data = folder / "sentences.txt"
     if not data.exists():
@@ -61,9 +61,9 @@ def recipe(folder: Path, model: str, **sections: str) -> Path:
 
 
 def run_cli(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_ENDPOINT": DEAD_HUB, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false",
-                **(env or {})}
-    full_env.pop("HF_HUB_OFFLINE", None)
+    full_env = {**os.environ, "HF_ENDPOINT": DEAD_HUB, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    full_env.pop("HF_HUB_OFFLINE", None)  # online towards the dead Hub, unless the case asks for offline mode
+    full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "embedkit.cli", *argv], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=600)
 
@@ -543,6 +543,106 @@ def _(f, m):
 def _(f, m):
     rerank_file(f / "r.csv")
     return ["eval", m, "--rerank", "r.csv", "--rerank", "./r.csv", "--suite", "none", "-o", str(f / "res")]
+
+# check refuses what train refuses before its first step (docs/reliability.md#check-and-train-refuse-the-same) --
+
+
+def _beir(folder: Path) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": f"doc {i}"}) + "\n"
+                                                 for i in range(4)))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"q {i}"}) + "\n"
+                                                  for i in range(2)))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td9\t1\n")
+    return folder
+
+
+DEV_TRAINING = "training: {batch_size: 8, max_steps: 2, eval_steps: 1, save_steps: 1, learning_rate: 1e-4}"
+
+
+def _rerank_file(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "dev.csv").write_text("qtext,label,atext\nq1,1,a1\nq1,0,a2\nq2,1,a3\nq2,0,a4\n")
+    return folder / "dev.csv"
+
+
+@_c("check-output-run", "`check` of a recipe whose output.dir holds a finished run (no flag)")
+def _(f, m):
+    path = finished_run(f, m)
+    return ["check", str(path)]
+
+
+@_c("check-lora-typo", "LoRA `target_modules: [query, vlaue]` (`check`; train ignored the typo)")
+def _(f, m):
+    model = f"model: {{name: {m}, max_seq_length: 16, lora: {{target_modules: [query, vlaue]}}}}"
+    return ["check", str(recipe(f, m, model=model))]
+
+
+@_c("check-prompt-long", "`model.prompts` leaving no room in max_seq_length (`check`; train embedded every text alike)")
+def _(f, m):
+    model = (f"model: {{name: {m}, max_seq_length: 16, prompt_columns: {{text: query}}, prompts: {{query: "
+             "'represent this sentence for searching the relevant passages about anything at all: '}}")
+    return ["check", str(recipe(f, m, model=model))]
+
+
+@_c("check-beir-qrels", "BEIR dev qrels naming a document not in the corpus (`check`)")
+def _(f, m):
+    return ["check", str(recipe(f, m, data=f"data: {{train: {{path: {f / 'sentences.txt'}}}, dev: {{kind: retrieval, "
+                                            f"path: {_beir(f / 'beir')}, split: test}}}}", training=DEV_TRAINING))]
+
+
+@_c("check-multitask-small", "multi-task source smaller than one global batch (`check`)")
+def _(f, m):
+    recipe(f, m)
+    (f / "p.jsonl").write_text("".join(json.dumps({"anchor": f"q {i}", "positive": f"a {i}"}) + "\n" for i in range(4)))
+    data = (f"data: {{train: [{{name: text, path: {f / 'sentences.txt'}, method: {{name: simcse-unsup}}}}, "
+            f"{{name: qa, path: {f / 'p.jsonl'}, method: {{name: contrastive}}}}], dev: null}}")
+    return ["check", str(recipe(f, m, data=data, method="method: {name: multitask}"))]
+
+
+@_c("check-dev-same-name", "two dev sets of one name (`a/trecqa/dev.csv`, `b/trecqa/dev.csv`; `check`)")
+def _(f, m):
+    a, b = _rerank_file(f / "a" / "trecqa"), _rerank_file(f / "b" / "trecqa")
+    recipe(f, m)
+    return ["check", str(recipe(f, m, data=f"data: {{train: {{path: {f / 'sentences.txt'}}}, dev: [{{kind: rerank, "
+                                            f"path: {a}}}, {{kind: rerank, path: {b}}}]}}", training=DEV_TRAINING))]
+
+
+@_c("check-matryoshka-wide", "Matryoshka dimension wider than the embedding (`check`)")
+def _(f, m):
+    return ["check", str(recipe(f, m, training="training: {batch_size: 8, max_steps: 2, matryoshka_dims: [64, 16]}"))]
+
+
+@_c("check-save-steps", "save_steps not a multiple of eval_steps with a dev set (`check`; train: a traceback)")
+def _(f, m):
+    recipe(f, m)
+    dev = _rerank_file(f / "trecqa")
+    return ["check", str(recipe(f, m, data=f"data: {{train: {{path: {f / 'sentences.txt'}}}, dev: {{kind: rerank, "
+                                            f"path: {dev}}}}}",
+                                training="training: {batch_size: 8, max_steps: 4, eval_steps: 2, save_steps: 3}"))]
+
+
+@_c("check-dev-hub", "STS-B dev from the Hub with no network (`check`)")
+def _(f, m):
+    recipe(f, m)
+    return ["check", str(recipe(f, m, data=f"data: {{train: {{path: {f / 'sentences.txt'}}}, dev: {{path: null}}}}",
+                                training=DEV_TRAINING))]
+
+
+@_c("check-hub-data-offline", "Hub dataset not in the datasets cache, HF_HUB_OFFLINE=1 (`check`)")
+def _(f, m):
+    ENV.update(HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(f / "datasets-cache"))
+    return ["check", str(recipe(f, m, data="data: {train: {hub: someone/some-data}, dev: null}"))]
+
+
+@_c("check-mteb-task", "unknown `eval.mteb` task (`check`; imports mteb)")
+def _(f, m):
+    return ["check", str(recipe(f, m, eval="eval: {before: false, suite: none, mteb: [STSBenchmarkk]}"))]
+
+
+@_c("check-debcse-reference", "DebCSE `method.reference` that does not exist (`check`)")
+def _(f, m):
+    return ["check", str(recipe(f, m, method=f"method: {{name: debcse, reference: {f / 'no-such-model'}}}"))]
 
 
 # encode / inspect / push ---------------------------------------------------------------------------------

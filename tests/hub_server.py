@@ -2,8 +2,9 @@
 
 It implements just the endpoints that ``huggingface_hub`` calls for ``create_repo``, ``create_branch``,
 ``repo_info``, ``upload_folder`` (``validate-yaml``, ``preupload`` answering every file ``regular``, the
-ndjson ``commit``) and ``snapshot_download`` (``tree`` listing, ``HEAD``/``GET`` on ``resolve``). File
-contents live on disk under ``root/blobs/<git sha1>``; commits are snapshots {path: blob sha1}.
+ndjson ``commit``) and ``snapshot_download`` (``tree`` listing, ``HEAD``/``GET`` on ``resolve``), and
+``dataset_info`` for the dataset repos listed in ``HubState.datasets``. File contents live on disk under
+``root/blobs/<git sha1>``; commits are snapshots {path: blob sha1}.
 
 Every request must carry ``Authorization: Bearer <token>``; a wrong or missing token gets the Hub's 401
 (except huggingface_hub's own token-less background look-ups, listed in ``PUBLIC`` and answered 404).
@@ -51,6 +52,7 @@ class HubState:
         self.dropped = 0
         self.fail_deletes = False
         self.deleted: list[str] = []  # repo ids deleted through the API
+        self.datasets: dict[str, dict[str, str]] = {}  # dataset repo id -> {path: blob sha1} (info requests only)
 
     def put_blob(self, data: bytes) -> str:
         sha = git_blob_sha1(data)
@@ -147,6 +149,7 @@ class Handler(BaseHTTPRequestHandler):
             ("DELETE", r"/api/repos/delete", self._delete_repo),
             ("POST", r"/api/validate-yaml", self._validate_yaml),
             ("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?", self._repo_info),
+            ("GET", r"/api/datasets/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?", self._dataset_info),
             ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/branch/(?P<rev>[^/]+)", self._create_branch),
             ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)", self._preupload),
             ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)", self._commit),
@@ -218,6 +221,15 @@ class Handler(BaseHTTPRequestHandler):
         files = self.state.commits[sha]
         self._send(200, {"id": repo, "modelId": repo, "sha": sha, "private": self.state.repos[repo]["private"],
                          "siblings": [{"rfilename": p} for p in sorted(files)], "tags": [], "downloads": 0})
+
+    def _dataset_info(self, query: dict, repo: str, rev: str | None) -> None:
+        if repo not in self.state.datasets:
+            self._error(404, "Repository not found", code="RepoNotFound")
+            return
+        files = self.state.datasets[repo]
+        sha = hashlib.sha1(json.dumps(sorted(files.items())).encode()).hexdigest()
+        self._send(200, {"id": repo, "sha": sha, "private": False, "tags": [], "downloads": 0,
+                         "siblings": [{"rfilename": p} for p in sorted(files)]})
 
     def _create_branch(self, query: dict, repo: str, rev: str) -> None:
         payload = json.loads(self._body() or b"{}")

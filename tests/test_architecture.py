@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "embedkit"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("embedkit.errors", "embedkit.paths", "embedkit.log", "embedkit.version", "embedkit.outputs",
                     "embedkit.distributed")),
-    ("recipe and data", ("embedkit.recipe", "embedkit.data", "embedkit.model_ref")),
+    ("recipe and data", ("embedkit.recipe", "embedkit.data", "embedkit.model_ref", "embedkit.model_files")),
     ("models and encoding", ("embedkit.modeling", "embedkit.modules", "embedkit.encoding", "embedkit.augment",
                              "embedkit.merging")),
     ("shared loss machinery", ("embedkit.losses", "embedkit.mining")),

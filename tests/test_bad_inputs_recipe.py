@@ -309,9 +309,10 @@ def test_absent_data_dir_falls_back_to_the_hub_with_a_notice(tmp_path, capsys, m
 
     reached = []  # the Hub is probed after the notes are gathered; here it answers (test_bad_inputs_models: when not)
     monkeypatch.setattr(embedkit.validate, "check_recipe_refs", lambda *a, **k: reached.append(k))
+    monkeypatch.setattr(embedkit.validate, "check_hub_dataset", lambda name, *a: reached.append(name))  # dev's copy
     path = recipe_file(tmp_path, "{data_dir}/train.txt", "simcse-unsup", HUB_RECIPE)
     _, data = load_recipe_with_data(path)
-    assert reached == [{"hub_data": True}]
+    assert reached == [{"hub_data": True}, "some/dev-set"]
     assert data is None  # the Hub dataset is read when training starts
     notes = capsys.readouterr().err.splitlines()
     assert notes == [

@@ -14,7 +14,7 @@ Pure Python and strict, like :mod:`embedkit.data.sts`: a malformed line raises
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from embedkit.data.sts import sha256_file
@@ -121,6 +121,12 @@ def _jsonl(path: Path, what: str) -> dict[str, dict]:
     return out
 
 
+def ranking_name(kind: str, path: str | Path, split: str = "test") -> str:
+    """``trecqa-dev`` for ``…/trecqa/dev.csv``; ``<folder>-<split>`` for a BEIR folder."""
+    path = Path(path)
+    return f"{path.parent.name}-{path.stem}" if kind == "rerank" else f"{path.name}-{split}"
+
+
 def check_beir_layout(folder: str | Path, split: str = "test") -> Path:
     """The qrels file of ``split`` in a BEIR folder, after checking that the folder's three files exist (cheap:
     nothing is parsed; for validation before a large corpus is read)."""
@@ -139,10 +145,32 @@ def check_beir_layout(folder: str | Path, split: str = "test") -> Path:
     return qrels_path
 
 
+# Folders read by validation, kept for the training run's own read of the same unchanged files (a large corpus is
+# parsed once per run); each entry is handed out once.
+_READ: dict[tuple, BeirSet] = {}
+_KEEP = 4
+
+
+def _signature(folder: Path, qrels_path: Path) -> tuple:
+    files = (folder / "corpus.jsonl", folder / "queries.jsonl", qrels_path)
+    return (str(folder.resolve()), *((st.st_ino, st.st_size, st.st_mtime_ns) for st in (f.stat() for f in files)))
+
+
 def read_beir(folder: str | Path, split: str = "test", name: str | None = None) -> BeirSet:
     """Read a BEIR-layout folder; qrels with relevance ≤ 0 are dropped, ids not in corpus/queries are errors."""
     folder = Path(folder)
     qrels_path = check_beir_layout(folder, split)
+    key = _signature(folder, qrels_path)
+    if key in _READ:
+        return replace(_READ.pop(key), name=name or folder.name)
+    data = _read_beir(folder, qrels_path)
+    while len(_READ) >= _KEEP:
+        _READ.pop(next(iter(_READ)))
+    _READ[key] = data
+    return replace(data, name=name or folder.name)
+
+
+def _read_beir(folder: Path, qrels_path: Path) -> BeirSet:
     corpus_rows = _jsonl(folder / "corpus.jsonl", "corpus file")
     query_rows = _jsonl(folder / "queries.jsonl", "queries file")
     qrels: dict[str, dict[str, int]] = {}
@@ -172,4 +200,4 @@ def read_beir(folder: str | Path, split: str = "test", name: str | None = None) 
               for k, r in corpus_rows.items()}
     queries = {k: query_rows[k]["text"] for k in qrels}
     files = {str(p): sha256_file(p) for p in (folder / "corpus.jsonl", folder / "queries.jsonl", qrels_path)}
-    return BeirSet(name or folder.name, corpus, queries, qrels, files)
+    return BeirSet(folder.name, corpus, queries, qrels, files)

@@ -15,7 +15,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from embedkit import paths
 from embedkit.data.heldout import split_heldout
-from embedkit.data.ranking import BeirSet, RerankSet, read_beir, read_rerank
+from embedkit.data.ranking import BeirSet, RerankSet, ranking_name, read_beir, read_rerank
 from embedkit.data.sts import PairSet, read_stsb
 from embedkit.errors import DataError
 from embedkit.evaluation.ranking import score_rerank, score_retrieval
@@ -119,12 +119,6 @@ class DevSet:
     def metric_key(self) -> str:
         """The trainer's name of the selecting metric (``metric_for_best_model``)."""
         return f"eval_{self.name}_{self.metric}"
-
-
-def ranking_name(kind: str, path: str | Path, split: str = "test") -> str:
-    """``trecqa-dev`` for ``…/trecqa/dev.csv``; ``<folder>-<split>`` for a BEIR folder."""
-    path = Path(path)
-    return f"{path.parent.name}-{path.stem}" if kind == "rerank" else f"{path.name}-{split}"
 
 
 def ranking_names(sets: Sequence[tuple[str, str | Path, str]]) -> list[str]:

@@ -235,6 +235,18 @@ class Method:
         return ""
 
     @classmethod
+    def rows_problem(cls, data: TrainData, params: Any) -> str | None:
+        """Why the training rows of a local file (columns in :meth:`roles` order, as training reads them) cannot
+        train this method, or ``None``; validation refuses it, naming the file."""
+        return None
+
+    @classmethod
+    def model_refs(cls, params: Any) -> list[tuple[tuple, str]]:
+        """(recipe key path, model name) of each other model the method loads at setup (DebCSE's reference
+        encoder); validation checks each as it checks ``model.name``."""
+        return []
+
+    @classmethod
     def read_train_file(cls, path: str, recipe: Recipe, notes: list[str]) -> TrainData | None:
         """The training rows, in :meth:`roles` order, of a method that builds them itself from the local file
         ``data.train.path`` (``ccp``: a file of documents → sentence pairs), or ``None`` (the default): the file

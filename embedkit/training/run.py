@@ -128,6 +128,33 @@ def _resume_checks(recipe: Recipe, train_data: Any, out: Path) -> tuple[Path, di
     return work, None
 
 
+def eval_task_problems(recipe: Recipe, data_dir: Path | None) -> list[tuple[tuple, str]]:
+    """``eval.mteb``: every task known to mteb (or a local task with its data), a Hub task with the Hub answering,
+    as :func:`setup` resolves them (it imports mteb, seconds, as setup does)."""
+    if not recipe.eval.mteb:
+        return []
+    from embedkit.evaluation.mteb_eval import resolve_tasks
+
+    try:
+        resolve_tasks(recipe.eval.mteb, None, data_dir)
+    except EmbedkitError as err:
+        return [(("eval", "mteb"), str(err).removeprefix("--mteb: "))]
+    return []
+
+
+# What training adds to validation (embedkit check runs them too): refusals of setup that need a higher layer.
+SETUP_CHECKS = (eval_task_problems,)
+
+
+def check_reserve(recipe: Recipe, train_data: Any, resume: bool = False, overwrite: bool = False) -> None:
+    """Every refusal of :func:`reserve`, read-only (``embedkit check`` with the same flags): the output folder,
+    and for ``--resume`` its checkpoints and recipe. Checkpoint hashes are verified only under the lock."""
+    out = rundir.check_output_path(Path(recipe.output.dir).expanduser())  # links followed, a dangling one refused
+    if resume and not overwrite and _resume_checks(recipe, train_data, out)[1] is not None:
+        return  # a finished run: --resume leaves it as it is
+    rundir.check_open(out, resume=resume, overwrite=overwrite)
+
+
 def reserve(recipe: Recipe, train_data: Any, resume: bool, overwrite: bool) -> Plan | dict[str, Any]:
     """Every refusal about the output folder, then its lock. Returns the saved results of a finished run
     (``--resume`` leaves it as it is) or the :class:`Plan`."""
@@ -231,7 +258,7 @@ def train(
     ``--resume`` and ``--overwrite``.
     """
     started = time.time()
-    recipe, train_data = load_recipe_with_data(recipe, overrides, data_dir, **fields)
+    recipe, train_data = load_recipe_with_data(recipe, overrides, data_dir, checks=SETUP_CHECKS, **fields)
     plan = reserve(recipe, train_data, resume, overwrite)
     if not isinstance(plan, Plan):
         return TrainResult(Path(recipe.output.dir).expanduser(), plan)

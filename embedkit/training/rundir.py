@@ -299,6 +299,31 @@ def check_output_path(out: Path) -> Path:
     return resolved
 
 
+def check_open(out: Path, *, resume: bool, overwrite: bool) -> Path:
+    """Every refusal of :func:`open_run`, read-only: nothing is created, locked or written (``embedkit check``
+    runs it with the same flags as ``train``). Only the primary process checks the folder itself. Returns the
+    folder a link resolves to (:func:`check_output_path`)."""
+    out = check_output_path(out)
+    if resume and overwrite:
+        raise RecipeError("--resume and --overwrite: choose one (resume continues a run, overwrite replaces it)")
+    if not is_main():
+        return out
+    probe_lock(out, out)  # a run in progress is named before any other refusal
+    if resume:
+        if not resume_work(out).is_dir():
+            raise RecipeError(f"output.dir {out}: does not exist; nothing to resume")
+        return out
+    holds_files = out.exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir())
+    if holds_files and not overwrite:
+        raise RecipeError(
+            f"output.dir {out} already holds files; use --resume to continue that run, --overwrite to replace "
+            "it, or choose another output.dir"
+        )
+    if holds_files:
+        check_overwritable(out)
+    return out
+
+
 def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
     """Reserve ``out`` for a run: every refusal happens here, before anything is written.
 
@@ -310,9 +335,7 @@ def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
 
     Only the primary process (rank 0) checks, locks and writes; the others compute the same paths.
     """
-    out = check_output_path(out)
-    if resume and overwrite:
-        raise RecipeError("--resume and --overwrite: choose one (resume continues a run, overwrite replaces it)")
+    out = check_open(out, resume=resume, overwrite=overwrite)
     staging = staging_path(out)
     if resume:
         work = resume_work(out)
@@ -320,24 +343,13 @@ def open_run(out: Path, *, resume: bool, overwrite: bool) -> RunFolder:
             return RunFolder(out, work, staged=work != out)
     elif not is_main():
         return RunFolder(out, staging if overwrite else out, staged=overwrite)
-    probe_lock(out, out)  # a run in progress is named before any other refusal
     if resume:
-        if not work.is_dir():
-            raise RecipeError(f"output.dir {out}: does not exist; nothing to resume")
         check_writable(work, f"output.dir {out}")
         folder = RunFolder(out, work, staged=work != out)
         folder.lock(out)
         if folder.staged:
             folder.lock(work)
         return folder
-    holds_files = out.exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir())
-    if holds_files and not overwrite:
-        raise RecipeError(
-            f"output.dir {out} already holds files; use --resume to continue that run, --overwrite to replace "
-            "it, or choose another output.dir"
-        )
-    if holds_files:
-        check_overwritable(out)
     check_writable(out, f"output.dir {out}")  # the run's folder (or where it will be created)
     if overwrite:
         check_writable(out.parent, f"output.dir {out}")  # the staging folder and the swap

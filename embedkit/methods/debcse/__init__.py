@@ -9,7 +9,6 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from embedkit.distributed import broadcast_object
-from embedkit.errors import RecipeError
 from embedkit.log import log
 from embedkit.methods.base import Method, register, training_head
 from embedkit.methods.debcse import debias
@@ -94,6 +93,31 @@ class DebCSE(Method):
     citation = DEBCSE_CITATION
     composable = True
 
+    @classmethod
+    def refusals(cls, recipe: Any, params: Any) -> list[tuple[tuple, str]]:
+        out = super().refusals(recipe, params)
+        if isinstance(params.remine_every, int) and recipe.training.dataloader_workers > 0:
+            out.append((("method", "remine_every"), "re-mining every N steps needs training.dataloader_workers: 0 "
+                        "(worker processes hold a copy of the rows); use 'epoch' or set dataloader_workers to 0"))
+        if params.hard_negative_weight and (params.mode == "mask-only" or not params.hard_negatives):
+            why = "mode: mask-only" if params.mode == "mask-only" else "hard_negatives: false"
+            out.append((("method", "hard_negative_weight"),
+                        f"{params.hard_negative_weight} weighs each anchor's own hard negative, and with {why} the "
+                        "rows have none: draw hard negatives (mode: debias, hard_negatives: true) or remove the key"))
+        return out
+
+    @classmethod
+    def rows_problem(cls, data: Any, params: Any) -> str | None:
+        distinct = len(set(next(iter(data.columns.values()))))
+        if distinct < 2:
+            return (f"DebCSE mines each sentence's neighbours among the distinct sentences; the training set has "
+                    f"{distinct}, it needs at least 2")
+        return None
+
+    @classmethod
+    def model_refs(cls, params: Any) -> list[tuple[tuple, str]]:
+        return [] if params.reference in ("initial", "current") else [(("method", "reference"), params.reference)]
+
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.holder = RowsHolder(dropout_positive=self.params.mode == "mask-only")
@@ -172,25 +196,9 @@ class DebCSE(Method):
 
     # ---- Method hooks ------------------------------------------------------------------------------
 
-    @classmethod
-    def refusals(cls, recipe: Any, params: Any) -> list[tuple[tuple, str]]:
-        out = super().refusals(recipe, params)
-        if params.hard_negative_weight and (params.mode == "mask-only" or not params.hard_negatives):
-            why = "mode: mask-only" if params.mode == "mask-only" else "hard_negatives: false"
-            out.append((("method", "hard_negative_weight"),
-                        f"{params.hard_negative_weight} weighs each anchor's own hard negative, and with {why} the "
-                        "rows have none: draw hard negatives (mode: debias, hard_negatives: true) or remove the key"))
-        return out
-
     def prepare_dataset(self, dataset: Any) -> Any:
         import datasets
 
-        p = self.params
-        if isinstance(p.remine_every, int) and self.ctx.recipe.training.dataloader_workers > 0:
-            raise RecipeError(
-                "method.remine_every: re-mining every N steps needs training.dataloader_workers: 0 (worker "
-                "processes hold a copy of the rows); use 'epoch' or set dataloader_workers to 0"
-            )
         self._texts = [str(t) for t in dataset["text"]]
         self.remine(0)
         rows = datasets.Dataset.from_dict({ROW_COLUMN: list(range(len(self._texts)))})
