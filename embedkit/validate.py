@@ -181,11 +181,17 @@ def _check_model_files(recipe: Recipe, source: str, lines: dict) -> None:
 
 def _check_precision(recipe: Recipe, source: str, lines: dict) -> None:
     """``precision: bf16`` on a CUDA GPU without bf16 (before Ampere): transformers refuses it when the trainer
-    is built. A CPU runs bf16 (emulated where it lacks AVX512-BF16/AMX)."""
-    if recipe.training.precision != "bf16":
+    is built. A CPU runs bf16 (emulated where it lacks AVX512-BF16/AMX). ``precision: fp16`` without a CUDA GPU:
+    accelerate would run it as plain fp32 (no autocast, no loss scaler), an option silently not honoured."""
+    if recipe.training.precision not in ("bf16", "fp16"):
         return
     import torch
 
+    if recipe.training.precision == "fp16":
+        if not torch.cuda.is_available():
+            raise RecipeError(f"{_where(source, lines, ('training', 'precision'))}: fp16 mixed precision needs a "
+                              "CUDA GPU; this machine has none (it would train in fp32): use auto, bf16 or fp32")
+        return
     if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise RecipeError(f"{_where(source, lines, ('training', 'precision'))}: bf16 needs a GPU with bf16 (Ampere "
                           f"or newer); {torch.cuda.get_device_name(0)} has none: use fp16, fp32 or auto")

@@ -619,8 +619,7 @@ def choose(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
     if not torch.cuda.is_available() and not args.precisions:
         precisions.remove("fp16")
         notes.append("fp16 skipped: no GPU. On a CPU, accelerate runs fp16 as fp32 (no autocast, no loss scaler: "
-                     "its losses equal fp32's to the bit), so its rows would only repeat fp32's "
-                     "(--precisions fp32,fp16 runs them anyway)")
+                     "its losses equal fp32's to the bit), so embedkit refuses precision: fp16 without a CUDA GPU")
     elif torch.cuda.is_available() and "bf16" in precisions and not torch.cuda.is_bf16_supported():
         precisions.remove("bf16")
         notes.append(f"bf16 skipped: {torch.cuda.get_device_name(0)} has no bf16")

@@ -423,3 +423,21 @@ def test_a_folder_read_at_validation_is_not_parsed_again_by_training(tmp_path, t
     assert len(calls) == 1 and dev.name == "beir-test" and dev.data.qrels == {"q0": {"d0": 1}}
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\n", encoding="utf-8")
     assert load_dev(load_recipe(recipe).data.dev).data.qrels == {"q1": {"d2": 1}} and len(calls) == 2
+
+
+def test_fp16_without_a_cuda_gpu_is_refused(tmp_path, tiny_model_path):
+    """accelerate runs ``fp16`` on a CPU as plain fp32: an option not honoured is refused, never ignored."""
+    import torch
+
+    from embedkit.validate import load_recipe
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: fp16 is honoured there")
+    recipe = tmp_path / "r.yaml"
+    data = tmp_path / "s.txt"
+    data.write_text("".join(f"sentence {i}\n" for i in range(8)), encoding="utf-8")
+    recipe.write_text(f"model: {{name: {tiny_model_path}}}\ndata: {{train: {{path: {data}}}, dev: null}}\n"
+                      "method: {name: simcse-unsup}\ntraining: {precision: fp16}\n"
+                      f"output: {{dir: {tmp_path / 'o'}}}\n")
+    with pytest.raises(RecipeError, match=r"r.yaml:4: training.precision: fp16 mixed precision needs a CUDA GPU"):
+        load_recipe(str(recipe))
