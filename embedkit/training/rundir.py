@@ -40,14 +40,15 @@ OWNER = ".embedkit.lock.json"  # who holds the lock (the lock file itself stays 
 RESULTS = "results.json"  # written last: its presence marks a finished run
 CHECKPOINTS = "checkpoints"
 # What a run writes before it finishes; a finished run's marker lists its own top-level entries instead.
-RUN_ENTRIES = {MARKER, LOCK, OWNER, "recipe.yaml", "logs", CHECKPOINTS, ".final-model.partial",
-               RESULTS + ".partial"}
+RUN_ENTRIES = {MARKER, LOCK, OWNER, "recipe.yaml", "logs", "mlruns", "wandb", CHECKPOINTS, ".final-model.partial",
+               RESULTS + ".partial"}  # logs, mlruns, wandb: the experiment trackers' (training.report_to)
 
 # Keys that may differ between a run and its --resume: they change when and how the run reports, not what it
 # trains. Everything else (model, data, method, batch size, steps, seed, ...) is part of the run's meaning.
 RESUMABLE_KEYS = (
     "description",
     "training.logging_steps",
+    "training.report_to",
     "training.dataloader_workers",
     "eval.before",
     "eval.suite",
