@@ -448,7 +448,7 @@ def _upload(prepared: Prepared, repo_id: str, private: bool, revision: str | Non
 
 
 def _cli_push(args: argparse.Namespace) -> int:
-    push(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
+    push(args.output_dir, args.repo_id, private=args.private, revision=args.branch,
          commit_message=args.commit_message, exclude=tuple(args.exclude), max_file_mb=args.max_file_mb,
          dry_run=args.dry_run)
     return 0
@@ -461,8 +461,8 @@ def add_cli(subparsers: Any) -> None:
                    help="output.dir of a finished `embedkit train` run, or the -o folder of `embedkit merge`")
     p.add_argument("repo_id", metavar="REPO_ID", help="namespace/name of the model repository")
     p.add_argument("--private", action="store_true", help="create the repository private")
-    p.add_argument("--branch", dest="revision", metavar="BRANCH", help="push to this branch (created if missing)")
-    add_renamed(p, "--revision", "--branch", "revision")
+    p.add_argument("--branch", metavar="BRANCH", help="push to this branch (created if missing)")
+    add_renamed(p, "--revision", "--branch", "branch")
     p.add_argument("--commit-message", help="commit message (default: 'Upload model trained with embedkit', or "
                                             "'merged' for a merge)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",

@@ -153,11 +153,11 @@ def test_no_chart_is_the_one_spelling_and_no_plot_still_works(capsys):
 
 
 def test_revision_has_one_meaning_per_command(capsys):
-    assert parse(["eval", "m", "--mteb-revision", "abc"]).revision == "abc"
-    assert parse(["push", "out", "a/b", "--branch", "dev"]).revision == "dev"
+    assert parse(["eval", "m", "--mteb-revision", "abc"]).mteb_revision == "abc"
+    assert parse(["push", "out", "a/b", "--branch", "dev"]).branch == "dev"
     assert capsys.readouterr().err == ""
-    assert parse(["eval", "m", "--revision", "abc"]).revision == "abc"  # old spellings keep working
-    assert parse(["push", "out", "a/b", "--revision", "dev"]).revision == "dev"
+    assert parse(["eval", "m", "--revision", "abc"]).mteb_revision == "abc"  # old spellings keep working
+    assert parse(["push", "out", "a/b", "--revision", "dev"]).branch == "dev"
     err = capsys.readouterr().err
     assert "--revision is now spelled --mteb-revision" in err and "--revision is now spelled --branch" in err
     from embedkit.cli import build_parser

@@ -88,9 +88,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="let mteb reuse cached results for the same model name + revision (default: recompute)")
     g.add_argument("--submission", metavar="DIR", help="write leaderboard submission files (results tree + ModelMeta)")
     g.add_argument("--model-name", help="organization/model_name for mteb (default: the card's name or local/<folder>)")
-    g.add_argument("--mteb-revision", dest="revision",
+    g.add_argument("--mteb-revision",
                    help="the model revision mteb records (default: SHA-256 of the weights)")
-    add_renamed(g, "--revision", "--mteb-revision", "revision")
+    add_renamed(g, "--revision", "--mteb-revision", "mteb_revision")
     g.add_argument("--license", help="model license for the ModelMeta (default: the training recipe's)")
     g.add_argument("--languages", default="eng-Latn", help="ModelMeta languages, comma-separated ISO codes")
     g.add_argument("--training-code", metavar="URL", help="public training code link for the ModelMeta")
@@ -228,7 +228,7 @@ def run_cli(args: argparse.Namespace) -> int:
         run = run_mteb(
             model, args.mteb, args.mteb_benchmark, extra_tasks=extra, data_dir=args.data_dir, cache_dir=out / "mteb",
             batch_size=args.batch_size, source=args.source, autocast=args.autocast, model_name=args.model_name,
-            revision=args.revision, reuse_cache=args.reuse_mteb_cache, submission=args.submission,
+            revision=args.mteb_revision, reuse_cache=args.reuse_mteb_cache, submission=args.submission,
             languages=[s.strip() for s in args.languages.split(",") if s.strip()], license=args.license,
             training_code=args.training_code, training_data=args.training_data, progress=True, model_path=spec,
         )
