@@ -14,6 +14,7 @@ Nothing here imports torch: validation of a bad recipe answers in well under a s
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import os
 import re
@@ -350,8 +351,6 @@ _TRACKER_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "tensor
 
 def tracker_installed(name: str) -> bool:
     """Whether the module a tracker needs is importable (found, not imported: validation stays torch-free)."""
-    import importlib.util
-
     module = TRACKERS.get(name)
     return module is None or importlib.util.find_spec(module) is not None or (
         name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None)

@@ -16,6 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import datasets
+import huggingface_hub.utils as hub_utils
+import sentence_transformers.base.model_card as st_card
+import transformers.utils.logging as tf_logging
 from transformers import TrainerCallback
 
 from embedkit.log import LOGGER
@@ -91,11 +95,6 @@ def quiet_bars(quiet: bool) -> Iterator[None]:
     if not quiet:
         yield
         return
-    import datasets
-    import huggingface_hub.utils as hub_utils
-    import sentence_transformers.base.model_card as st_card
-    import transformers.utils.logging as tf_logging
-
     switches = [(tf_logging.is_progress_bar_enabled(), tf_logging.disable_progress_bar, tf_logging.enable_progress_bar),
                 (datasets.is_progress_bar_enabled(), datasets.disable_progress_bars, datasets.enable_progress_bars),
                 (not hub_utils.are_progress_bars_disabled(), hub_utils.disable_progress_bars,
@@ -113,29 +112,22 @@ def quiet_bars(quiet: bool) -> Iterator[None]:
                 on()
 
 
-_OUR_MLFLOW_URI: list[str] = []  # the store tracker_env last pointed mlflow at (a user's own choice is kept)
-
-
 @contextmanager
 def tracker_env(trackers: list[str], work: Path) -> Iterator[None]:
     """While training: MLflow writes a local file store ``<output>/mlruns`` and wandb its files under the output
-    folder, unless the user chose otherwise (``MLFLOW_TRACKING_URI`` or ``mlflow.set_tracking_uri``,
-    ``WANDB_DIR``). Nothing here reads or prints a token."""
-    added = []
-    if "wandb" in trackers and "WANDB_DIR" not in os.environ:
+    folder, unless the user chose otherwise (``MLFLOW_TRACKING_URI`` or ``mlflow.set_tracking_uri``, which
+    takes precedence over the variable, ``WANDB_DIR``). Only variables not set already are set, and only while
+    training. Nothing here reads or prints a token."""
+    added = {}
+    if "wandb" in trackers:
+        added["WANDB_DIR"] = str(work)  # wandb writes its own wandb/ folder in it
+    if "mlflow" in trackers:
+        added["MLFLOW_TRACKING_URI"] = (work / "mlruns").resolve().as_uri()
+        added["MLFLOW_ALLOW_FILE_STORE"] = "true"  # mlflow 3 refuses a file store without it
+    added = {k: v for k, v in added.items() if k not in os.environ}
+    if "WANDB_DIR" in added:
         (work / "wandb").mkdir(parents=True, exist_ok=True)
-        os.environ["WANDB_DIR"] = str(work)  # wandb adds its own wandb/ folder
-        added.append("WANDB_DIR")
-    if "mlflow" in trackers and "MLFLOW_TRACKING_URI" not in os.environ:
-        import mlflow
-
-        if not mlflow.is_tracking_uri_set() or mlflow.get_tracking_uri() in _OUR_MLFLOW_URI:
-            uri = (work / "mlruns").resolve().as_uri()
-            mlflow.set_tracking_uri(uri)  # the trainer's callback keeps a URI that is set
-            _OUR_MLFLOW_URI[:] = [uri]
-            if "MLFLOW_ALLOW_FILE_STORE" not in os.environ:  # mlflow 3 refuses a file store without it
-                os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-                added.append("MLFLOW_ALLOW_FILE_STORE")
+    os.environ.update(added)
     try:
         yield
     finally:
