@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from embedkit.cliargs import add_no_progress
 from embedkit.encode import add_cli as add_encode
 from embedkit.errors import EmbedkitError
 from embedkit.evaluation.cli import add_cli as add_eval
@@ -22,7 +23,8 @@ from embedkit.version import __version__
 
 
 def _train(args: argparse.Namespace) -> int:
-    train(args.recipe, args.overrides, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite)
+    train(args.recipe, args.overrides, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
+          progress=args.progress)
     return 0
 
 
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the newest intact checkpoint in output.dir (a finished run is left as is)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier embedkit run in output.dir, once the new run has finished")
+    add_no_progress(p, "training (outside a terminal: no plain progress lines either)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("check", help="validate a recipe and its data without training (refuses what train refuses)")

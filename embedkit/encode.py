@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedkit.cliargs import add_no_progress
 from embedkit.data.sources import read_local
 from embedkit.errors import EmbedkitError
 from embedkit.model_ref import check_model, embedding_dim, load_model
@@ -64,7 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.dim is not None:
         check_dim(args.dim, embedding_dim(model), "--dim")  # before any text is encoded
-    emb = encode(model, texts, args.batch_size, normalize=args.normalize, autocast=args.autocast, dim=args.dim)
+    emb = encode(model, texts, args.batch_size, normalize=args.normalize, autocast=args.autocast, dim=args.dim,
+                 show_progress_bar=args.progress)  # None: a bar when stderr is a terminal
     seconds = time.perf_counter() - start
     subject = f"--output {args.output}"
     require_space(target.path.parent, emb.nbytes, subject)
@@ -88,6 +90,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("auto", "text", "csv", "tsv", "jsonl"), default="auto",
                    help="input format (auto: from the file suffix)")
     p.add_argument("--batch-size", type=int, default=128, help="texts encoded per batch (default 128)")
+    add_no_progress(p)
     p.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
     p.add_argument("--dim", type=int, metavar="D",
                    help="Matryoshka: keep the first D coordinates (with --normalize: truncate, then normalise)")

@@ -5,8 +5,8 @@ What is uploaded: the sentence-transformers model files of the output folder, ``
 sentence-transformers' card from training with embedkit's sections, see :mod:`embedkit.card`), named for
 ``REPO_ID``. A merge output (``embedkit merge``: ``merge.json``, no ``results.json``) goes with ``merge.json``
 and its card rendered again from that record (:func:`embedkit.merging.model_card`), named for ``REPO_ID``.
-Never uploaded: ``checkpoints/``, ``checkpoint-*``, ``logs/``, optimizer / scheduler / RNG / trainer state,
-TensorBoard events, hidden and partial files.
+Never uploaded: ``checkpoints/``, ``checkpoint-*``, the trackers' ``logs/``, ``mlruns/`` and ``wandb/``,
+optimizer / scheduler / RNG / trainer state, TensorBoard events, hidden and partial files.
 
 Before anything goes over the network the folder to upload is staged in a temporary directory and checked:
 the model loads from exactly those files and encodes a sentence, the card parses with
@@ -48,6 +48,7 @@ from embedkit.card import (
     read_front_matter,
     redact_home,
 )
+from embedkit.cliargs import add_renamed
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
 from embedkit.merging import MergeError, model_card, read_record
@@ -62,7 +63,7 @@ class HubError(EmbedkitError):
 
 # Never uploaded (globs matched against the path relative to the output folder and against each part of it).
 DEFAULT_EXCLUDE = (
-    "checkpoints", "checkpoint-*", "logs", "runs", ".*", "*.partial", "__pycache__",
+    "checkpoints", "checkpoint-*", "logs", "runs", "mlruns", "wandb", ".*", "*.partial", "__pycache__",
     "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state*.pth", "training_args.bin",
     "trainer_state.json", "events.out.tfevents.*", "embedkit_method_state.safetensors", "embedkit_checkpoint.json",
     "README.md",  # replaced by the embedkit model card
@@ -467,7 +468,7 @@ def _upload(prepared: Prepared, repo_id: str, private: bool, revision: str | Non
 
 
 def _cli_push(args: argparse.Namespace) -> int:
-    push(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
+    push(args.output_dir, args.repo_id, private=args.private, revision=args.branch,
          commit_message=args.commit_message, exclude=tuple(args.exclude), max_file_mb=args.max_file_mb,
          dry_run=args.dry_run)
     return 0
@@ -480,7 +481,8 @@ def add_cli(subparsers: Any) -> None:
                    help="output.dir of a finished `embedkit train` run, or the -o folder of `embedkit merge`")
     p.add_argument("repo_id", metavar="REPO_ID", help="namespace/name of the model repository")
     p.add_argument("--private", action="store_true", help="create the repository private")
-    p.add_argument("--revision", metavar="BRANCH", help="push to this branch (created if missing)")
+    p.add_argument("--branch", metavar="BRANCH", help="push to this branch (created if missing)")
+    add_renamed(p, "--revision", "--branch", "branch")
     p.add_argument("--commit-message", help="commit message (default: 'Upload model trained with embedkit', or "
                                             "'merged' for a merge)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",

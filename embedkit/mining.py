@@ -41,7 +41,7 @@ def mining_device(requested: str = "auto") -> torch.device:
 
 
 def unit_vectors(model: SentenceTransformer, sentences: list[str], batch_size: int = 128,
-                 device: str | torch.device = "auto") -> Tensor:
+                 device: str | torch.device = "auto", show_progress_bar: bool | None = False) -> Tensor:
     """Unit-normalised float32 embeddings as a CPU tensor, from :func:`embedkit.encoding.encode` on the mining
     device (see :func:`mining_device`).
 
@@ -54,12 +54,14 @@ def unit_vectors(model: SentenceTransformer, sentences: list[str], batch_size: i
         return torch.zeros(0, model.get_embedding_dimension())
     target = mining_device(device) if isinstance(device, str) else device
     if not distributed.connected():
-        return torch.from_numpy(encode(model, sentences, batch_size, normalize=True, device=target))
+        return torch.from_numpy(encode(model, sentences, batch_size, normalize=True, device=target,
+                                       show_progress_bar=show_progress_bar))
 
     size = distributed.world_size()
     per = math.ceil(len(sentences) / size)
+    bar = show_progress_bar if distributed.is_main() else False  # one bar, rank 0's
     local = torch.from_numpy(encode(model, sentences[distributed.local_rows(per)], batch_size, normalize=True,
-                                    device=target))
+                                    device=target, show_progress_bar=bar))
     # nccl moves CUDA tensors only; gloo CPU ones. Every shard is padded to `per` rows for all_gather.
     comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     padded = torch.zeros(per, local.shape[1], dtype=local.dtype, device=comm)
@@ -177,7 +179,7 @@ class HardNegatives:
 def mine_negatives(
     model: SentenceTransformer | None, anchors: Sequence[str], positives: Sequence[str], settings: Any,
     corpus: Sequence[str] | None = None, *, encoder: Callable[[list[str]], Tensor] | None = None,
-    backend: Backend = "auto", device: str = "auto", chunk_size: int = 4096,
+    backend: Backend = "auto", device: str = "auto", chunk_size: int = 4096, progress: bool | None = False,
 ) -> HardNegatives:
     """Mine ``settings.num_negatives`` hard negatives for each (anchor, positive) row.
 
@@ -193,6 +195,7 @@ def mine_negatives(
     Of the rest, ``sampling_strategy: top`` keeps the ``k`` best, ``random`` draws ``k`` (seeded per row by
     ``(seed, row)``, so the draw does not depend on the other rows), written best first. A row left with fewer
     than ``k`` candidates is dropped and counted (``rows_short``), as sentence-transformers' n-tuple output does.
+    ``progress``: a bar while the default encoder runs (``None``: when stderr is a terminal).
     """
     if len(anchors) != len(positives):
         raise ValueError(f"{len(anchors)} anchors but {len(positives)} positives")
@@ -201,7 +204,7 @@ def mine_negatives(
         vectors = encoder(texts)
     else:
         assert model is not None, "mine_negatives needs a model or an encoder"
-        vectors = unit_vectors(model, texts, settings.batch_size, device)
+        vectors = unit_vectors(model, texts, settings.batch_size, device, show_progress_bar=progress)
     uid = {t: i for i, t in enumerate(texts)}
     a_ids = np.array([uid[t] for t in anchors], dtype=np.int64)
     p_ids = np.array([uid[t] for t in positives], dtype=np.int64)

@@ -14,6 +14,7 @@ Nothing here imports torch: validation of a bad recipe answers in well under a s
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import os
 import re
@@ -351,6 +352,44 @@ def task_recipes(recipe: Recipe) -> list[tuple[TaskSource, Recipe]]:
     return out
 
 
+# The experiment trackers training.report_to may name: transformers' own integrations (its
+# INTEGRATION_TO_CALLBACK; a test checks each is there), with the module each needs (None: not checked here).
+TRACKERS: dict[str, str | None] = {
+    "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+    "neptune": "neptune", "clearml": "clearml", "dvclive": "dvclive", "trackio": "trackio", "swanlab": "swanlab",
+    "azure_ml": "azureml", "codecarbon": "codecarbon", "dagshub": "dagshub", "flyte": "flytekit",
+}
+_TRACKER_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "tensorboard": "tensorboard"}
+
+
+def tracker_installed(name: str) -> bool:
+    """Whether the module a tracker needs is importable (found, not imported: validation stays torch-free)."""
+    module = TRACKERS.get(name)
+    return module is None or importlib.util.find_spec(module) is not None or (
+        name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None)
+
+
+def _trackers(value: Any) -> Any:
+    """``auto``, one name or a list of names; every name a transformers integration that is installed."""
+    if value == "auto":
+        return value
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise PydanticCustomError("trackers", "expected 'auto', a tracker name or a list of them (e.g. [tensorboard,"
+                                  " mlflow]); [] for none")
+    for name in names:
+        if name not in TRACKERS:
+            close = difflib.get_close_matches(name, list(TRACKERS), n=1)
+            raise PydanticCustomError("tracker_name", "unknown tracker {name}{hint}; expected one of: {known}",
+                                      {"name": repr(name), "known": ", ".join(TRACKERS),
+                                       "hint": f" (did you mean {close[0]}?)" if close else ""})
+        if not tracker_installed(name):
+            raise PydanticCustomError("tracker_missing", "{name} is not installed: pip install {package} (or leave "
+                                      "it out of training.report_to)",
+                                      {"name": name, "package": _TRACKER_PACKAGES.get(name, name.replace("_", "-"))})
+    return list(dict.fromkeys(names))
+
+
 class TrainingSection(Section):
     batch_size: int = Field(
         64, gt=0, description="the GLOBAL batch: every process takes batch_size / world size rows per step (it must "
@@ -392,6 +431,11 @@ class TrainingSection(Section):
     )
     dataloader_workers: int = Field(0, ge=0)
     drop_last: bool = False
+    report_to: Annotated[Any, AfterValidator(_trackers)] = Field(
+        "auto", description="experiment trackers (transformers' integrations): a list such as [tensorboard, wandb, "
+        "mlflow]; [] for none; auto: tensorboard when installed. TensorBoard writes <output>/logs, MLflow "
+        "<output>/mlruns unless MLFLOW_TRACKING_URI is set, wandb <output>/wandb (WANDB_MODE=offline: no network)",
+    )
 
     @field_validator("matryoshka_dims")
     @classmethod
@@ -710,21 +754,54 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in args for m in _models_in(arg)]
 
 
+class KeyLines(dict):
+    """Key path → 1-based line of the recipe file, plus the key paths that overrides set (``overridden``: path →
+    where it was given, e.g. ``command line``): an error at such a key blames the override, not the file."""
+
+    def __init__(self, lines: Mapping[tuple, int] = (), overridden: Mapping[tuple, str] | None = None) -> None:
+        super().__init__(lines)
+        self.overridden: dict[tuple, str] = dict(overridden or {})
+
+    def override_source(self, loc: tuple) -> str | None:
+        """Where the value at ``loc`` came from when an override set it (or set a section above it), or when the
+        key is not in the file and an override set a key below it; else None."""
+        for path, origin in self.overridden.items():
+            if loc[: len(path)] == path or (loc not in self and path[: len(loc)] == loc and loc):
+                return origin
+        return None
+
+
+def where_of(source: str, lines: Mapping[tuple, int], loc: tuple) -> str:
+    """``file:line`` of a key path (the nearest enclosing key's line when the key is a default), or ``command
+    line`` (the override's origin) when an override set it."""
+    origin = lines.override_source(loc) if isinstance(lines, KeyLines) else None
+    if origin is not None:
+        return origin
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+    return f"{source}:{line}" if line else source
+
+
+def _did_you_mean(name: str, allowed: list[str], parent: tuple) -> str:
+    close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.6)
+    return f" (did you mean {'.'.join(map(str, (*parent, close[0])))}?)" if close else ""
+
+
 def format_validation_error(
     err: ValidationError, source: str, lines: dict[tuple, int], schema: type[BaseModel], prefix: tuple = ()
 ) -> str:
-    """Turn a pydantic error into lines of ``file:line: key.path: what was expected``."""
+    """Turn a pydantic error into lines of ``file:line: key.path: what was expected`` (``command line: ...`` for
+    a key an override set; an unknown key gets a "did you mean" when one allowed key is close)."""
     out = []
     for item in err.errors():
         loc = prefix + tuple(p for p in item["loc"] if not isinstance(p, str) or not (
             p.startswith("function-") or p == "[key]" or p in _UNION_TAGS))
         key = ".".join(str(p) for p in loc) or "(top level)"
-        line = lines.get(loc) or lines.get(loc[:-1]) or lines.get(loc[:1])
-        where = f"{source}:{line}" if line else source
+        where = where_of(source, lines, loc)
         if item["type"] == "extra_forbidden":
             allowed = _fields_of(schema, tuple(loc[len(prefix) : -1]))
+            guess = _did_you_mean(loc[-1], allowed, loc[:-1]) if loc else ""
             hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
-            msg = f"unknown key{hint}"
+            msg = f"unknown key{guess}{hint}"
         elif item["type"] == "missing":
             msg = "required key is missing"
         else:
@@ -920,12 +997,19 @@ def parse_recipe(
     :func:`embedkit.validate.load_recipe`, which needs the method registry.
     """
     raw, source, lines = recipe_mapping(recipe)
+    lines = KeyLines(lines, {**{tuple(k): _override_origin(overrides) for k, _ in override_items(overrides)},
+                             **{tuple(k): "keyword argument" for k, _ in field_items(fields)}})
     raw = _numbers(apply_overrides(raw, overrides, fields))
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source, lines, Recipe)) from None
     return recipe, source, lines
+
+
+def _override_origin(overrides: Overrides) -> str:
+    """What an error at an overridden key blames: the command line's ``key=value`` strings, or a mapping."""
+    return "overrides" if isinstance(overrides, Mapping) else "command line"
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

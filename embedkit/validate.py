@@ -39,6 +39,7 @@ from embedkit.recipe import (
     parse_recipe,
     per_device_batch,
     task_recipes,
+    where_of,
 )
 
 
@@ -255,9 +256,7 @@ def _check_lora(recipe: Recipe, source: str, lines: dict) -> None:
 
 def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:
     """``file:line: key.path`` for a message; the nearest enclosing key's line when the key is a default."""
-    line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
-    dotted = ".".join(map(str, key))
-    return f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
+    return f"{where_of(source, lines, key)}: {'.'.join(map(str, key))}"
 
 
 def _local_file(

@@ -91,7 +91,7 @@ def _bad(tmp_path: Path, model: str, data: Path, change) -> dict:
 
 BAD_DICTS = [
     (lambda r: r["training"].update(max_stepz=3),
-     "<dict>: training.max_stepz: unknown key; expected one of: adam_beta1, "),
+     "<dict>: training.max_stepz: unknown key (did you mean training.max_steps?); expected one of: adam_beta1, "),
     (lambda r: r["training"].update(batch_size="big"),
      "<dict>: training.batch_size: Input should be a valid integer, unable to parse string as an integer (got 'big')"),
     (lambda r: r["method"].update(temperature="hot"),
@@ -126,7 +126,8 @@ def test_a_bad_recipe_object_or_argument_is_one_line(tmp_path, tiny_model_path, 
         embedkit.train(good, "training.max_steps=2")
     with pytest.raises(RecipeError, match=r"^override 'training max steps': expected a dotted key path"):
         embedkit.train(good, {"training max steps": 2})
-    with pytest.raises(RecipeError, match=r"^<dict>: trainig: unknown key; expected one of: data, description"):
+    with pytest.raises(RecipeError, match=r"^keyword argument: trainig: unknown key \(did you mean training\?\); "
+                                          r"expected one of: data, description"):
         embedkit.train(good, trainig={"max_steps": 2})
     assert not (tmp_path / "out").exists()
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "embedkit"
 # Lowest first. A module belongs to the first layer with a prefix that matches its dotted name.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("embedkit.errors", "embedkit.paths", "embedkit.log", "embedkit.version", "embedkit.outputs",
-                    "embedkit.distributed")),
+                    "embedkit.distributed", "embedkit.cliargs")),
     ("recipe and data", ("embedkit.recipe", "embedkit.data", "embedkit.model_ref", "embedkit.model_files")),
     ("models and encoding", ("embedkit.modeling", "embedkit.modules", "embedkit.encoding", "embedkit.augment",
                              "embedkit.merging")),

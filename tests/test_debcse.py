@@ -4,6 +4,7 @@ masking, determinism, the training method and ``embedkit data diagnose``."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -440,6 +441,20 @@ def test_diagnose_cli_writes_png_and_numbers(tmp_path, sentences_file, tiny_mode
     assert "negative" in after and "negative" not in before
     assert before["in_batch"]["masked_share"] == 0.0
     assert after["in_batch"]["above_positive_after_mask_share"] == 0.0
+
+
+def test_diagnose_of_another_method_describes_its_pairs(tmp_path, sentences_file, tiny_model_path, capsys):
+    """A simcse-unsup recipe trains on its own pairs: the report names them, not "after debiasing"."""
+    from embedkit.cli import main
+
+    recipe = _write_recipe(tmp_path, sentences_file, tiny_model_path, "k: 4", steps=1)
+    assert main(["data", "diagnose", recipe, "method={name: simcse-unsup}", "-o", str(tmp_path / "diag"),
+                 "--max-samples", "32", "--batch-size", "16", "--no-chart"]) == 0
+    printed = capsys.readouterr().out
+    assert "after debiasing" not in printed
+    assert "simcse-unsup trains on the pairs in column 'simcse-unsup'" in printed
+    assert re.search(r"^\s+simcse-uns\s+debcse$", printed, re.M), printed
+    assert "DebCSE's debiasing (its defaults) would give, positives:" in printed
 
 
 @pytest.mark.slow

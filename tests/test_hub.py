@@ -201,7 +201,7 @@ def test_push_download_load_identical(trained_output, hub, tmp_path, capfd, hf_l
 def test_cli_push_private_branch(trained_output, hub, capfd):
     from embedkit.cli import main
 
-    rc = main(["push", str(trained_output), "tester/tiny-branch", "--private", "--revision", "dev",
+    rc = main(["push", str(trained_output), "tester/tiny-branch", "--private", "--branch", "dev",
                "--commit-message", "first tiny model"])
     assert rc == 0
     repo = hub.state.repos["tester/tiny-branch"]

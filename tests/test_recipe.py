@@ -83,7 +83,8 @@ def test_unknown_method_and_method_param(tmp_path, sentences_file):
         load_recipe(path)
     typo = {"name: simcse-unsup": "name: simcse-unsup\n  temprature: 0.1"}
     path = write_recipe(tmp_path, good(tmp_path, sentences_file, **typo))
-    with pytest.raises(RecipeError, match=r"r\.yaml:10: method\.temprature: unknown key; expected one of: temperature"):
+    with pytest.raises(RecipeError, match=r"r\.yaml:10: method\.temprature: unknown key \(did you mean "
+                       r"method\.temperature\?\); expected one of: temperature"):
         load_recipe(path)
 
 
@@ -120,6 +121,29 @@ def test_overrides_are_typed_and_validated(tmp_path, sentences_file):
     assert parse_override("a.b=1e-4") == (["a", "b"], "1e-4")  # typed later, with the whole recipe
     with pytest.raises(RecipeError, match="expected key.path=value"):
         parse_override("training.batch_size")
+
+
+def test_override_typo_blames_the_command_line_with_a_guess(tmp_path, sentences_file):
+    """A misspelt override is the command line's mistake: not the recipe's line, and the close key is named."""
+    path = write_recipe(tmp_path, good(tmp_path, sentences_file))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["training.max_stepz=3"])
+    msg = str(err.value)
+    assert msg.startswith("command line: training.max_stepz: unknown key (did you mean training.max_steps?)"), msg
+    assert f"{path}:" not in msg
+    with pytest.raises(RecipeError, match=r"^command line: training\.batch_size: .*integer.*'eight'"):
+        load_recipe(path, ["training.batch_size=eight"])  # a bad value given on the command line, at a key the file has
+    with pytest.raises(RecipeError, match=r"^command line: trainin: unknown key \(did you mean training\?\)"):
+        load_recipe(path, ["trainin.max_steps=3"])
+    with pytest.raises(RecipeError, match=r"^command line: method\.temprature: unknown key \(did you mean"):
+        load_recipe(path, ["method.temprature=0.1"])  # the method's own schema, checked one layer up
+    with pytest.raises(RecipeError, match=r"^overrides: training\.max_stepz: unknown key"):
+        load_recipe(path, {"training.max_stepz": 3})
+    # the file's own typo still names its line, next to an override that is fine
+    typo = write_recipe(tmp_path, good(tmp_path, sentences_file, **{"learning_rate": "lerning_rate"}), "t.yaml")
+    with pytest.raises(RecipeError, match=rf"^{typo}:12: training\.lerning_rate: unknown key \(did you mean "
+                       r"training\.learning_rate\?\)"):
+        load_recipe(typo, ["training.max_steps=3"])
 
 
 def test_yaml_is_safe_loaded(tmp_path, sentences_file):

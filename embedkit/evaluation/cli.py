@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from embedkit.cliargs import add_no_progress, add_renamed
 from embedkit.data.ranking import RerankSet, read_beir, read_rerank
 from embedkit.errors import DataError, EmbedkitError
 from embedkit.evaluation.overlap import (
@@ -58,8 +59,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seq-length", type=int, metavar="N",
                    help="cut sentences at N tokens for the STS suite (default: the model's own maximum, e.g. 512, "
                         "not the training length, as SentEval)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar while encoding (default: one on stderr when it is a terminal)")
+    add_no_progress(p)
     p.add_argument("-o", "--output", help="output folder (default: eval-results/<model name>)")
     p.add_argument("--batch-size", type=int, default=128, help="sentences encoded per batch (default 128)")
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
@@ -90,7 +90,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="let mteb reuse cached results for the same model name + revision (default: recompute)")
     g.add_argument("--submission", metavar="DIR", help="write leaderboard submission files (results tree + ModelMeta)")
     g.add_argument("--model-name", help="organization/model_name for mteb (default: the card's name or local/<folder>)")
-    g.add_argument("--revision", help="model revision for mteb (default: SHA-256 of the weights)")
+    g.add_argument("--mteb-revision",
+                   help="the model revision mteb records (default: SHA-256 of the weights)")
+    add_renamed(g, "--revision", "--mteb-revision", "mteb_revision")
     g.add_argument("--license", help="model license for the ModelMeta (default: the training recipe's)")
     g.add_argument("--languages", default="eng-Latn", help="ModelMeta languages, comma-separated ISO codes")
     g.add_argument("--training-code", metavar="URL", help="public training code link for the ModelMeta")
@@ -228,7 +230,7 @@ def _run(args: argparse.Namespace, suite: str, folder: OutputFolder, started: fl
     out = folder.out
     common = dict(data_dir=args.data_dir, batch_size=args.batch_size, source=args.source, autocast=args.autocast,
                   progress=True, max_seq_length=args.max_seq_length,
-                  show_progress_bar=False if args.no_progress else None)  # None: a bar when stderr is a terminal
+                  show_progress_bar=args.progress)  # None: a bar when stderr is a terminal
     results: dict[str, Any] = {"arguments": {k: v for k, v in vars(args).items() if k != "func"}}
     # Reranking files and BEIR folders are read in full before the model loads: a bad row fails at once.
 
@@ -258,7 +260,7 @@ def _run(args: argparse.Namespace, suite: str, folder: OutputFolder, started: fl
         run = run_mteb(
             model, args.mteb, args.mteb_benchmark, extra_tasks=extra, data_dir=args.data_dir, cache_dir=out / "mteb",
             batch_size=args.batch_size, source=args.source, autocast=args.autocast, model_name=args.model_name,
-            revision=args.revision, reuse_cache=args.reuse_mteb_cache, submission=args.submission,
+            revision=args.mteb_revision, reuse_cache=args.reuse_mteb_cache, submission=args.submission,
             languages=[s.strip() for s in args.languages.split(",") if s.strip()], license=args.license,
             training_code=args.training_code, training_data=args.training_data, progress=True, model_path=spec,
         )

@@ -326,8 +326,8 @@ def build_model_meta(model: SentenceTransformer, name: str, revision: str | None
                 "otherwise (e.g. local/<name>)")
         wanted = revision or proven_rev
         if wanted and known.revision and wanted != known.revision:
-            raise EmbedkitError(f"--revision {wanted}: mteb registers {name} at revision {known.revision}; results "
-                                "for another revision cannot use its entry (omit --revision)")
+            raise EmbedkitError(f"--mteb-revision {wanted}: mteb registers {name} at revision {known.revision}; "
+                                "results for another revision cannot use its entry (omit --mteb-revision)")
         return known
 
     recipe = recipe if recipe is not None else _read_recipe(path) or {}
@@ -594,7 +594,7 @@ def write_submission(target: str | os.PathLike, cache: Any, meta: Any, task_name
             name=meta.name, path=meta.model_name_as_path(), revision=meta.revision, folder=target,
             registry=(REGISTERED_NOTE if registered_meta(meta.name) is not None else UNREGISTERED_NOTE).format(
                 name=meta.name),
-            revision_note=" (a SHA-256 of the weights; pass --revision <Hub commit> once the model is pushed)"
+            revision_note=" (a SHA-256 of the weights; pass --mteb-revision <Hub commit> once the model is pushed)"
             if len(meta.revision) == 64 else "",
             code=meta.public_training_code or "not set (pass --training-code URL)",
             data=meta.public_training_data or "not set (pass --training-data URL)",

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from embedkit.cliargs import add_no_progress
 from embedkit.data.heldout import split_heldout
 from embedkit.data.ranking import read_rerank
 from embedkit.data.sources import TrainData, read_corpus, read_local, read_pairs, read_train_source
@@ -132,13 +133,15 @@ def too_few_kept(stats: dict[str, Any], settings: MineSection, name: Callable[[s
             + (f" (or lower {name('min_rows_kept')} to accept them)" if rows else ""))
 
 
-def run_mining(model: Any, pairs: TrainData, settings: MineSection, corpus: list[str] | None) -> Any:
-    """Mine (every process of a ``torchrun`` group takes part) and return the :class:`HardNegatives`."""
+def run_mining(model: Any, pairs: TrainData, settings: MineSection, corpus: list[str] | None,
+               progress: bool | None = False) -> Any:
+    """Mine (every process of a ``torchrun`` group takes part) and return the :class:`HardNegatives`;
+    ``progress``: an encoding bar (``None``: when stderr is a terminal)."""
     from embedkit.mining import ensure_process_group, mine_negatives
 
     ensure_process_group()
     anchors, positives = (list(map(str, v)) for v in pairs.columns.values())
-    return mine_negatives(model, anchors, positives, settings, corpus)
+    return mine_negatives(model, anchors, positives, settings, corpus, progress=progress)
 
 
 def summary(stats: dict[str, Any]) -> str:
@@ -401,7 +404,7 @@ def _mine(args: argparse.Namespace) -> int:
         model = build_model(recipe.model)  # the recipe's pooling and max_seq_length, as training starts with
     else:
         model, _ = load_model(model_name)
-    mined = run_mining(model, pairs, settings, corpus)
+    mined = run_mining(model, pairs, settings, corpus, args.progress)
     reason = too_few_kept(mined.stats, settings, cli_flag)
     if reason:
         raise EmbedkitError(f"data mine: {reason}; nothing was written")
@@ -448,4 +451,5 @@ def add_cli(data_commands: argparse._SubParsersAction) -> None:
     d.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
     d.add_argument("-o", "--output", required=True, help="the mined file, FILE.jsonl")
     d.add_argument("--overwrite", action="store_true", help="replace FILE.jsonl if it exists (default: refuse)")
+    add_no_progress(d)
     d.set_defaults(func=_mine)

@@ -245,6 +245,7 @@ def train(
     data_dir: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    progress: bool | None = None,
     **fields: Any,
 ) -> TrainResult:
     """Run a recipe end to end; returns a :class:`TrainResult` (the model, ``results.json``, the output folder).
@@ -255,22 +256,26 @@ def train(
     ``{"training.max_steps": 2}``; each replaces the value at its key. ``fields``: sections by keyword, set key
     by key and applied after ``overrides``: ``train("quickstart", training={"max_steps": 2})`` changes
     ``training.max_steps`` only. ``data_dir``, ``resume`` and ``overwrite`` are the command's ``--data-dir``,
-    ``--resume`` and ``--overwrite``.
+    ``--resume`` and ``--overwrite``. ``progress``: the trainer's progress bar (``None``: only when stderr is a
+    terminal, else a plain line every ``training.logging_steps`` steps; ``False``: neither, ``--no-progress``).
     """
     started = time.time()
     recipe, train_data = load_recipe_with_data(recipe, overrides, data_dir, checks=SETUP_CHECKS, **fields)
     plan = reserve(recipe, train_data, resume, overwrite)
     if not isinstance(plan, Plan):
         return TrainResult(Path(recipe.output.dir).expanduser(), plan)
-    with plan.folder as folder:
+    from embedkit.training.progress import quiet_bars, show_bars, tracker_env
+
+    with plan.folder as folder, quiet_bars(not show_bars(progress)):
         if distributed.is_main() and not resume:
             folder.write_marker(recipe=recipe.model_dump(mode="json"),
                                 data_sha256=getattr(train_data, "sha256", None))
-        run = setup(recipe, train_data, data_dir, folder.work, plan.checkpoint)
+        run = setup(recipe, train_data, data_dir, folder.work, plan.checkpoint, progress)
         run.results["overrides"] = [str(o) for o in overrides or []]  # the card says what changed the recipe
         if plan.checkpoint is not None:
             log(f"resuming from {plan.checkpoint}")
-        run.trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+        with tracker_env(run.trackers, folder.work):
+            run.trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
         share = _from_rank_zero()  # every process, before rank 0's final evaluation
         if run.trainer.is_world_process_zero():
             try:
@@ -319,10 +324,12 @@ class Run:
     results: dict[str, Any]
     precision: str
     final_sets: tuple = ()  # eval.rerank / eval.retrieval sets, read before the model loaded
+    trackers: list[str] = field(default_factory=list)  # training.report_to, resolved
 
 
-def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, checkpoint: Path | None) -> Run:
-    """Model, data, method, loss and trainer; nothing is trained."""
+def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, checkpoint: Path | None,
+          progress: bool | None = None) -> Run:
+    """Model, data, method, loss and trainer; nothing is trained. ``progress`` as in :func:`train`."""
 
     method_cls = get_method(recipe.method.name)
     params = method_cls.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
@@ -335,6 +342,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     from embedkit.data.samplers import LengthGroupedBatchSampler, sampler_for_processes
     from embedkit.evaluation.core import load_dev, load_rankings, make_dev_evaluator, score_dev
     from embedkit.modeling import build_model
+    from embedkit.training.progress import PlainProgress, describe_trackers, resolve_trackers, show_bars
     from embedkit.training.trainer import EmbedkitTrainer, load_method_state
 
     dev_pairs = load_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
@@ -406,6 +414,8 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         log(f"{dev_pairs.label} before training: {before[dev_pairs.metric]:.2f} {METRIC_LABELS[dev_pairs.metric]}")
 
     precision = resolve_precision(t.precision)
+    trackers = resolve_trackers(t.report_to)
+    log(describe_trackers(trackers, t.report_to, work))
     # An embedkit sampler builds global batches and yields each process's share in turn, so its rule (no
     # duplicates, length groups) holds for the batch the loss gathers (docs/distributed.md).
     sampler = sampler_for_processes(method.batch_sampler() or (LengthGroupedBatchSampler if t.group_by_length
@@ -442,20 +452,23 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         metric_for_best_model=dev_pairs.metric_key if dev_pairs is not None else None,
         greater_is_better=True,
         logging_steps=t.logging_steps,
-        report_to="none",
+        report_to=trackers or "none",  # the trainer's own integrations, with every logged loss term and dev score
         dataloader_num_workers=t.dataloader_workers,
         dataloader_drop_last=t.drop_last or world_size > 1,
         batch_sampler=sampler or BatchSamplers.BATCH_SAMPLER,
         prompts=(tasks.prompts if multi else method_cls.training_prompts(recipe, dataset.column_names)) or None,
         **({"multi_dataset_batch_sampler": tasks.sampler} if multi else {}),
-        disable_tqdm=False,
+        disable_tqdm=not show_bars(progress),
     )
-    callbacks = method.callbacks(loss) + _tensorboard_callbacks(work / "logs")
+    callbacks = method.callbacks(loss) + ([PlainProgress()] if progress is None and args.disable_tqdm else [])
     trainer = (tasks.make_trainer if multi else EmbedkitTrainer)(
         model=model, args=args, train_dataset=dataset, loss=loss,
         evaluator=make_dev_evaluator(dev_pairs) if dev_pairs is not None else None,
         callbacks=callbacks,
     )
+    for callback in trainer.callback_handler.callbacks:  # TensorBoard writes the run folder's logs/
+        if type(callback).__name__ == "TensorBoardCallback":
+            callback.logging_dir = str(work / "logs")
     add_method_citation(model, recipe.method.name, method_cls.paper, method_cls.citation)
     if recipe.eval.mteb:  # unknown task names and missing local data fail now, not after training
         from embedkit.evaluation.mteb_eval import resolve_tasks
@@ -466,7 +479,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     if rank == 0:
         with atomic_path(work / "recipe.yaml") as tmp:
             tmp.write_text(recipe_to_yaml(recipe), encoding="utf-8")
-    return Run(recipe, method_cls, trainer, dev_pairs, results, precision, final_sets)
+    return Run(recipe, method_cls, trainer, dev_pairs, results, precision, final_sets, trackers)
 
 
 def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) -> dict[str, Any]:
@@ -629,15 +642,6 @@ def _report_dev(dev: dict[str, Any], dev_set: Any) -> None:
     log(f"{label}{what} after training: {after:.2f} (before {before:.2f}, change {after - before:+.2f}{role})")
     if after <= before:
         log(f"note: this run did not improve {label}{what} over the starting model; no gain is claimed.")
-
-
-def _tensorboard_callbacks(log_dir: Path) -> list:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
-    except ImportError:
-        return []
-    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))]
 
 
 def save_final(model: Any, out: Path, results: dict[str, Any]) -> None:

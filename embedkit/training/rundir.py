@@ -57,16 +57,18 @@ OWNER = ".embedkit.lock.json"  # who holds the lock (the lock file itself stays 
 RESULTS = "results.json"  # written last: its presence marks a finished run
 CHECKPOINTS = "checkpoints"
 # What a run writes before it finishes; a finished run's marker lists its own top-level entries instead.
-RUN_ENTRIES = {MARKER, LOCK, OWNER, "recipe.yaml", "logs", "mined", CHECKPOINTS, ".final-model.partial",
-               RESULTS + ".partial"}
-# What those folders hold while a run is unfinished (a finished run's marker lists every file instead).
-RUN_FILES = {"logs": "events.out.tfevents.*", "mined": "train*"}
+RUN_ENTRIES = {MARKER, LOCK, OWNER, "recipe.yaml", "logs", "mlruns", "wandb", "mined", CHECKPOINTS,
+               ".final-model.partial", RESULTS + ".partial"}  # logs, mlruns, wandb: the experiment trackers'
+# What those folders hold while a run is unfinished (a finished run's marker lists every file instead); the
+# trackers' own folders (mlruns, wandb: training.report_to) hold whatever their library writes.
+RUN_FILES = {"logs": "events.out.tfevents.*", "mined": "train*", "mlruns": "*", "wandb": "*"}
 
 # Keys that may differ between a run and its --resume: they change when and how the run reports, not what it
 # trains. Everything else (model, data, method, batch size, steps, seed, ...) is part of the run's meaning.
 RESUMABLE_KEYS = (
     "description",
     "training.logging_steps",
+    "training.report_to",
     "training.dataloader_workers",
     "eval.before",
     "eval.suite",

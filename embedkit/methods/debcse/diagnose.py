@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from embedkit.cliargs import add_renamed
 from embedkit.data.sources import read_train_source
 from embedkit.errors import DataError, EmbedkitError
 from embedkit.methods import get_method
@@ -138,8 +139,8 @@ TABLE = (
 )
 
 
-def format_table(before: dict[str, Any], after: dict[str, Any]) -> str:
-    """The before/after table as printed by the CLI."""
+def format_table(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str] = ("before", "after")) -> str:
+    """The before/after table as printed by the CLI (``labels``: its two column heads)."""
 
     def get(d: dict, path: tuple) -> Any:
         for p in path:
@@ -148,7 +149,7 @@ def format_table(before: dict[str, Any], after: dict[str, Any]) -> str:
             d = d[p]
         return d
 
-    lines = [f"{'':34} {'before':>10} {'after':>10}"]
+    lines = [f"{'':34} {labels[0][:10]:>10} {labels[1][:10]:>10}"]
     for label, path in TABLE:
         lines.append(f"{label:34} {_fmt(get(before, path)):>10} {_fmt(get(after, path)):>10}")
     return "\n".join(lines)
@@ -362,15 +363,22 @@ def cutoff_report(summary: dict[str, Any]) -> list[str]:
 def _diagnose(args: argparse.Namespace) -> int:
     out = args.output or f"diagnose-{Path(args.recipe).stem}"
     summary = diagnose(args.recipe, args.overrides, data_dir=args.data_dir, out_dir=out,
-                       max_samples=args.max_samples or None, batch_size=args.batch_size, draw=not args.no_plot)
+                       max_samples=args.max_samples or None, batch_size=args.batch_size, draw=not args.no_chart)
     print(f"{args.recipe}: method {summary['method']}, reference {summary['reference']}, "
           f"{summary['before']['rows']} rows, batch {summary['batch_size']}, seed {summary['seed']}")
-    print(f"after debiasing, positives: {summary['after_positive_kinds']}; "
+    method = summary["method"]
+    if method == "debcse":
+        labels, what = ("before", "after"), "after debiasing"
+    else:  # the recipe's own pairs; DebCSE's would-be pairs only beside them, for comparison
+        labels, what = (method, "debcse"), "DebCSE's debiasing (its defaults) would give"
+        print(f"{method} trains on the pairs in column '{method}'; column 'debcse' shows what DebCSE would make of "
+              "the same sentences, for comparison")
+    print(f"{what}, positives: {summary['after_positive_kinds']}; "
           f"hard negatives: {summary['after_negative_kinds'] or 'none'}")
     for line in cutoff_report(summary):
         print(line)
-    print(format_table(summary["before"], summary["after"]))
-    written = [JSON_NAME] if args.no_plot else [PNG_NAME, JSON_NAME]
+    print(format_table(summary["before"], summary["after"], labels))
+    written = [JSON_NAME] if args.no_chart else [PNG_NAME, JSON_NAME]
     print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")
     return 0
 
@@ -379,7 +387,8 @@ def add_cli(data_commands: argparse._SubParsersAction) -> None:
     """Register ``embedkit data diagnose RECIPE [-o DIR]`` under the ``data`` command group."""
     d = data_commands.add_parser(
         "diagnose",
-        help="length/surface/semantic histograms of the pairs a recipe trains on, before and after debiasing",
+        help="length/surface/semantic histograms of the pairs a recipe trains on (beside them: DebCSE's debiased "
+             "pairs; for a debcse recipe, before and after debiasing)",
     )
     d.add_argument("recipe", help="recipe file, or the name of a shipped recipe")
     d.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe fields")
@@ -389,5 +398,6 @@ def add_cli(data_commands: argparse._SubParsersAction) -> None:
     d.add_argument("--max-samples", type=int, default=2000,
                    help="diagnose the first N training rows (default 2000; 0: all)")
     d.add_argument("--batch-size", type=int, help="batch size of the simulated batches (default: the recipe's)")
-    d.add_argument("--no-plot", action="store_true", help="numbers only, no PNG")
+    d.add_argument("--no-chart", action="store_true", help="numbers only, no PNG")
+    add_renamed(d, "--no-plot", "--no-chart", "no_chart", flag=True)
     d.set_defaults(func=_diagnose)
