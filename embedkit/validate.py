@@ -18,9 +18,9 @@ from embedkit.data.ranking import check_beir_layout, read_rerank
 from embedkit.data.sources import infer_format, read_corpus, read_local
 from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
-from embedkit.methods import get_method
+from embedkit.methods import bound_method, get_method
 from embedkit.methods.multitask import MultiTrainData, source_method_problem
-from embedkit.model_ref import check_recipe_refs
+from embedkit.model_ref import ModelRefError, check_model, check_recipe_refs
 from embedkit.recipe import (
     DevSection,
     MethodSection,
@@ -81,6 +81,7 @@ def load_recipe_with_data(
             format_validation_error(err, source, lines, method.params_cls, prefix=("method",))
         ) from None
     recipe.method = MethodSection(name=recipe.method.name, **validated.model_dump())
+    method = method.bind(validated)
     _check_objective(recipe, method, validated, source, lines)
     world = distributed.world_size()
     if world > 1:  # under torchrun / accelerate: the global batch must split evenly now
@@ -97,6 +98,7 @@ def load_recipe_with_data(
         # The model and the Hub too (torch-free, cheap): a bad model folder, custom code or an unreachable Hub
         # fails here, before anything loads.
         check_recipe_refs(recipe, source, lines, hub_data=train_data is None)
+        check_method_models(method, validated, source, lines)
         for note in notes:
             notice(note)
     return recipe, train_data
@@ -118,6 +120,15 @@ def _check_objective(recipe: Recipe, method: Any, params: Any, source: str, line
             errors.append(f"{_where(source, lines, tuple(key))}: {reason}")
     if errors:
         raise RecipeError("\n".join(errors))
+
+
+def check_method_models(method: Any, params: Any, source: str, lines: dict) -> None:
+    """The models a method loads besides ``model.name`` (``st-loss``'s guide), checked as ``model.name`` is."""
+    for key, name in method.model_refs(params):
+        try:
+            check_model(name, what=f"{_where(source, lines, key)}", trust_flag=None)
+        except ModelRefError as err:
+            raise RecipeError(str(err)) from None
 
 
 def check_batch_split(recipe: Recipe, world_size: int, source: str = "recipe",
@@ -376,7 +387,7 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
     parts: dict[str, Any] = {}
     for i, (src, view) in enumerate(views):
         try:
-            parts[src.name] = _check_train_data(view, resolved_dir, get_method(view.method.name), source,
+            parts[src.name] = _check_train_data(view, resolved_dir, bound_method(view.method)[0], source,
                                                 _source_lines(lines, i), notes, recipe)
         except RecipeError as err:
             raise RecipeError(_source_keys(str(err), i)) from None
@@ -385,6 +396,7 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
         if i == 0 or parts[src.name] is None:
             try:
                 check_recipe_refs(view, source, _source_lines(lines, i), hub_data=parts[src.name] is None)
+                check_method_models(*bound_method(view.method), source, _source_lines(lines, i))
             except RecipeError as err:
                 raise RecipeError(_source_keys(str(err), i)) from None
     for note in notes:
@@ -404,6 +416,7 @@ def _check_source_method(i: int, src: Any, view: Recipe, source: str, lines: dic
         params = method.params_cls.model_validate({k: v for k, v in src.method.model_dump().items() if k != "name"})
     except ValidationError as err:
         return [format_validation_error(err, source, lines, method.params_cls, prefix=prefix)]
+    method = method.bind(params)
     problem = source_method_problem(method, params)
     if problem:
         return [f"{_where(source, lines, prefix + (problem[0],))}: {problem[1]}"]

@@ -142,6 +142,19 @@ class Method:
     matryoshka: ClassVar[bool] = True  # the main loss is a function of embeddings that may be truncated
 
     @classmethod
+    def bind(cls, params: Any) -> type[Method]:
+        """The class that trains with these (validated) parameters: ``cls`` itself, or for a method whose columns
+        depend on its parameters (``st-loss``: the loss's inputs) a subclass with :attr:`column_roles` etc. set.
+        Called on every path that reads the columns (validation, training setup, multi-task sources)."""
+        return cls
+
+    @classmethod
+    def model_refs(cls, params: Any) -> list[tuple[tuple, str]]:
+        """(recipe key path, model reference) of each model besides ``model.name`` the method loads (a guide or a
+        teacher); validation checks each as it checks ``model.name``. Default: none."""
+        return []
+
+    @classmethod
     def has_positives(cls, params: Any) -> bool:
         """Whether each row gives an (anchor, positive) pair of views (what alignment and CWCL need)."""
         return True
