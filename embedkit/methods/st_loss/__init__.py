@@ -17,12 +17,14 @@ and those options are refused at validation. See docs/st-loss.md.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from embedkit.methods.base import Method, MethodParams, register
+from embedkit.methods.st_loss.signature import SIMILARITY_FUNCTIONS, loss_names, signature
 
 
 @dataclass(frozen=True)
@@ -99,14 +101,10 @@ class STLossParams(MethodParams):
     @field_validator("loss")
     @classmethod
     def _known(cls, name: str) -> str:
-        from embedkit.methods.st_loss.signature import loss_names
-
         names = loss_names()
         if not names:
             raise ValueError("sentence-transformers is not installed (pip install sentence-transformers)")
         if name not in names:
-            import difflib
-
             close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(f"unknown sentence-transformers loss {name!r}; {hint}expected one of: {', '.join(names)}")
@@ -170,8 +168,6 @@ class STLoss(Method):
 
     @classmethod
     def refusals(cls, recipe: Any, params: Any) -> list[tuple[tuple, str]]:
-        from embedkit.methods.st_loss.signature import SIMILARITY_FUNCTIONS, signature
-
         out: list[tuple[tuple, str]] = []
         sig = signature(params.loss)
         settable = [p for p in sig.params if p != "model" and p not in MODEL_PARAMS]

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from embedkit.losses.objective import ComposedLoss, ViewBatch
 from embedkit.methods.st_loss.signature import SIMILARITY_FUNCTIONS, signature
+from embedkit.model_ref import load_model
 
 
 def loss_kwargs(params: Any, gather_across_devices: bool) -> dict[str, Any]:
@@ -82,8 +83,6 @@ class STComposedLoss(ComposedLoss):
 
 def build_st_loss(method: Any) -> nn.Module:
     """The loss of an ``st-loss`` method (its bound class names the loss and its shape)."""
-    from embedkit.model_ref import load_model
-
     ctx, params = method.ctx, method.params
     model = ctx.model
     cls = getattr(st_losses, params.loss)
