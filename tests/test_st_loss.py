@@ -23,8 +23,8 @@ ROWS = [
 
 
 # Column → index in a ROWS tuple.
-PICK = {"anchor": 0, "sentence1": 0, "positive": 1, "sentence2": 1, "negative": 2, "negative_1": 2, "negative_2": 2,
-        "score": 3}
+PICK = {"anchor": 0, "sentence1": 0, "sentence": 0, "query": 0, "positive": 1, "sentence2": 1, "negative": 2,
+        "negative_1": 2, "negative_2": 2, "score": 3}
 
 
 def write_data(tmp_path: Path, columns: list[str]) -> Path:
@@ -58,7 +58,7 @@ def write_recipe(tmp_path: Path, recipe: dict) -> Path:
     return path
 
 
-def reference_run(recipe: dict, columns: list[str], make_loss, tmp_path: Path):
+def reference_run(recipe: dict, columns: list[str], make_loss, tmp_path: Path, labels=None):
     """The same model, rows and hyperparameters through sentence-transformers' own trainer and loss."""
     import datasets
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -71,7 +71,10 @@ def reference_run(recipe: dict, columns: list[str], make_loss, tmp_path: Path):
     t = r.training
     set_seed(t.seed)
     model = build_model(r.model)
-    dataset = datasets.Dataset.from_dict({c: [row[PICK[c]] for row in ROWS] for c in columns})
+    data = {c: [row[PICK[c]] for row in ROWS] for c in columns}
+    if labels is not None:  # a teacher's labels, computed as sentence-transformers' examples do
+        data["label"] = labels(data)
+    dataset = datasets.Dataset.from_dict(data)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(tmp_path / "ref"), per_device_train_batch_size=t.batch_size, learning_rate=t.learning_rate,
         max_steps=t.max_steps, warmup_steps=0, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1,
@@ -105,7 +108,23 @@ CASES = {
     "gist-guide": ("GISTEmbedLoss", {"kwargs": {"temperature": 0.05}, "guide": "GUIDE"},
                    ["anchor", "positive", "negative_1"],
                    lambda m, g: _st().GISTEmbedLoss(m, g, temperature=0.05)),
+    "mse-teacher": ("MSELoss", {"teacher": "GUIDE"}, ["sentence"], lambda m, g: _st().MSELoss(m)),
+    "marginmse-teacher": ("MarginMSELoss", {"teacher": "GUIDE"}, ["query", "positive", "negative_1"],
+                          lambda m, g: _st().MarginMSELoss(m)),
 }
+
+
+def _teacher_embeddings(teacher, columns: dict) -> list:
+    return teacher.encode(columns["sentence"], convert_to_tensor=True).tolist()
+
+
+def _teacher_margins(teacher, columns: dict) -> list:
+    q, p, n = (teacher.encode(columns[c], convert_to_tensor=True) for c in ("query", "positive", "negative_1"))
+    return ((q * p).sum(-1) - (q * n).sum(-1)).tolist()  # sentence-transformers' documented margin label
+
+
+# The label column sentence-transformers' distillation examples precompute with the teacher (reference side).
+TEACHER_LABELS = {"mse-teacher": _teacher_embeddings, "marginmse-teacher": _teacher_margins}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -124,10 +143,12 @@ def test_trains_as_sentence_transformers_trainer(case, tmp_path, spread_model_pa
     result = train(str(write_recipe(tmp_path, recipe)))
     ours = {h["step"]: h["loss"] for h in result.results["train"]["log_history"] if "loss" in h}
 
-    guide = None
-    if "guide" in extra:
+    guide = labels = None
+    if "guide" in extra or "teacher" in extra:
         guide = SentenceTransformer(tiny_model_path, device="cpu")
-    ref_model, theirs = reference_run(recipe, columns, lambda m: make(m, guide), tmp_path)
+    if case in TEACHER_LABELS:
+        labels = lambda data: TEACHER_LABELS[case](guide, data)  # noqa: E731
+    ref_model, theirs = reference_run(recipe, columns, lambda m: make(m, guide), tmp_path, labels)
     assert sorted(ours) == sorted(theirs) == [1, 2]
     assert all(abs(v) > 1e-4 for v in theirs.values()), theirs  # the batch teaches something
     for step in theirs:
@@ -141,6 +162,9 @@ def test_trains_as_sentence_transformers_trainer(case, tmp_path, spread_model_pa
     assert max(float((ref[k] - start[k]).abs().max()) for k in start if k in ref) > 1e-4  # two steps moved it
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     assert loss in card
+    for key, value in extra.get("kwargs", {}).items():  # the card lists the loss's config under it
+        if isinstance(value, float):
+            assert f'"{key}": {value}' in card, key
     saved = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
     assert saved["method"]["name"] == "st-loss" and saved["recipe"]["method"]["loss"] == loss
 
@@ -271,3 +295,25 @@ def test_gradcache_and_matryoshka_equal_plain_and_wrapped_st(tiny_model_path):
     assert vc == pytest.approx(vm, abs=1e-5)
     for a, b in zip(gm, gc, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_distillation_needs_a_teacher_and_its_columns(tmp_path):
+    msg = check(tmp_path, "  name: st-loss\n  loss: MarginMSELoss\n", columns=("query", "positive", "negative"))
+    assert ":6: method.teacher: MarginMSELoss needs a teacher model (it computes the labels when training starts)" \
+        in msg
+    msg = check(tmp_path, "  name: st-loss\n  loss: MarginMSELoss\n  teacher: /nonexistent/teacher\n",
+                columns=("query", "positive"))
+    assert "MarginMSELoss takes query, positive and at least 1 negative column(s)" in msg
+    msg = check(tmp_path, "  name: st-loss\n  loss: MSELoss\n  teacher: /nonexistent/teacher\n", columns=("sentence",))
+    assert ":9: method.teacher: /nonexistent/teacher does not exist" in msg
+    msg = check(tmp_path, "  name: st-loss\n  loss: TripletLoss\n  teacher: /x\n",
+                columns=("anchor", "positive", "negative"))
+    assert ":9: method.teacher: TripletLoss takes no teacher model; remove the key" in msg
+    msg = check(tmp_path, "  name: st-loss\n  loss: MSELoss\n  teacher: /x\n", columns=("sentence",),
+                training="{batch_size: 2, max_steps: 2, matryoshka_dims: [16]}")
+    assert "training.matryoshka_dims: MSELoss is run as sentence-transformers builds it" in msg
+
+
+def test_literal_values_checked(tmp_path):
+    msg = check(tmp_path, "  name: st-loss\n  loss: GISTEmbedLoss\n  guide: /x\n  kwargs: {margin_strategy: absolut}\n")
+    assert ":10: method.kwargs.margin_strategy: expected one of: 'absolute', 'relative' (got 'absolut')" in msg

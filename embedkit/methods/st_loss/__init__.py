@@ -39,6 +39,10 @@ class Shape:
     pairs: bool = False  # each row is an (anchor, positive) pair: pair terms (alignment, CWCL) apply
     in_batch: bool = False  # each anchor is contrasted with the rest of the batch
     composable: bool = False  # compute_loss_from_embeddings(embeddings, labels) is the whole loss
+    min_repeat: int = 0  # the fewest further columns the loss reads (MarginMSE: one negative)
+    # The labels a teacher model computes at setup (method.teacher): "embeddings" of the first column, or
+    # "scores" of the first column with each other column (sentence-transformers expects them precomputed).
+    teacher: str | None = None
 
 
 IN_BATCH = Shape(("anchor", "positive"), repeat="negative", pairs=True, in_batch=True, composable=True)
@@ -67,6 +71,13 @@ SHAPES: dict[str, Shape] = {
     "BatchHardTripletLoss": CLASSES,
     "BatchHardSoftMarginTripletLoss": CLASSES,
     "BatchSemiHardTripletLoss": CLASSES,
+    # Distillation: the label column is computed by method.teacher when training starts.
+    "MSELoss": Shape(("sentence",), repeat="translation", teacher="embeddings"),
+    "EmbedDistillLoss": Shape(("sentence",), repeat="translation", teacher="embeddings"),
+    "MarginMSELoss": Shape(("query", "positive"), repeat="negative", min_repeat=1, pairs=True, composable=True,
+                           teacher="scores"),
+    "DistillKLDivLoss": Shape(("query", "positive"), repeat="negative", min_repeat=1, pairs=True, composable=True,
+                              teacher="scores"),
 }
 
 # Losses refused by name, with the reason.
@@ -80,11 +91,6 @@ REFUSED: dict[str, str] = {
     "DenoisingAutoEncoderLoss": "it needs (noised, original) rows and a decoder model; not supported",
     "SoftmaxLoss": "it trains a classifier head on integer labels (NLI); not supported",
     "GlobalOrthogonalRegularizationLoss": "it is a regulariser added to another loss, not a loss on its own",
-    "MSELoss": "its labels are teacher embeddings, precomputed in the dataset; embedkit's data readers hold text and "
-               "score columns only, and computing them with a teacher is not implemented yet",
-    "EmbedDistillLoss": "its labels are teacher embeddings, precomputed in the dataset; not implemented yet",
-    "MarginMSELoss": "its labels are teacher score margins, precomputed in the dataset; not implemented yet",
-    "DistillKLDivLoss": "its labels are teacher scores, precomputed in the dataset; not implemented yet",
 }
 
 # Parameters that take a model: given as method.<name> (a model reference), not in kwargs.
@@ -97,6 +103,8 @@ class STLossParams(MethodParams):
                                    description="the loss's keyword arguments (its signature; model is embedkit's)")
     guide: str | None = Field(None, description="the guide model of GISTEmbedLoss / CachedGISTEmbedLoss (a model "
                               "folder, a packaged model or a Hub id)")
+    teacher: str | None = Field(None, description="the teacher that computes the labels of MSELoss, "
+                                "EmbedDistillLoss, MarginMSELoss, DistillKLDivLoss when training starts")
 
     @field_validator("loss")
     @classmethod
@@ -137,10 +145,13 @@ class STLoss(Method):
     @classmethod
     def bind(cls, params: Any) -> type[Method]:
         shape = SHAPES[params.loss]
-        return type(f"STLoss[{params.loss}]", (cls,), {
+        attrs: dict[str, Any] = {
             "shape": shape, "loss_name": params.loss, "column_roles": shape.roles, "repeat_role": shape.repeat,
             "label_role": shape.label, "in_batch_negatives": shape.in_batch, "composable": shape.composable,
-        })
+        }
+        if shape.teacher:  # only then: a multi-task source may not transform its rows
+            attrs["prepare_dataset"] = _add_teacher_labels
+        return type(f"STLoss[{params.loss}]", (cls,), attrs)
 
     @classmethod
     def has_positives(cls, params: Any) -> bool:
@@ -153,8 +164,12 @@ class STLoss(Method):
     @classmethod
     def column_problem(cls, columns: list[str]) -> str | None:
         problem = super().column_problem(columns)
+        extra = len(columns) - len(cls.column_roles) - (1 if cls.label_role else 0)
+        if problem is None and extra < cls.shape.min_repeat:
+            return (f"{cls.loss_name} takes {', '.join(cls.column_roles)} and at least {cls.shape.min_repeat} "
+                    f"{cls.repeat_role} column(s); the data gives {len(columns)} ({', '.join(map(str, columns))}): "
+                    "select them with data.train.columns")
         if problem is None and cls.shape.max_repeat is not None:
-            extra = len(columns) - len(cls.column_roles) - (1 if cls.label_role else 0)
             if extra > cls.shape.max_repeat:
                 return (f"{cls.loss_name} takes {', '.join(cls.column_roles)} and at most {cls.shape.max_repeat} "
                         f"{cls.repeat_role} column(s); the data gives {len(columns)} ({', '.join(map(str, columns))}):"
@@ -165,6 +180,13 @@ class STLoss(Method):
     def model_refs(cls, params: Any) -> list[tuple[tuple, str]]:
         return [(("method", key), getattr(params, key)) for key in MODEL_PARAMS
                 if getattr(params, key, None) is not None]
+
+    @staticmethod
+    def models_needed(loss: str) -> tuple[str, ...]:
+        """The models a loss needs besides the one trained: its constructor's ``guide``, and a teacher where the
+        labels are the teacher's (:attr:`Shape.teacher`)."""
+        sig = signature(loss)
+        return tuple(k for k in MODEL_PARAMS if k in sig.params or (k == "teacher" and SHAPES[loss].teacher))
 
     @classmethod
     def refusals(cls, recipe: Any, params: Any) -> list[tuple[tuple, str]]:
@@ -187,19 +209,21 @@ class STLoss(Method):
             elif sig.params[key].enum and value not in sig.params[key].members:
                 out.append((where, f"expected a member of {sig.params[key].enum}: "
                                    f"{', '.join(sig.params[key].members)}"))
+            elif sig.params[key].choices and value not in sig.params[key].choices:
+                out.append((where, f"expected one of: {', '.join(map(repr, sig.params[key].choices))} (got {value!r})"))
             elif key in OBJECT_PARAMS:
                 out.append((where, f"{key} takes a Python object, which a recipe cannot give; leave its default"))
+        models = cls.models_needed(params.loss)
         for name, param in sig.params.items():
-            if name == "model" or not param.required:
-                continue
-            if name in MODEL_PARAMS:
-                if getattr(params, name, None) is None:
-                    out.append((("method", name), f"{params.loss} needs a {name} model: set method.{name} (a model "
-                                                  "folder, a packaged model or a Hub id)"))
-            elif name not in params.kwargs:
+            if name != "model" and name not in MODEL_PARAMS and param.required and name not in params.kwargs:
                 out.append((("method", "kwargs"), f"{params.loss} needs the keyword argument {name!r}"))
         for key in MODEL_PARAMS:
-            if getattr(params, key, None) is not None and key not in sig.params:
+            given = getattr(params, key, None) is not None
+            if key in models and not given:
+                what = " (it computes the labels when training starts)" if key == "teacher" else ""
+                out.append((("method", key), f"{params.loss} needs a {key} model{what}: set method.{key} (a model "
+                                             "folder, a packaged model or a Hub id)"))
+            elif given and key not in models:
                 out.append((("method", key), f"{params.loss} takes no {key} model; remove the key"))
         t = recipe.training
         if t.mini_batch_size and "mini_batch_size" in sig.params:
@@ -219,6 +243,14 @@ class STLoss(Method):
         from embedkit.methods.st_loss.loss import build_st_loss
 
         return build_st_loss(self)
+
+
+def _add_teacher_labels(self: STLoss, dataset: Any) -> Any:
+    """The label column a distillation loss reads, computed by ``method.teacher`` (see
+    :func:`embedkit.methods.st_loss.loss.teacher_labels`)."""
+    from embedkit.methods.st_loss.loss import teacher_labels
+
+    return teacher_labels(self, dataset)
 
 
 # Parameters whose value is a Python object (a module or a function) other than the named ones handled above.

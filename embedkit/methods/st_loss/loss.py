@@ -81,18 +81,50 @@ class STComposedLoss(ComposedLoss):
         return self.st_loss.compute_loss_from_embeddings(views, batch.labels)
 
 
+def frozen_model(name: str, like: nn.Module) -> nn.Module:
+    """A guide or teacher: loaded on the trained model's device, in eval mode, never trained (sentence-transformers
+    computes a guide under ``no_grad`` either way)."""
+    other, _ = load_model(name, device=str(like.device))
+    other.eval()
+    other.requires_grad_(False)
+    return other
+
+
+def teacher_labels(method: Any, dataset: Any) -> Any:
+    """``dataset`` with the ``label`` column a distillation loss reads, computed by ``method.teacher`` as
+    sentence-transformers' distillation examples precompute it:
+
+    * embeddings (``MSELoss``, ``EmbedDistillLoss``): the teacher's embedding of the first column (every further
+      column, e.g. a translation, is trained towards it);
+    * scores (``MarginMSELoss``, ``DistillKLDivLoss``): ``[s(q, p), s(q, n_1), …, s(q, n_k)]`` with the teacher's
+      embeddings and the loss's ``similarity_fct`` (default ``pairwise_dot_score``); MarginMSELoss turns them into
+      the margins ``s(q, p) − s(q, n_j)`` itself.
+    """
+    import torch
+
+    params, student = method.params, method.ctx.model
+    teacher = frozen_model(params.teacher, student)
+    columns = dataset.column_names
+    texts = [list(dataset[c]) for c in columns]
+    with torch.no_grad():
+        if method.shape.teacher == "embeddings":
+            labels = teacher.encode(texts[0], convert_to_tensor=True, show_progress_bar=False)
+        else:
+            fct = loss_kwargs(params, False).get("similarity_fct", util.pairwise_dot_score)
+            emb = [teacher.encode(t, convert_to_tensor=True, show_progress_bar=False) for t in texts]
+            labels = torch.stack([fct(emb[0], other) for other in emb[1:]], dim=1)
+    del teacher
+    return dataset.add_column("label", labels.float().cpu().tolist())
+
+
 def build_st_loss(method: Any) -> nn.Module:
     """The loss of an ``st-loss`` method (its bound class names the loss and its shape)."""
     ctx, params = method.ctx, method.params
     model = ctx.model
     cls = getattr(st_losses, params.loss)
     kwargs = loss_kwargs(params, ctx.recipe.training.gather_across_devices)
-    models = {}
-    for key, name in type(method).model_refs(params):
-        other, _ = load_model(name, device=str(model.device))
-        other.eval()
-        other.requires_grad_(False)  # a guide is never trained (sentence-transformers computes it under no_grad)
-        models[key[-1]] = other
+    models = {key[-1]: frozen_model(name, model) for key, name in type(method).model_refs(params)
+              if key[-1] in signature(params.loss).params}  # a guide; a teacher has labelled the rows already
     st_loss = cls(model, **models, **kwargs)
     for key in models:
         _keep_out_of_state(st_loss, key)

@@ -28,6 +28,7 @@ class Param:
     enum: str | None = None  # e.g. "TripletDistanceMetric" for distance_metric=TripletDistanceMetric.EUCLIDEAN
     members: tuple[str, ...] = ()  # that enum's member names
     annotation: str = ""
+    choices: tuple = ()  # the values of a Literal[...] annotation
 
 
 @dataclass
@@ -93,6 +94,24 @@ def _enum_members(name: str, tree: ast.Module) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _literal(annotation: ast.expr | None) -> tuple:
+    """The values of a ``Literal[...]`` annotation (written as a string under ``from __future__ import
+    annotations`` or not), else ``()``."""
+    if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+        try:
+            annotation = ast.parse(annotation.value, mode="eval").body
+        except SyntaxError:
+            return ()
+    if not (isinstance(annotation, ast.Subscript) and isinstance(annotation.value, ast.Name)
+            and annotation.value.id == "Literal"):
+        return ()
+    items = annotation.slice.elts if isinstance(annotation.slice, ast.Tuple) else [annotation.slice]
+    try:
+        return tuple(ast.literal_eval(item) for item in items)
+    except ValueError:
+        return ()
+
+
 @cache
 def signature(name: str) -> LossSignature:
     """The ``__init__`` parameters of loss class ``name`` (following its base classes in the losses package
@@ -118,7 +137,8 @@ def signature(name: str) -> LossSignature:
     for arg, default in pairs:
         if arg.arg == "self":
             continue
-        param = Param(arg.arg, default is None, annotation=ast.unparse(arg.annotation) if arg.annotation else "")
+        param = Param(arg.arg, default is None, annotation=ast.unparse(arg.annotation) if arg.annotation else "",
+                      choices=_literal(arg.annotation))
         if isinstance(default, ast.Attribute) and isinstance(default.value, ast.Name):
             members = _enum_members(default.value.id, tree)
             if members:
