@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from sentence_transformers import util
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sentence_transformer import losses as st_losses
@@ -100,8 +101,6 @@ def teacher_labels(method: Any, dataset: Any) -> Any:
       embeddings and the loss's ``similarity_fct`` (default ``pairwise_dot_score``); MarginMSELoss turns them into
       the margins ``s(q, p) − s(q, n_j)`` itself.
     """
-    import torch
-
     params, student = method.params, method.ctx.model
     teacher = frozen_model(params.teacher, student)
     columns = dataset.column_names
