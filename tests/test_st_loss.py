@@ -317,3 +317,28 @@ def test_distillation_needs_a_teacher_and_its_columns(tmp_path):
 def test_literal_values_checked(tmp_path):
     msg = check(tmp_path, "  name: st-loss\n  loss: GISTEmbedLoss\n  guide: /x\n  kwargs: {margin_strategy: absolut}\n")
     assert ":10: method.kwargs.margin_strategy: expected one of: 'absolute', 'relative' (got 'absolut')" in msg
+
+
+def test_a_multitask_source_reads_its_loss_columns(tmp_path):
+    """A multi-task source with st-loss is validated by its loss's columns; a teacher loss (which adds a label
+    column to its rows) is refused there."""
+    pairs = write_data(tmp_path, ["anchor", "positive"])
+    scored = tmp_path / "scored.csv"
+    scored.write_text("sentence1,sentence2,score\n" + "".join(f"a{i},b{i},{i % 3}\n" for i in range(6)),
+                      encoding="utf-8")
+
+    def recipe(second: dict) -> dict:
+        return {"description": "t", "model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
+                "data": {"train": [
+                    {"name": "pairs", "path": str(pairs), "method": {"name": "st-loss",
+                                                                     "loss": "MultipleNegativesRankingLoss"}},
+                    {"name": "scored", "path": str(scored), "method": second}], "dev": None},
+                "method": {"name": "multitask", "sampler": "balanced"},
+                "training": {"batch_size": 2, "max_steps": 2}, "output": {"dir": str(tmp_path / "out")}}
+
+    loaded = load_recipe(recipe({"name": "st-loss", "loss": "CoSENTLoss"}))
+    assert [src.method.loss for src in loaded.data.train] == ["MultipleNegativesRankingLoss", "CoSENTLoss"]
+    with pytest.raises(RecipeError, match=r"data\.train\.1\.path: .*needs 2 column\(s\) \(sentence, label\)"):
+        load_recipe(recipe({"name": "st-loss", "loss": "BatchAllTripletLoss"}))
+    with pytest.raises(RecipeError, match=r"data\.train\.1\.method\.name: .*transforms its rows"):
+        load_recipe(recipe({"name": "st-loss", "loss": "MSELoss", "teacher": "/x"}))
