@@ -25,7 +25,7 @@ from embedkit.data.ranking import ranking_name, read_beir, read_rerank
 from embedkit.data.sources import infer_format, read_corpus, read_local
 from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
-from embedkit.methods import get_method
+from embedkit.methods import bound_method, get_method
 from embedkit.methods.multitask import MultiTrainData, source_method_problem
 from embedkit.model_ref import ModelRefError, check_hub_dataset, check_model, check_recipe_refs, hub_id_for
 from embedkit.recipe import (
@@ -96,6 +96,7 @@ def load_recipe_with_data(
             format_validation_error(err, source, lines, method.params_cls, prefix=("method",))
         ) from None
     recipe.method = MethodSection(name=recipe.method.name, **validated.model_dump())
+    method = method.bind(validated)
     _check_objective(recipe, method, validated, source, lines)
     world = distributed.world_size()
     if world > 1:  # under torchrun / accelerate: the global batch must split evenly now
@@ -526,7 +527,7 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
     parts: dict[str, Any] = {}
     for i, (src, view) in enumerate(views):
         try:
-            parts[src.name] = _check_train_data(view, resolved_dir, get_method(view.method.name), source,
+            parts[src.name] = _check_train_data(view, resolved_dir, bound_method(view.method)[0], source,
                                                 _source_lines(lines, i), notes, recipe)
         except RecipeError as err:
             raise RecipeError(_source_keys(str(err), i)) from None
@@ -540,8 +541,8 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
         try:
             if i == 0 or parts[src.name] is None:
                 check_recipe_refs(view, source, _source_lines(lines, i), hub_data=parts[src.name] is None)
-            method = get_method(view.method.name)
-            _check_method_models(view, method, _params(method, view), source, _source_lines(lines, i))
+            method, params = bound_method(view.method)
+            _check_method_models(view, method, params, source, _source_lines(lines, i))
         except RecipeError as err:
             raise RecipeError(_source_keys(str(err), i)) from None
     for hub in dev_hubs:
@@ -564,6 +565,7 @@ def _check_source_method(i: int, src: Any, view: Recipe, source: str, lines: dic
         params = method.params_cls.model_validate({k: v for k, v in src.method.model_dump().items() if k != "name"})
     except ValidationError as err:
         return [format_validation_error(err, source, lines, method.params_cls, prefix=prefix)]
+    method = method.bind(params)
     problem = source_method_problem(method, params)
     if problem:
         return [f"{_where(source, lines, prefix + (problem[0],))}: {problem[1]}"]

@@ -112,6 +112,7 @@ TRAIN_DATA: dict[str, Callable[[Path], Path]] = {
     "cosent": write_scored_pairs,
     "contrastive": write_query_passages,
     "ccp": write_documents,
+    "st-loss": write_query_passages,  # with MultipleNegativesRankingLoss (METHOD_PARAMS)
 }
 """Method name → writer of a small training file for it. Add one line per new method."""
 
@@ -122,6 +123,7 @@ METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "debcse": {"k": 4, "views": ["crop"], "remine_every": 5, "temperature": 0.5},
     # Stage 2 (model-derived targets) starts at step 6, before the step-8 checkpoint.
     "text2token": {"stage2_step": 6, "mixture": 0.5, "infonce_weight": 0.1, "temperature": 0.5},
+    "st-loss": {"loss": "MultipleNegativesRankingLoss", "kwargs": {"scale": 20.0}},
 }
 """Method name → extra ``method:`` keys for tiny runs (e.g. a queue size that fits a 48-row dataset)."""
 

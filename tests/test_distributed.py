@@ -77,6 +77,15 @@ def test_two_processes_equal_one_process_composed(method: str, tmp_path: Path, s
 
 
 @pytest.mark.multiproc
+def test_st_loss_two_processes_equal_one_process(tmp_path: Path, spread_model_path: str) -> None:
+    """st-loss with sentence-transformers' MultipleNegativesRankingLoss: its own gather_across_devices (set from
+    training.gather_across_devices), under embedkit's GradCache and Matryoshka, gives the single process's losses
+    and weights."""
+    compare_two_with_one("st-loss", tmp_path, spread_model_path, {"mini_batch_size": 5, "matryoshka_dims": [32, 16]},
+                         {"pooling": "mean", "mlp_only_train": False})
+
+
+@pytest.mark.multiproc
 def test_esimcse_paper_settings_two_processes_equal_one_process(tmp_path: Path, spread_model_path: str) -> None:
     """The paper recipe's static repetition (drawn from seed and dataset row id, so every process draws the
     same view of a row) and freshly initialised key encoder give the single process's losses and state."""
@@ -154,7 +163,7 @@ def compare_two_with_one(method: str, tmp_path: Path, spread_model_path: str, tr
     last1, last2 = checkpoint_dirs(single_dir)[-1], checkpoint_dirs(multi_dir)[-1]
     assert last1.name == last2.name == f"checkpoint-{STEPS}"
     s1, s2 = method_state(last1), method_state(last2)
-    if method == "cosent" or model.get("mlp_only_train") is False and method == "simcse-unsup":
+    if method in ("cosent", "st-loss") or model.get("mlp_only_train") is False and method == "simcse-unsup":
         assert not s1 and not s2  # no loss-owned state (the teacher is not saved)
         return
     assert s1, "expected loss-owned state (training-only head, momentum encoder, queue, stage step)"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any
 
 from embedkit.methods.base import _REGISTRY, Method, MethodParams, TrainContext, register
 
-__all__ = ["Method", "MethodParams", "TrainContext", "register", "get_method", "available_methods"]
+__all__ = ["Method", "MethodParams", "TrainContext", "register", "get_method", "available_methods", "bound_method"]
 
 
 def _load_all() -> None:
@@ -28,3 +29,11 @@ def get_method(name: str) -> type[Method]:
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; expected one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def bound_method(section: Any) -> tuple[type[Method], Any]:
+    """(method class bound to its parameters, the parameters) of a recipe's validated ``method`` section: the
+    class :meth:`Method.bind` gives (for ``st-loss``, the one whose columns are its loss's)."""
+    cls = get_method(section.name)
+    params = cls.params_cls.model_validate({k: v for k, v in section.model_dump().items() if k != "name"})
+    return cls.bind(params), params

@@ -142,6 +142,19 @@ class Method:
     matryoshka: ClassVar[bool] = True  # the main loss is a function of embeddings that may be truncated
 
     @classmethod
+    def bind(cls, params: Any) -> type[Method]:
+        """The class that trains with these (validated) parameters: ``cls`` itself, or for a method whose columns
+        depend on its parameters (``st-loss``: the loss's inputs) a subclass with :attr:`column_roles` etc. set.
+        Called on every path that reads the columns (validation, training setup, multi-task sources)."""
+        return cls
+
+    @classmethod
+    def model_refs(cls, params: Any) -> list[tuple[tuple, str]]:
+        """(recipe key path, model reference) of each model besides ``model.name`` the method loads (st-loss's guide
+        or teacher, DebCSE's reference encoder); validation checks each as it checks ``model.name``. Default: none."""
+        return []
+
+    @classmethod
     def has_positives(cls, params: Any) -> bool:
         """Whether each row gives an (anchor, positive) pair of views (what alignment and CWCL need)."""
         return True
@@ -239,12 +252,6 @@ class Method:
         """Why the training rows of a local file (columns in :meth:`roles` order, as training reads them) cannot
         train this method, or ``None``; validation refuses it, naming the file."""
         return None
-
-    @classmethod
-    def model_refs(cls, params: Any) -> list[tuple[tuple, str]]:
-        """(recipe key path, model name) of each other model the method loads at setup (DebCSE's reference
-        encoder); validation checks each as it checks ``model.name``."""
-        return []
 
     @classmethod
     def read_train_file(cls, path: str, recipe: Recipe, notes: list[str]) -> TrainData | None:

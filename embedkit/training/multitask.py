@@ -36,7 +36,7 @@ from embedkit.data.sources import read_train_source
 from embedkit.errors import DataError
 from embedkit.log import log
 from embedkit.losses.objective import compose
-from embedkit.methods import get_method
+from embedkit.methods import bound_method
 from embedkit.methods.base import TrainContext
 from embedkit.methods.multitask import MultiTrainData
 from embedkit.recipe import Recipe, task_recipes
@@ -287,9 +287,7 @@ def build_tasks(recipe: Recipe, train_data: MultiTrainData | None, model: Any, w
     parts = dict(train_data.parts) if train_data is not None else {}
     splits, losses, prompts, weights, summary = {}, {}, {}, {}, []
     for src, view in task_recipes(recipe):
-        method_cls = get_method(view.method.name)
-        params = method_cls.params_cls.model_validate(
-            {k: v for k, v in view.method.model_dump().items() if k != "name"})
+        method_cls, params = bound_method(view.method)
         data = parts.get(src.name)
         if data is None:  # a Hub source: read now, as a single-source run reads it
             data = read_train_source(view.data.train, view.method.name, method_cls.roles(), method_cls.column_types,

@@ -35,7 +35,7 @@ from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
 from embedkit.hub import push
 from embedkit.log import log, notice
-from embedkit.methods import get_method
+from embedkit.methods import bound_method
 from embedkit.methods.base import TrainContext
 from embedkit.model_ref import hub_id_for, load_model
 from embedkit.outputs import require_space, tensor_bytes, writing
@@ -331,8 +331,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
           progress: bool | None = None) -> Run:
     """Model, data, method, loss and trainer; nothing is trained. ``progress`` as in :func:`train`."""
 
-    method_cls = get_method(recipe.method.name)
-    params = method_cls.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
+    method_cls, params = bound_method(recipe.method)
 
     # Heavy imports only once the recipe is known to be good.
     import torch
