@@ -74,18 +74,10 @@ def verify(folder: Path) -> str | None:
     return None
 
 
-def _manifest(folder: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def checkpoint_foreign(folder: Path) -> list[str]:
     """Files of one checkpoint that embedkit did not write: those its manifest does not list (a checkpoint whose
     save was interrupted has none: then those unlike anything the trainer writes, :data:`TRAINER_FILES`)."""
-    manifest = _manifest(folder)
+    manifest = manifest_of(folder) or None
     if manifest is not None and not isinstance(manifest.get("files"), dict):
         return []  # written before manifests listed files: accepted, as :func:`verify` does
     listed = manifest["files"] if manifest is not None else None
