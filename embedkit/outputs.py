@@ -367,6 +367,15 @@ class FileOutput:
         return self.files.commit()
 
 
+def _check_parents(path: Path, flag: str, shown: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder (a file there would fail the write later)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EmbedkitError(f"{flag} {shown}: {parent} is a file, not a folder")
+            break
+
+
 def check_file_output(output: str | os.PathLike, *, flag: str = "--output", overwrite: bool, inputs: Inputs = (),
                       sidecars: Callable[[Path], Sequence[Path]] | None = None,
                       owns: Callable[[Path, Path], bool] | None = None,
@@ -379,11 +388,7 @@ def check_file_output(output: str | os.PathLike, *, flag: str = "--output", over
     shown = str(output)
     if path.is_dir():
         raise EmbedkitError(f"{flag} {shown}: is a folder; expected a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise EmbedkitError(f"{flag} {shown}: {parent} is a file, not a folder")
-            break
+    _check_parents(path, flag, shown)
     check_target(path, flag, shown, inputs, folder=False)
     if path.exists() and not overwrite:
         raise EmbedkitError(f"{flag} {shown}: already exists; pass --overwrite to replace it")
@@ -536,11 +541,7 @@ def open_folder(output: str | os.PathLike, *, command: str, flag: str = "-o", ov
     shown = str(output)
     if out.exists() and not out.is_dir():
         raise EmbedkitError(f"{flag} {shown}: exists and is a file; expected a folder")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise EmbedkitError(f"{flag} {shown}: {parent} is a file, not a folder")
-            break
+    _check_parents(out, flag, shown)
     check_target(out, flag, shown, inputs, folder=True)
     forbidden = forbidden_targets().get(Path(os.path.realpath(out)))
     if forbidden and swap:
