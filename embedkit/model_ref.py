@@ -264,7 +264,7 @@ def _check_folder(folder: Path, name: str, fail: _Fail) -> Path | None:
         config = next((sub / c for c in CONFIG_FILES if (sub / c).is_file()), None)
         if config is None:
             raise fail(f"{where} has no config.json; {EXPECTED}")
-        if not _matches(sub, WEIGHT_PATTERNS):
+        if not _matches(sub, WEIGHT_PATTERNS) and not _exported(folder, fail):
             raise fail(f"{where} has config.json but no weights (expected model.safetensors or pytorch_model.bin)")
         return config
     config = next((folder / c for c in CONFIG_FILES if (folder / c).is_file()), None)
@@ -281,6 +281,16 @@ def _check_folder(folder: Path, name: str, fail: _Fail) -> Path | None:
 
 
 ADAPTER_PATTERNS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _exported(folder: Path, fail: _Fail) -> bool:
+    """Whether ``folder`` is an ``embedkit export`` (ONNX / OpenVINO) folder: weights in the backend's file."""
+    from embedkit.export import backend_files
+
+    try:
+        return backend_files(folder) is not None
+    except EmbedkitError as err:
+        raise fail(str(err)) from None
 
 
 def _check_adapter_base(adapter_config: Path, where: str, fail: _Fail) -> Path | None:
@@ -462,6 +472,15 @@ def load_model(model: Any, device: str | None = None) -> tuple[SentenceTransform
     # an unreachable Hub is one line at once.
     path = check_model(spec, what="model", trust_flag=None)
     local = Path(path).is_dir()
+    if local:
+        from embedkit.export import backend_files, load_backend_model
+
+        exported = backend_files(path)
+        if exported is not None:  # an `embedkit export` folder: the transformer runs on onnxruntime / OpenVINO
+            loaded = load_backend_model(path, *exported)
+            if not getattr(loaded.model_card_data, "model_name", None):
+                loaded.model_card_data.model_name = default_model_name(loaded, spec)
+            return loaded, path
     from sentence_transformers import SentenceTransformer
 
     try:

@@ -30,12 +30,17 @@ def package_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str]:
 
 def model_info(model: SentenceTransformer, spec: str | None) -> dict[str, Any]:
     """Path (or Hub id), name and a SHA-256 of all weights and buffers."""
+    from embedkit.export import backend_file_hash, read_marker_of
     from embedkit.modeling import weights_hash
 
-    return {
+    backend = read_marker_of(model)  # an `embedkit export` folder: its weights are the backend file
+    info = {
         "path": str(Path(spec).resolve()) if spec and Path(spec).exists() else spec,
         "name": default_model_name(model, spec),
-        "weights_sha256": weights_hash(model),
+        "weights_sha256": backend_file_hash(model) if backend else weights_hash(model),
         "embedding_dim": embedding_dim(model),
         "max_seq_length": model.max_seq_length,
     }
+    if backend:
+        info["backend"] = backend
+    return info

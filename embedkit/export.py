@@ -1,0 +1,441 @@
+"""``embedkit export``: a sentence-transformers model as an ONNX or OpenVINO serving folder, optionally int8.
+
+    embedkit export MODEL --format onnx|openvino [--quantize int8] -o OUT [--overwrite]
+
+OUT is a sentence-transformers folder (modules.json, tokenizer, config, pooling, ...) whose transformer weights
+are in the backend's file, in the layout sentence-transformers' own backend export writes: ``onnx/model.onnx``,
+``onnx/model_qint8_<cpu>.onnx`` or ``openvino/openvino_model.xml`` (+ ``.bin``), plus ``export.json`` saying which
+file to load. ``embedkit eval`` / ``encode`` (and :func:`load_model`) load it on that backend.
+
+Why embedkit writes the files itself instead of calling ``sentence_transformers.backend``'s export functions:
+those run on ``optimum`` (``optimum-onnx`` / ``optimum-intel``), and no release of either on the package index
+works with transformers 5 (optimum-onnx 0.1.0 needs transformers < 4.58, optimum-intel 2.2.0 < 5.6; both fail at
+import under sentence-transformers 6, which needs transformers >= 5). The parts they wrap do work: the
+transformer is exported with ``torch.onnx.export`` (inputs ``input_ids``, ``attention_mask``, ``token_type_ids``
+where the model takes them; output ``last_hidden_state``; batch and sequence axes dynamic: optimum's
+feature-extraction contract), quantized with onnxruntime's ``quantize_dynamic`` and converted with OpenVINO's
+``convert_model``. Loading uses onnxruntime / OpenVINO directly through sentence-transformers' own backend hook
+(:func:`load_backend_model`), so the rest of the pipeline (tokenizer, pooling, normalisation, prompts) is
+sentence-transformers' unchanged.
+
+int8 (``--quantize int8``) is dynamic quantization, onnxruntime's: weights int8 (per output channel), activations
+quantized at run time (uint8), no calibration set. As optimum's ``AutoQuantizationConfig`` presets, the file is
+named after the CPU it targets, picked from the CPU's flags: ``avx512_vnni``, ``avx512``, ``avx2`` (7-bit weight
+range, ``reduce_range``, which avoids the int16 saturation of AVX2/AVX-512 without VNNI) or ``arm64``.
+OpenVINO int8 needs static quantization with a calibration set (nncf); it is refused: use ``--format onnx
+--quantize int8``.
+
+This module imports no torch at import time (the parser is built without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.util import find_spec
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embedkit.errors import EmbedkitError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+FORMATS = ("onnx", "openvino")
+QUANTIZE = ("int8",)
+MARKER = "export.json"  # written by embedkit export: the backend and the file to load
+# What each backend needs at run time (import name, pip name); the pip line goes into the error.
+REQUIRES = {"onnx": (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
+            "openvino": (("onnx", "onnx"), ("openvino", "openvino"))}
+INSTALL = 'pip install "embedkit[export]"'
+TORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                 "pytorch_model.bin.index.json")
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OPSET = 17
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checks (no heavy imports)
+
+
+def check_options(fmt: str, quantize: str | None) -> None:
+    """Refuse an unknown format, a quantization the format cannot take, or a backend that is not installed."""
+    if fmt not in FORMATS:
+        raise EmbedkitError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise EmbedkitError(f"--quantize {quantize!r}: expected {' or '.join(QUANTIZE)}")
+    if fmt == "openvino" and quantize:
+        raise EmbedkitError("--format openvino --quantize int8: OpenVINO int8 is static quantization, which needs a "
+                            "calibration set (nncf); embedkit does not offer it. Use --format onnx --quantize int8 "
+                            "(dynamic, no calibration), or --format openvino for fp32")
+    require_backend(fmt, f"--format {fmt}")
+
+
+def require_backend(fmt: str, what: str) -> None:
+    """One line naming the missing packages of backend ``fmt`` and the pip command that installs them."""
+    missing = [pip for module, pip in REQUIRES[fmt] if find_spec(module) is None]
+    if missing:
+        raise EmbedkitError(f"{what}: needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+                            f"installed; install with: {INSTALL} (or pip install {' '.join(missing)})")
+
+
+def cpu_target(flags: set[str] | None = None, machine: str | None = None) -> str:
+    """The int8 preset for this CPU (or the given ``flags`` / ``machine``): arm64, avx512_vnni, avx512 or avx2."""
+    if (machine or platform.machine()).lower() in ("arm64", "aarch64"):
+        return "arm64"
+    if flags is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                flags = set(next((line for line in fh if line.startswith("flags")), "").split())
+        except OSError:
+            flags = set()
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def read_marker(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """``export.json`` of an exported folder, or ``None`` when ``folder`` is not one."""
+    path = Path(folder) / MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EmbedkitError(f"{path}: cannot be read as JSON ({err})") from None
+    if not isinstance(marker, dict) or marker.get("format") not in FORMATS or not isinstance(marker.get("file"), str):
+        raise EmbedkitError(f"{path}: expected {{\"format\": \"onnx\"|\"openvino\", \"file\": ...}} (written by "
+                            "embedkit export)")
+    if not (Path(folder) / marker["file"]).is_file():
+        raise EmbedkitError(f"{path}: names {marker['file']}, which is not in {folder}")
+    return marker
+
+
+def check_output_folder(output: str, overwrite: bool) -> Path:
+    """The ``-o`` folder: refused when it exists (unless ``overwrite``) or its parent is not a folder."""
+    path = Path(output).expanduser()
+    if path.exists() and not path.is_dir():
+        raise EmbedkitError(f"-o {output}: is a file; expected a folder to create")
+    if path.exists() and not overwrite:
+        raise EmbedkitError(f"-o {output}: already exists; pass --overwrite to replace it")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EmbedkitError(f"-o {output}: {parent} is a file, not a folder")
+            break
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export
+
+
+def export(model: Any, output: str | os.PathLike, fmt: str = "onnx", quantize: str | None = None,
+           overwrite: bool = False) -> Path:
+    """Write ``model`` (a SentenceTransformer, folder, packaged model or Hub id) to ``output`` as a serving folder
+    for ``fmt`` (``onnx`` | ``openvino``), int8 with ``quantize="int8"`` (onnx only). Returns the folder.
+
+    The folder is built beside ``output`` and renamed into place only when complete; an existing ``output`` is
+    replaced only with ``overwrite`` (and never when it is the model being exported)."""
+    from embedkit.model_ref import check_model, load_model
+
+    check_options(fmt, quantize)
+    out = check_output_folder(str(output), overwrite)
+    if isinstance(model, (str, os.PathLike)):
+        source = check_model(str(model), what="model", trust_flag=None)
+        if Path(source).exists() and Path(source).resolve() == out.resolve():
+            raise EmbedkitError(f"-o {output}: is the model being exported; choose another folder")
+    st_model, spec = load_model(model, device="cpu")
+    if read_marker_of(st_model) is not None:
+        raise EmbedkitError(f"model {spec}: is already an exported ({read_marker_of(st_model)}) folder; export the "
+                            "torch model it came from")
+    from sentence_transformers.models import Transformer
+
+    if not len(st_model) or not isinstance(st_model[0], Transformer):
+        raise EmbedkitError(f"model {spec or '<instance>'}: its first module is "
+                            f"{type(st_model[0]).__name__ if len(st_model) else 'missing'}, not a transformer; only "
+                            "a transformer encoder can be exported")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        st_model.save(str(tmp))
+        for name in TORCH_WEIGHTS:  # the backend file holds the weights; a serving folder has no torch copy
+            (tmp / name).unlink(missing_ok=True)
+        onnx_fp32 = tmp / "onnx" / "model.onnx"
+        inputs = _export_onnx(st_model, onnx_fp32)
+        if fmt == "onnx" and quantize == "int8":
+            target = cpu_target()
+            file = tmp / "onnx" / f"model_qint8_{target}.onnx"
+            _quantize_dynamic(onnx_fp32, file, target)
+            onnx_fp32.unlink()  # one model file per folder: no question which one loads
+            details: dict[str, Any] = {"quantization": "dynamic int8 (onnxruntime quantize_dynamic): weights int8 "
+                                       "per channel, activations uint8 at run time", "cpu_target": target,
+                                       "reduce_range": target == "avx2"}
+        elif fmt == "openvino":
+            file = tmp / "openvino" / "openvino_model.xml"
+            _convert_openvino(onnx_fp32, file)
+            shutil.rmtree(tmp / "onnx")
+            details = {"precision": "fp32 (weights stored fp32; inference precision pinned to f32 when loaded)"}
+        else:
+            file = onnx_fp32
+            details = {"precision": "fp32"}
+        marker = {"format": fmt, "file": file.relative_to(tmp).as_posix(), "quantize": quantize, "inputs": inputs,
+                  "opset": OPSET, "source": spec, **details}
+        from embedkit.version import __version__
+
+        marker["embedkit_version"] = __version__
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_marker_of(model: SentenceTransformer) -> str | None:
+    """``onnx`` / ``openvino`` for a model loaded from an exported folder, else ``None``."""
+    return (getattr(model, "_embedkit_backend", None) or {}).get("format")
+
+
+def backend_file_hash(model: SentenceTransformer) -> str | None:
+    """SHA-256 of the backend file a model loaded from an exported folder runs (its weights), else ``None``."""
+    import hashlib
+
+    info = getattr(model, "_embedkit_backend", None)
+    if not info:
+        return None
+    digest = hashlib.sha256()
+    files = [Path(info["path"])]
+    if files[0].suffix == ".xml":  # OpenVINO: the graph and its weights
+        files.append(files[0].with_suffix(".bin"))
+    for file in files:
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """``tmp`` renamed to ``out``; an existing ``out`` is moved aside first and deleted only after the rename."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _onnx_inputs(st_model: SentenceTransformer) -> tuple[list[str], dict[str, Any]]:
+    """The transformer's input names (those of ONNX_INPUTS the tokenizer gives and forward takes) and an
+    example batch (two sentences of different lengths, so nothing is traced as a constant)."""
+    import inspect
+
+    hf = st_model[0].auto_model
+    params = set(inspect.signature(hf.forward).parameters)
+    fn = getattr(st_model, "preprocess", None) or st_model.tokenize
+    features = fn(["An example sentence to trace the exported graph with.", "Short one."])
+    names = [n for n in ONNX_INPUTS if n in features and n in params]
+    return names, {n: features[n] for n in names}
+
+
+def _export_onnx(st_model: SentenceTransformer, path: Path) -> list[str]:
+    """The transformer (token ids -> last_hidden_state) as ONNX at ``path``; returns its input names."""
+    import torch
+
+    hf = st_model[0].auto_model.eval()
+    names, example = _onnx_inputs(st_model)
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = hf
+
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return self.model(**dict(zip(names, args)), return_dict=True).last_hidden_state
+
+    dynamic = {n: {0: "batch_size", 1: "sequence_length"} for n in [*names, "last_hidden_state"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes on transformers' mask code: those branches are constant for an encoder (the key
+        # length is the mask's length; a mask is always given), as the equality tests check.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*aten::index.*")
+        # The TorchScript exporter: the graph optimum writes (dynamic batch and length axes, no onnxscript needed).
+        torch.onnx.export(LastHiddenState().eval(), tuple(example[n] for n in names), str(path), input_names=names,
+                          output_names=["last_hidden_state"], dynamic_axes=dynamic, opset_version=OPSET,
+                          do_constant_folding=True, dynamo=False)
+    return names
+
+
+def _quantize_dynamic(src: Path, dst: Path, target: str) -> None:
+    """onnxruntime dynamic int8 quantization of ``src`` into ``dst`` (see the module docstring)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=target == "avx2",
+                     weight_type=QuantType.QInt8)
+
+
+def _convert_openvino(src: Path, dst: Path) -> None:
+    """OpenVINO IR (``.xml`` + ``.bin``) of the ONNX file ``src``, weights kept fp32 (no fp16 compression)."""
+    import openvino as ov
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(src)), str(dst), compress_to_fp16=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def backend_files(folder: str | os.PathLike) -> tuple[str, str] | None:
+    """``(format, file)`` for an exported folder: from ``export.json``, else a folder that has no torch weights
+    but one ``onnx/*.onnx`` or ``openvino/*.xml`` (sentence-transformers' own backend layout); ``None`` otherwise.
+    """
+    folder = Path(folder)
+    marker = read_marker(folder)
+    if marker is not None:
+        return marker["format"], marker["file"]
+    if any((folder / name).is_file() for name in TORCH_WEIGHTS) or not (folder / "modules.json").is_file():
+        return None
+    for fmt, pattern in (("onnx", "onnx/*.onnx"), ("openvino", "openvino/*.xml")):
+        found = sorted(p.relative_to(folder).as_posix() for p in folder.glob(pattern))
+        if len(found) == 1:
+            return fmt, found[0]
+        if found:
+            raise EmbedkitError(f"{folder}: holds {len(found)} {fmt} files ({', '.join(found)}) and no {MARKER} "
+                                "saying which to load")
+    return None
+
+
+class _OnnxEncoder:
+    """The transformer run by onnxruntime: ``forward(input_ids, attention_mask, ...)`` -> ``last_hidden_state``."""
+
+    def __new__(cls, path: str, config: Any) -> Any:
+        import numpy as np
+        import onnxruntime as ort
+        import torch
+
+        class OnnxEncoder(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                options = ort.SessionOptions()
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+                self.input_names = [i.name for i in self.session.get_inputs()]
+                self.config = config
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                        token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+                given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+                if given.get("token_type_ids") is None and "token_type_ids" in self.input_names:
+                    given["token_type_ids"] = torch.zeros_like(input_ids)
+                feeds = {n: given[n].cpu().numpy().astype(np.int64, copy=False) for n in self.input_names}
+                out = self.session.run(["last_hidden_state"], feeds)[0]
+                return {"last_hidden_state": torch.from_numpy(out)}
+
+        return OnnxEncoder()
+
+
+class _OpenVinoEncoder:
+    """The transformer run by OpenVINO (CPU, inference precision f32: no silent bf16 on CPUs that have it)."""
+
+    def __new__(cls, path: str, config: Any) -> Any:
+        import numpy as np
+        import openvino as ov
+        import torch
+
+        class OpenVinoEncoder(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                core = ov.Core()
+                self.compiled = core.compile_model(core.read_model(path), "CPU",
+                                                   {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+                self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+                self.request = self.compiled.create_infer_request()
+                self.config = config
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                        token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+                given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+                if given.get("token_type_ids") is None and "token_type_ids" in self.input_names:
+                    given["token_type_ids"] = torch.zeros_like(input_ids)
+                feeds = {n: given[n].cpu().numpy().astype(np.int64, copy=False) for n in self.input_names}
+                out = self.request.infer(feeds)
+                return {"last_hidden_state": torch.from_numpy(np.array(out[self.compiled.output(0)]))}
+
+        return OpenVinoEncoder()
+
+
+@contextmanager
+def _backend_hook(fmt: str, file: str) -> Iterator[None]:
+    """While a SentenceTransformer loads, its Transformer module's backend loader (sentence-transformers'
+    ``load_onnx_model`` / ``load_openvino_model``, which need optimum) is embedkit's runtime encoder instead."""
+    from sentence_transformers.base.modules import transformer as st_transformer
+
+    name = {"onnx": "load_onnx_model", "openvino": "load_openvino_model"}[fmt]
+    encoder = {"onnx": _OnnxEncoder, "openvino": _OpenVinoEncoder}[fmt]
+
+    def load(model_name_or_path: str, config: Any, task_name: str, **_: Any) -> Any:
+        if task_name != "feature-extraction":
+            raise EmbedkitError(f"{model_name_or_path}: an exported {task_name} model is not supported; "
+                                "expected a feature-extraction encoder")
+        return encoder(str(Path(model_name_or_path) / file), config)
+
+    original = getattr(st_transformer, name)
+    setattr(st_transformer, name, load)
+    try:
+        yield
+    finally:
+        setattr(st_transformer, name, original)
+
+
+def load_backend_model(folder: str, fmt: str, file: str) -> SentenceTransformer:
+    """The SentenceTransformer of an exported folder, its transformer run by onnxruntime or OpenVINO."""
+    require_backend(fmt, f"model {folder} (exported for {fmt})")
+    from sentence_transformers import SentenceTransformer
+
+    with _backend_hook(fmt, file):
+        model = SentenceTransformer(folder, device="cpu", backend=fmt, local_files_only=True, trust_remote_code=False)
+    model._embedkit_backend = {"format": fmt, "path": str(Path(folder, file).resolve())}
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_options(args.format, args.quantize)
+    check_output_folder(args.output, args.overwrite)  # before the model loads: fails at once
+    out = export(args.model, args.output, args.format, args.quantize, overwrite=args.overwrite)
+    marker = read_marker(out)
+    assert marker is not None
+    print(f"{out}: {args.format}{' int8' if args.quantize else ' fp32'} ({marker['file']}); load with "
+          f"embedkit eval/encode {out}", file=sys.stdout)
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``embedkit export MODEL --format onnx|openvino [--quantize int8] -o OUT [--overwrite]``."""
+    p = subparsers.add_parser("export", help="export a model for serving (ONNX or OpenVINO, optionally int8)")
+    p.add_argument("model", help="model folder, packaged model or Hub id")
+    p.add_argument("--format", required=True, help="onnx | openvino")
+    p.add_argument("--quantize", help="int8 (onnx only: dynamic quantization for this CPU)")
+    p.add_argument("-o", "--output", required=True, help="the folder to write (a sentence-transformers folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,188 @@
+"""``embedkit export``: ONNX / OpenVINO serving folders (fp32 and int8) that load with embedkit's loader on their
+backend and give the torch model's embeddings; eval and encode read them; bad combinations and a missing
+backend are one line with the pip command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_eval_data import make_sts_dir
+
+from embedkit.cli import main
+from embedkit.errors import EmbedkitError
+
+pytest.importorskip("onnx", reason='pip install "embedkit[export]"')
+pytest.importorskip("onnxruntime", reason='pip install "embedkit[export]"')
+
+SENTENCES = ["A man is playing a guitar.", "hello world", "The quick brown fox jumps over the lazy dog, again and "
+             "again, until the dog finally gets up and leaves.", "x", "Two dogs run through a field of tall grass."]
+
+
+def _torch_embeddings(path: str, texts: list[str]) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device="cpu").encode(texts, convert_to_numpy=True)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_path, tmp_path_factory) -> dict[str, Path]:
+    """The tiny model exported once per format (ONNX fp32, ONNX int8, OpenVINO when installed)."""
+    from embedkit.export import export
+
+    root = tmp_path_factory.mktemp("exported")
+    out = {"onnx": export(tiny_model_path, root / "onnx", "onnx"),
+           "onnx-int8": export(tiny_model_path, root / "onnx-int8", "onnx", "int8")}
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        out["openvino"] = export(tiny_model_path, root / "openvino", "openvino")
+    return out
+
+
+def test_onnx_fp32_folder_layout_and_equal_embeddings(tiny_model_path, exported):
+    from embedkit.export import read_marker_of
+    from embedkit.model_ref import load_model
+
+    out = exported["onnx"]
+    # sentence-transformers' backend layout: the weights only in onnx/model.onnx, the rest of the folder as saved
+    assert (out / "onnx" / "model.onnx").is_file() and not (out / "model.safetensors").exists()
+    assert [m["type"] for m in json.loads((out / "modules.json").read_text())][0].endswith("Transformer")
+    marker = json.loads((out / "export.json").read_text())
+    assert marker["format"] == "onnx" and marker["file"] == "onnx/model.onnx" and marker["quantize"] is None
+    model, spec = load_model(str(out))
+    assert read_marker_of(model) == "onnx" and spec == str(out)
+    assert type(model[0].auto_model).__name__ == "OnnxEncoder"  # really onnxruntime, not torch weights
+    got = model.encode(SENTENCES, convert_to_numpy=True)
+    np.testing.assert_allclose(got, _torch_embeddings(tiny_model_path, SENTENCES), atol=1e-4, rtol=0)
+
+
+def test_onnx_int8_is_quantized_and_agrees(tiny_model_path, exported):
+    import onnx
+
+    from embedkit.export import cpu_target
+    from embedkit.model_ref import load_model
+
+    out = exported["onnx-int8"]
+    file = out / "onnx" / f"model_qint8_{cpu_target()}.onnx"
+    assert file.is_file() and not (out / "onnx" / "model.onnx").exists()
+    ops = {node.op_type for node in onnx.load(str(file)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops  # int8 matrix products, not an fp32 copy
+    assert file.stat().st_size < 0.6 * (exported["onnx"] / "onnx" / "model.onnx").stat().st_size
+    got = load_model(str(out))[0].encode(SENTENCES, convert_to_numpy=True)
+    ref = _torch_embeddings(tiny_model_path, SENTENCES)
+    assert _cos(got, ref).min() > 0.99
+    assert np.abs(got - ref).max() > 1e-6  # it did change the numbers: the int8 file is the one loaded
+
+
+def test_openvino_fp32_equal_embeddings(tiny_model_path, exported):
+    if "openvino" not in exported:
+        pytest.skip('OpenVINO not installed (pip install "embedkit[export]")')
+    from embedkit.model_ref import load_model
+
+    out = exported["openvino"]
+    assert (out / "openvino" / "openvino_model.xml").is_file() and (out / "openvino" / "openvino_model.bin").is_file()
+    assert not (out / "onnx").exists() and not (out / "model.safetensors").exists()
+    model = load_model(str(out))[0]
+    assert type(model[0].auto_model).__name__ == "OpenVinoEncoder"
+    got = model.encode(SENTENCES, convert_to_numpy=True)
+    np.testing.assert_allclose(got, _torch_embeddings(tiny_model_path, SENTENCES), atol=1e-4, rtol=0)
+
+
+def test_encode_and_eval_commands_read_an_exported_folder(tiny_model_path, exported, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    npy = tmp_path / "emb.npy"
+    assert main(["encode", str(exported["onnx"]), str(texts), "-o", str(npy)]) == 0
+    np.testing.assert_allclose(np.load(npy), _torch_embeddings(tiny_model_path, SENTENCES), atol=1e-4, rtol=0)
+
+    root, _ = make_sts_dir(tmp_path / "sts", n_extra=5)
+    results = {}
+    for name, folder in (("torch", tiny_model_path), ("onnx", exported["onnx"])):
+        assert main(["eval", str(folder), "--data-dir", str(root), "-o", str(tmp_path / name), "--no-chart"]) == 0
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())["sts"]
+    onnx_sts, torch_sts = results["onnx"], results["torch"]
+    for task, scores in torch_sts["tasks"].items():
+        assert onnx_sts["tasks"][task]["spearman"] == pytest.approx(scores["spearman"], abs=1e-3), task
+    assert onnx_sts["model"]["backend"] == "onnx" and "backend" not in torch_sts["model"]
+    assert onnx_sts["model"]["weights_sha256"] != torch_sts["model"]["weights_sha256"]
+
+
+def test_refusals_are_one_line(tiny_model_path, exported, tmp_path, capsys, monkeypatch):
+    import embedkit.export as ex
+
+    cases = [
+        (["--format", "tflite"], "--format 'tflite': expected one of onnx, openvino"),
+        (["--format", "onnx", "--quantize", "int4"], "--quantize 'int4': expected int8"),
+        (["--format", "openvino", "--quantize", "int8"], "calibration set"),
+    ]
+    for extra, expected in cases:
+        assert main(["export", tiny_model_path, *extra, "-o", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("embedkit: error: ") and expected in err, err
+        assert not (tmp_path / "x").exists()
+    # an existing folder is kept unless --overwrite
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    assert main(["export", tiny_model_path, "--format", "onnx", "-o", str(taken)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and (taken / "keep.txt").exists()
+    # the model's own folder is never the output, even with --overwrite
+    assert main(["export", tiny_model_path, "--format", "onnx", "-o", tiny_model_path, "--overwrite"]) == 2
+    assert "is the model being exported" in capsys.readouterr().err
+    # a missing backend names the pip command
+    real = ex.find_spec
+    monkeypatch.setattr(ex, "find_spec", lambda name: None if name == "onnxruntime" else real(name))
+    assert main(["export", tiny_model_path, "--format", "onnx", "-o", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "onnxruntime" in err and 'pip install "embedkit[export]"' in err, err
+    with pytest.raises(EmbedkitError, match="pip install"):  # loading an exported folder without its backend too
+        from embedkit.model_ref import load_model
+
+        load_model(str(exported["onnx"]))
+    # an exported folder is not exported again
+    monkeypatch.setattr(ex, "find_spec", real)
+    assert main(["export", str(exported["onnx"]), "--format", "onnx", "-o", str(tmp_path / "z")]) == 2
+    assert "already an exported" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_the_folder(tiny_model_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    assert main(["export", tiny_model_path, "--format", "onnx", "-o", str(out), "--overwrite"]) == 0
+    assert not (out / "old.txt").exists() and (out / "onnx" / "model.onnx").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left beside it
+    assert "onnx fp32 (onnx/model.onnx)" in capsys.readouterr().out
+
+
+def test_cpu_target_from_flags():
+    from embedkit.export import cpu_target
+
+    assert cpu_target({"avx2", "avx512f", "avx512_vnni"}, "x86_64") == "avx512_vnni"
+    assert cpu_target({"avx2", "avx512f"}, "x86_64") == "avx512"
+    assert cpu_target({"avx2"}, "x86_64") == "avx2"
+    assert cpu_target(set(), "aarch64") == "arm64"
+
+
+@pytest.mark.slow
+def test_minilm_onnx_equals_torch_on_sts_sentences(minilm_path, data_dir, tmp_path):
+    """The real model: ONNX fp32 embeddings equal torch's within 1e-4 on 400 STS-B test sentences."""
+    from embedkit.data.sts import read_stsb
+    from embedkit.encoding import encode
+    from embedkit.export import export
+    from embedkit.model_ref import load_model
+
+    pairs = read_stsb(data_dir / "sts" / "stsbenchmark" / "sts-test.csv")
+    texts = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))[:400]
+    out = export(minilm_path, tmp_path / "minilm-onnx", "onnx")
+    got = encode(load_model(str(out))[0], texts)
+    np.testing.assert_allclose(got, _torch_embeddings(minilm_path, texts), atol=1e-4, rtol=0)
