@@ -14,9 +14,8 @@ import under sentence-transformers 6, which needs transformers >= 5). The parts 
 transformer is exported with ``torch.onnx.export`` (inputs ``input_ids``, ``attention_mask``, ``token_type_ids``
 where the model takes them; output ``last_hidden_state``; batch and sequence axes dynamic: optimum's
 feature-extraction contract), quantized with onnxruntime's ``quantize_dynamic`` and converted with OpenVINO's
-``convert_model``. Loading uses onnxruntime / OpenVINO directly through sentence-transformers' own backend hook
-(:func:`load_backend_model`), so the rest of the pipeline (tokenizer, pooling, normalisation, prompts) is
-sentence-transformers' unchanged.
+``convert_model``. Loading (embedkit/backends.py) runs onnxruntime / OpenVINO through sentence-transformers' own
+backend hook, so the rest of the pipeline (tokenizer, pooling, normalisation, prompts) is sentence-transformers'.
 
 int8 (``--quantize int8``) is dynamic quantization, onnxruntime's: weights int8 (per output channel), activations
 quantized at run time (uint8), no calibration set. As optimum's ``AutoQuantizationConfig`` presets, the file is
@@ -31,32 +30,25 @@ This module imports no torch at import time (the parser is built without it).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedkit.backends import FORMATS, MARKER, TORCH_WEIGHTS, backend_of, read_marker, require_backend
 from embedkit.errors import EmbedkitError
+from embedkit.model_ref import check_model, load_model
+from embedkit.version import __version__
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-FORMATS = ("onnx", "openvino")
 QUANTIZE = ("int8",)
-MARKER = "export.json"  # written by embedkit export: the backend and the file to load
-# What each backend needs at run time (import name, pip name); the pip line goes into the error.
-REQUIRES = {"onnx": (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
-            "openvino": (("onnx", "onnx"), ("openvino", "openvino"))}
-INSTALL = 'pip install "embedkit[export]"'
-TORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                 "pytorch_model.bin.index.json")
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17
 
@@ -78,14 +70,6 @@ def check_options(fmt: str, quantize: str | None) -> None:
     require_backend(fmt, f"--format {fmt}")
 
 
-def require_backend(fmt: str, what: str) -> None:
-    """One line naming the missing packages of backend ``fmt`` and the pip command that installs them."""
-    missing = [pip for module, pip in REQUIRES[fmt] if find_spec(module) is None]
-    if missing:
-        raise EmbedkitError(f"{what}: needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
-                            f"installed; install with: {INSTALL} (or pip install {' '.join(missing)})")
-
-
 def cpu_target(flags: set[str] | None = None, machine: str | None = None) -> str:
     """The int8 preset for this CPU (or the given ``flags`` / ``machine``): arm64, avx512_vnni, avx512 or avx2."""
     if (machine or platform.machine()).lower() in ("arm64", "aarch64"):
@@ -101,23 +85,6 @@ def cpu_target(flags: set[str] | None = None, machine: str | None = None) -> str
     if "avx512f" in flags:
         return "avx512"
     return "avx2"
-
-
-def read_marker(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """``export.json`` of an exported folder, or ``None`` when ``folder`` is not one."""
-    path = Path(folder) / MARKER
-    if not path.is_file():
-        return None
-    try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise EmbedkitError(f"{path}: cannot be read as JSON ({err})") from None
-    if not isinstance(marker, dict) or marker.get("format") not in FORMATS or not isinstance(marker.get("file"), str):
-        raise EmbedkitError(f"{path}: expected {{\"format\": \"onnx\"|\"openvino\", \"file\": ...}} (written by "
-                            "embedkit export)")
-    if not (Path(folder) / marker["file"]).is_file():
-        raise EmbedkitError(f"{path}: names {marker['file']}, which is not in {folder}")
-    return marker
 
 
 def check_output_folder(output: str, overwrite: bool) -> Path:
@@ -146,8 +113,6 @@ def export(model: Any, output: str | os.PathLike, fmt: str = "onnx", quantize: s
 
     The folder is built beside ``output`` and renamed into place only when complete; an existing ``output`` is
     replaced only with ``overwrite`` (and never when it is the model being exported)."""
-    from embedkit.model_ref import check_model, load_model
-
     check_options(fmt, quantize)
     out = check_output_folder(str(output), overwrite)
     if isinstance(model, (str, os.PathLike)):
@@ -155,8 +120,8 @@ def export(model: Any, output: str | os.PathLike, fmt: str = "onnx", quantize: s
         if Path(source).exists() and Path(source).resolve() == out.resolve():
             raise EmbedkitError(f"-o {output}: is the model being exported; choose another folder")
     st_model, spec = load_model(model, device="cpu")
-    if read_marker_of(st_model) is not None:
-        raise EmbedkitError(f"model {spec}: is already an exported ({read_marker_of(st_model)}) folder; export the "
+    if backend_of(st_model) is not None:
+        raise EmbedkitError(f"model {spec}: is already an exported ({backend_of(st_model)}) folder; export the "
                             "torch model it came from")
     from sentence_transformers.models import Transformer
 
@@ -191,37 +156,12 @@ def export(model: Any, output: str | os.PathLike, fmt: str = "onnx", quantize: s
             details = {"precision": "fp32"}
         marker = {"format": fmt, "file": file.relative_to(tmp).as_posix(), "quantize": quantize, "inputs": inputs,
                   "opset": OPSET, "source": spec, **details}
-        from embedkit.version import __version__
-
         marker["embedkit_version"] = __version__
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         _replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def read_marker_of(model: SentenceTransformer) -> str | None:
-    """``onnx`` / ``openvino`` for a model loaded from an exported folder, else ``None``."""
-    return (getattr(model, "_embedkit_backend", None) or {}).get("format")
-
-
-def backend_file_hash(model: SentenceTransformer) -> str | None:
-    """SHA-256 of the backend file a model loaded from an exported folder runs (its weights), else ``None``."""
-    import hashlib
-
-    info = getattr(model, "_embedkit_backend", None)
-    if not info:
-        return None
-    digest = hashlib.sha256()
-    files = [Path(info["path"])]
-    if files[0].suffix == ".xml":  # OpenVINO: the graph and its weights
-        files.append(files[0].with_suffix(".bin"))
-    for file in files:
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _replace(tmp: Path, out: Path) -> None:
@@ -243,8 +183,6 @@ def _replace(tmp: Path, out: Path) -> None:
 def _onnx_inputs(st_model: SentenceTransformer) -> tuple[list[str], dict[str, Any]]:
     """The transformer's input names (those of ONNX_INPUTS the tokenizer gives and forward takes) and an
     example batch (two sentences of different lengths, so nothing is traced as a constant)."""
-    import inspect
-
     hf = st_model[0].auto_model
     params = set(inspect.signature(hf.forward).parameters)
     fn = getattr(st_model, "preprocess", None) or st_model.tokenize
@@ -296,123 +234,6 @@ def _convert_openvino(src: Path, dst: Path) -> None:
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov.convert_model(str(src)), str(dst), compress_to_fp16=False)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Loading
-
-
-def backend_files(folder: str | os.PathLike) -> tuple[str, str] | None:
-    """``(format, file)`` for an exported folder: from ``export.json``, else a folder that has no torch weights
-    but one ``onnx/*.onnx`` or ``openvino/*.xml`` (sentence-transformers' own backend layout); ``None`` otherwise.
-    """
-    folder = Path(folder)
-    marker = read_marker(folder)
-    if marker is not None:
-        return marker["format"], marker["file"]
-    if any((folder / name).is_file() for name in TORCH_WEIGHTS) or not (folder / "modules.json").is_file():
-        return None
-    for fmt, pattern in (("onnx", "onnx/*.onnx"), ("openvino", "openvino/*.xml")):
-        found = sorted(p.relative_to(folder).as_posix() for p in folder.glob(pattern))
-        if len(found) == 1:
-            return fmt, found[0]
-        if found:
-            raise EmbedkitError(f"{folder}: holds {len(found)} {fmt} files ({', '.join(found)}) and no {MARKER} "
-                                "saying which to load")
-    return None
-
-
-class _OnnxEncoder:
-    """The transformer run by onnxruntime: ``forward(input_ids, attention_mask, ...)`` -> ``last_hidden_state``."""
-
-    def __new__(cls, path: str, config: Any) -> Any:
-        import numpy as np
-        import onnxruntime as ort
-        import torch
-
-        class OnnxEncoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                options = ort.SessionOptions()
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-                self.input_names = [i.name for i in self.session.get_inputs()]
-                self.config = config
-
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                        token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
-                given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-                if given.get("token_type_ids") is None and "token_type_ids" in self.input_names:
-                    given["token_type_ids"] = torch.zeros_like(input_ids)
-                feeds = {n: given[n].cpu().numpy().astype(np.int64, copy=False) for n in self.input_names}
-                out = self.session.run(["last_hidden_state"], feeds)[0]
-                return {"last_hidden_state": torch.from_numpy(out)}
-
-        return OnnxEncoder()
-
-
-class _OpenVinoEncoder:
-    """The transformer run by OpenVINO (CPU, inference precision f32: no silent bf16 on CPUs that have it)."""
-
-    def __new__(cls, path: str, config: Any) -> Any:
-        import numpy as np
-        import openvino as ov
-        import torch
-
-        class OpenVinoEncoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                core = ov.Core()
-                self.compiled = core.compile_model(core.read_model(path), "CPU",
-                                                   {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
-                self.input_names = [i.get_any_name() for i in self.compiled.inputs]
-                self.request = self.compiled.create_infer_request()
-                self.config = config
-
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                        token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
-                given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-                if given.get("token_type_ids") is None and "token_type_ids" in self.input_names:
-                    given["token_type_ids"] = torch.zeros_like(input_ids)
-                feeds = {n: given[n].cpu().numpy().astype(np.int64, copy=False) for n in self.input_names}
-                out = self.request.infer(feeds)
-                return {"last_hidden_state": torch.from_numpy(np.array(out[self.compiled.output(0)]))}
-
-        return OpenVinoEncoder()
-
-
-@contextmanager
-def _backend_hook(fmt: str, file: str) -> Iterator[None]:
-    """While a SentenceTransformer loads, its Transformer module's backend loader (sentence-transformers'
-    ``load_onnx_model`` / ``load_openvino_model``, which need optimum) is embedkit's runtime encoder instead."""
-    from sentence_transformers.base.modules import transformer as st_transformer
-
-    name = {"onnx": "load_onnx_model", "openvino": "load_openvino_model"}[fmt]
-    encoder = {"onnx": _OnnxEncoder, "openvino": _OpenVinoEncoder}[fmt]
-
-    def load(model_name_or_path: str, config: Any, task_name: str, **_: Any) -> Any:
-        if task_name != "feature-extraction":
-            raise EmbedkitError(f"{model_name_or_path}: an exported {task_name} model is not supported; "
-                                "expected a feature-extraction encoder")
-        return encoder(str(Path(model_name_or_path) / file), config)
-
-    original = getattr(st_transformer, name)
-    setattr(st_transformer, name, load)
-    try:
-        yield
-    finally:
-        setattr(st_transformer, name, original)
-
-
-def load_backend_model(folder: str, fmt: str, file: str) -> SentenceTransformer:
-    """The SentenceTransformer of an exported folder, its transformer run by onnxruntime or OpenVINO."""
-    require_backend(fmt, f"model {folder} (exported for {fmt})")
-    from sentence_transformers import SentenceTransformer
-
-    with _backend_hook(fmt, file):
-        model = SentenceTransformer(folder, device="cpu", backend=fmt, local_files_only=True, trust_remote_code=False)
-    model._embedkit_backend = {"format": fmt, "path": str(Path(folder, file).resolve())}
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import get_session
 
+from embedkit.backends import backend_files, load_backend_model
 from embedkit.errors import EmbedkitError, RecipeError
 
 if TYPE_CHECKING:
@@ -285,8 +286,6 @@ ADAPTER_PATTERNS = ("adapter_model.safetensors", "adapter_model.bin")
 
 def _exported(folder: Path, fail: _Fail) -> bool:
     """Whether ``folder`` is an ``embedkit export`` (ONNX / OpenVINO) folder: weights in the backend's file."""
-    from embedkit.export import backend_files
-
     try:
         return backend_files(folder) is not None
     except EmbedkitError as err:
@@ -473,8 +472,6 @@ def load_model(model: Any, device: str | None = None) -> tuple[SentenceTransform
     path = check_model(spec, what="model", trust_flag=None)
     local = Path(path).is_dir()
     if local:
-        from embedkit.export import backend_files, load_backend_model
-
         exported = backend_files(path)
         if exported is not None:  # an `embedkit export` folder: the transformer runs on onnxruntime / OpenVINO
             loaded = load_backend_model(path, *exported)

@@ -49,7 +49,7 @@ def exported(tiny_model_path, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_onnx_fp32_folder_layout_and_equal_embeddings(tiny_model_path, exported):
-    from embedkit.export import read_marker_of
+    from embedkit.backends import backend_of
     from embedkit.model_ref import load_model
 
     out = exported["onnx"]
@@ -59,7 +59,7 @@ def test_onnx_fp32_folder_layout_and_equal_embeddings(tiny_model_path, exported)
     marker = json.loads((out / "export.json").read_text())
     assert marker["format"] == "onnx" and marker["file"] == "onnx/model.onnx" and marker["quantize"] is None
     model, spec = load_model(str(out))
-    assert read_marker_of(model) == "onnx" and spec == str(out)
+    assert backend_of(model) == "onnx" and spec == str(out)
     assert type(model[0].auto_model).__name__ == "OnnxEncoder"  # really onnxruntime, not torch weights
     got = model.encode(SENTENCES, convert_to_numpy=True)
     np.testing.assert_allclose(got, _torch_embeddings(tiny_model_path, SENTENCES), atol=1e-4, rtol=0)
@@ -117,7 +117,7 @@ def test_encode_and_eval_commands_read_an_exported_folder(tiny_model_path, expor
 
 
 def test_refusals_are_one_line(tiny_model_path, exported, tmp_path, capsys, monkeypatch):
-    import embedkit.export as ex
+    import embedkit.backends as ex
 
     cases = [
         (["--format", "tflite"], "--format 'tflite': expected one of onnx, openvino"),

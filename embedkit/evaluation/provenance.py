@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedkit.backends import backend_file_hash, backend_of
 from embedkit.model_ref import default_model_name, embedding_dim
 
 if TYPE_CHECKING:
@@ -30,10 +31,9 @@ def package_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str]:
 
 def model_info(model: SentenceTransformer, spec: str | None) -> dict[str, Any]:
     """Path (or Hub id), name and a SHA-256 of all weights and buffers."""
-    from embedkit.export import backend_file_hash, read_marker_of
     from embedkit.modeling import weights_hash
 
-    backend = read_marker_of(model)  # an `embedkit export` folder: its weights are the backend file
+    backend = backend_of(model)  # an `embedkit export` folder: its weights are the backend file
     info = {
         "path": str(Path(spec).resolve()) if spec and Path(spec).exists() else spec,
         "name": default_model_name(model, spec),
