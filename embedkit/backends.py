@@ -118,7 +118,8 @@ def _feeds(names: list[str], input_ids: Any, attention_mask: Any, token_type_ids
 
 def onnx_encoder(path: str, config: Any) -> Any:
     """The transformer run by onnxruntime (CPU): ``forward(input_ids, attention_mask, ...)`` returns
-    ``{"last_hidden_state": tensor}``, as the transformers model it replaces."""
+    ``{"last_hidden_state": tensor}``, as the transformers model it replaces. Both encoders use
+    ``torch.get_num_threads()`` threads (set when the model loads), as the torch model would."""
     import onnxruntime as ort
     import torch
 
@@ -127,6 +128,7 @@ def onnx_encoder(path: str, config: Any) -> Any:
             super().__init__()
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = torch.get_num_threads()  # the threads torch would use, no more
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             self.input_names = [i.name for i in self.session.get_inputs()]
             self.config = config
@@ -149,8 +151,9 @@ def openvino_encoder(path: str, config: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             core = ov.Core()
-            self.compiled = core.compile_model(core.read_model(path), "CPU",
-                                               {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+            self.compiled = core.compile_model(core.read_model(path), "CPU", {
+                "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": torch.get_num_threads()})  # the threads torch would use, no more
             self.input_names = [i.get_any_name() for i in self.compiled.inputs]
             self.request = self.compiled.create_infer_request()
             self.config = config

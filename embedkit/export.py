@@ -19,8 +19,11 @@ backend hook, so the rest of the pipeline (tokenizer, pooling, normalisation, pr
 
 int8 (``--quantize int8``) is dynamic quantization, onnxruntime's: weights int8 (per output channel), activations
 quantized at run time (uint8), no calibration set. As optimum's ``AutoQuantizationConfig`` presets, the file is
-named after the CPU it targets, picked from the CPU's flags: ``avx512_vnni``, ``avx512``, ``avx2`` (7-bit weight
-range, ``reduce_range``, which avoids the int16 saturation of AVX2/AVX-512 without VNNI) or ``arm64``.
+named after the CPU it targets, picked from the CPU's flags: ``avx512_vnni``, ``avx512``, ``avx2`` or ``arm64``;
+the settings are optimum's presets (weights int8 symmetric per channel, activations uint8 asymmetric, every
+operator onnxruntime quantizes dynamically) except that ``avx2`` and ``avx512`` (x86 without VNNI) use the 7-bit
+weight range (``reduce_range``), which onnxruntime recommends there against the saturation of its u8s8 int16
+accumulation; optimum leaves that to the user.
 OpenVINO int8 needs static quantization with a calibration set (nncf); it is refused: use ``--format onnx
 --quantize int8``.
 
@@ -145,7 +148,7 @@ def export(model: Any, output: str | os.PathLike, fmt: str = "onnx", quantize: s
             onnx_fp32.unlink()  # one model file per folder: no question which one loads
             details: dict[str, Any] = {"quantization": "dynamic int8 (onnxruntime quantize_dynamic): weights int8 "
                                        "per channel, activations uint8 at run time", "cpu_target": target,
-                                       "reduce_range": target == "avx2"}
+                                       "reduce_range": target in ("avx2", "avx512")}
         elif fmt == "openvino":
             file = tmp / "openvino" / "openvino_model.xml"
             _convert_openvino(onnx_fp32, file)
@@ -224,7 +227,7 @@ def _quantize_dynamic(src: Path, dst: Path, target: str) -> None:
     """onnxruntime dynamic int8 quantization of ``src`` into ``dst`` (see the module docstring)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=target == "avx2",
+    quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=target in ("avx2", "avx512"),
                      weight_type=QuantType.QInt8)
 
 
