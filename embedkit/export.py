@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import os
 import platform
 import shutil
@@ -227,8 +228,17 @@ def _quantize_dynamic(src: Path, dst: Path, target: str) -> None:
     """onnxruntime dynamic int8 quantization of ``src`` into ``dst`` (see the module docstring)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=target in ("avx2", "avx512"),
-                     weight_type=QuantType.QInt8)
+    class _NoPreprocessAdvice(logging.Filter):  # onnxruntime's root-logger advice, aimed at static image models
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "pre-processing before quantization" not in record.getMessage()
+
+    quiet = _NoPreprocessAdvice()
+    logging.getLogger().addFilter(quiet)
+    try:
+        quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=target in ("avx2", "avx512"),
+                         weight_type=QuantType.QInt8)
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 def _convert_openvino(src: Path, dst: Path) -> None:

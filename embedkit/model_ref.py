@@ -227,8 +227,13 @@ def check_recipe_refs(recipe: Any, source: str, lines: dict[tuple, int], hub_dat
         return f"{source}:{lines[key]}" if key in lines else source
 
     try:
-        check_model(model.name, what=f"{at(('model', 'name'))}: model.name",
-                    revision=model.revision, trust_remote_code=model.trust_remote_code)
+        path = check_model(model.name, what=f"{at(('model', 'name'))}: model.name",
+                           revision=model.revision, trust_remote_code=model.trust_remote_code)
+        exported = backend_files(path) if Path(path).is_dir() else None
+        if exported is not None:
+            raise ModelRefError(f"{at(('model', 'name'))}: model.name: {model.name} is an exported {exported[0]} "
+                                "serving folder (embedkit export); training needs the torch model it was exported "
+                                "from")
         train = recipe.data.train
         if hub_data and train.hub:
             require_hub(f"{at(('data', 'train', 'hub'))}: data.train.hub {train.hub}",

@@ -154,6 +154,16 @@ def test_refusals_are_one_line(tiny_model_path, exported, tmp_path, capsys, monk
     assert "already an exported" in capsys.readouterr().err
 
 
+def test_a_recipe_cannot_train_an_exported_folder(exported, tmp_path, capsys):
+    from test_bad_inputs_models import _recipe
+
+    recipe = _recipe(tmp_path, str(exported["onnx"]))
+    assert main(["check", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{recipe}:3: model.name: {exported['onnx']} is an exported onnx serving " \
+        "folder (embedkit export); training needs the torch model" in err, err
+
+
 def test_overwrite_replaces_the_folder(tiny_model_path, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
