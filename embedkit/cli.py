@@ -10,6 +10,7 @@ from embedkit.encode import add_cli as add_encode
 from embedkit.errors import EmbedkitError
 from embedkit.evaluation.cli import add_cli as add_eval
 from embedkit.evaluation.overlap import add_cli as add_overlap
+from embedkit.export import add_cli as add_export
 from embedkit.hub import add_cli as add_push
 from embedkit.merging import add_cli as add_merge
 from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encode(sub)     # encode
     add_push(sub)       # push
     add_merge(sub)      # merge (model soups, task arithmetic, delta-guided fusion)
+    add_export(sub)     # export (ONNX / OpenVINO serving folder, optionally int8)
     add_inspect(sub)    # inspect (Text2Token's vocabulary head, any BERT-like model)
     data = sub.add_parser("data", help="inspect training data").add_subparsers(dest="data_command", required=True)
     add_diagnose(data)  # data diagnose (DebCSE's pair statistics, any recipe)

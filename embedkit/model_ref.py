@@ -29,6 +29,7 @@ from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_
 from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import get_session
 
+from embedkit.backends import backend_files, load_backend_model
 from embedkit.errors import EmbedkitError, RecipeError
 
 if TYPE_CHECKING:
@@ -250,8 +251,13 @@ def check_recipe_refs(recipe: Any, source: str, lines: dict[tuple, int], hub_dat
         return f"{source}:{lines[key]}" if key in lines else source
 
     try:
-        check_model(model.name, what=f"{at(('model', 'name'))}: model.name",
-                    revision=model.revision, trust_remote_code=model.trust_remote_code)
+        path = check_model(model.name, what=f"{at(('model', 'name'))}: model.name",
+                           revision=model.revision, trust_remote_code=model.trust_remote_code)
+        exported = backend_files(path) if Path(path).is_dir() else None
+        if exported is not None:
+            raise ModelRefError(f"{at(('model', 'name'))}: model.name: {model.name} is an exported {exported[0]} "
+                                "serving folder (embedkit export); training needs the torch model it was exported "
+                                "from")
         train = recipe.data.train
         if hub_data and train.hub:
             check_hub_dataset(train.hub, f"{at(('data', 'train', 'hub'))}: data.train.hub {train.hub}",
@@ -372,7 +378,7 @@ def _check_folder(folder: Path, name: str, fail: _Fail) -> Path | None:
         config = next((sub / c for c in CONFIG_FILES if (sub / c).is_file()), None)
         if config is None:
             raise fail(f"{where} has no config.json; {EXPECTED}")
-        if not _matches(sub, WEIGHT_PATTERNS):
+        if not _matches(sub, WEIGHT_PATTERNS) and not _exported(folder, fail):
             raise fail(f"{where} has config.json but no weights (expected model.safetensors or pytorch_model.bin)")
         return config
     config = next((folder / c for c in CONFIG_FILES if (folder / c).is_file()), None)
@@ -389,6 +395,14 @@ def _check_folder(folder: Path, name: str, fail: _Fail) -> Path | None:
 
 
 ADAPTER_PATTERNS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _exported(folder: Path, fail: _Fail) -> bool:
+    """Whether ``folder`` is an ``embedkit export`` (ONNX / OpenVINO) folder: weights in the backend's file."""
+    try:
+        return backend_files(folder) is not None
+    except EmbedkitError as err:
+        raise fail(str(err)) from None
 
 
 def _check_adapter_base(adapter_config: Path, where: str, fail: _Fail) -> Path | None:
@@ -570,6 +584,13 @@ def load_model(model: Any, device: str | None = None) -> tuple[SentenceTransform
     # an unreachable Hub is one line at once.
     path = check_model(spec, what="model", trust_flag=None)
     local = Path(path).is_dir()
+    if local:
+        exported = backend_files(path)
+        if exported is not None:  # an `embedkit export` folder: the transformer runs on onnxruntime / OpenVINO
+            loaded = load_backend_model(path, *exported)
+            if not getattr(loaded.model_card_data, "model_name", None):
+                loaded.model_card_data.model_name = default_model_name(loaded, spec)
+            return loaded, path
     from sentence_transformers import SentenceTransformer
 
     try:

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "embedkit"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("embedkit.errors", "embedkit.paths", "embedkit.log", "embedkit.version", "embedkit.outputs",
                     "embedkit.distributed", "embedkit.cliargs")),
-    ("recipe and data", ("embedkit.recipe", "embedkit.data", "embedkit.model_ref", "embedkit.model_files")),
+    ("recipe and data", ("embedkit.recipe", "embedkit.data", "embedkit.model_ref", "embedkit.model_files",
+                         "embedkit.backends")),
     ("models and encoding", ("embedkit.modeling", "embedkit.modules", "embedkit.encoding", "embedkit.augment",
                              "embedkit.merging")),
     ("shared loss machinery", ("embedkit.losses", "embedkit.mining")),
@@ -21,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation", ("embedkit.evaluation",)),
     ("publishing", ("embedkit.card", "embedkit.hub")),
     ("training", ("embedkit.training",)),
-    ("commands and API", ("embedkit.encode", "embedkit.cli", "embedkit")),
+    ("commands and API", ("embedkit.encode", "embedkit.export", "embedkit.cli", "embedkit")),
 ]
 
 
@@ -114,7 +115,8 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
 # HEAVY: libraries whose import costs over half a second here (python -X importtime, 2-core EPYC): the only
 # reason an import may sit inside a function is to keep one of them off the validation and CLI-parse path.
 HEAVY = frozenset({"torch", "transformers", "sentence_transformers", "datasets", "mteb", "matplotlib", "scipy",
-                   "sklearn", "peft", "faiss", "pandas", "accelerate"})
+                   "sklearn", "peft", "faiss", "pandas", "accelerate",
+                   "onnx", "onnxruntime", "openvino"})  # the export extra: optional installs (onnx 1.1 s)
 
 
 def _imports(path: Path, this: str, modules: set[str]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:

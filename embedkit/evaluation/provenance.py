@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedkit.backends import backend_file_hash, backend_of
 from embedkit.model_ref import default_model_name, embedding_dim
 
 if TYPE_CHECKING:
@@ -32,10 +33,14 @@ def model_info(model: SentenceTransformer, spec: str | None) -> dict[str, Any]:
     """Path (or Hub id), name and a SHA-256 of all weights and buffers."""
     from embedkit.modeling import weights_hash
 
-    return {
+    backend = backend_of(model)  # an `embedkit export` folder: its weights are the backend file
+    info = {
         "path": str(Path(spec).resolve()) if spec and Path(spec).exists() else spec,
         "name": default_model_name(model, spec),
-        "weights_sha256": weights_hash(model),
+        "weights_sha256": backend_file_hash(model) if backend else weights_hash(model),
         "embedding_dim": embedding_dim(model),
         "max_seq_length": model.max_seq_length,
     }
+    if backend:
+        info["backend"] = backend
+    return info
