@@ -148,3 +148,21 @@ output: {{dir: {tmp_path / "out"}}}
     held = split_heldout(train, "rerank", 0.15, 0)
     assert len(data.parts["qa"]) == 17 and not set(data.parts["qa"].columns["anchor"]) & held.queries
     assert len(data.parts["other"]) == 20
+
+
+def test_data_mine_from_a_recipe_leaves_the_slice_out(tmp_path, tiny_model_path, capsys):
+    """`embedkit data mine --recipe` mines what training would: the held-out questions are neither rows nor
+    candidates (their answers would otherwise become other rows' negatives)."""
+    from embedkit.cli import main
+
+    train = rerank_file(tmp_path / "train.csv")
+    recipe = recipe_file(tmp_path, train, f"{{kind: rerank, path: {train}, split_from_train: 0.15, metric: map}}",
+                         tiny_model_path)
+    out = tmp_path / "mined.jsonl"
+    assert main(["data", "mine", "--recipe", str(recipe), "-o", str(out), "--num-negatives", "1",
+                 "--range-max", "40", "--max-score-ratio", "none", "--no-progress"]) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    held = split_heldout(train, "rerank", 0.15, 0)
+    held_answers = {f"answer {q.query.split()[1][:-1]} " for q in held.dev.queries}
+    assert len(rows) == 17 and not {r["anchor"] for r in rows} & held.queries
+    assert not any(r["negative_1"].startswith(a) for r in rows for a in held_answers)

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from embedkit.cliargs import add_no_progress
-from embedkit.data.heldout import split_heldout
+from embedkit.data.heldout import remove_heldout, split_heldout
 from embedkit.data.ranking import read_rerank
 from embedkit.data.sources import TrainData, read_corpus, read_local, read_pairs, read_train_source
 from embedkit.data.sts import sha256_file
@@ -350,6 +350,7 @@ def _mine(args: argparse.Namespace) -> int:
     _check_output(args.output)
     if args.overwrite is False and Path(args.output).expanduser().exists() and not Path(args.output).is_dir():
         raise EmbedkitError(f"--output {args.output}: already exists; pass --overwrite to replace it")  # at once
+    held_out: frozenset[str] = frozenset()  # questions of a data.dev.split_from_train slice
     if args.recipe is not None:
         recipe, train_data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir,
                                                    check_data=False)
@@ -371,6 +372,11 @@ def _mine(args: argparse.Namespace) -> int:
         else:
             pairs = read_train_source(src, recipe.method.name, ("anchor", "positive"), ("text", "text"))
             train_path, fmt = None, src.format
+        for dev, key in heldout_devs(recipe, train_path, data_dir):  # the selection slice is not mined for
+            held = split_heldout(train_path, dev.kind, dev.split_from_train, dev.split_seed)
+            held_out |= held.queries
+            pairs = TrainData(remove_heldout(pairs.columns, held), f"{pairs.description} less the "
+                              f"{held.record['held_out']} {held.record['unit']}s held out by {key}", pairs.sha256)
         model_name = args.model or recipe.model.name
         seed = settings.seed if settings.seed is not None else recipe.training.seed
     else:
@@ -386,7 +392,7 @@ def _mine(args: argparse.Namespace) -> int:
         train_path, data_dir, model_name, seed = args.pairs, resolve_data_dir(args.data_dir), args.model, settings.seed
         recipe = None
     settings = settings.model_copy(update={"seed": seed if seed is not None else 42})
-    corpus = corpus_texts(settings, train_path, fmt, data_dir)  # bad input fails before the model loads
+    corpus = corpus_texts(settings, train_path, fmt, data_dir, held_out)  # bad input fails before the model loads
     reason = unreachable_rows(pairs, settings, corpus, cli_flag)
     if reason:
         raise EmbedkitError(f"data mine: {reason}; nothing was written")
