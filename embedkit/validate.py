@@ -110,6 +110,7 @@ def load_recipe_with_data(
     if check_data:
         notes: list[str] = []  # said only once the checks pass: a refusal stays one line
         train_data = _check_train_data(recipe, resolved_dir, method, source, lines, notes)
+        _check_one_batch(recipe, train_data, world, source, lines)
         dev_hubs = _check_dev(recipe, resolved_dir, source, lines, notes)
         # The model and the Hub too (torch-free, cheap): a bad model folder, custom code or an unreachable Hub
         # fails here, before anything loads.
@@ -121,6 +122,18 @@ def load_recipe_with_data(
         for note in notes:
             notice(note)
     return recipe, train_data
+
+
+def _check_one_batch(recipe: Recipe, data: Any, world: int, source: str, lines: dict) -> None:
+    """A short last batch is dropped (``training.drop_last``, and always under several processes): with fewer
+    rows than one global batch, nothing would train (the trainer runs 0 steps and saves the starting model)."""
+    t = recipe.training
+    if data is None or len(data) >= t.batch_size or not (t.drop_last or world > 1):
+        return
+    why = "training.drop_last drops" if t.drop_last else f"{world} processes drop"
+    raise RecipeError(f"{_where(source, lines, ('training', 'batch_size'))}: the training data has {len(data)} "
+                      f"rows, fewer than one global batch ({t.batch_size}), and {why} a short batch, so nothing "
+                      "would train; lower training.batch_size or add rows")
 
 
 # Fewer tokens than this left for the text after a prompt (model.prompts) is refused: every input would embed

@@ -352,3 +352,14 @@ def test_cli_refuses_in_one_line_fast(tmp_path, sentences_file, case):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"embedkit: error: {path}:")
     assert not (tmp_path / "out").exists()
+
+
+def test_drop_last_with_fewer_rows_than_a_batch_is_refused(tmp_path):
+    """5 rows, batch 8, drop_last: every batch would be dropped and the run would train 0 steps."""
+    recipe = recipe_file(tmp_path, pairs_csv(tmp_path), text=RECIPE.replace("batch_size: 8", "batch_size: 8, "
+                                                                              "drop_last: true"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe_with_data(str(recipe))
+    assert f"{recipe}:7: training.batch_size: the training data has 5 rows, fewer than one global batch (8)" \
+        in str(err.value) and "drop_last" in str(err.value)
+    load_recipe_with_data(str(recipe_file(tmp_path, pairs_csv(tmp_path))))  # without drop_last: a short batch trains
