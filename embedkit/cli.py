@@ -18,6 +18,7 @@ from embedkit.methods.text2token.inspect import add_cli as add_inspect
 from embedkit.outputs import filesystem_fault
 from embedkit.recipe import copy_recipe, list_recipes, recipe_to_yaml
 from embedkit.training.mine import add_cli as add_mine
+from embedkit.training.mine_pairs import add_cli as add_mine_pairs
 from embedkit.training.run import SETUP_CHECKS, check_reserve, train
 from embedkit.validate import load_recipe, load_recipe_with_data
 from embedkit.version import __version__
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect training data").add_subparsers(dest="data_command", required=True)
     add_diagnose(data)  # data diagnose (DebCSE's pair statistics, any recipe)
     add_mine(data)      # data mine (hard negatives for pairs, or a recipe's training data)
+    add_mine_pairs(data)  # data mine-pairs (paraphrase / bitext pairs by the ratio margin)
     add_overlap(data)   # data overlap (training rows seen in each evaluation set)
     return parser
 

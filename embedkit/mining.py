@@ -297,3 +297,72 @@ def _quantiles(values: np.ndarray) -> dict[str, float] | None:
     q = np.quantile(values, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
     return {"count": int(values.size), "mean": round(float(values.mean()), 6),
             **{name: round(float(v), 6) for name, v in zip(("min", "p05", "p25", "p50", "p75", "p95", "max"), q)}}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pairs mined from unlabelled text: the ratio margin (embedkit data mine-pairs)
+
+
+@dataclass
+class MarginPairs:
+    """Candidate pairs (source row, target row) of :func:`margin_pairs`, best margin first, with their cosine and
+    ratio-margin score, and every row's mean cosine to its ``k`` nearest neighbours on the other side."""
+
+    source: np.ndarray  # int
+    target: np.ndarray  # int
+    cosine: np.ndarray
+    margin: np.ndarray
+    source_knn_mean: np.ndarray  # per source row
+    target_knn_mean: np.ndarray  # per target row
+    same: bool  # one corpus: source and target rows are the same texts
+
+    def one_to_one(self, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Indices of the pairs kept when each row may be in one pair only: best margin first, a pair is kept
+        when neither row is in a kept pair yet (the paper's "max-score" rule, greedy). ``allowed``: a mask of the
+        candidates that may be kept at all (e.g. not surface duplicates); the others never take a row."""
+        used_s: set[int] = set()
+        used_t: set[int] = used_s if self.same else set()
+        keep = []
+        for i in range(len(self.source)):
+            s, t = int(self.source[i]), int(self.target[i])
+            if (allowed is not None and not allowed[i]) or s in used_s or t in used_t:
+                continue
+            used_s.add(s)
+            used_t.add(t)
+            keep.append(i)
+        return np.asarray(keep, dtype=np.int64)
+
+
+def margin_pairs(source: Tensor, target: Tensor | None = None, k: int = 4, backend: Backend = "auto") -> MarginPairs:
+    """Candidate pairs between unit-normalised ``source`` (n×d) and ``target`` (m×d) rows, scored by the ratio
+    margin of Artetxe & Schwenk (2019, "Margin-based parallel corpus mining with multilingual sentence
+    embeddings", arXiv:1811.01136):
+
+        margin(x, y) = cos(x, y) / ( Σ_{z ∈ NN_k(x)} cos(x, z) / 2k  +  Σ_{z ∈ NN_k(y)} cos(y, z) / 2k )
+
+    where NN_k(x) are x's k nearest target rows and NN_k(y) y's k nearest source rows. A pair scores above 1
+    when the two are closer to each other than to their usual neighbours, which discounts "hub" sentences that
+    are near everything. The candidates are every (x, y) with y among x's k nearest (forward) or x among y's
+    (backward), each once, best margin first; :meth:`MarginPairs.one_to_one` then keeps each row in one pair.
+    With ``target=None`` the source is its own target (paraphrase mining): a row is never its own neighbour and
+    (i, j) is (j, i)."""
+    same = target is None
+    tgt = source if same else target
+    fwd_idx, fwd_cos = top_k_neighbours(source, None if same else tgt, k, exclude_self=True, backend=backend)
+    bwd_idx, bwd_cos = (fwd_idx, fwd_cos) if same else top_k_neighbours(tgt, source, k, backend=backend)
+    src_mean, tgt_mean = fwd_cos.mean(1).double(), bwd_cos.mean(1).double()
+    k_f, k_b = fwd_idx.shape[1], bwd_idx.shape[1]
+    rows_s = torch.cat([torch.arange(source.shape[0]).repeat_interleave(k_f), bwd_idx.reshape(-1)])
+    rows_t = torch.cat([fwd_idx.reshape(-1), torch.arange(tgt.shape[0]).repeat_interleave(k_b)])
+    cos = torch.cat([fwd_cos.reshape(-1), bwd_cos.reshape(-1)]).double()
+    if same:  # (i, j) and (j, i) are one pair
+        rows_s, rows_t = torch.minimum(rows_s, rows_t), torch.maximum(rows_s, rows_t)
+    # the denominator is a mean of nearest-neighbour cosines, positive for any trained encoder; floored so that
+    # a degenerate one (all neighbours orthogonal) cannot flip or blow up the ratio
+    margin = cos / ((src_mean[rows_s] + tgt_mean[rows_t]) / 2).clamp_min(1e-6)
+    s_np, t_np = rows_s.numpy(), rows_t.numpy()
+    _, first = np.unique(s_np.astype(np.int64) * tgt.shape[0] + t_np, return_index=True)  # each pair once
+    # best margin first; ties by source then target row, so the order is the same on every machine
+    order = first[np.lexsort((t_np[first], s_np[first], -margin.numpy()[first]))]
+    return MarginPairs(s_np[order], t_np[order], cos.numpy()[order], margin.numpy()[order], src_mean.numpy(),
+                       tgt_mean.numpy(), same)
