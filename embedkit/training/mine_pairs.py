@@ -1,6 +1,6 @@
 """Training pairs mined from unlabelled text: ``embedkit data mine-pairs``.
 
-    embedkit data mine-pairs CORPUS [CORPUS2] --model M -o OUT.jsonl [--k 4] [--threshold 1.05] [--top N]
+    embedkit data mine-pairs CORPUS [CORPUS2] --model M -o OUT.jsonl [--k 4] [--threshold 1.2] [--top N]
 
 One corpus gives paraphrase mining (each sentence against the others); two give bitext mining (each sentence of
 the first against the second, the case of Artetxe & Schwenk 2019 and of the self-mining papers). Every text is
@@ -38,7 +38,7 @@ from embedkit.outputs import check_file_output, writing
 from embedkit.paths import atomic_path
 from embedkit.version import __version__
 
-DEFAULTS = {"k": 4, "threshold": 1.05, "max_surface_similarity": 0.9, "batch_size": 128}
+DEFAULTS = {"k": 4, "threshold": 1.2, "max_surface_similarity": 0.9, "batch_size": 128}
 
 
 def sidecars(output: Path) -> tuple[Path, Path]:
@@ -248,7 +248,7 @@ def add_cli(data_commands: argparse._SubParsersAction) -> None:
     d.add_argument("-o", "--output", required=True, help="OUTPUT.jsonl")
     d.add_argument("--k", type=int, default=DEFAULTS["k"], help="neighbours for the margin (default 4)")
     d.add_argument("--threshold", type=float, default=DEFAULTS["threshold"],
-                   help="keep pairs with margin at least this (default 1.05)")
+                   help="keep pairs with margin at least this (default 1.2; see docs/mine-pairs.md)")
     d.add_argument("--top", type=int, help="keep at most the N best pairs")
     d.add_argument("--max-surface-similarity", type=_surface, default=DEFAULTS["max_surface_similarity"],
                    help="drop pairs whose folded texts are at least this similar (Indel, 0-1; default 0.9; 'none')")
