@@ -18,11 +18,13 @@ the prompt tokens out exactly as in ``encode``.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+import huggingface_hub.utils as hub_utils
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -73,14 +75,49 @@ def _autocast_context(mode: str, device: torch.device):
     return nullcontext()
 
 
-def progress_bar(total: int, show: bool | None, desc: str = "encoding") -> tqdm:
-    """A tqdm bar over ``total`` sentences on stderr. ``show``: ``True`` always, ``False`` never, ``None`` only when
-    stderr is a terminal (so a log file or a CI job gets no carriage-return spam). Redrawn at most once a second."""
-    if show is None:  # decided here: tqdm's own disable=None check misses a terminal behind its stream wrapper
-        isatty = getattr(sys.stderr, "isatty", None)
-        show = bool(isatty and isatty())
-    return tqdm(total=total, desc=desc, unit=" sent", disable=not show, file=sys.stderr, mininterval=1.0,
+def show_bars(progress: bool | None) -> bool:
+    """Whether to draw progress bars: ``progress`` when given (``--no-progress`` is False), else whether stderr,
+    where tqdm draws, is a terminal (so a log file or a CI job gets no carriage-return spam)."""
+    if progress is not None:
+        return progress
+    isatty = getattr(sys.stderr, "isatty", None)  # decided here: tqdm's disable=None misses a wrapped terminal
+    return bool(isatty and isatty())
+
+
+def progress_bar(total: int, show: bool | None, desc: str = "encoding", unit: str = " sent") -> tqdm:
+    """A tqdm bar over ``total`` items (sentences unless ``unit`` says otherwise) on stderr. ``show``: ``True``
+    always, ``False`` never, ``None`` only when stderr is a terminal (:func:`show_bars`). Redrawn at most once a
+    second."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show_bars(show), file=sys.stderr, mininterval=1.0,
                 leave=False, dynamic_ncols=True)
+
+
+@contextmanager
+def quiet_bars(quiet: bool) -> Iterator[None]:
+    """With ``quiet``: no tqdm bar from the libraries a run goes through (transformers' weight loading and saving,
+    datasets, huggingface_hub, sentence-transformers' model card), each switched back as it was afterwards."""
+    if not quiet:
+        yield
+        return
+    import datasets
+    import sentence_transformers.base.model_card as st_card
+    import transformers.utils.logging as tf_logging
+
+    switches = [(tf_logging.is_progress_bar_enabled(), tf_logging.disable_progress_bar, tf_logging.enable_progress_bar),
+                (datasets.is_progress_bar_enabled(), datasets.disable_progress_bars, datasets.enable_progress_bars),
+                (not hub_utils.are_progress_bars_disabled(), hub_utils.disable_progress_bars,
+                 hub_utils.enable_progress_bars)]
+    card_tqdm = st_card.tqdm  # the card's "Computing widget examples" bar has no switch of its own
+    for _, off, _ in switches:
+        off()
+    st_card.tqdm = functools.partial(card_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        st_card.tqdm = card_tqdm
+        for was_on, _, on in switches:
+            if was_on:
+                on()
 
 
 def _preprocess(model: SentenceTransformer, sentences: list[str], prompt: str | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from embedkit.cli import main
-from embedkit.merging import MergeError, coefficients, display_name, merge, merge_state_dicts, merge_tensor
+from embedkit.merging import MergeError, display_name, merge, merge_state_dicts, merge_tensor
 
 UNTOUCHED = "0.model.encoder.layer.1.output.dense.bias"  # no fine-tuned model moves it
 
@@ -71,8 +71,9 @@ def test_task_arithmetic_with_lambda_zero_is_the_base_exactly(folders):
 
 def test_each_rule_equals_a_direct_computation(folders):
     a, b, base = _weights(folders["a"]), _weights(folders["b"]), _weights(folders["base"])
-    soup = merge_state_dicts([a, b], "average", coeffs=coefficients("average", 2, weights=[1, 3]))
-    arith = merge_state_dicts([a, b], "task-arithmetic", base=base, coeffs=[0.5, -0.2])
+    soup = merge([folders["a"], folders["b"]], "average", weights=[1, 3]).state_dict()
+    arith = merge([folders["a"], folders["b"]], "task-arithmetic", base=folders["base"], lambdas=[0.5, -0.2]
+                  ).state_dict()
     per_tensor = merge_state_dicts([a, b], "delta", base=base, granularity="tensor")
     fused = merge([folders["a"], folders["b"]], "delta", base=folders["base"]).state_dict()  # through the API
     for name in base:
@@ -101,17 +102,15 @@ def test_delta_keeps_an_untouched_parameter_at_the_base(folders):
     assert torch.isfinite(fused[UNTOUCHED]).all()
 
 
-def test_merge_tensor_rules_on_small_tensors():
+def test_delta_rule_on_small_tensors():
     b = torch.tensor([1.0, 2.0, 3.0, 4.0])
     t1 = torch.tensor([1.0, 4.0, 3.0, 0.0])  # moved elements 1 (+2) and 3 (-4)
     t2 = torch.tensor([1.0, 2.0, 6.0, 6.0])  # moved elements 2 (+3) and 3 (+2)
-    got = merge_tensor("delta", [t1, t2], b)
+    got = merge_tensor([t1, t2], b)
     # element 0: nobody moved -> base; 1, 2: only one model moved -> that model; 3: (4·0 + 2·6) / 6 = 2
     assert torch.equal(got, torch.tensor([1.0, 4.0, 6.0, 2.0]))
-    assert torch.equal(merge_tensor("task-arithmetic", [t1, t2], b, [1.0, 1.0]), torch.tensor([1.0, 4.0, 6.0, 2.0]))
-    assert torch.equal(merge_tensor("average", [t1, t2], None, [0.5, 0.5]), torch.tensor([1.0, 3.0, 4.5, 3.0]))
     ids = torch.arange(4)
-    assert torch.equal(merge_tensor("average", [ids, ids + 7], None, [0.5, 0.5]), ids)  # integers: the first's
+    assert torch.equal(merge_tensor([ids, ids + 7], ids), ids)  # integers: the first's
 
 
 def test_output_folder_loads_and_its_card_lists_inputs_and_weights(folders, tmp_path):

@@ -8,31 +8,17 @@ integrations; :func:`tracker_env` points the ones that would otherwise write els
 
 from __future__ import annotations
 
-import functools
 import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import datasets
-import huggingface_hub.utils as hub_utils
-import sentence_transformers.base.model_card as st_card
-import transformers.utils.logging as tf_logging
 from transformers import TrainerCallback
 
+from embedkit.encoding import quiet_bars, show_bars  # noqa: F401 (where training's callers import them)
 from embedkit.log import LOGGER
 from embedkit.recipe import tracker_installed
-
-
-def show_bars(progress: bool | None) -> bool:
-    """Whether to draw progress bars: ``progress`` when given (``--no-progress`` is False), else whether stderr,
-    where tqdm draws, is a terminal."""
-    if progress is not None:
-        return progress
-    isatty = getattr(sys.stderr, "isatty", None)
-    return bool(isatty and isatty())
 
 
 def duration(seconds: float) -> str:
@@ -86,30 +72,6 @@ def describe_trackers(trackers: list[str], report_to: str | list[str], work: Pat
                       f"{', ' + str(work / 'wandb') if 'WANDB_DIR' not in os.environ else ''})"}
     auto = " (auto: installed; training.report_to: [] turns it off)" if report_to == "auto" else ""
     return f"experiment tracking: {', '.join(where.get(t, t) for t in trackers)}{auto}"
-
-
-@contextmanager
-def quiet_bars(quiet: bool) -> Iterator[None]:
-    """With ``quiet``: no tqdm bar from the libraries a run goes through (transformers' weight loading and saving,
-    datasets, huggingface_hub, sentence-transformers' model card), each switched back as it was afterwards."""
-    if not quiet:
-        yield
-        return
-    switches = [(tf_logging.is_progress_bar_enabled(), tf_logging.disable_progress_bar, tf_logging.enable_progress_bar),
-                (datasets.is_progress_bar_enabled(), datasets.disable_progress_bars, datasets.enable_progress_bars),
-                (not hub_utils.are_progress_bars_disabled(), hub_utils.disable_progress_bars,
-                 hub_utils.enable_progress_bars)]
-    card_tqdm = st_card.tqdm  # the card's "Computing widget examples" bar has no switch of its own
-    for _, off, _ in switches:
-        off()
-    st_card.tqdm = functools.partial(card_tqdm, disable=True)
-    try:
-        yield
-    finally:
-        st_card.tqdm = card_tqdm
-        for was_on, _, on in switches:
-            if was_on:
-                on()
 
 
 @contextmanager

@@ -236,20 +236,22 @@ def unique_texts(rows: list[str]) -> tuple[list[str], np.ndarray]:
 
 
 def mine(model: SentenceTransformer, texts: list[str], params: DebiasParams, seed: int, round_: int = 0,
-         batch_size: int = 128, chunk_size: int = 4096, backend: str = "auto", device: str = "auto"
-         ) -> MinedCorpus:
-    """Encode ``texts`` (unique) and their views with the reference ``model`` and mine top-K neighbours."""
+         batch_size: int = 128, chunk_size: int = 4096, backend: str = "auto", device: str = "auto",
+         progress: bool | None = False) -> MinedCorpus:
+    """Encode ``texts`` (unique) and their views with the reference ``model`` and mine top-K neighbours.
+    ``progress``: a bar while encoding (``None``: when stderr is a terminal)."""
     import torch
 
     from embedkit.mining import mining_device, top_k_neighbours, unit_vectors
 
     if len(texts) < 2:
         raise ValueError(f"DebCSE mining needs at least 2 distinct sentences, got {len(texts)}")
-    emb = unit_vectors(model, texts, batch_size=batch_size, device=device)
+    emb = unit_vectors(model, texts, batch_size=batch_size, device=device, show_progress_bar=progress)
     idx, sims = top_k_neighbours(emb, k=params.k, chunk_size=chunk_size, backend=backend,  # type: ignore[arg-type]
                                  device=mining_device(device))
     views = make_views(texts, params, seed, round_)
-    view_emb = [unit_vectors(model, v, batch_size=batch_size, device=device).half() for v in views]
+    view_emb = [unit_vectors(model, v, batch_size=batch_size, device=device, show_progress_bar=progress).half()
+                for v in views]
     stacked = torch.stack(view_emb) if view_emb else torch.zeros(0, len(texts), emb.shape[1], dtype=torch.float16)
     return MinedCorpus(texts, emb, idx.numpy(), sims.numpy().astype(np.float64), views, stacked, round_)
 

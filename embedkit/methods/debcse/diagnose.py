@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from embedkit.cliargs import add_renamed
+from embedkit.cliargs import add_no_progress, add_renamed
 from embedkit.data.sources import read_train_source
 from embedkit.errors import DataError, EmbedkitError
 from embedkit.methods import get_method
@@ -44,7 +44,7 @@ def _texts_of(recipe: Any, train_data: Any, roles: tuple[str, ...], max_samples:
     return columns
 
 
-def _given_rows(columns: dict[str, list], model: Any, batch_size: int) -> Any:
+def _given_rows(columns: dict[str, list], model: Any, batch_size: int, progress: bool | None = False) -> Any:
     """MinedRows for data that already holds (anchor, positive[, negative]) columns."""
     from embedkit.mining import unit_vectors
 
@@ -52,7 +52,7 @@ def _given_rows(columns: dict[str, list], model: Any, batch_size: int) -> Any:
     allt = [str(t) for c in names for t in columns[c]]
     texts, _ = unique_texts(allt)
     uid = {t: i for i, t in enumerate(texts)}
-    table = unit_vectors(model, texts, batch_size).half()
+    table = unit_vectors(model, texts, batch_size, show_progress_bar=progress).half()
     anchor = [str(t) for t in columns[names[0]]]
     positive = [str(t) for t in columns[names[1]]]
     negative = [str(t) for t in columns[names[2]]] if len(names) > 2 else None
@@ -215,8 +215,19 @@ def plot(before_m: dict, after_m: dict, before_b: dict, after_b: dict, path: Pat
 
 def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str | None = None,
              out_dir: str | None = None, max_samples: int | None = 2000, batch_size: int | None = None,
-             draw: bool = True) -> dict[str, Any]:
-    """Compute (and plot) the before/after diagnostics of a recipe's training pairs; returns the summary."""
+             draw: bool = True, progress: bool | None = False) -> dict[str, Any]:
+    """Compute (and plot) the before/after diagnostics of a recipe's training pairs; returns the summary.
+    ``progress``: bars while encoding (``None``: when stderr is a terminal; otherwise the libraries' own bars, such
+    as transformers' weight loading, are off too)."""
+    from embedkit.encoding import quiet_bars, show_bars
+
+    with quiet_bars(not show_bars(progress)):
+        return _diagnose_quietly(recipe_path, overrides, data_dir, out_dir, max_samples, batch_size, draw, progress)
+
+
+def _diagnose_quietly(recipe_path: str, overrides: list[str] | None, data_dir: str | None, out_dir: str | None,
+                      max_samples: int | None, batch_size: int | None, draw: bool, progress: bool | None
+                      ) -> dict[str, Any]:
     from embedkit.modeling import build_model
 
     recipe, train_data = load_recipe_with_data(recipe_path, overrides, data_dir)
@@ -243,10 +254,10 @@ def diagnose(recipe_path: str, overrides: list[str] | None = None, data_dir: str
         model = build_reference(params.reference, recipe.model.max_seq_length)
     after_rows, (mined, _cands) = debias(
         model, anchors, params, seed, batch_size=params.mining_batch_size, chunk_size=params.mining_chunk_size,
-        backend=params.mining_backend, device=params.mining_device,
+        backend=params.mining_backend, device=params.mining_device, progress=progress,
     )
     if len(text_cols) >= 2:
-        before_rows = _given_rows({c: columns[c] for c in text_cols}, model, params.mining_batch_size)
+        before_rows = _given_rows({c: columns[c] for c in text_cols}, model, params.mining_batch_size, progress)
     else:
         before_rows = identity_rows(anchors, mined.embeddings, mined.texts)
     cutoffs = after_rows.stats["cutoffs"]  # as training resolves them (relative: from this reference's kNN cosines)
@@ -363,7 +374,8 @@ def cutoff_report(summary: dict[str, Any]) -> list[str]:
 def _diagnose(args: argparse.Namespace) -> int:
     out = args.output or f"diagnose-{Path(args.recipe).stem}"
     summary = diagnose(args.recipe, args.overrides, data_dir=args.data_dir, out_dir=out,
-                       max_samples=args.max_samples or None, batch_size=args.batch_size, draw=not args.no_chart)
+                       max_samples=args.max_samples or None, batch_size=args.batch_size, draw=not args.no_chart,
+                       progress=args.progress)
     print(f"{args.recipe}: method {summary['method']}, reference {summary['reference']}, "
           f"{summary['before']['rows']} rows, batch {summary['batch_size']}, seed {summary['seed']}")
     method = summary["method"]
@@ -400,4 +412,5 @@ def add_cli(data_commands: argparse._SubParsersAction) -> None:
     d.add_argument("--batch-size", type=int, help="batch size of the simulated batches (default: the recipe's)")
     d.add_argument("--no-chart", action="store_true", help="numbers only, no PNG")
     add_renamed(d, "--no-plot", "--no-chart", "no_chart", flag=True)
+    add_no_progress(d)
     d.set_defaults(func=_diagnose)
