@@ -4,7 +4,8 @@
 :func:`setup` (model, data, method, trainer), ``trainer.train`` (fit), :func:`finish` (evaluate, save, swap).
 The output folder ends with the model in sentence-transformers format (``SentenceTransformer(dir)`` loads
 it), ``recipe.yaml`` (resolved, every default filled in), ``results.json`` (written last: its presence
-marks a finished run), ``logs/``, ``checkpoints/`` and the run marker ``.embedkit-run.json``
+marks a finished run), ``logs/``, ``checkpoints/`` (trimmed once results.json is written:
+``output.keep_checkpoints``, :func:`embedkit.training.checkpoints.plan_keep`) and the run marker ``.embedkit-run.json``
 (:mod:`embedkit.training.rundir` says what the folder guarantees).
 """
 
