@@ -474,10 +474,6 @@ class ObjectiveSection(Section):
         return self
 
 
-# What a finished run keeps of its checkpoints (embedkit.training.checkpoints.plan_keep).
-KeepCheckpoints = Literal["all", "weights", "best", "none"]
-
-
 class OutputSection(Section):
     dir: str
     push_to_hub: str | None = Field(
@@ -486,7 +482,7 @@ class OutputSection(Section):
     private: bool = False
     license: str | None = Field(None, description="the model's license (model card, mteb ModelMeta); null: the base "
                                 "model's (its card's license, e.g. apache-2.0 for all-MiniLM-L6-v2)")
-    keep_checkpoints: KeepCheckpoints = Field(
+    keep_checkpoints: Literal["all", "weights", "best", "none"] = Field(
         "weights", description="what the checkpoints keep once the run has finished: all (everything, optimizer "
         "state included), weights (every kept checkpoint's model, without the optimizer, scheduler, RNG and loss "
         "state that only --resume of an unfinished run reads), best (the selected checkpoint's model only), none "

@@ -7,7 +7,7 @@ full disk or a kill during a save left truncated is skipped with the reason, and
 not finite when it was saved (the manifest's ``weights_finite``), or whose training state was removed when
 its run finished. Torch-free, so ``--resume`` with no usable checkpoint answers before a model loads.
 
-**Keeping checkpoints after the run** (``output.keep_checkpoints``, :data:`KEEP_CHOICES`): once a run has
+**Keeping checkpoints after the run** (``output.keep_checkpoints``): once a run has
 finished (``results.json`` written), its checkpoints are only weights to merge or inspect; the training state
 that ``--resume`` needed (optimizer moments, scheduler, RNG, the loss's own state: :data:`TRAINING_STATE`) is
 removed (``weights``, the default), along with every checkpoint but the selected one (``best``) or the whole
@@ -23,17 +23,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from embedkit.data.sts import sha256_file
 from embedkit.outputs import walk_files
 from embedkit.paths import atomic_path
-from embedkit.recipe import KeepCheckpoints
 
 COMPLETE_MARKER = "embedkit_checkpoint.json"
 METHOD_STATE_FILE = "embedkit_method_state.safetensors"  # the loss's own state (a head, a queue, a stage)
-# What a finished run keeps of its checkpoints (``output.keep_checkpoints``); the default is ``weights``.
-KEEP_CHOICES: tuple[str, ...] = get_args(KeepCheckpoints)
 # What a checkpoint holds only for ``--resume`` (the trainer's names; the first path part of a file): the
 # optimizer's moments (twice the trainable weights under AdamW), schedule, loss scaler, RNG states, the trainer's
 # arguments, the loss's own state, and DeepSpeed's ``global_step*/`` shards with their ``latest`` and script.
@@ -206,7 +203,7 @@ def _bytes(folder: Path, rels: list[str]) -> int:
 
 
 def plan_keep(folder: str | os.PathLike, keep: str, best: str | os.PathLike | None) -> dict[str, Any]:
-    """What a finished run keeps of its ``checkpoints/`` folder under ``keep`` (:data:`KEEP_CHOICES`), as the
+    """What a finished run keeps of its ``checkpoints/`` folder under ``keep`` (``output.keep_checkpoints``), as the
     record ``results.json`` holds and :func:`apply_keep` carries out: ``kept`` and ``removed`` checkpoints, the
     ``training_state_removed`` file names, the bytes of the folder ``before`` and ``after``, and
     ``kept_for_user_files`` (a checkpoint holding a file embedkit did not write stays, trimmed). ``best``: the
