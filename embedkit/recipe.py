@@ -482,6 +482,11 @@ class OutputSection(Section):
     private: bool = False
     license: str | None = Field(None, description="the model's license (model card, mteb ModelMeta); null: the base "
                                 "model's (its card's license, e.g. apache-2.0 for all-MiniLM-L6-v2)")
+    keep_checkpoints: Literal["all", "weights", "best", "none"] = Field(
+        "weights", description="what the checkpoints keep once the run has finished: all (everything, optimizer "
+        "state included), weights (every kept checkpoint's model, without the optimizer, scheduler, RNG and loss "
+        "state that only --resume of an unfinished run reads), best (the selected checkpoint's model only), none "
+        "(no checkpoints/ folder: the final model is in output.dir)")
 
 
 class RetrievalEval(Section):

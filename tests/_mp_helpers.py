@@ -159,10 +159,13 @@ def write_recipe(
     method_params: dict[str, Any] | None = None,
     name: str = "recipe.yaml",
     objective: dict[str, Any] | None = None,
+    output: dict[str, Any] | None = None,
 ) -> Path:
     """A recipe for a short run of ``method`` on the tiny model: no dev set, no final evaluation, a loss
     logged at every step, a checkpoint at the end. ``training`` / ``model`` / ``method_params`` override keys;
-    ``objective`` is the recipe's objective section (extra terms)."""
+    ``objective`` is the recipe's objective section (extra terms). ``output``: keys of the output section
+    besides ``dir``; ``None``: ``keep_checkpoints: all``, so that tests read a finished run's training state (its
+    optimizer and method state), ``{}``: the defaults."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = TRAIN_DATA[method](folder)
@@ -174,7 +177,7 @@ def write_recipe(
         "training": {"batch_size": 8, "max_steps": 4, "logging_steps": 1, "learning_rate": 1e-3,
                      "save_total_limit": None, "seed": 7, **(training or {})},
         "eval": {"before": False, "suite": "none"},
-        "output": {"dir": str(out_dir)},
+        "output": {"dir": str(out_dir), **({"keep_checkpoints": "all"} if output is None else output)},
     }
     if objective is not None:
         recipe["objective"] = objective
@@ -329,19 +332,23 @@ def bitwise_equal(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 def kill_resume_compare(
     tmp: Path, model_path: str, method: str, training: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None, method_params: dict[str, Any] | None = None,
-    objective: dict[str, Any] | None = None,
+    objective: dict[str, Any] | None = None, keep_checkpoints: str | None = "all",
 ) -> dict[str, Any]:
     """Run ``method`` three ways and compare: uninterrupted; SIGKILLed right after its first checkpoint;
     that killed run resumed with ``embedkit train --resume``. Returns what the caller asserts on:
-    ``killed`` (the killed run's return code, checkpoints and whether it left a final model), the two
+    ``killed`` (the killed run's return code, checkpoints, the files of its newest, and whether it left a final
+    model), the two
     runs' ``final_weights`` mismatches (bitwise and max abs), last-checkpoint ``method_state`` mismatches,
     final ``global_step`` of each, and per-step losses after the resume point."""
     tmp = Path(tmp)
     training = {"max_steps": 12, "save_steps": 8, "batch_size": 8, **(training or {})}
     full_dir, cut_dir = tmp / "uninterrupted", tmp / "killed"
+    # all: the finished runs' last checkpoints keep their method state, compared below; None: the default
+    output = {"keep_checkpoints": keep_checkpoints} if keep_checkpoints else {}
     full = write_recipe(tmp / "full", model_path, method, full_dir, training, model, method_params,
-                        objective=objective)
-    cut = write_recipe(tmp / "cut", model_path, method, cut_dir, training, model, method_params, objective=objective)
+                        objective=objective, output=output)
+    cut = write_recipe(tmp / "cut", model_path, method, cut_dir, training, model, method_params, objective=objective,
+                       output=output)
 
     check_ok(run_embedkit(["train", str(full)], tmp), "uninterrupted run")
     killed = run_embedkit(["train", str(cut)], tmp, sigkill_after_save=True)
@@ -349,6 +356,8 @@ def kill_resume_compare(
         "killed": {
             "returncode": killed.returncode,
             "checkpoints": [p.name for p in checkpoint_dirs(cut_dir)],
+            "checkpoint_files": sorted(p.name for p in checkpoint_dirs(cut_dir)[-1].iterdir())
+            if checkpoint_dirs(cut_dir) else [],
             "results_json": (cut_dir / "results.json").exists(),
             "final_model": (cut_dir / "model.safetensors").exists(),
         }

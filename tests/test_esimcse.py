@@ -29,7 +29,7 @@ def write_recipe(folder: Path, model: str, method: dict, **training) -> Path:
         "data": {"train": {"path": str(corpus)}, "dev": None},
         "method": method,
         "training": {"batch_size": 8, "learning_rate": 3e-3, "seed": 3, **{"logging_steps": 2, **training}},
-        "output": {"dir": str(folder / "out")},
+        "output": {"dir": str(folder / "out"), "keep_checkpoints": "all"},  # the tests read the method state
         "eval": {"before": False, "suite": "none"},
     }
     path = folder / "recipe.yaml"

@@ -63,7 +63,7 @@ def trained_output(tmp_path_factory, tiny_model_path) -> Path:
         "data": {"train": {"path": str(sentences)}, "dev": None},
         "method": {"name": "simcse-unsup", "temperature": 0.05},
         "training": {"batch_size": 16, "max_steps": 4, "eval_steps": 2, "learning_rate": 1e-4},
-        "output": {"dir": str(root / "out"), "license": "mit"},
+        "output": {"dir": str(root / "out"), "license": "mit", "keep_checkpoints": "all"},  # optimizer state too
         "eval": {"suite": "none"},
     }), encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:

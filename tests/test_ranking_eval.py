@@ -400,7 +400,7 @@ def test_checkpoint_selection_by_dev_map_picks_the_best_checkpoint(tmp_path, tin
     rerank_file = write_rerank(tmp_path / "final" / "set.csv")
     recipe = _recipe(tmp_path, tiny_model_path, sentences_file, f"{{kind: rerank, path: {dev_file}}}",
                      f"eval:\n  rerank: [{rerank_file}]\n")
-    results = train(str(recipe))
+    results = train(str(recipe), ["output.keep_checkpoints=all"])  # the resume below continues from checkpoint-3
     evals = [e for e in results["train"]["log_history"] if "eval_toy-dev_map" in e]
     assert [e["step"] for e in evals] == [1, 2, 3, 4] and all("eval_toy-dev_mrr@10" in e for e in evals)
     best = max(e["eval_toy-dev_map"] for e in evals)

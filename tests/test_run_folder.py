@@ -29,7 +29,8 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture()
 def finished_run(tmp_path, tiny_model_path):
-    """A finished 6-step run with checkpoints at steps 3 and 6."""
+    """A finished 6-step run with checkpoints at steps 3 and 6, kept whole (``write_recipe``: all), so
+    ``interrupted`` makes it resumable."""
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path, tiny_model_path, "simcse-unsup", out,
                           training={"max_steps": 6, "save_steps": 3})

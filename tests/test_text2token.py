@@ -494,7 +494,7 @@ def test_training_run_checkpoints_head_and_step_then_inspect(tiny_model_path, se
         f"data: {{train: {{path: {sentences_file}}}, dev: null}}\n"
         "method: {name: text2token, stage2_step: 2, mixture: 0.5, infonce_weight: 0.1, temperature: 0.5}\n"
         "training: {batch_size: 8, max_steps: 4, eval_steps: 2, learning_rate: 1e-3, logging_steps: 1}\n"
-        f"output: {{dir: {tmp_path / 'out'}}}\n", encoding="utf-8")
+        f"output: {{dir: {tmp_path / 'out'}, keep_checkpoints: all}}\n", encoding="utf-8")
     results = train(str(recipe))
     out = tmp_path / "out"
     assert results["train"]["global_step"] == 4

@@ -79,7 +79,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tiny_model_path, senten
     import shutil
 
     recipe = tiny_recipe(tmp_path, tiny_model_path, sentences_file)
-    train(str(recipe))
+    train(str(recipe), ["output.keep_checkpoints=all"])  # whole, as a run that has not finished keeps them
     ckpts = sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("checkpoint-*"))
     assert ckpts == ["checkpoint-3", "checkpoint-6"]
     # As a kill after the step-3 save leaves it: no later checkpoint, no results.json.

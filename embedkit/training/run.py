@@ -4,7 +4,8 @@
 :func:`setup` (model, data, method, trainer), ``trainer.train`` (fit), :func:`finish` (evaluate, save, swap).
 The output folder ends with the model in sentence-transformers format (``SentenceTransformer(dir)`` loads
 it), ``recipe.yaml`` (resolved, every default filled in), ``results.json`` (written last: its presence
-marks a finished run), ``logs/``, ``checkpoints/`` and the run marker ``.embedkit-run.json``
+marks a finished run), ``logs/``, ``checkpoints/`` (trimmed once results.json is written:
+``output.keep_checkpoints``, :func:`embedkit.training.checkpoints.plan_keep`) and the run marker ``.embedkit-run.json``
 (:mod:`embedkit.training.rundir` says what the folder guarantees).
 """
 
@@ -38,7 +39,7 @@ from embedkit.log import log, notice
 from embedkit.methods import bound_method
 from embedkit.methods.base import TrainContext
 from embedkit.model_ref import hub_id_for, load_model
-from embedkit.outputs import require_space, tensor_bytes, writing
+from embedkit.outputs import require_space, size_text, tensor_bytes, writing
 from embedkit.paths import atomic_path
 from embedkit.recipe import METRIC_LABELS, Overrides, Recipe, RecipeInput, is_multitask, recipe_to_yaml
 from embedkit.training import checkpoints, rundir
@@ -100,10 +101,10 @@ def _resume_checks(recipe: Recipe, train_data: Any, out: Path) -> tuple[Path, di
     """Read-only checks of ``--resume``: (folder to resume, the saved results if the run is finished)."""
     rundir.check_output_path(out)
     work = rundir.resume_work(out)
+    if (work / RESULTS).is_file():  # first: a finished run may have no checkpoints (output.keep_checkpoints)
+        return work, json.loads((work / RESULTS).read_text(encoding="utf-8"))
     if not (work / CHECKPOINTS).is_dir():
         raise RecipeError(f"output.dir {out}: no checkpoints to resume from")
-    if (work / RESULTS).is_file():
-        return work, json.loads((work / RESULTS).read_text(encoding="utf-8"))
     if checkpoints.latest_complete(work / CHECKPOINTS) is None:
         raise RecipeError(f"output.dir {out}: no complete checkpoint to resume from in {work / CHECKPOINTS} "
                           "(the run was stopped before its first save finished); start it again with --overwrite")
@@ -165,6 +166,7 @@ def reserve(recipe: Recipe, train_data: Any, resume: bool, overwrite: bool) -> P
             step = finished.get("train", {}).get("global_step", "?")
             if work != out:  # an --overwrite run that finished but was stopped before it replaced the old run
                 with rundir.open_run(out, resume=True, overwrite=False) as folder:
+                    _keep_checkpoints(folder, finished.get("checkpoints"))  # again, if it was stopped in it
                     folder.finish()
                 log(f"output.dir {out}: the interrupted --overwrite run had finished (step {step}); it now "
                     "replaces the earlier run")
@@ -531,8 +533,13 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     hint = (f"the checkpoints in {folder.work / CHECKPOINTS} are intact: free space (or make the folder writable), "
             "then run the same embedkit train ... --resume to finish from the last one")
     require_space(folder.work, tensor_bytes(model.state_dict()), f"{subject}: the final model", hint)
+    # What output.keep_checkpoints keeps, recorded in results.json and carried out once that is written: until
+    # then the run is unfinished, and --resume needs every checkpoint whole.
+    results["checkpoints"] = checkpoints.plan_keep(folder.work / CHECKPOINTS, recipe.output.keep_checkpoints,
+                                                   trainer.state.best_model_checkpoint)
     with writing(folder.work, "writing the final model and results.json", subject, hint):
         save_final(model, folder.work, results)
+    _keep_checkpoints(folder, results["checkpoints"])
     replaced = folder.staged and rundir.read_marker(folder.out) is not None
     with writing(folder.out.parent, "moving the finished run into place", subject):
         folder.finish()
@@ -542,6 +549,23 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     if recipe.output.push_to_hub:
         push(out, recipe.output.push_to_hub, private=recipe.output.private)
     return results
+
+
+def _keep_checkpoints(folder: RunFolder, record: dict[str, Any] | None) -> None:
+    """Carry out ``results.json``'s record of what the finished run keeps of its checkpoints (a run finished
+    before ``output.keep_checkpoints`` existed has none: it keeps everything)."""
+    if not record or record.get("keep", "all") == "all":
+        return
+    with writing(folder.work, "removing the checkpoints' training state", f"output.dir {folder.out}"):
+        spared = checkpoints.apply_keep(folder.work / CHECKPOINTS, record)
+    for name, foreign in [*record.get("kept_for_user_files", {}).items(), *spared]:
+        log(f"{name} holds files embedkit did not write ({', '.join(foreign[:3])}); kept")
+    kept = ", ".join(record["kept"]) or "no checkpoint"
+    state = ", ".join(record["training_state_removed"]) or "none"
+    log(f"output.keep_checkpoints: {record['keep']}: " + (
+        f"{CHECKPOINTS}/ removed ({size_text(record['bytes_before'])})" if record["folder_removed"] else
+        f"kept {kept} without the training state that only --resume reads ({state}); {CHECKPOINTS}/ "
+        f"{size_text(record['bytes_before'])} -> {size_text(record['bytes_after'])}"))
 
 
 def _report_overlap(results: dict[str, Any]) -> None:

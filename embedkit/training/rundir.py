@@ -76,6 +76,7 @@ RESUMABLE_KEYS = (
     "output.push_to_hub",
     "output.private",
     "output.license",
+    "output.keep_checkpoints",  # what is kept once the run has finished
 )
 
 
@@ -86,9 +87,10 @@ def staging_path(out: Path) -> Path:
 
 def resume_work(out: Path) -> Path:
     """The folder ``--resume`` continues: an interrupted ``--overwrite`` run's staging folder when it holds
-    checkpoints, else ``out``."""
+    checkpoints or its results (it finished, and ``output.keep_checkpoints: none`` removed its checkpoints, but
+    it was stopped before the swap), else ``out``."""
     staging = staging_path(out)
-    return staging if (staging / CHECKPOINTS).is_dir() else out
+    return staging if (staging / CHECKPOINTS).is_dir() or (staging / RESULTS).is_file() else out
 
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
@@ -192,9 +194,11 @@ class RunFolder:
             self.release()
 
     def _clean_failed(self) -> None:
-        """A failed run that wrote no checkpoint leaves nothing behind (one with checkpoints can be resumed)."""
+        """A failed run that wrote no checkpoint leaves nothing behind (one with checkpoints can be resumed; one
+        that finished, and may have removed its checkpoints, failed after its results: it is kept as it is)."""
         checkpoints = self.work / CHECKPOINTS
-        if not self.created or (checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))):
+        if not self.created or (checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))) or (
+                self.work / RESULTS).is_file():
             return
         self.release()
         if self.staged:

@@ -45,6 +45,7 @@ from embedkit.modeling import load_lora_checkpoint, lora_encoder, tensors_digest
 from embedkit.outputs import free_bytes, fs_error, is_write_failure, size_text, tensor_bytes
 from embedkit.training.checkpoints import (
     COMPLETE_MARKER,
+    METHOD_STATE_FILE,
     checkpoint_foreign,
     complete_checkpoints,
     latest_complete,
@@ -53,7 +54,6 @@ from embedkit.training.checkpoints import (
     write_manifest,
 )
 
-METHOD_STATE_FILE = "embedkit_method_state.safetensors"
 __all__ = ["COMPLETE_MARKER", "METHOD_STATE_FILE", "EmbedkitTrainer", "latest_checkpoint", "load_method_state"]
 
 
