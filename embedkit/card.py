@@ -412,6 +412,13 @@ No evaluation was recorded for this run.
 of the scored pairs stand, verbatim, in the training data (measured, see *Overlap* below): those scores are
 partly training scores.
 {% endif %}
+{% if sts.geometry %}
+
+Geometry on STS-B test (unit vectors; Wang & Isola 2020, Wang & Liu 2021): alignment {{ sts.geometry.alignment }}
+(pairs scored > 4; lower is better), uniformity {{ sts.geometry.uniformity }} (lower: more uniform), tolerance
+{{ sts.geometry.tolerance }} (mean cosine of pairs scored ≥ 4; higher: similar sentences stay close), anisotropy
+{{ sts.geometry.anisotropy }}.
+{% endif %}
 {% if sts.deviations %}
 
 Deviations from the protocol:
@@ -529,8 +536,16 @@ def _sts_context(results: dict[str, Any]) -> dict[str, Any] | None:
         "seen": seen, "avg_clean": _fmt(sts.get("avg_clean")),
         "seen_text": ", ".join(f"{t} {pct:.1f}%" for t, pct in seen.items()),
         "deviations": [d for d in sts.get("deviations") or [] if isinstance(d, str)],
-        "files": rows, "origin": origin,
+        "files": rows, "origin": origin, "geometry": _geometry_context(sts.get("geometry")),
     }
+
+
+def _geometry_context(geo: Any) -> dict[str, str] | None:
+    """The STS-B geometry numbers (4 decimals; a missing one as –), or ``None`` when the run recorded none."""
+    if not isinstance(geo, dict):
+        return None
+    keys = ("alignment", "uniformity", "tolerance", "anisotropy")
+    return {k: f"{geo[k]:.4f}" if isinstance(geo.get(k), (int, float)) else "–" for k in keys}
 
 
 def _ranking_context(results: dict[str, Any]) -> list[dict[str, Any]]:

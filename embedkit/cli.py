@@ -17,6 +17,7 @@ from embedkit.methods.debcse.diagnose import add_cli as add_diagnose
 from embedkit.methods.text2token.inspect import add_cli as add_inspect
 from embedkit.outputs import filesystem_fault
 from embedkit.recipe import copy_recipe, list_recipes, recipe_to_yaml
+from embedkit.sweep import add_cli as add_sweep
 from embedkit.training.mine import add_cli as add_mine
 from embedkit.training.mine_pairs import add_cli as add_mine_pairs
 from embedkit.training.run import SETUP_CHECKS, check_reserve, train
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-dir", help="local public-data folder, as train takes it (show reads no data: "
                    "{data_dir} stays as written)")
 
+    add_sweep(sub)      # sweep (a grid of overrides × seeds, one table and chart)
     add_eval(sub)       # eval
     add_encode(sub)     # encode
     add_push(sub)       # push

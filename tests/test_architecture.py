@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation", ("embedkit.evaluation",)),
     ("publishing", ("embedkit.card", "embedkit.hub")),
     ("training", ("embedkit.training",)),
-    ("commands and API", ("embedkit.encode", "embedkit.export", "embedkit.cli", "embedkit")),
+    ("commands and API", ("embedkit.encode", "embedkit.export", "embedkit.sweep", "embedkit.cli", "embedkit")),
 ]
 
 

@@ -114,9 +114,12 @@ def sts_table(res: dict[str, Any], other: dict[str, Any] | None = None, labels: 
 def geometry_table(geo: dict[str, Any]) -> str:
     """One line per geometry number."""
     return "\n".join([
-        "Geometry (Wang & Isola 2020; unit vectors; lower alignment/uniformity is better):",
+        "Geometry (Wang & Isola 2020, Wang & Liu 2021; unit vectors; lower alignment/uniformity is better):",
         f"  alignment  {geo['alignment']:.4f}  ({geo['positives']['n']} STS-B pairs, {geo['positives']['rule']})",
         f"  uniformity {geo['uniformity']:.4f}  ({geo['sentences']['n']} sentences, t = 2)",
+        *([f"  tolerance  {geo['tolerance']:.4f}  (mean cosine of {geo['tolerance_pairs']['n']} STS-B pairs, "
+           f"{geo['tolerance_pairs']['rule']}; Wang & Liu 2021, higher: similar sentences stay close)"]
+          if "tolerance" in geo else []),
         f"  anisotropy {geo['anisotropy']:.4f}  (mean cosine of distinct-sentence pairs)",
     ])
 

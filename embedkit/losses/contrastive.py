@@ -1,6 +1,7 @@
 """InfoNCE losses: SimCSE's (Gao, Yao and Chen, "SimCSE: Simple Contrastive Learning of Sentence Embeddings",
 EMNLP 2021, arXiv:2104.08821) and the one :class:`InfoNCELoss` behind supervised SimCSE, ``contrastive``, ``ccp``
-and DebCSE; :func:`info_nce`, the formula every InfoNCE-style loss of embedkit computes."""
+and DebCSE; :func:`info_nce`, the formula every InfoNCE-style loss of embedkit computes; and the loss's hardness
+profile (:func:`hardness_profile`, Wang & Liu 2021), logged during training."""
 
 from __future__ import annotations
 
@@ -10,6 +11,51 @@ from torch import Tensor, nn
 
 from embedkit.losses.common import cosine_matrix, gather_no_grad
 from embedkit.losses.objective import ComposedLoss, ViewBatch
+
+# hardness@k is logged for these k (docs/sweep.md#hardness-profile).
+HARDNESS_K = (1, 5)
+
+
+def hardness_profile(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = HARDNESS_K) -> Tensor:
+    """How much of the InfoNCE gradient on the negatives the hardest ones take (Wang & Liu, "Understanding the
+    Behaviour of Contrastive Loss", CVPR 2021, §3: the loss is hardness-aware, τ sets how much).
+
+    For anchor i with logits z_ij (cos/τ plus any weight; masked cells −inf) and p_i = softmax(z_i), the loss
+    ℓ_i = −log p_{i,pos} has ∂ℓ_i/∂z_ij = p_ij for every negative j, so negative j takes the share
+    p_ij / Σ_{j' neg} p_ij' of the gradient on the negatives (the same share of ∂ℓ_i/∂s_ij, all divided by τ):
+
+        hardness@k_i = Σ_{j ∈ top-k negatives of i} p_ij / Σ_{j negative} p_ij
+
+    k/(number of negatives) when every negative weighs the same; 1 when the k hardest take it all. Returns an
+    n × len(ks) tensor (no gradient); a row without a negative is NaN."""
+    with torch.no_grad():
+        p = logits.float().softmax(dim=1).scatter(1, labels[:, None], 0.0)  # the positive is no negative
+        total = p.sum(dim=1, keepdim=True)
+        top = p.topk(min(max(ks), p.shape[1]), dim=1).values.cumsum(dim=1)
+        picked = top[:, [min(k, top.shape[1]) - 1 for k in ks]]
+        return torch.where(total > 0, picked / total.clamp_min(torch.finfo(p.dtype).tiny), float("nan"))
+
+
+class HardnessMeter:
+    """Sums of :func:`hardness_profile` over the training rows since the trainer last logged (a plain attribute
+    of the loss, not a buffer: no part of its checkpointed state). :meth:`take` returns the sums and row count and
+    starts again."""
+
+    def __init__(self, ks: tuple[int, ...] = HARDNESS_K) -> None:
+        self.ks = ks
+        self.sums: Tensor | None = None
+        self.rows = 0
+
+    def add(self, shares: Tensor) -> None:
+        good = ~torch.isnan(shares).any(dim=1)
+        total = shares[good].sum(dim=0).double()
+        self.sums = total if self.sums is None else self.sums + total.to(self.sums.device)
+        self.rows += int(good.sum())
+
+    def take(self) -> tuple[list[float], int]:
+        sums, rows = ([0.0] * len(self.ks) if self.sums is None else self.sums.tolist()), self.rows
+        self.sums, self.rows = None, 0
+        return sums, rows
 
 
 class SimCSELoss(ComposedLoss):
@@ -44,6 +90,7 @@ class SimCSELoss(ComposedLoss):
     ) -> None:
         super().__init__(model, head, gather_across_devices, mini_batch_size)
         self.temperature = temperature
+        self.hardness = HardnessMeter()
 
     def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None) -> ViewBatch:
         text = features[0]
@@ -51,7 +98,8 @@ class SimCSELoss(ComposedLoss):
 
     def score(self, views: list[Tensor], batch: ViewBatch | None = None) -> Tensor:
         z1, z2 = (self.project(v) for v in views)
-        return info_nce(z1, self.gather(z2), self.temperature, rows=self.own_rows(z1.shape[0]))
+        return info_nce(z1, self.gather(z2), self.temperature, rows=self.own_rows(z1.shape[0]),
+                        hardness=self.hardness if self.model.training else None)
 
 
 class InfoNCELoss(ComposedLoss):
@@ -111,6 +159,7 @@ class InfoNCELoss(ComposedLoss):
         self.hard_negative_weight = hard_negative_weight
         self.symmetric = symmetric
         self.mask_same_document = mask_same_document
+        self.hardness = HardnessMeter()
 
     def plan(self, features: list[dict[str, Tensor]], labels: Tensor | None) -> ViewBatch:
         batch = ViewBatch(list(features), labels, anchor_features=features[0], positive_features=features[1])
@@ -139,7 +188,8 @@ class InfoNCELoss(ComposedLoss):
         else:
             mask = batch.extra.get("mask") if batch is not None else None
         loss = info_nce(anchors, self.gather(positives), self.temperature, [self.gather(n) for n in negatives],
-                        self.hard_negative_weight, mask=mask, rows=rows)
+                        self.hard_negative_weight, mask=mask, rows=rows,
+                        hardness=self.hardness if self.model.training else None)  # anchor → candidates only
         if self.symmetric:  # each local positive against the anchors of every process
             loss = (loss + info_nce(positives, self.gather(anchors), self.temperature, rows=rows)) / 2
         return loss
@@ -189,7 +239,7 @@ class SupervisedSimCSELoss(InfoNCELoss):
 def info_nce(
     anchors: Tensor, positives: Tensor, temperature: float, hard_negatives: list[Tensor] | tuple = (),
     hard_negative_weight: float = 0.0, extra_logits: Tensor | None = None, mask: Tensor | None = None,
-    rows: slice | None = None,
+    rows: slice | None = None, hardness: HardnessMeter | None = None,
 ) -> Tensor:
     """Cross-entropy of each local anchor against all (gathered) positives, hard negatives and extra logits.
 
@@ -198,6 +248,7 @@ def info_nce(
     :func:`embedkit.distributed.local_rows` when the candidates are gathered); ``None``: the first n (candidates
     of this process only). ``extra_logits`` (n×k) are appended as further negative columns (e.g. a momentum
     queue). Cells where ``mask`` (n × all columns) is true are removed from the denominator (false negatives).
+    ``hardness``: a meter that records :func:`hardness_profile` of these logits (training only).
     """
     n = anchors.shape[0]
     offset = rows.start if rows is not None else 0
@@ -217,4 +268,6 @@ def info_nce(
         logits = logits.float()  # softmax over many columns needs fp32 under mixed precision
     if mask is not None:
         logits = logits.masked_fill(mask.to(logits.device), float("-inf"))
+    if hardness is not None:
+        hardness.add(hardness_profile(logits, labels, hardness.ks))
     return F.cross_entropy(logits, labels)

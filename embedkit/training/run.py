@@ -513,8 +513,9 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
             log(f"{data.name}: " + ", ".join(f"{label} {scores[m]:.2f}" for m, label in METRIC_LABELS.items()
                                              if m in scores))
     if recipe.eval.suite == "sts":  # up to the model's own maximum unless eval.max_seq_length says otherwise
+        # geometry (alignment, uniformity, tolerance) from the same embeddings: what embedkit sweep charts
         results["sts"] = evaluate(model, suite="sts", data_dir=data_dir, max_seq_length=recipe.eval.max_seq_length,
-                                  show_progress_bar=None)
+                                  show_progress_bar=None, geometry=True)
     if recipe.eval.mteb:
         results["mteb"] = _run_mteb(model, recipe, folder.work, data_dir)
     _report_overlap(results)

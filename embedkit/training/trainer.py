@@ -18,6 +18,10 @@
   resume and the best-model load restore it in place (:func:`embedkit.modeling.load_lora_checkpoint`).
 * **one gradient norm** – ``max_grad_norm`` clips the encoder and the loss-owned parameters together, as the
   SimCSE reference code (whose MLP is part of the model) does; the trainer alone clips ``model.parameters()``.
+* **the loss's hardness profile** – an InfoNCE-style loss (``hardness``, :class:`embedkit.losses.contrastive.
+  HardnessMeter`) records which share of its gradient on the negatives the top-k negatives take; each training
+  log adds ``hardness@k``, the mean over the rows since the last log (over every process), to the trackers and
+  ``results.json``'s log history.
 * **saves that fail in one line, rotation that spares a user's file** – a checkpoint save is refused before it
   starts when the disk clearly lacks the room (estimated from the model's and the optimizer's size); a save that
   fails anyway (a full disk: torch's ``inline_container.cc`` error; read-only, permission) removes the incomplete
@@ -90,6 +94,26 @@ def loss_own_parameters(loss: torch.nn.Module | dict[str, torch.nn.Module]) -> l
     """Trainable parameters of the loss outside ``model.*`` (e.g. a training-only head)."""
     return [p for _, module in _losses(loss) for n, p in module.named_parameters()
             if not n.startswith("model.") and p.requires_grad]
+
+
+def hardness_logs(loss: torch.nn.Module | dict[str, torch.nn.Module], device: torch.device | str = "cpu"
+                  ) -> dict[str, float]:
+    """``hardness@k``: the mean of the loss's (each loss's, in a multi-task run) recorded hardness profile over the
+    rows since the last call, over every process; the meters start again. Empty for a loss without one."""
+    meters = [m for _, module in _losses(loss) if (m := getattr(module, "hardness", None)) is not None]
+    if not meters:
+        return {}
+    ks = meters[0].ks
+    flat = torch.zeros(len(ks) + 1, dtype=torch.float64)
+    for meter in meters:
+        sums, rows = meter.take()
+        flat += torch.tensor([*sums, rows], dtype=torch.float64)
+    if distributed.world_size() > 1:
+        flat = flat.to(device)  # the trainer's device: what the process group's backend reduces
+        dist.all_reduce(flat)  # every process logs, with the same meters: the same collective call everywhere
+        flat = flat.cpu()
+    rows = flat[-1].item()
+    return {f"hardness@{k}": round(flat[i].item() / rows, 4) for i, k in enumerate(ks)} if rows else {}
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
@@ -294,6 +318,11 @@ class EmbedkitTrainer(SentenceTransformerTrainer):
                 raise
             self._close_progress_bars()
             raise save_failed(folder, err) from None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: the hardness profile since the previous one
+            logs = {**logs, **hardness_logs(self.loss, self.args.device)}
+        return super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)

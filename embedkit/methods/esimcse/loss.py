@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from embedkit.losses.common import cosine_matrix
-from embedkit.losses.contrastive import info_nce
+from embedkit.losses.contrastive import HardnessMeter, info_nce
 from embedkit.losses.momentum import KeyQueue, MomentumEncoder
 from embedkit.losses.objective import ComposedLoss, ViewBatch
 
@@ -54,6 +54,7 @@ class ESimCSELoss(ComposedLoss):
         queue: KeyQueue | None = None, gather_across_devices: bool = True, mini_batch_size: int | None = None,
     ) -> None:
         super().__init__(model, head, gather_across_devices, mini_batch_size)
+        self.hardness = HardnessMeter()  # the queue's negatives count among the negatives
         if (queue is None) != (momentum_encoder is None):
             raise ValueError("a momentum queue needs both momentum_encoder and queue")
         self.temperature = temperature
@@ -93,7 +94,8 @@ class ESimCSELoss(ComposedLoss):
             negatives = negatives.to(z1.device)
             if negatives.shape[0]:
                 extra = cosine_matrix(z1, negatives.to(z1.dtype)) / self.temperature
-        return info_nce(z1, self.gather(z2), self.temperature, extra_logits=extra, rows=self.own_rows(z1.shape[0]))
+        return info_nce(z1, self.gather(z2), self.temperature, extra_logits=extra, rows=self.own_rows(z1.shape[0]),
+                        hardness=self.hardness if self.model.training else None)
 
     def after(self, batch: ViewBatch) -> None:
         if batch.extra.get("keys") is not None:
