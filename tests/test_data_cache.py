@@ -202,3 +202,11 @@ def test_normalize_ascii_fast_path_is_the_definition():
     for t in texts:
         want = " ".join(unicodedata.normalize("NFKC", t).casefold().translate(_punctuation()).split())
         assert normalize(t) == want, repr(t)
+
+
+def test_arrow_arrays_built_from_buffers_equal_pyarrows_conversion():
+    import pyarrow as pa
+
+    for values in (["a", "bé", "ﬁne", "x" * 300], ["plain", "ascii"], ["\U0001f600 emoji", "z"]):
+        assert cache.to_arrow(values, pa.string()).equals(pa.array(values, type=pa.string()))
+    assert cache.to_arrow([1.0, -2.5, 3e300], pa.float64()).equals(pa.array([1.0, -2.5, 3e300], pa.float64()))

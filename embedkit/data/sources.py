@@ -168,7 +168,7 @@ def infer_format(path: str, fmt: str) -> str:
 Rows = tuple[dict[str, list[Any]], list[int] | None]  # columns, and the file line of each row (None: not kept)
 # A run of rows from a chunked reader: columns, and the file line of each row (a range when no line was skipped).
 Chunk = tuple[dict[str, list[Any]], Sequence[int] | None]
-_TEXT_BLOCK = 1 << 22  # characters a text reader decodes at a time
+_TEXT_BLOCK = 1 << 20  # characters a text reader decodes at a time
 
 
 def _concat(chunks: Iterator[Chunk], names: list[str] | None = None) -> Rows:
@@ -545,6 +545,8 @@ def _convert(path: str, file: Path, fmt: str, columns: list[str] | None, names: 
             if fmt in _FIXED_NAMES and columns:
                 chunk = {c: chunk[c] for c in columns}
             for j, (col, kind_) in enumerate(zip(names, types, strict=True)):
+                if fmt == "text" and kind_ == TEXT:
+                    continue  # the reader keeps only stripped, non-empty lines
                 if j not in problems:
                     problem = type_problem(path, col, chunk[col], lines, kind_, key, offset=total)
                     if problem:
