@@ -100,8 +100,17 @@ class ArrowRows:
         return self.table().column(name).to_pylist()
 
     def batches(self, size: int) -> Iterator[dict[str, list[Any]]]:
-        for batch in self.table().to_batches(max_chunksize=size):
-            yield batch.to_pydict()
+        """The used rows, a record batch at a time, read (not memory-mapped: a walk over every row would leave
+        the whole file's pages in the process's resident memory) and freed one after the other."""
+        left = len(self)
+        with pa.OSFile(str(self.path)) as fh:
+            for batch in pa.ipc.open_stream(fh):
+                if left <= 0:
+                    break
+                batch = batch.slice(0, left)
+                left -= batch.num_rows
+                for start in range(0, batch.num_rows, size):
+                    yield batch.slice(start, size).to_pydict()
 
     def dataset(self) -> Any:
         """A ``datasets.Dataset`` memory-mapping the file (its first ``len(self)`` rows)."""
