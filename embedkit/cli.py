@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from embedkit.cliargs import add_no_progress
+from embedkit.data import cache
 from embedkit.encode import add_cli as add_encode
 from embedkit.errors import EmbedkitError
 from embedkit.evaluation.cli import add_cli as add_eval
@@ -32,8 +33,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    recipe, data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir, checks=SETUP_CHECKS)
-    check_reserve(recipe, data, resume=args.resume, overwrite=args.overwrite)  # what train refuses about output.dir
+    with cache.until_accepted():  # a converted training file is kept in the data cache only if not refused
+        recipe, data = load_recipe_with_data(args.recipe, args.overrides, data_dir=args.data_dir,
+                                             checks=SETUP_CHECKS)
+        check_reserve(recipe, data, resume=args.resume, overwrite=args.overwrite)  # what train refuses: output.dir
     rows = f", {len(data)} training rows" if data is not None else ""
     print(f"{args.recipe}: valid (method {recipe.method.name}{rows})")
     return 0

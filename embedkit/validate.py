@@ -348,7 +348,7 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
         data.columns = remove_heldout(data.columns, held)
         data.description += f" less the {held.record['held_out']} {held.record['unit']}s held out by {key}"
     if src.max_samples:
-        data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
+        data.keep_first(src.max_samples)
     if src.mine is None:
         problem = method.rows_problem(data, _params(method, recipe))
         if problem:

@@ -1,9 +1,11 @@
 """Training-data sources: local text / CSV / TSV / JSONL files, SICK and STS-B builders, Hub datasets.
 
-Local files are read in plain Python (no torch, no ``datasets``) so that a recipe's data can be checked
-in full, with file and line in every error, before any model loads. The result is a mapping of column name
-to list of values, in the order the method expects its columns: strings for text columns, floats for score
-columns (each column's type is declared by the method, see :meth:`Method.column_types`).
+Local files are read in plain Python and ``pyarrow`` (no torch, no ``datasets``) so that a recipe's data can be
+checked in full, with file and line in every error, before any model loads. The readers stream: a chunk of rows
+at a time is checked and written to the data cache (:mod:`embedkit.data.cache`), an Arrow file that the trainer
+memory-maps; a second read of the same file finds it there. The result, a :class:`TrainData`, reads as a mapping
+of column name to list of values, in the order the method expects its columns: strings for text columns, floats
+for score columns (each column's type is declared by the method, see :meth:`Method.column_types`).
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from embedkit.data import cache
 from embedkit.data.ranking import RERANK_COLUMNS, read_rerank
 from embedkit.data.sts import read_sick, read_stsb, sha256_file
 from embedkit.data.textio import json_objects, utf8_errors
@@ -25,18 +27,124 @@ from embedkit.model_ref import require_hub
 FORMATS = ("auto", "text", "csv", "tsv", "jsonl", "sick", "stsb", "rerank", "hub")
 TEXT, SCORE = "text", "score"  # column types: a non-empty string; a finite number (read as float)
 _SUFFIX_FORMATS = {".txt": "text", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+CHUNK_ROWS = 65536  # rows a chunked reader hands on at a time (validation holds one chunk)
 
 
-@dataclass
 class TrainData:
-    """Columns of training text, in method order, plus provenance."""
+    """Columns of training text, in method order, plus provenance.
 
-    columns: dict[str, list[Any]]
-    description: str
-    sha256: str | None = None
+    The rows live in one of three places: a dict of lists (``columns``: small sets built in memory, mined rows),
+    a memory-mapped Arrow file of the data cache (:class:`~embedkit.data.cache.ArrowRows`: local files) or a
+    loaded ``datasets.Dataset`` (:class:`HubRows`: Hub datasets). ``columns`` reads like a dict of lists in every
+    case; for the last two it is a lazy mapping that reads a column (into a list) only when it is indexed, so
+    the column names and the row count cost nothing. :meth:`batches` walks the rows a chunk at a time and
+    :meth:`to_dataset` hands the trainer a ``datasets.Dataset`` without a round trip through lists.
+    """
+
+    def __init__(self, columns: Mapping[str, list[Any]] | None = None, description: str = "",
+                 sha256: str | None = None, rows: Any = None) -> None:
+        self.description, self.sha256 = description, sha256
+        self._rows = rows
+        self._columns: Any = dict(columns) if rows is None else LazyColumns(rows)
+
+    @property
+    def columns(self) -> Mapping[str, list[Any]]:
+        return self._columns
+
+    @columns.setter
+    def columns(self, value: Mapping[str, list[Any]]) -> None:  # rows rebuilt in memory (held-out slice, ...)
+        self._rows, self._columns = None, dict(value)
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self._columns)
+
+    @property
+    def in_memory(self) -> bool:
+        return self._rows is None
 
     def __len__(self) -> int:
-        return len(next(iter(self.columns.values()))) if self.columns else 0
+        if self._rows is not None:
+            return len(self._rows)
+        return len(next(iter(self._columns.values()))) if self._columns else 0
+
+    def keep_first(self, n: int) -> None:
+        """Keep the first ``n`` rows (``data.train.max_samples``); the rest is never read."""
+        if self._rows is not None:
+            self._rows = self._rows.head(n)
+            self._columns = LazyColumns(self._rows)
+        else:
+            self._columns = {k: v[:n] for k, v in self._columns.items()}
+
+    def batches(self, size: int | None = None) -> Iterator[dict[str, list[Any]]]:
+        """The rows as dicts of lists of at most ``size`` rows each (default :data:`CHUNK_ROWS`), in order
+        (memory: one chunk)."""
+        size = size or CHUNK_ROWS
+        if self._rows is not None:
+            yield from self._rows.batches(size)
+            return
+        for start in range(0, len(self), size):
+            yield {k: v[start:start + size] for k, v in self._columns.items()}
+
+    def derived_path(self, tag: str) -> Path | None:
+        """Where to keep a result computed from exactly these rows (``tag`` names it): beside their cache entry;
+        ``None`` for rows held in memory."""
+        path = getattr(self._rows, "path", None)
+        return path.with_name(f"{path.stem}.{len(self)}.{tag}") if path is not None else None
+
+    def to_dataset(self, names: Sequence[str]) -> Any:
+        """A ``datasets.Dataset`` of these rows with the columns renamed ``names`` (the method's roles), in order:
+        the memory-mapped cache file or the Hub dataset itself, or built from the lists."""
+        import datasets
+
+        if self._rows is None:
+            return datasets.Dataset.from_dict(dict(zip(names, self._columns.values(), strict=True)))
+        ds = self._rows.dataset()
+        mapping = dict(zip(ds.column_names, names, strict=True))
+        return ds.rename_columns(mapping) if any(k != v for k, v in mapping.items()) else ds
+
+
+class LazyColumns(Mapping):
+    """The columns of rows held outside Python lists, read into a list (once) when indexed."""
+
+    def __init__(self, rows: Any) -> None:
+        self._rows, self._read = rows, {}
+
+    def __getitem__(self, name: str) -> list[Any]:
+        if name not in self._rows.names:
+            raise KeyError(name)
+        if name not in self._read:
+            self._read[name] = self._rows.column(name)
+        return self._read[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows.names)
+
+    def __len__(self) -> int:
+        return len(self._rows.names)
+
+
+class HubRows:
+    """A loaded ``datasets.Dataset`` as :class:`TrainData` rows (the interface of
+    :class:`~embedkit.data.cache.ArrowRows`)."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds, self.names = ds, tuple(ds.column_names)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def head(self, n: int) -> HubRows:
+        return HubRows(self.ds.select(range(n))) if n < len(self.ds) else self
+
+    def column(self, name: str) -> list[Any]:
+        return list(self.ds[name])
+
+    def batches(self, size: int) -> Iterator[dict[str, list[Any]]]:
+        yield from self.ds.iter(batch_size=size)
+
+    def dataset(self) -> Any:
+        return self.ds
 
 
 def infer_format(path: str, fmt: str) -> str:
@@ -58,17 +166,49 @@ def infer_format(path: str, fmt: str) -> str:
 
 
 Rows = tuple[dict[str, list[Any]], list[int] | None]  # columns, and the file line of each row (None: not kept)
+# A run of rows from a chunked reader: columns, and the file line of each row (a range when no line was skipped).
+Chunk = tuple[dict[str, list[Any]], Sequence[int] | None]
+_TEXT_BLOCK = 1 << 20  # characters a text reader decodes at a time
+
+
+def _concat(chunks: Iterator[Chunk], names: list[str] | None = None) -> Rows:
+    """Every chunk of a reader in one :data:`Rows` (the whole file in memory)."""
+    out: dict[str, list[Any]] | None = {c: [] for c in names} if names is not None else None
+    lines: list[int] = []
+    for cols, chunk_lines in chunks:
+        if out is None:
+            out = {c: [] for c in cols}
+        for c, values in cols.items():
+            out[c].extend(values)
+        lines.extend(chunk_lines or ())
+    return out if out is not None else {}, lines
+
+
+def iter_text(path: Path) -> Iterator[Chunk]:
+    """One sentence a line, stripped; blank lines are skipped. Lines end where text-mode reading ends them
+    (universal newlines), so the line numbers are those of ``for line in open(path)``."""
+    with open(path, encoding="utf-8") as fh:
+        start, tail = 1, ""
+        while block := fh.read(_TEXT_BLOCK):
+            parts = (tail + block).split("\n")
+            tail = parts.pop()
+            yield _text_chunk(parts, start)
+            start += len(parts)
+        if tail:
+            yield _text_chunk([tail], start)
+
+
+def _text_chunk(parts: list[str], start: int) -> Chunk:
+    stripped = [s.strip() for s in parts]
+    texts = [s for s in stripped if s]
+    if len(texts) == len(stripped):
+        return {"text": texts}, range(start, start + len(texts))
+    return {"text": texts}, [start + i for i, s in enumerate(stripped) if s]
 
 
 def read_text(path: Path) -> Rows:
     """One sentence a line; blank lines are skipped."""
-    texts, lines = [], []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                texts.append(line.strip())
-                lines.append(lineno)
-    return {"text": texts}, lines
+    return _concat(iter_text(path), ["text"])
 
 
 def _check_columns(path: Path, available: list[str], wanted: list[str], where: str) -> None:
@@ -77,10 +217,10 @@ def _check_columns(path: Path, available: list[str], wanted: list[str], where: s
         raise DataError(f"{path}:{where}: missing column(s) {missing}; the file has {available}")
 
 
-def read_table(path: Path, delimiter: str, columns: list[str] | None) -> Rows:
+def iter_table(path: Path, delimiter: str, columns: list[str] | None) -> Iterator[Chunk]:
     """A CSV/TSV file with a header row; ``columns`` selects and orders the columns to keep (values as read)."""
+    chunk_rows = CHUNK_ROWS
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    lines: list[int] = []
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
         header = next(reader, None)
@@ -90,6 +230,7 @@ def read_table(path: Path, delimiter: str, columns: list[str] | None) -> Rows:
         _check_columns(path, header, wanted, "1")
         index = [header.index(c) for c in wanted]
         out: dict[str, list[Any]] = {c: [] for c in wanted}
+        lines: list[int] = []
         end = reader.line_num
         try:
             for row in reader:
@@ -104,26 +245,68 @@ def read_table(path: Path, delimiter: str, columns: list[str] | None) -> Rows:
                 lines.append(lineno)
                 for col, i in zip(wanted, index):
                     out[col].append(row[i])
+                if len(lines) == chunk_rows:
+                    yield out, lines
+                    out, lines = {c: [] for c in wanted}, []
         except csv.Error as err:  # e.g. a field over the csv module's size limit, an unclosed quote at the end
             raise DataError(f"{path}:{end + 1}: not valid {'TSV' if delimiter == chr(9) else 'CSV'} ({err})") from None
-    return out, lines
+        if lines:
+            yield out, lines
 
 
-def read_jsonl(path: Path, columns: list[str] | None) -> Rows:
+def read_table(path: Path, delimiter: str, columns: list[str] | None) -> Rows:
+    """A CSV/TSV file with a header row; ``columns`` selects and orders the columns to keep (values as read)."""
+    return _concat(iter_table(path, delimiter, columns), table_names(path, delimiter, columns))
+
+
+def table_names(path: Path, delimiter: str, columns: list[str] | None) -> list[str] | None:
+    """The columns :func:`iter_table` gives (``None`` when the header is missing: the reader says so)."""
+    if columns:
+        return list(columns)
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return next(csv.reader(fh, delimiter=delimiter, quoting=quoting), None) or None
+    except (UnicodeDecodeError, csv.Error):
+        return None
+
+
+def iter_jsonl(path: Path, columns: list[str] | None) -> Iterator[Chunk]:
     """One JSON object a line; ``columns`` selects the keys (default: the first line's keys); values as read."""
-    out: dict[str, list[Any]] | None = None
+    chunk_rows = CHUNK_ROWS
     wanted = columns
+    out: dict[str, list[Any]] = {}
     lines: list[int] = []
     for lineno, obj in json_objects(path):
         if wanted is None:
             wanted = list(obj)
-        if out is None:
+        if not lines:
             out = {c: [] for c in wanted}
         _check_columns(path, list(obj), wanted, str(lineno))
         lines.append(lineno)
         for col in wanted:
             out[col].append(obj[col])
-    return out or {c: [] for c in (columns or ["text"])}, lines
+        if len(lines) == chunk_rows:
+            yield out, lines
+            lines = []
+    if lines:
+        yield out, lines
+
+
+def read_jsonl(path: Path, columns: list[str] | None) -> Rows:
+    """One JSON object a line; ``columns`` selects the keys (default: the first line's keys); values as read."""
+    data, lines = _concat(iter_jsonl(path, columns))
+    return data or {c: [] for c in (columns or ["text"])}, lines
+
+
+def jsonl_names(path: Path, columns: list[str] | None) -> list[str] | None:
+    """The columns :func:`iter_jsonl` gives (``None`` when the file has no object to tell: the reader says so)."""
+    if columns:
+        return list(columns)
+    try:
+        return next((list(obj) for _, obj in json_objects(path)), None)
+    except (DataError, UnicodeDecodeError):
+        return None
 
 
 def to_score(value: Any) -> float | None:
@@ -143,24 +326,41 @@ def to_score(value: Any) -> float | None:
 
 
 def apply_types(
-    path: str | Path, data: dict[str, list[Any]], lines: list[int] | None, types: Sequence[str], key: str = "column"
+    path: str | Path, data: dict[str, list[Any]], lines: Sequence[int] | None, types: Sequence[str],
+    key: str = "column"
 ) -> dict[str, list[Any]]:
     """Check each column against its declared type (``text``: a non-empty string; ``score``: a finite number,
     returned as float), naming the file, line and column of the first bad value."""
     for (col, values), kind in zip(data.items(), types, strict=True):
-        for i, value in enumerate(values):
-            if kind == SCORE:
-                number = to_score(value)
-                if number is None:
-                    where = f"{path}:{lines[i]}" if lines else f"{path}: row {i + 1}"
-                    raise DataError(f"{where}: {key} {col!r}: expected a finite number (a score), got {value!r}")
-                values[i] = number
-            elif not isinstance(value, str) or not value.strip():
-                where = f"{path}:{lines[i]}" if lines else f"{path}: row {i + 1}"
-                if key == "column" and isinstance(value, str):
-                    raise DataError(f"{where}: column {col!r} is empty")
-                raise DataError(f"{where}: {key} {col!r} must be a non-empty string, got {value!r}")
+        problem = type_problem(path, col, values, lines, kind, key)
+        if problem:
+            raise DataError(problem)
     return data
+
+
+def type_problem(path: str | Path, col: str, values: list[Any], lines: Sequence[int] | None, kind: str,
+                 key: str = "column", offset: int = 0) -> str | None:
+    """:func:`apply_types` for one column: converts scores in place; the message for the first bad value, or
+    ``None``. ``offset``: the rows before ``values`` (a chunk), for the ``row N`` of a source without lines."""
+    if kind == SCORE:
+        numbers = [to_score(v) for v in values]
+        if None not in numbers:
+            values[:] = numbers
+            return None
+        i = numbers.index(None)
+        where = f"{path}:{lines[i]}" if lines else f"{path}: row {offset + i + 1}"
+        return f"{where}: {key} {col!r}: expected a finite number (a score), got {values[i]!r}"
+    try:  # the common case at C speed: every value a string with a non-space character
+        if all(map(str.strip, values)):
+            return None
+    except TypeError:  # a value that is not a string
+        pass
+    i = next(i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip())
+    value = values[i]
+    where = f"{path}:{lines[i]}" if lines else f"{path}: row {offset + i + 1}"
+    if key == "column" and isinstance(value, str):
+        return f"{where}: column {col!r} is empty"
+    return f"{where}: {key} {col!r} must be a non-empty string, got {value!r}"
 
 
 def sick_triples(path: Path) -> dict[str, list[str]]:
@@ -246,6 +446,12 @@ def read_corpus(path: str) -> list[str]:
     return [str(t) for t in next(iter(cols.values()))]
 
 
+LOCAL_FORMATS = ("text", "csv", "tsv", "jsonl", "sick", "stsb", "rerank")
+# The columns of the formats whose columns are fixed, in the order their readers give them.
+_FIXED_NAMES = {"text": ["text"], "sick": ["anchor", "positive", "negative"],
+                "stsb": ["sentence1", "sentence2", "score"], "rerank": ["anchor", "positive"]}
+
+
 def read_local(
     path: str, fmt: str, columns: list[str] | None, kind: str = "training", types: Types | None = None
 ) -> TrainData:
@@ -256,11 +462,108 @@ def read_local(
     floats. It may be a function of the number of columns the file gives (a method that takes any number of
     negatives). When the file gives a different number of columns than ``types``, the values are returned as
     read: the caller, which knows the roles, reports the mismatch.
+
+    Where the types fit the columns, the rows are checked a chunk at a time and written to the data cache
+    (:mod:`embedkit.data.cache`), or found there from an earlier read of the same file with the same settings
+    (then only the file's hash is computed); the :class:`TrainData` memory-maps that Arrow file. Otherwise (and
+    where the cache cannot be written) the file is read into lists, as the errors for such a file need.
     """
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{path}: {kind} data file not found")
     fmt = infer_format(path, fmt)
+    if fmt not in LOCAL_FORMATS:
+        raise DataError(f"{path}: format {fmt!r} is not a local file format")
+    names = _names(file, fmt, columns)
+    if names and len(set(names)) == len(names):
+        resolved = _resolve_types(types, len(names))
+        if len(resolved) == len(names):
+            rows = _read_cached(path, file, fmt, columns, names, resolved, kind)
+            if rows is not None:
+                return rows
+    return _read_in_memory(path, file, fmt, columns, kind, types)
+
+
+def _resolve_types(types: Types | None, count: int) -> tuple[str, ...]:
+    return tuple(types(count) if callable(types) else types) if types is not None else (TEXT,) * count
+
+
+def _names(file: Path, fmt: str, columns: list[str] | None) -> list[str] | None:
+    """The columns ``fmt``'s reader gives ``file``, told before the rows are read; ``None`` where that takes the
+    rows (a missing header, an empty JSON-lines file, a column the format does not give: the reader says so)."""
+    if fmt in _FIXED_NAMES:
+        fixed = _FIXED_NAMES[fmt]
+        return (list(columns) if all(c in fixed for c in columns) else None) if columns else fixed
+    if fmt in ("csv", "tsv"):
+        return table_names(file, "," if fmt == "csv" else "\t", columns)
+    return jsonl_names(file, columns)
+
+
+def _chunks(file: Path, fmt: str, columns: list[str] | None) -> Iterator[Chunk]:
+    """The rows of ``file`` a chunk at a time (the SICK, STS-B and reranking readers give one chunk)."""
+    if fmt == "text":
+        yield from iter_text(file)
+    elif fmt in ("csv", "tsv"):
+        yield from iter_table(file, "," if fmt == "csv" else "\t", columns)
+    elif fmt == "jsonl":
+        yield from iter_jsonl(file, columns)
+    else:
+        yield {"sick": sick_triples, "stsb": stsb_pairs, "rerank": rerank_pairs}[fmt](file), None
+
+
+def _read_cached(path: str, file: Path, fmt: str, columns: list[str] | None, names: list[str],
+                 types: Sequence[str], kind: str) -> TrainData | None:
+    """The rows from the data cache, converting the file on a miss; ``None`` when the cache cannot be written."""
+    sha = sha256_file(file)
+    key = cache.entry_key(sha, {"format": fmt, "columns": names, "types": list(types)})
+    rows = cache.lookup(key)
+    if rows is None:
+        try:
+            writer = cache.EntryWriter(key, names, types, str(path))
+        except OSError:
+            return None
+        try:
+            rows = _convert(path, file, fmt, columns, names, types, kind, writer)
+        except BaseException:
+            writer.abort()
+            raise
+    return TrainData(None, f"{fmt}:{path}", sha, rows=rows)
+
+
+def _convert(path: str, file: Path, fmt: str, columns: list[str] | None, names: list[str],
+             types: Sequence[str], kind: str, writer: Any) -> Any:
+    """One streaming pass over ``file``: each chunk checked by type and written; memory holds one chunk.
+
+    The errors are those of reading the whole file first: a row the reader refuses (bad JSON, a wrong field
+    count, bad UTF-8) wins over a bad value anywhere, then an empty set, then the first bad value of the first
+    column that has one (so a type problem is kept, not raised, until the file is read)."""
+    key = "key" if fmt == "jsonl" else "column"
+    problems: dict[int, str] = {}  # column index -> its first bad value
+    total = 0
+    with utf8_errors(path):
+        for chunk, lines in _chunks(file, fmt, columns):
+            if fmt in _FIXED_NAMES and columns:
+                chunk = {c: chunk[c] for c in columns}
+            for j, (col, kind_) in enumerate(zip(names, types, strict=True)):
+                if fmt == "text" and kind_ == TEXT:
+                    continue  # the reader keeps only stripped, non-empty lines
+                if j not in problems:
+                    problem = type_problem(path, col, chunk[col], lines, kind_, key, offset=total)
+                    if problem:
+                        problems[j] = problem
+            total += len(chunk[names[0]])
+            if not problems:
+                writer.write(chunk)
+    if not total:
+        raise DataError(f"{path}: the {kind} set is empty")
+    if problems:
+        raise DataError(problems[min(problems)])
+    return writer.commit()
+
+
+def _read_in_memory(path: str, file: Path, fmt: str, columns: list[str] | None, kind: str,
+                    types: Types | None) -> TrainData:
+    """The whole file into lists (see :func:`read_local`)."""
     lines: list[int] | None = None
     with utf8_errors(path):
         if fmt == "text":
@@ -269,24 +572,18 @@ def read_local(
             data, lines = read_table(file, "," if fmt == "csv" else "\t", columns)
         elif fmt == "jsonl":
             data, lines = read_jsonl(file, columns)
-        elif fmt == "sick":
-            data = sick_triples(file)
-        elif fmt == "stsb":
-            data = stsb_pairs(file)
-        elif fmt == "rerank":
-            data = rerank_pairs(file)
         else:
-            raise DataError(f"{path}: format {fmt!r} is not a local file format")
-    if columns and fmt in ("text", "sick", "stsb", "rerank"):
+            data = next(_chunks(file, fmt, columns))[0]
+    if columns and fmt in _FIXED_NAMES:
         unknown = [c for c in columns if c not in data]
         if unknown:
             raise DataError(f"{path}: columns {unknown} do not exist for format {fmt!r}; it gives {list(data)}")
         data = {c: data[c] for c in columns}
     if not data or not next(iter(data.values())):
         raise DataError(f"{path}: the {kind} set is empty")
-    types = tuple(types(len(data)) if callable(types) else types) if types is not None else (TEXT,) * len(data)
-    if len(types) == len(data):
-        apply_types(path, data, lines, types, key="key" if fmt == "jsonl" else "column")
+    resolved = _resolve_types(types, len(data))
+    if len(resolved) == len(data):
+        apply_types(path, data, lines, resolved, key="key" if fmt == "jsonl" else "column")
     return TrainData(data, f"{fmt}:{path}", sha256_file(file))
 
 
@@ -297,11 +594,14 @@ def read_hub(
     columns: list[str] | None,
     data_files: str | None = None,
     types: Types | None = None,
+    max_samples: int | None = None,
 ) -> TrainData:
     """A dataset from the HuggingFace Hub (or a local folder ``load_dataset`` understands).
 
     ``types`` declares each column in order as for :func:`read_local`; ``score`` columns are checked and
-    converted to floats (a Hub CSV may hold them as strings). Text columns are taken as they are.
+    converted to floats (a Hub CSV may hold them as strings). Text columns are taken as they are. The rows stay
+    the loaded ``datasets.Dataset`` (memory-mapped from datasets' cache); ``max_samples`` selects the first rows
+    before anything is read.
     """
     import datasets
     from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
@@ -320,15 +620,22 @@ def read_hub(
         ) from None
     wanted = columns or ds.column_names
     _check_columns(Path(name), ds.column_names, wanted, split)
-    data = {c: list(ds[c]) for c in wanted}
-    if not data or not data[wanted[0]]:
+    fingerprint = getattr(ds, "_fingerprint", None)
+    if not wanted or not len(ds):
         raise DataError(f"{name} ({split}): the training set is empty")
+    if wanted != ds.column_names:
+        ds = ds.select_columns(wanted)
+    if max_samples and max_samples < len(ds):
+        ds = ds.select(range(max_samples))
     if callable(types):
-        types = types(len(data))
-    if types is not None and len(types) == len(data):  # else build_dataset reports the column count
-        scores = {c: v for (c, v), kind in zip(data.items(), types) if kind == SCORE}
-        apply_types(f"{name} ({split})", scores, None, (SCORE,) * len(scores))
-    return TrainData(data, f"hub:{name}:{split}", getattr(ds, "_fingerprint", None))
+        types = types(len(wanted))
+    if types is not None and len(types) == len(wanted):  # else build_dataset reports the column count
+        for col, kind in zip(wanted, types):
+            if kind == SCORE:  # one column of numbers in memory, checked and converted, then put back in place
+                values = list(ds[col])
+                apply_types(f"{name} ({split})", {col: values}, None, (SCORE,))
+                ds = ds.remove_columns(col).add_column(col, values).select_columns(wanted)
+    return TrainData(None, f"hub:{name}:{split}", fingerprint, rows=HubRows(ds))
 
 
 def read_train_source(src: Any, method_name: str, roles: Sequence[str], types: Types,
@@ -337,9 +644,7 @@ def read_train_source(src: Any, method_name: str, roles: Sequence[str], types: T
     ``max_samples``), checked against the method's roles (or by ``problem``, the method's
     :meth:`~embedkit.methods.base.Method.column_problem`, when given). ``embedkit data diagnose`` reads through
     here too, so it diagnoses the rows the recipe trains on."""
-    data = read_hub(src.hub, src.split, src.config, src.columns, src.data_files, types)
-    if src.max_samples:
-        data.columns = {k: v[: src.max_samples] for k, v in data.columns.items()}
+    data = read_hub(src.hub, src.split, src.config, src.columns, src.data_files, types, src.max_samples)
     if problem is not None:
         why = problem(list(data.columns))
         if why:

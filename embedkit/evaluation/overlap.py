@@ -15,9 +15,12 @@ Units, per evaluation set:
 * **texts** (every set): the share of the set's distinct texts that appear anywhere in the training rows.
 
 Each is counted twice: exactly, and after normalisation (NFKC, case-folded, punctuation removed, white space
-collapsed), so ``"A man plays."`` and ``"a man plays"`` match. Texts are hashed (64-bit BLAKE2b) into sets, so a
-million training rows cost seconds and a few tens of MB. A set is *flagged* when more than :data:`FLAG_PCT`
-percent of its units (normalised) were seen; the STS table then also reports the average over clean tasks.
+collapsed), so ``"A man plays."`` and ``"a man plays"`` match. Texts are hashed (64-bit BLAKE2b) into sets. A
+run's training rows are walked a chunk at a time and only the texts and pairs that some evaluation set holds are
+kept, so memory is that of the evaluation sets whatever the training size; what was kept is stored beside a cached
+training file (:mod:`embedkit.data.cache`), and the next run over the same rows and sets reads it instead.
+A set is *flagged* when more than :data:`FLAG_PCT` percent of its units (normalised) were seen; the STS table then
+also reports the average over clean tasks.
 
 Nothing here loads a model or imports torch.
 """
@@ -55,8 +58,24 @@ def _punctuation() -> dict[int, None]:
     return {cp: None for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)).startswith("P")}
 
 
+@functools.cache
+def _ascii_tables() -> tuple[bytes, bytes]:
+    """For an ASCII text, :func:`normalize` in one ``bytes.translate``: upper case to lower, every character
+    ``str.split`` splits on to a space (``\\x1c``-``\\x1f`` too), punctuation deleted."""
+    table = bytearray(range(256))
+    for c in range(128):
+        if chr(c).isspace():
+            table[c] = 32
+        elif chr(c).isupper():
+            table[c] = ord(chr(c).lower())
+    punctuation = bytes(c for c in range(128) if unicodedata.category(chr(c)).startswith("P"))
+    return bytes(table), punctuation
+
+
 def normalize(text: str) -> str:
     """``text`` for the normalised count: NFKC, case-folded, punctuation removed, white space collapsed."""
+    if text.isascii():  # NFKC leaves ASCII as is and case-folds it as lower(): the same result, ~3x faster
+        return b" ".join(text.encode("ascii").translate(*_ascii_tables()).split()).decode("ascii")
     return " ".join(unicodedata.normalize("NFKC", text).casefold().translate(_punctuation()).split())
 
 
@@ -80,14 +99,59 @@ class TrainIndex:
     pairs_norm: set[tuple[int, int]] = field(default_factory=set)
     rows: int = 0
     sources: list[str] = field(default_factory=list)
+    # Only what is in ``keep`` is kept (the texts and pairs of the evaluation sets to measure): :func:`measure` asks
+    # about nothing else, so the counts are the same and the index stays the size of the evaluation sets, not of
+    # the training data; and a training text is hashed only when it is one of them.
+    keep: EvalTexts | None = None
 
     def add_rows(self, columns: Mapping[str, Sequence[Any]], source: str) -> None:
         """Add a table of training rows: its text columns (strings) count; scores and labels do not."""
-        text_cols = [list(v) for v in columns.values() if v is not None and len(v) and isinstance(v[0], str)]
-        if not text_cols:
+        if self._add_chunk(columns):
+            self.sources.append(source)
+
+    def add_data(self, data: Any, source: str) -> None:
+        """Add a :class:`~embedkit.data.sources.TrainData` a chunk at a time (memory: one chunk and the index);
+        the part of the index kept for the rows of a cache entry is stored beside it and read back next time."""
+        stored = data.derived_path(f"overlap-{self.keep.digest()}.json") if self.keep is not None else None
+        if stored is not None and stored.is_file():
+            try:
+                self._merge(json.loads(stored.read_text(encoding="utf-8")), source)
+                return
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a damaged record is measured again
+        part = TrainIndex(keep=self.keep)
+        text = False
+        for chunk in data.batches():
+            text = part._add_chunk(chunk) or text
+        record = {"rows": part.rows, "text": text, **{k: sorted(getattr(part, k)) for k in _SETS}}
+        if stored is not None:
+            try:
+                with paths.atomic_path(stored) as tmp:
+                    tmp.write_text(json.dumps(record), encoding="utf-8")
+            except OSError:
+                pass  # an unwritable cache: measured again next time
+        self._merge(record, source)
+
+    def _merge(self, record: Mapping[str, Any], source: str) -> None:
+        if not record["text"]:
             return
         self.sources.append(source)
+        self.rows += record["rows"]
+        self.texts.update(record["texts"])
+        self.texts_norm.update(record["texts_norm"])
+        self.pairs.update(tuple(p) for p in record["pairs"])
+        self.pairs_norm.update(tuple(p) for p in record["pairs_norm"])
+
+    def _add_chunk(self, columns: Mapping[str, Sequence[Any]]) -> bool:
+        """Add rows (no source named); whether they had a text column."""
+        text_cols = [list(v) for v in columns.values() if v is not None and len(v) and isinstance(v[0], str)]
+        if not text_cols:
+            return False
         self.rows += len(text_cols[0])
+        keep = self.keep
+        if keep is not None:
+            self._add_kept(text_cols, keep)
+            return True
         for row in zip(*text_cols):
             exact = [text_hash(t) for t in row if isinstance(t, str)]
             norm = [text_hash(normalize(t)) for t in row if isinstance(t, str)]
@@ -96,13 +160,76 @@ class TrainIndex:
             for (a, b), (c, d) in zip(itertools.combinations(exact, 2), itertools.combinations(norm, 2)):
                 self.pairs.add(pair_key(a, b))
                 self.pairs_norm.add(pair_key(c, d))
+        return True
+
+    def _add_kept(self, text_cols: list[list[Any]], keep: EvalTexts) -> None:
+        """:meth:`_add_chunk` keeping what ``keep`` holds: strings are looked up, only a hit is hashed."""
+        if len(text_cols) == 1:  # one text a row (a corpus): no pairs
+            for t in text_cols[0]:
+                if not isinstance(t, str):
+                    continue
+                if t in keep.texts:
+                    self.texts.add(text_hash(t))
+                n = normalize(t)
+                if n in keep.texts_norm:
+                    self.texts_norm.add(text_hash(n))
+            return
+        for row in zip(*text_cols):
+            exact = [t for t in row if isinstance(t, str)]
+            norm = [normalize(t) for t in exact]
+            self.texts.update(text_hash(t) for t in exact if t in keep.texts)
+            self.texts_norm.update(text_hash(t) for t in norm if t in keep.texts_norm)
+            for (a, b), (c, d) in zip(itertools.combinations(exact, 2), itertools.combinations(norm, 2)):
+                if text_pair(a, b) in keep.pairs:
+                    self.pairs.add(pair_key(text_hash(a), text_hash(b)))
+                if text_pair(c, d) in keep.pairs_norm:
+                    self.pairs_norm.add(pair_key(text_hash(c), text_hash(d)))
 
     def add_texts(self, texts: Iterable[str], source: str) -> None:
         """Add single texts (a corpus of candidates: they may be trained on, but never as a pair)."""
         self.sources.append(source)
+        if self.keep is not None:
+            self._add_kept([list(texts)], self.keep)
+            return
         for t in texts:
             self.texts.add(text_hash(t))
             self.texts_norm.add(text_hash(normalize(t)))
+
+
+_SETS = ("texts", "texts_norm", "pairs", "pairs_norm")
+
+
+def text_pair(a: str, b: str) -> tuple[str, str]:
+    """An unordered pair of texts."""
+    return (a, b) if a <= b else (b, a)
+
+
+@dataclass
+class EvalTexts:
+    """Every text and pair :func:`measure` looks up for some evaluation sets, exact and normalised."""
+
+    texts: set[str] = field(default_factory=set)
+    texts_norm: set[str] = field(default_factory=set)
+    pairs: set[tuple[str, str]] = field(default_factory=set)
+    pairs_norm: set[tuple[str, str]] = field(default_factory=set)
+
+    def digest(self) -> str:
+        """A short hash of the contents (names what was kept of a training set for these sets)."""
+        text = json.dumps([sorted(getattr(self, k)) for k in _SETS], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def eval_index(sets: Iterable[EvalSet]) -> EvalTexts:
+    """Every text and pair :func:`measure` looks up for ``sets``: a training index need keep nothing else."""
+    out = EvalTexts()
+    for ev in sets:
+        for a, b in ev.pairs:
+            out.pairs.add(text_pair(a, b))
+            out.pairs_norm.add(text_pair(normalize(a), normalize(b)))
+        for t in [*ev.queries, *ev.texts]:
+            out.texts.add(t)
+            out.texts_norm.add(normalize(t))
+    return out
 
 
 @dataclass
@@ -263,24 +390,27 @@ def run_overlap(train_data: Any, recipe: Any, data_dir: str | Path | None, dev: 
     """What a training run records (``results.json`` ``overlap``): its training rows against its own dev and
     final sets and every standard evaluation set present in the data folder; and notes on what was not measured
     (one line for the absent standard sets)."""
-    index, notes = index_training(train_data, recipe, data_dir)
     sets, absent = standard_sets(data_dir)
+    evals = [*named_sets(dev, final_sets), *sets]
+    index, notes = index_training(train_data, recipe, data_dir, keep=eval_index(evals))
     if absent:
         notes.append(f"not in the data folder, not measured: {', '.join(absent)}")
-    return measure_all(index, [*named_sets(dev, final_sets), *sets]), notes
+    return measure_all(index, evals), notes
 
 
-def index_training(data: Any, recipe: Any = None, data_dir: str | Path | None = None) -> tuple[TrainIndex, list[str]]:
+def index_training(data: Any, recipe: Any = None, data_dir: str | Path | None = None,
+                   keep: TrainIndex | None = None) -> tuple[TrainIndex, list[str]]:
     """A :class:`TrainIndex` over a recipe's training data (a ``TrainData``, or a multi-task recipe's sources), and
-    the mining corpora it names; notes for sources that could not be measured (a Hub dataset read at setup)."""
-    index, notes = TrainIndex(), []
+    the mining corpora it names; notes for sources that could not be measured (a Hub dataset read at setup).
+    ``keep`` (:func:`eval_index` of the sets to measure): keep only those hashes (see :class:`TrainIndex`)."""
+    index, notes = TrainIndex(keep=keep), []
     parts = getattr(data, "parts", None)
     items = parts.items() if parts is not None else [("train", data)]
     for name, part in items:
         if part is None or not getattr(part, "columns", None):
             notes.append(f"training source {name}: not read before setup (a Hub dataset); not measured")
             continue
-        index.add_rows(part.columns, name)
+        index.add_data(part, name)
     if recipe is not None:
 
         sources = recipe.data.train if isinstance(recipe.data.train, list) else [recipe.data.train]
@@ -358,17 +488,21 @@ def overlap_report(source: str, overrides: list[str] | None = None, data_dir: st
     if is_recipe(source):
 
         recipe, data = load_recipe_with_data(source, overrides, data_dir=data_dir)
-        index, notes = index_training(data, recipe, data_dir)
     else:
         if overrides:
 
             raise EmbedkitError(f"{source}: overrides ({' '.join(overrides)}) apply to a recipe, not a data file")
-        index, notes = TrainIndex(), []
-        index.add_rows(read_local(source, "auto", None).columns, source)
+        data = read_local(source, "auto", None)
     sets, absent = standard_sets(data_dir, tasks)
     named = recipe_sets(recipe, data_dir) if recipe is not None else []
     # A set the recipe selects on keeps its own entry, marked "selection".
-    overlap = measure_all(index, [*named, *extra_sets, *sets])
+    evals = [*named, *extra_sets, *sets]
+    if recipe is not None:
+        index, notes = index_training(data, recipe, data_dir, keep=eval_index(evals))
+    else:
+        index, notes = TrainIndex(keep=eval_index(evals)), []
+        index.add_data(data, source)
+    overlap = measure_all(index, evals)
     return overlap, notes + [f"{name}: not measured ({why})" for name, why in absent.items()]
 
 

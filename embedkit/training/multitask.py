@@ -293,7 +293,7 @@ def build_tasks(recipe: Recipe, train_data: MultiTrainData | None, model: Any, w
             data = read_train_source(view.data.train, view.method.name, method_cls.roles(), method_cls.column_types,
                                      method_cls.column_problem)
         roles = method_cls.roles(len(data.columns))  # a method may take any number of negative columns
-        dataset = datasets.Dataset.from_dict(dict(zip(roles, data.columns.values(), strict=True)))
+        dataset = data.to_dataset(roles)
         if len(dataset) < global_batch:
             raise DataError(f"data.train source {src.name!r}: {len(dataset)} rows, fewer than one global batch "
                             f"({global_batch}); lower training.batch_size or add rows")

@@ -28,6 +28,7 @@ from packaging.version import Version
 
 from embedkit import distributed
 from embedkit.card import add_method_citation, set_card_data, set_dev_card_metrics, write_card
+from embedkit.data import cache
 from embedkit.data.sources import read_train_source
 from embedkit.errors import EmbedkitError, RecipeError
 from embedkit.evaluation import evaluate
@@ -74,9 +75,8 @@ def resolve_precision(precision: str) -> str:
 
 
 def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
-    """A ``datasets.Dataset`` whose columns are named after the method's roles (a Hub set is read now)."""
-    import datasets
-
+    """A ``datasets.Dataset`` whose columns are named after the method's roles (a Hub set is loaded now): the
+    memory-mapped rows themselves (the data cache's Arrow file, the Hub dataset), never a copy through lists."""
     if train_data is None:
         train_data = read_train_source(recipe.data.train, recipe.method.name, method_cls.roles(),
                                        method_cls.column_types, method_cls.column_problem)
@@ -85,8 +85,7 @@ def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
         if refused:
             raise RecipeError("\n".join(f"{'.'.join(map(str, key))}: {why}" for key, why in refused))
     roles = method_cls.roles(len(train_data.columns))  # a method may take any number of negative columns
-    columns = dict(zip(roles, train_data.columns.values(), strict=True))
-    return datasets.Dataset.from_dict(columns), train_data
+    return train_data.to_dataset(roles), train_data
 
 
 @dataclass
@@ -262,8 +261,9 @@ def train(
     terminal, else a plain line every ``training.logging_steps`` steps; ``False``: neither, ``--no-progress``).
     """
     started = time.time()
-    recipe, train_data = load_recipe_with_data(recipe, overrides, data_dir, checks=SETUP_CHECKS, **fields)
-    plan = reserve(recipe, train_data, resume, overwrite)
+    with cache.until_accepted():  # a converted training file is kept in the data cache only if not refused
+        recipe, train_data = load_recipe_with_data(recipe, overrides, data_dir, checks=SETUP_CHECKS, **fields)
+        plan = reserve(recipe, train_data, resume, overwrite)
     if not isinstance(plan, Plan):
         return TrainResult(Path(recipe.output.dir).expanduser(), plan)
     from embedkit.training.progress import quiet_bars, show_bars, tracker_env

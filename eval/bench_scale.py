@@ -1,0 +1,224 @@
+"""Training-set scale benchmark: validation and training cost from 10k to 10M rows.
+
+Generates (seeded) a one-sentence-a-line corpus at each size (default 10k, 100k, 1M, 10M rows, ~120 bytes a
+line) and a pairs CSV (``anchor,positive``, default 1M rows), then measures, each in its own process:
+
+* ``embedkit check`` with an empty data cache (``cold``: the file is converted) and again (``warm``: found in the
+  cache): wall time and peak RSS;
+* ``embedkit train`` for 20 steps (``training.max_steps``) with an empty cache (``cold``: the first run) and
+  again (``warm``): the time until validation returned, the time to the first optimizer step (from process
+  start), peak RSS, and the median step time of steps 5-20.
+
+The recipe is ``simcse-unsup-brown-minilm`` (the packaged all-MiniLM-L6-v2, batch 32, max length 32) over the
+generated file, every row trained on (``data.train.max_samples`` null), no dev set and no final evaluation; the
+pairs file trains ``contrastive`` (in-batch negatives, ``no_duplicates`` off: the sampler is not what is
+measured). It prints the table and each figure's ratio to the first (smallest) row.
+
+    python eval/bench_scale.py [--sizes 10k,100k,1M,10M] [--pairs 1M] [--workdir /tmp/bench-scale] [--keep]
+
+The corpora and the cache live under ``--workdir`` (10M rows: ~1.2 GB of text and ~1.3 GB of cache) and are
+deleted at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+T0 = time.time()  # the child's start (the interpreter's own start-up, ~50 ms, is not counted)
+RECIPE = "simcse-unsup-brown-minilm"
+COMMON = ["data.dev=null", "eval.before=false", "eval.suite=none", "data.train.max_samples=null"]
+STEPS = 20
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def size_name(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1_000}k" if n % 1_000 == 0 else str(n)
+
+
+def generate(path: Path, rows: int, pairs: bool = False, seed: int = 0) -> None:
+    """``rows`` distinct sentences of 8-24 words from a seeded 5,000-word vocabulary (a line number makes each
+    unique); ``pairs``: a CSV of (sentence, a reordering of its words)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("etaoinshrdlucmfwypvbgkqjxz"))
+    vocab = ["".join(rng.choice(letters, size=int(k))) for k in rng.integers(2, 10, size=5000)]
+    block = 100_000
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        if pairs:
+            fh.write("anchor,positive\n")
+        for start in range(0, rows, block):
+            n = min(block, rows - start)
+            lengths = rng.integers(8, 25, size=n)
+            words = rng.integers(0, len(vocab), size=int(lengths.sum())).tolist()
+            out, at = [], 0
+            for i, k in enumerate(lengths.tolist()):
+                w = [vocab[j] for j in words[at:at + k]]
+                at += k
+                text = f"{' '.join(w)} {start + i}"
+                out.append(f"{text},{' '.join(reversed(w))} {start + i}" if pairs else text)
+            fh.write("\n".join(out) + "\n")
+    os.replace(tmp, path)
+
+
+# --- the child: one embedkit command, instrumented ----------------------------------------------------------
+
+
+def child(command: str, argv: list[str]) -> None:
+    """Run ``embedkit <command> argv`` and print one JSON line with what was measured."""
+    from embedkit.cli import main
+
+    record: dict = {}
+    if command == "train":
+        from transformers import TrainerCallback
+
+        import embedkit.training.run as run
+        from embedkit.training import trainer as trainer_mod
+
+        stamps: list[float] = []
+
+        class Timer(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                stamps.append(time.time())
+
+        original_init = trainer_mod.EmbedkitTrainer.__init__
+
+        def init(self, *a, **k):
+            original_init(self, *a, **k)
+            self.add_callback(Timer())
+
+        trainer_mod.EmbedkitTrainer.__init__ = init
+        original_load = run.load_recipe_with_data
+
+        def load(*a, **k):
+            out = original_load(*a, **k)
+            record["validated_s"] = time.time() - T0
+            return out
+
+        run.load_recipe_with_data = load
+    rc = main([command, *argv])
+    record["rc"] = rc
+    record["wall_s"] = time.time() - T0
+    if command == "train" and stamps:
+        record["first_step_s"] = stamps[0] - T0
+        steps = [b - a for a, b in zip(stamps, stamps[1:])]  # steps[i]: the time of step i + 2
+        window = steps[3:STEPS - 1]  # steps 5..20
+        record["median_step_s"] = statistics.median(window) if window else None
+        record["steps"] = len(stamps)
+    record["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("BENCH " + json.dumps(record), flush=True)
+
+
+def run_child(command: str, argv: list[str], env: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", command, *argv], env=env, capture_output=True,
+                          text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH "):
+            out = json.loads(line[6:])
+            if out.get("rc"):
+                sys.exit(f"embedkit {command} failed:\n{proc.stderr[-3000:]}")
+            return out
+    sys.exit(f"embedkit {command} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def measure(path: Path, work: Path, extra: list[str], cold_train: bool) -> dict:
+    """check with an empty cache, check again; train with an empty cache (the first run: the file is converted
+    and the overlap with the evaluation sets measured), train again (everything found in the cache)."""
+    cache = work / "cache"
+    env = {**os.environ, "EMBEDKIT_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false"}
+    base = [RECIPE, f"data.train.path={path}", *COMMON, *extra]
+    train_args = [*base, f"training.max_steps={STEPS}", f"output.dir={work / 'out'}", "--overwrite"]
+    shutil.rmtree(cache, ignore_errors=True)
+    row: dict = {}
+    cold = run_child("check", base, env)
+    warm = run_child("check", base, env)
+    row.update(check_cold_s=cold["wall_s"], check_cold_mb=cold["rss_mb"], check_warm_s=warm["wall_s"],
+               check_warm_mb=warm["rss_mb"])
+    if cold_train:
+        shutil.rmtree(cache, ignore_errors=True)
+        c = run_child("train", train_args, env)
+        row.update(first_step_cold_s=c["first_step_s"], train_cold_mb=c["rss_mb"])
+    t = run_child("train", train_args, env)
+    row.update(validated_s=t["validated_s"], first_step_s=t["first_step_s"], train_mb=t["rss_mb"],
+               median_step_s=t["median_step_s"])
+    shutil.rmtree(work / "out", ignore_errors=True)
+    return row
+
+
+COLUMNS = [("check_cold_s", "check cold s"), ("check_cold_mb", "check cold MB"), ("check_warm_s", "check warm s"),
+           ("check_warm_mb", "check warm MB"), ("first_step_cold_s", "1st step cold s"),
+           ("train_cold_mb", "train cold MB"), ("validated_s", "train: valid. s"),
+           ("first_step_s", "1st step warm s"), ("train_mb", "train warm MB"), ("median_step_s", "median step s")]
+
+
+def table(rows: dict[str, dict]) -> str:
+    keys = [k for k, _ in COLUMNS if any(k in r for r in rows.values())]
+    head = f"{'rows':<10}" + "".join(f"{dict(COLUMNS)[k]:>17}" for k in keys)
+    lines = [head]
+    first = next(iter(rows.values()))
+    for name, r in rows.items():
+        lines.append(f"{name:<10}" + "".join(f"{r[k]:>17.2f}" if k in r else f"{'-':>17}" for k in keys))
+    lines.append("ratio to the first row")
+    for name, r in rows.items():
+        lines.append(f"{name:<10}" + "".join(
+            f"{r[k] / first[k]:>16.2f}x" if k in r and first.get(k) else f"{'-':>17}" for k in keys))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10k,100k,1M,10M", help="corpus sizes (rows), comma-separated")
+    parser.add_argument("--pairs", default="1M", help="rows of the pairs file ('0': none)")
+    parser.add_argument("--workdir", default="/tmp/bench-scale")
+    parser.add_argument("--no-cold-train", action="store_true", help="skip the train run with an empty cache")
+    parser.add_argument("--keep", action="store_true", help="keep the generated files and the cache")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1:])
+        return
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    jobs = [(size_name(parse_size(s)), parse_size(s), False) for s in args.sizes.split(",") if s.strip()]
+    if parse_size(args.pairs):
+        jobs.append((f"{size_name(parse_size(args.pairs))} pairs", parse_size(args.pairs), True))
+    try:
+        for name, rows, pairs in jobs:
+            path = work / (f"pairs-{name.split()[0]}.csv" if pairs else f"corpus-{name}.txt")
+            if not path.is_file():
+                start = time.time()
+                generate(path, rows, pairs)
+                print(f"generated {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.time() - start:.0f} s",
+                      flush=True)
+            extra = ["method.name=contrastive", "method.no_duplicates=false"] if pairs else []
+            results[name] = {"rows": rows, **measure(path, work, extra, not args.no_cold_train)}
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
+            if not args.keep:
+                path.unlink()
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(table({k: {kk: v for kk, v in r.items() if kk != "rows"} for k, r in results.items()}))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
