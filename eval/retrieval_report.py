@@ -111,12 +111,15 @@ def score(model: Any, data_dir: str, overlap: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_rows(out_dir: Path, results: dict[str, Any]) -> int | None:
-    """The rows the run trained on: the mined file's kept rows, else the training data's row count."""
+def train_rows(out_dir: Path, overrides: list[str], data_dir: str) -> int:
+    """The rows the run trained on: the mined file's rows (those that kept k negatives), else the training data's
+    (the held-out slice excluded)."""
+    from embedkit.validate import load_recipe_with_data
+
     stats = out_dir / "mined" / "train.stats.json"
     if stats.exists():
-        return json.loads(stats.read_text(encoding="utf-8")).get("rows_kept")
-    return (results.get("data") or {}).get("rows")
+        return int(json.loads(stats.read_text(encoding="utf-8"))["rows"])
+    return len(load_recipe_with_data(RECIPE, overrides, data_dir=data_dir)[1])
 
 
 def run_row(name: str, seed: int | None, overrides: list[str] | None, data_dir: str, work: Path) -> dict[str, Any]:
@@ -149,7 +152,7 @@ def run_row(name: str, seed: int | None, overrides: list[str] | None, data_dir: 
     model = SentenceTransformer(str(out_dir), device="cpu")
     scores = score(model, data_dir, results.get("overlap") or {})
     return {"row": name, "seed": seed, "seconds": round(seconds, 1), "eval_seconds": round(time.time() - started, 1),
-            "steps": results["train"]["global_step"], "train_rows": train_rows(out_dir, results),
+            "steps": results["train"]["global_step"], "train_rows": train_rows(out_dir, overrides, data_dir),
             "best_checkpoint": results["train"]["best_checkpoint"], "selection": selection_record(results),
             "overlap_flagged": [k for k, v in (results.get("overlap") or {}).items() if v.get("flagged")], **scores}
 
