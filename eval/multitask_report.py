@@ -164,15 +164,15 @@ def _sel(r: dict[str, Any], key: str) -> Any:
 
 def table(groups: list[tuple[str, list[dict[str, Any]]]]) -> str:
     """A Markdown table, one line per row: mean ± (max − min)/2 over its seeds."""
-    from retrieval_report import cell, seeds_cell
+    from retrieval_report import cell, seeds_cell, steps_cell
 
-    head = ("| row | seeds | selection: weighted | selection: STS-B dev | selection: held-out MAP | "
+    head = ("| row | seeds | selected step | selection: weighted | selection: STS-B dev | selection: held-out MAP | "
             "TREC QA dev MAP | MRR@10 | STS avg | STS clean avg | clean tasks | STS-B test | train s | eval s |")
-    lines = [head, "|---|---|" + "--:|" * 11]
+    lines = [head, "|---|---|---|" + "--:|" * 11]
     for name, runs in groups:
         clean = sorted({len(r["sts_clean_tasks"]) for r in runs})
         lines.append("| " + " | ".join([
-            name, seeds_cell(runs), cell(runs, lambda r: r["selection"]["best"]),
+            name, seeds_cell(runs), steps_cell(runs), cell(runs, lambda r: r["selection"]["best"]),
             cell(runs, lambda r: _sel(r, "_spearman")), cell(runs, lambda r: _sel(r, "_map")),
             cell(runs, lambda r: r["map"]), cell(runs, lambda r: r["mrr@10"]), cell(runs, lambda r: r["sts_avg"]),
             cell(runs, lambda r: r["sts_avg_clean"]), ",".join(map(str, clean)) or "–",

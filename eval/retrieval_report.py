@@ -181,14 +181,20 @@ def seeds_cell(runs: list[dict[str, Any]]) -> str:
     return ",".join(str(s) for s in seeds) if seeds else "–"
 
 
+def steps_cell(runs: list[dict[str, Any]]) -> str:
+    """The step of each seed's selected checkpoint (``checkpoint-N``), in seed order."""
+    steps = [str(r["best_checkpoint"]).rsplit("-", 1)[-1] for r in runs if r.get("best_checkpoint")]
+    return ",".join(steps) if steps else "–"
+
+
 def table(groups: list[tuple[str, list[dict[str, Any]]]]) -> str:
     """A Markdown table, one line per row: mean ± (max − min)/2 over its seeds."""
-    head = ("| row | seeds | selection MAP (held-out train slice) | dev MAP | dev MRR@10 | STS avg | STS clean avg | "
-            "MAP @128 | MAP @64 | STS @128 | STS @64 | train rows | train s | eval s |")
-    lines = [head, "|---|---|" + "--:|" * 12]
+    head = ("| row | seeds | selected step | selection MAP (held-out train slice) | dev MAP | dev MRR@10 | STS avg | "
+            "STS clean avg | MAP @128 | MAP @64 | STS @128 | STS @64 | train rows | train s | eval s |")
+    lines = [head, "|---|---|---|" + "--:|" * 12]
     for name, runs in groups:
         lines.append("| " + " | ".join([
-            name, seeds_cell(runs), cell(runs, lambda r: r["selection"]["best"]),
+            name, seeds_cell(runs), steps_cell(runs), cell(runs, lambda r: r["selection"]["best"]),
             cell(runs, lambda r: r["full"]["map"]), cell(runs, lambda r: r["full"]["mrr@10"]),
             cell(runs, lambda r: r["full"]["sts_avg"]), cell(runs, lambda r: r["full"]["sts_avg_clean"]),
             cell(runs, lambda r: r["128"]["map"]), cell(runs, lambda r: r["64"]["map"]),
