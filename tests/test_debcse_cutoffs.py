@@ -51,7 +51,7 @@ class FakeEncoder:
             self.vectors[word] = np.random.default_rng(zlib.crc32(word.encode("utf-8"))).standard_normal(DIM)
         return self.vectors[word]
 
-    def __call__(self, model, sentences, batch_size=128, device="auto") -> torch.Tensor:
+    def __call__(self, model, sentences, batch_size=128, device="auto", show_progress_bar=False) -> torch.Tensor:
         rows = []
         for s in sentences:
             v = np.mean([self.vector(w) for w in s.split()], axis=0)
