@@ -33,3 +33,18 @@ def add_no_progress(parser: argparse.ArgumentParser, what: str = "encoding") -> 
     only when stderr is a terminal)."""
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                         help=f"no progress bar while {what} (default: one on stderr when it is a terminal)")
+
+
+def number_or_off(off: Any = None, expected: str = "a number in (0, 1]") -> Any:
+    """An argparse ``type``: a float, or ``none`` / ``off`` / ``null`` (any case) meaning the option is off,
+    returned as ``off``."""
+
+    def parse(text: str) -> Any:
+        if text.lower() in ("none", "off", "null"):
+            return off
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected} or 'none', got {text!r}") from None
+
+    return parse

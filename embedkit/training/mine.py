@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from embedkit.cliargs import add_no_progress
+from embedkit.cliargs import add_no_progress, number_or_off
 from embedkit.data.heldout import remove_heldout, split_heldout
 from embedkit.data.ranking import read_rerank
 from embedkit.data.sources import TrainData, read_corpus, read_local, read_pairs, read_train_source
@@ -308,16 +308,6 @@ def mine_for_training(recipe: Recipe, train_data: TrainData | None, model: Any, 
 
 OFF = "off"  # --max-score-ratio none: the filter off (None would mean "not given")
 
-
-def _ratio(text: str) -> float | str:
-    if text.lower() in ("none", "off", "null"):
-        return OFF
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'none', got {text!r}") from None
-
-
 FLAGS = ("num_negatives", "range_min", "range_max", "max_score_ratio", "margin", "sampling_strategy", "seed",
          "batch_size", "corpus", "candidates", "min_rows_kept")
 
@@ -445,7 +435,7 @@ def add_cli(data_commands: argparse._SubParsersAction) -> None:
     d.add_argument("--num-negatives", type=int, help="negatives per row (default 3)")
     d.add_argument("--range-min", type=int, help="skip this many of the most similar candidates (default 0)")
     d.add_argument("--range-max", type=int, help="take candidates ranked above this (default range-min + 10 k)")
-    d.add_argument("--max-score-ratio", type=_ratio,
+    d.add_argument("--max-score-ratio", type=number_or_off(OFF),
                    help="drop candidates above this fraction of the row's positive score (default 0.95; 'none': off)")
     d.add_argument("--margin", type=float, help="also drop candidates above positive - margin")
     d.add_argument("--sampling-strategy", choices=("top", "random"), help="top (default) or seeded random")

@@ -28,7 +28,7 @@ import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import Indel
 
-from embedkit.cliargs import add_no_progress
+from embedkit.cliargs import add_no_progress, number_or_off
 from embedkit.data.sources import read_corpus
 from embedkit.data.sts import sha256_file
 from embedkit.distributed import is_main
@@ -228,15 +228,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _surface(text: str) -> float | None:
-    if text.lower() in ("none", "off", "null"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'none', got {text!r}") from None
-
-
 def add_cli(data_commands: argparse._SubParsersAction) -> None:
     """Register ``embedkit data mine-pairs`` under the ``data`` command group."""
     d = data_commands.add_parser(
@@ -250,7 +241,7 @@ def add_cli(data_commands: argparse._SubParsersAction) -> None:
     d.add_argument("--threshold", type=float, default=DEFAULTS["threshold"],
                    help="keep pairs with margin at least this (default 1.2; see docs/mine-pairs.md)")
     d.add_argument("--top", type=int, help="keep at most the N best pairs")
-    d.add_argument("--max-surface-similarity", type=_surface, default=DEFAULTS["max_surface_similarity"],
+    d.add_argument("--max-surface-similarity", type=number_or_off(), default=DEFAULTS["max_surface_similarity"],
                    help="drop pairs whose folded texts are at least this similar (Indel, 0-1; default 0.9; 'none')")
     d.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="encoding batch size")
     d.add_argument("--overwrite", action="store_true", help="replace OUTPUT and its two files if they exist")
