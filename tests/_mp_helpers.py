@@ -160,19 +160,20 @@ def write_recipe(
     name: str = "recipe.yaml",
     objective: dict[str, Any] | None = None,
     output: dict[str, Any] | None = None,
+    dev: dict[str, Any] | None = None,
 ) -> Path:
     """A recipe for a short run of ``method`` on the tiny model: no dev set, no final evaluation, a loss
     logged at every step, a checkpoint at the end. ``training`` / ``model`` / ``method_params`` override keys;
     ``objective`` is the recipe's objective section (extra terms). ``output``: keys of the output section
     besides ``dir``; ``None``: ``keep_checkpoints: all``, so that tests read a finished run's training state (its
-    optimizer and method state), ``{}``: the defaults."""
+    optimizer and method state), ``{}``: the defaults. ``dev``: the ``data.dev`` section (default none)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = TRAIN_DATA[method](folder)
     recipe = {
         "model": {"name": str(model_path), "pooling": "cls", "mlp_only_train": True, "max_seq_length": 16,
                   **(model or {})},
-        "data": {"train": {"path": str(data)}, "dev": None},
+        "data": {"train": {"path": str(data)}, "dev": dev},
         "method": {"name": method, **METHOD_PARAMS.get(method, {}), **(method_params or {})},
         "training": {"batch_size": 8, "max_steps": 4, "logging_steps": 1, "learning_rate": 1e-3,
                      "save_total_limit": None, "seed": 7, **(training or {})},

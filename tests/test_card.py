@@ -169,10 +169,8 @@ def test_card_dev_scores_are_the_saved_checkpoints_not_the_last_evaluation(tmp_p
     root, _ = make_sts_dir(tmp_path / "sts", n_extra=40)
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path, spread_model_path, "simcse-unsup", out, model={"pooling": "mean"},
-                          training={"max_steps": 6, "eval_steps": 2, "save_steps": 2, "learning_rate": 5e-3})
-    raw = yaml.safe_load(recipe.read_text())
-    raw["data"]["dev"] = {"path": str(root / "sts" / "stsbenchmark" / "sts-test.csv"), "hub": None}
-    recipe.write_text(yaml.safe_dump(raw))
+                          training={"max_steps": 6, "eval_steps": 2, "save_steps": 2, "learning_rate": 5e-3},
+                          dev={"path": str(root / "sts" / "stsbenchmark" / "sts-test.csv"), "hub": None})
     results = train(str(recipe))
     assert Path(results["train"]["best_checkpoint"]).name == "checkpoint-2"
     after = results["dev"]["after"]

@@ -211,7 +211,6 @@ def test_adapter_folder_with_missing_base_is_one_line(tmp_path):
 
 def test_best_checkpoint_of_a_lora_run_is_restored_at_the_end(tmp_path, spread_model_path, monkeypatch):
     """Checkpoint selection loads the best checkpoint's adapter in place (not sentence-transformers' reload)."""
-    import yaml
     from safetensors.torch import load_file
     from sentence_transformers.evaluation import SentenceEvaluator
     from test_eval_data import make_sts_dir
@@ -233,10 +232,8 @@ def test_best_checkpoint_of_a_lora_run_is_restored_at_the_end(tmp_path, spread_m
     root, _ = make_sts_dir(tmp_path / "sts")
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path, spread_model_path, "simcse-unsup", out, model={"lora": LORA},
-                          training={"max_steps": 6, "eval_steps": 2, "save_steps": 2, "learning_rate": 5e-3})
-    raw = yaml.safe_load(recipe.read_text())
-    raw["data"]["dev"] = {"path": str(root / "sts" / "stsbenchmark" / "sts-test.csv"), "hub": None}
-    recipe.write_text(yaml.safe_dump(raw))
+                          training={"max_steps": 6, "eval_steps": 2, "save_steps": 2, "learning_rate": 5e-3},
+                          dev={"path": str(root / "sts" / "stsbenchmark" / "sts-test.csv"), "hub": None})
     results = train(str(recipe))
     assert Path(results["train"]["best_checkpoint"]).name == "checkpoint-2"
     final = load_file(str(out / "adapter_model.safetensors"))
