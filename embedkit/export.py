@@ -229,9 +229,8 @@ def _convert_openvino(src: Path, dst: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_options(args.format, args.quantize)
-    check_output_folder(args.output, args.overwrite, args.model)  # before the model loads: fails at once
-    out = export(args.model, args.output, args.format, args.quantize, overwrite=args.overwrite)
+    out = export(  # export() checks the options and the output folder before the model loads
+        args.model, args.output, args.format, args.quantize, overwrite=args.overwrite)
     marker = read_marker(out)
     assert marker is not None
     print(f"{out}: {args.format}{' int8' if args.quantize else ' fp32'} ({marker['file']}); load with "
