@@ -112,3 +112,56 @@ def test_length_groups_are_global_batches_under_several_processes() -> None:
     one = steps(shares(sampler_for_processes(LengthGroupedBatchSampler, 1), ds, 1, 64))
     two = steps(shares(sampler_for_processes(LengthGroupedBatchSampler, 2), ds, 2, 64))
     assert len(one) == 1000 // 64 and two == one
+
+
+@pytest.mark.parametrize("n,num_samples", [(1000, None), (70_000, None), (1000, 2500), (1000, 400)])
+def test_flat_random_sampler_gives_the_library_order_and_generator_state(n: int, num_samples: int | None) -> None:
+    """Two epochs from one generator: the same indices as torch's RandomSampler, and the generator left in the same
+    state (what the next epoch draws from), so the default training order does not move."""
+    from torch.utils.data import RandomSampler
+
+    from embedkit.data.samplers import FlatRandomSampler
+
+    data = range(n)
+    g_lib, g_flat = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    lib = RandomSampler(data, num_samples=num_samples, generator=g_lib)
+    flat = FlatRandomSampler(data, num_samples=num_samples, generator=g_flat)
+    for _ in range(2):
+        assert list(flat) == list(lib)
+    assert torch.equal(g_flat.get_state(), g_lib.get_state())
+
+
+def test_flat_random_sampler_holds_no_list_of_the_epoch() -> None:
+    """The library sampler turns the whole permutation into Python ints before yielding the first; this one a block
+    at a time. Measured with tracemalloc, which sees Python objects (the list) but not torch's tensor memory."""
+    import tracemalloc
+    from itertools import islice
+
+    from torch.utils.data import RandomSampler
+
+    from embedkit.data.samplers import BLOCK, FlatRandomSampler
+
+    def peak_first_rows(sampler) -> int:
+        tracemalloc.start()
+        list(islice(iter(sampler), 100))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    n = 2_000_000
+    library = peak_first_rows(RandomSampler(range(n), generator=torch.Generator().manual_seed(0)))
+    flat = peak_first_rows(FlatRandomSampler(range(n), generator=torch.Generator().manual_seed(0)))
+    assert library > 8 * n  # the list's pointers alone: 8 bytes a row
+    assert flat < 64 * BLOCK  # one block: its list and its ints (~40 bytes an index), whatever n is
+
+
+def test_the_trainer_draws_default_batches_from_the_flat_sampler() -> None:
+    from sentence_transformers import DefaultBatchSampler
+
+    from embedkit.data.samplers import FlatRandomSampler, default_batch_sampler
+
+    ds = datasets.Dataset.from_dict({"text": [str(i) for i in range(100)]})
+    sampler = default_batch_sampler(ds, batch_size=8, drop_last=True, generator=torch.Generator().manual_seed(1))
+    assert isinstance(sampler, DefaultBatchSampler) and isinstance(sampler.sampler, FlatRandomSampler)
+    batches = list(sampler)
+    assert len(batches) == 12 and all(len(b) == 8 for b in batches)

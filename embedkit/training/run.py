@@ -338,9 +338,8 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     # Heavy imports only once the recipe is known to be good.
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
-    from sentence_transformers.training_args import BatchSamplers
 
-    from embedkit.data.samplers import LengthGroupedBatchSampler, sampler_for_processes
+    from embedkit.data.samplers import LengthGroupedBatchSampler, default_batch_sampler, sampler_for_processes
     from embedkit.evaluation.core import load_dev, load_rankings, make_dev_evaluator, score_dev
     from embedkit.modeling import build_model
     from embedkit.training.progress import PlainProgress, describe_trackers, resolve_trackers, show_bars
@@ -456,7 +455,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         report_to=trackers or "none",  # the trainer's own integrations, with every logged loss term and dev score
         dataloader_num_workers=t.dataloader_workers,
         dataloader_drop_last=t.drop_last or world_size > 1,
-        batch_sampler=sampler or BatchSamplers.BATCH_SAMPLER,
+        batch_sampler=sampler or default_batch_sampler,  # the library's default order, in flat memory
         prompts=(tasks.prompts if multi else method_cls.training_prompts(recipe, dataset.column_names)) or None,
         **({"multi_dataset_batch_sampler": tasks.sampler} if multi else {}),
         disable_tqdm=not show_bars(progress),
