@@ -114,30 +114,49 @@ def test_length_groups_are_global_batches_under_several_processes() -> None:
     assert len(one) == 1000 // 64 and two == one
 
 
-@pytest.mark.parametrize("n,num_samples", [(1000, None), (70_000, None), (1000, 2500), (1000, 400)])
-def test_flat_random_sampler_gives_the_library_order_and_generator_state(n: int, num_samples: int | None) -> None:
-    """Two epochs from one generator: the same indices as torch's RandomSampler, and the generator left in the same
-    state (what the next epoch draws from), so the default training order does not move."""
-    from torch.utils.data import RandomSampler
+def _trainer_batches(tmp_path, batch_sampler, n: int, epochs: int = 2) -> tuple[type, list[list[int]]]:
+    """The row indices the trainer's own training dataloader (prepared by accelerate) yields, epoch by epoch as the
+    trainer sets them, and the type of the sampler under its batches."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from tiny_model import tiny_bert, training_model
 
-    from embedkit.data.samplers import FlatRandomSampler
+    model = training_model(tiny_bert(tmp_path / "tiny"), "mean")
+    ds = datasets.Dataset.from_dict({"anchor": [str(i) for i in range(n)], "positive": [str(i) for i in range(n)]})
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8,
+                                                seed=5, data_seed=5, use_cpu=True, report_to="none",
+                                                batch_sampler=batch_sampler)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
+                                         loss=MultipleNegativesRankingLoss(model))
+    loader = trainer.get_train_dataloader()
+    rows = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        rows.append([i for batch in loader.batch_sampler for i in batch])
+    return type(loader.batch_sampler.sampler), rows
 
-    data = range(n)
-    g_lib, g_flat = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    lib = RandomSampler(data, num_samples=num_samples, generator=g_lib)
-    flat = FlatRandomSampler(data, num_samples=num_samples, generator=g_flat)
-    for _ in range(2):
-        assert list(flat) == list(lib)
-    assert torch.equal(g_flat.get_state(), g_lib.get_state())
+
+def test_the_default_batches_are_the_library_default_order_in_flat_memory(tmp_path) -> None:
+    """Through the trainer and accelerate, as training builds them: the same rows in the same order as
+    sentence-transformers' default batch sampler, epoch by epoch, drawn by embedkit's sampler (accelerate does not
+    swap it for its own ``SeedableRandomSampler``, whose ``randperm(n).tolist()`` holds the epoch as Python ints)."""
+    from sentence_transformers.training_args import BatchSamplers
+
+    from embedkit.data.samplers import FlatRandomSampler, default_batch_sampler
+
+    library_type, library = _trainer_batches(tmp_path / "a", BatchSamplers.BATCH_SAMPLER, 203)
+    flat_type, flat = _trainer_batches(tmp_path / "b", default_batch_sampler, 203)
+    assert library_type is not FlatRandomSampler and flat_type is FlatRandomSampler
+    assert flat == library and library[0] != library[1] and sorted(library[0]) == list(range(203))
 
 
 def test_flat_random_sampler_holds_no_list_of_the_epoch() -> None:
-    """The library sampler turns the whole permutation into Python ints before yielding the first; this one a block
-    at a time. Measured with tracemalloc, which sees Python objects (the list) but not torch's tensor memory."""
+    """The library's sampler turns the whole permutation into Python ints before yielding the first; this one a
+    block at a time. Measured with tracemalloc, which sees Python objects (the list) but not torch's tensors."""
     import tracemalloc
     from itertools import islice
 
-    from torch.utils.data import RandomSampler
+    from accelerate.data_loader import SeedableRandomSampler
 
     from embedkit.data.samplers import BLOCK, FlatRandomSampler
 
@@ -149,19 +168,7 @@ def test_flat_random_sampler_holds_no_list_of_the_epoch() -> None:
         return peak
 
     n = 2_000_000
-    library = peak_first_rows(RandomSampler(range(n), generator=torch.Generator().manual_seed(0)))
-    flat = peak_first_rows(FlatRandomSampler(range(n), generator=torch.Generator().manual_seed(0)))
+    library = peak_first_rows(SeedableRandomSampler(range(n), data_seed=0))
+    flat = peak_first_rows(FlatRandomSampler(range(n), seed=0))
     assert library > 8 * n  # the list's pointers alone: 8 bytes a row
     assert flat < 64 * BLOCK  # one block: its list and its ints (~40 bytes an index), whatever n is
-
-
-def test_the_trainer_draws_default_batches_from_the_flat_sampler() -> None:
-    from sentence_transformers import DefaultBatchSampler
-
-    from embedkit.data.samplers import FlatRandomSampler, default_batch_sampler
-
-    ds = datasets.Dataset.from_dict({"text": [str(i) for i in range(100)]})
-    sampler = default_batch_sampler(ds, batch_size=8, drop_last=True, generator=torch.Generator().manual_seed(1))
-    assert isinstance(sampler, DefaultBatchSampler) and isinstance(sampler.sampler, FlatRandomSampler)
-    batches = list(sampler)
-    assert len(batches) == 12 and all(len(b) == 8 for b in batches)

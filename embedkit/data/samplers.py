@@ -13,30 +13,41 @@ from typing import Any
 import torch
 from sentence_transformers import DefaultBatchSampler
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
-from torch.utils.data import RandomSampler
+from torch.utils.data import Sampler
 
 from embedkit.log import log
 
 BLOCK = 65_536  # indices turned into Python ints at a time
 
 
-class FlatRandomSampler(RandomSampler):
-    """torch's ``RandomSampler`` order, drawn from the same generator calls, handed out a block at a time.
+class FlatRandomSampler(Sampler[int]):
+    """The order the trainer's default sampler gives, a block of indices at a time.
 
-    ``RandomSampler`` yields from ``torch.randperm(n).tolist()``: a list of n Python ints (~36 bytes a row, about
-    360 MB at 10M rows) held for the whole epoch. This keeps the int64 permutation (8 bytes a row) and converts
-    :data:`BLOCK` indices at a time, so the rows, their order and the generator's state after each epoch are the
-    same as the library sampler's (a test compares them).
+    sentence-transformers' default batches draw from a ``RandomSampler``, which accelerate replaces with its
+    ``SeedableRandomSampler``: each epoch it seeds the generator with ``seed + epoch`` and yields from
+    ``torch.randperm(n).tolist()``, a list of n Python ints (~36 bytes a row, about 360 MB at 10M rows) held for
+    the whole epoch. This keeps the int64 permutation (8 bytes a row) and converts :data:`BLOCK` indices at a time:
+    the same rows in the same order (a test compares them with the library's, epoch by epoch). It is no
+    ``RandomSampler``, so accelerate keeps it; the epoch is set as on the library's (``set_epoch``, and one more
+    after each full pass).
     """
 
+    def __init__(self, data_source: Any, seed: int) -> None:
+        self.data_source = data_source
+        self.seed = seed
+        self.epoch = 0
+        self.generator = torch.Generator()
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
     def __iter__(self) -> Iterator[int]:
-        if self.replacement or self.generator is None:  # never the trainer's case: it always passes a generator
-            yield from super().__iter__()
-            return
-        n = len(self.data_source)
-        for _ in range(self.num_samples // n):
-            yield from _in_blocks(torch.randperm(n, generator=self.generator))
-        yield from _in_blocks(torch.randperm(n, generator=self.generator)[: self.num_samples % n])
+        self.generator.manual_seed(self.seed + self.epoch)
+        yield from _in_blocks(torch.randperm(len(self.data_source), generator=self.generator))
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
 
 def _in_blocks(indices: torch.Tensor) -> Iterator[int]:
@@ -47,8 +58,9 @@ def _in_blocks(indices: torch.Tensor) -> Iterator[int]:
 def default_batch_sampler(dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None,
                           seed: int = 0) -> DefaultBatchSampler:
     """sentence-transformers' default (``BatchSamplers.BATCH_SAMPLER``: a ``DefaultBatchSampler`` over a
-    ``RandomSampler``), with :class:`FlatRandomSampler` underneath: the same batches in flat memory."""
-    return DefaultBatchSampler(FlatRandomSampler(dataset, generator=generator), batch_size=batch_size,
+    ``RandomSampler``, which accelerate seeds with the trainer's ``data_seed``; embedkit sets it to ``seed``), with
+    :class:`FlatRandomSampler` underneath: the same batches in flat memory."""
+    return DefaultBatchSampler(FlatRandomSampler(dataset, seed=seed), batch_size=batch_size,
                                drop_last=drop_last, valid_label_columns=valid_label_columns, generator=generator,
                                seed=seed)
 
