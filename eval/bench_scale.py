@@ -14,7 +14,11 @@ generated file, every row trained on (``data.train.max_samples`` null), no dev s
 pairs file trains ``contrastive`` (in-batch negatives, ``no_duplicates`` off: the sampler is not what is
 measured). It prints the table and each figure's ratio to the first (smallest) row.
 
-    python eval/bench_scale.py [--sizes 10k,100k,1M,10M] [--pairs 1M] [--workdir /tmp/bench-scale] [--keep]
+    python eval/bench_scale.py [--sizes 10k,100k,1M,10M] [--pairs 1M] [--torchrun 2] [--workdir /tmp/bench-scale]
+                               [--keep]
+
+``--torchrun N`` trains each corpus once more (warm) under torchrun with N processes and sums their peak RSS.
+Peak RSS is ``VmHWM`` (:func:`peak_rss_mb`); it counts the memory-mapped data pages a process touched, shared or not.
 
 The corpora and the cache live under ``--workdir`` (10M rows: ~1.2 GB of text and ~1.3 GB of cache) and are
 deleted at the end unless ``--keep``.
@@ -138,21 +142,24 @@ def child(command: str, argv: list[str]) -> None:
     print("BENCH " + json.dumps(record), flush=True)
 
 
-def run_child(command: str, argv: list[str], env: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", command, *argv], env=env, capture_output=True,
-                          text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("BENCH "):
-            out = json.loads(line[6:])
-            if out.get("rc"):
-                sys.exit(f"embedkit {command} failed:\n{proc.stderr[-3000:]}")
-            return out
-    sys.exit(f"embedkit {command} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+def run_child(command: str, argv: list[str], env: dict, processes: int = 1) -> dict:
+    """One instrumented child (``processes`` > 1: under torchrun, and its ranks' figures are summed or maxed)."""
+    launcher = [sys.executable] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    proc = subprocess.run([*launcher, __file__, "--child", command, *argv], env=env, capture_output=True, text=True)
+    outs = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+    if len(outs) != processes or any(o.get("rc") for o in outs):
+        sys.exit(f"embedkit {command} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    if processes == 1:
+        return outs[0]
+    return {"rss_mb": sum(o["rss_mb"] for o in outs), "rss_mb_each": [o["rss_mb"] for o in outs],
+            "first_step_s": max(o["first_step_s"] for o in outs)}
 
 
-def measure(path: Path, work: Path, extra: list[str], cold_train: bool) -> dict:
+def measure(path: Path, work: Path, extra: list[str], cold_train: bool, processes: int = 0) -> dict:
     """check with an empty cache, check again; train with an empty cache (the first run: the file is converted
-    and the overlap with the evaluation sets measured), train again (everything found in the cache)."""
+    and the overlap with the evaluation sets measured), train again (everything found in the cache); with
+    ``processes``, the warm training once more under torchrun with that many processes."""
     cache = work / "cache"
     env = {**os.environ, "EMBEDKIT_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false"}
     base = [RECIPE, f"data.train.path={path}", *COMMON, *extra]
@@ -170,6 +177,9 @@ def measure(path: Path, work: Path, extra: list[str], cold_train: bool) -> dict:
     t = run_child("train", train_args, env)
     row.update(validated_s=t["validated_s"], first_step_s=t["first_step_s"], train_mb=t["rss_mb"],
                median_step_s=t["median_step_s"])
+    if processes > 1:
+        d = run_child("train", train_args, env, processes)
+        row.update(train_procs_mb=d["rss_mb"], train_procs_mb_each=d["rss_mb_each"])
     shutil.rmtree(work / "out", ignore_errors=True)
     return row
 
@@ -177,7 +187,8 @@ def measure(path: Path, work: Path, extra: list[str], cold_train: bool) -> dict:
 COLUMNS = [("check_cold_s", "check cold s"), ("check_cold_mb", "check cold MB"), ("check_warm_s", "check warm s"),
            ("check_warm_mb", "check warm MB"), ("first_step_cold_s", "1st step cold s"),
            ("train_cold_mb", "train cold MB"), ("validated_s", "train: valid. s"),
-           ("first_step_s", "1st step warm s"), ("train_mb", "train warm MB"), ("median_step_s", "median step s")]
+           ("first_step_s", "1st step warm s"), ("train_mb", "train warm MB"), ("median_step_s", "median step s"),
+           ("train_procs_mb", "torchrun MB, sum")]
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -202,6 +213,8 @@ def main() -> None:
     parser.add_argument("--no-cold-train", action="store_true", help="skip the train run with an empty cache")
     parser.add_argument("--keep", action="store_true", help="keep the generated files and the cache")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--torchrun", type=int, default=0, metavar="N",
+                        help="also train (warm) under torchrun with N processes; their peak RSS summed")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -222,14 +235,16 @@ def main() -> None:
                 print(f"generated {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.time() - start:.0f} s",
                       flush=True)
             extra = ["method.name=contrastive", "method.no_duplicates=false"] if pairs else []
-            results[name] = {"rows": rows, **measure(path, work, extra, not args.no_cold_train)}
+            results[name] = {"rows": rows, **measure(path, work, extra, not args.no_cold_train,
+                                                       0 if pairs else args.torchrun)}
             print(f"{name}: {json.dumps(results[name])}", flush=True)
             if not args.keep:
                 path.unlink()
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(table({k: {kk: v for kk, v in r.items() if kk != "rows"} for k, r in results.items()}))
+    print(table({k: {kk: v for kk, v in r.items() if kk not in ("rows", "train_procs_mb_each")}
+                 for k, r in results.items()}))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
 
