@@ -31,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationError,
     ValidationInfo,
@@ -189,10 +190,26 @@ class MineSection(Section):
 
 
 class MethodSection(BaseModel):
-    """``name`` plus the method's own parameters, validated by the method's schema."""
+    """``name`` plus the method's own parameters, validated by the method's schema.
+
+    :meth:`validated` builds it from the method's parameters object and keeps that object, so the training
+    steps use the one validation made (:func:`embedkit.methods.bound_method`) instead of validating again."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
+    _params: Any = PrivateAttr(default=None)  # (the fields it was built from, the parameters object)
+
+    @classmethod
+    def validated(cls, name: str, params: BaseModel) -> MethodSection:
+        section = cls(name=name, **params.model_dump())
+        section._params = (section.model_dump(), params)
+        return section
+
+    def params(self) -> Any:
+        """The parameters object validation made, or ``None`` (built otherwise, or a field changed since)."""
+        if self._params is not None and self._params[0] == self.model_dump():
+            return self._params[1]
+        return None
 
 
 class TrainSource(Section):

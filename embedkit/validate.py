@@ -95,7 +95,7 @@ def load_recipe_with_data(
         raise RecipeError(
             format_validation_error(err, source, lines, method.params_cls, prefix=("method",))
         ) from None
-    recipe.method = MethodSection(name=recipe.method.name, **validated.model_dump())
+    recipe.method = MethodSection.validated(recipe.method.name, validated)
     method = method.bind(validated)
     _check_objective(recipe, method, validated, source, lines)
     world = distributed.world_size()
@@ -214,7 +214,7 @@ def _check_precision(recipe: Recipe, source: str, lines: dict) -> None:
 
 def _params(method: Any, recipe: Recipe) -> Any:
     """The method's validated parameters of a recipe whose ``method`` section validation has already checked."""
-    return method.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
+    return bound_method(recipe.method)[1]
 
 
 def _check_method_models(recipe: Recipe, method: Any, params: Any, source: str, lines: dict) -> None:
@@ -514,7 +514,7 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
             {k: v for k, v in recipe.method.model_dump().items() if k != "name"})
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source, lines, method.params_cls, prefix=("method",))) from None
-    recipe.method = MethodSection(name="multitask", **params.model_dump())
+    recipe.method = MethodSection.validated("multitask", params)
     errors = []
     world = distributed.world_size()
     if params.sampler == "mixed" and world > 1:
@@ -585,7 +585,7 @@ def _check_source_method(i: int, src: Any, view: Recipe, source: str, lines: dic
     if src.mine is not None:
         return [f"{_where(source, lines, ('data', 'train', i, 'mine'))}: mining inside a multi-task run is not "
                 "supported; mine first (embedkit data mine --recipe ...) and list the mined file as this source"]
-    view.method = MethodSection(name=method.name, **params.model_dump())
+    view.method = MethodSection.validated(method.name, params)
     try:
         _check_objective(view, method, params, source, lines)
     except RecipeError as err:

@@ -35,5 +35,7 @@ def bound_method(section: Any) -> tuple[type[Method], Any]:
     """(method class bound to its parameters, the parameters) of a recipe's validated ``method`` section: the
     class :meth:`Method.bind` gives (for ``st-loss``, the one whose columns are its loss's)."""
     cls = get_method(section.name)
-    params = cls.params_cls.model_validate({k: v for k, v in section.model_dump().items() if k != "name"})
+    params = section.params() if hasattr(section, "params") else None  # the object validation made
+    if params is None:
+        params = cls.params_cls.model_validate({k: v for k, v in section.model_dump().items() if k != "name"})
     return cls.bind(params), params

@@ -329,64 +329,46 @@ class Run:
     trackers: list[str] = field(default_factory=list)  # training.report_to, resolved
 
 
+@dataclass
+class Parts:
+    """What :func:`data_and_loss` built, the same fields for one method and for a multi-task source list."""
+
+    dataset: Any  # a datasets.Dataset (one method) or a DatasetDict, one split per source
+    loss: Any  # the composed loss (one method) or a dict of them, one per source
+    train_data: Any  # the rows' TrainData / MultiTrainData (its description, the overlap check)
+    rows: int
+    hooks: Any  # the method (or the Tasks): batch_sampler() and callbacks(loss)
+    prompts: dict | None  # the trainer's prompts argument
+    make_trainer: Callable[..., Any]
+    extra_args: dict[str, Any] = field(default_factory=dict)  # training arguments only a multi-task run sets
+    tasks: Any = None  # the Tasks of a multi-task run: its summary, whether its sampler mixes sources
+
+
 def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, checkpoint: Path | None,
           progress: bool | None = None) -> Run:
-    """Model, data, method, loss and trainer; nothing is trained. ``progress`` as in :func:`train`."""
+    """Model, data and loss, training arguments, trainer; nothing is trained. ``progress`` as in :func:`train`."""
 
-    method_cls, params = bound_method(recipe.method)
-
-    # Heavy imports only once the recipe is known to be good.
-    import torch
-    from sentence_transformers import SentenceTransformerTrainingArguments
-
-    from embedkit.data.samplers import LengthGroupedBatchSampler, default_batch_sampler, sampler_for_processes
     from embedkit.evaluation.core import load_dev, load_rankings, make_dev_evaluator, score_dev
-    from embedkit.modeling import build_model
-    from embedkit.training.progress import PlainProgress, describe_trackers, resolve_trackers, show_bars
-    from embedkit.training.trainer import EmbedkitTrainer, load_method_state
+    from embedkit.training.progress import PlainProgress, describe_trackers, resolve_trackers
+    from embedkit.training.trainer import load_method_state
 
     dev_pairs = load_dev(recipe.data.dev, data_dir) if recipe.data.dev is not None else None
     # The final evaluation's sets are read now too: a bad row fails before training, not after it.
     final_sets = tuple(load_rankings([("rerank", p, "test") for p in recipe.eval.rerank]
                                      + [("retrieval", e.path, e.split) for e in recipe.eval.retrieval], data_dir))
     world_size, rank = distributed.world_size(), distributed.rank()
-    # Seed before anything random is built (e.g. a training-only head), identically on every process.
-    from transformers import set_seed
-
-    set_seed(recipe.training.seed)
-    model = build_model(recipe.model)
-    set_card_data(model, recipe.model_dump(mode="json"), recipe.method.name)  # what sentence-transformers' card says
-    from embedkit.losses.objective import complete_matryoshka
-
-    complete_matryoshka(recipe, model.get_embedding_dimension())  # the full width trains too; recorded in recipe
-    multi = is_multitask(recipe)
-    # Hard negatives from the starting model, before the method sees the rows.
-    if not multi and recipe.data.train.mine is not None:
-
-        train_data = mine_for_training(recipe, train_data, model, work, data_dir)
-    if multi:  # one dataset and one loss per source (docs/multitask.md)
-        from embedkit.training.multitask import build_tasks
-
-        method = tasks = build_tasks(recipe, train_data, model, world_size, rank, data_dir)
-        dataset, loss, train_data = tasks.dataset, tasks.losses, tasks.train_data
-    else:
-        dataset, train_data = build_dataset(recipe, train_data, method_cls)
-        ctx = TrainContext(recipe=recipe, model=model, params=params, world_size=world_size, rank=rank,
-                           extras={"data_dir": data_dir})
-        method = method_cls(ctx)
-        dataset = method.prepare_dataset(dataset)
-        from embedkit.losses.objective import compose
-
-        loss = compose(method.build_loss(), recipe, model)  # GradCache, gathering, Matryoshka, objective terms
+    model = setup_model(recipe)
+    parts = data_and_loss(recipe, train_data, model, work, data_dir, world_size, rank)
+    method_cls = bound_method(recipe.method)[0]
 
     t = recipe.training
     global_batch, per_device = t.batch_size, check_batch_split(recipe, world_size)  # load_recipe refused it already
     negatives = (global_batch if t.gather_across_devices else per_device) - 1
     log(f"method {recipe.method.name} on {recipe.model.name} ({recipe.model.pooling} pooling), "
-        f"{len(train_data) if multi else len(dataset)} training rows from {train_data.description}")
+        f"{parts.rows} training rows from {parts.train_data.description}")
     log(f"world size {world_size}, batch {global_batch} global = {per_device} per device × {world_size}"
         + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives
-           and not (multi and tasks.mixed) else ""))  # mixed: a source's negatives are its own rows (logged above)
+           and not (parts.tasks is not None and parts.tasks.mixed) else ""))  # mixed: each source's own rows
 
     results: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "dev": {},
                                "train": batch_record(global_batch, per_device, world_size)}
@@ -402,11 +384,11 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
             results["dev"]["rule"] = dev_pairs.rule
             log(f"checkpoints selected on the weighted dev score {dev_pairs.rule}")
     # What of every evaluation set the training rows already hold (docs/evaluation.md#overlap), before training.
-    results["overlap"], overlap_notes = run_overlap(train_data, recipe, data_dir, dev_pairs, final_sets)
+    results["overlap"], overlap_notes = run_overlap(parts.train_data, recipe, data_dir, dev_pairs, final_sets)
     for note in overlap_notes:
         log(f"overlap: {note}")
-    if multi:
-        results["train"]["tasks"] = tasks.summary
+    if parts.tasks is not None:
+        results["train"]["tasks"] = parts.tasks.summary
         results["train"]["sampler"] = recipe.method.model_dump()["sampler"]
     if dev_pairs is not None and recipe.eval.before and checkpoint is None:
         before = score_dev(model, dev_pairs)
@@ -416,11 +398,93 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     precision = resolve_precision(t.precision)
     trackers = resolve_trackers(t.report_to)
     log(describe_trackers(trackers, t.report_to, work))
+    args = training_args(recipe, work, world_size, precision, trackers, dev_pairs.metric_key if dev_pairs else None,
+                         parts.hooks.batch_sampler(), parts.prompts, progress, **parts.extra_args)
+    callbacks = parts.hooks.callbacks(parts.loss) + ([PlainProgress()] if progress is None and args.disable_tqdm
+                                                     else [])
+    trainer = parts.make_trainer(
+        model=model, args=args, train_dataset=parts.dataset, loss=parts.loss,
+        evaluator=make_dev_evaluator(dev_pairs) if dev_pairs is not None else None,
+        callbacks=callbacks,
+    )
+    for callback in trainer.callback_handler.callbacks:  # TensorBoard writes the run folder's logs/
+        if type(callback).__name__ == "TensorBoardCallback":
+            callback.logging_dir = str(work / "logs")
+    add_method_citation(model, recipe.method.name, method_cls.paper, method_cls.citation)
+    if recipe.eval.mteb:  # unknown task names and missing local data fail now, not after training
+        from embedkit.evaluation.mteb_eval import resolve_tasks
+
+        resolve_tasks(recipe.eval.mteb, None, data_dir, cache_dir=work / "mteb")
+    if checkpoint is not None:
+        load_method_state(parts.loss, checkpoint)
+    if rank == 0:
+        with atomic_path(work / "recipe.yaml") as tmp:
+            tmp.write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    return Run(recipe, method_cls, trainer, dev_pairs, results, precision, final_sets, trackers)
+
+
+def setup_model(recipe: Recipe) -> Any:
+    """The model to train, seeded identically on every process before anything random is built (a
+    training-only head, LoRA weights); its card data and the Matryoshka widths recorded."""
+    from transformers import set_seed
+
+    from embedkit.losses.objective import complete_matryoshka
+    from embedkit.modeling import build_model
+
+    set_seed(recipe.training.seed)
+    model = build_model(recipe.model)
+    set_card_data(model, recipe.model_dump(mode="json"), recipe.method.name)  # what sentence-transformers' card says
+    complete_matryoshka(recipe, model.get_embedding_dimension())  # the full width trains too; recorded in recipe
+    return model
+
+
+def data_and_loss(recipe: Recipe, train_data: Any, model: Any, work: Path, data_dir: str | None, world_size: int,
+                  rank: int) -> Parts:
+    """The training rows as the trainer will draw them, and the loss: one method, or one per multi-task source
+    (:func:`embedkit.training.multitask.build_tasks`), in the same :class:`Parts`."""
+    if is_multitask(recipe):  # one dataset and one loss per source (docs/multitask.md)
+        from embedkit.training.multitask import build_tasks
+
+        tasks = build_tasks(recipe, train_data, model, world_size, rank, data_dir)
+        return Parts(tasks.dataset, tasks.losses, tasks.train_data, len(tasks.train_data), tasks,
+                     tasks.prompts or None, tasks.make_trainer, {"multi_dataset_batch_sampler": tasks.sampler},
+                     tasks)
+    from embedkit.losses.objective import compose
+    from embedkit.training.trainer import EmbedkitTrainer
+
+    method_cls, params = bound_method(recipe.method)
+    if recipe.data.train.mine is not None:  # hard negatives from the starting model, before the method sees the rows
+        train_data = mine_for_training(recipe, train_data, model, work, data_dir)
+    dataset, train_data = build_dataset(recipe, train_data, method_cls)
+    method = method_cls(TrainContext(recipe=recipe, model=model, params=params, world_size=world_size, rank=rank,
+                                     extras={"data_dir": data_dir}))
+    dataset = method.prepare_dataset(dataset)
+    loss = compose(method.build_loss(), recipe, model)  # GradCache, gathering, Matryoshka, objective terms
+    return Parts(dataset, loss, train_data, len(dataset), method,
+                 method_cls.training_prompts(recipe, dataset.column_names) or None, EmbedkitTrainer)
+
+
+def training_args(recipe: Recipe, work: Path, world_size: int, precision: str, trackers: list[str],
+                  metric_key: str | None, batch_sampler: Any = None, prompts: dict | None = None,
+                  progress: bool | None = None, **extra: Any) -> Any:
+    """The trainer's ``SentenceTransformerTrainingArguments`` for a recipe: a function of its arguments alone (no
+    model, no data; tests call it directly). ``metric_key``: the dev evaluator's score that selects the
+    checkpoint (``None``: no dev set); ``batch_sampler``: the method's own (``None``: the default order,
+    :func:`embedkit.data.samplers.default_batch_sampler`); ``extra``: further arguments (a multi-task run's
+    ``multi_dataset_batch_sampler``)."""
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    from embedkit.data.samplers import LengthGroupedBatchSampler, default_batch_sampler, sampler_for_processes
+    from embedkit.training.progress import show_bars
+
+    t = recipe.training
+    per_device = check_batch_split(recipe, world_size)
     # An embedkit sampler builds global batches and yields each process's share in turn, so its rule (no
     # duplicates, length groups) holds for the batch the loss gathers (docs/distributed.md).
-    sampler = sampler_for_processes(method.batch_sampler() or (LengthGroupedBatchSampler if t.group_by_length
-                                                              else None), world_size)
-    args = SentenceTransformerTrainingArguments(
+    sampler = sampler_for_processes(batch_sampler or (LengthGroupedBatchSampler if t.group_by_length else None),
+                                    world_size)
+    return SentenceTransformerTrainingArguments(
         output_dir=str(work / CHECKPOINTS),
         per_device_train_batch_size=per_device,
         per_device_eval_batch_size=per_device,
@@ -440,46 +504,26 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         lr_scheduler_type=t.lr_scheduler,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
-        data_seed=t.seed,
+        data_seed=t.seed,  # default_batch_sampler's order is accelerate's for this seed
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        eval_strategy="steps" if dev_pairs is not None else "no",
+        eval_strategy="steps" if metric_key is not None else "no",
         eval_steps=t.eval_steps,
         save_strategy="steps",
         save_steps=t.save_steps or t.eval_steps,
         save_total_limit=t.save_total_limit,
-        load_best_model_at_end=dev_pairs is not None,
-        metric_for_best_model=dev_pairs.metric_key if dev_pairs is not None else None,
+        load_best_model_at_end=metric_key is not None,
+        metric_for_best_model=metric_key,
         greater_is_better=True,
         logging_steps=t.logging_steps,
         report_to=trackers or "none",  # the trainer's own integrations, with every logged loss term and dev score
         dataloader_num_workers=t.dataloader_workers,
         dataloader_drop_last=t.drop_last or world_size > 1,
         batch_sampler=sampler or default_batch_sampler,  # the library's default order, in flat memory
-        prompts=(tasks.prompts if multi else method_cls.training_prompts(recipe, dataset.column_names)) or None,
-        **({"multi_dataset_batch_sampler": tasks.sampler} if multi else {}),
+        prompts=prompts,
         disable_tqdm=not show_bars(progress),
+        **extra,
     )
-    callbacks = method.callbacks(loss) + ([PlainProgress()] if progress is None and args.disable_tqdm else [])
-    trainer = (tasks.make_trainer if multi else EmbedkitTrainer)(
-        model=model, args=args, train_dataset=dataset, loss=loss,
-        evaluator=make_dev_evaluator(dev_pairs) if dev_pairs is not None else None,
-        callbacks=callbacks,
-    )
-    for callback in trainer.callback_handler.callbacks:  # TensorBoard writes the run folder's logs/
-        if type(callback).__name__ == "TensorBoardCallback":
-            callback.logging_dir = str(work / "logs")
-    add_method_citation(model, recipe.method.name, method_cls.paper, method_cls.citation)
-    if recipe.eval.mteb:  # unknown task names and missing local data fail now, not after training
-        from embedkit.evaluation.mteb_eval import resolve_tasks
-
-        resolve_tasks(recipe.eval.mteb, None, data_dir, cache_dir=work / "mteb")
-    if checkpoint is not None:
-        load_method_state(loss, checkpoint)
-    if rank == 0:
-        with atomic_path(work / "recipe.yaml") as tmp:
-            tmp.write_text(recipe_to_yaml(recipe), encoding="utf-8")
-    return Run(recipe, method_cls, trainer, dev_pairs, results, precision, final_sets, trackers)
 
 
 def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from embedkit.methods import bound_method
 from embedkit.methods.base import Method, MethodParams, register, training_head
 from embedkit.methods.ccp.documents import build_rows
 
@@ -90,7 +91,7 @@ class CCP(Method):
 
     @classmethod
     def read_train_file(cls, path: str, recipe: Recipe, notes: list[str]) -> TrainData:
-        p = cls.params_cls.model_validate({k: v for k, v in recipe.method.model_dump().items() if k != "name"})
+        p = bound_method(recipe.method)[1]
         data, skipped = build_rows(path, p.documents, p.window, p.chunk_lines, p.split_sentences,
                                    p.short_documents)
         if skipped:
