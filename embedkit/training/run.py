@@ -471,7 +471,7 @@ def training_args(recipe: Recipe, work: Path, world_size: int, precision: str, t
     model, no data; tests call it directly). ``metric_key``: the dev evaluator's score that selects the
     checkpoint (``None``: no dev set); ``batch_sampler``: the method's own (``None``: the default order,
     :func:`embedkit.data.samplers.default_batch_sampler`); ``extra``: further arguments (a multi-task run's
-    ``multi_dataset_batch_sampler``)."""
+    ``multi_dataset_batch_sampler``; each replaces the argument of its name)."""
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -484,7 +484,7 @@ def training_args(recipe: Recipe, work: Path, world_size: int, precision: str, t
     # duplicates, length groups) holds for the batch the loss gathers (docs/distributed.md).
     sampler = sampler_for_processes(batch_sampler or (LengthGroupedBatchSampler if t.group_by_length else None),
                                     world_size)
-    return SentenceTransformerTrainingArguments(
+    kwargs: dict[str, Any] = dict(
         output_dir=str(work / CHECKPOINTS),
         per_device_train_batch_size=per_device,
         per_device_eval_batch_size=per_device,
@@ -522,8 +522,8 @@ def training_args(recipe: Recipe, work: Path, world_size: int, precision: str, t
         batch_sampler=sampler or default_batch_sampler,  # the library's default order, in flat memory
         prompts=prompts,
         disable_tqdm=not show_bars(progress),
-        **extra,
     )
+    return SentenceTransformerTrainingArguments(**{**kwargs, **extra})  # extra may replace one
 
 
 def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) -> dict[str, Any]:
