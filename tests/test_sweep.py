@@ -49,6 +49,40 @@ def recipe_file(tmp_path: Path, model: str, data: Path, **training) -> Path:
     return path
 
 
+class InlinePool:
+    """Stands in for the sweep's spawned process pool: runs each task at once in this process (so a test's
+    monkeypatched ``train`` / ``setup`` is the one called) and records how the pool was asked for."""
+
+    made: list[tuple[int, dict]] = []
+
+    def __init__(self, workers: int, **kwargs) -> None:
+        InlinePool.made.append((workers, kwargs))
+
+    def __enter__(self) -> InlinePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # noqa: BLE001 - the future carries it, as a worker's would
+            future.set_exception(err)
+        return future
+
+
+@pytest.fixture(autouse=True)
+def inline_pool(request, monkeypatch):
+    """Every test but the real multi-process ones runs the sweep's cells in this process (see InlinePool)."""
+    if "own_process" not in request.node.name:
+        InlinePool.made.clear()
+        monkeypatch.setattr(sweep_mod, "ProcessPoolExecutor", InlinePool)
+
+
 def no_training(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("the sweep trained although it should not have")
@@ -289,6 +323,11 @@ def test_sweep_trains_each_cell_and_a_rerun_resumes_the_stopped_one(tmp_path, ti
     steps = [e["step"] for e in done["train"]["log_history"] if "loss" in e]
     assert steps == [1, 2, 3, 4], "resumed from checkpoint-2: steps 3 and 4 trained once more"
     assert [len(r.runs) for r in result.rows] == [1, 1]
+    # One at a time (the default) is one spawned worker process per run, as --parallel's: a run's memory goes
+    # back when it ends (in the sweep's own process, each MiniLM run held on to ~3 GB).
+    workers, kwargs = InlinePool.made[-1]
+    assert workers == 1 and kwargs["max_tasks_per_child"] == 1
+    assert kwargs["mp_context"].get_start_method() == "spawn"
 
 
 def test_runs_record_geometry_with_tolerance_in_results_and_card_and_the_sweep_charts_it(
