@@ -221,10 +221,14 @@ class Planned:
 
 def _check_finished(cell: Cell, out: Path, recipe: Any) -> None:
     """A finished run is reused only when it ran the cell's recipe now (else the table would mix settings)."""
-    try:
-        saved = json.loads((out / rundir.RESULTS).read_text(encoding="utf-8")).get("recipe")
-    except (OSError, ValueError):
-        saved = None
+    # The recipe as the run was given it (its marker), compared as `train --resume` compares it: results.json
+    # holds it after training resolved what the recipe left to the model (pooling: null -> "mean", ...).
+    saved = (rundir.read_marker(out) or {}).get("recipe")
+    if not isinstance(saved, dict):
+        try:
+            saved = json.loads((out / rundir.RESULTS).read_text(encoding="utf-8")).get("recipe")
+        except (OSError, ValueError):
+            saved = None
     if not isinstance(saved, dict):
         raise RecipeError(f"sweep cell {cell.name}: {out / rundir.RESULTS} cannot be read; remove {out} to run the "
                           "cell again")

@@ -32,11 +32,11 @@ from embedkit.sweep import (
 from embedkit.validate import load_recipe
 
 
-def recipe_file(tmp_path: Path, model: str, data: Path, **training) -> Path:
+def recipe_file(tmp_path: Path, model: str, data: Path, model_keys: dict | None = None, **training) -> Path:
     """2 steps of unsupervised SimCSE on the tiny BERT (checkpoint at step 2), no dev set, no final evaluation."""
     recipe = {
         "description": "tiny sweep",
-        "model": {"name": model, "pooling": "cls", "mlp_only_train": True, "max_seq_length": 16},
+        "model": {"name": model, "pooling": "cls", "mlp_only_train": True, "max_seq_length": 16, **(model_keys or {})},
         "data": {"train": {"path": str(data)}, "dev": None},
         "method": {"name": "simcse-unsup", "temperature": 0.05},
         "training": {"batch_size": 8, "max_steps": 2, "save_steps": 2, "learning_rate": 1e-3, "logging_steps": 1,
@@ -328,6 +328,22 @@ def test_sweep_trains_each_cell_and_a_rerun_resumes_the_stopped_one(tmp_path, ti
     workers, kwargs = InlinePool.made[-1]
     assert workers == 1 and kwargs["max_tasks_per_child"] == 1
     assert kwargs["mp_context"].get_start_method() == "spawn"
+
+
+def test_a_finished_run_whose_recipe_left_settings_to_the_model_is_skipped(tmp_path, tiny_model_path,
+                                                                          sentences_file):
+    """pooling and dropout null (keep the model's: the shipped MiniLM recipes): training resolves them, and
+    results.json records the resolved values; a rerun still finds the run's recipe unchanged and skips it."""
+    recipe = recipe_file(tmp_path, tiny_model_path, sentences_file, {"pooling": None, "mlp_only_train": False,
+                                                                     "dropout": None})
+    out = tmp_path / "sweep"
+    sweep(str(recipe), ["method.temperature=0.05,0.1"], out, progress=False)
+    run = out / "runs" / "temperature=0.05"
+    resolved = json.loads((run / "results.json").read_text())["recipe"]["model"]
+    assert resolved["pooling"] is not None  # what the rerun must not read as a change
+    stamp = (run / "results.json").stat().st_mtime_ns
+    result = sweep(str(recipe), ["method.temperature=0.05,0.1"], out, progress=False)
+    assert (run / "results.json").stat().st_mtime_ns == stamp and [len(r.runs) for r in result.rows] == [1, 1]
 
 
 def test_runs_record_geometry_with_tolerance_in_results_and_card_and_the_sweep_charts_it(
