@@ -104,6 +104,17 @@ class TrainData:
         return ds.rename_columns(mapping) if any(k != v for k, v in mapping.items()) else ds
 
 
+    def to_stream(self, names: Sequence[str]) -> Any:
+        """A ``datasets.IterableDataset`` of these rows with the columns renamed ``names``, in file order
+        (``data.train.streaming``): the data cache's Arrow file read a record batch at a time, or the rows held
+        in memory (a set that could not be cached, or that a method built)."""
+        from embedkit.data.stream import local_stream
+
+        if isinstance(self._rows, cache.ArrowRows):
+            return local_stream(self._rows, names)
+        return self.to_dataset(names).to_iterable_dataset()
+
+
 class LazyColumns(Mapping):
     """The columns of rows held outside Python lists, read into a list (once) when indexed."""
 

@@ -76,7 +76,12 @@ def resolve_precision(precision: str) -> str:
 
 def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
     """A ``datasets.Dataset`` whose columns are named after the method's roles (a Hub set is loaded now): the
-    memory-mapped rows themselves (the data cache's Arrow file, the Hub dataset), never a copy through lists."""
+    memory-mapped rows themselves (the data cache's Arrow file, the Hub dataset), never a copy through lists.
+    With ``data.train.streaming`` a ``datasets.IterableDataset`` of them, in file order (a Hub set opened as a
+    stream now; :mod:`embedkit.data.stream`)."""
+    src = recipe.data.train
+    if not isinstance(src, list) and src.streaming:
+        return _build_stream(recipe, train_data, method_cls)
     if train_data is None:
         train_data = read_train_source(recipe.data.train, recipe.method.name, method_cls.roles(),
                                        method_cls.column_types, method_cls.column_problem)
@@ -86,6 +91,45 @@ def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
             raise RecipeError("\n".join(f"{'.'.join(map(str, key))}: {why}" for key, why in refused))
     roles = method_cls.roles(len(train_data.columns))  # a method may take any number of negative columns
     return train_data.to_dataset(roles), train_data
+
+
+def _build_stream(recipe: Recipe, train_data: Any, method_cls: Any) -> tuple[Any, Any]:
+    from embedkit.data.stream import StreamData, hub_stream, rename_to
+
+    if train_data is not None:  # a local file, validated and cached
+        return train_data.to_stream(method_cls.roles(len(train_data.columns))), train_data
+    src = recipe.data.train
+    try:
+        ds, names = hub_stream(src.hub, src.split, src.config, src.columns, src.data_files, src.max_samples)
+    except EmbedkitError as err:
+        raise RecipeError(str(err)) from None
+    why = method_cls.column_problem(names)
+    refused = [(("data", "train"), why)] if why else method_cls.data_refusals(recipe, names)
+    if refused:
+        raise RecipeError("\n".join(f"{'.'.join(map(str, key))}: {why}" for key, why in refused))
+    roles = method_cls.roles(len(names))
+    return rename_to(ds, names, roles), StreamData(roles, f"hub stream:{src.hub}:{src.split}")
+
+
+def _streaming(recipe: Recipe) -> bool:
+    return not is_multitask(recipe) and recipe.data.train.streaming
+
+
+def _stream_order(recipe: Recipe, dataset: Any, train_data: Any, checkpoint: Path | None) -> Any:
+    """The stream the trainer reads (:func:`embedkit.data.stream.training_stream`): shuffled passes enough for
+    ``training.max_steps``, less the rows the steps before ``checkpoint`` trained on."""
+    from embedkit.data.stream import DEFAULT_BUFFER, passes_needed, skip_rows, training_stream
+
+    t, src = recipe.training, recipe.data.train
+    rows = None if getattr(train_data, "rows", 0) is None else len(train_data)
+    stream = training_stream(dataset, t.seed, src.shuffle_buffer or DEFAULT_BUFFER,
+                             passes_needed(rows, t.max_steps, t.batch_size))
+    if checkpoint is None:
+        return stream
+    step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    log(f"streaming: resuming at row {step * t.batch_size:,} of the stream (step {step} × global batch "
+        f"{t.batch_size}), skipped without tokenising")
+    return skip_rows(stream, step * t.batch_size)
 
 
 @dataclass
@@ -315,6 +359,15 @@ def _from_rank_zero() -> Callable[[Any], Any]:
     return share
 
 
+def _row_count(train_data: Any, dataset: Any, multi: bool) -> str:
+    if multi:
+        return str(len(train_data))
+    if hasattr(dataset, "__len__"):
+        return str(len(dataset))
+    rows = getattr(train_data, "rows", 0)
+    return f"a stream of {len(train_data):,}" if rows is not None else "a stream of"
+
+
 @dataclass
 class Run:
     """The parts :func:`setup` built."""
@@ -376,6 +429,8 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
                            extras={"data_dir": data_dir})
         method = method_cls(ctx)
         dataset = method.prepare_dataset(dataset)
+        if _streaming(recipe):
+            dataset = _stream_order(recipe, dataset, train_data, checkpoint)
         from embedkit.losses.objective import compose
 
         loss = compose(method.build_loss(), recipe, model)  # GradCache, gathering, Matryoshka, objective terms
@@ -384,7 +439,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     global_batch, per_device = t.batch_size, check_batch_split(recipe, world_size)  # load_recipe refused it already
     negatives = (global_batch if t.gather_across_devices else per_device) - 1
     log(f"method {recipe.method.name} on {recipe.model.name} ({recipe.model.pooling} pooling), "
-        f"{len(train_data) if multi else len(dataset)} training rows from {train_data.description}")
+        f"{_row_count(train_data, dataset, multi)} training rows from {train_data.description}")
     log(f"world size {world_size}, batch {global_batch} global = {per_device} per device × {world_size}"
         + (f", {negatives} in-batch negatives per anchor" if method_cls.in_batch_negatives
            and not (multi and tasks.mixed) else ""))  # mixed: a source's negatives are its own rows (logged above)
@@ -460,6 +515,11 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         prompts=(tasks.prompts if multi else method_cls.training_prompts(recipe, dataset.column_names)) or None,
         **({"multi_dataset_batch_sampler": tasks.sampler} if multi else {}),
         disable_tqdm=not show_bars(progress),
+        # A stream: rank 0 reads each global batch and hands every process its slice (accelerate's dispatching,
+        # its default for an iterable dataset, said here), and a resumed run starts the stream past the rows
+        # already trained on (_stream_order), so the trainer must not skip batches again.
+        **({"accelerator_config": {"dispatch_batches": True}, "ignore_data_skip": True}
+           if _streaming(recipe) else {}),
     )
     callbacks = method.callbacks(loss) + ([PlainProgress()] if progress is None and args.disable_tqdm else [])
     trainer = (tasks.make_trainer if multi else EmbedkitTrainer)(
