@@ -121,6 +121,7 @@ def test_stream_is_the_validated_rows_in_seeded_passes(tmp_path: Path, monkeypat
     """Each pass holds every row once, pass p shuffled with seed + p; row ids are file positions in every pass;
     the same seed gives the same stream, and skipping n rows gives its tail (what --resume reads)."""
     monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
+    from embedkit.data import stream
     from embedkit.data.sources import read_local
     from embedkit.data.stream import add_row_ids, passes_needed, skip_rows, training_stream
 
@@ -141,6 +142,10 @@ def test_stream_is_the_validated_rows_in_seeded_passes(tmp_path: Path, monkeypat
     other = [r["label"] for r in training_stream(base, 6, 10, 4)]
     assert other != again and other[:75] == again[25:], "pass p is seeded training.seed + p"
     assert [r["label"] for r in skip_rows(training_stream(base, 5, 10, 4), 37)] == again[37:]
+    monkeypatch.setattr(stream, "MAX_PASSES", 2)  # many passes: the cycle of the first MAX_PASSES repeats
+    it = iter(training_stream(base, 5, 10, 7))
+    cycled = [next(it)["label"] for _ in range(125)]
+    assert cycled[:50] == again[:50] and cycled[50:100] == again[:50] and cycled[100:] == again[:25]
 
 
 def _streaming_recipe(tmp: Path, model: str, method: str, training: dict, train: dict | None = None) -> Path:

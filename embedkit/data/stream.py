@@ -27,6 +27,9 @@ from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_BUFFER = 10_000  # rows in the shuffle buffer unless data.train.shuffle_buffer says otherwise
+# Distinct shuffled passes built at most; a run that needs more (a small set, many steps) repeats their cycle, so
+# the stream's parts stay few.
+MAX_PASSES = 100
 ROW_ID = "label"  # as embedkit.methods.base.ROW_ID_COLUMN: the collator hands it to the loss
 
 
@@ -112,13 +115,15 @@ def passes_needed(rows: int | None, max_steps: int, global_batch: int) -> int | 
 
 def training_stream(ds: Any, seed: int, buffer: int, passes: int | None) -> Any:
     """``passes`` shuffled passes over ``ds`` one after the other, pass ``p`` with seed ``seed + p`` (``None``: the
-    one pass with ``seed``, repeated without end)."""
+    one pass with ``seed``, repeated without end; more than :data:`MAX_PASSES`: the cycle of the first
+    :data:`MAX_PASSES` passes, repeated)."""
     import datasets
 
     if passes is None:
         return ds.shuffle(seed=seed, buffer_size=buffer).repeat(None)
-    parts = [ds.shuffle(seed=seed + p, buffer_size=buffer) for p in range(passes)]
-    return parts[0] if passes == 1 else datasets.concatenate_datasets(parts)
+    parts = [ds.shuffle(seed=seed + p, buffer_size=buffer) for p in range(min(passes, MAX_PASSES))]
+    stream = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return stream.repeat(None) if passes > MAX_PASSES else stream
 
 
 def skip_rows(stream: Any, rows: int) -> Any:

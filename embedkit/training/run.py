@@ -516,10 +516,9 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         **({"multi_dataset_batch_sampler": tasks.sampler} if multi else {}),
         disable_tqdm=not show_bars(progress),
         # A stream: rank 0 reads each global batch and hands every process its slice (accelerate's dispatching,
-        # its default for an iterable dataset, said here), and a resumed run starts the stream past the rows
-        # already trained on (_stream_order), so the trainer must not skip batches again.
-        **({"accelerator_config": {"dispatch_batches": True}, "ignore_data_skip": True}
-           if _streaming(recipe) else {}),
+        # its default for an iterable dataset, said here). A resumed run starts the stream past the rows already
+        # trained on (_stream_order); the trainer does not skip them again (EmbedkitTrainer.get_resumed_dataloader).
+        **({"accelerator_config": {"dispatch_batches": True}} if _streaming(recipe) else {}),
     )
     callbacks = method.callbacks(loss) + ([PlainProgress()] if progress is None and args.disable_tqdm else [])
     trainer = (tasks.make_trainer if multi else EmbedkitTrainer)(
