@@ -30,6 +30,7 @@ from _mp_helpers import (
     run_embedkit,
     run_torchrun,
     step_losses,
+    write_documents,
     write_recipe,
     write_sentences,
 )
@@ -146,6 +147,34 @@ def test_stream_is_the_validated_rows_in_seeded_passes(tmp_path: Path, monkeypat
     it = iter(training_stream(base, 5, 10, 7))
     cycled = [next(it)["label"] for _ in range(125)]
     assert cycled[:50] == again[:50] and cycled[50:100] == again[:50] and cycled[100:] == again[:25]
+
+
+def test_ccp_streamed_rows_are_the_in_memory_rows(tmp_path: Path, tiny_model_path: str, monkeypatch) -> None:
+    """CCP with streaming builds its rows into the data cache a document at a time (chunks of 7 rows here): the
+    same rows, document ids and skipped count as the in-memory builder, a second read from the cache, and a short
+    document refused with the same file:line message."""
+    monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
+    from embedkit.data import sources
+    from embedkit.errors import DataError
+    from embedkit.methods.ccp.documents import build_rows, cached_rows
+    from embedkit.validate import load_recipe_with_data
+
+    monkeypatch.setattr(sources, "CHUNK_ROWS", 7)
+    path = write_documents(tmp_path, n=6, sentences=4)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text + "\nA lonely line.\n\n" + text, encoding="utf-8")  # 13 documents, one of one sentence
+    expected, skipped = build_rows(path, "paragraph", 2, short_documents="skip")
+    recipe = _recipe(tmp_path, tiny_model_path, "ccp", train={"path": str(path)})
+    recipe["method"].update(short_documents="skip")
+    _, data = load_recipe_with_data(recipe)
+    assert not data.in_memory and len(data) == len(expected) == 120
+    assert {k: list(v) for k, v in data.columns.items()} == expected.columns
+    assert skipped == 1 and cached_rows(path, "paragraph", 2, short_documents="skip")[1] is None  # a cache hit
+    with pytest.raises(DataError) as streamed:
+        cached_rows(path, "paragraph", 2)
+    with pytest.raises(DataError) as in_memory:
+        build_rows(path, "paragraph", 2)
+    assert str(streamed.value) == str(in_memory.value) and ":13: document 7 has one sentence" in str(in_memory.value)
 
 
 def _streaming_recipe(tmp: Path, model: str, method: str, training: dict, train: dict | None = None) -> Path:
