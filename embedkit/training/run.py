@@ -478,7 +478,8 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
                                                               else None), world_size)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work / CHECKPOINTS),
-        per_device_train_batch_size=per_device,
+        # A stream: the dataloader reads whole global batches (see accelerator_config below).
+        per_device_train_batch_size=global_batch if _streaming(recipe) else per_device,
         per_device_eval_batch_size=per_device,
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
@@ -515,10 +516,11 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         prompts=(tasks.prompts if multi else method_cls.training_prompts(recipe, dataset.column_names)) or None,
         **({"multi_dataset_batch_sampler": tasks.sampler} if multi else {}),
         disable_tqdm=not show_bars(progress),
-        # A stream: rank 0 reads each global batch and hands every process its slice (accelerate's dispatching,
-        # its default for an iterable dataset, said here). A resumed run starts the stream past the rows already
-        # trained on (_stream_order); the trainer does not skip them again (EmbedkitTrainer.get_resumed_dataloader).
-        **({"accelerator_config": {"dispatch_batches": True}} if _streaming(recipe) else {}),
+        # A stream: rank 0 reads and collates each global batch (padded to its longest text, as one process pads
+        # it) and hands process k its k-th slice (accelerate's dispatching with split batches). A resumed run
+        # starts the stream past the rows already trained on (_stream_order); the trainer does not skip them
+        # again (EmbedkitTrainer.get_resumed_dataloader).
+        **({"accelerator_config": {"dispatch_batches": True, "split_batches": True}} if _streaming(recipe) else {}),
     )
     callbacks = method.callbacks(loss) + ([PlainProgress()] if progress is None and args.disable_tqdm else [])
     trainer = (tasks.make_trainer if multi else EmbedkitTrainer)(
