@@ -15,9 +15,9 @@ the trainer's epoch stays 0. Where the row count is unknown (a Hub stream) the o
 Resume (:func:`skip_rows`): step ``s`` of every run trains on rows ``[s·B, (s+1)·B)`` of that one deterministic
 stream (``B`` the global batch), so a run resumed from the checkpoint of step ``s`` skips the first ``s·B`` rows
 of the stream, row by row, without tokenising them (linear in the rows skipped: reading only), and the trainer does
-not skip batches again. Sharding across processes is accelerate's dispatching (docs/distributed.md): rank 0 reads
-and collates each global batch and hands process ``k`` its ``k``-th slice, so no two processes train on a row and
-the global batch is the one a single process takes.
+not skip batches again. Sharding across processes is accelerate's ``IterableDatasetShard`` (docs/distributed.md):
+every process reads the stream and keeps its ``k``-th slice of each global batch, so no two processes train on a
+row and the global batch is the one a single process takes.
 """
 
 from __future__ import annotations

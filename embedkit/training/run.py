@@ -516,11 +516,12 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         prompts=(tasks.prompts if multi else method_cls.training_prompts(recipe, dataset.column_names)) or None,
         **({"multi_dataset_batch_sampler": tasks.sampler} if multi else {}),
         disable_tqdm=not show_bars(progress),
-        # A stream: rank 0 reads and collates each global batch (padded to its longest text, as one process pads
-        # it) and hands process k its k-th slice (accelerate's dispatching with split batches). A resumed run
-        # starts the stream past the rows already trained on (_stream_order); the trainer does not skip them
-        # again (EmbedkitTrainer.get_resumed_dataloader).
-        **({"accelerator_config": {"dispatch_batches": True, "split_batches": True}} if _streaming(recipe) else {}),
+        # A stream: every process reads it and keeps its k-th slice of each global batch (accelerate's
+        # IterableDatasetShard with split batches; dispatching from rank 0 cannot carry the collator's string
+        # entries, and per-file sharding would change the batches). A resumed run starts the stream past the rows
+        # already trained on (_stream_order); the trainer does not skip them again
+        # (EmbedkitTrainer.get_resumed_dataloader).
+        **({"accelerator_config": {"dispatch_batches": False, "split_batches": True}} if _streaming(recipe) else {}),
     )
     callbacks = method.callbacks(loss) + ([PlainProgress()] if progress is None and args.disable_tqdm else [])
     trainer = (tasks.make_trainer if multi else EmbedkitTrainer)(
