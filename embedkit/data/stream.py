@@ -26,6 +26,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from embedkit.errors import DataError
+
 DEFAULT_BUFFER = 10_000  # rows in the shuffle buffer unless data.train.shuffle_buffer says otherwise
 # Distinct shuffled passes built at most; a run that needs more (a small set, many steps) repeats their cycle, so
 # the stream's parts stay few.
@@ -64,8 +66,6 @@ def hub_stream(name: str, split: str, config: str | None, columns: list[str] | N
     nothing is downloaded beyond what the stream reads. Raises ``DataError`` when it does not open or its
     columns are unknown."""
     import datasets
-
-    from embedkit.errors import DataError
 
     try:
         ds = datasets.load_dataset(name, config, split=split, data_files=data_files, streaming=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from embedkit.data.stream import add_row_ids as stream_row_ids
 from embedkit.losses.terms import term_info
 
 if TYPE_CHECKING:
@@ -334,8 +335,6 @@ def add_row_ids(dataset: Any) -> Any:
     import datasets
 
     if isinstance(dataset, datasets.IterableDataset):  # data.train.streaming
-        from embedkit.data.stream import add_row_ids as stream_row_ids
-
         return stream_row_ids(dataset)
     if ROW_ID_COLUMN in dataset.column_names:
         raise ValueError(f"the training data already has a {ROW_ID_COLUMN!r} column")

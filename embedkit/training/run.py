@@ -28,8 +28,9 @@ from packaging.version import Version
 
 from embedkit import distributed
 from embedkit.card import add_method_citation, set_card_data, set_dev_card_metrics, write_card
-from embedkit.data import cache
+from embedkit.data import cache, stream
 from embedkit.data.sources import read_train_source
+from embedkit.data.stream import StreamData, hub_stream, rename_to
 from embedkit.errors import EmbedkitError, RecipeError
 from embedkit.evaluation import evaluate
 from embedkit.evaluation.overlap import annotate_sts, flagged, run_overlap, summary_line
@@ -94,8 +95,6 @@ def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
 
 
 def _build_stream(recipe: Recipe, train_data: Any, method_cls: Any) -> tuple[Any, Any]:
-    from embedkit.data.stream import StreamData, hub_stream, rename_to
-
     if train_data is not None:  # a local file, validated and cached
         return train_data.to_stream(method_cls.roles(len(train_data.columns))), train_data
     src = recipe.data.train
@@ -118,18 +117,16 @@ def _streaming(recipe: Recipe) -> bool:
 def _stream_order(recipe: Recipe, dataset: Any, train_data: Any, checkpoint: Path | None) -> Any:
     """The stream the trainer reads (:func:`embedkit.data.stream.training_stream`): shuffled passes enough for
     ``training.max_steps``, less the rows the steps before ``checkpoint`` trained on."""
-    from embedkit.data.stream import DEFAULT_BUFFER, passes_needed, skip_rows, training_stream
-
     t, src = recipe.training, recipe.data.train
     rows = None if getattr(train_data, "rows", 0) is None else len(train_data)
-    stream = training_stream(dataset, t.seed, src.shuffle_buffer or DEFAULT_BUFFER,
-                             passes_needed(rows, t.max_steps, t.batch_size))
+    order = stream.training_stream(dataset, t.seed, src.shuffle_buffer or stream.DEFAULT_BUFFER,
+                                   stream.passes_needed(rows, t.max_steps, t.batch_size))
     if checkpoint is None:
-        return stream
+        return order
     step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
     log(f"streaming: resuming at row {step * t.batch_size:,} of the stream (step {step} × global batch "
         f"{t.batch_size}), skipped without tokenising")
-    return skip_rows(stream, step * t.batch_size)
+    return stream.skip_rows(order, step * t.batch_size)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedkit.data import cache, sources
 from embedkit.data.sources import TrainData
 from embedkit.data.sts import sha256_file
 from embedkit.data.textio import utf8_errors
@@ -202,9 +203,6 @@ def cached_rows(path: str | Path, layout: str, window: int, chunk_lines: int | N
     """:func:`build_rows`' rows written to the data cache (:mod:`embedkit.data.cache`) a chunk at a time, for a
     streamed run: memory holds one document and one chunk of rows. Returns the rows and the documents left out
     (``None`` when the rows came from the cache), or ``None`` when the cache cannot be written."""
-    from embedkit.data import cache
-    from embedkit.data.sources import CHUNK_ROWS
-
     file = Path(path)
     sha = sha256_file(file)
     names, types = ["anchor", "positive", "label"], ["text", "text", cache.ID]
@@ -224,7 +222,7 @@ def cached_rows(path: str | Path, layout: str, window: int, chunk_lines: int | N
                 sentences += len(doc.sentences)
                 for column, values in zip(buffer, context_pairs([doc], window), strict=True):
                     column.extend(values if column is not buffer[2] else [d] * len(values))
-                if len(buffer[0]) >= CHUNK_ROWS:
+                if len(buffer[0]) >= sources.CHUNK_ROWS:
                     writer.write(dict(zip(names, buffer, strict=True)))
                     buffer = ([], [], [])
             if buffer[0]:

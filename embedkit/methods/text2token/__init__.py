@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from embedkit import paths
+from embedkit.data.stream import ColumnTexts
 from embedkit.errors import RecipeError
 from embedkit.log import log
 from embedkit.methods.base import Method, MethodParams, register, training_head
@@ -123,8 +124,6 @@ class Text2Token(Method):
         import datasets
 
         if isinstance(dataset, datasets.IterableDataset):
-            from embedkit.data.stream import ColumnTexts
-
             self._build_parts(ColumnTexts(dataset, "text"))
         else:
             self._build_parts(list(dataset["text"]))
