@@ -223,11 +223,19 @@ class TrainSource(Section):
     columns: list[str] | None = Field(None, description="columns to use, in the order the method expects")
     max_samples: int | None = Field(None, gt=0)
     mine: MineSection | None = Field(None, description="mine hard negatives with the starting model (null: off)")
+    streaming: bool = Field(False, description="read the rows as a stream (a corpus larger than memory): methods "
+                            "that need no random access, with training.max_steps (README: Training on a corpus "
+                            "larger than memory)")
+    shuffle_buffer: int | None = Field(None, gt=0, description="streaming: rows in the seeded shuffle buffer "
+                                       "(default 10000)")
 
     @model_validator(mode="after")
     def _a_source(self) -> TrainSource:
         if self.path is None and self.hub is None:
             raise ValueError("set 'path' (a local file), 'hub' (a Hub dataset name), or both (path first)")
+        if self.shuffle_buffer is not None and not self.streaming:
+            raise ValueError("shuffle_buffer is read only with streaming: true (a map-style run shuffles every "
+                             "row): remove the key or set streaming: true")
         if self.mine is not None and self.mine.candidates and self.format != "rerank":
             raise ValueError("mine.candidates needs format: rerank (the candidates of a reranking CSV)")
         return self

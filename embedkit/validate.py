@@ -337,6 +337,10 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     if src.mine is None:  # mined columns were checked above
         _check_data_refusals(recipe, method, list(data.columns), source, lines)
     for dev, key in heldout_devs(whole or recipe, path, data_dir):  # before max_samples: the slice is of the whole file
+        if src.streaming:
+            raise RecipeError(f"{_where(source, lines, (*key.split('.'), 'split_from_train'))}: holding a slice out "
+                              f"of the streamed training file {path} takes a pass over every row by index; point "
+                              "data.dev at its own file, or train without data.train.streaming")
         fmt = infer_format(path, src.format)
         if fmt != dev.kind:
             raise RecipeError(f"{where}: {key}.split_from_train holds a {dev.kind} slice out of {path}, which this "
@@ -582,6 +586,10 @@ def _check_source_method(i: int, src: Any, view: Recipe, source: str, lines: dic
     problem = source_method_problem(method, params)
     if problem:
         return [f"{_where(source, lines, prefix + (problem[0],))}: {problem[1]}"]
+    if src.streaming:
+        return [f"{_where(source, lines, ('data', 'train', i, 'streaming'))}: a multi-task run draws each source's "
+                "rows by index (its sampler weighs and interleaves the sources); stream a single-source recipe "
+                "instead"]
     if src.mine is not None:
         return [f"{_where(source, lines, ('data', 'train', i, 'mine'))}: mining inside a multi-task run is not "
                 "supported; mine first (embedkit data mine --recipe ...) and list the mined file as this source"]

@@ -161,19 +161,21 @@ def write_recipe(
     objective: dict[str, Any] | None = None,
     output: dict[str, Any] | None = None,
     dev: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
 ) -> Path:
     """A recipe for a short run of ``method`` on the tiny model: no dev set, no final evaluation, a loss
     logged at every step, a checkpoint at the end. ``training`` / ``model`` / ``method_params`` override keys;
     ``objective`` is the recipe's objective section (extra terms). ``output``: keys of the output section
     besides ``dir``; ``None``: ``keep_checkpoints: all``, so that tests read a finished run's training state (its
-    optimizer and method state), ``{}``: the defaults. ``dev``: the ``data.dev`` section (default none)."""
+    optimizer and method state), ``{}``: the defaults. ``dev``: the ``data.dev`` section (default none); ``train``: keys
+    of ``data.train`` besides ``path`` (``{"streaming": True}``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = TRAIN_DATA[method](folder)
     recipe = {
         "model": {"name": str(model_path), "pooling": "cls", "mlp_only_train": True, "max_seq_length": 16,
                   **(model or {})},
-        "data": {"train": {"path": str(data)}, "dev": dev},
+        "data": {"train": {"path": str(data), **(train or {})}, "dev": dev},
         "method": {"name": method, **METHOD_PARAMS.get(method, {}), **(method_params or {})},
         "training": {"batch_size": 8, "max_steps": 4, "logging_steps": 1, "learning_rate": 1e-3,
                      "save_total_limit": None, "seed": 7, **(training or {})},
@@ -334,6 +336,7 @@ def kill_resume_compare(
     tmp: Path, model_path: str, method: str, training: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None, method_params: dict[str, Any] | None = None,
     objective: dict[str, Any] | None = None, keep_checkpoints: str | None = "all",
+    train: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``method`` three ways and compare: uninterrupted; SIGKILLed right after its first checkpoint;
     that killed run resumed with ``embedkit train --resume``. Returns what the caller asserts on:
@@ -347,9 +350,9 @@ def kill_resume_compare(
     # all: the finished runs' last checkpoints keep their method state, compared below; None: the default
     output = {"keep_checkpoints": keep_checkpoints} if keep_checkpoints else {}
     full = write_recipe(tmp / "full", model_path, method, full_dir, training, model, method_params,
-                        objective=objective, output=output)
+                        objective=objective, output=output, train=train)
     cut = write_recipe(tmp / "cut", model_path, method, cut_dir, training, model, method_params, objective=objective,
-                       output=output)
+                       output=output, train=train)
 
     check_ok(run_embedkit(["train", str(full)], tmp), "uninterrupted run")
     killed = run_embedkit(["train", str(cut)], tmp, sigkill_after_save=True)
@@ -384,6 +387,10 @@ def kill_resume_compare(
 # Driver (run as a script)
 
 
+# Environment variable naming a folder: the driver records there the row ids (`label` column) each process trains on.
+RECORD_LABELS = "EMBEDKIT_TEST_RECORD_LABELS"
+
+
 def _install_hooks(sigkill_after_save: bool, nan_at_step: int | None) -> None:
     from sentence_transformers import SentenceTransformerTrainer
     from transformers import TrainerCallback
@@ -403,6 +410,19 @@ def _install_hooks(sigkill_after_save: bool, nan_at_step: int | None) -> None:
             self.add_callback(SigkillAfterSave())
 
         tr.EmbedkitTrainer.__init__ = patched_init
+
+    record = os.environ.get(RECORD_LABELS)
+    if record:  # each training step's `label` column (row ids), one JSON line per step, a file per process
+        compute_loss = SentenceTransformerTrainer.compute_loss
+
+        def recording(self, model, inputs, *args, **kwargs):
+            if model.training and "label" in inputs:
+                rank = os.environ.get("RANK", "0")
+                with open(Path(record) / f"rank{rank}.jsonl", "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": self.state.global_step + 1, "rows": inputs["label"].tolist()}) + "\n")
+            return compute_loss(self, model, inputs, *args, **kwargs)
+
+        SentenceTransformerTrainer.compute_loss = recording
 
     if nan_at_step:
         compute = SentenceTransformerTrainer.compute_loss

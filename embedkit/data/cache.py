@@ -36,6 +36,7 @@ import pyarrow as pa
 CACHE_ENV = "EMBEDKIT_CACHE"
 READER_VERSION = 1  # bump when a reader's output for the same file changes: old entries are then not found
 SCORE = "score"
+ID = "id"  # an integer column (CCP's document ids)
 
 
 def cache_dir() -> Path:
@@ -53,7 +54,7 @@ def entry_key(sha256: str, settings: Mapping[str, Any]) -> str:
 
 
 def arrow_type(kind: str) -> Any:
-    return pa.float64() if kind == SCORE else pa.string()
+    return pa.float64() if kind == SCORE else pa.int64() if kind == ID else pa.string()
 
 
 def to_arrow(values: list[Any], kind: Any) -> Any:
@@ -62,6 +63,8 @@ def to_arrow(values: list[Any], kind: Any) -> Any:
     check may use."""
     if kind == pa.float64():
         return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(array("d", values))])
+    if kind == pa.int64():
+        return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(array("q", values))])
     text = "".join(values)
     try:
         data = text.encode("utf-8")

@@ -19,6 +19,7 @@ from typing import Any
 
 from embedkit.data import cache
 from embedkit.data.ranking import RERANK_COLUMNS, read_rerank
+from embedkit.data.stream import local_stream
 from embedkit.data.sts import read_sick, read_stsb, sha256_file
 from embedkit.data.textio import json_objects, utf8_errors
 from embedkit.errors import DataError
@@ -102,6 +103,15 @@ class TrainData:
         ds = self._rows.dataset()
         mapping = dict(zip(ds.column_names, names, strict=True))
         return ds.rename_columns(mapping) if any(k != v for k, v in mapping.items()) else ds
+
+
+    def to_stream(self, names: Sequence[str]) -> Any:
+        """A ``datasets.IterableDataset`` of these rows with the columns renamed ``names``, in file order
+        (``data.train.streaming``): the data cache's Arrow file read a record batch at a time, or the rows held
+        in memory (a set that could not be cached, or that a method built)."""
+        if isinstance(self._rows, cache.ArrowRows):
+            return local_stream(self._rows, names)
+        return self.to_dataset(names).to_iterable_dataset()
 
 
 class LazyColumns(Mapping):

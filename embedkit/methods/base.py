@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from embedkit.data.stream import add_row_ids as stream_row_ids
 from embedkit.losses.terms import term_info
 
 if TYPE_CHECKING:
@@ -140,6 +141,9 @@ class Method:
     # objective terms at validation.
     composable: ClassVar[bool] = False
     matryoshka: ClassVar[bool] = True  # the main loss is a function of embeddings that may be truncated
+    # Whether the method trains on a stream of rows (data.train.streaming): it reads each row once, in order, and
+    # never by index (no batch sampler, no pass over the whole set before training that a stream cannot give).
+    streams: ClassVar[bool] = False
 
     @classmethod
     def bind(cls, params: Any) -> type[Method]:
@@ -164,7 +168,7 @@ class Method:
         """(recipe key path, reason) for each cross-cutting option the recipe sets that this method cannot
         honour; :func:`embedkit.recipe.load_recipe` turns them into ``file:line: key: reason`` errors."""
 
-        t, out = recipe.training, []
+        t, out = recipe.training, cls.stream_refusals(recipe, params)
         terms = recipe.objective.terms if recipe.objective is not None else []
         if not cls.composable:
             why = f"method {cls.name!r} does not compose its loss (embedkit.losses.objective.ComposedLoss)"
@@ -188,6 +192,34 @@ class Method:
                 out.append((("objective", "terms", i, "name"),
                             f"term {term.name!r} needs an (anchor, positive) pair per row; method {cls.name!r} "
                             "gives none" + cls.positives_hint()))
+        return out
+
+    @classmethod
+    def stream_refusals(cls, recipe: Recipe, params: Any) -> list[tuple[tuple, str]]:
+        """With ``data.train.streaming``: (key path, reason) for the method, if it needs random access to its rows,
+        and for each option that needs random access or the set's length. A method adds its own options."""
+        src, t = recipe.data.train, recipe.training
+        if isinstance(src, list) or not src.streaming:
+            return []
+        if not cls.streams:
+            able = ", ".join(sorted(name for name, m in _REGISTRY.items() if m.streams))
+            return [(("data", "train", "streaming"), f"method {cls.name!r} reads its rows by index (a batch sampler, "
+                     f"a pass over every row before training, or rows it builds in memory); a stream serves the "
+                     f"methods that need no random access: {able}")]
+        out = []
+        if t.max_steps <= 0:
+            out.append((("training", "max_steps"), "a stream has no length, so training.epochs cannot be counted: "
+                        "set training.max_steps (> 0)"))
+        if t.group_by_length:
+            out.append((("training", "group_by_length"), "grouping by length samples batches by index; a stream is "
+                        "read in order: remove the key"))
+        if t.dataloader_workers:
+            out.append((("training", "dataloader_workers"), "a stream is read by one process (rank 0 hands each "
+                        "process its slice of the global batch), in order, so that --resume continues at the exact "
+                        "row: set 0"))
+        if src.mine is not None:
+            out.append((("data", "train", "mine"), "mining ranks every row against the whole set; a stream is "
+                        "read once, in order: mine first (embedkit data mine) or train without streaming"))
         return out
 
     @classmethod
@@ -298,7 +330,12 @@ ROW_ID_COLUMN = "label"  # the collator hands this column to the loss as `labels
 
 
 def add_row_ids(dataset: Any) -> Any:
-    """Add the dataset row ids as the label column, so the loss can key each row's augmentation."""
+    """Add the dataset row ids as the label column, so the loss can key each row's augmentation (a stream: its
+    position in the unshuffled rows, :func:`embedkit.data.stream.add_row_ids`)."""
+    import datasets
+
+    if isinstance(dataset, datasets.IterableDataset):  # data.train.streaming
+        return stream_row_ids(dataset)
     if ROW_ID_COLUMN in dataset.column_names:
         raise ValueError(f"the training data already has a {ROW_ID_COLUMN!r} column")
     return dataset.add_column(ROW_ID_COLUMN, list(range(len(dataset))))

@@ -50,6 +50,7 @@ class Contriever(Method):
             "arXiv:2112.09118"
     citation = CONTRIEVER_CITATION
     composable = True
+    streams = True
 
     def prepare_dataset(self, dataset: Any) -> Any:
         return add_row_ids(dataset)

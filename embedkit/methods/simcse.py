@@ -33,6 +33,7 @@ class SimCSEUnsup(Method):
     paper = "Gao et al., SimCSE (EMNLP 2021), arXiv:2104.08821"
     citation = SIMCSE_CITATION
     composable = True
+    streams = True
 
     def build_loss(self):
         from embedkit.losses.contrastive import SimCSELoss

@@ -28,8 +28,9 @@ from packaging.version import Version
 
 from embedkit import distributed
 from embedkit.card import add_method_citation, set_card_data, set_dev_card_metrics, write_card
-from embedkit.data import cache
+from embedkit.data import cache, stream
 from embedkit.data.sources import read_train_source
+from embedkit.data.stream import StreamData, hub_stream, rename_to
 from embedkit.errors import EmbedkitError, RecipeError
 from embedkit.evaluation import evaluate
 from embedkit.evaluation.overlap import annotate_sts, flagged, run_overlap, summary_line
@@ -76,7 +77,12 @@ def resolve_precision(precision: str) -> str:
 
 def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
     """A ``datasets.Dataset`` whose columns are named after the method's roles (a Hub set is loaded now): the
-    memory-mapped rows themselves (the data cache's Arrow file, the Hub dataset), never a copy through lists."""
+    memory-mapped rows themselves (the data cache's Arrow file, the Hub dataset), never a copy through lists.
+    With ``data.train.streaming`` a ``datasets.IterableDataset`` of them, in file order (a Hub set opened as a
+    stream now; :mod:`embedkit.data.stream`)."""
+    src = recipe.data.train
+    if not isinstance(src, list) and src.streaming:
+        return _build_stream(recipe, train_data, method_cls)
     if train_data is None:
         train_data = read_train_source(recipe.data.train, recipe.method.name, method_cls.roles(),
                                        method_cls.column_types, method_cls.column_problem)
@@ -86,6 +92,41 @@ def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
             raise RecipeError("\n".join(f"{'.'.join(map(str, key))}: {why}" for key, why in refused))
     roles = method_cls.roles(len(train_data.columns))  # a method may take any number of negative columns
     return train_data.to_dataset(roles), train_data
+
+
+def _build_stream(recipe: Recipe, train_data: Any, method_cls: Any) -> tuple[Any, Any]:
+    if train_data is not None:  # a local file, validated and cached
+        return train_data.to_stream(method_cls.roles(len(train_data.columns))), train_data
+    src = recipe.data.train
+    try:
+        ds, names = hub_stream(src.hub, src.split, src.config, src.columns, src.data_files, src.max_samples)
+    except EmbedkitError as err:
+        raise RecipeError(str(err)) from None
+    why = method_cls.column_problem(names)
+    refused = [(("data", "train"), why)] if why else method_cls.data_refusals(recipe, names)
+    if refused:
+        raise RecipeError("\n".join(f"{'.'.join(map(str, key))}: {why}" for key, why in refused))
+    roles = method_cls.roles(len(names))
+    return rename_to(ds, names, roles), StreamData(roles, f"hub stream:{src.hub}:{src.split}")
+
+
+def _streaming(recipe: Recipe) -> bool:
+    return not is_multitask(recipe) and recipe.data.train.streaming
+
+
+def _stream_order(recipe: Recipe, dataset: Any, train_data: Any, checkpoint: Path | None) -> Any:
+    """The stream the trainer reads (:func:`embedkit.data.stream.training_stream`): shuffled passes enough for
+    ``training.max_steps``, less the rows the steps before ``checkpoint`` trained on."""
+    t, src = recipe.training, recipe.data.train
+    rows = None if getattr(train_data, "rows", 0) is None else len(train_data)
+    order = stream.training_stream(dataset, t.seed, src.shuffle_buffer or stream.DEFAULT_BUFFER,
+                                   stream.passes_needed(rows, t.max_steps, t.batch_size))
+    if checkpoint is None:
+        return order
+    step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    log(f"streaming: resuming at row {step * t.batch_size:,} of the stream (step {step} × global batch "
+        f"{t.batch_size}), skipped without tokenising")
+    return stream.skip_rows(order, step * t.batch_size)
 
 
 @dataclass
@@ -315,6 +356,15 @@ def _from_rank_zero() -> Callable[[Any], Any]:
     return share
 
 
+def _row_count(train_data: Any, dataset: Any, multi: bool) -> str:
+    if multi:
+        return str(len(train_data))
+    if hasattr(dataset, "__len__"):
+        return str(len(dataset))
+    rows = getattr(train_data, "rows", 0)
+    return f"a stream of {len(train_data):,}" if rows is not None else "a stream of"
+
+
 @dataclass
 class Run:
     """The parts :func:`setup` built."""
@@ -336,7 +386,7 @@ class Parts:
     dataset: Any  # a datasets.Dataset (one method) or a DatasetDict, one split per source
     loss: Any  # the composed loss (one method) or a dict of them, one per source
     train_data: Any  # the rows' TrainData / MultiTrainData (its description, the overlap check)
-    rows: int
+    rows: str  # how many training rows, as the log says it ("a stream of 1,000")
     hooks: Any  # the method (or the Tasks): batch_sampler() and callbacks(loss)
     prompts: dict | None  # the trainer's prompts argument
     make_trainer: Callable[..., Any]
@@ -358,7 +408,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
                                      + [("retrieval", e.path, e.split) for e in recipe.eval.retrieval], data_dir))
     world_size, rank = distributed.world_size(), distributed.rank()
     model = setup_model(recipe)
-    parts = data_and_loss(recipe, train_data, model, work, data_dir, world_size, rank)
+    parts = data_and_loss(recipe, train_data, model, work, data_dir, world_size, rank, checkpoint)
     method_cls = bound_method(recipe.method)[0]
 
     t = recipe.training
@@ -439,14 +489,15 @@ def setup_model(recipe: Recipe) -> Any:
 
 
 def data_and_loss(recipe: Recipe, train_data: Any, model: Any, work: Path, data_dir: str | None, world_size: int,
-                  rank: int) -> Parts:
+                  rank: int, checkpoint: Path | None = None) -> Parts:
     """The training rows as the trainer will draw them, and the loss: one method, or one per multi-task source
-    (:func:`embedkit.training.multitask.build_tasks`), in the same :class:`Parts`."""
+    (:func:`embedkit.training.multitask.build_tasks`), in the same :class:`Parts`. A stream starts past the rows
+    the steps before ``checkpoint`` trained on."""
     if is_multitask(recipe):  # one dataset and one loss per source (docs/multitask.md)
         from embedkit.training.multitask import build_tasks
 
         tasks = build_tasks(recipe, train_data, model, world_size, rank, data_dir)
-        return Parts(tasks.dataset, tasks.losses, tasks.train_data, len(tasks.train_data), tasks,
+        return Parts(tasks.dataset, tasks.losses, tasks.train_data, str(len(tasks.train_data)), tasks,
                      tasks.prompts or None, tasks.make_trainer, {"multi_dataset_batch_sampler": tasks.sampler},
                      tasks)
     from embedkit.losses.objective import compose
@@ -459,8 +510,10 @@ def data_and_loss(recipe: Recipe, train_data: Any, model: Any, work: Path, data_
     method = method_cls(TrainContext(recipe=recipe, model=model, params=params, world_size=world_size, rank=rank,
                                      extras={"data_dir": data_dir}))
     dataset = method.prepare_dataset(dataset)
+    if _streaming(recipe):
+        dataset = _stream_order(recipe, dataset, train_data, checkpoint)
     loss = compose(method.build_loss(), recipe, model)  # GradCache, gathering, Matryoshka, objective terms
-    return Parts(dataset, loss, train_data, len(dataset), method,
+    return Parts(dataset, loss, train_data, _row_count(train_data, dataset, False), method,
                  method_cls.training_prompts(recipe, dataset.column_names) or None, EmbedkitTrainer)
 
 
@@ -474,19 +527,22 @@ def training_args(recipe: Recipe, work: Path, world_size: int, precision: str, t
     ``multi_dataset_batch_sampler``; each replaces the argument of its name)."""
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.training_args import BatchSamplers
 
     from embedkit.data.samplers import LengthGroupedBatchSampler, default_batch_sampler, sampler_for_processes
     from embedkit.training.progress import show_bars
 
     t = recipe.training
     per_device = check_batch_split(recipe, world_size)
+    streaming = _streaming(recipe)
     # An embedkit sampler builds global batches and yields each process's share in turn, so its rule (no
     # duplicates, length groups) holds for the batch the loss gathers (docs/distributed.md).
     sampler = sampler_for_processes(batch_sampler or (LengthGroupedBatchSampler if t.group_by_length else None),
                                     world_size)
     kwargs: dict[str, Any] = dict(
         output_dir=str(work / CHECKPOINTS),
-        per_device_train_batch_size=per_device,
+        # A stream: the dataloader reads whole global batches (see accelerator_config below).
+        per_device_train_batch_size=t.batch_size if streaming else per_device,
         per_device_eval_batch_size=per_device,
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
@@ -519,9 +575,16 @@ def training_args(recipe: Recipe, work: Path, world_size: int, precision: str, t
         report_to=trackers or "none",  # the trainer's own integrations, with every logged loss term and dev score
         dataloader_num_workers=t.dataloader_workers,
         dataloader_drop_last=t.drop_last or world_size > 1,
-        batch_sampler=sampler or default_batch_sampler,  # the library's default order, in flat memory
+        # The library's default order, in flat memory; a stream has no sampler (its order: _stream_order).
+        batch_sampler=BatchSamplers.BATCH_SAMPLER if streaming else sampler or default_batch_sampler,
         prompts=prompts,
         disable_tqdm=not show_bars(progress),
+        # A stream: every process reads it and keeps its k-th slice of each global batch (accelerate's
+        # IterableDatasetShard with split batches; dispatching from rank 0 cannot carry the collator's string
+        # entries, and per-file sharding would change the batches). A resumed run starts the stream past the rows
+        # already trained on (_stream_order); the trainer does not skip them again
+        # (EmbedkitTrainer.get_resumed_dataloader).
+        **({"accelerator_config": {"dispatch_batches": False, "split_batches": True}} if streaming else {}),
     )
     return SentenceTransformerTrainingArguments(**{**kwargs, **extra})  # extra may replace one
 

@@ -35,6 +35,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -285,6 +286,17 @@ class EmbedkitTrainer(SentenceTransformerTrainer):
             for name, foreign in rotate(self.args.output_dir, 1, best, keep_newest=False):
                 log(f"{name} holds files embedkit did not write ({', '.join(foreign[:3])}); kept")
         return out
+
+    def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
+        """A streamed training set (``data.train.streaming``) already starts past the rows the resumed steps
+        trained on (:func:`embedkit.training.run.setup` skips them, row by row, without tokenising): the
+        dataloader as it is. The trainer still restores the RNG states after the first batch is fetched, as it
+        does after skipping batches, so the dropout masks continue where they stopped."""
+        import datasets
+
+        if isinstance(self.train_dataset, datasets.IterableDataset):
+            return dataloader
+        return super().get_resumed_dataloader(dataloader, num_batches)
 
     def checkpoint_bytes(self) -> int:
         """About what one checkpoint takes (a lower bound): the saved model (the adapter alone under LoRA) and

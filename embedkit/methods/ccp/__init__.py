@@ -13,7 +13,7 @@ from pydantic import Field
 
 from embedkit.methods import bound_method
 from embedkit.methods.base import Method, MethodParams, register, training_head
-from embedkit.methods.ccp.documents import build_rows
+from embedkit.methods.ccp.documents import build_rows, cached_rows
 
 if TYPE_CHECKING:
     from embedkit.data.sources import TrainData
@@ -60,6 +60,7 @@ class CCP(Method):
              "Retrieval (IJCAI 2022), arXiv:2206.03281 (our reading: in-batch InfoNCE, same-document mask)")
     citation = CCP_CITATION
     composable = True
+    streams = True  # streamed rows are built into the data cache a document at a time
 
     @classmethod
     def refusals(cls, recipe: Recipe, params: Any) -> list[tuple[tuple, str]]:
@@ -92,8 +93,11 @@ class CCP(Method):
     @classmethod
     def read_train_file(cls, path: str, recipe: Recipe, notes: list[str]) -> TrainData:
         p = bound_method(recipe.method)[1]
-        data, skipped = build_rows(path, p.documents, p.window, p.chunk_lines, p.split_sentences,
-                                   p.short_documents)
+        built = None
+        if recipe.data.train.streaming:  # the rows to the data cache, a document at a time
+            built = cached_rows(path, p.documents, p.window, p.chunk_lines, p.split_sentences, p.short_documents)
+        data, skipped = built or build_rows(path, p.documents, p.window, p.chunk_lines, p.split_sentences,
+                                            p.short_documents)
         if skipped:
             notes.append(f"{path}: {skipped} document(s) with fewer than two distinct sentences left out "
                          "(method.short_documents: skip)")

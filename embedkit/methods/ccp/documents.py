@@ -23,9 +23,11 @@ left out. The third column is the document's index (``label``: sentence-transfor
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedkit.data import cache, sources
 from embedkit.data.sources import TrainData
 from embedkit.data.sts import sha256_file
 from embedkit.data.textio import utf8_errors
@@ -76,50 +78,60 @@ class Document:
     sentences: list[str]
 
 
-def _blocks(path: Path, layout: str, chunk_lines: int | None) -> list[tuple[int, list[str]]]:
-    """(first line, the document's non-blank lines) for each document of the file, in file order."""
-    blocks: list[tuple[int, list[str]]] = []
+def _blocks(path: Path, layout: str, chunk_lines: int | None) -> Iterator[tuple[int, list[str]]]:
+    """(first line, the document's non-blank lines) for each document of the file, in file order, read a line at
+    a time (the last document is held back one document: a one-line chunk remainder joins it)."""
+    held: tuple[int, list[str]] | None = None
     with utf8_errors(path), open(path, encoding="utf-8") as fh:
         current: list[str] = []
         first = 0
         for lineno, raw in enumerate(fh, start=1):
             line = raw.strip()
+            done = None
             if layout == "line":
-                if line:
-                    blocks.append((lineno, [line]))
-                continue
-            if not line:
+                done = (lineno, [line]) if line else None
+            elif not line:
                 if layout == "paragraph" and current:
-                    blocks.append((first, current))
-                    current = []
-                continue
-            if not current:
-                first = lineno
-            current.append(line)
-            if layout == "chunk" and len(current) == chunk_lines:
-                blocks.append((first, current))
-                current = []
-        if current:
-            if layout == "chunk" and len(current) == 1 and blocks:
-                blocks[-1][1].extend(current)  # a one-line remainder has no context of its own
+                    done, current = (first, current), []
             else:
-                blocks.append((first, current))
-    return blocks
+                if not current:
+                    first = lineno
+                current.append(line)
+                if layout == "chunk" and len(current) == chunk_lines:
+                    done, current = (first, current), []
+            if done is not None:
+                if held is not None:
+                    yield held
+                held = done
+        if current:
+            if layout == "chunk" and len(current) == 1 and held is not None:
+                held[1].extend(current)  # a one-line remainder has no context of its own
+            else:
+                if held is not None:
+                    yield held
+                held = (first, current)
+        if held is not None:
+            yield held
 
 
-def read_documents(path: str | Path, layout: str = "paragraph", chunk_lines: int | None = None,
-                   split: bool = True) -> list[Document]:
-    """The documents of a UTF-8 text file (see the module docstring for ``layout``); ``split``: split each
-    document's text into sentences with :func:`split_sentences`, else each non-blank line is one sentence."""
+def iter_documents(path: str | Path, layout: str = "paragraph", chunk_lines: int | None = None,
+                   split: bool = True) -> Iterator[Document]:
+    """The documents of a UTF-8 text file, one at a time (see the module docstring for ``layout``); ``split``:
+    split each document's text into sentences with :func:`split_sentences`, else each non-blank line is one
+    sentence."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if layout == "chunk" and (chunk_lines is None or chunk_lines < 2):
         raise ValueError("layout 'chunk' needs chunk_lines >= 2")
-    docs = []
     for first, lines in _blocks(Path(path), layout, chunk_lines):
         sentences = split_sentences(" ".join(lines)) if split else [" ".join(x.split()) for x in lines]
-        docs.append(Document(first, sentences))
-    return docs
+        yield Document(first, sentences)
+
+
+def read_documents(path: str | Path, layout: str = "paragraph", chunk_lines: int | None = None,
+                   split: bool = True) -> list[Document]:
+    """Every document of the file (:func:`iter_documents`)."""
+    return list(iter_documents(path, layout, chunk_lines, split))
 
 
 def context_pairs(documents: list[Document], window: int) -> tuple[list[str], list[str], list[int]]:
@@ -137,25 +149,19 @@ def context_pairs(documents: list[Document], window: int) -> tuple[list[str], li
     return anchors, positives, ids
 
 
-def build_rows(path: str | Path, layout: str, window: int, chunk_lines: int | None = None, split: bool = True,
-               short_documents: str = "error") -> tuple[TrainData, int]:
-    """The training rows of a document file, and the number of documents left out.
-
-    A document with fewer than two distinct sentences has no context positive: with ``short_documents:
-    error`` it is refused (``file:line`` of the document), with ``skip`` it is left out (and counted). An
-    empty file, or one where no document has two sentences, is refused."""
-    docs = read_documents(path, layout, chunk_lines, split)
-    if not docs:
-        raise DataError(f"{path}: the training set is empty (no non-blank line); CCP reads documents: "
-                        + {"line": "one a line", "paragraph": "blank-line separated",
-                           "chunk": f"every {chunk_lines} lines"}[layout])
-    kept, skipped = [], 0
+def _kept(path: str | Path, docs: Iterable[Document], layout: str, chunk_lines: int | None,
+          short_documents: str, skipped: list[int]) -> Iterator[Document]:
+    """The documents with two distinct sentences; a shorter one is refused (``short_documents: error``) or left
+    out and counted in ``skipped[0]``. An empty file, or one whose every document is left out, is refused."""
+    k = 0
+    kept = False
     for k, doc in enumerate(docs, start=1):
         if len(set(doc.sentences)) >= 2:
-            kept.append(doc)
+            kept = True
+            yield doc
             continue
         if short_documents == "skip":
-            skipped += 1
+            skipped[0] += 1
             continue
         n = len(doc.sentences)
         what = "one sentence" if n <= 1 else f"{n} sentences but no two distinct ones"
@@ -164,12 +170,66 @@ def build_rows(path: str | Path, layout: str, window: int, chunk_lines: int | No
         raise DataError(f"{path}:{doc.line}: document {k} has {what}, so no context positive; CCP needs at least "
                         "two distinct sentences per document: merge or remove it, or set "
                         f"method.short_documents: skip to leave such documents out{hint}")
+    if not k:
+        raise DataError(f"{path}: the training set is empty (no non-blank line); CCP reads documents: "
+                        + {"line": "one a line", "paragraph": "blank-line separated",
+                           "chunk": f"every {chunk_lines} lines"}[layout])
     if not kept:
-        raise DataError(f"{path}: none of its {len(docs)} document(s) has two distinct sentences (all skipped); "
+        raise DataError(f"{path}: none of its {k} document(s) has two distinct sentences (all skipped); "
                         "CCP needs at least two per document")
+
+
+def build_rows(path: str | Path, layout: str, window: int, chunk_lines: int | None = None, split: bool = True,
+               short_documents: str = "error") -> tuple[TrainData, int]:
+    """The training rows of a document file, and the number of documents left out.
+
+    A document with fewer than two distinct sentences has no context positive: with ``short_documents:
+    error`` it is refused (``file:line`` of the document), with ``skip`` it is left out (and counted). An
+    empty file, or one where no document has two sentences, is refused."""
+    skipped = [0]
+    kept = list(_kept(path, read_documents(path, layout, chunk_lines, split), layout, chunk_lines, short_documents,
+                      skipped))
+    skipped = skipped[0]
     anchors, positives, ids = context_pairs(kept, window)
     sentences = sum(len(d.sentences) for d in kept)
     description = (f"documents:{path} ({len(kept)} documents ({layout}), {sentences} sentences, "
                    f"window {window})")
     data = TrainData({"anchor": anchors, "positive": positives, "label": ids}, description, sha256_file(Path(path)))
     return data, skipped
+
+
+def cached_rows(path: str | Path, layout: str, window: int, chunk_lines: int | None = None, split: bool = True,
+                short_documents: str = "error") -> tuple[TrainData, int | None] | None:
+    """:func:`build_rows`' rows written to the data cache (:mod:`embedkit.data.cache`) a chunk at a time, for a
+    streamed run: memory holds one document and one chunk of rows. Returns the rows and the documents left out
+    (``None`` when the rows came from the cache), or ``None`` when the cache cannot be written."""
+    file = Path(path)
+    sha = sha256_file(file)
+    names, types = ["anchor", "positive", "label"], ["text", "text", cache.ID]
+    key = cache.entry_key(sha, {"format": "ccp-documents", "layout": layout, "window": window,
+                                "chunk_lines": chunk_lines, "split": split, "short_documents": short_documents,
+                                "columns": names, "types": types})
+    rows, skipped = cache.lookup(key), None
+    if rows is None:
+        try:
+            writer = cache.EntryWriter(key, names, types, str(path))
+        except OSError:
+            return None
+        try:
+            counts, sentences, buffer = [0], 0, ([], [], [])
+            for d, doc in enumerate(_kept(path, iter_documents(path, layout, chunk_lines, split), layout,
+                                          chunk_lines, short_documents, counts)):
+                sentences += len(doc.sentences)
+                for column, values in zip(buffer, context_pairs([doc], window), strict=True):
+                    column.extend(values if column is not buffer[2] else [d] * len(values))
+                if len(buffer[0]) >= sources.CHUNK_ROWS:
+                    writer.write(dict(zip(names, buffer, strict=True)))
+                    buffer = ([], [], [])
+            if buffer[0]:
+                writer.write(dict(zip(names, buffer, strict=True)))
+            rows = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        skipped = counts[0]
+    return TrainData(None, f"documents:{path} ({layout}, window {window}, streamed)", sha, rows=rows), skipped

@@ -51,6 +51,15 @@ class ESimCSE(Method):
     paper = "Wu et al., ESimCSE (COLING 2022), arXiv:2109.04380"
     citation = ESIMCSE_CITATION
     composable = True
+    streams = True
+
+    @classmethod
+    def stream_refusals(cls, recipe: Any, params: Any) -> list[tuple[tuple, str]]:
+        out = super().stream_refusals(recipe, params)
+        if recipe.data.train.streaming and params.repetition == "word":
+            out.append((("method", "repetition"), "word repetition keeps every raw sentence in memory, indexed by "
+                        "row; a stream gives each row once: use subword (the reference default) or none"))
+        return out
 
     def prepare_dataset(self, dataset: Any) -> Any:
         if self.params.repetition == "word":  # only word repetition re-reads the raw sentences

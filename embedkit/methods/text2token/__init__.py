@@ -9,11 +9,12 @@ from __future__ import annotations
 import copy
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from embedkit import paths
+from embedkit.data.stream import ColumnTexts
 from embedkit.errors import RecipeError
 from embedkit.log import log
 from embedkit.methods.base import Method, MethodParams, register, training_head
@@ -80,6 +81,7 @@ class Text2Token(Method):
     paper = "An et al., Text2Token (2025), arXiv:2510.10224 (our reading; code not public)"
     citation = TEXT2TOKEN_CITATION
     composable = True
+    streams = True  # the document frequencies are counted in one pass over the stream before training
     matryoshka = False  # the vocabulary head reads the whole embedding
 
     @classmethod
@@ -106,10 +108,25 @@ class Text2Token(Method):
         dirs.append(Path(self.ctx.recipe.output.dir) / "text2token-cache")
         return dirs
 
+    @classmethod
+    def stream_refusals(cls, recipe: Any, params: Any) -> list[tuple[tuple, str]]:
+        out = super().stream_refusals(recipe, params)
+        if recipe.data.train.streaming and params.model_targets_cache:
+            out.append((("method", "model_targets_cache"), "the cache holds the targets of every text, built before "
+                        "training and read by row; a stream gives each row once: set false (targets are computed "
+                        "per batch)"))
+        return out
+
     def prepare_dataset(self, dataset):
         """Count document frequencies over the training texts (or read them from the cache) and build
-        the head and the target builders; the dataset itself is unchanged."""
-        self._build_parts(list(dataset["text"]))
+        the head and the target builders; the dataset itself is unchanged. A stream is read once for the counts
+        (a chunk at a time)."""
+        import datasets
+
+        if isinstance(dataset, datasets.IterableDataset):
+            self._build_parts(ColumnTexts(dataset, "text"))
+        else:
+            self._build_parts(list(dataset["text"]))
         return dataset
 
     def _build_parts(self, texts: list[str]) -> None:

@@ -22,6 +22,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -212,10 +213,11 @@ def idf(df: np.ndarray | int, n_docs: int, formula: IdfFormula = "smooth") -> np
     return out if out.ndim else float(out)
 
 
-def tokenize_corpus(texts: Sequence[str], tokenizer: Any, batch_size: int = 2048) -> Iterable[list[int]]:
-    """Token ids of each text, without special tokens and without truncation."""
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start : start + batch_size])
+def tokenize_corpus(texts: Iterable[str], tokenizer: Any, batch_size: int = 2048) -> Iterable[list[int]]:
+    """Token ids of each text, without special tokens and without truncation (a batch of texts at a time: the
+    texts may be a stream)."""
+    it = iter(texts)
+    while batch := list(islice(it, batch_size)):
         enc = tokenizer(batch, add_special_tokens=False, truncation=False, verbose=False)
         yield from enc["input_ids"]
 
