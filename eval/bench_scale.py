@@ -147,7 +147,9 @@ def run_child(command: str, argv: list[str], env: dict, processes: int = 1) -> d
     launcher = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     proc = subprocess.run([*launcher, __file__, "--child", command, *argv], env=env, capture_output=True, text=True)
-    outs = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+    # Each process prints one "BENCH {json}"; under torchrun two processes' lines can share a line of the output.
+    decoder, text = json.JSONDecoder(), proc.stdout
+    outs = [decoder.raw_decode(text, i + 6)[0] for i in range(len(text)) if text.startswith("BENCH ", i)]
     if len(outs) != processes or any(o.get("rc") for o in outs):
         sys.exit(f"embedkit {command} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     if processes == 1:
