@@ -161,19 +161,21 @@ def write_recipe(
     objective: dict[str, Any] | None = None,
     output: dict[str, Any] | None = None,
     dev: dict[str, Any] | None = None,
+    replay: dict[str, Any] | None = None,
 ) -> Path:
     """A recipe for a short run of ``method`` on the tiny model: no dev set, no final evaluation, a loss
     logged at every step, a checkpoint at the end. ``training`` / ``model`` / ``method_params`` override keys;
     ``objective`` is the recipe's objective section (extra terms). ``output``: keys of the output section
     besides ``dir``; ``None``: ``keep_checkpoints: all``, so that tests read a finished run's training state (its
-    optimizer and method state), ``{}``: the defaults. ``dev``: the ``data.dev`` section (default none)."""
+    optimizer and method state), ``{}``: the defaults. ``dev``: the ``data.dev`` section (default none); ``replay``:
+    the ``data.replay`` section (default none)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = TRAIN_DATA[method](folder)
     recipe = {
         "model": {"name": str(model_path), "pooling": "cls", "mlp_only_train": True, "max_seq_length": 16,
                   **(model or {})},
-        "data": {"train": {"path": str(data)}, "dev": dev},
+        "data": {"train": {"path": str(data)}, "dev": dev, **({"replay": replay} if replay else {})},
         "method": {"name": method, **METHOD_PARAMS.get(method, {}), **(method_params or {})},
         "training": {"batch_size": 8, "max_steps": 4, "logging_steps": 1, "learning_rate": 1e-3,
                      "save_total_limit": None, "seed": 7, **(training or {})},
@@ -334,6 +336,7 @@ def kill_resume_compare(
     tmp: Path, model_path: str, method: str, training: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None, method_params: dict[str, Any] | None = None,
     objective: dict[str, Any] | None = None, keep_checkpoints: str | None = "all",
+    replay: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``method`` three ways and compare: uninterrupted; SIGKILLed right after its first checkpoint;
     that killed run resumed with ``embedkit train --resume``. Returns what the caller asserts on:
@@ -347,9 +350,9 @@ def kill_resume_compare(
     # all: the finished runs' last checkpoints keep their method state, compared below; None: the default
     output = {"keep_checkpoints": keep_checkpoints} if keep_checkpoints else {}
     full = write_recipe(tmp / "full", model_path, method, full_dir, training, model, method_params,
-                        objective=objective, output=output)
+                        objective=objective, output=output, replay=replay)
     cut = write_recipe(tmp / "cut", model_path, method, cut_dir, training, model, method_params, objective=objective,
-                       output=output)
+                       output=output, replay=replay)
 
     check_ok(run_embedkit(["train", str(full)], tmp), "uninterrupted run")
     killed = run_embedkit(["train", str(cut)], tmp, sigkill_after_save=True)

@@ -88,6 +88,24 @@ def build_dataset(recipe: Recipe, train_data: Any, method_cls: Any) -> Any:
     return train_data.to_dataset(roles), train_data
 
 
+def replay_rows(recipe: Recipe, data_dir: str | None, world_size: int, rank: int) -> Any:
+    """The rows ``data.replay`` names, as the seeded stream the distill term draws from each step
+    (:class:`embedkit.losses.distill.ReplayRows`; docs/continual.md)."""
+    from embedkit.losses.distill import ReplayRows
+    from embedkit.paths import resolve_data_dir
+    from embedkit.recipe import replay_rows_per_step
+    from embedkit.validate import check_replay_data
+
+    r, t = recipe.data.replay, recipe.training
+    data = check_replay_data(recipe, resolve_data_dir(data_dir))
+    k = replay_rows_per_step(t.batch_size, r.share)
+    rows = ReplayRows([[str(x) for x in col] for col in data.columns.values()], k,
+                      r.seed if r.seed is not None else t.seed, world_size, rank, data.description)
+    log(f"replay: {k} rows a step ({len(data.columns)} text(s) each) from {data.description} ({len(rows)} rows), "
+        f"beside {t.batch_size} new rows: {k / (k + t.batch_size):.3f} of each step's rows")
+    return rows
+
+
 @dataclass
 class Plan:
     """What :func:`reserve` decided before anything was written."""
@@ -378,7 +396,9 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         dataset = method.prepare_dataset(dataset)
         from embedkit.losses.objective import compose
 
-        loss = compose(method.build_loss(), recipe, model)  # GradCache, gathering, Matryoshka, objective terms
+        replay = replay_rows(recipe, data_dir, world_size, rank) if recipe.data.replay is not None else None
+        # GradCache, gathering, Matryoshka, objective terms (the distill term reads the replayed rows)
+        loss = compose(method.build_loss(), recipe, model, replay)
 
     t = recipe.training
     global_batch, per_device = t.batch_size, check_batch_split(recipe, world_size)  # load_recipe refused it already
@@ -406,6 +426,9 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     results["overlap"], overlap_notes = run_overlap(train_data, recipe, data_dir, dev_pairs, final_sets)
     for note in overlap_notes:
         log(f"overlap: {note}")
+    if not multi and replay is not None:
+        results["train"]["replay"] = {"source": replay.source, "rows": len(replay), "share": recipe.data.replay.share,
+                                      "rows_per_step": replay.rows_per_step, "seed": replay.seed}
     if multi:
         results["train"]["tasks"] = tasks.summary
         results["train"]["sampler"] = recipe.method.model_dump()["sampler"]
@@ -461,7 +484,9 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
         **({"multi_dataset_batch_sampler": tasks.sampler} if multi else {}),
         disable_tqdm=not show_bars(progress),
     )
-    callbacks = method.callbacks(loss) + ([PlainProgress()] if progress is None and args.disable_tqdm else [])
+    term_callbacks = loss.callbacks() if not multi and hasattr(loss, "callbacks") else []
+    callbacks = method.callbacks(loss) + term_callbacks + ([PlainProgress()] if progress is None and args.disable_tqdm
+                                                           else [])
     trainer = (tasks.make_trainer if multi else EmbedkitTrainer)(
         model=model, args=args, train_dataset=dataset, loss=loss,
         evaluator=make_dev_evaluator(dev_pairs) if dev_pairs is not None else None,
