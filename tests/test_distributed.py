@@ -163,7 +163,8 @@ def compare_two_with_one(method: str, tmp_path: Path, spread_model_path: str, tr
     last1, last2 = checkpoint_dirs(single_dir)[-1], checkpoint_dirs(multi_dir)[-1]
     assert last1.name == last2.name == f"checkpoint-{STEPS}"
     s1, s2 = method_state(last1), method_state(last2)
-    if method in ("cosent", "st-loss") or model.get("mlp_only_train") is False and method == "simcse-unsup":
+    if method in ("cosent", "st-loss") or model.get("mlp_only_train") is False and method in ("simcse-unsup",
+                                                                                                 "contrastive"):
         assert not s1 and not s2  # no loss-owned state (the teacher is not saved)
         return
     assert s1, "expected loss-owned state (training-only head, momentum encoder, queue, stage step)"
