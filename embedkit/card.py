@@ -571,6 +571,9 @@ def _training_lines(results: dict[str, Any], method: str, paper: str | None) -> 
     lora = (recipe.get("model") or {}).get("lora")
     if isinstance(lora, dict):
         lines.append(_lora_line(lora, train.get("trainable_parameters")))
+    replay = ((recipe.get("data") or {}).get("replay"))
+    if isinstance(replay, dict):
+        lines.append(_replay_line(replay, recipe, train.get("replay")))
     for label, key in (("Steps", "global_step"), ("Precision", "precision"), ("Processes", "world_size")):
         if train.get(key) is not None:
             lines.append(f"- **{label}:** {train[key]}")
@@ -581,6 +584,20 @@ def _training_lines(results: dict[str, Any], method: str, paper: str | None) -> 
         lines.append(f"- **Selected checkpoint:** `{Path(str(train['best_checkpoint'])).name}`")
     return lines + [f"- **Hardware:** {results.get('hardware', 'unknown')}",
                     f"- **Time:** {_duration(results.get('seconds'))}"]
+
+
+def _replay_line(replay: dict[str, Any], recipe: dict[str, Any], record: Any) -> str:
+    """Fine-tuning without forgetting (docs/continual.md): what was replayed and what held it to which teacher."""
+    terms = (recipe.get("objective") or {}).get("terms") or []
+    distill = next((t for t in terms if isinstance(t, dict) and t.get("name") == "distill"), {})
+    per_step = f"{record['rows_per_step']} rows a step" if isinstance(record, dict) and "rows_per_step" in record \
+        else f"share {replay.get('share')}"
+    teacher = distill.get("teacher", "initial")
+    teacher = "the starting model, frozen" if teacher == "initial" else f"`{teacher}`, frozen"
+    return (f"- **Replay and distillation (fine-tuning without forgetting, COCONUT):** rows of "
+            f"`{Path(str(replay.get('path'))).name}` replayed in every step ({per_step}, share {replay.get('share')} "
+            f"of its rows), their embeddings held to {teacher} by `distill` (mode `{distill.get('mode', 'cosine')}`, "
+            f"weight {distill.get('weight', 1.0)}); the method's own loss trains on the new rows only")
 
 
 def render_sections(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:

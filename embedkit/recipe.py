@@ -343,10 +343,34 @@ DevSets = Annotated[
 _UNION_TAGS = ("one", "many")  # the discriminator's tags: not keys of the recipe (error locations drop them)
 
 
+class ReplaySection(Section):
+    """Rows of an earlier data set drawn into every training step at a set share (experience replay,
+    docs/continual.md): their texts are embedded with the step's batch and held to a frozen teacher by the
+    ``distill`` objective term."""
+
+    path: str = Field(description="local file of the earlier task's rows; may start with {data_dir}")
+    format: Literal["auto", "text", "csv", "tsv", "jsonl", "sick", "stsb"] = "auto"
+    columns: list[str] | None = Field(None, min_length=1, description="the text columns to replay (default: every "
+                                      "column; stsb: sentence1, sentence2; sick: anchor, positive, negative)")
+    share: float = Field(gt=0, lt=1, description="replayed rows / all rows of a step; the step keeps its "
+                         "training.batch_size new rows and adds round(batch_size · share / (1 − share)) replayed ones")
+    max_samples: int | None = Field(None, gt=0, description="replay only the first N rows of the file")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="seed of the replay order (default: "
+                                                                   "training.seed)")
+
+
+def replay_rows_per_step(batch_size: int, share: float) -> int:
+    """Replayed rows in a step of ``batch_size`` new rows, so that they are ``share`` of its rows:
+    round(batch_size · share / (1 − share))."""
+    return round(batch_size * share / (1 - share))
+
+
 class DataSection(Section):
     train: TrainSources = Field(description="one source, or a list of named sources each with its own method "
                                             "(a multi-task recipe, docs/multitask.md)")
     dev: DevSets | None = Field(default_factory=DevSection, description="one dev set, or a list of weighted ones")
+    replay: ReplaySection | None = Field(None, description="rows of an earlier task replayed in every step, held to "
+                                         "a frozen teacher by objective term distill (docs/continual.md)")
 
     @field_validator("train")
     @classmethod

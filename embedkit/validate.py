@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from embedkit import distributed, model_files, paths
 from embedkit.data.heldout import remove_heldout, split_heldout
 from embedkit.data.ranking import ranking_name, read_beir, read_rerank
-from embedkit.data.sources import infer_format, read_corpus, read_local
+from embedkit.data.sources import infer_format, read_corpus, read_local, read_replay
 from embedkit.errors import DataError, RecipeError
 from embedkit.log import notice
 from embedkit.methods import bound_method, get_method
@@ -38,6 +38,7 @@ from embedkit.recipe import (
     is_multitask,
     parse_recipe,
     per_device_batch,
+    replay_rows_per_step,
     task_recipes,
     where_of,
 )
@@ -101,6 +102,7 @@ def load_recipe_with_data(
     world = distributed.world_size()
     if world > 1:  # under torchrun / accelerate: the global batch must split evenly now
         check_batch_split(recipe, world, source, lines)
+    _check_replay_options(recipe, world, source, lines)
     _check_lora(recipe, source, lines)
     _check_schedule(recipe, source, lines)
 
@@ -118,10 +120,102 @@ def load_recipe_with_data(
         for hub in dev_hubs:
             _check_dev_hub(*hub)
         _check_method_models(recipe, method, validated, source, lines)
+        check_replay_data(recipe, resolved_dir, source, lines)
+        _check_teachers(recipe, source, lines)
         _check_environment(recipe, resolved_dir, source, lines, checks)
         for note in notes:
             notice(note)
     return recipe, train_data
+
+
+def _distill_terms(recipe: Recipe) -> list[tuple[int, Any]]:
+    terms = recipe.objective.terms if recipe.objective is not None else []
+    return [(i, t) for i, t in enumerate(terms) if t.name == "distill"]
+
+
+def _check_replay_options(recipe: Recipe, world: int, source: str, lines: dict, multi: bool = False) -> None:
+    """``data.replay`` and the ``distill`` term come together (the term reads only the replayed rows; replayed rows
+    nothing reads would be drawn for nothing), in a single-source recipe, with at least one replayed row a step,
+    split evenly over the processes (docs/continual.md)."""
+    replay, distill, errors = recipe.data.replay, _distill_terms(recipe), []
+    if multi and replay is not None:
+        errors.append((("data", "replay"), "a multi-task recipe trains the earlier task as a source of its own "
+                       "(docs/multitask.md); data.replay with the distill term is for a single-source recipe"))
+    elif replay is None:
+        errors += [(("objective", "terms", i, "name"), "term distill holds replayed rows to a frozen teacher; set "
+                    "data.replay (the earlier task's rows: path, share)") for i, _ in distill]
+    else:
+        if not distill:
+            errors.append((("data", "replay"), "replayed rows are read only by the objective term distill: add "
+                           "{name: distill} to objective.terms, or remove data.replay"))
+        batch = recipe.training.batch_size
+        k = replay_rows_per_step(batch, replay.share)
+        if k < 1:
+            errors.append((("data", "replay", "share"), f"{replay.share} of a step of {batch} new rows rounds to 0 "
+                           "replayed rows; raise the share"))
+        elif k % world:
+            errors.append((("data", "replay", "share"), f"{k} replayed rows a step (share {replay.share} of {batch} "
+                           f"new rows) do not split evenly over {world} processes; choose a share that gives a "
+                           "multiple"))
+    if errors:
+        raise RecipeError("\n".join(f"{_where(source, lines, key)}: {why}" for key, why in errors))
+
+
+def replay_file(recipe: Recipe, data_dir: Path | None, source: str = "recipe", lines: dict | None = None) -> str:
+    """The local file ``data.replay.path`` names (``{data_dir}`` expanded); refused when missing."""
+    where = _where(source, lines or {}, ("data", "replay", "path"))
+    path = _local_file(recipe.data.replay.path, None, data_dir, where, "", [])
+    assert path is not None
+    return path
+
+
+def check_replay_data(recipe: Recipe, data_dir: Path | None, source: str = "recipe",
+                      lines: dict | None = None) -> Any:
+    """The replayed rows, read in full (``None`` without ``data.replay``): a missing file, a bad row or column, a
+    file a ``data.dev`` slice is held out of (its rows would reach training), too few texts a step for ``kl``."""
+    replay = recipe.data.replay
+    if replay is None:
+        return None
+    lines = lines or {}
+    path = replay_file(recipe, data_dir, source, lines)
+    where = _where(source, lines, ("data", "replay", "path"))
+    held = heldout_devs(recipe, path, data_dir)
+    if held:
+        raise RecipeError(f"{where}: {path} is the file {held[0][1]}.split_from_train holds a selection slice out of; "
+                          "replaying it would train on that slice: replay another file")
+    try:
+        data = read_replay(replay, path)
+    except DataError as err:
+        raise RecipeError(f"{where}: {err}") from None
+    texts = replay_rows_per_step(recipe.training.batch_size, replay.share) * len(data.columns)
+    for _, term in _distill_terms(recipe):
+        if (term.model_extra or {}).get("mode") == "kl" and texts < 2 * distributed.world_size():
+            raise RecipeError(f"{_where(source, lines, ('data', 'replay', 'share'))}: term distill mode kl compares "
+                              f"each replayed text with the step's others; {texts} text(s) a step leave none to compare"
+                              "; raise the share")
+    return data
+
+
+def _check_teachers(recipe: Recipe, source: str, lines: dict) -> None:
+    """A distill term's named teacher, checked as ``model.name`` is; for ``cosine`` / ``mse`` its embedding width
+    must be the model's (read from the files where they are at hand)."""
+    for i, term in _distill_terms(recipe):
+        extra = term.model_extra or {}
+        teacher = extra.get("teacher", "initial")
+        if teacher == "initial":
+            continue
+        where = _where(source, lines, ("objective", "terms", i, "teacher"))
+        try:
+            check_model(teacher, what=where, trust_remote_code=recipe.model.trust_remote_code)
+        except ModelRefError as err:
+            raise RecipeError(str(err)) from None
+        mode = extra.get("mode", "cosine")
+        if mode != "kl":
+            tw = model_files.embedding_width(teacher, None)
+            sw = model_files.embedding_width(recipe.model.name, recipe.model.pooling, recipe.model.revision)
+            if tw is not None and sw is not None and tw != sw:
+                raise RecipeError(f"{where}: {teacher} embeds in {tw} dimensions, the model in {sw}; mode {mode} "
+                                  "compares the embeddings themselves: use mode kl (similarity distributions)")
 
 
 def _check_one_batch(recipe: Recipe, data: Any, world: int, source: str, lines: dict) -> None:
@@ -532,6 +626,7 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
         errors += _check_source_method(i, src, view, source, lines)
     if errors:
         raise RecipeError("\n".join(errors))
+    _check_replay_options(recipe, world, source, lines, multi=True)
     if world > 1:
         check_batch_split(recipe, world, source, lines)
     _check_lora(recipe, source, lines)

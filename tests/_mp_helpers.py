@@ -162,20 +162,22 @@ def write_recipe(
     output: dict[str, Any] | None = None,
     dev: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
+    replay: dict[str, Any] | None = None,
 ) -> Path:
     """A recipe for a short run of ``method`` on the tiny model: no dev set, no final evaluation, a loss
     logged at every step, a checkpoint at the end. ``training`` / ``model`` / ``method_params`` override keys;
     ``objective`` is the recipe's objective section (extra terms). ``output``: keys of the output section
     besides ``dir``; ``None``: ``keep_checkpoints: all``, so that tests read a finished run's training state (its
     optimizer and method state), ``{}``: the defaults. ``dev``: the ``data.dev`` section (default none); ``train``: keys
-    of ``data.train`` besides ``path`` (``{"streaming": True}``)."""
+    of ``data.train`` besides ``path`` (``{"streaming": True}``); ``replay``: the ``data.replay`` section (default
+    none)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = TRAIN_DATA[method](folder)
     recipe = {
         "model": {"name": str(model_path), "pooling": "cls", "mlp_only_train": True, "max_seq_length": 16,
                   **(model or {})},
-        "data": {"train": {"path": str(data), **(train or {})}, "dev": dev},
+        "data": {"train": {"path": str(data), **(train or {})}, "dev": dev, **({"replay": replay} if replay else {})},
         "method": {"name": method, **METHOD_PARAMS.get(method, {}), **(method_params or {})},
         "training": {"batch_size": 8, "max_steps": 4, "logging_steps": 1, "learning_rate": 1e-3,
                      "save_total_limit": None, "seed": 7, **(training or {})},
@@ -337,6 +339,7 @@ def kill_resume_compare(
     model: dict[str, Any] | None = None, method_params: dict[str, Any] | None = None,
     objective: dict[str, Any] | None = None, keep_checkpoints: str | None = "all",
     train: dict[str, Any] | None = None,
+    replay: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``method`` three ways and compare: uninterrupted; SIGKILLed right after its first checkpoint;
     that killed run resumed with ``embedkit train --resume``. Returns what the caller asserts on:
@@ -350,9 +353,9 @@ def kill_resume_compare(
     # all: the finished runs' last checkpoints keep their method state, compared below; None: the default
     output = {"keep_checkpoints": keep_checkpoints} if keep_checkpoints else {}
     full = write_recipe(tmp / "full", model_path, method, full_dir, training, model, method_params,
-                        objective=objective, output=output, train=train)
+                        objective=objective, output=output, train=train, replay=replay)
     cut = write_recipe(tmp / "cut", model_path, method, cut_dir, training, model, method_params, objective=objective,
-                       output=output, train=train)
+                       output=output, train=train, replay=replay)
 
     check_ok(run_embedkit(["train", str(full)], tmp), "uninterrupted run")
     killed = run_embedkit(["train", str(cut)], tmp, sigkill_after_save=True)

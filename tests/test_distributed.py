@@ -106,16 +106,16 @@ def test_no_duplicates_two_processes_equal_one_process(tmp_path: Path, spread_mo
 
 def compare_two_with_one(method: str, tmp_path: Path, spread_model_path: str, training: dict | None = None,
                          model: dict | None = None, objective: dict | None = None,
-                         params: dict | None = None) -> None:
+                         params: dict | None = None, replay: dict | None = None) -> None:
     params = {**PARAMS.get(method, {}), **(params or {})}
     model = {"dropout": 0.0, **MODEL.get(method, {}), **(model or {})}
     common = {"max_steps": STEPS, "seed": 11, **(training or {})}
     multi_dir, single_dir = tmp_path / "two", tmp_path / "one"
     # The same global batch in both recipes (training.batch_size is global): 2 × PER_DEVICE.
     multi = write_recipe(tmp_path / "r2", spread_model_path, method, multi_dir,
-                         {**common, "batch_size": 2 * PER_DEVICE}, model, params, objective=objective)
+                         {**common, "batch_size": 2 * PER_DEVICE}, model, params, objective=objective, replay=replay)
     single = write_recipe(tmp_path / "r1", spread_model_path, method, single_dir,
-                          {**common, "batch_size": 2 * PER_DEVICE}, model, params, objective=objective)
+                          {**common, "batch_size": 2 * PER_DEVICE}, model, params, objective=objective, replay=replay)
 
     proc = run_torchrun(["train", str(multi)], tmp_path, nproc=2)
     check_ok(proc, "torchrun --nproc_per_node 2")
@@ -163,7 +163,8 @@ def compare_two_with_one(method: str, tmp_path: Path, spread_model_path: str, tr
     last1, last2 = checkpoint_dirs(single_dir)[-1], checkpoint_dirs(multi_dir)[-1]
     assert last1.name == last2.name == f"checkpoint-{STEPS}"
     s1, s2 = method_state(last1), method_state(last2)
-    if method in ("cosent", "st-loss") or model.get("mlp_only_train") is False and method == "simcse-unsup":
+    if method in ("cosent", "st-loss") or model.get("mlp_only_train") is False and method in ("simcse-unsup",
+                                                                                                 "contrastive"):
         assert not s1 and not s2  # no loss-owned state (the teacher is not saved)
         return
     assert s1, "expected loss-owned state (training-only head, momentum encoder, queue, stage step)"

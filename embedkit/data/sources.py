@@ -665,3 +665,21 @@ def read_train_source(src: Any, method_name: str, roles: Sequence[str], types: T
             f"the dataset gives {list(data.columns)}; select them with data.train.columns"
         )
     return data
+
+
+# The text columns a replayed file of a fixed-column format gives by default (the score is not replayed).
+_REPLAY_TEXT_COLUMNS = {"stsb": ["sentence1", "sentence2"], "sick": ["anchor", "positive", "negative"]}
+
+
+def read_replay(replay: Any, path: str) -> TrainData:
+    """The rows ``data.replay`` names (already resolved to the local file ``path``): its text columns
+    (``replay.columns``, by default every column; ``stsb``: sentence1 and sentence2), every value a non-empty text,
+    the first ``max_samples`` rows when set. Raises :class:`DataError` naming the file and line."""
+    fmt = infer_format(path, replay.format)
+    columns = replay.columns or _REPLAY_TEXT_COLUMNS.get(fmt)
+    data = read_local(path, fmt, columns, kind="replay", types=lambda n: (TEXT,) * n)
+    if replay.max_samples:
+        data.keep_first(replay.max_samples)
+    if len(data) == 0:
+        raise DataError(f"{path}: no rows to replay")
+    return data

@@ -182,12 +182,13 @@ def resolve_tasks(names: list[str], benchmark: str | None, data_dir: str | os.Pa
 
 
 def _training_datasets(recipe: dict[str, Any] | None) -> set[str]:
-    """mteb task names whose data a training recipe used (train set, or STS-B dev for checkpoint selection)."""
+    """mteb task names whose data a training recipe used (train set, replayed rows, or STS-B dev for checkpoint
+    selection)."""
     if not recipe:
         return set()
     out: set[str] = set()
     data = recipe.get("data") or {}
-    for section in ("train", "dev"):
+    for section in ("train", "dev", "replay"):
         entries = data.get(section) or {}  # a list: the sources of a multi-task recipe, or weighted dev sets
         text = " ".join(str(entry.get(k) or "") for entry in (entries if isinstance(entries, list) else [entries])
                         for k in ("path", "hub"))

@@ -41,7 +41,7 @@ from typing import Any
 from embedkit import paths
 from embedkit.data.classification import read_classification
 from embedkit.data.ranking import RerankSet, read_rerank
-from embedkit.data.sources import read_corpus, read_local
+from embedkit.data.sources import read_corpus, read_local, read_replay
 from embedkit.data.sts import read_stsb
 from embedkit.errors import EmbedkitError
 from embedkit.recipe import RECIPES_DIR
@@ -419,6 +419,10 @@ def index_training(data: Any, recipe: Any = None, data_dir: str | Path | None = 
             if mine is not None and mine.corpus:
                 path = paths.expand(mine.corpus, paths.resolve_data_dir(data_dir))
                 index.add_texts(read_corpus(path), f"mining corpus {path}")
+        replay = getattr(recipe.data, "replay", None)
+        if replay is not None:  # replayed rows are trained on too (docs/continual.md)
+            path = paths.expand(replay.path, paths.resolve_data_dir(data_dir))
+            index.add_data(read_replay(replay, path), "replay")
     return index, notes
 
 

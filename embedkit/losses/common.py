@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from embedkit import distributed
+from embedkit.model_ref import load_model
 from embedkit.modeling import DEFAULT_INITIALIZER_RANGE, init_linear_
 
 
@@ -116,3 +117,12 @@ def gather_no_grad(x: Tensor, enabled: bool = True) -> Tensor:
 def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
     """Pairwise cosine similarity, ``a`` (n×d) against ``b`` (m×d)."""
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+def frozen_model(name: str, like: nn.Module) -> nn.Module:
+    """A guide or teacher: loaded on the trained model's device, in eval mode, never trained (sentence-transformers
+    computes a guide under ``no_grad`` either way; the distill term's named teacher)."""
+    other, _ = load_model(name, device=str(like.device))
+    other.eval()
+    other.requires_grad_(False)
+    return other

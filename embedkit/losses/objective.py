@@ -188,6 +188,10 @@ class ComposedLoss(CachedLossMixin, nn.Module):
             out["terms"] = [term.get_config_dict() for term in self.terms]
         return out
 
+    def callbacks(self) -> list[Any]:
+        """The trainer callbacks the composed terms need (the distill term's step counter)."""
+        return [cb for term in self.terms for cb in (term.callbacks() if hasattr(term, "callbacks") else [])]
+
     @property
     def uses_gradient_cache(self) -> bool:  # type: ignore[override]
         """Whether the backward pass re-embeds mini-batches (sentence-transformers' wrappers check this)."""
@@ -201,7 +205,11 @@ class ComposedLoss(CachedLossMixin, nn.Module):
     # ---- the composition --------------------------------------------------------------------------------
 
     def objective(self, views: list[Tensor], batch: ViewBatch) -> dict[str, Tensor] | Tensor:
-        """The method's loss, or the dict of weighted named terms when anything is composed onto it."""
+        """The method's loss, or the dict of weighted named terms when anything is composed onto it. Views past
+        the method's columns are replayed rows (``data.replay``): they go to the terms
+        (``batch.extra["replay_views"]``), never to the method's score."""
+        if len(views) > len(batch.columns):
+            views, batch.extra["replay_views"] = views[:len(batch.columns)], views[len(batch.columns):]
         if not self.composed:
             return self.score(views, batch)
         out: dict[str, Tensor] = {}
@@ -222,10 +230,12 @@ class ComposedLoss(CachedLossMixin, nn.Module):
         batch = self.plan(list(sentence_features), labels)
         for term in self.terms:
             term.prepare(batch, self)
+        # Replayed rows (the distill term's) are embedded in the same pass as the method's views.
+        columns = batch.columns + batch.extra.get("replay_columns", [])
         if self.mini_batch_size:
             self._batch, self._deferred = batch, []
             try:
-                total = self.forward_cached(batch.columns, labels)
+                total = self.forward_cached(columns, labels)
                 deferred, self._deferred = self._deferred, []
             finally:
                 self._batch = None
@@ -236,7 +246,7 @@ class ComposedLoss(CachedLossMixin, nn.Module):
             if self.composed:
                 out = _around_total(total, self._components)
         else:
-            out = self.objective(self.encode(batch.columns), batch)
+            out = self.objective(self.encode(columns), batch)
         if self.model.training:
             self.after(batch)
         return out
@@ -312,11 +322,13 @@ def complete_matryoshka(recipe: Any, width: int | None) -> None:
         f"full embedding trains too; the run uses and records {recipe.training.matryoshka_dims}")
 
 
-def compose(loss: nn.Module, recipe: Any, model: nn.Module) -> nn.Module:
+def compose(loss: nn.Module, recipe: Any, model: nn.Module, replay: Any = None) -> nn.Module:
     """The framework's composition point (:func:`embedkit.training.run.setup` calls it on the method's loss):
     apply the recipe's ``training.mini_batch_size``, ``gather_across_devices``, ``matryoshka_dims`` /
-    ``matryoshka_weights`` and ``objective`` terms. Validation has already refused what a method cannot honour;
-    a loss that is not a :class:`ComposedLoss` is returned as is when nothing is asked of it."""
+    ``matryoshka_weights`` and ``objective`` terms; ``replay``: the replayed rows of ``data.replay``
+    (:class:`embedkit.losses.distill.ReplayRows`), handed to the terms that read them. Validation has already
+    refused what a method cannot honour; a loss that is not a :class:`ComposedLoss` is returned as is when nothing
+    is asked of it."""
 
     t, objective = recipe.training, recipe.objective
     if not isinstance(loss, ComposedLoss):
@@ -335,7 +347,12 @@ def compose(loss: nn.Module, recipe: Any, model: nn.Module) -> nn.Module:
     terms = []
     for entry in objective.terms if objective is not None else []:
         params = term_info(entry.name).params.model_validate(entry.model_dump())
-        terms.append(build_term(params, model))
+        term = build_term(params, model)
+        if term_info(entry.name).needs == "replay":
+            if replay is None:
+                raise RecipeError(f"objective term {entry.name} needs data.replay (rows to hold to the teacher)")
+            term.attach(replay)
+        terms.append(term)
     return loss.configure(
         mini_batch_size=t.mini_batch_size, gather_across_devices=t.gather_across_devices,
         matryoshka_dims=t.matryoshka_dims, matryoshka_weights=t.matryoshka_weights, terms=terms,

@@ -5,7 +5,8 @@ A term is an ``nn.Module`` called as ``term(views, batch, loss)`` on the views' 
 loss and logs it as ``loss_<name>``. Each term declares what it needs from a method:
 
 * ``pairs``: an anchor and its positive per row (alignment, CWCL);
-* ``batch``: only embeddings of the batch (uniformity).
+* ``batch``: only embeddings of the batch (uniformity);
+* ``replay``: the replayed rows of ``data.replay`` (distill), embedded beside the method's views.
 
 This module imports no torch: recipes are validated with it before any model loads.
 """
@@ -41,17 +42,28 @@ class CWCLParams(TermParams):
     teacher: Literal["initial"] = Field("initial", description="initial: the starting model, frozen")
 
 
+class DistillParams(TermParams):
+    mode: Literal["cosine", "mse", "kl"] = Field(
+        "cosine", description="cosine: mean 1 − cos(student, teacher) per text; mse: mean squared difference of the "
+        "embeddings; kl: KL(teacher ‖ student) of each text's softmax over its cosines to the step's other replayed "
+        "texts / temperature")
+    temperature: float = Field(0.05, gt=0, description="kl only: τ of both softmaxes")
+    teacher: str = Field("initial", min_length=1, description="initial: the starting model, frozen; else a model "
+                         "folder, packaged model or Hub id (frozen)")
+
+
 @dataclass(frozen=True)
 class TermInfo:
     params: type[TermParams]
     target: str  # "module:Class" built as Class(params, model)
-    needs: Literal["pairs", "batch"]
+    needs: Literal["pairs", "batch", "replay"]
 
 
 TERMS: dict[str, TermInfo] = {
     "alignment": TermInfo(AlignmentParams, "embedkit.losses.alignment_uniformity:AlignmentTerm", "pairs"),
     "uniformity": TermInfo(UniformityParams, "embedkit.losses.alignment_uniformity:UniformityTerm", "batch"),
     "cwcl": TermInfo(CWCLParams, "embedkit.losses.cwcl:CWCLTerm", "pairs"),
+    "distill": TermInfo(DistillParams, "embedkit.losses.distill:DistillTerm", "replay"),
 }
 
 

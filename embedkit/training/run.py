@@ -42,12 +42,20 @@ from embedkit.methods import bound_method
 from embedkit.methods.base import TrainContext
 from embedkit.model_ref import hub_id_for, load_model
 from embedkit.outputs import require_space, size_text, tensor_bytes, writing
-from embedkit.paths import atomic_path
-from embedkit.recipe import METRIC_LABELS, Overrides, Recipe, RecipeInput, is_multitask, recipe_to_yaml
+from embedkit.paths import atomic_path, resolve_data_dir
+from embedkit.recipe import (
+    METRIC_LABELS,
+    Overrides,
+    Recipe,
+    RecipeInput,
+    is_multitask,
+    recipe_to_yaml,
+    replay_rows_per_step,
+)
 from embedkit.training import checkpoints, rundir
 from embedkit.training.mine import mine_for_training
 from embedkit.training.rundir import CHECKPOINTS, RESULTS, RunFolder
-from embedkit.validate import check_batch_split, load_recipe_with_data
+from embedkit.validate import check_batch_split, check_replay_data, load_recipe_with_data
 
 # The packages recorded in a run's results.json.
 TRAINING_PACKAGES = ("embedkit", "torch", "transformers", "sentence-transformers", "datasets", "accelerate", "mteb")
@@ -127,6 +135,21 @@ def _stream_order(recipe: Recipe, dataset: Any, train_data: Any, checkpoint: Pat
     log(f"streaming: resuming at row {step * t.batch_size:,} of the stream (step {step} × global batch "
         f"{t.batch_size}), skipped without tokenising")
     return stream.skip_rows(order, step * t.batch_size)
+
+
+def replay_rows(recipe: Recipe, data_dir: str | None, world_size: int, rank: int) -> Any:
+    """The rows ``data.replay`` names, as the seeded stream the distill term draws from each step
+    (:class:`embedkit.losses.distill.ReplayRows`; docs/continual.md)."""
+    from embedkit.losses.distill import ReplayRows
+
+    r, t = recipe.data.replay, recipe.training
+    data = check_replay_data(recipe, resolve_data_dir(data_dir))
+    k = replay_rows_per_step(t.batch_size, r.share)
+    rows = ReplayRows([[str(x) for x in col] for col in data.columns.values()], k,
+                      r.seed if r.seed is not None else t.seed, world_size, rank, data.description)
+    log(f"replay: {k} rows a step ({len(data.columns)} text(s) each) from {data.description} ({len(rows)} rows), "
+        f"beside {t.batch_size} new rows: {k / (k + t.batch_size):.3f} of each step's rows")
+    return rows
 
 
 @dataclass
@@ -392,6 +415,7 @@ class Parts:
     make_trainer: Callable[..., Any]
     extra_args: dict[str, Any] = field(default_factory=dict)  # training arguments only a multi-task run sets
     tasks: Any = None  # the Tasks of a multi-task run: its summary, whether its sampler mixes sources
+    replay: Any = None  # data.replay's rows (ReplayRows), drawn into each step by the distill term
 
 
 def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, checkpoint: Path | None,
@@ -437,6 +461,10 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     results["overlap"], overlap_notes = run_overlap(parts.train_data, recipe, data_dir, dev_pairs, final_sets)
     for note in overlap_notes:
         log(f"overlap: {note}")
+    if parts.replay is not None:
+        r = parts.replay
+        results["train"]["replay"] = {"source": r.source, "rows": len(r), "share": recipe.data.replay.share,
+                                      "rows_per_step": r.rows_per_step, "seed": r.seed}
     if parts.tasks is not None:
         results["train"]["tasks"] = parts.tasks.summary
         results["train"]["sampler"] = recipe.method.model_dump()["sampler"]
@@ -450,8 +478,10 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     log(describe_trackers(trackers, t.report_to, work))
     args = training_args(recipe, work, world_size, precision, trackers, dev_pairs.metric_key if dev_pairs else None,
                          parts.hooks.batch_sampler(), parts.prompts, progress, **parts.extra_args)
-    callbacks = parts.hooks.callbacks(parts.loss) + ([PlainProgress()] if progress is None and args.disable_tqdm
-                                                     else [])
+    # The method's callbacks, then its objective terms' (the distill term's replay step), then plain progress.
+    term_callbacks = parts.loss.callbacks() if hasattr(parts.loss, "callbacks") else []
+    callbacks = (parts.hooks.callbacks(parts.loss) + term_callbacks
+                 + ([PlainProgress()] if progress is None and args.disable_tqdm else []))
     trainer = parts.make_trainer(
         model=model, args=args, train_dataset=parts.dataset, loss=parts.loss,
         evaluator=make_dev_evaluator(dev_pairs) if dev_pairs is not None else None,
@@ -512,9 +542,11 @@ def data_and_loss(recipe: Recipe, train_data: Any, model: Any, work: Path, data_
     dataset = method.prepare_dataset(dataset)
     if _streaming(recipe):
         dataset = _stream_order(recipe, dataset, train_data, checkpoint)
-    loss = compose(method.build_loss(), recipe, model)  # GradCache, gathering, Matryoshka, objective terms
+    replay = replay_rows(recipe, data_dir, world_size, rank) if recipe.data.replay is not None else None
+    # GradCache, gathering, Matryoshka, objective terms (the distill term reads the replayed rows)
+    loss = compose(method.build_loss(), recipe, model, replay)
     return Parts(dataset, loss, train_data, _row_count(train_data, dataset, False), method,
-                 method_cls.training_prompts(recipe, dataset.column_names) or None, EmbedkitTrainer)
+                 method_cls.training_prompts(recipe, dataset.column_names) or None, EmbedkitTrainer, replay=replay)
 
 
 def training_args(recipe: Recipe, work: Path, world_size: int, precision: str, trackers: list[str],

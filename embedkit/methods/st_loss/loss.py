@@ -12,9 +12,9 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sentence_transformer import losses as st_losses
 from torch import Tensor, nn
 
+from embedkit.losses.common import frozen_model
 from embedkit.losses.objective import ComposedLoss, ViewBatch
 from embedkit.methods.st_loss.signature import SIMILARITY_FUNCTIONS, signature
-from embedkit.model_ref import load_model
 
 
 def loss_kwargs(params: Any, gather_across_devices: bool) -> dict[str, Any]:
@@ -80,15 +80,6 @@ class STComposedLoss(ComposedLoss):
 
     def score(self, views: list[Tensor], batch: ViewBatch) -> Tensor:
         return self.st_loss.compute_loss_from_embeddings(views, batch.labels)
-
-
-def frozen_model(name: str, like: nn.Module) -> nn.Module:
-    """A guide or teacher: loaded on the trained model's device, in eval mode, never trained (sentence-transformers
-    computes a guide under ``no_grad`` either way)."""
-    other, _ = load_model(name, device=str(like.device))
-    other.eval()
-    other.requires_grad_(False)
-    return other
 
 
 def teacher_labels(method: Any, dataset: Any) -> Any:
