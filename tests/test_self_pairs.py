@@ -12,15 +12,10 @@ import pytest
 import torch
 from _mp_helpers import (
     METHOD_PARAMS,
-    bitwise_equal,
-    check_ok,
     checkpoint_dirs,
-    final_weights,
     kill_resume_compare,
     method_state,
     run_in_process,
-    run_torchrun,
-    step_losses,
     write_recipe,
 )
 
@@ -214,21 +209,9 @@ def test_sigkill_then_resume_on_a_round_boundary_is_exact(tmp_path, spread_model
 @pytest.mark.multiproc
 def test_two_processes_equal_one_process(tmp_path, spread_model_path):
     """Under torchrun rank 0's pairs are broadcast and the candidates gathered: the two processes train on the
-    pairs, losses and weights of one process with the same global batch."""
-    params = METHOD_PARAMS["self-pairs"] | {"remine_every": 2}
-    model = {"pooling": "mean", "mlp_only_train": False, "dropout": 0.0}
-    # drop_last in both: several processes always drop a short last global batch (21 pairs: one step an epoch).
-    training = {"batch_size": 16, "max_steps": 4, "seed": 11, "drop_last": True}
-    two = write_recipe(tmp_path / "r2", spread_model_path, "self-pairs", tmp_path / "two", training, model, params)
-    one = write_recipe(tmp_path / "r1", spread_model_path, "self-pairs", tmp_path / "one", training, model, params)
-    check_ok(run_torchrun(["train", str(two)], tmp_path, nproc=2), "torchrun --nproc_per_node 2")
-    run_in_process(one)
-    a, b = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
-    for step in a:
-        assert abs(a[step] - b[step]) < 1e-5 * max(1.0, abs(a[step])), (step, a[step], b[step])
-    s1 = method_state(checkpoint_dirs(tmp_path / "one")[-1])
-    s2 = method_state(checkpoint_dirs(tmp_path / "two")[-1])
-    assert bitwise_equal(s1, s2) == [], "the two set-ups ended on other pairs"
-    w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
-    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    pairs (method state), losses and weights of one process with the same global batch (test_distributed's rule).
+    drop_last in both: several processes always drop a short last global batch (21 pairs: one step an epoch)."""
+    from test_distributed import compare_two_with_one
+
+    compare_two_with_one("self-pairs", tmp_path, spread_model_path, training={"drop_last": True},
+                         model={"pooling": "mean", "mlp_only_train": False}, params={"remine_every": 2})
