@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 import torch.distributed as dist
+from rapidfuzz import process
+from rapidfuzz.distance import Indel
 from torch import Tensor
 
 from embedkit import distributed
@@ -366,3 +369,40 @@ def margin_pairs(source: Tensor, target: Tensor | None = None, k: int = 4, backe
     order = first[np.lexsort((t_np[first], s_np[first], -margin.numpy()[first]))]
     return MarginPairs(s_np[order], t_np[order], cos.numpy()[order], margin.numpy()[order], src_mean.numpy(),
                        tgt_mean.numpy(), same)
+
+
+# The defaults of pair mining, shared by `embedkit data mine-pairs` and the `self-pairs` method.
+PAIR_MINING_DEFAULTS: dict[str, Any] = {"k": 4, "threshold": 1.2, "max_surface_similarity": 0.9, "batch_size": 128}
+
+
+def fold(text: str) -> str:
+    """Case and runs of white space folded: what the surface filter compares."""
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def surface_similarity(a: list[str], b: list[str]) -> np.ndarray:
+    """Per pair, rapidfuzz's normalised Indel similarity (1 − edits / total length) of the folded texts."""
+    if not a:
+        return np.zeros(0)
+    return process.cpdist([fold(t) for t in a], [fold(t) for t in b], scorer=Indel.normalized_similarity,
+                          workers=1).astype(np.float64)
+
+
+def select_margin_pairs(
+    found: MarginPairs, a: list[str], b: list[str], threshold: float | None, top: int | None,
+    max_surface_similarity: float | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The filters of pair mining on the candidates of :func:`margin_pairs` (``a[i]``, ``b[i]``: candidate i's
+    texts), in this order: surface near-duplicates out (normalised Indel similarity of the folded texts at or
+    above ``max_surface_similarity``; ``None``: off), one-to-one best margin first (a near-duplicate never takes
+    a row), margin below ``threshold`` out, then the best ``top``. Returns ``(chosen, below, near_dup, kept,
+    beyond_top)``: the one-to-one candidates, which of them fell under the threshold, the near-duplicate mask
+    over all candidates, the kept candidates (best first) and those cut by ``top``."""
+    surface = surface_similarity(a, b)
+    near_dup = surface >= max_surface_similarity if max_surface_similarity is not None else np.zeros(len(a), bool)
+    chosen = found.one_to_one(~near_dup)
+    below = found.margin[chosen] < threshold if threshold is not None else np.zeros(len(chosen), bool)
+    kept = chosen[~below]
+    beyond_top = kept[top:] if top is not None else kept[:0]
+    kept = kept[:top] if top is not None else kept
+    return chosen, below, near_dup, kept, beyond_top

@@ -113,6 +113,7 @@ TRAIN_DATA: dict[str, Callable[[Path], Path]] = {
     "contrastive": write_query_passages,
     "ccp": write_documents,
     "st-loss": write_query_passages,  # with MultipleNegativesRankingLoss (METHOD_PARAMS)
+    "self-pairs": write_sentences,
 }
 """Method name → writer of a small training file for it. Add one line per new method."""
 
@@ -124,6 +125,9 @@ METHOD_PARAMS: dict[str, dict[str, Any]] = {
     # Stage 2 (model-derived targets) starts at step 6, before the step-8 checkpoint.
     "text2token": {"stage2_step": 6, "mixture": 0.5, "infonce_weight": 0.1, "temperature": 0.5},
     "st-loss": {"loss": "MultipleNegativesRankingLoss", "kwargs": {"scale": 20.0}},
+    # Every one-to-one pair of the random tiny model (no threshold, no surface filter: the sentences differ in a
+    # word or two); mined again at steps 4 and 8, so the step-8 checkpoint falls on a round boundary.
+    "self-pairs": {"k": 3, "threshold": None, "max_surface_similarity": None, "remine_every": 4, "temperature": 0.5},
 }
 """Method name → extra ``method:`` keys for tiny runs (e.g. a queue size that fits a 48-row dataset)."""
 

@@ -20,25 +20,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rapidfuzz import process
-from rapidfuzz.distance import Indel
 
 from embedkit.cliargs import add_no_progress, number_or_off
 from embedkit.data.sources import read_corpus
 from embedkit.data.sts import sha256_file
 from embedkit.distributed import is_main
 from embedkit.errors import DataError, EmbedkitError
+from embedkit.mining import PAIR_MINING_DEFAULTS, select_margin_pairs
+from embedkit.mining import surface_similarity as surface_similarity  # re-exported (tests)
 from embedkit.model_ref import check_model, load_model
 from embedkit.outputs import check_file_output, writing
 from embedkit.paths import atomic_path
 from embedkit.version import __version__
 
-DEFAULTS = {"k": 4, "threshold": 1.2, "max_surface_similarity": 0.9, "batch_size": 128}
+DEFAULTS = PAIR_MINING_DEFAULTS
 
 
 def sidecars(output: Path) -> tuple[Path, Path]:
@@ -58,19 +57,6 @@ def owns_sidecar(side: Path, output: Path) -> bool:
     if not isinstance(stats, dict) or stats.get("command") != "data mine-pairs":
         return False
     return side == stats_path or (side.is_file() and stats.get("files", {}).get(side.name) == sha256_file(side))
-
-
-def fold(text: str) -> str:
-    """Case and runs of white space folded: what the surface filter compares."""
-    return re.sub(r"\s+", " ", text).strip().casefold()
-
-
-def surface_similarity(a: list[str], b: list[str]) -> np.ndarray:
-    """Per pair, rapidfuzz's normalised Indel similarity (1 − edits / total length) of the folded texts."""
-    if not a:
-        return np.zeros(0)
-    return process.cpdist([fold(t) for t in a], [fold(t) for t in b], scorer=Indel.normalized_similarity,
-                          workers=1).astype(np.float64)
 
 
 def _unique(texts: list[str]) -> list[str]:
@@ -99,14 +85,8 @@ def mine_pairs(model: Any, source: list[str], target: list[str] | None, k: int, 
     other = source if target is None else target
     a = [source[i] for i in found.source]
     b = [other[j] for j in found.target]
-    surface = surface_similarity(a, b)
-    near_dup = surface >= max_surface_similarity if max_surface_similarity is not None else np.zeros(len(a), bool)
-    # a near-duplicate never takes a row: the row can still pair with its next candidate
-    chosen = found.one_to_one(~near_dup)
-    below = found.margin[chosen] < threshold if threshold is not None else np.zeros(len(chosen), bool)
-    kept = chosen[~below]
-    beyond_top = kept[top:] if top is not None else kept[:0]
-    kept = kept[:top] if top is not None else kept
+    chosen, below, near_dup, kept, beyond_top = select_margin_pairs(found, a, b, threshold, top,
+                                                                    max_surface_similarity)
     rows = [{"anchor": a[i], "positive": b[i], "margin": round(float(found.margin[i]), 6),
              "cosine": round(float(found.cosine[i]), 6)} for i in kept]
     stats = {

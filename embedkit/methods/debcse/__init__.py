@@ -56,9 +56,14 @@ class DebCSEParams(DebiasParams):
     @field_validator("remine_every")
     @classmethod
     def _schedule(cls, value: str | int) -> str | int:
-        if value in ("epoch", "never") or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            return value
-        raise ValueError(f"expected 'epoch', 'never' or a positive number of steps, got {value!r}")
+        return check_schedule(value)
+
+
+def check_schedule(value: str | int) -> str | int:
+    """A re-mining schedule: ``epoch``, ``never`` or a positive number of optimizer steps (``remine_every``)."""
+    if value in ("epoch", "never") or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError(f"expected 'epoch', 'never' or a positive number of steps, got {value!r}")
 
 
 class RowsHolder:
