@@ -26,6 +26,7 @@ from torch import Tensor
 
 from embedkit import distributed
 from embedkit.encoding import encode
+from embedkit.recipe import PAIR_MINING_DEFAULTS as PAIR_MINING_DEFAULTS  # re-exported
 from embedkit.recipe import mine_window
 
 if TYPE_CHECKING:
@@ -372,7 +373,6 @@ def margin_pairs(source: Tensor, target: Tensor | None = None, k: int = 4, backe
 
 
 # The defaults of pair mining, shared by `embedkit data mine-pairs` and the `self-pairs` method.
-PAIR_MINING_DEFAULTS: dict[str, Any] = {"k": 4, "threshold": 1.2, "max_surface_similarity": 0.9, "batch_size": 128}
 
 
 def fold(text: str) -> str:

@@ -144,6 +144,11 @@ class ModelSection(Section):
         return value
 
 
+# The defaults of pair mining (`embedkit data mine-pairs`, method self-pairs): here, torch-free, for the
+# command line and the method schema; embedkit.mining re-exports them.
+PAIR_MINING_DEFAULTS: dict[str, Any] = {"k": 4, "threshold": 1.2, "max_surface_similarity": 0.9, "batch_size": 128}
+
+
 def mine_window(settings: Any) -> tuple[int, int]:
     """The rank window ``[range_min, range_max)`` of mining settings (a :class:`MineSection` or the CLI's
     namespace); ``range_max`` defaults to ``range_min + 10·num_negatives`` (room for the filter to drop

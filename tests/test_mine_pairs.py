@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from embedkit.cli import main
-from embedkit.mining import margin_pairs
-from embedkit.training.mine_pairs import surface_similarity
+from embedkit.mining import margin_pairs, surface_similarity
 
 
 def _unit(rows: list[list[float]]) -> torch.Tensor:

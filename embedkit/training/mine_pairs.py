@@ -30,11 +30,10 @@ from embedkit.data.sources import read_corpus
 from embedkit.data.sts import sha256_file
 from embedkit.distributed import is_main
 from embedkit.errors import DataError, EmbedkitError
-from embedkit.mining import PAIR_MINING_DEFAULTS, select_margin_pairs
-from embedkit.mining import surface_similarity as surface_similarity  # re-exported (tests)
 from embedkit.model_ref import check_model, load_model
 from embedkit.outputs import check_file_output, writing
 from embedkit.paths import atomic_path
+from embedkit.recipe import PAIR_MINING_DEFAULTS
 from embedkit.version import __version__
 
 DEFAULTS = PAIR_MINING_DEFAULTS
@@ -85,6 +84,8 @@ def mine_pairs(model: Any, source: list[str], target: list[str] | None, k: int, 
     other = source if target is None else target
     a = [source[i] for i in found.source]
     b = [other[j] for j in found.target]
+    from embedkit.mining import select_margin_pairs  # torch: only once the command runs
+
     chosen, below, near_dup, kept, beyond_top = select_margin_pairs(found, a, b, threshold, top,
                                                                     max_surface_similarity)
     rows = [{"anchor": a[i], "positive": b[i], "margin": round(float(found.margin[i]), 6),

@@ -16,7 +16,7 @@ from embedkit.errors import EmbedkitError
 from embedkit.log import log
 from embedkit.methods.base import Method, MethodParams, register, training_head
 from embedkit.methods.debcse import check_schedule, round_at
-from embedkit.mining import PAIR_MINING_DEFAULTS
+from embedkit.recipe import PAIR_MINING_DEFAULTS
 
 SELF_PAIRS_CITATION = """@inproceedings{artetxe2019margin,
   title = {Margin-based Parallel Corpus Mining with Multilingual Sentence Embeddings},
