@@ -54,13 +54,14 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def local_rows(n_local: int) -> slice:
+def local_rows(n_local: int, of_rank: int | None = None) -> slice:
     """The rows this process owns in a batch gathered from every process in rank order (each holding
-    ``n_local`` rows): ``rank·n_local … (rank+1)·n_local``. In one process: ``0 … n_local``.
+    ``n_local`` rows): ``rank·n_local … (rank+1)·n_local``. In one process: ``0 … n_local``. ``of_rank``: the
+    rows of that process instead (a caller that was handed its rank, e.g. the replayed rows' stream).
 
     Every loss that scores its local anchors against gathered candidates finds each anchor's own positive (its
     label, its own hard negative, its unmasked cell) at ``local_rows(n).start + i`` by this rule."""
-    start = rank() * n_local
+    start = (rank() if of_rank is None else of_rank) * n_local
     return slice(start, start + n_local)
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import TrainerCallback
 
+from embedkit import distributed
 from embedkit.losses.common import cosine_matrix, frozen_model, gather_no_grad
 
 COCONUT_CITATION = """@inproceedings{cappellazzo2024continual,
@@ -72,10 +73,9 @@ class ReplayRows:
 
     def indices(self, step: int) -> list[int]:
         """This process's rows of step ``step`` (indices into the columns)."""
-        per = self.rows_per_step // self.world_size
-        start = step * self.rows_per_step + self.rank * per
-        n = len(self)
-        return [int(self._perm(p // n)[p % n]) for p in range(start, start + per)]
+        mine = distributed.local_rows(self.rows_per_step // self.world_size, self.rank)
+        start, n = step * self.rows_per_step, len(self)
+        return [int(self._perm(p // n)[p % n]) for p in range(start + mine.start, start + mine.stop)]
 
     def texts(self, step: int) -> list[list[str]]:
         """This process's replayed texts of step ``step``, one list per column."""

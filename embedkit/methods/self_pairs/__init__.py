@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from embedkit.distributed import broadcast_object
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
-from embedkit.methods.base import Method, MethodParams, register, training_head
+from embedkit.methods.base import ROW_ID_COLUMN, Method, MethodParams, register, training_head
 from embedkit.methods.debcse import check_schedule, round_at
 from embedkit.recipe import PAIR_MINING_DEFAULTS
 
@@ -159,8 +159,6 @@ class SelfPairs(Method):
 
     def prepare_dataset(self, dataset: Any) -> Any:
         import datasets
-
-        from embedkit.methods.base import ROW_ID_COLUMN
 
         self.texts = _unique([str(t) for t in dataset["text"]])
         self.first = self.mine(0)
