@@ -126,3 +126,14 @@ def frozen_model(name: str, like: nn.Module) -> nn.Module:
     other.eval()
     other.requires_grad_(False)
     return other
+
+
+@torch.no_grad()
+def teacher_embedding(teacher: nn.Module, features: dict[str, Tensor]) -> Tensor:
+    """A frozen teacher's float32 embeddings of tokenised ``features``, on their device, in eval mode (moved there
+    on first use: the trainer moves the trained model, not the teacher)."""
+    device = features["input_ids"].device
+    if next(teacher.parameters()).device != device:
+        teacher.to(device)
+    teacher.eval()
+    return teacher(dict(features))["sentence_embedding"].float()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embedkit.losses.common import cosine_matrix, gather_no_grad
+from embedkit.losses.common import cosine_matrix, gather_no_grad, teacher_embedding
 
 CWCL_CITATION = """@inproceedings{srinivasa2023cwcl,
   title = {{CWCL}: Cross-Modal Transfer with Continuously Weighted Contrastive Loss},
@@ -113,13 +113,8 @@ class CWCLTerm(nn.Module):
     def get_config_dict(self) -> dict[str, Any]:
         return {"name": self.name, "weight": self.weight, "temperature": self.temperature, "floor": self.floor}
 
-    @torch.no_grad()
     def embed(self, features: dict[str, Tensor]) -> Tensor:
-        device = features["input_ids"].device
-        if next(self.teacher.parameters()).device != device:
-            self.teacher.to(device)
-        self.teacher.eval()
-        return self.teacher(dict(features))["sentence_embedding"].float()
+        return teacher_embedding(self.teacher, features)
 
     @torch.no_grad()
     def prepare(self, batch: Any, loss: Any) -> None:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from transformers import TrainerCallback
 
 from embedkit import distributed
-from embedkit.losses.common import cosine_matrix, frozen_model, gather_no_grad
+from embedkit.losses.common import cosine_matrix, frozen_model, gather_no_grad, teacher_embedding
 
 COCONUT_CITATION = """@inproceedings{cappellazzo2024continual,
   title = {Continual Contrastive Spoken Language Understanding},
@@ -204,13 +204,8 @@ class DistillTerm(nn.Module):
                              "rows_per_step": self.replay.rows_per_step}
         return out
 
-    @torch.no_grad()
     def embed(self, features: dict[str, Tensor]) -> Tensor:
-        device = features["input_ids"].device
-        if next(self.teacher.parameters()).device != device:
-            self.teacher.to(device)
-        self.teacher.eval()
-        return self.teacher(dict(features))["sentence_embedding"].float()
+        return teacher_embedding(self.teacher, features)
 
     @torch.no_grad()
     def prepare(self, batch: Any, loss: Any) -> None:

@@ -4,6 +4,7 @@ with false-negative masking; also a masking-only add-on for plain unsupervised S
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -226,7 +227,7 @@ class DebCSE(Method):
     def callbacks(self, loss) -> list:
         if self.params.remine_every == "never":
             return []
-        return [_remine_callback(self)]
+        return [remine_callback(self.params.remine_every, lambda: self.round, self.remine)]
 
 
 def false_negative_threshold(rows: Any, params: DebCSEParams) -> float | None:
@@ -280,26 +281,28 @@ def round_at(every: Any, epoch: float | None, step: int) -> int:
     return 0
 
 
-def _remine_callback(method: DebCSE) -> Any:
+def remine_callback(every: Any, current_round: Callable[[], int], remine: Callable[[int], None],
+                    at_train_begin: bool = True) -> Any:
+    """A callback that mines round ``round_at(every, ...)`` when it differs from ``current_round()``: each epoch
+    or every N steps, and (``at_train_begin``) when training starts, which restores a resumed run's round by
+    mining it again. DebCSE's rows and self-pairs' pairs (which restores its round from the checkpoint instead)."""
     from transformers import TrainerCallback
 
     class RemineCallback(TrainerCallback):
-        """Re-draws the DebCSE rows each epoch or every N steps (and restores the right round on resume)."""
-
         def _sync(self, state) -> None:
-            target = round_at(method.params.remine_every, state.epoch, state.global_step)
-            if target != method.round:
-                method.remine(target)
+            target = round_at(every, state.epoch, state.global_step)
+            if target != current_round():
+                remine(target)
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self._sync(state)
+            if at_train_begin:
+                self._sync(state)
 
         def on_epoch_begin(self, args, state, control, **kwargs):
-            if method.params.remine_every == "epoch":
+            if every == "epoch":
                 self._sync(state)
 
         def on_step_end(self, args, state, control, **kwargs):
-            every = method.params.remine_every
             if isinstance(every, int) and state.global_step % every == 0 and state.global_step < state.max_steps:
                 self._sync(state)
 

@@ -15,7 +15,7 @@ from embedkit.distributed import broadcast_object
 from embedkit.errors import EmbedkitError
 from embedkit.log import log
 from embedkit.methods.base import ROW_ID_COLUMN, Method, MethodParams, register, training_head
-from embedkit.methods.debcse import check_schedule, round_at
+from embedkit.methods.debcse import check_schedule, remine_callback
 from embedkit.recipe import PAIR_MINING_DEFAULTS
 
 SELF_PAIRS_CITATION = """@inproceedings{artetxe2019margin,
@@ -180,33 +180,11 @@ class SelfPairs(Method):
     def callbacks(self, loss) -> list:
         if self.params.remine_every == "never":
             return []
-        return [_remine_callback(self)]
+        # A resumed run holds the checkpoint's round (restored into the loss's buffers) and mines only at the
+        # next boundary, with the model it has then: no mining when training starts.
+        return [remine_callback(self.params.remine_every, lambda: self.loss.round, self.remine, at_train_begin=False)]
 
 
 def _unique(texts: list[str]) -> list[str]:
     """The texts once each (first occurrence order), empty ones out: as ``data mine-pairs`` reads a corpus."""
     return list(dict.fromkeys(t for t in texts if str(t).strip()))
-
-
-def _remine_callback(method: SelfPairs) -> Any:
-    from transformers import TrainerCallback
-
-    class RemineCallback(TrainerCallback):
-        """Mines the next round when the schedule says so. A resumed run holds the checkpoint's round (restored
-        into the loss's buffers) and mines only at the next boundary, with the model it has then."""
-
-        def _sync(self, state) -> None:
-            target = round_at(method.params.remine_every, state.epoch, state.global_step)
-            if target != method.loss.round:
-                method.remine(target)
-
-        def on_epoch_begin(self, args, state, control, **kwargs):
-            if method.params.remine_every == "epoch":
-                self._sync(state)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            every = method.params.remine_every
-            if isinstance(every, int) and state.global_step % every == 0 and state.global_step < state.max_steps:
-                self._sync(state)
-
-    return RemineCallback()
