@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from itertools import accumulate
@@ -176,6 +176,24 @@ def lookup(key: str) -> ArrowRows | None:
         return ArrowRows(path, tuple(meta["names"]), int(meta["rows"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def lookup_or_write(key: str, names: Sequence[str], types: Sequence[str], source: str,
+                    fill: Callable[[EntryWriter], ArrowRows]) -> ArrowRows | None:
+    """Entry ``key`` from the cache, or, on a miss, the entry ``fill`` writes and commits through the writer it is
+    given (removed again if ``fill`` raises); ``None`` when the cache folder cannot be written."""
+    rows = lookup(key)
+    if rows is not None:
+        return rows
+    try:
+        writer = EntryWriter(key, names, types, source)
+    except OSError:
+        return None
+    try:
+        return fill(writer)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 class EntryWriter:

@@ -526,18 +526,9 @@ def _read_cached(path: str, file: Path, fmt: str, columns: list[str] | None, nam
     """The rows from the data cache, converting the file on a miss; ``None`` when the cache cannot be written."""
     sha = sha256_file(file)
     key = cache.entry_key(sha, {"format": fmt, "columns": names, "types": list(types)})
-    rows = cache.lookup(key)
-    if rows is None:
-        try:
-            writer = cache.EntryWriter(key, names, types, str(path))
-        except OSError:
-            return None
-        try:
-            rows = _convert(path, file, fmt, columns, names, types, kind, writer)
-        except BaseException:
-            writer.abort()
-            raise
-    return TrainData(None, f"{fmt}:{path}", sha, rows=rows)
+    rows = cache.lookup_or_write(key, names, types, str(path),
+                                 lambda writer: _convert(path, file, fmt, columns, names, types, kind, writer))
+    return None if rows is None else TrainData(None, f"{fmt}:{path}", sha, rows=rows)
 
 
 def _convert(path: str, file: Path, fmt: str, columns: list[str] | None, names: list[str],

@@ -209,27 +209,24 @@ def cached_rows(path: str | Path, layout: str, window: int, chunk_lines: int | N
     key = cache.entry_key(sha, {"format": "ccp-documents", "layout": layout, "window": window,
                                 "chunk_lines": chunk_lines, "split": split, "short_documents": short_documents,
                                 "columns": names, "types": types})
-    rows, skipped = cache.lookup(key), None
-    if rows is None:
-        try:
-            writer = cache.EntryWriter(key, names, types, str(path))
-        except OSError:
-            return None
-        try:
-            counts, sentences, buffer = [0], 0, ([], [], [])
-            for d, doc in enumerate(_kept(path, iter_documents(path, layout, chunk_lines, split), layout,
-                                          chunk_lines, short_documents, counts)):
-                sentences += len(doc.sentences)
-                for column, values in zip(buffer, context_pairs([doc], window), strict=True):
-                    column.extend(values if column is not buffer[2] else [d] * len(values))
-                if len(buffer[0]) >= sources.CHUNK_ROWS:
-                    writer.write(dict(zip(names, buffer, strict=True)))
-                    buffer = ([], [], [])
-            if buffer[0]:
+    counts: list[int] = []  # [documents left out], once the file is converted
+
+    def fill(writer: cache.EntryWriter) -> cache.ArrowRows:
+        counts.append(0)
+        buffer: tuple[list, list, list] = ([], [], [])
+        for d, doc in enumerate(_kept(path, iter_documents(path, layout, chunk_lines, split), layout, chunk_lines,
+                                      short_documents, counts)):
+            for column, values in zip(buffer, context_pairs([doc], window), strict=True):
+                column.extend(values if column is not buffer[2] else [d] * len(values))
+            if len(buffer[0]) >= sources.CHUNK_ROWS:
                 writer.write(dict(zip(names, buffer, strict=True)))
-            rows = writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        skipped = counts[0]
+                buffer = ([], [], [])
+        if buffer[0]:
+            writer.write(dict(zip(names, buffer, strict=True)))
+        return writer.commit()
+
+    rows = cache.lookup_or_write(key, names, types, str(path), fill)
+    if rows is None:
+        return None
+    skipped = counts[0] if counts else None
     return TrainData(None, f"documents:{path} ({layout}, window {window}, streamed)", sha, rows=rows), skipped
