@@ -19,6 +19,9 @@ measured). It prints the table and each figure's ratio to the first (smallest) r
 
 ``--torchrun N`` trains each corpus once more (warm) under torchrun with N processes and sums their peak RSS.
 Peak RSS is ``VmHWM`` (:func:`peak_rss_mb`); it counts the memory-mapped data pages a process touched, shared or not.
+At the last step each training process also reads its proportional set size and the resident / proportional size
+of its mappings of the Arrow cache (:func:`memory_now`): the Pss of two processes sum to what they hold together,
+a shared data page counted once.
 
 The corpora and the cache live under ``--workdir`` (10M rows: ~1.2 GB of text and ~1.3 GB of cache) and are
 deleted at the end unless ``--keep``.
@@ -94,6 +97,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
 
 
+def memory_now(cache: str | None) -> dict:
+    """Now: this process's proportional set size (``Pss``: a page shared by k processes counts 1/k, so the Pss of
+    processes sum to what they hold together) and the resident and proportional size of its mappings of files
+    under ``cache`` (the Arrow data). Linux only; {} elsewhere."""
+    out = {"pss_mb": 0.0, "data_rss_mb": 0.0, "data_pss_mb": 0.0}
+    try:
+        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as fh:
+            in_data = False
+            for line in fh:
+                field = line.split()
+                if not field:
+                    continue
+                if not field[0].endswith(":") or "-" in field[0]:  # a mapping's header line: range perms ... path
+                    in_data = bool(cache) and len(field) >= 6 and field[5].startswith(cache)
+                elif field[0] == "Pss:":
+                    out["pss_mb"] += int(field[1]) / 1024
+                    if in_data:
+                        out["data_pss_mb"] += int(field[1]) / 1024
+                elif field[0] == "Rss:" and in_data:
+                    out["data_rss_mb"] += int(field[1]) / 1024
+    except OSError:
+        return {}
+    return out
+
+
 # --- the child: one embedkit command, instrumented ----------------------------------------------------------
 
 
@@ -113,6 +141,8 @@ def child(command: str, argv: list[str]) -> None:
         class Timer(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
                 stamps.append(time.time())
+                if state.global_step == args.max_steps:  # the data and the model are all still held here
+                    record.update(memory_now(os.environ.get("EMBEDKIT_CACHE")))
 
         original_init = trainer_mod.EmbedkitTrainer.__init__
 
@@ -155,7 +185,8 @@ def run_child(command: str, argv: list[str], env: dict, processes: int = 1) -> d
     if processes == 1:
         return outs[0]
     return {"rss_mb": sum(o["rss_mb"] for o in outs), "rss_mb_each": [o["rss_mb"] for o in outs],
-            "first_step_s": max(o["first_step_s"] for o in outs)}
+            "first_step_s": max(o["first_step_s"] for o in outs),
+            **{k: sum(o.get(k, 0.0) for o in outs) for k in ("pss_mb", "data_rss_mb", "data_pss_mb")}}
 
 
 def measure(path: Path, work: Path, extra: list[str], cold_train: bool, processes: int = 0) -> dict:
@@ -178,10 +209,11 @@ def measure(path: Path, work: Path, extra: list[str], cold_train: bool, processe
         row.update(first_step_cold_s=c["first_step_s"], train_cold_mb=c["rss_mb"])
     t = run_child("train", train_args, env)
     row.update(validated_s=t["validated_s"], first_step_s=t["first_step_s"], train_mb=t["rss_mb"],
-               median_step_s=t["median_step_s"])
+               median_step_s=t["median_step_s"], train_pss_mb=t.get("pss_mb"), data_rss_mb=t.get("data_rss_mb"))
     if processes > 1:
         d = run_child("train", train_args, env, processes)
-        row.update(train_procs_mb=d["rss_mb"], train_procs_mb_each=d["rss_mb_each"])
+        row.update(train_procs_mb=d["rss_mb"], train_procs_mb_each=d["rss_mb_each"], train_procs_pss_mb=d.get("pss_mb"),
+                   procs_data_rss_mb=d.get("data_rss_mb"), procs_data_pss_mb=d.get("data_pss_mb"))
     shutil.rmtree(work / "out", ignore_errors=True)
     return row
 
@@ -190,7 +222,9 @@ COLUMNS = [("check_cold_s", "check cold s"), ("check_cold_mb", "check cold MB"),
            ("check_warm_mb", "check warm MB"), ("first_step_cold_s", "1st step cold s"),
            ("train_cold_mb", "train cold MB"), ("validated_s", "train: valid. s"),
            ("first_step_s", "1st step warm s"), ("train_mb", "train warm MB"), ("median_step_s", "median step s"),
-           ("train_procs_mb", "torchrun MB, sum")]
+           ("train_pss_mb", "train Pss MB"), ("data_rss_mb", "data Rss MB"), ("train_procs_mb", "torchrun MB, sum"),
+           ("train_procs_pss_mb", "torchrun Pss sum"), ("procs_data_rss_mb", "trun data Rss"),
+           ("procs_data_pss_mb", "trun data Pss")]
 
 
 def table(rows: dict[str, dict]) -> str:
