@@ -246,6 +246,27 @@ def set_dev_card_metrics(model: Any, results: dict[str, Any]) -> None:
             card_metrics[evaluator] = {key: after[s] for key, s in short.items() if s in after}
 
 
+WIDGET_ROWS = 1000  # the rows sentence-transformers samples for the widget examples
+
+
+def set_widget_examples(model: Any, dataset: Any) -> None:
+    """The card's widget examples, drawn by sentence-transformers from the first :data:`WIDGET_ROWS` rows of each
+    training set instead of from anywhere in it. Its own 1,000 reads scattered over a memory-mapped set each page in
+    a stretch of the file: 480 MB of a 10M-row set were resident before the first step (eval/bench_scale.py)."""
+    import datasets
+
+    data = model.model_card_data
+    if data.widget or isinstance(dataset, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+        return  # sentence-transformers draws none from a stream either
+    if isinstance(dataset, datasets.DatasetDict):
+        head = datasets.DatasetDict({k: d.select(range(min(len(d), WIDGET_ROWS))) for k, d in dataset.items()})
+    elif isinstance(dataset, datasets.Dataset):
+        head = dataset.select(range(min(len(dataset), WIDGET_ROWS)))
+    else:
+        return
+    data.set_widget_examples(head)
+
+
 def add_method_citation(model: Any, method: str, paper: str | None, citation: str | None) -> None:
     """Put the method's BibTeX among the card's citations (the trainer's init replaced them by the losses')."""
     if citation:

@@ -184,3 +184,28 @@ def test_card_dev_scores_are_the_saved_checkpoints_not_the_last_evaluation(tmp_p
     evaluation = card[card.index("## Evaluation"):card.index("## Training Details")]
     assert f"**{after['spearman']:.4f}**" in evaluation and f"{after['pearson']:.4f}" in evaluation
     assert f"{last['eval_stsb-dev_spearman']:.4f}" not in evaluation
+
+
+def test_widget_examples_come_from_the_first_rows_of_the_training_set(tmp_path, tiny_model_path):
+    """The card's widget examples are drawn from the first 1,000 training rows: sentence-transformers' own draw
+    from anywhere in a memory-mapped set pages a stretch of the file in for each row (480 MB at 10M rows)."""
+    import yaml
+    from _mp_helpers import write_recipe
+
+    from embedkit.training.run import train
+
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path, tiny_model_path, "simcse-unsup", out, training={"max_steps": 1})
+    # the tail's rows are the shorter ones, which sentence-transformers prefers among the rows it draws
+    rows = [f"head sentence number {i} of the set, a longer one" for i in range(1000)]
+    rows += [f"tail row {i}" for i in range(4000)]
+    data = tmp_path / "rows.txt"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    spec = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    spec["data"]["train"]["path"] = str(data)
+    recipe.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    result = train(str(recipe))
+    widget = [t for w in result.model.model_card_data.widget
+              for t in [w.get("source_sentence"), *w.get("sentences", [])] if t]
+    assert widget, "the card has widget examples"
+    assert all(t.startswith("head ") for t in widget), [t for t in widget if not t.startswith("head ")][:3]

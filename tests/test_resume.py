@@ -59,6 +59,21 @@ def test_sigkill_then_resume_matches_uninterrupted_run(method: str, tmp_path: Pa
         f"the loss must be live for the comparison to say anything: {full}"
 
 
+def test_resume_after_the_final_checkpoint_trains_no_further_step(tmp_path: Path, spread_model_path: str) -> None:
+    """Killed right after its last checkpoint (step 8 of 8), before it finished: --resume trains no step more
+    (transformers takes one optimizer step before it checks max_steps) and ends bit-for-bit where the
+    uninterrupted run ends."""
+    report = kill_resume_compare(tmp_path, spread_model_path, "simcse-unsup",
+                                 training={"max_steps": 8, "save_steps": 8, "batch_size": 8})
+    assert report["killed"]["returncode"] == -signal.SIGKILL
+    assert report["killed"]["checkpoints"] == ["checkpoint-8"] and not report["killed"]["results_json"]
+    assert report["global_step"] == (8, 8)
+    assert report["last_checkpoints"] == ("checkpoint-8", "checkpoint-8")
+    assert report["weights_bitwise_mismatch"] == [], f"max abs diff {report['weights_max_abs_diff']}"
+    full, resumed = report["losses"]
+    assert sorted(full) == list(range(1, 9)) and max(resumed, default=0) <= 8, resumed
+
+
 def test_sigkill_then_resume_lora_matches_uninterrupted_run(tmp_path: Path, spread_model_path: str) -> None:
     """A LoRA run's checkpoints hold the adapter, not the encoder; resume restores it in place and ends
     bit-for-bit where the uninterrupted run ends (the adapter files and the training-only head)."""

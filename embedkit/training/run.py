@@ -27,7 +27,7 @@ import yaml
 from packaging.version import Version
 
 from embedkit import distributed
-from embedkit.card import add_method_citation, set_card_data, set_dev_card_metrics, write_card
+from embedkit.card import add_method_citation, set_card_data, set_dev_card_metrics, set_widget_examples, write_card
 from embedkit.data import cache, stream
 from embedkit.data.sources import read_train_source
 from embedkit.data.stream import StreamData, hub_stream, rename_to
@@ -482,6 +482,7 @@ def setup(recipe: Recipe, train_data: Any, data_dir: str | None, work: Path, che
     term_callbacks = parts.loss.callbacks() if hasattr(parts.loss, "callbacks") else []
     callbacks = (parts.hooks.callbacks(parts.loss) + term_callbacks
                  + ([PlainProgress()] if progress is None and args.disable_tqdm else []))
+    set_widget_examples(model, parts.dataset)
     trainer = parts.make_trainer(
         model=model, args=args, train_dataset=parts.dataset, loss=parts.loss,
         evaluator=make_dev_evaluator(dev_pairs) if dev_pairs is not None else None,

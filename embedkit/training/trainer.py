@@ -287,6 +287,14 @@ class EmbedkitTrainer(SentenceTransformerTrainer):
                 log(f"{name} holds files embedkit did not write ({', '.join(foreign[:3])}); kept")
         return out
 
+    def _run_epoch(self, *args, **kwargs):
+        # transformers takes an optimizer step before it compares the step with max_steps, so a run resumed from
+        # its final checkpoint (killed after saving it, before it finished) would train one step past max_steps.
+        if 0 < self.args.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
         """A streamed training set (``data.train.streaming``) already starts past the rows the resumed steps
         trained on (:func:`embedkit.training.run.setup` skips them, row by row, without tokenising): the

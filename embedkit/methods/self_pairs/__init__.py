@@ -24,9 +24,13 @@ SELF_PAIRS_CITATION = """@inproceedings{artetxe2019margin,
   booktitle = {Proceedings of the 57th Annual Meeting of the Association for Computational Linguistics (ACL)},
   year = {2019}
 }
-@misc{selfmining2024,
+@inproceedings{elmekki2025selfmining,
   title = {Effective Self-Mining of In-Context Examples for Unsupervised Machine Translation with {LLMs}},
-  year = {2024}
+  author = {El Mekki, Abdellah and Abdul-Mageed, Muhammad},
+  booktitle = {Findings of the Association for Computational Linguistics: NAACL 2025},
+  pages = {4229--4256},
+  year = {2025},
+  note = {arXiv:2410.11006}
 }"""
 
 
@@ -105,7 +109,8 @@ class SelfPairs(Method):
     params_cls = SelfPairsParams
     column_roles = ("text",)
     paper = ("Artetxe and Schwenk, margin-based mining (ACL 2019), arXiv:1811.01136; self-training rounds after "
-             "Effective Self-Mining of In-Context Examples for Unsupervised MT (2024) — embedkit's reading")
+             "El Mekki and Abdul-Mageed, Effective Self-Mining of In-Context Examples for Unsupervised MT "
+             "(Findings of NAACL 2025, arXiv:2410.11006) — embedkit's reading")
     citation = SELF_PAIRS_CITATION
     composable = True
 

@@ -19,8 +19,8 @@ class SelfPairsLoss(ContrastiveLoss):
 
     The pairs come from the ratio margin of Artetxe & Schwenk, "Margin-based Parallel Corpus Mining with
     Multilingual Sentence Embeddings", ACL 2019 (arXiv:1811.01136), filtered and re-mined in rounds as in the
-    self-mining recipe (*Effective Self-Mining of In-Context Examples for Unsupervised MT*, 2024). For the batch
-    rows' pairs (a_i, p_i), temperature τ and cosine s:
+    self-mining recipe (El Mekki and Abdul-Mageed, *Effective Self-Mining of In-Context Examples for Unsupervised
+    MT*, Findings of NAACL 2025). For the batch rows' pairs (a_i, p_i), temperature τ and cosine s:
 
         ℓ_i = −log( e^{s(a_i,p_i)/τ} / Σ_j e^{s(a_i,p_j)/τ} )
 
