@@ -1,0 +1,135 @@
+"""The label-aware report (docs/label-aware.md): the base model, unsupervised SimCSE, supervised contrast on the
+labelled rows only, and ``label-aware`` (labelled + unlabelled rows), all trained on MR's training part with 10% of
+its labels kept, scored by offline MR and SUBJ classification accuracy.
+
+    python eval/label_aware_report.py --data-dir ../shared/data [--rows base,simcse,supcon,label-aware] [--seeds 42]
+
+Data: MR (``classification/mr``) split as embedkit's offline classification evaluation splits it
+(:func:`embedkit.evaluation.mteb_tasks.classification_split`: stratified 80/20, seed 42). Its training part (8,529
+sentences) is written once, with each sentence's label (``positive`` / ``negative``), to
+``<work>/mr-train.jsonl``; the test part (2,133) is never trained on. ``recipes/label-aware-mr-minilm.yaml`` reads that
+file and keeps the labels of 10% of the rows (``method.label_fraction: 0.1``, ``label_seed: 42``: 853 rows).
+
+Rows (every trained row: that recipe's model and settings, ``training.seed`` the seed):
+
+- ``base``: the packaged all-MiniLM-L6-v2, not trained;
+- ``simcse``: ``simcse-unsup`` on the same 8,529 sentences, no label;
+- ``supcon``: ``label-aware`` with ``unlabelled: drop``: the 853 labelled rows only (soft targets = same label,
+  plus each row's own dropout view);
+- ``label-aware``: the recipe as shipped: 853 labelled + 7,676 unlabelled rows in the same steps.
+
+Scores: a logistic regression (scikit-learn, ``max_iter=100``: mteb's ``AbsTaskClassification`` evaluator) fitted on
+the frozen embeddings of the evaluation's training part, accuracy on its test part, for MR and for SUBJ (split the
+same way; SUBJ is never trained on: a transfer check). The MR probe's training sentences ARE the sentences the
+trained rows trained on (their text; 10% of their labels): only the MR test part is unseen. Each run's record is
+written to ``<work>/<row>.seed<N>.json`` as it finishes (``eval/retrieval_report.py``'s :func:`report_main`), so an
+interrupted report resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RECIPE = ROOT / "recipes" / "label-aware-mr-minilm.yaml"
+ROWS = ["base", "simcse", "supcon", "label-aware"]
+WORK = Path("runs/label-aware-report")
+OVERRIDES = {
+    "simcse": ["method={name: simcse-unsup, temperature: 0.05}", "data.train.columns=[text]"],
+    "supcon": ["method.unlabelled=drop"],
+    "label-aware": [],
+}
+
+
+def mr_train_file(data_dir: str, work: Path) -> Path:
+    """MR's training part (the offline evaluation's split) with its labels, one JSON row a line, written once."""
+    from embedkit.data.classification import read_classification
+    from embedkit.evaluation.mteb_tasks import classification_split
+
+    path = work / "mr-train.jsonl"
+    if not path.exists():
+        data = read_classification("MR", data_dir)
+        train, _ = classification_split(data.labels)
+        tmp = path.with_suffix(".partial")
+        tmp.write_text("".join(json.dumps({"text": data.texts[i], "labels": data.label_names[data.labels[i]]}) + "\n"
+                               for i in train), encoding="utf-8")
+        tmp.replace(path)
+    return path
+
+
+def accuracy(model: Any, name: str, data_dir: str) -> float:
+    """Logistic-regression accuracy (×100) on the test part of ``name``'s offline split, fitted on its training part."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from embedkit.data.classification import read_classification
+    from embedkit.evaluation.mteb_tasks import classification_split
+
+    data = read_classification(name, data_dir)
+    train, test = classification_split(data.labels)
+    emb = model.encode(data.texts, batch_size=128, convert_to_numpy=True, show_progress_bar=False)
+    labels = np.asarray(data.labels)
+    clf = LogisticRegression(max_iter=100).fit(emb[train], labels[train])
+    return round(100 * float(clf.score(emb[test], labels[test])), 2)
+
+
+def score(model: Any, data_dir: str) -> dict[str, Any]:
+    return {"mr": accuracy(model, "MR", data_dir), "subj": accuracy(model, "SUBJ", data_dir)}
+
+
+def run_row(name: str, seed: int | None, data_dir: str, work: Path) -> dict[str, Any]:
+    from sentence_transformers import SentenceTransformer
+
+    if name == "base":
+        from embedkit.modeling import build_model
+        from embedkit.validate import load_recipe
+
+        train_file = mr_train_file(data_dir, work)
+        model = build_model(load_recipe(RECIPE, [f"data.train.path={train_file}"], data_dir=data_dir,
+                                        check_data=False).model)
+        started = time.time()
+        return {"row": name, "seed": None, "seconds": 0.0, **score(model, data_dir),
+                "eval_seconds": round(time.time() - started, 1)}
+    from embedkit import train
+
+    out_dir = work / f"seed{seed}" / name
+    started = time.time()
+    results = train(str(RECIPE), [f"data.train.path={mr_train_file(data_dir, work)}", *OVERRIDES[name],
+                                  f"training.seed={seed}", f"output.dir={out_dir}"],
+                    data_dir=data_dir, overwrite=True).results
+    seconds = time.time() - started
+    started = time.time()
+    model = SentenceTransformer(str(out_dir), device="cpu")
+    return {"row": name, "seed": seed, "seconds": round(seconds, 1), **score(model, data_dir),
+            "eval_seconds": round(time.time() - started, 1), "steps": results["train"]["global_step"],
+            "train_rows": results["train"].get("rows")}
+
+
+def table(groups: list[tuple[str, list[dict[str, Any]]]]) -> str:
+    """A Markdown table, one line per row (mean over its seeds)."""
+    from retrieval_report import seeds_cell  # a sibling script: on sys.path when this file runs
+    from self_pairs_report import cell
+
+    lines = ["| row | seeds | MR acc | SUBJ acc | train s | eval s |", "|---|---|--:|--:|--:|--:|"]
+    for name, runs in groups:
+        lines.append("| " + " | ".join([
+            name, seeds_cell(runs), cell(runs, lambda r: r["mr"]), cell(runs, lambda r: r["subj"]),
+            cell(runs, lambda r: r["seconds"] or None, 0), cell(runs, lambda r: r["eval_seconds"], 0)]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from retrieval_report import report_main
+
+    return report_main(__doc__, ROWS, run_row, table, WORK, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
