@@ -4,16 +4,16 @@ its labels kept, scored by offline MR and SUBJ classification accuracy.
 
     python eval/label_aware_report.py --data-dir ../shared/data [--rows base,simcse,supcon,label-aware] [--seeds 42]
 
-Data: MR (``classification/mr``) split as embedkit's offline classification evaluation splits it
-(:func:`embedkit.evaluation.mteb_tasks.classification_split`: stratified 80/20, seed 42). Its training part (8,529
-sentences) is written once, with each sentence's label (``positive`` / ``negative``), to
-``<work>/mr-train.jsonl``; the test part (2,133) is never trained on. ``recipes/label-aware-mr-minilm.yaml`` reads that
-file and keeps the labels of 10% of the rows (``method.label_fraction: 0.1``, ``label_seed: 42``: 853 rows).
+Data: ``recipes/label-aware-mr-minilm.yaml`` reads the MR folder (``{data_dir}/classification/mr``) as its training
+part of the offline classification evaluation's split (:func:`embedkit.data.classification.classification_split`:
+stratified 80/20, seed 42): 8,529 sentences labelled positive / negative; the 2,133 test sentences are never trained
+on. It keeps the labels of 10% of the rows (``method.label_fraction: 0.1``, ``label_seed: 42``: 853 rows).
 
 Rows (every trained row: that recipe's model and settings, ``training.seed`` the seed):
 
 - ``base``: the packaged all-MiniLM-L6-v2, not trained;
-- ``simcse``: ``simcse-unsup`` on the same 8,529 sentences, no label;
+- ``simcse``: ``simcse-unsup`` on the same 8,529 sentences, no label (written once, one a line, to
+  ``<work>/mr-train.txt``);
 - ``supcon``: ``label-aware`` with ``unlabelled: drop``: the 853 labelled rows only (soft targets = same label,
   plus each row's own dropout view);
 - ``label-aware``: the recipe as shipped: 853 labelled + 7,676 unlabelled rows in the same steps.
@@ -28,7 +28,6 @@ interrupted report resumes.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -41,27 +40,26 @@ if str(ROOT) not in sys.path:
 RECIPE = ROOT / "recipes" / "label-aware-mr-minilm.yaml"
 ROWS = ["base", "simcse", "supcon", "label-aware"]
 WORK = Path("runs/label-aware-report")
-OVERRIDES = {
-    "simcse": ["method={name: simcse-unsup, temperature: 0.05}", "data.train.columns=[text]"],
-    "supcon": ["method.unlabelled=drop"],
-    "label-aware": [],
-}
 
 
-def mr_train_file(data_dir: str, work: Path) -> Path:
-    """MR's training part (the offline evaluation's split) with its labels, one JSON row a line, written once."""
-    from embedkit.data.classification import read_classification
-    from embedkit.evaluation.mteb_tasks import classification_split
+def sentences_file(data_dir: str, work: Path) -> Path:
+    """The recipe's 8,529 training sentences, one a line (SimCSE's rows: the same text, no label), written once."""
+    from embedkit.validate import load_recipe_with_data
 
-    path = work / "mr-train.jsonl"
+    path = work / "mr-train.txt"
     if not path.exists():
-        data = read_classification("MR", data_dir)
-        train, _ = classification_split(data.labels)
+        _, data = load_recipe_with_data(RECIPE, [], data_dir=data_dir)
         tmp = path.with_suffix(".partial")
-        tmp.write_text("".join(json.dumps({"text": data.texts[i], "labels": data.label_names[data.labels[i]]}) + "\n"
-                               for i in train), encoding="utf-8")
+        tmp.write_text("".join(str(t).replace("\n", " ") + "\n" for t in data.columns["text"]), encoding="utf-8")
         tmp.replace(path)
     return path
+
+
+def overrides(name: str, data_dir: str, work: Path) -> list[str]:
+    if name == "simcse":
+        return ["method={name: simcse-unsup, temperature: 0.05}", f"data.train.path={sentences_file(data_dir, work)}"]
+    return ["method.unlabelled=drop"] if name == "supcon" else []
+
 
 
 def accuracy(model: Any, name: str, data_dir: str) -> float:
@@ -69,8 +67,7 @@ def accuracy(model: Any, name: str, data_dir: str) -> float:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    from embedkit.data.classification import read_classification
-    from embedkit.evaluation.mteb_tasks import classification_split
+    from embedkit.data.classification import classification_split, read_classification
 
     data = read_classification(name, data_dir)
     train, test = classification_split(data.labels)
@@ -91,9 +88,7 @@ def run_row(name: str, seed: int | None, data_dir: str, work: Path) -> dict[str,
         from embedkit.modeling import build_model
         from embedkit.validate import load_recipe
 
-        train_file = mr_train_file(data_dir, work)
-        model = build_model(load_recipe(RECIPE, [f"data.train.path={train_file}"], data_dir=data_dir,
-                                        check_data=False).model)
+        model = build_model(load_recipe(RECIPE, [], data_dir=data_dir, check_data=False).model)
         started = time.time()
         return {"row": name, "seed": None, "seconds": 0.0, **score(model, data_dir),
                 "eval_seconds": round(time.time() - started, 1)}
@@ -101,8 +96,7 @@ def run_row(name: str, seed: int | None, data_dir: str, work: Path) -> dict[str,
 
     out_dir = work / f"seed{seed}" / name
     started = time.time()
-    results = train(str(RECIPE), [f"data.train.path={mr_train_file(data_dir, work)}", *OVERRIDES[name],
-                                  f"training.seed={seed}", f"output.dir={out_dir}"],
+    results = train(str(RECIPE), [*overrides(name, data_dir, work), f"training.seed={seed}", f"output.dir={out_dir}"],
                     data_dir=data_dir, overwrite=True).results
     seconds = time.time() - started
     started = time.time()

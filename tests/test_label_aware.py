@@ -232,12 +232,33 @@ def test_label_fraction_and_drop_leave_the_seeded_labelled_rows(tmp_path, tiny_m
     data = write_labelled_rows(tmp_path)
     _, kept = load_recipe_with_data(recipe(tmp_path, tiny_model_path, data, {"label_fraction": 0.25}))
     assert sum(1 for v in kept.columns["labels"] if v) == 8 and len(kept) == 48  # round(0.25 × 32)
-    assert "8 of 48 rows labelled (32 labelled in the file, label_fraction 0.25" in capsys.readouterr().err
+    assert "8 of 48 rows labelled (32 labelled in the data, label_fraction 0.25" in capsys.readouterr().err
     _, dropped = load_recipe_with_data(recipe(tmp_path, tiny_model_path, data,
                                               {"label_fraction": 0.25, "unlabelled": "drop"}))
     assert len(dropped) == 8 and all(dropped.columns["labels"])
     assert [t for t, v in zip(kept.columns["text"], kept.columns["labels"], strict=True) if v] == \
         dropped.columns["text"]
+
+
+def test_an_mr_folder_reads_as_its_labelled_training_part_never_the_evaluated_test_part(tmp_path, tiny_model_path):
+    from embedkit.data.classification import classification_split
+
+    folder = tmp_path / "classification" / "mr"
+    folder.mkdir(parents=True)
+    for name, kind in (("rt-polarity.neg", "bad"), ("rt-polarity.pos", "good")):
+        (folder / name).write_text("".join(f"a {kind} film , take {i} .\n" for i in range(10)), encoding="utf-8")
+    _, data = load_recipe_with_data(recipe(tmp_path, tiny_model_path, folder))
+    texts = [f"a {kind} film , take {i} ." for kind in ("bad", "good") for i in range(10)]
+    train, test = classification_split([0] * 10 + [1] * 10)
+    assert data.columns["text"] == [texts[i] for i in train] and len(train) == 16
+    assert not set(data.columns["text"]) & {texts[i] for i in test}
+    assert data.columns["labels"] == [("negative" if i < 10 else "positive") for i in train]
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    path = recipe(tmp_path, tiny_model_path, other)
+    with pytest.raises(RecipeError, match=rf"{path}:\d+: data.train.path: .*elsewhere: a folder; method 'label-aware'"
+                                          r" reads a folder only in the layout of"):
+        load_recipe(path)
 
 
 @pytest.mark.parametrize("content,match", [

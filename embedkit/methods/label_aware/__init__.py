@@ -6,7 +6,9 @@ label paths' tree nodes); unlabelled rows train as unsupervised SimCSE (dropout 
 
 * JSONL: ``{"text": ..., "labels": ...}`` with ``labels`` a list of label strings, one string (several labels
   separated by ``|``), or ``null`` / ``""`` / ``[]`` / a missing key for an unlabelled row;
-* CSV/TSV with a header holding ``text`` and ``labels`` columns; ``labels`` separated by ``|``, empty: unlabelled.
+* CSV/TSV with a header holding ``text`` and ``labels`` columns; ``labels`` separated by ``|``, empty: unlabelled;
+* an MR/SUBJ folder of the public-data layout (``{data_dir}/classification/mr``): its sentences labelled by file,
+  less the test part of the offline classification evaluation's split (:func:`read_classification_train`).
 
 A label is a path ``domain/intent/slot`` (``/`` between levels; one level is a flat label). ``method.label_fraction``
 hides the labels of all but a seeded fraction of the labelled rows (:func:`keep_labels`), the semi-supervised
@@ -21,6 +23,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from embedkit.data.classification import (
+    CLASSIFICATION_SETS,
+    classification_set_of,
+    classification_split,
+    read_classification,
+)
 from embedkit.data.sources import TrainData, infer_format, read_table
 from embedkit.data.textio import json_objects
 from embedkit.errors import DataError
@@ -101,6 +109,8 @@ def read_labelled_rows(path: str, fmt: str, columns: list[str] | None) -> tuple[
     """The texts and label paths of a JSONL/CSV/TSV file (``columns``: the text and labels column names, in that
     order; default ``text``, ``labels``). Raises ``DataError`` naming the file and line of a bad row."""
     file = Path(path)
+    if file.is_dir():
+        return read_classification_train(path, columns)
     if not file.is_file():
         raise DataError(f"{path}: training data file not found")
     fmt = infer_format(path, fmt)
@@ -131,6 +141,22 @@ def read_labelled_rows(path: str, fmt: str, columns: list[str] | None) -> tuple[
     if not texts:
         raise DataError(f"{path}: no rows")
     return texts, parsed
+
+
+def read_classification_train(path: str, columns: list[str] | None) -> tuple[list[str], list[tuple[str, ...]]]:
+    """An MR/SUBJ folder of the public-data layout: its sentences labelled by file (``positive`` / ``negative``,
+    ``objective`` / ``subjective``), less the test part of the offline classification evaluation's split
+    (:func:`~embedkit.data.classification.classification_split`): those sentences are never trained on."""
+    found = classification_set_of(path)
+    if found is None:
+        raise DataError(f"{path}: a folder; method 'label-aware' reads a folder only in the layout of "
+                        f"../shared/data/classification ({', '.join(rel for rel, _ in CLASSIFICATION_SETS.values())}),"
+                        f" else a {', '.join(FORMATS)} file of text and labels")
+    if columns is not None:
+        raise DataError(f"{path}: an MR/SUBJ folder has no columns to select: remove data.train.columns")
+    data = read_classification(*found)
+    train, _ = classification_split(data.labels)
+    return [data.texts[i] for i in train], [(data.label_names[data.labels[i]],) for i in train]
 
 
 def keep_labels(labels: list[tuple[str, ...]], fraction: float, seed: int) -> list[tuple[str, ...]]:
@@ -180,6 +206,7 @@ class LabelAware(Method):
              "reading: Jaccard over label-tree nodes as soft targets, SimCSE on unlabelled rows")
     citation = SPACE2_CITATION
     composable = True
+    reads_folders = True  # an MR/SUBJ folder: its sentences less the offline evaluation's test part
 
     @classmethod
     def column_types(cls, n_columns: int | None = None) -> tuple[str, ...]:
@@ -223,8 +250,10 @@ class LabelAware(Method):
             raise DataError(f"{path}: no labelled row is left (method.label_fraction {p.label_fraction} of {given} "
                             "labelled rows) and method.unlabelled is drop: nothing to train on")
         what = (f"{kept} of {len(labels) if p.unlabelled == 'drop' else len(texts)} rows labelled "
-                f"({given} labelled in the file, label_fraction {p.label_fraction}, label_seed {p.label_seed}"
+                f"({given} labelled in the data, label_fraction {p.label_fraction}, label_seed {p.label_seed}"
                 + (", unlabelled rows dropped)" if p.unlabelled == "drop" else ")"))
+        if Path(path).is_dir():
+            what = f"the training part of the offline classification split (test part never trained on); {what}"
         notes.append(f"{path}: {what}")
         return TrainData({"text": texts, "labels": [LABEL_SEPARATOR.join(paths) for paths in labels]},
                          description=f"{path} ({what})")
