@@ -266,6 +266,7 @@ def test_an_mr_folder_reads_as_its_labelled_training_part_never_the_evaluated_te
      "is not a string"),
     ('{"text": "fine", "labels": "a//b"}\n', r"rows.jsonl:1: 'labels' 'a//b': label 'a//b' has an empty level"),
     ('{"text": "fine", "labels": "a|"}\n', r"rows.jsonl:1: 'labels' 'a\|': label '' has an empty level"),
+    ('{"text": "x", "labels": ["a|b"]}\n', r"rows.jsonl:1: 'labels' \['a\|b'\]: label 'a\|b' holds '\|'"),
     ('{"text": "", "labels": "a"}\n', r"rows.jsonl:1: 'text' must be a non-empty string"),
     ('{"labels": "a"}\n', r"rows.jsonl:1: missing key 'text'"),
     ('{"text": "x", "labels": {"a": 1}}\n', r"rows.jsonl:1: 'labels' \{'a': 1\}: expected a list of label strings"),

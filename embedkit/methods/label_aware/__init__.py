@@ -88,6 +88,8 @@ def parse_labels(value: Any) -> tuple[str, ...] | str:
     for item in items:
         if not isinstance(item, str):
             return f"label {item!r} is not a string"
+        if isinstance(value, list) and LABEL_SEPARATOR in item:
+            return f"label {item!r} holds '{LABEL_SEPARATOR}': in a list, give each label as its own string"
         levels = [level.strip() for level in item.split(PATH_SEPARATOR)]
         if not all(levels):
             return (f"label {item!r} has an empty level; expected a path like 'domain{PATH_SEPARATOR}intent' (or "
