@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from embedkit.data.sts import read_sick, sha256_file
 from embedkit.data.textio import utf8_errors
 from embedkit.errors import DataError
@@ -96,7 +98,6 @@ CLASSIFICATION_SEED = 42
 def classification_split(labels: list[int], test_size: float = CLASSIFICATION_TEST_SIZE,
                          seed: int = CLASSIFICATION_SEED) -> tuple[list[int], list[int]]:
     """``(train rows, test rows)`` of a classification set: stratified by label, seeded, each sorted."""
-    import numpy as np
     from sklearn.model_selection import train_test_split  # imported here: validation loads this module
 
     train, test = train_test_split(np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed)
