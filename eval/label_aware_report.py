@@ -102,8 +102,7 @@ def run_row(name: str, seed: int | None, data_dir: str, work: Path) -> dict[str,
     started = time.time()
     model = SentenceTransformer(str(out_dir), device="cpu")
     return {"row": name, "seed": seed, "seconds": round(seconds, 1), **score(model, data_dir),
-            "eval_seconds": round(time.time() - started, 1), "steps": results["train"]["global_step"],
-            "train_rows": results["train"].get("rows")}
+            "eval_seconds": round(time.time() - started, 1), "steps": results["train"]["global_step"]}
 
 
 def table(groups: list[tuple[str, list[dict[str, Any]]]]) -> str:
