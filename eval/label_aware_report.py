@@ -20,8 +20,9 @@ Rows (every trained row: that recipe's model and settings, ``training.seed`` the
 
 Scores: a logistic regression (scikit-learn, ``max_iter=100``: mteb's ``AbsTaskClassification`` evaluator) fitted on
 the frozen embeddings of the evaluation's training part, accuracy on its test part, for MR and for SUBJ (split the
-same way; SUBJ is never trained on: a transfer check). The MR probe's training sentences ARE the sentences the
-trained rows trained on (their text; 10% of their labels): only the MR test part is unseen. Each run's record is
+same way). The MR probe's training sentences ARE the sentences the trained rows trained on (their text; 10% of their
+labels): only the MR test part is unseen. SUBJ is not clean either: a third of its sentences also occur in MR's
+training part (embedkit's overlap check, in each run's results.json and card). Each run's record is
 written to ``<work>/<row>.seed<N>.json`` as it finishes (``eval/retrieval_report.py``'s :func:`report_main`), so an
 interrupted report resumes.
 """
