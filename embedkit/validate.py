@@ -369,12 +369,13 @@ def _where(source: str, lines: dict[tuple, int], key: tuple) -> str:
 
 def _local_file(
     raw: str, hub: str | None, data_dir: Path | None, where: str, instead: str, notes: list[str],
-    folder_file: str | None = None,
+    folder_file: str | None = None, folders: bool = False,
 ) -> str | None:
     """The local file a recipe ``path`` names, or ``None`` when the Hub dataset ``hub`` is to be used instead.
 
     The Hub stands in only for a ``{data_dir}`` path whose data folder (or file in it) is absent, and a notice
-    says so: a path the user wrote out must exist. ``folder_file`` is the file to take when the path is a folder.
+    says so: a path the user wrote out must exist. ``folder_file`` is the file to take when the path is a folder;
+    ``folders``: a folder itself is a path (a method whose ``read_train_file`` reads one).
     """
     try:
         path = paths.expand(raw, data_dir)
@@ -385,7 +386,7 @@ def _local_file(
         raise RecipeError(f"{where}: {err}") from None
     if folder_file and Path(path).is_dir():
         path = str(Path(path) / folder_file)
-    if Path(path).is_file():
+    if Path(path).is_file() or folders and Path(path).is_dir():
         return path
     if hub and "{data_dir}" in raw:
         notes.append(f"{where}: {path}: not found; {instead}")
@@ -424,7 +425,8 @@ def _check_train_data(recipe: Recipe, data_dir: Path | None, method: Any, source
     if src.path is None:
         return None  # a Hub dataset is read when training starts
     where = _where(source, lines, ("data", "train", "path"))
-    path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead", notes)
+    path = _local_file(src.path, src.hub, data_dir, where, f"training reads the Hub dataset {src.hub} instead", notes,
+                       folders=method.reads_folders)
     if path is None:
         return None
     data = _read_train_file(recipe, path, method, where, notes)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from embedkit.data.sts import read_sick, sha256_file
 from embedkit.data.textio import utf8_errors
 from embedkit.errors import DataError
@@ -84,6 +86,33 @@ def read_classification(name: str, data_root: str | Path) -> LabelledTexts:
         out.labels += [label] * len(lines)
         out.files[str(path)] = sha256_file(path)
     return out
+
+
+# MR and SUBJ ship no split: a fixed, seeded, stratified one (scikit-learn's train_test_split over the sentences
+# in file order, the label-0 file first); each part is kept in file order. The offline classification evaluation
+# fits its probe on the train part and scores the test part; a method training on such a set keeps the test part out.
+CLASSIFICATION_TEST_SIZE = 0.2
+CLASSIFICATION_SEED = 42
+
+
+def classification_split(labels: list[int], test_size: float = CLASSIFICATION_TEST_SIZE,
+                         seed: int = CLASSIFICATION_SEED) -> tuple[list[int], list[int]]:
+    """``(train rows, test rows)`` of a classification set: stratified by label, seeded, each sorted."""
+    from sklearn.model_selection import train_test_split  # imported here: validation loads this module
+
+    train, test = train_test_split(np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed)
+    return sorted(int(i) for i in train), sorted(int(i) for i in test)
+
+
+def classification_set_of(folder: str | Path) -> tuple[str, Path] | None:
+    """``(set name, data root)`` when ``folder`` is an MR/SUBJ folder of the public-data layout
+    (``<root>/classification/mr``), else ``None``."""
+    folder = Path(folder)
+    for name, (rel, _) in CLASSIFICATION_SETS.items():
+        parts = Path(rel).parts
+        if folder.is_dir() and folder.parts[-len(parts):] == parts:
+            return name, folder.parents[len(parts) - 1]
+    return None
 
 
 def read_sick_entailment(path: str | Path, name: str = "SICK-E") -> LabelledPairs:

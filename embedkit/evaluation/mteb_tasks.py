@@ -20,16 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import mteb
-import numpy as np
 from datasets import Dataset, DatasetDict
 from mteb.abstasks.classification import AbsTaskClassification
 from mteb.abstasks.pair_classification import AbsTaskPairClassification
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
-from sklearn.model_selection import train_test_split
 
-from embedkit.data.classification import CLASSIFICATION_SETS, read_classification, read_sick_entailment
+from embedkit.data.classification import (
+    CLASSIFICATION_SETS,
+    classification_split,
+    read_classification,
+    read_sick_entailment,
+)
 from embedkit.data.ranking import read_beir, read_rerank
 from embedkit.data.sts import PairSet
 from embedkit.errors import DataError
@@ -184,10 +187,7 @@ def local_retrieval_task(folder: str | Path, split: str = "test", name: str | No
 # ----------------------------------------------------------------------------------------------------------
 # Classification (MR, SUBJ) and pair classification (SICK-E): local tasks, mteb's task types and scoring.
 
-# MR and SUBJ ship no split: a fixed, seeded, stratified one (scikit-learn's train_test_split over the sentences
-# in file order, the label-0 file first); each part is kept in file order.
-CLASSIFICATION_TEST_SIZE = 0.2
-CLASSIFICATION_SEED = 42
+# MR and SUBJ ship no split: a fixed, seeded, stratified one (embedkit.data.classification.classification_split).
 _CLASSIFICATION_PROTOCOL = (
     "No official split: a fixed stratified split, sklearn train_test_split(test_size=0.2, stratify=label, "
     "random_state=42) over the sentences in file order. Scored with mteb's AbsTaskClassification: logistic "
@@ -201,13 +201,6 @@ _CLASSIFICATION_TEXT = {
             "(quote) and 5,000 objective (plot) sentences.",
 }
 _CORNELL = "https://www.cs.cornell.edu/people/pabo/movie-review-data/"
-
-
-def classification_split(labels: list[int], test_size: float = CLASSIFICATION_TEST_SIZE,
-                         seed: int = CLASSIFICATION_SEED) -> tuple[list[int], list[int]]:
-    """``(train rows, test rows)`` of a classification set: stratified by label, seeded, each sorted."""
-    train, test = train_test_split(np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed)
-    return sorted(int(i) for i in train), sorted(int(i) for i in test)
 
 
 def _local_metadata(name: str, task_type: str, category: str, description: str, main_score: str,

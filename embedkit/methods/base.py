@@ -144,6 +144,8 @@ class Method:
     # Whether the method trains on a stream of rows (data.train.streaming): it reads each row once, in order, and
     # never by index (no batch sampler, no pass over the whole set before training that a stream cannot give).
     streams: ClassVar[bool] = False
+    # Whether data.train.path may name a folder, which the method's read_train_file reads (label-aware: MR/SUBJ).
+    reads_folders: ClassVar[bool] = False
 
     @classmethod
     def bind(cls, params: Any) -> type[Method]:
