@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -464,3 +465,12 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def run_timed(args: list[str], **kwargs: Any) -> tuple[subprocess.CompletedProcess, float]:
+    """``subprocess.run(args, **kwargs)`` and the CPU seconds (user + system) the child used: what a "fast"
+    refusal claims, measured so that a loaded machine does not change it (wall time would)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(args, **kwargs)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return proc, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
