@@ -1,7 +1,7 @@
 """``embedkit sweep``: a grid of recipe overrides × seeds, each cell an ordinary training run, one table and one
 chart over all of them (docs/sweep.md).
 
-``embedkit sweep RECIPE key=v1,v2 [key2=w1,w2 ...] [--seeds N] [--parallel N] -o DIR``
+``embedkit sweep RECIPE key=v1,v2 [key2=w1,w2 ...] [--seeds N] [--parallel N] [--table-only] -o DIR``
 
 * **Grid.** Each ``key=values`` is one axis; its values are split on the commas outside brackets and quotes
   (``model.pooling=mean,cls``; ``training.matryoshka_dims=[384,128],[384,64]`` is two values), and each value is
@@ -487,11 +487,13 @@ class SweepResult:
 
 
 def sweep(recipe: Any, grid: Sequence[str], output: str | os.PathLike, *, seeds: str | int | None = None,
-          parallel: int = 1, data_dir: str | None = None, progress: bool | None = None) -> SweepResult:
+          parallel: int = 1, data_dir: str | None = None, progress: bool | None = None,
+          table_only: bool = False) -> SweepResult:
     """Run the grid ``grid`` (``["method.temperature=0.02,0.05", ...]``) of ``recipe`` × ``seeds`` into
     ``output`` (see the module docstring); returns the rows of sweep.md and the cells that failed. Every refusal
     (a bad spec, a cell the recipe validation refuses, an output folder that is not the sweep's) comes before
-    any run starts."""
+    any run starts. ``table_only``: train nothing; the tables and chart of the runs finished so far (a row
+    counts its unfinished runs)."""
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise RecipeError(f"--parallel {parallel}: expected a number of runs at a time, 1 or more")
     seed_spec = parse_seeds(str(seeds) if seeds is not None else None)
@@ -514,7 +516,7 @@ def sweep(recipe: Any, grid: Sequence[str], output: str | os.PathLike, *, seeds:
     with folder:
         counts = {s: sum(p.state == s for p in planned) for s in (NEW, RESUME, RESTART, FINISHED)}
         log(f"sweep: {len(planned)} runs in {runs}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-        failed = run_all(recipe, planned, data_dir, parallel, progress)
+        failed = {} if table_only else run_all(recipe, planned, data_dir, parallel, progress)
         rows = collect(planned)
         keys = _varied(axes)
         with open(folder.files.path(folder.out / "sweep.csv"), "w", encoding="utf-8", newline="") as f:
@@ -544,7 +546,7 @@ def sweep(recipe: Any, grid: Sequence[str], output: str | os.PathLike, *, seeds:
 
 def _cli(args: argparse.Namespace) -> int:
     sweep(args.recipe, args.overrides, args.output, seeds=args.seeds, parallel=args.parallel,
-          data_dir=args.data_dir, progress=args.progress)
+          data_dir=args.data_dir, progress=args.progress, table_only=args.table_only)
     return 0
 
 
@@ -563,5 +565,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--parallel", type=int, default=1,
                    help="runs at a time (default 1); every run trains in a spawned process of its own")
     p.add_argument("--data-dir", help="local public-data folder (default: $EMBEDKIT_DATA, data/public, ../shared/data)")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: the tables and chart of the runs finished so far")
     add_no_progress(p, "training (under --parallel: never)")
     p.set_defaults(func=_cli)

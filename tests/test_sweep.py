@@ -241,6 +241,24 @@ def test_finished_runs_are_skipped_and_tabled_as_mean_and_sample_sd(tmp_path, ti
     assert [r.stat("sts_avg")[0] for r in again.rows] == [72.0, 61.0]
 
 
+def test_table_only_tables_the_finished_runs_and_trains_nothing(tmp_path, tiny_model_path, sentences_file,
+                                                               monkeypatch):
+    recipe = recipe_file(tmp_path, tiny_model_path, sentences_file)
+    out = tmp_path / "sweep"
+    for seed, avg in ((42, 70.0), (43, 74.0)):  # seed 44 never ran
+        cell = f"temperature=0.05_seed={seed}"
+        resolved = load_recipe(str(recipe), ["method.temperature=0.05", f"training.seed={seed}",
+                                             f"output.dir={out / 'runs' / cell}"], check_data=False)
+        finished_run(out / "runs" / cell, resolved, avg, None)
+    monkeypatch.setattr(sweep_mod, "run_all", lambda *a, **k: pytest.fail("--table-only trained a run"))
+    assert main(["sweep", str(recipe), "method.temperature=0.05,0.5", "--seeds", "3", "-o", str(out),
+                 "--table-only"]) == 0
+    md = (out / "sweep.md").read_text()
+    assert "| `0.05` | 2 (1 not finished) | 72.00 ± 2.83 |" in md, md
+    assert "| `0.5` | 0 (3 not finished) | – |" in md, md
+    assert not (out / "runs" / "temperature=0.05_seed=44").exists()
+
+
 def test_a_finished_run_of_another_recipe_is_refused_not_reused(tmp_path, tiny_model_path, sentences_file,
                                                                  monkeypatch):
     no_training(monkeypatch)
