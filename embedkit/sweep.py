@@ -463,8 +463,11 @@ def sweep_figure(rows: Sequence[Row], title: str) -> Any | None:
     xs, xe, ys, ye, cs = ([p[i] for p in points] for i in (1, 2, 3, 4, 5))
     ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt="none", ecolor="#999999", elinewidth=1, zorder=1)
     dots = ax.scatter(xs, ys, c=cs, cmap="viridis", s=70, edgecolors="black", linewidths=0.5, zorder=2)
-    for label, x, _, y, _, _ in points:
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    middle = (min(xs) + max(xs)) / 2
+    for label, x, _, y, _, _ in points:  # a label right of its dot, or left of it in the right half (kept inside)
+        right = len(points) > 1 and x > middle
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if right else 6, 5), fontsize=8,
+                    ha="right" if right else "left")
     fig.colorbar(dots, ax=ax).set_label("STS avg (Spearman × 100)")
     ax.set_xlabel("uniformity (log E exp(−2‖f(x) − f(y)‖²); lower: more uniform)")
     ax.set_ylabel("tolerance (mean cosine of STS-B pairs scored ≥ 4)")
