@@ -34,6 +34,7 @@ from torch.utils.data import ConcatDataset
 from embedkit import distributed
 from embedkit.data.sources import read_train_source
 from embedkit.errors import DataError
+from embedkit.experts import set_route
 from embedkit.log import log
 from embedkit.losses.objective import compose
 from embedkit.methods import bound_method
@@ -192,6 +193,7 @@ class MultiTaskTrainer(EmbedkitTrainer):
         if self.mixed:
             return self._mixed_loss(model, inputs, return_outputs)
         name = inputs.get("dataset_name")
+        set_route(model, name)  # model.experts: enforced routing, the batch's source's expert (no-op without)
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = out[0] if return_outputs else out
         if model.training and name is not None:
@@ -209,6 +211,7 @@ class MultiTaskTrainer(EmbedkitTrainer):
             group = dict(group)
             group.pop("dataset_name", None)
             features, labels = self.collect_features(group)
+            set_route(model, name)  # model.experts: this source's rows through its own expert
             loss_fn = self.loss[name]
             if model == self.model_wrapped and hasattr(loss_fn, "model") and loss_fn.model != model:
                 loss_fn = self.override_model_in_loss(loss_fn, model)

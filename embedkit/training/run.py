@@ -623,7 +623,11 @@ def training_args(recipe: Recipe, work: Path, world_size: int, precision: str, t
 
 def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) -> dict[str, Any]:
     """Final evaluation, the model and ``results.json`` (last), the swap of an ``--overwrite``, the push."""
+    from embedkit.data.ranking import RerankSet
     from embedkit.evaluation.core import score_dev
+    from embedkit.experts import describe as describe_experts
+    from embedkit.experts import finalize as finalize_experts
+    from embedkit.experts import routed_eval
     from embedkit.modeling import parameter_counts
 
     recipe, trainer, results = run.recipe, run.trainer, run.results
@@ -646,14 +650,16 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
         _report_dev(results["dev"], run.dev_pairs)
     if run.final_sets:
         for data in run.final_sets:
-            kind, scores = score_set(model, data)
+            with routed_eval(model, "rerank" if isinstance(data, RerankSet) else "retrieval"):
+                kind, scores = score_set(model, data)
             results.setdefault(kind, {})[data.name] = scores
             log(f"{data.name}: " + ", ".join(f"{label} {scores[m]:.2f}" for m, label in METRIC_LABELS.items()
                                              if m in scores))
     if recipe.eval.suite == "sts":  # up to the model's own maximum unless eval.max_seq_length says otherwise
         # geometry (alignment, uniformity, tolerance) from the same embeddings: what embedkit sweep charts
-        results["sts"] = evaluate(model, suite="sts", data_dir=data_dir, max_seq_length=recipe.eval.max_seq_length,
-                                  show_progress_bar=None, geometry=True)
+        with routed_eval(model, "sts"):
+            results["sts"] = evaluate(model, suite="sts", data_dir=data_dir,
+                                      max_seq_length=recipe.eval.max_seq_length, show_progress_bar=None, geometry=True)
     if recipe.eval.mteb:
         results["mteb"] = _run_mteb(model, recipe, folder.work, data_dir)
     _report_overlap(results)
@@ -667,6 +673,10 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     })
     if recipe.model.lora is not None:
         _lora_output(model, recipe.model.lora.merge)
+    experts = describe_experts(model)
+    if experts is not None:  # model.experts: the saved routes' default (the recipe's) and the record
+        results["experts"] = experts
+        finalize_experts(model)
     _dev_curve(folder.work, results, Path(recipe.output.dir).name)
     subject = f"output.dir {folder.out}"
     hint = (f"the checkpoints in {folder.work / CHECKPOINTS} are intact: free space (or make the folder writable), "
