@@ -270,6 +270,7 @@ class Tasks:
     weights: dict[str, float]
     mixed: bool
     summary: list[dict[str, Any]] = field(default_factory=list)
+    router_mapping: dict[str, dict[str, str]] = field(default_factory=dict)  # model.experts: source → its expert
 
     def batch_sampler(self) -> None:
         return None
@@ -321,5 +322,8 @@ def build_tasks(recipe: Recipe, train_data: MultiTrainData | None, model: Any, w
     sampler = partial(TaskBatchSampler, rule=rule, weights=list(weights.values()), world_size=world_size)
     # A weight acts once: balanced gives it as a share of the steps; the other samplers multiply the loss by it.
     loss_weights = {name: 1.0 for name in weights} if rule == "balanced" else weights
+    # model.experts: every column of a source is tokenised and encoded under its own domain's route
+    # (sentence-transformers' per-dataset router_mapping: the task rides in the features, through GradCache too).
+    routes = {name: dict.fromkeys(d.column_names, name) for name, d in splits.items()} if recipe.model.experts else {}
     return Tasks(datasets.DatasetDict(splits), losses, MultiTrainData(parts), sampler, prompts, loss_weights,
-                 rule == "mixed", summary)
+                 rule == "mixed", summary, routes)

@@ -528,7 +528,9 @@ def data_and_loss(recipe: Recipe, train_data: Any, model: Any, work: Path, data_
 
         tasks = build_tasks(recipe, train_data, model, world_size, rank, data_dir)
         return Parts(tasks.dataset, tasks.losses, tasks.train_data, str(len(tasks.train_data)), tasks,
-                     tasks.prompts or None, tasks.make_trainer, {"multi_dataset_batch_sampler": tasks.sampler},
+                     tasks.prompts or None, tasks.make_trainer, {"multi_dataset_batch_sampler": tasks.sampler,
+                                                                 **({"router_mapping": tasks.router_mapping}
+                                                                    if tasks.router_mapping else {})},
                      tasks)
     from embedkit.losses.objective import compose
     from embedkit.training.trainer import EmbedkitTrainer
