@@ -215,6 +215,15 @@ class DomainClassifier:
         return cls(data["domains"], data["coef"], data["intercept"], info)
 
 
+def domain_texts(dataset: Any) -> dict[str, list[str]]:
+    """Each source's training texts (every text column of its split of the multi-task ``DatasetDict``)."""
+    out = {}
+    for name, split in dataset.items():
+        columns = [c for c, f in split.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        out[name] = [t for c in columns for t in split[c] if isinstance(t, str)]
+    return out
+
+
 def fit_classifier(model: SentenceTransformer, texts: dict[str, list[str]], held_out: float = 0.2,
                    seed: int = 0, batch_size: int = 256) -> DomainClassifier:
     """Fit the router on ``texts`` (domain → its training texts); ``held_out`` of each domain's distinct texts

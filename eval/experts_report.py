@@ -113,13 +113,17 @@ def evaluation_texts(data_dir: str) -> dict[str, list[str]]:
 
 
 def learned_row(seed: int, data_dir: str, work: Path) -> dict[str, Any]:
+    import json
+
     import torch
 
-    from embedkit.experts import fit_classifier, router_of, text_features, use_classifier
+    from embedkit.experts import ROUTER_FILE, DomainClassifier, fit_classifier, router_of, text_features, use_classifier
 
     model = experts_model(work, seed)
     started = time.time()
-    clf = fit_classifier(model, training_texts(data_dir), seed=seed)
+    saved = work / f"seed{seed}" / "experts" / ROUTER_FILE  # the training run's own router, else fitted here
+    clf = (DomainClassifier.from_json(json.loads(saved.read_text(encoding="utf-8"))) if saved.is_file()
+           else fit_classifier(model, training_texts(data_dir), seed=seed))
     router = router_of(model)
     accuracy = {}
     for domain, texts in evaluation_texts(data_dir).items():
@@ -127,12 +131,10 @@ def learned_row(seed: int, data_dir: str, work: Path) -> dict[str, Any]:
         feats = text_features(router, {k: v for k, v in tokens.items() if isinstance(v, torch.Tensor)})
         accuracy[domain] = float((clf.predict(feats) == clf.domains.index(domain)).float().mean())
         accuracy[f"{domain}_texts"] = len(texts)
-    (work / f"seed{seed}" / "experts" / "domain_router.report.json").write_text(
-        __import__("json").dumps(clf.to_json()), encoding="utf-8")
     use_classifier(model, clf)
     fit_s = time.time() - started
     started = time.time()
-    res = __import__("json").loads((work / f"seed{seed}" / "experts" / "results.json").read_text())
+    res = json.loads((work / f"seed{seed}" / "experts" / "results.json").read_text())
     scores = score_routed(model, data_dir, res.get("overlap") or {}, None, None)
     return {"seconds": round(fit_s, 1), "steps": 0, "selection": {"best": None, "after": {}},
             "router": {**{k: v for k, v in clf.info.items()}, "eval_accuracy": accuracy},
@@ -145,7 +147,7 @@ def speed_row(seed: int, data_dir: str, work: Path) -> dict[str, Any]:
 
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.experts import DomainClassifier, routed, use_classifier
+    from embedkit.experts import ROUTER_FILE, DomainClassifier, routed, use_classifier
 
     texts_by = evaluation_texts(data_dir)
     texts = (texts_by["sts"][:SPEED_TEXTS // 2] + texts_by["trecqa"][:SPEED_TEXTS // 2])
@@ -153,7 +155,7 @@ def speed_row(seed: int, data_dir: str, work: Path) -> dict[str, Any]:
     experts = load("experts")
     learned = load("experts")
     use_classifier(learned, DomainClassifier.from_json(json.loads(
-        (work / f"seed{seed}" / "experts" / "domain_router.report.json").read_text())))
+        (work / f"seed{seed}" / "experts" / ROUTER_FILE).read_text())))
     subjects = {"specialist": (load("sts"), None), "single-task": (load("single-task"), None),
                 "merge-average": (load("merge-average"), None), "experts": (experts, "sts"),
                 "experts-learned": (learned, None)}

@@ -163,8 +163,18 @@ def test_saved_model_loads_with_sentence_transformers_and_routes_by_task(tmp_pat
         loaded.encode(TEXTS)
     with routed(trained, "qa"):  # the in-memory model routes the same way
         assert torch.allclose(trained.encode(TEXTS, convert_to_tensor=True), mine["qa"], atol=1e-6)
+    # Without a task, embedkit's encode path uses the run's learned domain router: each row is one route's row.
+    from embedkit.experts import choose_route
+
+    assert "learned router" in choose_route(loaded, None, str(tmp_path / "out"))
+    got = loaded.encode(TEXTS, convert_to_tensor=True)
+    for i in range(len(TEXTS)):
+        assert any(torch.allclose(got[i], mine[d][i], atol=1e-5) for d in ("sts", "qa")), i
+    with pytest.raises(Exception, match="not a route of this model"):
+        choose_route(loaded, "news", None)
     res = results(tmp_path / "out")
     assert res["experts"]["domains"] == ["sts", "qa"] and res["experts"]["layers"] == [1]
+    assert res["experts"]["router"]["file"] == "domain_router.json"
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     assert "2-expert model" in card and 'task="sts"' in card
 

@@ -627,9 +627,9 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     """Final evaluation, the model and ``results.json`` (last), the swap of an ``--overwrite``, the push."""
     from embedkit.data.ranking import RerankSet
     from embedkit.evaluation.core import score_dev
+    from embedkit.experts import ROUTER_FILE, domain_texts, fit_classifier, routed_eval
     from embedkit.experts import describe as describe_experts
     from embedkit.experts import finalize as finalize_experts
-    from embedkit.experts import routed_eval
     from embedkit.modeling import parameter_counts
 
     recipe, trainer, results = run.recipe, run.trainer, run.results
@@ -676,8 +676,12 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     if recipe.model.lora is not None:
         _lora_output(model, recipe.model.lora.merge)
     experts = describe_experts(model)
-    if experts is not None:  # model.experts: the saved routes' default (the recipe's) and the record
-        results["experts"] = experts
+    if experts is not None:  # model.experts: the learned router, the saved routes' default and the record
+        router = fit_classifier(model, domain_texts(trainer.train_dataset), seed=recipe.training.seed)
+        with atomic_path(folder.work / ROUTER_FILE) as tmp:
+            tmp.write_text(json.dumps(router.to_json()), encoding="utf-8")
+        results["experts"] = {**experts, "router": {"file": ROUTER_FILE, **router.info}}
+        log(f"experts: learned domain router ({ROUTER_FILE}) held-out accuracy {router.info['held_out_accuracy']}")
         finalize_experts(model)
     _dev_curve(folder.work, results, Path(recipe.output.dir).name)
     subject = f"output.dir {folder.out}"
