@@ -72,9 +72,10 @@ def tie_shared(copy_: nn.Module, base: nn.Module, own: set[str]) -> None:
         setattr(copy_.get_submodule(module_name), attr, base.get_parameter(name))
 
 
-def add_experts(model: SentenceTransformer, cfg: ExpertsSection) -> None:
-    """Turn ``model`` (``[Transformer, Pooling, ...]``) in place into a ``Router`` of one route per domain whose
+def add_experts(model: SentenceTransformer, cfg: ExpertsSection) -> SentenceTransformer:
+    """``model`` (``[Transformer, Pooling, ...]``) rebuilt as one ``Router`` of one route per domain whose
     Transformers share everything but the chosen layers' FFN (each expert a copy of the pretrained block)."""
+    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Router
 
     modules = list(model)
@@ -91,10 +92,8 @@ def add_experts(model: SentenceTransformer, cfg: ExpertsSection) -> None:
                            "layers": layer_indices(cfg.layers, len(encoder_layers(base))),
                            "domains": list(cfg.domains)})
     router.max_seq_length = base.max_seq_length  # SentenceTransformer.max_seq_length reads the first module's
-    for name in list(model._modules):
-        del model._modules[name]
-    model.add_module("0", router)
-    router.on_model_ready(model)
+    return SentenceTransformer(modules=[router], device=str(model.device), prompts=dict(model.prompts),
+                               default_prompt_name=model.default_prompt_name)
 
 
 def router_of(model: nn.Module) -> Any:

@@ -131,7 +131,7 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
     if cfg.experts is not None:  # last: the routes copy the encoder as configured (dropout, length)
         from embedkit.experts import add_experts
 
-        add_experts(model, cfg.experts)
+        model = add_experts(model, cfg.experts)
     return model
 
 

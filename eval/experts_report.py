@@ -117,7 +117,15 @@ def learned_row(seed: int, data_dir: str, work: Path) -> dict[str, Any]:
 
     import torch
 
-    from embedkit.experts import ROUTER_FILE, DomainClassifier, fit_classifier, router_of, text_features, use_classifier
+    from embedkit.experts import (
+        ROUTER_FILE,
+        DomainClassifier,
+        fit_classifier,
+        routed,
+        router_of,
+        text_features,
+        use_classifier,
+    )
 
     model = experts_model(work, seed)
     started = time.time()
@@ -127,7 +135,8 @@ def learned_row(seed: int, data_dir: str, work: Path) -> dict[str, Any]:
     router = router_of(model)
     accuracy = {}
     for domain, texts in evaluation_texts(data_dir).items():
-        tokens = model.tokenize(texts, task=domain)
+        with routed(model, domain):
+            tokens = model.tokenize(texts)
         feats = text_features(router, {k: v for k, v in tokens.items() if isinstance(v, torch.Tensor)})
         accuracy[domain] = float((clf.predict(feats) == clf.domains.index(domain)).float().mean())
         accuracy[f"{domain}_texts"] = len(texts)
