@@ -59,8 +59,9 @@ def expert_names(transformer: nn.Module, layers: list[int] | str) -> set[str]:
     if bad:
         raise EmbedkitError(f"model.experts.layers: layer {bad[0]} out of range; the encoder has {count} layers "
                             f"(0 .. {count - 1})")
-    return {f"auto_model.encoder.layer.{i}.{part}.{w}" for i in layer_indices(layers, count)
-            for part in EXPERT_PARTS for w in ("weight", "bias")}
+    own = {id(p) for i in layer_indices(layers, count) for part in EXPERT_PARTS
+           for p in encoder_layers(transformer)[i].get_submodule(part).parameters()}
+    return {name for name, p in transformer.named_parameters(remove_duplicate=False) if id(p) in own}
 
 
 def tie_shared(copy_: nn.Module, base: nn.Module, own: set[str]) -> None:
