@@ -220,7 +220,8 @@ def domain_texts(dataset: Any) -> dict[str, list[str]]:
     out = {}
     for name, split in dataset.items():
         columns = [c for c, f in split.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
-        out[name] = [t for c in columns for t in split[c] if isinstance(t, str)]
+        plain = split.with_format(None)  # the raw rows: the trainer's transform (dataset_name) left out
+        out[name] = [t for c in columns for t in plain[c] if isinstance(t, str)]
     return out
 
 
