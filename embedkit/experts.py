@@ -89,9 +89,10 @@ def add_experts(model: SentenceTransformer, cfg: ExpertsSection) -> SentenceTran
             tie_shared(transformer, base, own)
         routes[domain] = [transformer, *rest]  # pooling and normalisation hold no weights: one instance each
     router = Router(routes, default_route=cfg.domains[0], allow_empty_key=False)
+    own_params = {d: [routes[d][0].get_parameter(n) for n in sorted(own)] for d in cfg.domains}
     setattr(router, MARK, {"eval_routes": dict(cfg.eval_routes), "default": cfg.default,
                            "layers": layer_indices(cfg.layers, len(encoder_layers(base))),
-                           "domains": list(cfg.domains)})
+                           "domains": list(cfg.domains), "own": own_params, "active": set()})
     router.max_seq_length = base.max_seq_length  # SentenceTransformer.max_seq_length reads the first module's
     return SentenceTransformer(modules=[router], device=str(model.device), prompts=dict(model.prompts),
                                default_prompt_name=model.default_prompt_name)
@@ -107,13 +108,33 @@ def router_of(model: nn.Module) -> Any:
     return None
 
 
-def set_route(model: nn.Module, domain: str | None) -> None:
-    """Send the next forwards of a routed model through ``domain``'s route (no-op for another model)."""
+def set_route(model: nn.Module, domain: str | None, training: bool = True) -> None:
+    """Send the next forwards of a routed model through ``domain``'s route (no-op for another model); a
+    ``training`` route marks the domain's experts as this step's (:func:`drop_inactive_gradients`)."""
     router = router_of(model)
     if router is not None and domain is not None:
         if domain not in router.sub_modules:
             raise EmbedkitError(f"no route {domain!r}; the model routes {', '.join(router.sub_modules)}")
         router.default_route = domain
+        info = getattr(router, MARK, None)
+        if info is not None and training:
+            info["active"].add(domain)
+
+
+def drop_inactive_gradients(model: nn.Module) -> None:
+    """After a training step's backward: the experts of domains the step did not route to get no gradient
+    (``None``), so the optimizer leaves them and their moments alone. One process has none there already; DDP
+    (``find_unused_parameters``) hands unused parameters a zero gradient, which AdamW's momentum would still turn
+    into an update."""
+    router = router_of(model)
+    info = getattr(router, MARK, None) if router is not None else None
+    if info is None:
+        return
+    for domain, params in info["own"].items():
+        if domain not in info["active"]:
+            for p in params:
+                p.grad = None
+    info["active"] = set()
 
 
 @contextmanager
@@ -124,7 +145,7 @@ def routed(model: Any, domain: str | None) -> Iterator[None]:
         yield
         return
     before = router.default_route
-    set_route(model, domain)
+    set_route(model, domain, training=False)
     try:
         yield
     finally:

@@ -114,6 +114,16 @@ def test_a_routed_text_uses_its_expert_only_and_no_gradient_reaches_the_other(sp
               sts.auto_model.embeddings.word_embeddings.weight]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in shared)
 
+    # Under DDP an unused parameter gets a zero gradient, which AdamW's momentum would still turn into an update:
+    # after a step routed to sts, the trainer drops the other experts' gradients.
+    from embedkit.experts import drop_inactive_gradients, set_route
+
+    other = layer(qa, 1).intermediate.dense.weight
+    other.grad = torch.zeros_like(other)
+    set_route(model, "sts")
+    drop_inactive_gradients(model)
+    assert other.grad is None and layer(sts, 1).intermediate.dense.weight.grad is not None
+
 
 @pytest.mark.parametrize("sampler", ["balanced", "mixed"])
 def test_the_trainer_routes_each_source_to_its_own_expert(sampler: str, tmp_path: Path,

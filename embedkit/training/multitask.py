@@ -34,7 +34,7 @@ from torch.utils.data import ConcatDataset
 from embedkit import distributed
 from embedkit.data.sources import read_train_source
 from embedkit.errors import DataError
-from embedkit.experts import set_route
+from embedkit.experts import drop_inactive_gradients, set_route
 from embedkit.log import log
 from embedkit.losses.objective import compose
 from embedkit.methods import bound_method
@@ -225,6 +225,11 @@ class MultiTaskTrainer(EmbedkitTrainer):
         assert total is not None
         self.check_finite(model, total)
         return (total, {}) if return_outputs else total
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        drop_inactive_gradients(model)  # model.experts: no update of another domain's expert (no-op without)
+        return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # training logs: each source's mean loss over its steps since the last log
