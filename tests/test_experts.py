@@ -300,5 +300,5 @@ def test_two_processes_equal_one_process(mini_batch_size: int | None, tmp_path: 
         assert abs(a["loss"] - b["loss"]) < 1e-5 * max(1.0, abs(a["loss"])), (a, b)
     w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     compared = [k for k in w1 if not k.endswith("attention.self.key.bias")]  # exact gradient 0 (test_distributed)
-    worst = max((w1[k] - w2[k]).abs().max().item() for k in compared)
-    assert worst < 1e-5, worst
+    worst = max(((w1[k] - w2[k]).abs().max().item(), k) for k in compared)
+    assert worst[0] < 1e-5, sorted(((w1[k] - w2[k]).abs().max().item(), k) for k in compared)[-6:]
