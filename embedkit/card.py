@@ -592,6 +592,9 @@ def _training_lines(results: dict[str, Any], method: str, paper: str | None) -> 
     lora = (recipe.get("model") or {}).get("lora")
     if isinstance(lora, dict):
         lines.append(_lora_line(lora, train.get("trainable_parameters")))
+    experts = (recipe.get("model") or {}).get("experts")
+    if isinstance(experts, dict):
+        lines.append(_experts_line(experts, results.get("experts")))
     replay = ((recipe.get("data") or {}).get("replay"))
     if isinstance(replay, dict):
         lines.append(_replay_line(replay, recipe, train.get("replay")))
@@ -784,6 +787,23 @@ def _dev_section(results: dict[str, Any]) -> list[str]:
     if others:
         lines += ["", "Its other metrics after training: " + ", ".join(others) + "."]
     return lines + [""]
+
+
+def _experts_line(experts: dict[str, Any], record: Any) -> str:
+    """The card's line on domain experts: what the model is and how to route it (docs/experts.md)."""
+    domains = [str(d) for d in experts.get("domains") or []]
+    layers = experts.get("layers")
+    where = "every layer" if layers == "all" else "layers " + ", ".join(map(str, layers or []))
+    line = (f"- **Experts:** a {len(domains)}-expert model (Hallee et al. 2024, enforced routing): the "
+            f"feed-forward blocks of {where} have one copy per domain ({', '.join(f'`{d}`' for d in domains)}), "
+            "each trained only on its own domain's batches; the rest is shared. The repository holds one full "
+            "encoder per domain (a sentence-transformers `Router`); route by domain: "
+            f"`model.encode(texts, task=\"{domains[0] if domains else 'NAME'}\")`")
+    if isinstance(record, dict) and isinstance(record.get("unique_parameters"), int):
+        line += (f"; {record['unique_parameters']:,} unique parameters, {record.get('parameters_per_route'):,} per "
+                 "route")
+    default = experts.get("default")
+    return line + (f"; without a task, `{default}`" if default else "; encode without a task is refused")
 
 
 def _lora_line(lora: dict[str, Any], trainable: Any) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 from embedkit.cliargs import add_no_progress
 from embedkit.data.sources import read_local
 from embedkit.errors import EmbedkitError
+from embedkit.log import log
 from embedkit.model_ref import check_model, embedding_dim, load_model
 from embedkit.outputs import FileOutput, Inputs, check_file_output, require_space, writing
 
@@ -58,8 +59,12 @@ def _run(args: argparse.Namespace) -> int:
     check_model(args.model, what="model", trust_flag=None)
     texts = read_texts(args.input, args.format, args.column)  # before the model loads: bad input fails fast
     from embedkit.encoding import check_dim, encode  # torch: only once every argument is known to be good
+    from embedkit.experts import choose_route
 
-    model, _ = load_model(args.model)
+    model, spec = load_model(args.model)
+    how = choose_route(model, args.task, spec)  # a model with experts: the domain's route (docs/experts.md)
+    if how:
+        log(f"encoding {how}")
     if args.max_seq_length:
         model.max_seq_length = args.max_seq_length
     start = time.perf_counter()
@@ -90,6 +95,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("auto", "text", "csv", "tsv", "jsonl"), default="auto",
                    help="input format (auto: from the file suffix)")
     p.add_argument("--batch-size", type=int, default=128, help="texts encoded per batch (default 128)")
+    p.add_argument("--task", metavar="DOMAIN", help="a model with experts (docs/experts.md): encode through this "
+                   "domain's expert (default: the model's learned router, else its default route)")
     add_no_progress(p)
     p.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
     p.add_argument("--dim", type=int, metavar="D",

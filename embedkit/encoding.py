@@ -185,13 +185,21 @@ def model_max_length(model: SentenceTransformer) -> int | None:
     training run sets it to its training length. ``None`` when neither is known (``max_seq_length`` then stands)."""
     if not len(model):
         return None
-    first = model[0]
+    first = input_modules(model)[0]
     config = getattr(getattr(first, "auto_model", None), "config", None)
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
         return positions - _POSITION_OFFSET.get(getattr(config, "model_type", ""), 0)
     saved = (getattr(getattr(first, "tokenizer", None), "init_kwargs", None) or {}).get("model_max_length")
     return saved if isinstance(saved, int) and 0 < saved < _NO_LIMIT else None
+
+
+def input_modules(model: SentenceTransformer) -> list[Any]:
+    """The module(s) that read the text: the first module, or each route's first under a ``Router`` (a model
+    with experts, docs/experts.md)."""
+    first = model[0]
+    routes = getattr(first, "sub_modules", None)
+    return [seq[0] for seq in routes.values()] if isinstance(routes, torch.nn.ModuleDict) else [first]
 
 
 @contextmanager
@@ -202,11 +210,17 @@ def sequence_length(model: SentenceTransformer, length: int | None) -> Iterator[
         yield getattr(model, "max_seq_length", None)
         return
     before = model.max_seq_length
+    routes = [m for m in input_modules(model) if m is not model[0] and hasattr(m, "max_seq_length")]
+    route_before = [m.max_seq_length for m in routes]
     model.max_seq_length = length
+    for m in routes:  # a Router's routes: each reads at the length too
+        m.max_seq_length = length
     try:
         yield length
     finally:
         model.max_seq_length = before
+        for m, value in zip(routes, route_before, strict=True):
+            m.max_seq_length = value
 
 
 def check_dim(dim: int | None, width: int | None, what: str = "dim") -> None:

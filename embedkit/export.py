@@ -121,6 +121,11 @@ def export(model: Any, output: str | os.PathLike, fmt: str = "onnx", quantize: s
                             "torch model it came from")
     from sentence_transformers.models import Transformer
 
+    routes = getattr(st_model[0], "sub_modules", None) if len(st_model) else None
+    if routes is not None:  # a model with experts (docs/experts.md): N encoders behind a Router
+        raise EmbedkitError(f"model {spec or '<instance>'}: a Router with one encoder per route "
+                            f"({', '.join(routes)}); export takes one transformer encoder, so a model with experts "
+                            "is not exported")
     if not len(st_model) or not isinstance(st_model[0], Transformer):
         raise EmbedkitError(f"model {spec or '<instance>'}: its first module is "
                             f"{type(st_model[0]).__name__ if len(st_model) else 'missing'}, not a transformer; only "

@@ -128,6 +128,10 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
         model.prompts = {**model.prompts, **cfg.prompts}
     if cfg.lora is not None:  # after set_dropout: LoRA's own dropout is the recipe's lora.dropout
         add_lora(model, cfg.lora)
+    if cfg.experts is not None:  # last: the routes copy the encoder as configured (dropout, length)
+        from embedkit.experts import add_experts
+
+        model = add_experts(model, cfg.experts)
     return model
 
 

@@ -116,6 +116,44 @@ class LoraSection(Section):
         return value
 
 
+EXPERT_EVAL_KINDS = ("sts", "rerank", "retrieval")  # model.experts.eval_routes keys: evaluations by kind
+
+
+class ExpertsSection(Section):
+    """Domain experts with enforced routing (Hallee et al. 2024; docs/experts.md): the feed-forward blocks of the
+    chosen encoder layers become one copy per domain (initialised from the pretrained block), everything else is
+    shared; a multi-task run trains each source's batches through the expert of the same name."""
+
+    domains: list[str] = Field(min_length=2, description="one expert per domain: the names of the multi-task "
+                               "sources (data.train[*].name), each listed once")
+    layers: list[int] | Literal["all"] = Field("all", description="encoder layers (0-based) whose feed-forward "
+                                               "block becomes experts, or all")
+    kind: Literal["ffn"] = Field("ffn", description="ffn: copies of the layer's feed-forward block (its two "
+                                 "linear layers: intermediate and output dense; the LayerNorm stays shared)")
+    default: str | None = Field(None, description="the saved model's route when encode gets no task (null: "
+                                "encode must name one, e.g. encode(texts, task='sts'))")
+    eval_routes: dict[Literal["sts", "rerank", "retrieval"], str] = Field(
+        default_factory=dict, description="the expert each evaluation kind encodes through: sts (STS-B dev and "
+        "the STS suite), rerank (reranking dev and eval.rerank sets), retrieval")
+
+    @field_validator("domains")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(TASK_NAME, name):
+                raise ValueError(f"domain {name!r}: expected letters, digits, _ and - (a source's name)")
+        if len(set(value)) != len(value):
+            raise ValueError("each domain once")
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value) or min(value) < 0):
+            raise ValueError("expected a non-empty list of distinct layer indices (0-based), or 'all'")
+        return value
+
+
 class ModelSection(Section):
     name: str = Field(description="HF model id or local path (a sentence-transformers or plain HF folder)")
     revision: str | None = None
@@ -135,6 +173,8 @@ class ModelSection(Section):
         "document}); null: the method's default when model.prompts has its names; {}: no prompt in training",
     )
     lora: LoraSection | None = Field(None, description="train LoRA adapters instead of every weight (needs peft)")
+    experts: ExpertsSection | None = Field(None, description="domain experts with enforced routing (multi-task "
+                                           "recipes; docs/experts.md)")
 
     @field_validator("prompts")
     @classmethod

@@ -104,6 +104,7 @@ def load_recipe_with_data(
         check_batch_split(recipe, world, source, lines)
     _check_replay_options(recipe, world, source, lines)
     _check_lora(recipe, source, lines)
+    _check_experts(recipe, source, lines)
     _check_schedule(recipe, source, lines)
 
     # Paths and data.
@@ -346,6 +347,66 @@ def check_batch_split(recipe: Recipe, world_size: int, source: str = "recipe",
         return per_device_batch(recipe.training.batch_size, world_size)
     except ValueError as err:
         raise RecipeError(f"{_where(source, lines or {}, ('training', 'batch_size'))}: {err}") from None
+
+
+def _check_experts(recipe: Recipe, source: str, lines: dict) -> None:
+    """``model.experts`` (docs/experts.md): a multi-task recipe whose sources are the domains, one each; layers
+    the encoder has; a route for every evaluation the run makes; nothing it cannot honour (LoRA, mteb)."""
+    cfg = recipe.model.experts
+    if cfg is None:
+        return
+    key = ("model", "experts")
+    errors: list[tuple[tuple, str]] = []
+    if not is_multitask(recipe):
+        raise RecipeError(f"{_where(source, lines, key)}: experts route each multi-task source to its own expert; "
+                          "they need data.train to list the sources (one per domain) and method: multitask")
+    names = [src.name for src in recipe.data.train]
+    for i, domain in enumerate(cfg.domains):
+        if domain not in names:
+            errors.append((key + ("domains", i), f"domain {domain!r} is not a source of data.train (sources: "
+                                                 f"{', '.join(names)}); each domain is a source's name"))
+    for i, name in enumerate(names):
+        if name not in cfg.domains:
+            errors.append((("data", "train", i, "name"), f"source {name!r} has no expert; list it in "
+                                                         "model.experts.domains"))
+    if cfg.default is not None and cfg.default not in cfg.domains:
+        errors.append((key + ("default",), f"expected one of the domains ({', '.join(cfg.domains)}), got "
+                                           f"{cfg.default!r}"))
+    for kind, domain in cfg.eval_routes.items():
+        if domain not in cfg.domains:
+            errors.append((key + ("eval_routes", kind), f"expected one of the domains ({', '.join(cfg.domains)}), "
+                                                        f"got {domain!r}"))
+    dev = recipe.data.dev
+    needed: dict[str, tuple] = {}
+    for i, d in enumerate(dev if isinstance(dev, list) else [dev] if dev is not None else []):
+        needed.setdefault("sts" if d.kind == "stsb" else d.kind, ("data", "dev", i) if isinstance(dev, list)
+                          else ("data", "dev"))
+    if recipe.eval.suite != "none":
+        needed.setdefault("sts", ("eval", "suite"))
+    if recipe.eval.rerank:
+        needed.setdefault("rerank", ("eval", "rerank"))
+    if recipe.eval.retrieval:
+        needed.setdefault("retrieval", ("eval", "retrieval"))
+    for kind, where in needed.items():
+        if kind not in cfg.eval_routes:
+            errors.append((where, f"a model with experts encodes every evaluation through one expert: give this "
+                                  f"{kind} evaluation's route in model.experts.eval_routes.{kind} (one of "
+                                  f"{', '.join(cfg.domains)})"))
+    if recipe.eval.mteb:
+        errors.append((("eval", "mteb"), "mteb encodes through its own wrapper, which cannot name an expert; "
+                                         "remove the key (score the saved model with a task route instead)"))
+    if recipe.model.lora is not None:
+        errors.append((("model", "lora"), "LoRA and experts both replace encoder weights; use one of them"))
+    if cfg.layers != "all":
+        folder = model_files.transformer_folder(recipe.model.name, recipe.model.revision)
+        config = model_files._read(folder / "config.json") if folder is not None else None
+        count = config.get("num_hidden_layers") if isinstance(config, dict) else None
+        for i, layer in enumerate(cfg.layers):
+            if isinstance(count, int) and layer >= count:
+                errors.append((key + ("layers", i), f"layer {layer} out of range: the encoder has {count} layers "
+                                                    f"(0 .. {count - 1})"))
+    if errors:
+        raise RecipeError("\n".join(f"{_where(source, lines, k)}: {why}" for k, why in errors))
 
 
 def _check_lora(recipe: Recipe, source: str, lines: dict) -> None:
@@ -632,6 +693,7 @@ def _load_multitask(recipe: Recipe, source: str, lines: dict, data_dir: str | No
     if world > 1:
         check_batch_split(recipe, world, source, lines)
     _check_lora(recipe, source, lines)
+    _check_experts(recipe, source, lines)
     _check_schedule(recipe, source, lines)
     recipe.data.train = [src.model_copy(update={"method": view.method}) for src, view in views]
     if not check_data:

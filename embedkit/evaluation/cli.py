@@ -30,7 +30,7 @@ from embedkit.evaluation.overlap import (
 )
 from embedkit.evaluation.provenance import package_versions
 from embedkit.evaluation.ranking import score_set
-from embedkit.log import progress
+from embedkit.log import log, progress
 from embedkit.model_ref import check_model, embedding_dim, load_model, require_hub
 from embedkit.outputs import OutputFolder, check_target, open_folder, resolve_output, writing
 
@@ -62,6 +62,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     add_no_progress(p)
     p.add_argument("-o", "--output", help="output folder (default: eval-results/<model name>)")
     p.add_argument("--batch-size", type=int, default=128, help="sentences encoded per batch (default 128)")
+    p.add_argument("--task", metavar="DOMAIN", help="a model with experts (docs/experts.md): evaluate through this "
+                   "domain's expert (default: the model's learned router, else its default route)")
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
                    help="bf16 autocast (auto: only where the hardware has bf16); default none")
     p.add_argument("--no-chart", action="store_true",
@@ -239,7 +241,12 @@ def _run(args: argparse.Namespace, suite: str, folder: OutputFolder, started: fl
                           + [("retrieval", d, args.split) for d in args.retrieval])
     ranking_sets = [read_rerank(f, name=n) for f, n in zip(args.rerank, names)] + [
         read_beir(d, args.split, name=n) for d, n in zip(args.retrieval, names[len(args.rerank):])]
+    from embedkit.experts import choose_route, router_of
+
     model, spec = load_model(args.model)
+    how = choose_route(model, args.task, spec)  # a model with experts: the domain's route (docs/experts.md)
+    if how:
+        log(f"evaluating {how}")
     if suite == "sts":
         results["sts"] = evaluate(model, "sts", geometry=args.geometry, model_path=spec, dims=args.dims,
                                   tasks=args.tasks, **common)
@@ -247,6 +254,7 @@ def _run(args: argparse.Namespace, suite: str, folder: OutputFolder, started: fl
         results["geometry"] = evaluate(model, "geometry", model_path=spec, dims=args.dims, **common)
     if args.compare:
         model_b, spec_b = load_model(args.compare)
+        choose_route(model_b, args.task if router_of(model_b) is not None else None, spec_b)
         other = evaluate(model_b, "sts", model_path=spec_b, tasks=args.tasks, **common)
         # What changed from B (--compare, e.g. the base) to A (MODEL): A − B, as the table and the chart show it.
         diff = {t: s["spearman"] - other["tasks"][t]["spearman"] for t, s in results["sts"]["tasks"].items()

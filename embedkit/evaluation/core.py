@@ -243,14 +243,18 @@ def score_dev(model: SentenceTransformer, dev: DevSet | WeightedDevSet | PairSet
               batch_size: int = 128) -> dict[str, Any]:
     """Every metric of the dev set's kind (× 100): Spearman/Pearson, MAP/MRR@10, or nDCG@10/Recall@100/MRR@10."""
 
+    from embedkit.experts import routed_eval
+
     if isinstance(dev, WeightedDevSet):
         return dev.score(model, batch_size)
     data = dev.data if isinstance(dev, DevSet) else dev
-    if isinstance(data, PairSet):
-        return score_pairs(model, data, batch_size)
-    if isinstance(data, RerankSet):
-        return score_rerank(model, data, batch_size)
-    return score_retrieval(model, data, batch_size)
+    kind = "stsb" if isinstance(data, PairSet) else "rerank" if isinstance(data, RerankSet) else "retrieval"
+    with routed_eval(model, kind):  # a model with experts: the route model.experts.eval_routes gives this kind
+        if isinstance(data, PairSet):
+            return score_pairs(model, data, batch_size)
+        if isinstance(data, RerankSet):
+            return score_rerank(model, data, batch_size)
+        return score_retrieval(model, data, batch_size)
 
 
 def make_dev_evaluator(dev: DevSet | WeightedDevSet | PairSet, batch_size: int = 128) -> Any:

@@ -34,6 +34,7 @@ from torch.utils.data import ConcatDataset
 from embedkit import distributed
 from embedkit.data.sources import read_train_source
 from embedkit.errors import DataError
+from embedkit.experts import drop_inactive_gradients, set_route
 from embedkit.log import log
 from embedkit.losses.objective import compose
 from embedkit.methods import bound_method
@@ -192,6 +193,7 @@ class MultiTaskTrainer(EmbedkitTrainer):
         if self.mixed:
             return self._mixed_loss(model, inputs, return_outputs)
         name = inputs.get("dataset_name")
+        set_route(model, name)  # model.experts: enforced routing, the batch's source's expert (no-op without)
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = out[0] if return_outputs else out
         if model.training and name is not None:
@@ -209,6 +211,7 @@ class MultiTaskTrainer(EmbedkitTrainer):
             group = dict(group)
             group.pop("dataset_name", None)
             features, labels = self.collect_features(group)
+            set_route(model, name)  # model.experts: this source's rows through its own expert
             loss_fn = self.loss[name]
             if model == self.model_wrapped and hasattr(loss_fn, "model") and loss_fn.model != model:
                 loss_fn = self.override_model_in_loss(loss_fn, model)
@@ -222,6 +225,11 @@ class MultiTaskTrainer(EmbedkitTrainer):
         assert total is not None
         self.check_finite(model, total)
         return (total, {}) if return_outputs else total
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        drop_inactive_gradients(model)  # model.experts: no update of another domain's expert (no-op without)
+        return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # training logs: each source's mean loss over its steps since the last log
@@ -267,6 +275,7 @@ class Tasks:
     weights: dict[str, float]
     mixed: bool
     summary: list[dict[str, Any]] = field(default_factory=list)
+    router_mapping: dict[str, dict[str, str]] = field(default_factory=dict)  # model.experts: source → its expert
 
     def batch_sampler(self) -> None:
         return None
@@ -318,5 +327,8 @@ def build_tasks(recipe: Recipe, train_data: MultiTrainData | None, model: Any, w
     sampler = partial(TaskBatchSampler, rule=rule, weights=list(weights.values()), world_size=world_size)
     # A weight acts once: balanced gives it as a share of the steps; the other samplers multiply the loss by it.
     loss_weights = {name: 1.0 for name in weights} if rule == "balanced" else weights
+    # model.experts: every column of a source is tokenised and encoded under its own domain's route
+    # (sentence-transformers' per-dataset router_mapping: the task rides in the features, through GradCache too).
+    routes = {name: dict.fromkeys(d.column_names, name) for name, d in splits.items()} if recipe.model.experts else {}
     return Tasks(datasets.DatasetDict(splits), losses, MultiTrainData(parts), sampler, prompts, loss_weights,
-                 rule == "mixed", summary)
+                 rule == "mixed", summary, routes)

@@ -529,7 +529,9 @@ def data_and_loss(recipe: Recipe, train_data: Any, model: Any, work: Path, data_
 
         tasks = build_tasks(recipe, train_data, model, world_size, rank, data_dir)
         return Parts(tasks.dataset, tasks.losses, tasks.train_data, str(len(tasks.train_data)), tasks,
-                     tasks.prompts or None, tasks.make_trainer, {"multi_dataset_batch_sampler": tasks.sampler},
+                     tasks.prompts or None, tasks.make_trainer, {"multi_dataset_batch_sampler": tasks.sampler,
+                                                                 **({"router_mapping": tasks.router_mapping}
+                                                                    if tasks.router_mapping else {})},
                      tasks)
     from embedkit.losses.objective import compose
     from embedkit.training.trainer import EmbedkitTrainer
@@ -624,7 +626,11 @@ def training_args(recipe: Recipe, work: Path, world_size: int, precision: str, t
 
 def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) -> dict[str, Any]:
     """Final evaluation, the model and ``results.json`` (last), the swap of an ``--overwrite``, the push."""
+    from embedkit.data.ranking import RerankSet
     from embedkit.evaluation.core import score_dev
+    from embedkit.experts import ROUTER_FILE, domain_texts, fit_classifier, routed_eval
+    from embedkit.experts import describe as describe_experts
+    from embedkit.experts import finalize as finalize_experts
     from embedkit.modeling import parameter_counts
 
     recipe, trainer, results = run.recipe, run.trainer, run.results
@@ -647,14 +653,16 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
         _report_dev(results["dev"], run.dev_pairs)
     if run.final_sets:
         for data in run.final_sets:
-            kind, scores = score_set(model, data)
+            with routed_eval(model, "rerank" if isinstance(data, RerankSet) else "retrieval"):
+                kind, scores = score_set(model, data)
             results.setdefault(kind, {})[data.name] = scores
             log(f"{data.name}: " + ", ".join(f"{label} {scores[m]:.2f}" for m, label in METRIC_LABELS.items()
                                              if m in scores))
     if recipe.eval.suite == "sts":  # up to the model's own maximum unless eval.max_seq_length says otherwise
         # geometry (alignment, uniformity, tolerance) from the same embeddings: what embedkit sweep charts
-        results["sts"] = evaluate(model, suite="sts", data_dir=data_dir, max_seq_length=recipe.eval.max_seq_length,
-                                  show_progress_bar=None, geometry=True)
+        with routed_eval(model, "sts"):
+            results["sts"] = evaluate(model, suite="sts", data_dir=data_dir,
+                                      max_seq_length=recipe.eval.max_seq_length, show_progress_bar=None, geometry=True)
     if recipe.eval.mteb:
         results["mteb"] = _run_mteb(model, recipe, folder.work, data_dir)
     _report_overlap(results)
@@ -668,6 +676,14 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     })
     if recipe.model.lora is not None:
         _lora_output(model, recipe.model.lora.merge)
+    experts = describe_experts(model)
+    if experts is not None:  # model.experts: the learned router, the saved routes' default and the record
+        router = fit_classifier(model, domain_texts(trainer.train_dataset), seed=recipe.training.seed)
+        with atomic_path(folder.work / ROUTER_FILE) as tmp:
+            tmp.write_text(json.dumps(router.to_json()), encoding="utf-8")
+        results["experts"] = {**experts, "router": {"file": ROUTER_FILE, **router.info}}
+        log(f"experts: learned domain router ({ROUTER_FILE}) held-out accuracy {router.info['held_out_accuracy']}")
+        finalize_experts(model)
     _dev_curve(folder.work, results, Path(recipe.output.dir).name)
     subject = f"output.dir {folder.out}"
     hint = (f"the checkpoints in {folder.work / CHECKPOINTS} are intact: free space (or make the folder writable), "
