@@ -21,10 +21,15 @@ always one source's: the multi-task sampler); evaluation routes by the recipe's 
 from __future__ import annotations
 
 import copy
+import json
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
 from torch import nn
 
 from embedkit.errors import EmbedkitError
@@ -201,7 +206,6 @@ ROUTER_FILE = "domain_router.json"
 
 def text_features(router: Any, features: dict[str, Any]) -> Any:
     """Each row's mean shared token embedding (over its attention mask): the learned router's input."""
-    import torch
 
     transformer = next(iter(router.sub_modules.values()))[0]
     table = transformer.auto_model.embeddings.word_embeddings
@@ -220,7 +224,6 @@ class DomainClassifier:
 
     def predict(self, x: Any) -> Any:
         """The index (into ``domains``) of each row's domain."""
-        import torch
 
         w = torch.tensor(self.coef, dtype=torch.float32, device=x.device)
         logits = x.float() @ w.T + torch.tensor(self.intercept, dtype=torch.float32, device=x.device)
@@ -250,8 +253,6 @@ def fit_classifier(model: SentenceTransformer, texts: dict[str, list[str]], held
                    seed: int = 0, batch_size: int = 256) -> DomainClassifier:
     """Fit the router on ``texts`` (domain → its training texts); ``held_out`` of each domain's distinct texts
     (seeded) is kept out of the fit and scores it (``info["held_out_accuracy"]``)."""
-    import numpy as np
-    import torch
     from sklearn.linear_model import LogisticRegression
 
     router = router_of(model)
@@ -282,9 +283,7 @@ def use_classifier(model: nn.Module, clf: DomainClassifier | None) -> None:
     """Route every row the classifier's way when no task is given (``None``: back to the router's own rule).
     Rows of one batch may go to different experts: each expert encodes its rows, the embeddings are put back in
     order."""
-    import types
 
-    import torch
 
     router = router_of(model)
     if clf is None:
@@ -322,8 +321,6 @@ def choose_route(model: nn.Module, task: str | None, folder: str | None = None, 
     """How ``embedkit encode`` / ``eval`` route a loaded model, in words: ``task`` (a domain) when given; else
     the folder's learned router (``domain_router.json``); else the saved default route. Refuses a task for a
     model without routes, an unknown domain, and a model that cannot route without one."""
-    import json
-    from pathlib import Path
 
     router = router_of(model)
     if router is None:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from embedkit.errors import EmbedkitError
+from embedkit.experts import add_experts
 from embedkit.log import log
 from embedkit.model_ref import PACKAGED_MODELS, check_model, resolve_model_path  # noqa: F401 - moved, re-exported
 
@@ -129,8 +130,6 @@ def build_model(cfg: ModelSection, device: str | None = None) -> SentenceTransfo
     if cfg.lora is not None:  # after set_dropout: LoRA's own dropout is the recipe's lora.dropout
         add_lora(model, cfg.lora)
     if cfg.experts is not None:  # last: the routes copy the encoder as configured (dropout, length)
-        from embedkit.experts import add_experts
-
         model = add_experts(model, cfg.experts)
     return model
 

@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("recipe and data", ("embedkit.recipe", "embedkit.data", "embedkit.model_ref", "embedkit.model_files",
                          "embedkit.backends")),
     ("models and encoding", ("embedkit.modeling", "embedkit.modules", "embedkit.encoding", "embedkit.augment",
-                             "embedkit.merging")),
+                             "embedkit.merging", "embedkit.experts")),
     ("shared loss machinery", ("embedkit.losses", "embedkit.mining")),
     ("methods and validation", ("embedkit.methods", "embedkit.validate")),  # validation needs the method registry
     ("evaluation", ("embedkit.evaluation",)),

@@ -29,6 +29,7 @@ from packaging.version import Version
 from embedkit import distributed
 from embedkit.card import add_method_citation, set_card_data, set_dev_card_metrics, set_widget_examples, write_card
 from embedkit.data import cache, stream
+from embedkit.data.ranking import RerankSet
 from embedkit.data.sources import read_train_source
 from embedkit.data.stream import StreamData, hub_stream, rename_to
 from embedkit.errors import EmbedkitError, RecipeError
@@ -626,7 +627,6 @@ def training_args(recipe: Recipe, work: Path, world_size: int, precision: str, t
 
 def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) -> dict[str, Any]:
     """Final evaluation, the model and ``results.json`` (last), the swap of an ``--overwrite``, the push."""
-    from embedkit.data.ranking import RerankSet
     from embedkit.evaluation.core import score_dev
     from embedkit.experts import ROUTER_FILE, domain_texts, fit_classifier, routed_eval
     from embedkit.experts import describe as describe_experts
