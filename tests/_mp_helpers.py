@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -474,3 +475,20 @@ def run_timed(args: list[str], **kwargs: Any) -> tuple[subprocess.CompletedProce
     proc = subprocess.run(args, **kwargs)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return proc, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def assert_hub_refused(path: Path, message: str) -> None:
+    """The recipe at ``path`` with its training data swapped for a Hub dataset is refused at validation with
+    ``path:line: data.train.hub: <message>``."""
+    from embedkit.errors import RecipeError
+    from embedkit.validate import load_recipe
+
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["data"]["train"] = {"hub": "someone/dataset"}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    try:
+        load_recipe(path)
+    except RecipeError as e:
+        assert re.match(rf"{re.escape(str(path))}:\d+: data\.train\.hub: {message}", str(e)), str(e)
+    else:
+        raise AssertionError(f"{path}: a Hub dataset was accepted")

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from _mp_helpers import assert_hub_refused
 from tiny_model import training_model
 
 from embedkit import distributed
@@ -300,9 +301,5 @@ def test_options_ccp_cannot_honour_are_refused_with_file_line_key(tmp_path, tiny
 def test_a_hub_dataset_is_refused(tmp_path, tiny_model_path):
 
     path = recipe(tmp_path, tiny_model_path, tmp_path / "unused.txt")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    raw["data"]["train"] = {"hub": "someone/corpus"}
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    with pytest.raises(RecipeError, match=rf"{path}:\d+: data.train.hub: method 'ccp' builds its rows from a local"):
-        load_recipe(path)
+    assert_hub_refused(path, "method 'ccp' builds its rows from a local")
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from _mp_helpers import TRAIN_DATA, WORDS, kill_resume_compare, run_in_process
+from _mp_helpers import TRAIN_DATA, WORDS, assert_hub_refused, kill_resume_compare, run_in_process
 from tiny_model import training_model
 
 from embedkit import distributed
@@ -295,11 +295,7 @@ def test_options_it_cannot_honour_are_refused_with_file_line_key(tmp_path, tiny_
 
 def test_a_hub_dataset_is_refused(tmp_path, tiny_model_path):
     path = recipe(tmp_path, tiny_model_path, tmp_path / "unused.jsonl")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    raw["data"]["train"] = {"hub": "someone/labelled"}
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    with pytest.raises(RecipeError, match=rf"{path}:\d+: data.train.hub: method 'label-aware' reads its text"):
-        load_recipe(path)
+    assert_hub_refused(path, "method 'label-aware' reads its text")
 
 
 # ---------------------------------------------------------------------------------------------------------
