@@ -492,3 +492,27 @@ def assert_hub_refused(path: Path, message: str) -> None:
         assert re.match(rf"{re.escape(str(path))}:\d+: data\.train\.hub: {message}", str(e)), str(e)
     else:
         raise AssertionError(f"{path}: a Hub dataset was accepted")
+
+
+def assert_gradcache_equals_one_pass(model: Any, make_loss: Callable[..., Any], features: list, target: Any,
+                                     seed: int | None = None) -> None:
+    """``make_loss(mini_batch_size=3)`` (GradCache) gives the loss and every parameter's gradient that
+    ``make_loss(mini_batch_size=None)`` gives in one pass. ``seed``: torch's seed before each pass (the same dropout
+    masks in both)."""
+    import pytest
+    import torch
+
+    def run(loss_fn: Any) -> tuple[float, dict[str, Any]]:
+        model.zero_grad()
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = loss_fn(features, target)
+        out.backward()
+        return out.item(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}
+
+    plain = run(make_loss(mini_batch_size=None))
+    cached = run(make_loss(mini_batch_size=3))
+    assert plain[0] > 0 and cached[0] == pytest.approx(plain[0], abs=1e-5)
+    assert len(plain[1]) > 10
+    for name, g in plain[1].items():
+        torch.testing.assert_close(cached[1][name], g, atol=1e-5, rtol=1e-4, msg=name)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from _mp_helpers import assert_hub_refused
+from _mp_helpers import assert_gradcache_equals_one_pass, assert_hub_refused
 from tiny_model import training_model
 
 from embedkit import distributed
@@ -203,18 +203,7 @@ def test_gradcache_equals_plain(model):
     features = [model.tokenize(anchors), model.tokenize(positives)]
     docs = torch.tensor([i % 3 for i in range(10)])
 
-    def run(loss_fn):
-        model.zero_grad()
-        out = loss_fn(features, docs)
-        out.backward()
-        return out.item(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}
-
-    plain = run(ContextPositivesLoss(model, TAU))
-    cached = run(ContextPositivesLoss(model, TAU, mini_batch_size=3))
-    assert plain[0] > 0 and cached[0] == pytest.approx(plain[0], abs=1e-5)
-    assert len(plain[1]) > 10
-    for name, g in plain[1].items():
-        torch.testing.assert_close(cached[1][name], g, atol=1e-5, rtol=1e-4, msg=name)
+    assert_gradcache_equals_one_pass(model, lambda **k: ContextPositivesLoss(model, TAU, **k), features, docs)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from _mp_helpers import TRAIN_DATA, WORDS, assert_hub_refused, kill_resume_compare, run_in_process
+from _mp_helpers import (
+    TRAIN_DATA,
+    WORDS,
+    assert_gradcache_equals_one_pass,
+    assert_hub_refused,
+    kill_resume_compare,
+    run_in_process,
+)
 from tiny_model import training_model
 
 from embedkit import distributed
@@ -164,19 +171,7 @@ def test_gradcache_equals_plain(model):
     labels = torch.tensor(multi_hot(strings, node_vocabulary(strings)))
     features = [model.tokenize(texts)]
 
-    def run(loss_fn):
-        model.zero_grad()
-        torch.manual_seed(3)  # the same dropout masks in both paths
-        out = loss_fn(features, labels)
-        out.backward()
-        return out.item(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}
-
-    plain = run(LabelAwareLoss(model, TAU))
-    cached = run(LabelAwareLoss(model, TAU, mini_batch_size=3))
-    assert plain[0] > 0 and cached[0] == pytest.approx(plain[0], abs=1e-5)
-    assert len(plain[1]) > 10
-    for name, g in plain[1].items():
-        torch.testing.assert_close(cached[1][name], g, atol=1e-5, rtol=1e-4, msg=name)
+    assert_gradcache_equals_one_pass(model, lambda **k: LabelAwareLoss(model, TAU, **k), features, labels, seed=3)
 
 
 # ---------------------------------------------------------------------------------------------------------
