@@ -695,6 +695,9 @@ def update_card(text: str, results: dict[str, Any], *, repo_id: str | None = Non
     if repo_id:
         body = body.replace(f'"{ST_PLACEHOLDER_ID}"', f'"{repo_id}"')
         body = re.sub(r"^# .*$", f"# {repo_id.split('/')[-1]}", body, count=1, flags=re.M)
+    experts = (recipe.get("model") or {}).get("experts")
+    if isinstance(experts, dict) and experts.get("domains"):
+        body = _experts_usage(body, [str(d) for d in experts["domains"]], experts.get("default"))
     block = f"{BEGIN}\n{render_sections(results, rows)}{END}\n"
     for heading in ("\n## Training Details", "\n## Citation"):
         if heading in body:
@@ -787,6 +790,37 @@ def _dev_section(results: dict[str, Any]) -> list[str]:
     if others:
         lines += ["", "Its other metrics after training: " + ", ".join(others) + "."]
     return lines + [""]
+
+
+USAGE = "### Direct Usage (Sentence Transformers)"
+SNIPPET_TEXTS = ("'The weather is lovely today.'", "\"It's so sunny outside!\"", "'He drove to the stadium.'")
+
+
+def _experts_usage(body: str, domains: list[str], default: Any) -> str:
+    """The card's usage code for an experts model: ``encode(..., task=DOMAIN)``.
+
+    sentence-transformers takes any ``Router`` for a query/document model and writes ``encode_query`` /
+    ``encode_document``, which an experts model (routes named after domains) refuses. The block keeps its model
+    line and example texts; idempotent."""
+    at = body.find(USAGE)
+    start = body.find("```python\n", at) if at >= 0 else -1
+    end = body.find("\n```", start + 10) if start >= 0 else -1
+    if end < 0:
+        return body
+    code = body[start + 10:end]
+    model_line = next((line for line in code.splitlines() if line.startswith("model = ")),
+                      f'model = SentenceTransformer("{ST_PLACEHOLDER_ID}")')
+    texts = re.findall(r"^    ('.*'|\".*\"),$", code, flags=re.M)[:3] or list(SNIPPET_TEXTS)
+    fallback = (f"# Without task=, encode uses the default expert ({default!r})." if default else
+                "# encode without task= is refused: this model has no default expert.")
+    lines = ["from sentence_transformers import SentenceTransformer", "", "# Download from the 🤗 Hub", model_line,
+             f"# One expert per domain ({', '.join(domains)}): name the texts' domain with task=.", fallback,
+             "sentences = [", *(f"    {t}," for t in texts), "]",
+             f'embeddings = model.encode(sentences, task="{domains[0]}")', "print(embeddings.shape)", "",
+             "# Get the similarity scores for the embeddings",
+             "similarities = model.similarity(embeddings, embeddings)", "print(similarities.shape)",
+             f"# [{len(texts)}, {len(texts)}]"]
+    return body[:start + 10] + "\n".join(lines) + body[end:]
 
 
 def _experts_line(experts: dict[str, Any], record: Any) -> str:

