@@ -14,8 +14,9 @@ The model is sentence-transformers' own ``Router`` with one route per domain, ea
 ``[Transformer, Pooling, (Normalize)]``. In memory the routes' Transformers share every parameter object except
 their experts' (tied), so the optimizer sees each shared weight once; saved, each route is a full encoder
 (N copies on disk) that ``SentenceTransformer(path)`` loads and routes: ``model.encode(texts, task="sts")``.
-Training routes by setting the router's ``default_route`` to the batch's source before the forward (a batch is
-always one source's: the multi-task sampler); evaluation routes by the recipe's ``model.experts.eval_routes``.
+Training routes each row by its source's name in the features (sentence-transformers' ``router_mapping``; a batch
+is always one source's: the multi-task sampler), with the router's ``default_route`` set to the same source as the
+fallback (:func:`set_route`); evaluation routes by the recipe's ``model.experts.eval_routes``.
 """
 
 from __future__ import annotations
@@ -115,7 +116,11 @@ def router_of(model: nn.Module) -> Any:
 
 def set_route(model: nn.Module, domain: str | None, training: bool = True) -> None:
     """Send the next forwards of a routed model through ``domain``'s route (no-op for another model); a
-    ``training`` route marks the domain's experts as this step's (:func:`drop_inactive_gradients`)."""
+    ``training`` route marks the domain's experts as this step's (:func:`drop_inactive_gradients`).
+
+    In training the rows themselves carry their route (sentence-transformers' per-dataset ``router_mapping`` puts
+    the source's name in the features, GradCache's re-forwards included); this sets the same domain, from the same
+    batch, as the fallback for any forward of the step that carries none, and is what marks the step's expert."""
     router = router_of(model)
     if router is not None and domain is not None:
         if domain not in router.sub_modules:
