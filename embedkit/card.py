@@ -618,8 +618,17 @@ def _replay_line(replay: dict[str, Any], recipe: dict[str, Any], record: Any) ->
         else f"share {replay.get('share')}"
     teacher = distill.get("teacher", "initial")
     teacher = "the starting model, frozen" if teacher == "initial" else f"`{teacher}`, frozen"
+    source = record.get("source") if isinstance(record, dict) else None  # what the run read: csv:/… or hub:NAME:split
+    if isinstance(source, str) and source.startswith("hub:"):
+        name, _, split = source[4:].rpartition(":")
+        rows = f"the Hub dataset `{name}` ({split})"
+    elif isinstance(source, str) and ":" in source:
+        rows = f"`{Path(source.split(':', 1)[1]).name}`"
+    else:
+        rows = (f"`{Path(str(replay.get('path'))).name}`" if replay.get("path") else
+                f"the Hub dataset `{replay.get('hub')}`")
     return (f"- **Replay and distillation (fine-tuning without forgetting, COCONUT):** rows of "
-            f"`{Path(str(replay.get('path'))).name}` replayed in every step ({per_step}, share {replay.get('share')} "
+            f"{rows} replayed in every step ({per_step}, share {replay.get('share')} "
             f"of its rows), their embeddings held to {teacher} by `distill` (mode `{distill.get('mode', 'cosine')}`, "
             f"weight {distill.get('weight', 1.0)}); the method's own loss trains on the new rows only")
 

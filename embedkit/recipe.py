@@ -393,8 +393,13 @@ class ReplaySection(Section):
     docs/continual.md): their texts are embedded with the step's batch and held to a frozen teacher by the
     ``distill`` objective term."""
 
-    path: str = Field(description="local file of the earlier task's rows; may start with {data_dir}")
+    path: str | None = Field(None, description="local file of the earlier task's rows; may start with {data_dir}")
     format: Literal["auto", "text", "csv", "tsv", "jsonl", "sick", "stsb"] = "auto"
+    hub: str | None = Field(None, description="Hub dataset of the earlier task's rows, read when path is not set "
+                            "(or is a {data_dir} path whose file is absent), as data.train.hub")
+    config: str | None = None
+    data_files: str | None = Field(None, description="file inside the Hub dataset repo to load")
+    split: str = "train"
     columns: list[str] | None = Field(None, min_length=1, description="the text columns to replay (default: every "
                                       "column; stsb: sentence1, sentence2; sick: anchor, positive, negative)")
     share: float = Field(gt=0, lt=1, description="replayed rows / all rows of a step; the step keeps its "
@@ -402,6 +407,12 @@ class ReplaySection(Section):
     max_samples: int | None = Field(None, gt=0, description="replay only the first N rows of the file")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="seed of the replay order (default: "
                                                                    "training.seed)")
+
+    @model_validator(mode="after")
+    def _a_source(self) -> ReplaySection:
+        if self.path is None and self.hub is None:
+            raise ValueError("set 'path' (a local file), 'hub' (a Hub dataset name), or both (path first)")
+        return self
 
 
 def replay_rows_per_step(batch_size: int, share: float) -> int:

@@ -121,7 +121,7 @@ def load_recipe_with_data(
         for hub in dev_hubs:
             _check_dev_hub(*hub)
         _check_method_models(recipe, method, validated, source, lines)
-        check_replay_data(recipe, resolved_dir, source, lines)
+        check_replay_data(recipe, resolved_dir, source, lines, notes)
         _check_teachers(recipe, source, lines)
         _check_environment(recipe, resolved_dir, source, lines, checks)
         for note in notes:
@@ -162,24 +162,34 @@ def _check_replay_options(recipe: Recipe, world: int, source: str, lines: dict, 
         raise RecipeError("\n".join(f"{_where(source, lines, key)}: {why}" for key, why in errors))
 
 
-def replay_file(recipe: Recipe, data_dir: Path | None, source: str = "recipe", lines: dict | None = None) -> str:
-    """The local file ``data.replay.path`` names (``{data_dir}`` expanded); refused when missing."""
+def replay_file(recipe: Recipe, data_dir: Path | None, source: str = "recipe", lines: dict | None = None,
+                notes: list[str] | None = None) -> str | None:
+    """The local file ``data.replay.path`` names (``{data_dir}`` expanded), or ``None`` when its Hub dataset
+    ``data.replay.hub`` is to be read instead (no path, or a ``{data_dir}`` path whose file is absent: a notice in
+    ``notes`` says so); a path the user wrote out must exist."""
+    replay = recipe.data.replay
+    if replay.path is None:
+        return None
     where = _where(source, lines or {}, ("data", "replay", "path"))
-    path = _local_file(recipe.data.replay.path, None, data_dir, where, "", [])
-    assert path is not None
-    return path
+    return _local_file(replay.path, replay.hub, data_dir, where, f"replay reads the Hub dataset {replay.hub} instead",
+                       notes if notes is not None else [])
 
 
 def check_replay_data(recipe: Recipe, data_dir: Path | None, source: str = "recipe",
-                      lines: dict | None = None) -> Any:
+                      lines: dict | None = None, notes: list[str] | None = None) -> Any:
     """The replayed rows, read in full (``None`` without ``data.replay``): a missing file, a bad row or column, a
     file a ``data.dev`` slice is held out of (its rows would reach training), too few texts a step for ``kl``."""
     replay = recipe.data.replay
     if replay is None:
         return None
     lines = lines or {}
-    path = replay_file(recipe, data_dir, source, lines)
-    where = _where(source, lines, ("data", "replay", "path"))
+    path = replay_file(recipe, data_dir, source, lines, notes)
+    where = _where(source, lines, ("data", "replay", "path" if path is not None else "hub"))
+    if path is None:  # one line before anything loads when the Hub cannot give it
+        try:
+            check_hub_dataset(replay.hub, f"{where} {replay.hub}", "use a local file in data.replay.path")
+        except ModelRefError as err:
+            raise RecipeError(str(err)) from None
     held = heldout_devs(recipe, path, data_dir)
     if held:
         raise RecipeError(f"{where}: {path} is the file {held[0][1]}.split_from_train holds a selection slice out of; "

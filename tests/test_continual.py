@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from _mp_helpers import write_recipe, write_scored_pairs
+from _mp_helpers import results, run_in_process, write_recipe, write_scored_pairs
 
 from embedkit.errors import RecipeError
 from embedkit.losses.distill import DistillTerm, ReplayRows, distill_cosine, distill_kl, distill_mse
@@ -432,3 +432,49 @@ def test_two_processes_equal_one_process_with_replay(mode, tmp_path, spread_mode
                          {"terms": [{"name": "distill", "weight": 20.0, "mode": mode, "temperature": 0.5,
                                      **teacher}]},
                          replay={"path": str(pairs), "columns": ["s1", "s2"], "share": 0.2})
+
+
+# ---- replay from a Hub dataset ----------------------------------------------------------------------------
+
+
+def test_replay_reads_a_hub_dataset_as_training_reads_one(tmp_path, tiny_model_path):
+    """``data.replay.hub`` loads through ``datasets.load_dataset`` as ``data.train.hub`` does (here datasets' own
+    csv builder over the local file: the Hub code path without the network): the same rows as ``path``, and a run
+    that replays them names the dataset in results.json and the card."""
+    from embedkit.validate import check_replay_data, load_recipe
+
+    by_path = replay_recipe(tmp_path, tiny_model_path)
+    hub = {"path": None, "hub": "csv", "data_files": str(tmp_path / "pairs.csv")}
+    by_hub = replay_recipe(tmp_path, tiny_model_path, name="hub.yaml", replay=hub, training={"max_steps": 2},
+                           out="hub-out")
+    a, b = (check_replay_data(load_recipe(p), None) for p in (by_path, by_hub))
+    assert b.description == "hub:csv:train" and a.description.endswith("pairs.csv")
+    assert {k: list(v) for k, v in b.columns.items()} == {k: list(v) for k, v in a.columns.items()}
+    assert len(b) == 48
+
+    run_in_process(by_hub)
+    assert results(tmp_path / "hub-out")["train"]["replay"]["source"] == "hub:csv:train"
+    card = (tmp_path / "hub-out" / "README.md").read_text(encoding="utf-8")
+    assert "rows of the Hub dataset `csv` (train) replayed in every step (2 rows a step" in card
+
+
+def test_replay_needs_a_path_or_a_hub_and_a_hub_it_cannot_read_is_one_line(tmp_path, tiny_model_path,
+                                                                            monkeypatch):
+    path = replay_recipe(tmp_path, tiny_model_path, replay={"path": None})
+    msg = refusal(path)
+    assert f"recipe.yaml:{line_of(path, 'replay:')}: data.replay: Value error, set 'path' (a local file), 'hub'" in msg
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing sent: the answer is the local datasets cache's
+    path = replay_recipe(tmp_path, tiny_model_path, name="b.yaml", replay={"path": None, "hub": "someone/stsb"})
+    msg = refusal(path)
+    assert msg.startswith(f"{path}:{line_of(path, 'hub: someone/stsb')}: data.replay.hub someone/stsb: not in the "
+                          "local datasets cache"), msg
+    assert "use a local file in data.replay.path" in msg and "\n" not in msg
+
+    rows = tmp_path / "holes.csv"
+    rows.write_text("s1,s2\na cat sits,a cat is sitting\na dog runs,\n", encoding="utf-8")
+    path = replay_recipe(tmp_path, tiny_model_path, name="c.yaml", share=0.12,
+                         replay={"path": None, "hub": "csv", "data_files": str(rows)})
+    msg = refusal(path)
+    assert f"c.yaml:{line_of(path, 'hub: csv')}: data.replay.hub: csv (train): row 1 column 's2': expected a " \
+           "non-empty text to replay, got None" in msg, msg

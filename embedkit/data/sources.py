@@ -596,8 +596,10 @@ def read_hub(
     data_files: str | None = None,
     types: Types | None = None,
     max_samples: int | None = None,
+    key: str = "data.train",
 ) -> TrainData:
-    """A dataset from the HuggingFace Hub (or a local folder ``load_dataset`` understands).
+    """A dataset from the HuggingFace Hub (or a local folder ``load_dataset`` understands); ``key`` is the
+    recipe section named in errors (``data.train``, ``data.replay``).
 
     ``types`` declares each column in order as for :func:`read_local`; ``score`` columns are checked and
     converted to floats (a Hub CSV may hold them as strings). Text columns are taken as they are. The rows stay
@@ -609,15 +611,15 @@ def read_hub(
 
     if not Path(name).exists() and name not in _PACKAGED_DATASETS_MODULES:  # a Hub dataset, not `json` + files
         # One short probe first: offline, datasets would retry for a minute.
-        require_hub(f"data.train.hub {name}", "use a local file in data.train.path (a {data_dir} path needs "
+        require_hub(f"{key}.hub {name}", f"use a local file in {key}.path (a {{data_dir}} path needs "
                     "--data-dir or $EMBEDKIT_DATA)", name=name)
 
     try:
         ds = datasets.load_dataset(name, config, split=split, data_files=data_files)
     except Exception as err:  # noqa: BLE001 - any loading failure becomes one clear message
         raise DataError(
-            f"data.train.hub: could not load dataset {name!r} (split {split!r}): {type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}. Offline? Use a local file in data.train.path."
+            f"{key}.hub: could not load dataset {name!r} (split {split!r}): {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}. Offline? Use a local file in {key}.path."
         ) from None
     wanted = columns or ds.column_names
     _check_columns(Path(name), ds.column_names, wanted, split)
@@ -662,10 +664,23 @@ def read_train_source(src: Any, method_name: str, roles: Sequence[str], types: T
 _REPLAY_TEXT_COLUMNS = {"stsb": ["sentence1", "sentence2"], "sick": ["anchor", "positive", "negative"]}
 
 
-def read_replay(replay: Any, path: str) -> TrainData:
-    """The rows ``data.replay`` names (already resolved to the local file ``path``): its text columns
-    (``replay.columns``, by default every column; ``stsb``: sentence1 and sentence2), every value a non-empty text,
-    the first ``max_samples`` rows when set. Raises :class:`DataError` naming the file and line."""
+def read_replay(replay: Any, path: str | None) -> TrainData:
+    """The rows ``data.replay`` names (already resolved to the local file ``path``; ``None``: its Hub dataset
+    ``replay.hub``): its text columns (``replay.columns``, by default every column; ``stsb``: sentence1 and
+    sentence2), every value a non-empty text, the first ``max_samples`` rows when set. Raises :class:`DataError`
+    naming the file and line (a Hub dataset: its row and column)."""
+    if path is None:
+        data = read_hub(replay.hub, replay.split, replay.config, replay.columns, replay.data_files,
+                        max_samples=replay.max_samples, key="data.replay")
+        start = 0
+        for chunk in data.batches():
+            for column, values in chunk.items():
+                bad = next((i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
+                if bad is not None:
+                    raise DataError(f"{replay.hub} ({replay.split}): row {start + bad} column {column!r}: expected a "
+                                    f"non-empty text to replay, got {values[bad]!r}")
+            start += len(next(iter(chunk.values()), []))
+        return data
     fmt = infer_format(path, replay.format)
     columns = replay.columns or _REPLAY_TEXT_COLUMNS.get(fmt)
     data = read_local(path, fmt, columns, kind="replay", types=lambda n: (TEXT,) * n)

@@ -421,7 +421,12 @@ def index_training(data: Any, recipe: Any = None, data_dir: str | Path | None = 
                 index.add_texts(read_corpus(path), f"mining corpus {path}")
         replay = getattr(recipe.data, "replay", None)
         if replay is not None:  # replayed rows are trained on too (docs/continual.md)
-            path = paths.expand(replay.path, paths.resolve_data_dir(data_dir))
+            try:
+                path = paths.expand(replay.path, paths.resolve_data_dir(data_dir)) if replay.path else None
+            except FileNotFoundError:  # {data_dir} with no data folder: validation let it through to the Hub
+                path = None
+            if path is not None and not Path(path).is_file() and replay.hub:  # as training: the Hub stands in
+                path = None
             index.add_data(read_replay(replay, path), "replay")
     return index, notes
 
