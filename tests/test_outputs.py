@@ -518,3 +518,24 @@ def test_check_target_refuses_a_folder_output_holding_an_input(tmp_path):
     (tmp_path / "data" / "p.jsonl").write_text("{}\n")
     with pytest.raises(EmbedkitError, match="holds the input"):
         check_target(tmp_path / "data", "-o", "data", [("input", tmp_path / "data" / "p.jsonl")], folder=True)
+
+
+def test_train_overwrite_replaces_a_run_that_selected_on_a_dev_set(tmp_path, tiny_model_path):
+    """sentence-transformers' trainer makes ``checkpoints/eval/`` at every evaluation (its evaluators' CSV folder;
+    embedkit's write nothing there). The finished run leaves no such empty folder, and an empty one (a run
+    finished before this) is not a user's file: --overwrite of a run with a dev set works. A file in it is."""
+    dev = tmp_path / "sts-dev.csv"
+    dev.write_text("".join(f"main-captions\tMSRvid\t2012test\t{i:04d}\t{i % 5}.0\ta man plays tune {i}\tsomeone "
+                           f"plays {i}\n" for i in range(12)), encoding="utf-8")
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r", tiny_model_path, "simcse-unsup", out, dev={"path": str(dev)},
+                          training={"max_steps": 2, "eval_steps": 1, "save_steps": 2})
+    first = train(str(recipe))
+    assert first["train"]["best_dev_spearman"] is not None, "the dev set was evaluated"
+    assert not (out / "checkpoints" / "eval").exists()
+    (out / "checkpoints" / "eval").mkdir()  # as a run finished by an earlier embedkit left it
+    assert train(str(recipe), ["training.seed=8"], overwrite=True)["train"]["global_step"] == 2
+    (out / "checkpoints" / "eval").mkdir()
+    (out / "checkpoints" / "eval" / "mine.csv").write_text("a,b\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"did not write \(checkpoints/eval/mine.csv\)"):
+        train(str(recipe), overwrite=True)

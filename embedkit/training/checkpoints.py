@@ -30,6 +30,9 @@ from embedkit.outputs import walk_files
 from embedkit.paths import atomic_path
 
 COMPLETE_MARKER = "embedkit_checkpoint.json"
+# sentence-transformers' trainer makes <output_dir>/eval at every evaluation for its evaluators' CSV files;
+# embedkit's evaluators write none there, so an empty one is the trainer's, not a user's.
+TRAINER_EVAL_DIR = "eval"
 METHOD_STATE_FILE = "embedkit_method_state.safetensors"  # the loss's own state (a head, a queue, a stage)
 # What a checkpoint holds only for ``--resume`` (the trainer's names; the first path part of a file): the
 # optimizer's moments (twice the trainable weights under AdamW), schedule, loss scaler, RNG states, the trainer's
@@ -116,10 +119,22 @@ def foreign_files(folder: str | os.PathLike) -> list[str]:
     for entry in sorted(folder.iterdir()):
         if entry.is_dir() and not entry.is_symlink() and _step(entry) is not None:
             out += [f"{entry.name}/{rel}" for rel in checkpoint_foreign(entry)]
+        elif entry.name == TRAINER_EVAL_DIR and entry.is_dir() and not entry.is_symlink() and not any(
+                entry.iterdir()):
+            continue  # the trainer's empty eval/ (TRAINER_EVAL_DIR)
         elif not entry.name.endswith(".partial"):
             out += [entry.name] if not entry.is_dir() or entry.is_symlink() else [
                 f"{entry.name}/{rel}" for rel in walk_files(entry)] or [entry.name + "/"]
     return sorted(out)
+
+
+def drop_trainer_eval_dir(folder: str | os.PathLike) -> None:
+    """Remove the trainer's ``eval/`` under a run's ``checkpoints/`` folder when it is empty (a file in it is kept:
+    it is someone's)."""
+    try:
+        (Path(folder) / TRAINER_EVAL_DIR).rmdir()
+    except OSError:  # absent, or not empty
+        pass
 
 
 def rotate(folder: str | os.PathLike, limit: int | None, best: str | os.PathLike | None = None,

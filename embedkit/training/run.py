@@ -689,6 +689,7 @@ def finish(run: Run, folder: RunFolder, data_dir: str | None, started: float) ->
     hint = (f"the checkpoints in {folder.work / CHECKPOINTS} are intact: free space (or make the folder writable), "
             "then run the same embedkit train ... --resume to finish from the last one")
     require_space(folder.work, tensor_bytes(model.state_dict()), f"{subject}: the final model", hint)
+    checkpoints.drop_trainer_eval_dir(folder.work / CHECKPOINTS)
     # What output.keep_checkpoints keeps, recorded in results.json and carried out once that is written: until
     # then the run is unfinished, and --resume needs every checkpoint whole.
     results["checkpoints"] = checkpoints.plan_keep(folder.work / CHECKPOINTS, recipe.output.keep_checkpoints,
