@@ -86,13 +86,9 @@ def run_row(name: str, seed: int | None, data_dir: str, work: Path) -> dict[str,
     from sentence_transformers import SentenceTransformer
 
     if name == "base":
-        from embedkit.modeling import build_model
-        from embedkit.validate import load_recipe
+        from retrieval_report import base_record  # a sibling script: on sys.path when this file runs
 
-        model = build_model(load_recipe(RECIPE, [], data_dir=data_dir, check_data=False).model)
-        started = time.time()
-        return {"row": name, "seed": None, "seconds": 0.0, **score(model, data_dir),
-                "eval_seconds": round(time.time() - started, 1)}
+        return base_record(RECIPE, data_dir, score)
     from embedkit import train
 
     out_dir = work / f"seed{seed}" / name

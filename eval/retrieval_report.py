@@ -204,6 +204,18 @@ def table(groups: list[tuple[str, list[dict[str, Any]]]]) -> str:
     return "\n".join(lines)
 
 
+def base_record(recipe: Path, data_dir: str, score: Callable[[Any, str], dict[str, Any]]) -> dict[str, Any]:
+    """The ``base`` row of a report: the recipe's starting model, built as the recipe builds it (its pooling and
+    max length), not trained, scored by ``score(model, data_dir)``."""
+    from embedkit.modeling import build_model
+    from embedkit.validate import load_recipe
+
+    model = build_model(load_recipe(recipe, [], data_dir=data_dir, check_data=False).model)
+    started = time.time()
+    return {"row": "base", "seed": None, "seconds": 0.0, **score(model, data_dir),
+            "eval_seconds": round(time.time() - started, 1)}
+
+
 def record_path(work: Path, name: str, seed: int | None) -> Path:
     return work / (f"{name}.json" if seed is None else f"{name}.seed{seed}.json")
 
