@@ -45,7 +45,7 @@ from embedkit.data.sources import read_corpus, read_local, read_replay
 from embedkit.data.sts import read_stsb
 from embedkit.errors import EmbedkitError
 from embedkit.recipe import RECIPES_DIR
-from embedkit.validate import load_recipe_with_data
+from embedkit.validate import load_recipe_with_data, replay_file
 
 FLAG_PCT = 1.0  # a set with more than this percent of its units seen in training is marked
 STS_SUITE = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R")
@@ -421,12 +421,7 @@ def index_training(data: Any, recipe: Any = None, data_dir: str | Path | None = 
                 index.add_texts(read_corpus(path), f"mining corpus {path}")
         replay = getattr(recipe.data, "replay", None)
         if replay is not None:  # replayed rows are trained on too (docs/continual.md)
-            try:
-                path = paths.expand(replay.path, paths.resolve_data_dir(data_dir)) if replay.path else None
-            except FileNotFoundError:  # {data_dir} with no data folder: validation let it through to the Hub
-                path = None
-            if path is not None and not Path(path).is_file() and replay.hub:  # as training: the Hub stands in
-                path = None
+            path = replay_file(recipe, paths.resolve_data_dir(data_dir))  # the file training reads, or its Hub set
             index.add_data(read_replay(replay, path), "replay")
     return index, notes
 
